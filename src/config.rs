@@ -1,0 +1,422 @@
+//! Typed configuration: defaults in code, layered by figment, validated as a whole before anything binds.
+//!
+//! Layers, lowest first: [`Config::default`] < a TOML file < `CHATD_*` environment variables (with `__`
+//! between section and key, e.g. `CHATD_SERVER__PORT=9000`) < overrides from the command line. Unknown
+//! keys are errors, and every error names the key it is about.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with the `CHATD_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "URL", "TOKEN"];
+
+/// Why a configuration was refused. Its text always names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers could not be merged into a [`Config`] (unknown key, wrong type, unreadable TOML).
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value had the right type but is outside what chatd accepts.
+    #[error("invalid value for key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `server.port`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file given with `--config`/`CHATD_CONFIG` does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        ConfigError::Load(Box::new(err))
+    }
+}
+
+/// The whole configuration of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener, timeouts and runtime.
+    pub server: ServerConfig,
+    /// Per-connection and per-server limits.
+    pub limits: LimitsConfig,
+    /// In-memory room history.
+    pub history: HistoryConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: where to listen and how long to wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind (an IP address).
+    pub host: String,
+    /// TCP port; 0 picks a free one (the bound port is printed).
+    pub port: u16,
+    /// Runtime worker threads: 1 runs a single-threaded runtime (measured fastest on 2 cores).
+    pub workers: usize,
+    /// Listen backlog for pending TCP connections.
+    pub backlog: u32,
+    /// Seconds allowed for the HTTP upgrade plus the `hello`.
+    pub handshake_timeout_secs: f64,
+    /// Seconds between server pings; a peer silent for two intervals is closed. 0 disables pings.
+    pub ping_interval_secs: f64,
+    /// Seconds a write to a client may block before the client is dropped as a slow consumer.
+    pub write_timeout_secs: f64,
+    /// Seconds to wait for close handshakes on shutdown.
+    pub shutdown_grace_secs: f64,
+    /// Maximum simultaneous connections; 0 = unlimited.
+    pub max_connections: usize,
+    /// Maximum simultaneous connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            workers: 1,
+            backlog: 1024,
+            handshake_timeout_secs: 10.0,
+            ping_interval_secs: 30.0,
+            write_timeout_secs: 10.0,
+            shutdown_grace_secs: 5.0,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
+/// `[limits]`: what one client may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message (and frame) a client may send, in bytes; larger ones get close 1009.
+    pub max_message_bytes: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_user: usize,
+    /// Rooms that may exist at once on the server.
+    pub max_rooms: usize,
+    /// Requests per second a connection may sustain (token bucket refill); 0 disables rate limiting.
+    pub rate_per_sec: f64,
+    /// Requests a connection may send in a burst (token bucket size).
+    pub rate_burst: u32,
+    /// Typing updates per second a connection may sustain; counted apart from requests. 0 disables.
+    pub typing_rate_per_sec: f64,
+    /// Typing updates a connection may send in a burst.
+    pub typing_burst: u32,
+    /// Rejected requests tolerated in a burst (refilled one per second) before close 1008.
+    pub abuse_strikes: u32,
+    /// Frames that may wait in one client's outbound queue; past it the client is a slow consumer.
+    /// Typing and presence events are dropped once the queue is half full.
+    pub outbound_queue: usize,
+    /// Bytes of read buffer per connection (it is resident for the connection's life).
+    pub read_buffer_bytes: usize,
+    /// Bytes of write buffer per connection before frames are written out (grows lazily).
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_rooms_per_user: 32,
+            max_rooms: 10_000,
+            rate_per_sec: 10.0,
+            rate_burst: 20,
+            typing_rate_per_sec: 2.0,
+            typing_burst: 10,
+            abuse_strikes: 10,
+            outbound_queue: 1024,
+            read_buffer_bytes: 1024,
+            write_buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[history]`: how much each room remembers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Messages kept per room, in memory; 0 keeps none.
+    pub size: usize,
+    /// Messages included in `welcome` and `room` replies (at most `size`).
+    pub on_join: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            on_join: 20,
+        }
+    }
+}
+
+/// `[log]`: where logs go and how they look.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter directive (`info`, `chatd=debug`, ...); `RUST_LOG` wins when set.
+    pub level: String,
+    /// Output format on stdout.
+    pub format: LogFormat,
+    /// Directory for rotating log files; empty = no log file.
+    pub directory: String,
+    /// File name prefix of the log files.
+    pub file_prefix: String,
+    /// When log files rotate.
+    pub rotation: Rotation,
+    /// Rotated files kept (older ones are deleted).
+    pub keep_files: usize,
+    /// Log chat message bodies at debug level (off: bodies never reach the logs).
+    pub message_bodies: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+            directory: String::new(),
+            file_prefix: "chatd.log".into(),
+            rotation: Rotation::Daily,
+            keep_files: 7,
+            message_bodies: false,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log file rotation period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    /// A new file every day.
+    Daily,
+    /// A new file every hour.
+    Hourly,
+    /// One file, never rotated.
+    Never,
+}
+
+/// Where the configuration comes from, as the binary found it.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Explicit config file (`--config`/`CHATD_CONFIG`); must exist when given.
+    pub file: Option<PathBuf>,
+    /// Read `./chat.toml` when no explicit file is given and it exists.
+    pub default_file: Option<PathBuf>,
+    /// Merge `CHATD_*` environment variables.
+    pub use_env: bool,
+    /// `--host` override.
+    pub host: Option<String>,
+    /// `--port` override.
+    pub port: Option<u16>,
+}
+
+impl Config {
+    /// Merges the layers named by `sources` over the defaults and validates the result.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match (&sources.file, &sources.default_file) {
+            (Some(file), _) => {
+                if !file.exists() {
+                    return Err(ConfigError::MissingFile(file.clone()));
+                }
+                figment = figment.merge(Toml::file_exact(file));
+            }
+            (None, Some(file)) if file.exists() => figment = figment.merge(Toml::file_exact(file)),
+            _ => {}
+        }
+        if sources.use_env {
+            figment = figment.merge(Env::prefixed("CHATD_").ignore(NON_CONFIG_ENV).split("__"));
+        }
+        if let Some(host) = &sources.host {
+            figment = figment.merge(("server.host", host));
+        }
+        if let Some(port) = sources.port {
+            figment = figment.merge(("server.port", port));
+        }
+        let config: Config = figment.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses one TOML document on its own (no defaults file, no environment) and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        fn secs(key: &'static str, value: f64, allow_zero: bool) -> Result<(), ConfigError> {
+            let ok = (0.0..1e9).contains(&value) && (allow_zero || value > 0.0);
+            if ok {
+                Ok(())
+            } else if allow_zero {
+                Err(invalid(
+                    key,
+                    format!("{value} is not a number of seconds >= 0"),
+                ))
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{value} is not a number of seconds > 0"),
+                ))
+            }
+        }
+        let s = &self.server;
+        s.host
+            .parse::<IpAddr>()
+            .map_err(|_| invalid("server.host", format!("{:?} is not an IP address", s.host)))?;
+        if s.workers == 0 || s.workers > 1024 {
+            return Err(invalid("server.workers", "must be between 1 and 1024"));
+        }
+        if s.backlog == 0 {
+            return Err(invalid("server.backlog", "must be at least 1"));
+        }
+        secs(
+            "server.handshake_timeout_secs",
+            s.handshake_timeout_secs,
+            false,
+        )?;
+        secs("server.ping_interval_secs", s.ping_interval_secs, true)?;
+        secs("server.write_timeout_secs", s.write_timeout_secs, false)?;
+        secs("server.shutdown_grace_secs", s.shutdown_grace_secs, false)?;
+
+        let l = &self.limits;
+        if l.max_message_bytes < 256 {
+            return Err(invalid("limits.max_message_bytes", "must be at least 256"));
+        }
+        if l.max_rooms_per_user == 0 {
+            return Err(invalid("limits.max_rooms_per_user", "must be at least 1"));
+        }
+        if l.max_rooms == 0 {
+            return Err(invalid("limits.max_rooms", "must be at least 1"));
+        }
+        rate("limits.rate_per_sec", l.rate_per_sec)?;
+        rate("limits.typing_rate_per_sec", l.typing_rate_per_sec)?;
+        if l.rate_per_sec > 0.0 && l.rate_burst == 0 {
+            return Err(invalid(
+                "limits.rate_burst",
+                "must be at least 1 while rate limiting is on",
+            ));
+        }
+        if l.typing_rate_per_sec > 0.0 && l.typing_burst == 0 {
+            return Err(invalid(
+                "limits.typing_burst",
+                "must be at least 1 while typing is rate limited",
+            ));
+        }
+        if l.outbound_queue < 2 {
+            return Err(invalid("limits.outbound_queue", "must be at least 2"));
+        }
+        if l.read_buffer_bytes < 128 {
+            return Err(invalid("limits.read_buffer_bytes", "must be at least 128"));
+        }
+        fn rate(key: &'static str, value: f64) -> Result<(), ConfigError> {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("{value} is not a rate >= 0")))
+            }
+        }
+
+        if self.history.on_join > self.history.size {
+            return Err(invalid("history.on_join", "must not exceed history.size"));
+        }
+        let log = &self.log;
+        tracing_subscriber::EnvFilter::try_new(&log.level)
+            .map_err(|e| invalid("log.level", format!("{:?} is not a filter: {e}", log.level)))?;
+        if !log.directory.is_empty() && log.file_prefix.is_empty() {
+            return Err(invalid(
+                "log.file_prefix",
+                "must not be empty when log.directory is set",
+            ));
+        }
+        if log.keep_files == 0 {
+            return Err(invalid("log.keep_files", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        // validate() proved host parses.
+        let ip = self
+            .server
+            .host
+            .parse()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        SocketAddr::new(ip, self.server.port)
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl ServerConfig {
+    /// Handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout_secs)
+    }
+    /// Ping interval, or `None` when pings are off.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_secs > 0.0).then(|| Duration::from_secs_f64(self.ping_interval_secs))
+    }
+    /// Write timeout as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_secs)
+    }
+    /// Shutdown grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_secs)
+    }
+}
+
+impl Sources {
+    /// The usual sources for the daemon: an explicit file or `./chat.toml`, plus the environment.
+    pub fn standard(file: Option<&Path>) -> Sources {
+        Sources {
+            file: file.map(Path::to_path_buf),
+            default_file: Some(PathBuf::from("chat.toml")),
+            use_env: true,
+            host: None,
+            port: None,
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! One task per client socket: the WebSocket upgrade, then one `select!` loop over the socket, the
+//! client's mailbox, its timers and the shutdown token.
+//!
+//! This module owns the transport rules: handshake timeout, pings and the silent-peer cut-off, write
+//! batching (everything queued is fed, then flushed once), the write timeout, and the mapping from
+//! what went wrong to the close code the peer sees. What frames mean is the [`Session`]'s business.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::server::{ConnSlot, Shared};
+use crate::session::{Flow, Session, close_code};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How long to wait for the peer's half of a close handshake we started.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// A far-off deadline for when no timer is due.
+const IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the loop ended, and so how to close.
+#[derive(Debug)]
+enum End {
+    /// The server is shutting down.
+    Shutdown,
+    /// The session asked to close.
+    Close(u16, &'static str),
+    /// The peer started the close handshake.
+    ClosedByPeer,
+    /// The socket is gone or failed (reset, EOF without close).
+    Gone,
+    /// Writes blocked past the write timeout: the peer is not reading.
+    WriteStalled,
+}
+
+/// What woke the loop.
+enum Event {
+    Shutdown,
+    Mail,
+    Frame(Option<Result<Message, WsError>>),
+    Timer,
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    _slot: ConnSlot,
+) {
+    let accepted = Instant::now();
+    let handshake_timeout = shared.config.server.handshake_timeout();
+    // Boxed so the (large) handshake state does not size every connection task for its whole life.
+    let upgrade = Box::pin(timeout(
+        handshake_timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            check_request,
+            Some(shared.ws_config),
+        ),
+    ));
+    let ws = tokio::select! {
+        res = upgrade => match res {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "upgrade timed out");
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    let mut conn = Connection {
+        ws,
+        session: Session::new(shared.clone(), peer),
+        shared,
+        peer,
+        hello_deadline: accepted + handshake_timeout,
+        last_heard: Instant::now(),
+        next_ping: None,
+        out: Vec::new(),
+    };
+    conn.next_ping = conn
+        .shared
+        .config
+        .server
+        .ping_interval()
+        .map(|i| conn.last_heard + i);
+    let end = conn.run(&shutdown).await;
+    conn.finish(end).await;
+}
+
+/// Accepts every upgrade request for now; origin and path checks belong here.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's Callback
+fn check_request(_req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    Ok(resp)
+}
+
+struct Connection {
+    ws: Ws,
+    session: Session,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// The `hello` must succeed before this.
+    hello_deadline: Instant,
+    /// Last time any frame arrived.
+    last_heard: Instant,
+    /// When to send the next ping (`None`: pings off).
+    next_ping: Option<Instant>,
+    /// Replies produced by the session, waiting to be written.
+    out: Vec<Utf8Bytes>,
+}
+
+impl Connection {
+    async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        let mailbox = self.session.mailbox().clone();
+        let timer = sleep_until(self.deadline());
+        tokio::pin!(timer);
+        loop {
+            let deadline = self.deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = mailbox.ready() => Event::Mail,
+                frame = self.ws.next() => Event::Frame(frame),
+                _ = &mut timer => Event::Timer,
+            };
+            let step = match event {
+                Event::Shutdown => Err(End::Shutdown),
+                Event::Mail => self.deliver_mail().await,
+                Event::Frame(frame) => self.on_frame(frame).await,
+                Event::Timer => self.on_timer().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// The earliest time something must happen without any input.
+    fn deadline(&self) -> Instant {
+        let mut at = self.last_heard + IDLE;
+        if !self.session.welcomed() {
+            at = at.min(self.hello_deadline);
+        }
+        if let Some(ping) = self.next_ping {
+            at = at.min(ping);
+        }
+        if let Some(interval) = self.shared.config.server.ping_interval() {
+            at = at.min(self.last_heard + 2 * interval);
+        }
+        if let Some(typing) = self.session.next_deadline() {
+            at = at.min(typing);
+        }
+        at
+    }
+
+    async fn deliver_mail(&mut self) -> Result<(), End> {
+        let batch = self.session.mailbox().take();
+        if batch.overflowed {
+            info!(peer = %self.peer, user = self.session.user(), "closing slow consumer: outbound queue full");
+            return Err(End::Close(
+                close_code::POLICY,
+                "slow consumer: outbound queue full",
+            ));
+        }
+        self.write(batch.frames).await
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
+        self.last_heard = Instant::now();
+        let message = match frame {
+            None => return Err(End::Gone),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(self.read_error(e)),
+        };
+        let flow = match message {
+            Message::Text(text) => self.session.handle_text(text.as_str(), &mut self.out),
+            Message::Binary(_) => self.session.handle_binary(&mut self.out),
+            Message::Close(_) => return Err(End::ClosedByPeer),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        };
+        let replies = std::mem::take(&mut self.out);
+        self.write(replies).await?;
+        match flow {
+            Flow::Continue => Ok(()),
+            Flow::Close(code, reason) => Err(End::Close(code, reason)),
+        }
+    }
+
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if !self.session.welcomed() && now >= self.hello_deadline {
+            debug!(peer = %self.peer, "no hello within the handshake timeout");
+            return Err(End::Close(
+                close_code::POLICY,
+                "handshake timeout: no hello",
+            ));
+        }
+        if let Some(interval) = self.shared.config.server.ping_interval() {
+            if now >= self.last_heard + 2 * interval {
+                info!(peer = %self.peer, user = self.session.user(), "closing silent peer");
+                return Err(End::Close(close_code::GOING_AWAY, "ping timeout"));
+            }
+            if self.next_ping.is_some_and(|p| now >= p) {
+                self.next_ping = Some(now + interval);
+                self.send_raw(Message::Ping(Default::default())).await?;
+            }
+        }
+        self.session.on_timer(now);
+        Ok(())
+    }
+
+    /// Maps a read error to how the connection ends, after telling the peer why when it can hear it.
+    fn read_error(&self, e: WsError) -> End {
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                End::Close(close_code::TOO_BIG, "message too big")
+            }
+            WsError::Capacity(_) => End::Close(close_code::TOO_BIG, "frame too big"),
+            WsError::Utf8(_) => End::Close(close_code::INVALID_DATA, "invalid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+            WsError::Protocol(p) => {
+                debug!(peer = %self.peer, error = %p, "protocol error");
+                End::Close(close_code::PROTOCOL, "protocol error")
+            }
+            WsError::ConnectionClosed | WsError::AlreadyClosed => End::Gone,
+            other => {
+                debug!(peer = %self.peer, error = %other, "read failed");
+                End::Gone
+            }
+        }
+    }
+
+    /// Feeds every frame, then flushes once; all within the write timeout.
+    async fn write(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) -> Result<(), End> {
+        let mut frames = frames.into_iter().peekable();
+        if frames.peek().is_none() {
+            return Ok(());
+        }
+        let ws = &mut self.ws;
+        let io = async {
+            for frame in frames {
+                ws.feed(Message::Text(frame)).await?;
+            }
+            ws.flush().await
+        };
+        bounded(self.shared.config.server.write_timeout(), io).await
+    }
+
+    async fn send_raw(&mut self, message: Message) -> Result<(), End> {
+        bounded(
+            self.shared.config.server.write_timeout(),
+            self.ws.send(message),
+        )
+        .await
+    }
+
+    /// Ends the connection the way `end` calls for.
+    async fn finish(mut self, end: End) {
+        debug!(peer = %self.peer, user = self.session.user(), end = ?end, "connection ending");
+        match end {
+            End::Shutdown => {
+                // Messages accepted before the signal go out first, then the notice, then the close.
+                let mut frames = self.session.mailbox().take().frames;
+                frames.push_back(self.session.shutdown_notice());
+                if self.write(frames).await.is_ok() {
+                    self.close(
+                        close_code::GOING_AWAY,
+                        "server shutting down",
+                        self.shared.config.server.shutdown_grace(),
+                    )
+                    .await;
+                }
+            }
+            End::Close(code, reason) => self.close(code, reason, CLOSE_LINGER).await,
+            End::ClosedByPeer => {
+                // tungstenite queued the reply to the peer's close; flushing sends it.
+                let _ = timeout(CLOSE_LINGER, self.ws.flush()).await;
+            }
+            End::WriteStalled => {
+                info!(peer = %self.peer, user = self.session.user(), "dropped slow consumer: write timed out");
+            }
+            End::Gone => {}
+        }
+    }
+
+    /// Sends a close frame and waits (up to `linger`) for the peer to answer it.
+    async fn close(&mut self, code: u16, reason: &'static str, linger: Duration) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let ws = &mut self.ws;
+        let _ = timeout(linger, async {
+            ws.close(Some(frame)).await?;
+            while let Some(Ok(_)) = ws.next().await {}
+            Ok::<_, WsError>(())
+        })
+        .await;
+    }
+}
+
+/// Runs a write under the write timeout: a peer that stops reading cannot hold its task forever.
+async fn bounded(
+    limit: Duration,
+    io: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), End> {
+    match timeout(limit, io).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::WriteStalled),
+    }
+}

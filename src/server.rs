@@ -1,0 +1,264 @@
+//! The listener: binds (port 0 allowed, the bound address is reported), accepts with back-off on
+//! errors, enforces connection caps, spawns one tracked task per connection, and on shutdown stops
+//! accepting and drains every connection under the grace period.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::connection;
+use crate::hub::{Hub, HubLimits};
+
+/// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
+/// Longest pause between accept attempts after repeated errors (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// State every connection task shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Users and rooms.
+    pub(crate) hub: Hub,
+    /// The validated configuration.
+    pub(crate) config: Config,
+    /// tungstenite settings derived from `config.limits`.
+    pub(crate) ws_config: WebSocketConfig,
+}
+
+/// A bound, not yet running, chat server.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    limiter: Arc<ConnLimiter>,
+}
+
+/// How shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections open when shutdown began.
+    pub connections_at_start: usize,
+    /// Connections still open when the grace period ran out (0: all closed cleanly).
+    pub connections_remaining: usize,
+}
+
+impl Server {
+    /// Binds the configured address (port 0 picks a free port; see [`Server::local_addr`]).
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let addr = config.listen_addr();
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // tokio's TcpListener::bind uses a backlog of 128, which bursts of handshakes overflow.
+        let listener = socket.listen(config.server.backlog)?;
+        let local_addr = listener.local_addr()?;
+        let limits = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(limits.read_buffer_bytes)
+            .write_buffer_size(limits.write_buffer_bytes)
+            .max_message_size(Some(limits.max_message_bytes))
+            .max_frame_size(Some(limits.max_message_bytes))
+            .accept_unmasked_frames(false);
+        let hub = Hub::new(HubLimits {
+            history_size: config.history.size,
+            history_on_join: config.history.on_join,
+            max_rooms: limits.max_rooms,
+        });
+        let limiter = Arc::new(ConnLimiter::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
+        Ok(Server {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                hub,
+                config,
+                ws_config,
+            }),
+            limiter,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then drains them within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
+        let Server {
+            listener,
+            local_addr,
+            shared,
+            limiter,
+        } = self;
+        info!(addr = %local_addr, "listening");
+        let tracker = TaskTracker::new();
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                res = listener.accept() => res,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning, and keep serving.
+                    error!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(5);
+            let _ = stream.set_nodelay(true);
+            match limiter.acquire(peer.ip()) {
+                Ok(slot) => {
+                    tracker.spawn(connection::serve(
+                        stream,
+                        peer,
+                        shared.clone(),
+                        shutdown.clone(),
+                        slot,
+                    ));
+                }
+                Err(why) => {
+                    debug!(%peer, why, "refusing connection");
+                    if refusals.fetch_add(1, Ordering::Relaxed) < MAX_CONCURRENT_REFUSALS {
+                        let refusals = refusals.clone();
+                        let wait = shared.config.server.handshake_timeout();
+                        tracker.spawn(async move {
+                            refuse(stream, why, wait).await;
+                            refusals.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    } else {
+                        refusals.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let open = limiter.open();
+        info!(connections = open, "shutdown started: closing connections");
+        tracker.close();
+        let grace = shared.config.server.shutdown_grace();
+        if timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                remaining = limiter.open(),
+                grace_secs = grace.as_secs_f64(),
+                "grace period over"
+            );
+        }
+        let report = ShutdownReport {
+            connections_at_start: open,
+            connections_remaining: limiter.open(),
+        };
+        info!(
+            connections = report.connections_at_start,
+            remaining = report.connections_remaining,
+            "shutdown complete"
+        );
+        report
+    }
+}
+
+/// Answers an over-the-limit upgrade request with HTTP 503 and a reason, then closes.
+#[allow(clippy::result_large_err)] // the closure's signature is tungstenite's Callback
+async fn refuse(stream: TcpStream, why: &'static str, wait: Duration) {
+    let reply = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+        let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Err(resp)
+    };
+    let _ = timeout(wait, tokio_tungstenite::accept_hdr_async(stream, reply)).await;
+}
+
+/// Counts open connections, in total and per IP address.
+#[derive(Debug)]
+struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One open connection's place in the limits; freed on drop.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    fn new(max_total: usize, max_per_ip: usize) -> ConnLimiter {
+        ConnLimiter {
+            max_total,
+            max_per_ip,
+            state: Mutex::new(LimiterState::default()),
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.max_total > 0 && state.total >= self.max_total {
+            return Err("server at capacity: too many connections");
+        }
+        if self.max_per_ip > 0 {
+            let n = state.per_ip.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                return Err("too many connections from your address");
+            }
+            *n += 1;
+        }
+        state.total += 1;
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut state = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.total -= 1;
+        if self.limiter.max_per_ip > 0
+            && let Some(n) = state.per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
