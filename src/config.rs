@@ -115,6 +115,12 @@ pub struct LimitsConfig {
     pub typing_rate_per_sec: f64,
     /// Typing updates a connection may send in a burst.
     pub typing_burst: u32,
+    /// Seconds between two relayed `typing active` from one sender to one target.
+    pub typing_throttle_secs: f64,
+    /// Seconds after which an unrefreshed `typing active` is ended with a relayed `done`.
+    pub typing_active_secs: f64,
+    /// Seconds after which an unrefreshed `typing paused` is ended with a relayed `done`.
+    pub typing_paused_secs: f64,
     /// Rejected requests tolerated in a burst (refilled one per second) before close 1008.
     pub abuse_strikes: u32,
     /// Frames that may wait in one client's outbound queue; past it the client is a slow consumer.
@@ -136,6 +142,9 @@ impl Default for LimitsConfig {
             rate_burst: 20,
             typing_rate_per_sec: 2.0,
             typing_burst: 10,
+            typing_throttle_secs: 3.0,
+            typing_active_secs: 6.0,
+            typing_paused_secs: 30.0,
             abuse_strikes: 10,
             outbound_queue: 1024,
             read_buffer_bytes: 1024,
@@ -219,6 +228,17 @@ pub enum Rotation {
     Hourly,
     /// One file, never rotated.
     Never,
+}
+
+impl LimitsConfig {
+    /// The typing relay periods.
+    pub fn typing_timings(&self) -> crate::typing::TypingTimings {
+        crate::typing::TypingTimings {
+            throttle: Duration::from_secs_f64(self.typing_throttle_secs),
+            active_expiry: Duration::from_secs_f64(self.typing_active_secs),
+            paused_expiry: Duration::from_secs_f64(self.typing_paused_secs),
+        }
+    }
 }
 
 /// Where the configuration comes from, as the binary found it.
@@ -340,6 +360,9 @@ impl Config {
                 "must be at least 1 while typing is rate limited",
             ));
         }
+        secs("limits.typing_throttle_secs", l.typing_throttle_secs, true)?;
+        secs("limits.typing_active_secs", l.typing_active_secs, false)?;
+        secs("limits.typing_paused_secs", l.typing_paused_secs, false)?;
         if l.outbound_queue < 2 {
             return Err(invalid("limits.outbound_queue", "must be at least 2"));
         }

@@ -95,6 +95,7 @@ impl Session {
         let limits = &shared.config.limits;
         let requests = TokenBucket::new(limits.rate_burst, limits.rate_per_sec);
         let typing_rate = TokenBucket::new(limits.typing_burst, limits.typing_rate_per_sec);
+        let typing = TypingTracker::new(limits.typing_timings());
         let strikes_rate = if limits.rate_per_sec > 0.0 || limits.typing_rate_per_sec > 0.0 {
             1.0
         } else {
@@ -114,7 +115,7 @@ impl Session {
             requests,
             typing_rate,
             strikes,
-            typing: TypingTracker::default(),
+            typing,
         }
     }
 

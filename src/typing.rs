@@ -1,9 +1,9 @@
 //! One sender's typing indications: what to relay, what to throttle, what has gone stale.
 //!
 //! The rules (IRCv3 `+typing` semantics, enforced by the server so clients cannot flood):
-//! - at most one `active` relayed per sender and target every [`ACTIVE_THROTTLE`];
-//! - an `active` not refreshed within [`ACTIVE_EXPIRY`], or a `paused` within [`PAUSED_EXPIRY`],
-//!   is ended by relaying `done`;
+//! - at most one `active` relayed per sender and target every throttle period (default 3 s);
+//! - an `active` not refreshed within 6 s, or a `paused` within 30 s (the defaults), is ended by
+//!   relaying `done`;
 //! - leaving the room or disconnecting relays `done`; sending a message ends typing silently
 //!   (clients clear it themselves when the message arrives).
 
@@ -15,12 +15,33 @@ use tokio::time::Instant;
 use crate::hub::Room;
 use crate::protocol::TypingState;
 
-/// Minimum time between two relayed `active` states for one target.
+/// Default minimum time between two relayed `active` states for one target.
 pub const ACTIVE_THROTTLE: Duration = Duration::from_secs(3);
-/// An `active` state not refreshed for this long is ended.
+/// Default time after which an unrefreshed `active` state is ended.
 pub const ACTIVE_EXPIRY: Duration = Duration::from_secs(6);
-/// A `paused` state not refreshed for this long is ended.
+/// Default time after which an unrefreshed `paused` state is ended.
 pub const PAUSED_EXPIRY: Duration = Duration::from_secs(30);
+
+/// The three periods that govern typing relays (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TypingTimings {
+    /// Minimum time between two relayed `active` states for one target.
+    pub throttle: Duration,
+    /// An `active` state not refreshed for this long is ended.
+    pub active_expiry: Duration,
+    /// A `paused` state not refreshed for this long is ended.
+    pub paused_expiry: Duration,
+}
+
+impl Default for TypingTimings {
+    fn default() -> Self {
+        TypingTimings {
+            throttle: ACTIVE_THROTTLE,
+            active_expiry: ACTIVE_EXPIRY,
+            paused_expiry: PAUSED_EXPIRY,
+        }
+    }
+}
 
 /// Where someone is typing.
 #[derive(Debug, Clone)]
@@ -53,9 +74,18 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct TypingTracker {
     entries: Vec<Entry>,
+    timings: TypingTimings,
 }
 
 impl TypingTracker {
+    /// A tracker with no open states.
+    pub fn new(timings: TypingTimings) -> TypingTracker {
+        TypingTracker {
+            entries: Vec::new(),
+            timings,
+        }
+    }
+
     /// Records a state the sender reported; returns the state to relay, if any.
     pub fn update(
         &mut self,
@@ -63,6 +93,11 @@ impl TypingTracker {
         state: TypingState,
         now: Instant,
     ) -> Option<TypingState> {
+        let TypingTimings {
+            throttle,
+            active_expiry,
+            paused_expiry,
+        } = self.timings;
         let pos = self.entries.iter().position(|e| e.target.same(&target));
         match (state, pos) {
             (TypingState::Done, None) => None,
@@ -72,10 +107,10 @@ impl TypingTracker {
             }
             (TypingState::Active, Some(i)) => {
                 let e = &mut self.entries[i];
-                e.expires = now + ACTIVE_EXPIRY;
+                e.expires = now + active_expiry;
                 let throttled = e.state == TypingState::Active
                     && e.last_active_relay
-                        .is_some_and(|t| now.duration_since(t) < ACTIVE_THROTTLE);
+                        .is_some_and(|t| now.duration_since(t) < throttle);
                 e.state = TypingState::Active;
                 if throttled {
                     None
@@ -86,15 +121,15 @@ impl TypingTracker {
             }
             (TypingState::Paused, Some(i)) => {
                 let e = &mut self.entries[i];
-                e.expires = now + PAUSED_EXPIRY;
+                e.expires = now + paused_expiry;
                 let changed = e.state != TypingState::Paused;
                 e.state = TypingState::Paused;
                 changed.then_some(TypingState::Paused)
             }
             (state, None) => {
                 let (expires, last_active_relay) = match state {
-                    TypingState::Active => (now + ACTIVE_EXPIRY, Some(now)),
-                    _ => (now + PAUSED_EXPIRY, None),
+                    TypingState::Active => (now + active_expiry, Some(now)),
+                    _ => (now + paused_expiry, None),
                 };
                 self.entries.push(Entry {
                     target,

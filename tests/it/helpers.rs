@@ -1,0 +1,295 @@
+//! Test helpers: an in-process server on 127.0.0.1:0, the real `chatd` binary, and a WebSocket client
+//! that speaks the protocol and fails loudly (with a deadline) instead of hanging.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chatd::{Config, Server, ShutdownReport};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something it expects before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A chatd server running inside the test's runtime.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<ShutdownReport>,
+}
+
+/// A config for tests: port 0 on loopback, everything else default.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.port = 0;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(edit: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        edit(&mut config);
+        config.validate().expect("test config is valid");
+        let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        TestServer {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Starts shutdown and waits (bounded) for the server's report.
+    pub async fn stop(self) -> ShutdownReport {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("server did not stop")
+            .expect("server task panicked")
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// A connected, welcomed JSON client.
+    pub async fn join(&self, name: &str) -> Client {
+        let mut c = Client::connect(self.addr).await;
+        let welcome = c.hello(name).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol-speaking test client.
+pub struct Client {
+    pub ws: Ws,
+    pub wait: Duration,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+        Client { ws, wait: WAIT }
+    }
+
+    pub async fn hello(&mut self, name: &str) -> Value {
+        self.send(json!({"type": "hello", "name": name})).await;
+        self.recv().await
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).await.expect("send");
+    }
+
+    /// The next data or close frame (pings and pongs skipped).
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let m = tokio::time::timeout(self.wait, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended without a close frame")
+                .expect("read error");
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                return m;
+            }
+        }
+    }
+
+    /// The next text frame as JSON.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_message().await {
+            Message::Text(t) => {
+                serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next text frame as a string (plain-text sessions).
+    pub async fn recv_line(&mut self) -> String {
+        match self.next_message().await {
+            Message::Text(t) => t.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must have this `type`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
+        v
+    }
+
+    /// Sends a request with an id and returns the next frame, which must carry that id as `ref`.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        let id = format!("r{}", rand_id());
+        v["id"] = json!(id);
+        self.send(v).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["ref"], json!(id), "reply does not carry ref: {reply}");
+        reply
+    }
+
+    /// The next frame matching `pred`, skipping others (for events that interleave with traffic).
+    pub async fn find(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Proves nothing else is queued for this client: a `rooms` round trip must be the next frame.
+    pub async fn sync(&mut self) {
+        let reply = self.request(json!({"type": "rooms"})).await;
+        assert_eq!(
+            reply["type"], "rooms",
+            "unexpected frame before sync reply: {reply}"
+        );
+    }
+
+    /// Reads until the server's close frame, completes the close handshake (as any real client
+    /// does), and returns the code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        let result = self.close_frame().await;
+        // Polling on sends our reply to the close; the stream then ends.
+        let _ = tokio::time::timeout(self.wait, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+        result
+    }
+
+    async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            let m = tokio::time::timeout(self.wait, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match m {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The real `chatd` binary, started on port 0; stdout lines are collected on a thread.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub lines: mpsc::Receiver<String>,
+}
+
+pub fn chatd_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    // Isolate from the developer's environment and the repo's chat.toml.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CHATD_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(std::env::temp_dir());
+    cmd
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = chatd_command();
+        cmd.args(["--port", "0"])
+            .args(args)
+            .envs(envs.iter().copied());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn chatd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let prefix = "WebSocket server listening on ";
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("chatd did not report its address");
+            if let Some(a) = line.strip_prefix(prefix) {
+                break a.parse().expect("address");
+            }
+        };
+        Daemon { child, addr, lines }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("chatd did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
+
+mod binary;
+mod chat;
+mod helpers;
+mod limits;
+mod plain;
+mod typing;
