@@ -105,7 +105,7 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Rooms one connection may be in at once.
     pub max_rooms_per_user: usize,
-    /// Rooms that may exist at once on the server.
+    /// Rooms that may exist at once on the server (idle empty rooms are evicted at the cap).
     pub max_rooms: usize,
     /// Requests per second a connection may sustain (token bucket refill); 0 disables rate limiting.
     pub rate_per_sec: f64,

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -59,7 +60,7 @@ pub struct Hub {
 struct Directory {
     /// Online users by folded name.
     users: HashMap<String, Member>,
-    /// Rooms with at least one member, by normalised name.
+    /// Rooms with members or history, by normalised name.
     rooms: HashMap<Arc<str>, Arc<Room>>,
 }
 
@@ -70,14 +71,40 @@ pub struct Room {
     state: Mutex<RoomState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomState {
     members: Vec<Member>,
+    /// Last join, leave or message: the least recently active empty room is evicted first.
+    last_active: Instant,
     plain_members: usize,
     seq: u64,
     /// (seq, encoded `message` frame), oldest first.
     history: VecDeque<(u64, Utf8Bytes)>,
     history_size: usize,
+}
+
+impl Directory {
+    /// Forgets the empty room that has been idle longest; false if every room has members.
+    fn evict_idle_room(&mut self) -> bool {
+        let idle = self
+            .rooms
+            .iter()
+            .filter_map(|(name, room)| {
+                let state = lock(&room.state);
+                state
+                    .members
+                    .is_empty()
+                    .then(|| (state.last_active, name.clone()))
+            })
+            .min();
+        match idle {
+            Some((_, name)) => {
+                self.rooms.remove(&name);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Why a `hello` or `join` could not be carried out.
@@ -162,7 +189,7 @@ impl Hub {
         let room = match dir.rooms.get(room) {
             Some(r) => r.clone(),
             None => {
-                if dir.rooms.len() >= self.limits.max_rooms {
+                if dir.rooms.len() >= self.limits.max_rooms && !dir.evict_idle_room() {
                     return Err(HubError::TooManyRooms);
                 }
                 let r = Arc::new(Room::new(room, self.limits.history_size));
@@ -173,6 +200,7 @@ impl Hub {
         let mut state = lock(&room.state);
         let already_member = state.members.iter().any(|m| m.conn == member.conn);
         if !already_member {
+            state.last_active = Instant::now();
             let json = protocol::encode(&ServerMsg::Joined {
                 room: &room.name,
                 name: &member.name,
@@ -224,12 +252,17 @@ impl Hub {
         if gone.plain {
             state.plain_members -= 1;
         }
+        state.last_active = Instant::now();
         if state.members.is_empty() {
+            // An empty room with history stays, so people who come back can read it; one
+            // without history has nothing worth keeping.
+            let forget = state.history.is_empty();
             drop(state);
-            if dir
-                .rooms
-                .get(&room.name)
-                .is_some_and(|r| Arc::ptr_eq(r, room))
+            if forget
+                && dir
+                    .rooms
+                    .get(&room.name)
+                    .is_some_and(|r| Arc::ptr_eq(r, room))
             {
                 dir.rooms.remove(&room.name);
             }
@@ -267,6 +300,7 @@ impl Hub {
             return None;
         }
         state.seq += 1;
+        state.last_active = Instant::now();
         let seq = state.seq;
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
         let ts = protocol::timestamp();
@@ -373,8 +407,12 @@ impl Room {
         Room {
             name: name.into(),
             state: Mutex::new(RoomState {
+                members: Vec::new(),
+                last_active: Instant::now(),
+                plain_members: 0,
+                seq: 0,
+                history: VecDeque::new(),
                 history_size,
-                ..RoomState::default()
             }),
         }
     }

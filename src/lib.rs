@@ -1,6 +1,7 @@
 //! chatd: a WebSocket chat server (rooms, private messages, typing, presence, history) and the library
 //! behind its binaries. See `ARCHITECTURE.md` for the map and `docs/PROTOCOL.md` for the wire contract.
 
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;

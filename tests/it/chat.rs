@@ -368,3 +368,64 @@ async fn shutdown_notifies_closes_1001_and_reports() {
     assert_eq!(report.connections_at_start, 2);
     assert_eq!(report.connections_remaining, 0);
 }
+
+#[tokio::test]
+async fn empty_rooms_keep_history_until_evicted_at_the_cap() {
+    let server = TestServer::with(|c| c.limits.max_rooms = 3).await;
+    let mut alice = server.join("alice").await;
+    alice
+        .request(json!({"type": "join", "room": "quiet"}))
+        .await;
+    alice
+        .request(json!({"type": "say", "room": "quiet", "text": "anyone?"}))
+        .await;
+    alice
+        .request(json!({"type": "leave", "room": "quiet"}))
+        .await;
+    // Nobody is in #quiet, but it is listed and its history waits for the next visitor.
+    let rooms = alice.request(json!({"type": "rooms"})).await;
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name": "lobby", "members": 1}, {"name": "quiet", "members": 0}])
+    );
+    let r = alice
+        .request(json!({"type": "join", "room": "quiet"}))
+        .await;
+    assert_eq!(r["history"][0]["text"], "anyone?");
+    alice
+        .request(json!({"type": "leave", "room": "quiet"}))
+        .await;
+    // A room left without history is forgotten at once.
+    alice
+        .request(json!({"type": "join", "room": "silent"}))
+        .await;
+    alice
+        .request(json!({"type": "leave", "room": "silent"}))
+        .await;
+    assert_eq!(
+        alice.request(json!({"type": "rooms"})).await["rooms"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // At the cap, the idle empty room makes way; rooms with members never do.
+    assert_eq!(
+        alice.request(json!({"type": "join", "room": "r2"})).await["type"],
+        "room"
+    );
+    assert_eq!(
+        alice.request(json!({"type": "join", "room": "r3"})).await["type"],
+        "room"
+    );
+    let rooms = alice.request(json!({"type": "rooms"})).await;
+    let names: Vec<_> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("lobby"), json!("r2"), json!("r3")]);
+    let e = alice.request(json!({"type": "join", "room": "r4"})).await;
+    assert_eq!(e["code"], "too_many_rooms");
+}

@@ -234,8 +234,12 @@ pub fn chatd_command() -> Command {
 
 impl Daemon {
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Self::start_at(0, args, envs)
+    }
+
+    pub fn start_at(port: u16, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = chatd_command();
-        cmd.args(["--port", "0"])
+        cmd.args(["--port", &port.to_string()])
             .args(args)
             .envs(envs.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
@@ -291,5 +295,170 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A running process whose stdout and stderr lines are collected on threads.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr: mpsc::Receiver<String>,
+    /// Everything read so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+fn pump(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `chatctl` with a clean environment.
+pub fn chatctl_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatctl"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CHATD_") || key == "NO_COLOR" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = pump(child.stdout.take().unwrap());
+        let stderr = pump(child.stderr.take().unwrap());
+        Proc {
+            child,
+            stdout,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn write_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write stdin");
+        stdin.flush().unwrap();
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.child.stdin.take();
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn expect_out(&mut self, needle: &str) -> String {
+        Self::expect_in(&self.stdout, &mut self.seen, needle, "stdout")
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    pub fn expect_err(&mut self, needle: &str) -> String {
+        Self::expect_in(&self.stderr, &mut self.seen, needle, "stderr")
+    }
+
+    fn expect_in(
+        rx: &mpsc::Receiver<String>,
+        seen: &mut Vec<String>,
+        needle: &str,
+        what: &str,
+    ) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(format!("{what}: {line}"));
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} line containing {needle:?}; seen:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits (bounded) for exit and returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Remaining stdout lines once the process has exited.
+    pub fn rest_of_stdout(&mut self) -> Vec<String> {
+        self.stdout.iter().collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking protocol client (tungstenite's sync API) for tests that run without a runtime.
+pub struct SyncClient {
+    pub ws: tokio_tungstenite::tungstenite::WebSocket<
+        tokio_tungstenite::tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+    >,
+}
+
+impl SyncClient {
+    pub fn join(addr: SocketAddr, name: &str) -> SyncClient {
+        let (ws, _) =
+            tokio_tungstenite::tungstenite::connect(format!("ws://{addr}/")).expect("connect");
+        if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(WAIT)).unwrap();
+        }
+        let mut c = SyncClient { ws };
+        c.send(json!({"type": "hello", "name": name}));
+        let w = c.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+        assert_eq!(w["type"], "welcome", "{w}");
+        c
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    pub fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.ws.read().expect("read (timed out?)") {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if std::env::var_os("DEBUG_SYNC").is_some() {
+                        eprintln!("sync client got {v}");
+                    }
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Message::Close(f) => panic!("closed: {f:?}"),
+                other if std::env::var_os("DEBUG_SYNC").is_some() => {
+                    eprintln!("sync client got {other:?}")
+                }
+                _ => {}
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 mod binary;
 mod chat;
+mod chatctl;
 mod helpers;
 mod limits;
 mod plain;
