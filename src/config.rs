@@ -52,6 +52,31 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin listener (metrics and health).
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Socket address of the admin listener; empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8002".into(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The admin address, or `None` when disabled (validated by [`Config::validate`]).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[server]`: where to listen and how long to wait.
@@ -377,6 +402,15 @@ impl Config {
             }
         }
 
+        if !self.admin.listen.is_empty() && self.admin.addr().is_none() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{:?} is not a socket address such as 127.0.0.1:8002",
+                    self.admin.listen
+                ),
+            ));
+        }
         if self.history.on_join > self.history.size {
             return Err(invalid("history.on_join", "must not exceed history.size"));
         }

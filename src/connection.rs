@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::metrics::close_reason;
 use crate::server::{ConnSlot, Shared};
 use crate::session::{Flow, Session, close_code};
 
@@ -36,8 +37,8 @@ const IDLE: Duration = Duration::from_secs(24 * 3600);
 enum End {
     /// The server is shutting down.
     Shutdown,
-    /// The session asked to close.
-    Close(u16, &'static str),
+    /// Close with a code and reason; the last field is the metric label.
+    Close(u16, &'static str, &'static str),
     /// The peer started the close handshake.
     ClosedByPeer,
     /// The socket is gone or failed (reset, EOF without close).
@@ -78,10 +79,12 @@ pub(crate) async fn serve(
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "upgrade failed");
+                shared.metrics.handshake_failures.with_label_values(&["invalid"]).inc();
                 return;
             }
             Err(_) => {
                 debug!(%peer, "upgrade timed out");
+                shared.metrics.handshake_failures.with_label_values(&["timeout"]).inc();
                 return;
             }
         },
@@ -182,6 +185,7 @@ impl Connection {
             return Err(End::Close(
                 close_code::POLICY,
                 "slow consumer: outbound queue full",
+                close_reason::SLOW_CONSUMER,
             ));
         }
         self.write(batch.frames).await
@@ -195,7 +199,16 @@ impl Connection {
             Some(Err(e)) => return Err(self.read_error(e)),
         };
         let flow = match message {
-            Message::Text(text) => self.session.handle_text(text.as_str(), &mut self.out),
+            Message::Text(text) => {
+                let metrics = &self.shared.metrics;
+                metrics.bytes_received.inc_by(text.len() as u64);
+                let started = std::time::Instant::now();
+                let flow = self.session.handle_text(text.as_str(), &mut self.out);
+                metrics
+                    .handling_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                flow
+            }
             Message::Binary(_) => self.session.handle_binary(&mut self.out),
             Message::Close(_) => return Err(End::ClosedByPeer),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
@@ -204,7 +217,14 @@ impl Connection {
         self.write(replies).await?;
         match flow {
             Flow::Continue => Ok(()),
-            Flow::Close(code, reason) => Err(End::Close(code, reason)),
+            Flow::Close(code, reason) => {
+                let label = if code == close_code::NORMAL {
+                    close_reason::CLIENT
+                } else {
+                    close_reason::ABUSE
+                };
+                Err(End::Close(code, reason, label))
+            }
         }
     }
 
@@ -215,12 +235,17 @@ impl Connection {
             return Err(End::Close(
                 close_code::POLICY,
                 "handshake timeout: no hello",
+                close_reason::HELLO_TIMEOUT,
             ));
         }
         if let Some(interval) = self.shared.config.server.ping_interval() {
             if now >= self.last_heard + 2 * interval {
                 info!(peer = %self.peer, user = self.session.user(), "closing silent peer");
-                return Err(End::Close(close_code::GOING_AWAY, "ping timeout"));
+                return Err(End::Close(
+                    close_code::GOING_AWAY,
+                    "ping timeout",
+                    close_reason::PING_TIMEOUT,
+                ));
             }
             if self.next_ping.is_some_and(|p| now >= p) {
                 self.next_ping = Some(now + interval);
@@ -234,15 +259,27 @@ impl Connection {
     /// Maps a read error to how the connection ends, after telling the peer why when it can hear it.
     fn read_error(&self, e: WsError) -> End {
         match e {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                End::Close(close_code::TOO_BIG, "message too big")
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Close(
+                close_code::TOO_BIG,
+                "message too big",
+                close_reason::TOO_BIG,
+            ),
+            WsError::Capacity(_) => {
+                End::Close(close_code::TOO_BIG, "frame too big", close_reason::TOO_BIG)
             }
-            WsError::Capacity(_) => End::Close(close_code::TOO_BIG, "frame too big"),
-            WsError::Utf8(_) => End::Close(close_code::INVALID_DATA, "invalid UTF-8"),
+            WsError::Utf8(_) => End::Close(
+                close_code::INVALID_DATA,
+                "invalid UTF-8",
+                close_reason::INVALID_UTF8,
+            ),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
             WsError::Protocol(p) => {
                 debug!(peer = %self.peer, error = %p, "protocol error");
-                End::Close(close_code::PROTOCOL, "protocol error")
+                End::Close(
+                    close_code::PROTOCOL,
+                    "protocol error",
+                    close_reason::PROTOCOL,
+                )
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => End::Gone,
             other => {
@@ -259,13 +296,17 @@ impl Connection {
             return Ok(());
         }
         let ws = &mut self.ws;
+        let mut sent = 0u64;
         let io = async {
             for frame in frames {
+                sent += frame.len() as u64;
                 ws.feed(Message::Text(frame)).await?;
             }
             ws.flush().await
         };
-        bounded(self.shared.config.server.write_timeout(), io).await
+        let result = bounded(self.shared.config.server.write_timeout(), io).await;
+        self.shared.metrics.bytes_sent.inc_by(sent);
+        result
     }
 
     async fn send_raw(&mut self, message: Message) -> Result<(), End> {
@@ -279,6 +320,21 @@ impl Connection {
     /// Ends the connection the way `end` calls for.
     async fn finish(mut self, end: End) {
         debug!(peer = %self.peer, user = self.session.user(), end = ?end, "connection ending");
+        let metrics = self.shared.metrics.clone();
+        let reason = match &end {
+            End::Shutdown => close_reason::SHUTDOWN,
+            End::Close(_, _, label) => label,
+            End::ClosedByPeer => close_reason::CLIENT,
+            End::Gone => close_reason::GONE,
+            End::WriteStalled => close_reason::SLOW_CONSUMER,
+        };
+        metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+        if reason == close_reason::SLOW_CONSUMER {
+            metrics.slow_consumer_disconnects.inc();
+        }
         match end {
             End::Shutdown => {
                 // Messages accepted before the signal go out first, then the notice, then the close.
@@ -293,7 +349,7 @@ impl Connection {
                     .await;
                 }
             }
-            End::Close(code, reason) => self.close(code, reason, CLOSE_LINGER).await,
+            End::Close(code, reason, _) => self.close(code, reason, CLOSE_LINGER).await,
             End::ClosedByPeer => {
                 // tungstenite queued the reply to the peer's close; flushing sends it.
                 let _ = timeout(CLOSE_LINGER, self.ws.flush()).await;

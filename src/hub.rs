@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::mailbox::{Class, Mailbox};
+use crate::metrics::{Fanout, Metrics};
 use crate::protocol::{self, Role, ServerMsg};
 
 /// Identifies one connection for the life of the process.
@@ -54,6 +55,7 @@ pub struct Hub {
     next_message_id: AtomicU64,
     next_conn_id: AtomicU64,
     limits: HubLimits,
+    metrics: Metrics,
 }
 
 #[derive(Debug, Default)]
@@ -148,12 +150,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// An empty hub.
-    pub fn new(limits: HubLimits) -> Hub {
+    pub fn new(limits: HubLimits, metrics: Metrics) -> Hub {
         Hub {
             directory: Mutex::new(Directory::default()),
             next_message_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
             limits,
+            metrics,
         }
     }
 
@@ -171,6 +174,7 @@ impl Hub {
         }
         let joined = self.join_locked(&mut dir, member, room)?;
         dir.users.insert(key, member.clone());
+        self.metrics.users_online.set(dir.users.len() as i64);
         Ok(joined)
     }
 
@@ -206,12 +210,13 @@ impl Hub {
                 name: &member.name,
                 role: member.role,
             });
-            state.publish(
+            let fanout = state.publish(
                 json,
                 || Some(protocol::plain::joined(&member.name)),
                 Class::Presence,
                 member.conn,
             );
+            self.metrics.record(Class::Presence, fanout);
             state.members.push(member.clone());
             if member.plain {
                 state.plain_members += 1;
@@ -229,6 +234,7 @@ impl Hub {
             .map(|(_, f)| f.clone())
             .collect();
         drop(state);
+        self.metrics.rooms.set(dir.rooms.len() as i64);
         Ok(JoinedRoom {
             room,
             users,
@@ -240,10 +246,11 @@ impl Hub {
     /// Leaves a room, announcing it to the remaining members; an empty room is forgotten.
     pub fn leave(&self, member: &Member, room: &Arc<Room>) {
         let mut dir = lock(&self.directory);
-        Self::leave_locked(&mut dir, member, room);
+        self.leave_locked(&mut dir, member, room);
+        self.metrics.rooms.set(dir.rooms.len() as i64);
     }
 
-    fn leave_locked(dir: &mut Directory, member: &Member, room: &Arc<Room>) {
+    fn leave_locked(&self, dir: &mut Directory, member: &Member, room: &Arc<Room>) {
         let mut state = lock(&room.state);
         let Some(pos) = state.members.iter().position(|m| m.conn == member.conn) else {
             return;
@@ -272,24 +279,27 @@ impl Hub {
             room: &room.name,
             name: &member.name,
         });
-        state.publish(
+        let fanout = state.publish(
             json,
             || Some(protocol::plain::left(&member.name)),
             Class::Presence,
             member.conn,
         );
+        self.metrics.record(Class::Presence, fanout);
     }
 
     /// Removes a user from every room and frees the name.
     pub fn disconnect(&self, member: &Member, rooms: &[Arc<Room>]) {
         let mut dir = lock(&self.directory);
         for room in rooms {
-            Self::leave_locked(&mut dir, member, room);
+            self.leave_locked(&mut dir, member, room);
         }
         let key = protocol::fold_name(&member.name);
         if dir.users.get(&key).is_some_and(|m| m.conn == member.conn) {
             dir.users.remove(&key);
         }
+        self.metrics.users_online.set(dir.users.len() as i64);
+        self.metrics.rooms.set(dir.rooms.len() as i64);
     }
 
     /// Says `text` in `room` from `from`: stored in history and queued to every other member.
@@ -320,12 +330,16 @@ impl Hub {
             }
             state.history.push_back((seq, json.clone()));
         }
-        state.publish(
+        let fanout = state.publish(
             json,
             || Some(protocol::plain::message(&from.name, text, action)),
             Class::Chat,
             from.conn,
         );
+        let recipients = state.members.len() - 1;
+        drop(state);
+        self.metrics.record(Class::Chat, fanout);
+        self.metrics.fanout_recipients.observe(recipients as f64);
         Some(Receipt {
             id,
             seq: Some(seq),
@@ -357,7 +371,8 @@ impl Hub {
                 action,
             })
         };
-        target.mailbox.push(frame, Class::Chat);
+        self.metrics
+            .record_push(Class::Chat, target.mailbox.push(frame, Class::Chat));
         Some((target.name, Receipt { id, seq: None, ts }))
     }
 
@@ -395,10 +410,13 @@ impl Hub {
     /// Queues one frame to every online user (JSON and plain renderings).
     pub fn broadcast_all(&self, json: &Utf8Bytes, plain: &Utf8Bytes) {
         let dir = lock(&self.directory);
+        let mut fanout = Fanout::default();
         for m in dir.users.values() {
             let frame = if m.plain { plain.clone() } else { json.clone() };
-            m.mailbox.push(frame, Class::Chat);
+            fanout.add(m.mailbox.push(frame, Class::Chat));
         }
+        drop(dir);
+        self.metrics.record(Class::Chat, fanout);
     }
 }
 
@@ -448,8 +466,9 @@ impl Room {
     }
 
     /// Queues an already-encoded JSON frame to every member but `except` (plain sessions get nothing).
-    pub fn publish_json(&self, json: Utf8Bytes, class: Class, except: ConnId) {
-        lock(&self.state).publish(json, || None, class, except);
+    pub fn publish_json(&self, json: Utf8Bytes, class: Class, except: ConnId, metrics: &Metrics) {
+        let fanout = lock(&self.state).publish(json, || None, class, except);
+        metrics.record(class, fanout);
     }
 }
 
@@ -472,7 +491,8 @@ impl RoomState {
         plain: impl FnOnce() -> Option<Utf8Bytes>,
         class: Class,
         except: ConnId,
-    ) {
+    ) -> Fanout {
+        let mut fanout = Fanout::default();
         let plain = if self.plain_members > 0 {
             plain()
         } else {
@@ -488,7 +508,8 @@ impl RoomState {
                 (true, None) => continue,
             };
             // An overflow is the recipient's problem: its own task sees the mark and disconnects it.
-            m.mailbox.push(frame, class);
+            fanout.add(m.mailbox.push(frame, class));
         }
+        fanout
     }
 }

@@ -156,6 +156,23 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The request's `type`, as a bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Leave { .. } => "leave",
+            ClientMsg::Say { .. } => "say",
+            ClientMsg::Pm { .. } => "pm",
+            ClientMsg::Typing { .. } => "typing",
+            ClientMsg::Rooms => "rooms",
+            ClientMsg::Who { .. } => "who",
+            ClientMsg::History { .. } => "history",
+        }
+    }
+}
+
 /// Where a typing indication (or message) is aimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -18,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::admin;
 use crate::config::Config;
 use crate::connection;
 use crate::hub::{Hub, HubLimits};
+use crate::metrics::Metrics;
 
 /// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
@@ -36,12 +39,15 @@ pub struct Shared {
     pub(crate) config: Config,
     /// tungstenite settings derived from `config.limits`.
     pub(crate) ws_config: WebSocketConfig,
+    /// What is counted, for `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 /// A bound, not yet running, chat server.
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     limiter: Arc<ConnLimiter>,
 }
@@ -56,18 +62,21 @@ pub struct ShutdownReport {
 }
 
 impl Server {
-    /// Binds the configured address (port 0 picks a free port; see [`Server::local_addr`]).
+    /// Binds the chat listener and, when configured, the admin listener (each may use port 0).
     pub async fn bind(config: Config) -> io::Result<Server> {
         let addr = config.listen_addr();
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        // tokio's TcpListener::bind uses a backlog of 128, which bursts of handshakes overflow.
-        let listener = socket.listen(config.server.backlog)?;
+        let listener = listen(addr, config.server.backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
+        let admin = match config.admin.addr() {
+            Some(addr) => Some(listen(addr, 128).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (admin.listen): {e}"),
+                )
+            })?),
+            None => None,
+        };
         let limits = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(limits.read_buffer_bytes)
@@ -75,30 +84,42 @@ impl Server {
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes))
             .accept_unmasked_frames(false);
-        let hub = Hub::new(HubLimits {
-            history_size: config.history.size,
-            history_on_join: config.history.on_join,
-            max_rooms: limits.max_rooms,
-        });
+        let metrics = Metrics::new();
+        let hub = Hub::new(
+            HubLimits {
+                history_size: config.history.size,
+                history_on_join: config.history.on_join,
+                max_rooms: limits.max_rooms,
+            },
+            metrics.clone(),
+        );
         let limiter = Arc::new(ConnLimiter::new(
             config.server.max_connections,
             config.server.max_connections_per_ip,
+            metrics.connections_open.clone(),
         ));
         Ok(Server {
             listener,
             local_addr,
+            admin,
             shared: Arc::new(Shared {
                 hub,
                 config,
                 ws_config,
+                metrics,
             }),
             limiter,
         })
     }
 
-    /// The address actually bound.
+    /// The chat address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin address actually bound, if the admin listener is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Accepts connections until `shutdown` is cancelled, then drains them within the grace period.
@@ -106,10 +127,20 @@ impl Server {
         let Server {
             listener,
             local_addr,
+            admin,
             shared,
             limiter,
         } = self;
         info!(addr = %local_addr, "listening");
+        let admin_stop = CancellationToken::new();
+        let admin_task = admin.map(|l| {
+            tokio::spawn(admin::serve(
+                l,
+                shared.metrics.clone(),
+                shutdown.clone(),
+                admin_stop.clone(),
+            ))
+        });
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
@@ -135,6 +166,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             match limiter.acquire(peer.ip()) {
                 Ok(slot) => {
+                    shared.metrics.connections_accepted.inc();
                     tracker.spawn(connection::serve(
                         stream,
                         peer,
@@ -143,8 +175,13 @@ impl Server {
                         slot,
                     ));
                 }
-                Err(why) => {
+                Err((label, why)) => {
                     debug!(%peer, why, "refusing connection");
+                    shared
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&[label])
+                        .inc();
                     if refusals.fetch_add(1, Ordering::Relaxed) < MAX_CONCURRENT_REFUSALS {
                         let refusals = refusals.clone();
                         let wait = shared.config.server.handshake_timeout();
@@ -179,6 +216,10 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         report
     }
 }
@@ -199,6 +240,7 @@ async fn refuse(stream: TcpStream, why: &'static str, wait: Duration) {
 struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
+    open_gauge: IntGauge,
     state: Mutex<LimiterState>,
 }
 
@@ -216,27 +258,30 @@ pub(crate) struct ConnSlot {
 }
 
 impl ConnLimiter {
-    fn new(max_total: usize, max_per_ip: usize) -> ConnLimiter {
+    fn new(max_total: usize, max_per_ip: usize, open_gauge: IntGauge) -> ConnLimiter {
         ConnLimiter {
             max_total,
             max_per_ip,
+            open_gauge,
             state: Mutex::new(LimiterState::default()),
         }
     }
 
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
+    /// A slot for one more connection, or the refusal's (metric label, reason).
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, (&'static str, &'static str)> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.max_total > 0 && state.total >= self.max_total {
-            return Err("server at capacity: too many connections");
+            return Err(("capacity", "server at capacity: too many connections"));
         }
         if self.max_per_ip > 0 {
             let n = state.per_ip.entry(ip).or_default();
             if *n >= self.max_per_ip {
-                return Err("too many connections from your address");
+                return Err(("per_ip", "too many connections from your address"));
             }
             *n += 1;
         }
         state.total += 1;
+        self.open_gauge.inc();
         Ok(ConnSlot {
             limiter: self.clone(),
             ip,
@@ -252,6 +297,7 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut state = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
         state.total -= 1;
+        self.limiter.open_gauge.dec();
         if self.limiter.max_per_ip > 0
             && let Some(n) = state.per_ip.get_mut(&self.ip)
         {
@@ -261,4 +307,16 @@ impl Drop for ConnSlot {
             }
         }
     }
+}
+
+/// A listening socket with the given backlog (tokio's `TcpListener::bind` fixes it at 128, which
+/// bursts of handshakes overflow).
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

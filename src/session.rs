@@ -165,14 +165,17 @@ impl Session {
             (true, mode) => mode == Mode::Plain,
             (false, _) => !protocol::looks_like_json_object(text),
         };
+        let received = &self.shared.metrics.messages_received;
         if plain_line {
+            received.with_label_values(&["plain"]).inc();
             return self.handle_line(text, out);
         }
         let request = match protocol::parse_request(text) {
             Ok(r) => r,
             Err(e) => {
+                received.with_label_values(&["invalid"]).inc();
                 if !self.requests.try_take() {
-                    return self.rate_limited(e.id.as_deref(), out);
+                    return self.rate_limited("request", e.id.as_deref(), out);
                 }
                 let code = if self.me.is_none() && e.code == ErrorCode::UnknownType {
                     ErrorCode::HelloRequired
@@ -188,14 +191,15 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        received.with_label_values(&[request.msg.kind()]).inc();
         let is_typing = matches!(request.msg, ClientMsg::Typing { .. });
-        let allowed = if is_typing {
-            self.typing_rate.try_take()
+        let (allowed, bucket) = if is_typing {
+            (self.typing_rate.try_take(), "typing")
         } else {
-            self.requests.try_take()
+            (self.requests.try_take(), "request")
         };
         if !allowed {
-            return self.rate_limited(request.id.as_deref(), out);
+            return self.rate_limited(bucket, request.id.as_deref(), out);
         }
         let id = request.id.clone();
         if let Err(r) = self.dispatch(request, out) {
@@ -206,8 +210,13 @@ impl Session {
 
     /// Handles a binary frame: chat is text only, so the client gets an error (not a disconnect).
     pub fn handle_binary(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow {
+        self.shared
+            .metrics
+            .messages_received
+            .with_label_values(&["binary"])
+            .inc();
         if !self.requests.try_take() {
-            return self.rate_limited(None, out);
+            return self.rate_limited("request", None, out);
         }
         let message = "binary frames are not supported; send JSON text frames";
         out.push(match (self.me.is_some(), self.mode) {
@@ -218,7 +227,17 @@ impl Session {
     }
 
     /// A request over the rate limit: refused, and counted toward closing the connection.
-    fn rate_limited(&mut self, id: Option<&str>, out: &mut Vec<Utf8Bytes>) -> Flow {
+    fn rate_limited(
+        &mut self,
+        bucket: &'static str,
+        id: Option<&str>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Flow {
+        self.shared
+            .metrics
+            .rate_limited
+            .with_label_values(&[bucket])
+            .inc();
         if !self.strikes.try_take() {
             info!(peer = %self.peer, user = self.user(), "closing: sustained rate limit abuse");
             return Flow::Close(close_code::POLICY, "rate limit exceeded");
@@ -512,7 +531,7 @@ impl Session {
                     to: None,
                     state,
                 });
-                room.publish_json(frame, Class::Typing, self.conn);
+                room.publish_json(frame, Class::Typing, self.conn, &self.shared.metrics);
             }
             TypingTarget::User(name) => {
                 let Some(target) = self.shared.hub.user(name) else {
@@ -527,7 +546,8 @@ impl Session {
                     to: Some(&target.name),
                     state,
                 });
-                target.mailbox.push(frame, Class::Typing);
+                let pushed = target.mailbox.push(frame, Class::Typing);
+                self.shared.metrics.record_push(Class::Typing, pushed);
             }
         }
     }
@@ -535,7 +555,7 @@ impl Session {
     /// A line from a plain-text client: its name until welcomed, then chat and `/` commands.
     fn handle_line(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow {
         if !self.requests.try_take() {
-            return self.rate_limited(None, out);
+            return self.rate_limited("request", None, out);
         }
         let line = text.trim();
         let Some(me) = self.me.clone() else {

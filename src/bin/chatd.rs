@@ -8,7 +8,7 @@ use anyhow::Context;
 use chatd::{Config, ConfigError, Server, Sources, telemetry};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,9 @@ enum Command {
     CheckConfig,
     /// Print the effective configuration as TOML (secrets masked).
     PrintConfig,
+    /// Ask the running server's admin listener for /healthz: exit 0 if healthy, 1 if not.
+    /// For container health checks (no curl needed).
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck => healthcheck(&config),
         Command::Run => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -104,14 +108,19 @@ fn run(config: Config) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Signals are handled from before the port is bound, so none is missed once we report ready.
-    let signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let signal_task = tokio::spawn(watch_signals(signals, shutdown.clone()));
 
-    let addr = config.listen_addr();
-    let server = Server::bind(config)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let server = Server::bind(config).await?;
     println!("WebSocket server listening on {}", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("Admin endpoints on http://{admin} (/metrics, /healthz, /readyz)");
+    }
+    // Both listeners are bound: tell systemd (Type=notify) we are ready. No-op without NOTIFY_SOCKET.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
     let report = server.run(shutdown).await;
     signal_task.abort();
     if report.connections_remaining > 0 {
@@ -123,18 +132,75 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once. SIGHUP: logged (nothing in the
+/// configuration is reloadable yet; it must not kill the daemon, as its default action would).
 async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
     let mut seen = 0;
     while let Some(signal) = signals.next().await {
+        if signal == SIGHUP {
+            tracing::info!(
+                "SIGHUP received: nothing to reload; restart chatd to apply config changes"
+            );
+            continue;
+        }
         seen += 1;
         if seen == 1 {
             tracing::info!(signal, "shutdown requested");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             shutdown.cancel();
         } else {
             tracing::warn!(signal, "second signal: exiting immediately");
             eprintln!("chatd: second signal, exiting without finishing shutdown");
             std::process::exit(EXIT_FORCED);
+        }
+    }
+}
+
+/// `chatd healthcheck`: GET /healthz on the configured admin address (an unspecified address such
+/// as 0.0.0.0 is reached on loopback).
+fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
+    use std::time::Duration;
+
+    let Some(mut addr) = config.admin.addr() else {
+        eprintln!("chatd: healthcheck: the admin listener is disabled (admin.listen is empty)");
+        return ExitCode::FAILURE;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let result = (|| -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.take(4096).read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!(
+                "chatd: healthcheck: {}",
+                response.lines().next().unwrap_or("empty response")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("chatd: healthcheck: cannot reach http://{addr}/healthz: {e}");
+            ExitCode::FAILURE
         }
     }
 }

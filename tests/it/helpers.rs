@@ -22,6 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A chatd server running inside the test's runtime.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<ShutdownReport>,
 }
@@ -30,6 +31,7 @@ pub struct TestServer {
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.port = 0;
+    config.admin.listen = "127.0.0.1:0".into();
     config
 }
 
@@ -44,10 +46,12 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            admin,
             shutdown,
             task,
         }
@@ -217,6 +221,7 @@ fn rand_id() -> u64 {
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub lines: mpsc::Receiver<String>,
 }
 
@@ -239,6 +244,7 @@ impl Daemon {
 
     pub fn start_at(port: u16, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = chatd_command();
+        cmd.env("CHATD_ADMIN__LISTEN", "127.0.0.1:0");
         cmd.args(["--port", &port.to_string()])
             .args(args)
             .envs(envs.iter().copied());
@@ -264,7 +270,21 @@ impl Daemon {
                 break a.parse().expect("address");
             }
         };
-        Daemon { child, addr, lines }
+        // The admin line follows at once when the admin listener is on.
+        let admin = lines
+            .recv_timeout(Duration::from_secs(2))
+            .ok()
+            .and_then(|l| {
+                l.strip_prefix("Admin endpoints on http://")
+                    .map(str::to_string)
+            })
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        Daemon {
+            child,
+            addr,
+            admin,
+            lines,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -461,4 +481,42 @@ impl SyncClient {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 request against the admin listener: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect admin");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read admin response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One sample from a Prometheus text exposition: `name{labels}` → value.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{exposition}"))
 }

@@ -5,5 +5,6 @@ mod chat;
 mod chatctl;
 mod helpers;
 mod limits;
+mod ops;
 mod plain;
 mod typing;

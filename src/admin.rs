@@ -1,0 +1,128 @@
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz` (the process is alive)
+//! and `GET /readyz` (accepting chat connections; 503 from the moment shutdown begins). Anything else
+//! is 404. Requests are tiny and bounded (8 KiB of headers, 5 s), one short task each.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::metrics::Metrics;
+
+/// Longest request head accepted.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Time allowed to send a request and read the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves admin requests until `stop` is cancelled. `draining` cancelled means not ready.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            res = listener.accept() => match res {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (metrics, draining) = (metrics.clone(), draining.clone());
+        tracker.spawn(async move {
+            let _ =
+                tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics, &draining)).await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    draining: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_REQUEST_BYTES {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            )
+            .await;
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    if method != b"GET" && method != b"HEAD" {
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+        )
+        .await;
+    }
+    match path {
+        b"/metrics" => {
+            let body = metrics.render();
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+            .await
+        }
+        b"/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+        b"/readyz" if draining.is_cancelled() => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "shutting down\n",
+            )
+            .await
+        }
+        b"/readyz" => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
+        _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

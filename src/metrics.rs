@@ -1,0 +1,293 @@
+//! Every Prometheus metric chatd exports, defined in one place with bounded label sets (never a user
+//! or room name as a label). One [`Metrics`] per server, with its own registry, so tests running
+//! several servers in one process never mix their counts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a connection ended: the `reason` label of `chatd_connections_closed_total`.
+pub mod close_reason {
+    /// The client closed normally (close frame, or `/exit`).
+    pub const CLIENT: &str = "client";
+    /// The server shut down.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// The socket broke or the peer vanished without a close frame.
+    pub const GONE: &str = "gone";
+    /// Protocol error (1002).
+    pub const PROTOCOL: &str = "protocol_error";
+    /// Invalid UTF-8 (1007).
+    pub const INVALID_UTF8: &str = "invalid_utf8";
+    /// Message too big (1009).
+    pub const TOO_BIG: &str = "too_big";
+    /// Sustained rate-limit abuse (1008).
+    pub const ABUSE: &str = "rate_abuse";
+    /// Outbound queue full or writes stalled.
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// No hello within the handshake timeout.
+    pub const HELLO_TIMEOUT: &str = "hello_timeout";
+    /// Silent for two ping intervals.
+    pub const PING_TIMEOUT: &str = "ping_timeout";
+}
+
+/// The server's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections open now (upgraded or upgrading).
+    pub connections_open: IntGauge,
+    /// Connections accepted (given a slot).
+    pub connections_accepted: IntCounter,
+    /// Connections ended, by reason.
+    pub connections_closed: IntCounterVec,
+    /// Connections refused at the limits, by reason (`capacity`, `per_ip`).
+    pub connections_refused: IntCounterVec,
+    /// Failed WebSocket upgrades, by reason (`timeout`, `invalid`).
+    pub handshake_failures: IntCounterVec,
+    /// TLS handshakes by result; stays 0 while TLS is not configured.
+    pub tls_handshakes: IntCounterVec,
+    /// Frames received from clients, by request type.
+    pub messages_received: IntCounterVec,
+    /// Chat frames (messages, PMs, notices) queued to recipients.
+    pub messages_delivered: IntCounter,
+    /// Presence and typing frames queued to recipients, by class.
+    pub events_delivered: IntCounterVec,
+    /// Text payload bytes received.
+    pub bytes_received: IntCounter,
+    /// Text payload bytes sent.
+    pub bytes_sent: IntCounter,
+    /// Recipients per room message.
+    pub fanout_recipients: Histogram,
+    /// Frames dropped for lagging clients, by class (`presence`, `typing`).
+    pub deliveries_dropped: IntCounterVec,
+    /// Clients disconnected as slow consumers.
+    pub slow_consumer_disconnects: IntCounter,
+    /// Requests refused by rate limits, by kind (`request`, `typing`).
+    pub rate_limited: IntCounterVec,
+    /// Rooms that exist now.
+    pub rooms: IntGauge,
+    /// Users online now.
+    pub users_online: IntGauge,
+    /// Time to handle one received frame.
+    pub handling_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric (and the process collector) in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let counter = |name: &str, help: &str| {
+            let m = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let gauge = |name: &str, help: &str| {
+            let m = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let metrics = Metrics {
+            connections_open: gauge("chatd_connections_open", "WebSocket connections open now."),
+            connections_accepted: counter(
+                "chatd_connections_accepted_total",
+                "TCP connections accepted.",
+            ),
+            connections_closed: counter_vec(
+                "chatd_connections_closed_total",
+                "Connections ended, by reason.",
+                &["reason"],
+            ),
+            connections_refused: counter_vec(
+                "chatd_connections_refused_total",
+                "Connections refused with HTTP 503 at the connection limits, by reason.",
+                &["reason"],
+            ),
+            handshake_failures: counter_vec(
+                "chatd_handshake_failures_total",
+                "WebSocket upgrades that failed, by reason.",
+                &["reason"],
+            ),
+            tls_handshakes: counter_vec(
+                "chatd_tls_handshakes_total",
+                "TLS handshakes, by result (0 while TLS is not configured).",
+                &["result"],
+            ),
+            messages_received: counter_vec(
+                "chatd_messages_received_total",
+                "Frames received from clients, by request type.",
+                &["type"],
+            ),
+            messages_delivered: counter(
+                "chatd_messages_delivered_total",
+                "Chat messages, private messages and notices queued to recipients.",
+            ),
+            events_delivered: counter_vec(
+                "chatd_events_delivered_total",
+                "Presence and typing events queued to recipients, by class.",
+                &["class"],
+            ),
+            bytes_received: counter(
+                "chatd_received_bytes_total",
+                "Text payload bytes received from clients.",
+            ),
+            bytes_sent: counter(
+                "chatd_sent_bytes_total",
+                "Text payload bytes sent to clients.",
+            ),
+            fanout_recipients: histogram(
+                "chatd_fanout_recipients",
+                "Recipients of each room message.",
+                vec![
+                    0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+                    5000.0, 10000.0,
+                ],
+            ),
+            deliveries_dropped: counter_vec(
+                "chatd_deliveries_dropped_total",
+                "Frames dropped for clients whose outbound queue was half full, by class.",
+                &["class"],
+            ),
+            slow_consumer_disconnects: counter(
+                "chatd_slow_consumer_disconnects_total",
+                "Clients disconnected because they did not keep up with their deliveries.",
+            ),
+            rate_limited: counter_vec(
+                "chatd_rate_limited_total",
+                "Requests refused by rate limits, by kind.",
+                &["kind"],
+            ),
+            rooms: gauge("chatd_rooms", "Rooms that exist now."),
+            users_online: gauge(
+                "chatd_users_online",
+                "Users online now (welcomed connections).",
+            ),
+            handling_seconds: histogram(
+                "chatd_message_handling_seconds",
+                "Time to handle one received frame, fan-out included.",
+                vec![
+                    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                    0.005, 0.01, 0.05,
+                ],
+            ),
+            registry,
+        };
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "chatd_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics
+            .registry
+            .register(Box::new(build))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = metrics.registry.register(Box::new(process));
+        }
+        // Pre-create the common label values so they show as 0 before anything happens.
+        for reason in ["capacity", "per_ip"] {
+            metrics.connections_refused.with_label_values(&[reason]);
+        }
+        for class in ["presence", "typing"] {
+            metrics.events_delivered.with_label_values(&[class]);
+            metrics.deliveries_dropped.with_label_values(&[class]);
+        }
+        for kind in ["request", "typing"] {
+            metrics.rate_limited.with_label_values(&[kind]);
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for these metric types.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// What one publish did, counted once per publish (never per recipient, to keep the hot path cheap).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Frames queued.
+    pub queued: u64,
+    /// Frames dropped because a recipient's queue was under pressure.
+    pub dropped: u64,
+}
+
+impl Fanout {
+    /// Counts one push.
+    pub fn add(&mut self, pushed: crate::mailbox::Pushed) {
+        use crate::mailbox::Pushed;
+        match pushed {
+            Pushed::Queued => self.queued += 1,
+            Pushed::Dropped => self.dropped += 1,
+            Pushed::Overflow | Pushed::Closed => {}
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a publish of frames of `class`.
+    pub fn record(&self, class: crate::mailbox::Class, fanout: Fanout) {
+        use crate::mailbox::Class;
+        let label = match class {
+            Class::Chat => {
+                self.messages_delivered.inc_by(fanout.queued);
+                return;
+            }
+            Class::Presence => "presence",
+            Class::Typing => "typing",
+        };
+        if fanout.queued > 0 {
+            self.events_delivered
+                .with_label_values(&[label])
+                .inc_by(fanout.queued);
+        }
+        if fanout.dropped > 0 {
+            self.deliveries_dropped
+                .with_label_values(&[label])
+                .inc_by(fanout.dropped);
+        }
+    }
+
+    /// Records a single push.
+    pub fn record_push(&self, class: crate::mailbox::Class, pushed: crate::mailbox::Pushed) {
+        let mut fanout = Fanout::default();
+        fanout.add(pushed);
+        self.record(class, fanout);
+    }
+}
