@@ -1,0 +1,30 @@
+# chatd container image: a Rust builder stage, then a minimal distroless runtime as a non-root user.
+# Build: docker build -t chatd .     Run: docker compose up
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not refetch crates.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src/bin \
+    && echo 'fn main() {}' > src/bin/chatd.rs \
+    && echo 'fn main() {}' > src/bin/chatctl.rs \
+    && touch src/lib.rs \
+    && cargo fetch --locked
+COPY src ./src
+RUN cargo build --release --locked --bin chatd
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/chatd /usr/local/bin/chatd
+COPY chat.toml /etc/chatd/chat.toml
+# Inside the container chatd listens on every interface; publish the ports you need.
+ENV CHATD_CONFIG=/etc/chatd/chat.toml \
+    CHATD_SERVER__HOST=0.0.0.0 \
+    CHATD_ADMIN__LISTEN=0.0.0.0:8002 \
+    CHATD_LOG__FORMAT=json
+EXPOSE 8000 8002
+# distroless "nonroot" (65532), by number so any runtime can resolve it.
+USER 65532:65532
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/chatd", "healthcheck"]
+# Exec form: chatd is PID 1 and receives SIGTERM directly for its graceful shutdown.
+ENTRYPOINT ["/usr/local/bin/chatd"]

