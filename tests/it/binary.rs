@@ -41,7 +41,8 @@ fn embedded_defaults_listen_on_127_0_0_1_8000() {
     assert_eq!(config, Config::default());
     assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8000");
     // Run for real on the default address when it is free on this machine.
-    if std::net::TcpListener::bind("127.0.0.1:8000").is_ok() {
+    let free = |a: &str| std::net::TcpListener::bind(a).is_ok();
+    if free("127.0.0.1:8000") && free("127.0.0.1:8002") {
         let mut child = chatd_command()
             .stdout(std::process::Stdio::piped())
             .spawn()
