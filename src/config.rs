@@ -172,7 +172,7 @@ impl Default for LimitsConfig {
             typing_paused_secs: 30.0,
             abuse_strikes: 10,
             outbound_queue: 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
         }
     }

@@ -5,6 +5,7 @@
 //! batching (everything queued is fed, then flushed once), the write timeout, and the mapping from
 //! what went wrong to the close code the peer sees. What frames mean is the [`Session`]'s business.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,8 @@ pub(crate) async fn serve(
         last_heard: Instant::now(),
         next_ping: None,
         out: Vec::new(),
+        mail: VecDeque::new(),
+        ping_due: false,
     };
     conn.next_ping = conn
         .shared
@@ -107,7 +110,8 @@ pub(crate) async fn serve(
         .ping_interval()
         .map(|i| conn.last_heard + i);
     let end = conn.run(&shutdown).await;
-    conn.finish(end).await;
+    // Boxed: the close paths are large and run once, so they should not size every task.
+    Box::pin(conn.finish(end)).await;
 }
 
 /// Accepts every upgrade request for now; origin and path checks belong here.
@@ -129,11 +133,19 @@ struct Connection {
     next_ping: Option<Instant>,
     /// Replies produced by the session, waiting to be written.
     out: Vec<Utf8Bytes>,
+    /// Frames taken from the mailbox, waiting to be written.
+    mail: VecDeque<Utf8Bytes>,
+    /// A ping is due with the next write.
+    ping_due: bool,
 }
 
 impl Connection {
+    /// The loop: wait for one event, handle it synchronously, then write whatever it produced with
+    /// a single flush. Keeping one write await point (timed by the loop's own timer) keeps every
+    /// connection task small; see ARCHITECTURE.md.
     async fn run(&mut self, shutdown: &CancellationToken) -> End {
         let mailbox = self.session.mailbox().clone();
+        let write_timeout = self.shared.config.server.write_timeout();
         let timer = sleep_until(self.deadline());
         tokio::pin!(timer);
         loop {
@@ -150,10 +162,21 @@ impl Connection {
             };
             let step = match event {
                 Event::Shutdown => Err(End::Shutdown),
-                Event::Mail => self.deliver_mail().await,
-                Event::Frame(frame) => self.on_frame(frame).await,
-                Event::Timer => self.on_timer().await,
+                Event::Mail => self.take_mail(),
+                Event::Frame(frame) => self.on_frame(frame),
+                Event::Timer => self.on_timer(),
             };
+            // What the step produced goes out before any close it asked for.
+            if self.ping_due || !self.out.is_empty() || !self.mail.is_empty() {
+                timer.as_mut().reset(Instant::now() + write_timeout);
+                let written = tokio::select! {
+                    res = self.write_pending() => res,
+                    _ = &mut timer => Err(End::WriteStalled),
+                };
+                if let Err(end) = written {
+                    return end;
+                }
+            }
             if let Err(end) = step {
                 return end;
             }
@@ -178,7 +201,7 @@ impl Connection {
         at
     }
 
-    async fn deliver_mail(&mut self) -> Result<(), End> {
+    fn take_mail(&mut self) -> Result<(), End> {
         let batch = self.session.mailbox().take();
         if batch.overflowed {
             info!(peer = %self.peer, user = self.session.user(), "closing slow consumer: outbound queue full");
@@ -188,10 +211,11 @@ impl Connection {
                 close_reason::SLOW_CONSUMER,
             ));
         }
-        self.write(batch.frames).await
+        self.mail = batch.frames;
+        Ok(())
     }
 
-    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
+    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
         self.last_heard = Instant::now();
         let message = match frame {
             None => return Err(End::Gone),
@@ -213,8 +237,6 @@ impl Connection {
             Message::Close(_) => return Err(End::ClosedByPeer),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         };
-        let replies = std::mem::take(&mut self.out);
-        self.write(replies).await?;
         match flow {
             Flow::Continue => Ok(()),
             Flow::Close(code, reason) => {
@@ -228,7 +250,7 @@ impl Connection {
         }
     }
 
-    async fn on_timer(&mut self) -> Result<(), End> {
+    fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
         if !self.session.welcomed() && now >= self.hello_deadline {
             debug!(peer = %self.peer, "no hello within the handshake timeout");
@@ -249,10 +271,30 @@ impl Connection {
             }
             if self.next_ping.is_some_and(|p| now >= p) {
                 self.next_ping = Some(now + interval);
-                self.send_raw(Message::Ping(Default::default())).await?;
+                self.ping_due = true;
             }
         }
         self.session.on_timer(now);
+        Ok(())
+    }
+
+    /// Feeds the due ping, the session's replies and the mailbox batch, then flushes once.
+    async fn write_pending(&mut self) -> Result<(), End> {
+        let ws = &mut self.ws;
+        if std::mem::take(&mut self.ping_due) {
+            ws.feed(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| End::Gone)?;
+        }
+        let mut sent = 0u64;
+        let replies = std::mem::take(&mut self.out);
+        let mail = std::mem::take(&mut self.mail);
+        for frame in replies.into_iter().chain(mail) {
+            sent += frame.len() as u64;
+            ws.feed(Message::Text(frame)).await.map_err(|_| End::Gone)?;
+        }
+        ws.flush().await.map_err(|_| End::Gone)?;
+        self.shared.metrics.bytes_sent.inc_by(sent);
         Ok(())
     }
 
@@ -307,14 +349,6 @@ impl Connection {
         let result = bounded(self.shared.config.server.write_timeout(), io).await;
         self.shared.metrics.bytes_sent.inc_by(sent);
         result
-    }
-
-    async fn send_raw(&mut self, message: Message) -> Result<(), End> {
-        bounded(
-            self.shared.config.server.write_timeout(),
-            self.ws.send(message),
-        )
-        .await
     }
 
     /// Ends the connection the way `end` calls for.

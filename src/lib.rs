@@ -2,6 +2,7 @@
 //! behind its binaries. See `ARCHITECTURE.md` for the map and `docs/PROTOCOL.md` for the wire contract.
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;

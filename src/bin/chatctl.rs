@@ -89,14 +89,72 @@ enum Command {
         /// The message.
         text: String,
     },
+    /// Load generator: N clients, S senders, M messages each; reports connect rate, deliveries/s,
+    /// end-to-end latency and loss (exit 1 on loss). With --raw it speaks plain text frames to any
+    /// broadcast WebSocket server, so other servers can be measured with the same tool.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct BenchArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// How many of the clients send.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Messages per sender.
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Send at this rate per sender (messages/s) instead of waiting for deliveries.
+    #[arg(long, conflicts_with = "inflight")]
+    rate: Option<f64>,
+    /// Messages each sender keeps in flight until every receiver has them.
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Rooms the clients are spread over.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    duration: f64,
+    /// Plain text frames (any broadcast server) instead of the chatd protocol.
+    #[arg(long)]
+    raw: bool,
+    /// With --raw, send a name line first (what chatd's plain-text sessions expect).
+    #[arg(long, requires = "raw")]
+    name_line: bool,
+    /// Server process id: report its RSS (idle and per connection) and CPU.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Runtime threads for the load generator (1 = single-threaded).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match &cli.command {
+        Command::Bench(args) => args.threads.max(1),
+        _ => 1,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -111,6 +169,7 @@ fn main() -> ExitCode {
                 to,
                 text,
             } => send(&cli.url, &name, room, to, &text).await,
+            Command::Bench(args) => bench(&cli.url, args).await,
             Command::Connect {
                 name,
                 room,
@@ -138,6 +197,46 @@ fn main() -> ExitCode {
     // Don't wait for the blocking stdin reader: it may be parked on a read that never returns.
     runtime.shutdown_background();
     ExitCode::from(code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `chatctl bench`
+
+async fn bench(url: &str, a: BenchArgs) -> u8 {
+    let opts = chatd::bench::BenchOptions {
+        url: url.to_string(),
+        clients: a.clients,
+        senders: a.senders,
+        messages: a.messages,
+        size: a.size,
+        rate: a.rate,
+        inflight: a.inflight,
+        rooms: a.rooms,
+        raw: a.raw,
+        name_line: a.name_line,
+        pid: a.pid,
+        timeout: Duration::from_secs_f64(a.duration),
+        connect_concurrency: 64,
+    };
+    match chatd::bench::run(opts).await {
+        Ok(report) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.summary());
+            }
+            if report.lost() > 0 {
+                eprintln!("error: {} deliveries lost", report.lost());
+                EXIT_REFUSED
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_CONNECT
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -603,10 +702,10 @@ impl Chat {
                 }
             }
             Some("room") => {
-                if let Some(room) = v["room"].as_str() {
-                    if !self.rooms.iter().any(|r| r == room) {
-                        self.rooms.push(room.to_string());
-                    }
+                if let Some(room) = v["room"].as_str()
+                    && !self.rooms.iter().any(|r| r == room)
+                {
+                    self.rooms.push(room.to_string());
                 }
             }
             Some("typing") => {

@@ -326,3 +326,44 @@ fn interactive_prompt_survives_incoming_messages_and_sends_typing() {
     tmux.wait_for("a clean exit", |s| s.contains("EXIT=0"));
     assert_eq!(alice.recv_until(|v| v["type"] == "left")["name"], "henry");
 }
+
+#[test]
+fn bench_runs_a_tiny_case_without_loss() {
+    let d = Daemon::start(&[], &[("CHATD_LIMITS__RATE_PER_SEC", "0")]);
+    for mode in [
+        &[][..],
+        &["--raw", "--name-line"][..],
+        &["--rooms", "2", "--inflight", "4"][..],
+    ] {
+        let out = chatctl_command()
+            .args([
+                "--url",
+                &format!("ws://{}", d.addr),
+                "bench",
+                "--clients",
+                "6",
+                "--senders",
+                "2",
+            ])
+            .args(["--messages", "25", "--json", "--duration", "20"])
+            .args(mode)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{mode:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let expected = if mode.contains(&"--rooms") {
+            2 * 2 * 25
+        } else {
+            2 * 5 * 25
+        };
+        assert_eq!(report["expected"], expected, "{mode:?}: {report}");
+        assert_eq!(report["received"], expected, "{mode:?}: {report}");
+        assert_eq!(report["out_of_order"], 0);
+        assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+    }
+}

@@ -1,0 +1,550 @@
+//! `chatctl bench`: a load generator, like `redis-benchmark` for Redis.
+//!
+//! N clients connect (and say hello, or with `raw` just send a name line, so any broadcast server can
+//! be measured with the same tool). S of them send M messages each; every message carries its sender,
+//! a sequence number and a send timestamp, and every receiver checks order and loss and records the
+//! end-to-end latency. Senders keep `inflight` messages outstanding (a message counts as done once
+//! every other member of its room has it), or send at a fixed `rate`.
+//!
+//! Each client is one task owning its socket. Latencies go to one HDR histogram in batches.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Server URL.
+    pub url: String,
+    /// Connections.
+    pub clients: usize,
+    /// How many of them send.
+    pub senders: usize,
+    /// Messages per sender.
+    pub messages: usize,
+    /// Message text size in bytes (at least the header).
+    pub size: usize,
+    /// Fixed send rate per sender (messages/s); `None` uses `inflight`.
+    pub rate: Option<f64>,
+    /// Messages each sender keeps outstanding until delivered to all.
+    pub inflight: usize,
+    /// Rooms the clients are spread over (round robin).
+    pub rooms: usize,
+    /// Plain text frames instead of the chatd protocol.
+    pub raw: bool,
+    /// With `raw`, send a name line first (chatd's plain-text sessions need one; other broadcast
+    /// servers would relay it to everyone).
+    pub name_line: bool,
+    /// Server process to sample RSS and CPU from.
+    pub pid: Option<u32>,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Connections opened concurrently during the connect phase.
+    pub connect_concurrency: usize,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Connections made.
+    pub clients: usize,
+    /// Senders.
+    pub senders: usize,
+    /// Rooms.
+    pub rooms: usize,
+    /// Seconds to connect (and hello) every client.
+    pub connect_secs: f64,
+    /// Connections (with hello) per second.
+    pub handshakes_per_sec: f64,
+    /// Deliveries expected.
+    pub expected: u64,
+    /// Deliveries received.
+    pub received: u64,
+    /// Messages that arrived out of order or with gaps.
+    pub out_of_order: u64,
+    /// Seconds from the first send to the last delivery.
+    pub send_secs: f64,
+    /// Deliveries per second over the send phase.
+    pub deliveries_per_sec: f64,
+    /// End-to-end latency percentiles in microseconds.
+    pub latency_us: Latency,
+    /// Server resource use, with `--pid`.
+    pub server: Option<ServerUsage>,
+}
+
+/// Latency percentiles (µs).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+/// Server process figures from /proc.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUsage {
+    /// RSS before any client connected (KiB).
+    pub rss_before_kib: u64,
+    /// RSS once every client had connected (KiB).
+    pub rss_connected_kib: u64,
+    /// RSS growth per connection while idle (KiB).
+    pub rss_per_connection_kib: f64,
+    /// RSS at the end (KiB).
+    pub rss_end_kib: u64,
+    /// CPU seconds used during the send phase.
+    pub cpu_secs: f64,
+    /// CPU microseconds per delivery.
+    pub cpu_us_per_delivery: f64,
+}
+
+/// Shared between client tasks.
+struct Run {
+    start: Instant,
+    raw: bool,
+    senders: Vec<SenderState>,
+    received: AtomicU64,
+    expected: u64,
+    out_of_order: AtomicU64,
+    all_received: Notify,
+    go: tokio::sync::watch::Receiver<bool>,
+    latencies: Mutex<Histogram<u64>>,
+    last_delivery_us: AtomicU64,
+    connected: AtomicUsize,
+    /// Raw clients that saw a chatd plain-text `Welcome` line (peers send none).
+    welcomed: AtomicUsize,
+}
+
+struct SenderState {
+    delivered: AtomicU64,
+    /// Deliveries at which the sender wants waking.
+    want: AtomicU64,
+    wake: Notify,
+    recipients: u64,
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(opts.clients >= 2, "--clients must be at least 2");
+    anyhow::ensure!(
+        opts.senders >= 1 && opts.senders <= opts.clients,
+        "--senders must be 1..=clients"
+    );
+    anyhow::ensure!(
+        opts.rooms >= 1 && opts.rooms <= opts.clients,
+        "--rooms must be 1..=clients"
+    );
+    anyhow::ensure!(opts.inflight >= 1, "--inflight must be at least 1");
+    let rooms = opts.rooms;
+    let members = |room: usize| (opts.clients - room).div_ceil(rooms) as u64;
+    let senders: Vec<SenderState> = (0..opts.senders)
+        .map(|s| SenderState {
+            delivered: AtomicU64::new(0),
+            want: AtomicU64::new(u64::MAX),
+            wake: Notify::new(),
+            recipients: members(s % rooms) - 1,
+        })
+        .collect();
+    let expected = senders
+        .iter()
+        .map(|s| s.recipients * opts.messages as u64)
+        .sum();
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let run = Arc::new(Run {
+        start: Instant::now(),
+        raw: opts.raw,
+        senders,
+        received: AtomicU64::new(0),
+        expected,
+        out_of_order: AtomicU64::new(0),
+        all_received: Notify::new(),
+        go,
+        latencies: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        last_delivery_us: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        welcomed: AtomicUsize::new(0),
+    });
+
+    let rss_before = opts.pid.and_then(rss_kib);
+    let connect_started = Instant::now();
+    let gate = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
+    let all_connected = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..opts.clients {
+        let (run, opts, gate, all_connected) = (
+            run.clone(),
+            opts.clone(),
+            gate.clone(),
+            all_connected.clone(),
+        );
+        tasks.spawn(async move { client(i, run, opts, gate, all_connected).await });
+    }
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    // Wait for every connection (or the first failure).
+    loop {
+        if run.connected.load(Ordering::Acquire) == opts.clients {
+            break;
+        }
+        tokio::select! {
+            _ = all_connected.notified() => {}
+            done = tasks.join_next() => {
+                if let Some(res) = done {
+                    res??;
+                    anyhow::bail!("a client ended during the connect phase");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => anyhow::bail!("connect phase timed out"),
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    if opts.raw && opts.name_line {
+        // A raw client's name line may still be in flight: chatd answers each with a `Welcome`
+        // line, other servers with nothing, so wait for all of them but at most 500 ms.
+        let settle = tokio::time::Instant::now() + Duration::from_millis(500);
+        while run.welcomed.load(Ordering::Acquire) < opts.clients
+            && tokio::time::Instant::now() < settle
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rss_connected = opts.pid.and_then(rss_kib);
+    let cpu_before = opts.pid.and_then(cpu_secs);
+    let send_started_us = run.start.elapsed().as_micros() as u64;
+    go_tx.send_replace(true);
+    if expected > 0 {
+        tokio::select! {
+            _ = run.all_received.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    let cpu_after = opts.pid.and_then(cpu_secs);
+    let rss_end = opts.pid.and_then(rss_kib);
+    tasks.abort_all();
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::debug!(error = %e, "client ended with an error");
+        }
+    }
+    let received = run.received.load(Ordering::Acquire);
+    let last = run
+        .last_delivery_us
+        .load(Ordering::Acquire)
+        .max(send_started_us);
+    let send_secs = (last - send_started_us) as f64 / 1e6;
+    let hist = run.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    let latency_us = if hist.is_empty() {
+        Latency::default()
+    } else {
+        Latency {
+            p50: hist.value_at_quantile(0.5),
+            p90: hist.value_at_quantile(0.9),
+            p99: hist.value_at_quantile(0.99),
+            max: hist.max(),
+        }
+    };
+    let server = match (rss_before, rss_connected, rss_end, cpu_before, cpu_after) {
+        (Some(b), Some(c), Some(e), Some(c0), Some(c1)) => Some(ServerUsage {
+            rss_before_kib: b,
+            rss_connected_kib: c,
+            rss_per_connection_kib: (c as f64 - b as f64) / opts.clients as f64,
+            rss_end_kib: e,
+            cpu_secs: c1 - c0,
+            cpu_us_per_delivery: if received > 0 {
+                (c1 - c0) * 1e6 / received as f64
+            } else {
+                0.0
+            },
+        }),
+        _ => None,
+    };
+    Ok(BenchReport {
+        clients: opts.clients,
+        senders: opts.senders,
+        rooms,
+        connect_secs,
+        handshakes_per_sec: opts.clients as f64 / connect_secs.max(1e-9),
+        expected,
+        received,
+        out_of_order: run.out_of_order.load(Ordering::Acquire),
+        send_secs,
+        deliveries_per_sec: if send_secs > 0.0 {
+            received as f64 / send_secs
+        } else {
+            0.0
+        },
+        latency_us,
+        server,
+    })
+}
+
+async fn connect(url: &str) -> anyhow::Result<Ws> {
+    // Small buffers: a load generator with thousands of connections should not be the bottleneck.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    Ok(ws)
+}
+
+/// One client: connect, hello, then read (and send, for senders) until aborted.
+async fn client(
+    i: usize,
+    run: Arc<Run>,
+    opts: BenchOptions,
+    gate: Arc<Semaphore>,
+    all_connected: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let room = format!("bench{}", i % opts.rooms);
+    let name = format!("b{i}");
+    let mut ws = {
+        let _permit = gate.acquire().await?;
+        let mut ws = connect(&opts.url).await?;
+        if run.raw {
+            if opts.name_line {
+                ws.send(Message::text(name.clone())).await?;
+            }
+        } else {
+            let hello = format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#);
+            ws.send(Message::text(hello)).await?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => break,
+                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
+                        anyhow::bail!("hello refused: {t}")
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("closed during hello"),
+                }
+            }
+        }
+        ws
+    };
+    if run.connected.fetch_add(1, Ordering::AcqRel) + 1 == opts.clients {
+        all_connected.notify_one();
+    }
+    let sender = (i < opts.senders).then_some(i);
+    let mut expected_seq = vec![0u64; opts.senders];
+    let mut batch: Vec<u64> = Vec::with_capacity(64);
+    let mut go = run.go.clone();
+    // Receive until the run starts, then send (if a sender) while receiving.
+    let mut next = 0usize;
+    let mut started = false;
+    let interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
+    let mut next_at = tokio::time::Instant::now();
+    loop {
+        let can_send = started && sender.is_some() && next < opts.messages;
+        let credit_ok = match (can_send, sender, opts.rate) {
+            (true, Some(s), None) => {
+                let st = &run.senders[s];
+                let needed = (next + 1).saturating_sub(opts.inflight) as u64 * st.recipients;
+                if st.delivered.load(Ordering::Acquire) >= needed {
+                    true
+                } else {
+                    st.want.store(needed, Ordering::Release);
+                    // Re-check after publishing the want, so a wake-up cannot be missed.
+                    st.delivered.load(Ordering::Acquire) >= needed
+                }
+            }
+            (true, Some(_), Some(_)) => tokio::time::Instant::now() >= next_at,
+            _ => false,
+        };
+        if credit_ok && let Some(s) = sender {
+            let text = payload(
+                s,
+                next as u64,
+                run.start.elapsed().as_micros() as u64,
+                opts.size,
+            );
+            let frame = if run.raw {
+                text
+            } else {
+                format!(r#"{{"type":"say","room":"{room}","text":"{text}"}}"#)
+            };
+            ws.send(Message::text(frame)).await?;
+            next += 1;
+            if let Some(iv) = interval {
+                next_at += iv;
+            }
+            continue;
+        }
+        let wake = async {
+            match (sender, can_send, opts.rate) {
+                (Some(s), true, None) => run.senders[s].wake.notified().await,
+                (Some(_), true, Some(_)) => tokio::time::sleep_until(next_at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None => anyhow::bail!("server closed client {i}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                };
+                if run.raw && !started && text.starts_with("Welcome, ") {
+                    run.welcomed.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+                if let Some((s, seq, sent_us)) = parse_payload(text.as_str()) {
+                    if Some(s) == sender || s >= opts.senders {
+                        continue; // our own echo (some peers echo to the sender)
+                    }
+                    let now_us = run.start.elapsed().as_micros() as u64;
+                    if seq != expected_seq[s] {
+                        run.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                    expected_seq[s] = seq + 1;
+                    batch.push(now_us.saturating_sub(sent_us).max(1));
+                    if batch.len() == batch.capacity() {
+                        flush(&run, &mut batch);
+                    }
+                    let st = &run.senders[s];
+                    let d = st.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+                    if d >= st.want.load(Ordering::Acquire) {
+                        st.want.store(u64::MAX, Ordering::Release);
+                        st.wake.notify_one();
+                    }
+                    run.last_delivery_us.fetch_max(now_us, Ordering::AcqRel);
+                    if run.received.fetch_add(1, Ordering::AcqRel) + 1 == run.expected {
+                        flush(&run, &mut batch);
+                        run.all_received.notify_one();
+                    }
+                    // Flush stragglers when this client is likely done.
+                    if expected_seq.iter().all(|&e| e as usize == opts.messages) {
+                        flush(&run, &mut batch);
+                    }
+                }
+            }
+            _ = go.changed(), if !started => {
+                started = *go.borrow();
+                next_at = tokio::time::Instant::now();
+            }
+            _ = wake => {}
+        }
+    }
+}
+
+fn flush(run: &Run, batch: &mut Vec<u64>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut h = run.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    for v in batch.drain(..) {
+        let _ = h.record(v);
+    }
+}
+
+/// `~sender:seq:sent_us~` padded with `x` to `size` bytes.
+fn payload(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
+    let mut s = format!("~{sender}:{seq}:{sent_us}~");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// Finds the payload header anywhere in a frame (JSON, a plain `name: text` line, or raw).
+fn parse_payload(frame: &str) -> Option<(usize, u64, u64)> {
+    let start = frame.find('~')? + 1;
+    let len = frame[start..].find('~')?;
+    let mut parts = frame[start..start + len].split(':');
+    let s = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let t = parts.next()?.parse().ok()?;
+    Some((s, seq, t))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds (Linux clock ticks are 100 Hz).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+impl BenchReport {
+    /// The human-readable summary.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "clients {} in {} room(s), senders {}\n\
+             connect      {:.3} s ({:.0} handshakes+hello/s)\n\
+             deliveries   {} of {} expected ({} lost, {} out of order)\n\
+             throughput   {:.0} deliveries/s over {:.3} s\n\
+             latency      p50 {} us, p90 {} us, p99 {} us, max {} us\n",
+            self.clients,
+            self.rooms,
+            self.senders,
+            self.connect_secs,
+            self.handshakes_per_sec,
+            self.received,
+            self.expected,
+            self.expected.saturating_sub(self.received),
+            self.out_of_order,
+            self.deliveries_per_sec,
+            self.send_secs,
+            self.latency_us.p50,
+            self.latency_us.p90,
+            self.latency_us.p99,
+            self.latency_us.max,
+        );
+        if let Some(s) = &self.server {
+            out.push_str(&format!(
+                "server       RSS {} KiB idle -> {} KiB connected ({:.2} KiB/connection) -> {} KiB end; \
+                 CPU {:.2} s ({:.2} us/delivery)\n",
+                s.rss_before_kib, s.rss_connected_kib, s.rss_per_connection_kib, s.rss_end_kib, s.cpu_secs, s.cpu_us_per_delivery
+            ));
+        }
+        out
+    }
+
+    /// Deliveries that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_inside_any_framing() {
+        let p = payload(3, 17, 123456, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(parse_payload(&p), Some((3, 17, 123456)));
+        assert_eq!(parse_payload(&format!("b9: {p}")), Some((3, 17, 123456)));
+        assert_eq!(
+            parse_payload(&format!(r#"{{"type":"message","text":"{p}"}}"#)),
+            Some((3, 17, 123456))
+        );
+        assert_eq!(parse_payload("b12"), None);
+    }
+}
