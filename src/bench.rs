@@ -437,7 +437,13 @@ async fn client(
             }
             _ = go.changed(), if !started => {
                 started = *go.borrow();
-                next_at = tokio::time::Instant::now();
+                // Paced senders start staggered across one interval, so the load is even rather
+                // than a burst from every sender at the same instant.
+                let offset = match (interval, sender) {
+                    (Some(iv), Some(s)) => iv.mul_f64(s as f64 / opts.senders as f64),
+                    _ => Duration::ZERO,
+                };
+                next_at = tokio::time::Instant::now() + offset;
             }
             _ = wake => {}
         }

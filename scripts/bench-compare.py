@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: chatd and the peer servers in ../shared/peers, same tool, same cases.
+
+Every run starts a fresh server, drives it with `chatctl bench --json`, and stops it. Servers are
+visited in a rotating order each round; tables report the median of the rounds. Results go to
+bench/results.json, the tables into BENCHMARKS.md between the GENERATED markers, and the scaling
+curve to bench/scaling.svg.
+
+    cargo build --release --bins
+    python3 scripts/bench-compare.py [--rounds 5] [--peers uws-js,node-ws,python-websockets,websocat]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS_DIR = os.path.join(os.path.dirname(ROOT), "shared", "peers")
+CHATD = os.path.join(ROOT, "target", "release", "chatd")
+CHATCTL = os.path.join(ROOT, "target", "release", "chatctl")
+# Limits a load test must lift: every chatd limit can be raised or switched off.
+CHATD_ENV = {
+    "CHATD_LIMITS__RATE_PER_SEC": "0",
+    "CHATD_LIMITS__TYPING_RATE_PER_SEC": "0",
+    "CHATD_SERVER__MAX_CONNECTIONS": "0",
+    "CHATD_SERVER__MAX_CONNECTIONS_PER_IP": "0",
+    "CHATD_ADMIN__LISTEN": "",
+    "CHATD_LOG__LEVEL": "warn",
+}
+
+CASES = {
+    # name: (chatctl bench arguments, what the table calls it)
+    "fanout100": (["--clients", "100", "--senders", "10", "--messages", "1000"], "100 clients, 10 senders"),
+    "fanout1000": (["--clients", "1000", "--senders", "10", "--messages", "150"], "1,000 clients, 10 senders"),
+    "paced1000": (["--clients", "1000", "--senders", "10", "--rate", "2", "--messages", "20"],
+                  "1,000 clients, 10 senders x 2 msg/s"),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+class Server:
+    """A server under test: `chatd` (protocol), `chatd-plain` (its plain-text mode) or a peer."""
+
+    def __init__(self, name, workers=1):
+        self.name, self.workers = name, workers
+
+    @property
+    def raw_args(self):
+        if self.name == "chatd":
+            return []
+        if self.name == "chatd-plain":
+            return ["--raw", "--name-line"]
+        return ["--raw"]
+
+    def start(self):
+        self.port = free_port()
+        env = dict(os.environ)
+        if self.name.startswith("chatd"):
+            env.update(CHATD_ENV)
+            env["CHATD_SERVER__WORKERS"] = str(self.workers)
+            cmd = [CHATD, "--port", str(self.port)]
+        else:
+            cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def bench(server, args, timeout=300):
+    cmd = [CHATCTL, "--url", f"ws://127.0.0.1:{server.port}/", "bench", "--json", "--pid", str(server.proc.pid),
+           "--duration", str(timeout - 10)] + server.raw_args + args
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if not out.stdout.strip():
+        raise RuntimeError(f"{server.name} {args}: {out.stderr.strip()}")
+    report = json.loads(out.stdout)
+    report["cmd"] = " ".join(["chatctl"] + cmd[1:2] + cmd[3:5] + server.raw_args + args)
+    report["lost"] = report["expected"] - report["received"]
+    return report
+
+
+def run_one(name, args, workers=1):
+    server = Server(name, workers).start()
+    try:
+        return bench(server, args)
+    finally:
+        server.stop()
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def fmt(n):
+    return f"{n:,.0f}"
+
+
+def svg_plot(points, path):
+    """A dependency-free line chart: deliveries/s (left axis) and p99 latency (right axis)."""
+    w, h, pad = 640, 360, 60
+    xs = [p[0] for p in points]
+    thr = [p[1] for p in points]
+    p99 = [p[2] / 1000 for p in points]
+    import math
+    lx = lambda x: pad + (math.log10(x) - math.log10(min(xs))) / (math.log10(max(xs)) - math.log10(min(xs))) * (w - 2 * pad)
+    ymax_t, ymax_l = max(thr) * 1.15, max(p99) * 1.15
+    yt = lambda v: h - pad - v / ymax_t * (h - 2 * pad)
+    yl = lambda v: h - pad - v / ymax_l * (h - 2 * pad)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{w/2}" y="20" text-anchor="middle" font-size="14">chatd: one room, 10 senders, inflight 1</text>',
+             f'<line x1="{pad}" y1="{h-pad}" x2="{w-pad}" y2="{h-pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h-pad}" stroke="#1f77b4"/>',
+             f'<line x1="{w-pad}" y1="{pad}" x2="{w-pad}" y2="{h-pad}" stroke="#d62728"/>',
+             f'<text x="{w/2}" y="{h-15}" text-anchor="middle">clients in the room (log scale)</text>',
+             f'<text x="15" y="{h/2}" transform="rotate(-90 15 {h/2})" text-anchor="middle" fill="#1f77b4">deliveries/s</text>',
+             f'<text x="{w-12}" y="{h/2}" transform="rotate(90 {w-12} {h/2})" text-anchor="middle" fill="#d62728">p99 latency (ms)</text>']
+    for x in xs:
+        parts.append(f'<text x="{lx(x)}" y="{h-pad+16}" text-anchor="middle">{x:,}</text>')
+    for i in range(5):
+        v = ymax_t * i / 4
+        parts.append(f'<text x="{pad-5}" y="{yt(v)+4}" text-anchor="end" fill="#1f77b4">{v/1e6:.1f}M</text>')
+        v = ymax_l * i / 4
+        parts.append(f'<text x="{w-pad+5}" y="{yl(v)+4}" fill="#d62728">{v:.1f}</text>')
+    parts.append('<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="' +
+                 " ".join(f"{lx(x)},{yt(t)}" for x, t in zip(xs, thr)) + '"/>')
+    parts.append('<polyline fill="none" stroke="#d62728" stroke-width="2" stroke-dasharray="5,3" points="' +
+                 " ".join(f"{lx(x)},{yl(l)}" for x, l in zip(xs, p99)) + '"/>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--peers", default="uws-js,node-ws,python-websockets,websocat")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-scaling", action="store_true")
+    opts = ap.parse_args()
+    peers = [p for p in opts.peers.split(",") if p]
+    servers = ["chatd", "chatd-plain"] + peers
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "rounds": opts.rounds,
+               "throughput": {}, "memory": {}, "scaling": [], "workers": {}}
+
+    for case, (args, _) in CASES.items():
+        runs = {s: [] for s in servers}
+        for r in range(opts.rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                rep = run_one(s, args)
+                runs[s].append(rep)
+                print(f"round {r+1} {case:10} {s:18} {rep['deliveries_per_sec']:>12,.0f}/s p99 "
+                      f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
+        results["throughput"][case] = runs
+
+    if not opts.skip_memory:
+        for n in (5000, 10000):
+            for s in ["chatd", "chatd-1room"] + peers:
+                name = "chatd" if s.startswith("chatd") else s
+                rooms = ["--rooms", "100"] if s == "chatd" else []
+                if s == "chatd-1room" and n > 5000:
+                    continue
+                rep = run_one(name, ["--clients", str(n), "--senders", "1", "--messages", "0"] + rooms)
+                results["memory"].setdefault(str(n), {})[s] = rep
+                print(f"memory {n} {s:18} {rep['server']['rss_per_connection_kib']:.2f} KiB/connection", flush=True)
+
+    if not opts.skip_scaling:
+        points = [(10, ["--messages", "20000"]), (100, ["--messages", "2000"]), (1000, ["--messages", "300"]),
+                  (5000, ["--messages", "60"])]
+        for clients, extra in points:
+            reps = [run_one("chatd", ["--clients", str(clients), "--senders", "10"] + extra) for _ in range(3)]
+            results["scaling"].append({"clients": clients, "rooms": 1, "runs": reps})
+            print(f"scaling {clients} {median([r['deliveries_per_sec'] for r in reps]):,.0f}/s", flush=True)
+        reps = [run_one("chatd", ["--clients", "1000", "--senders", "10", "--rooms", "100", "--messages", "20000"])
+                for _ in range(3)]
+        results["scaling"].append({"clients": 1000, "rooms": 100, "runs": reps})
+        for workers in (1, 2):
+            reps = [run_one("chatd", CASES["fanout1000"][0], workers) for _ in range(3)]
+            results["workers"][str(workers)] = reps
+            print(f"workers {workers} {median([r['deliveries_per_sec'] for r in reps]):,.0f}/s", flush=True)
+
+    os.makedirs(os.path.join(ROOT, "bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    write_markdown(results, servers, peers)
+
+
+def write_markdown(results, servers, peers):
+    lines = [f"Measured {results['date']} on {results['machine']}; median of {results['rounds']} alternating "
+             f"rounds, each run against a freshly started server; load generator and server share the cores.", ""]
+    t = results["throughput"]
+    lines += ["| server | " + " | ".join(CASES[c][1] + " (deliveries/s)" for c in ("fanout100", "fanout1000")) +
+              " | vs uWS.js | p99 at 1,000 paced (ms) | handshakes+hello/s (1,000) | lost |",
+              "|---|---|---|---|---|---|---|"]
+    uws = {c: median([r["deliveries_per_sec"] for r in t[c].get("uws-js", [])]) for c in ("fanout100", "fanout1000")}
+    for s in servers:
+        d = {c: median([r["deliveries_per_sec"] for r in t[c][s]]) for c in ("fanout100", "fanout1000")}
+        ratio = " / ".join(f"{d[c]/uws[c]:.2f}x" if uws[c] == uws[c] else "-" for c in ("fanout100", "fanout1000"))
+        p99 = median([r["latency_us"]["p99"] for r in t["paced1000"][s]]) / 1000
+        hs = median([r["handshakes_per_sec"] for r in t["fanout1000"][s]])
+        lost = sum(r["lost"] for c in t for r in t[c][s])
+        lines.append(f"| {s} | {fmt(d['fanout100'])} | {fmt(d['fanout1000'])} | {ratio} | {p99:.1f} | {fmt(hs)} | {lost} |")
+    lines.append("")
+    lines.append("Every round of every case, as `deliveries/s` (sorted):")
+    lines.append("")
+    for c in ("fanout100", "fanout1000"):
+        for s in servers:
+            vals = sorted(r["deliveries_per_sec"] for r in t[c][s])
+            lines.append(f"- {c} {s}: " + ", ".join(fmt(v) for v in vals))
+    if results["memory"]:
+        lines += ["", "Idle memory: server RSS growth per connection once every client is connected (chatd: after "
+                  "`hello`; peers: after the upgrade).", "",
+                  "| server | 5,000 connections (KiB/conn) | 10,000 connections (KiB/conn) |", "|---|---|---|"]
+        for s in ["chatd", "chatd-1room"] + peers:
+            row = [results["memory"].get(n, {}).get(s) for n in ("5000", "10000")]
+            cells = [f"{r['server']['rss_per_connection_kib']:.2f}" if r else "-" for r in row]
+            label = {"chatd": "chatd (100 rooms of 50/100)", "chatd-1room": "chatd (one room of 5,000)"}.get(s, s)
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    if results["scaling"]:
+        lines += ["", "Scaling (chatd protocol, 10 senders, inflight 1, median of 3):", "",
+                  "| clients | rooms | deliveries/s | p50 (ms) | p99 (ms) | server CPU us/delivery |", "|---|---|---|---|---|---|"]
+        points = []
+        for sc in results["scaling"]:
+            runs = sc["runs"]
+            dps = median([r["deliveries_per_sec"] for r in runs])
+            p50 = median([r["latency_us"]["p50"] for r in runs]) / 1000
+            p99 = median([r["latency_us"]["p99"] for r in runs]) / 1000
+            cpu = median([r["server"]["cpu_us_per_delivery"] for r in runs])
+            lines.append(f"| {sc['clients']:,} | {sc['rooms']} | {fmt(dps)} | {p50:.2f} | {p99:.2f} | {cpu:.2f} |")
+            if sc["rooms"] == 1:
+                points.append((sc["clients"], dps, p99 * 1000))
+        svg_plot(points, os.path.join(ROOT, "bench", "scaling.svg"))
+        lines += ["", "![scaling](bench/scaling.svg)"]
+    if results["workers"]:
+        lines += ["", "Runtime workers (`server.workers`), 1,000 clients / 10 senders, median of 3:", ""]
+        for w, reps in results["workers"].items():
+            lines.append(f"- workers = {w}: {fmt(median([r['deliveries_per_sec'] for r in reps]))} deliveries/s, "
+                         f"p99 {median([r['latency_us']['p99'] for r in reps])/1000:.1f} ms")
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else "<!-- GENERATED -->\n<!-- /GENERATED -->\n"
+    begin, end = "<!-- GENERATED -->", "<!-- /GENERATED -->"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+    print("wrote BENCHMARKS.md and bench/results.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
