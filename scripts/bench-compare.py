@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,8 +87,10 @@ class Server:
             cmd = [CHATD, "--port", str(self.port)]
         else:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
+        # Run from a scratch directory: chatd reads ./chat.toml when present, and a benchmark must
+        # measure the embedded defaults plus CHATD_ENV, not whatever config sits in the checkout.
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=tempfile.gettempdir())
         wait_port(self.port, self.proc)
         return self
 

@@ -28,6 +28,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct BenchOptions {
     /// Server URL.
     pub url: String,
+    /// TLS client configuration for `wss://` URLs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections.
     pub clients: usize,
     /// How many of them send.
@@ -293,12 +295,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
-async fn connect(url: &str) -> anyhow::Result<Ws> {
+async fn connect(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<Ws> {
     // Small buffers: a load generator with thousands of connections should not be the bottleneck.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(16 * 1024);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+            .await?;
     Ok(ws)
 }
 
@@ -314,7 +319,7 @@ async fn client(
     let name = format!("b{i}");
     let mut ws = {
         let _permit = gate.acquire().await?;
-        let mut ws = connect(&opts.url).await?;
+        let mut ws = connect(&opts.url, opts.tls.clone()).await?;
         if run.raw {
             if opts.name_line {
                 ws.send(Message::text(name.clone())).await?;

@@ -39,6 +39,15 @@ pub enum Input {
     Who(Option<String>),
     /// `/history [N]`.
     History(Option<usize>),
+    /// `/kick NAME [reason]` (admins).
+    Kick {
+        /// Who.
+        name: String,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// `/announce text` (admins).
+    Announce(String),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -58,6 +67,8 @@ commands:
   /rooms           list rooms
   /who [ROOM]      who is in a room
   /history [N]     the last N messages of the current room
+  /kick NAME [why] disconnect a user (admins)
+  /announce text   a notice to everyone online (admins)
   /help            this help
   /exit            quit (also /quit, Ctrl-D)";
 
@@ -100,6 +111,21 @@ pub fn parse_input(line: &str) -> Input {
             Some(Ok(n)) if n > 0 => Input::History(Some(n)),
             Some(_) => Input::Hint("usage: /history [N], N a positive number".into()),
         },
+        "kick" => match rest.split_once(char::is_whitespace) {
+            Some((name, reason)) => Input::Kick {
+                name: name.to_string(),
+                reason: Some(reason.trim().to_string()),
+            },
+            None if !rest.is_empty() => Input::Kick {
+                name: rest.to_string(),
+                reason: None,
+            },
+            None => Input::Hint("usage: /kick NAME [reason]".into()),
+        },
+        "announce" => arg.map_or_else(
+            || Input::Hint("usage: /announce text".into()),
+            Input::Announce,
+        ),
         "help" | "?" => Input::Help,
         "exit" | "quit" => Input::Exit,
         _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
@@ -480,6 +506,10 @@ pub fn request_for(input: &Input, room: &str, id: u64) -> Option<Value> {
         Input::History(n) => {
             json!({"type": "history", "room": room, "limit": n.unwrap_or(20), "id": id})
         }
+        Input::Kick { name, reason } => {
+            json!({"type": "kick", "name": name, "reason": reason, "id": id})
+        }
+        Input::Announce(text) => json!({"type": "announce", "text": text, "id": id}),
         Input::Empty | Input::Room(_) | Input::Help | Input::Exit | Input::Hint(_) => return None,
     })
 }
@@ -618,6 +648,24 @@ mod tests {
         assert_eq!(parse_input("/history 5"), Input::History(Some(5)));
         assert!(matches!(parse_input("/history x"), Input::Hint(_)));
         assert_eq!(parse_input("/quit"), Input::Exit);
+        assert_eq!(
+            parse_input("/kick bob spamming links"),
+            Input::Kick {
+                name: "bob".into(),
+                reason: Some("spamming links".into())
+            }
+        );
+        assert_eq!(
+            parse_input("/kick bob"),
+            Input::Kick {
+                name: "bob".into(),
+                reason: None
+            }
+        );
+        assert_eq!(
+            parse_input("/announce maintenance at 5"),
+            Input::Announce("maintenance at 5".into())
+        );
         assert!(matches!(parse_input("/dance"), Input::Hint(h) if h.contains("/help")));
     }
 

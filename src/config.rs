@@ -32,6 +32,16 @@ pub enum ConfigError {
     /// The file given with `--config`/`CHATD_CONFIG` does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+    /// A file the configuration names cannot be used (TLS certificate or key, secret file).
+    #[error("{key} = {path:?}: {reason}")]
+    File {
+        /// The key naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<figment::Error> for ConfigError {
@@ -54,7 +64,86 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin listener (metrics and health).
     pub admin: AdminConfig,
+    /// TLS for `wss://`.
+    pub tls: TlsConfig,
+    /// Who may take which name.
+    pub auth: AuthConfig,
 }
+
+/// `[tls]`: serve `wss://` when both paths are set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first); empty = plain `ws://`.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+}
+
+/// `[auth]`: open names or signed tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `open` (first come, first served) or `token` (a signed HS256 JWT per hello).
+    pub mode: AuthMode,
+    /// HMAC secret for tokens (at least 32 bytes). Never logged or printed.
+    pub secret: Secret,
+    /// File holding the secret instead (trailing newline ignored).
+    pub secret_file: String,
+}
+
+/// How names are claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any free name.
+    #[default]
+    Open,
+    /// Only the name a valid token was issued for.
+    Token,
+}
+
+/// A secret string: `Debug` and serialisation show `***`, never the value.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+/// Shortest accepted token secret, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// `[admin]`: where `/metrics`, `/healthz` and `/readyz` are served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +192,13 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Maximum simultaneous connections from one IP address; 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// New connections per second one IP address may open (token bucket); 0 = unlimited.
+    pub connect_rate_per_ip: f64,
+    /// Connections one IP address may open in a burst.
+    pub connect_burst_per_ip: u32,
+    /// Browser origins allowed to connect (exact `scheme://host[:port]`); empty = any. Requests
+    /// without an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +214,9 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 5.0,
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            connect_rate_per_ip: 20.0,
+            connect_burst_per_ip: 100,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -255,6 +354,35 @@ pub enum Rotation {
     Never,
 }
 
+impl AuthConfig {
+    /// The token secret, from `auth.secret` or `auth.secret_file`.
+    pub fn load_secret(&self) -> Result<Secret, ConfigError> {
+        if !self.secret.is_empty() {
+            return Ok(self.secret.clone());
+        }
+        if self.secret_file.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth.secret",
+                reason: "no secret configured (auth.secret or auth.secret_file)".into(),
+            });
+        }
+        let file_error = |reason: String| ConfigError::File {
+            key: "auth.secret_file",
+            path: self.secret_file.clone(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(&self.secret_file).map_err(|e| file_error(e.to_string()))?;
+        let secret = text.trim_end_matches(['\r', '\n']).to_string();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(file_error(format!(
+                "the secret must be at least {MIN_SECRET_BYTES} bytes"
+            )));
+        }
+        Ok(Secret(secret))
+    }
+}
+
 impl LimitsConfig {
     /// The typing relay periods.
     pub fn typing_timings(&self) -> crate::typing::TypingTimings {
@@ -306,7 +434,20 @@ impl Config {
         }
         let config: Config = figment.extract()?;
         config.validate()?;
+        config.check_files()?;
         Ok(config)
+    }
+
+    /// Checks the files the configuration names: the TLS certificate and key load and match, and
+    /// the token secret is readable and long enough.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if self.tls.enabled() {
+            crate::tls::load_server_config(&self.tls)?;
+        }
+        if self.auth.mode == AuthMode::Token {
+            self.auth.load_secret()?;
+        }
+        Ok(())
     }
 
     /// Parses one TOML document on its own (no defaults file, no environment) and validates it.
@@ -402,6 +543,58 @@ impl Config {
             }
         }
 
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            let key = if self.tls.cert.is_empty() {
+                "tls.cert"
+            } else {
+                "tls.key"
+            };
+            return Err(invalid(key, "tls.cert and tls.key must be set together"));
+        }
+        if !s.connect_rate_per_ip.is_finite() || s.connect_rate_per_ip < 0.0 {
+            return Err(invalid("server.connect_rate_per_ip", "must be a rate >= 0"));
+        }
+        if s.connect_rate_per_ip > 0.0 && s.connect_burst_per_ip == 0 {
+            return Err(invalid(
+                "server.connect_burst_per_ip",
+                "must be at least 1 while the rate cap is on",
+            ));
+        }
+        for origin in &s.allowed_origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', ' ', '?', '#']));
+            if !ok {
+                return Err(invalid(
+                    "server.allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin such as \"https://chat.example\" (scheme://host[:port], no path)"
+                    ),
+                ));
+            }
+        }
+        if !self.auth.secret.is_empty() && !self.auth.secret_file.is_empty() {
+            return Err(invalid(
+                "auth.secret_file",
+                "set auth.secret or auth.secret_file, not both",
+            ));
+        }
+        if self.auth.mode == AuthMode::Token
+            && self.auth.secret.is_empty()
+            && self.auth.secret_file.is_empty()
+        {
+            return Err(invalid(
+                "auth.secret",
+                "token mode needs auth.secret or auth.secret_file",
+            ));
+        }
+        if !self.auth.secret.is_empty() && self.auth.secret.expose().len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                "auth.secret",
+                format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
+        }
         if !self.admin.listen.is_empty() && self.admin.addr().is_none() {
             return Err(invalid(
                 "admin.listen",

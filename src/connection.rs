@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -25,8 +26,9 @@ use tracing::{debug, info};
 use crate::metrics::close_reason;
 use crate::server::{ConnSlot, Shared};
 use crate::session::{Flow, Session, close_code};
+use crate::tls::Transport;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Transport>;
 
 /// How long to wait for the peer's half of a close handshake we started.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -46,6 +48,8 @@ enum End {
     Gone,
     /// Writes blocked past the write timeout: the peer is not reading.
     WriteStalled,
+    /// An admin kicked the client, with this reason.
+    Kicked(String),
 }
 
 /// What woke the loop.
@@ -67,20 +71,13 @@ pub(crate) async fn serve(
     let accepted = Instant::now();
     let handshake_timeout = shared.config.server.handshake_timeout();
     // Boxed so the (large) handshake state does not size every connection task for its whole life.
-    let upgrade = Box::pin(timeout(
-        handshake_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
-            check_request,
-            Some(shared.ws_config),
-        ),
-    ));
+    let upgrade = Box::pin(timeout(handshake_timeout, upgrade(stream, &shared)));
     let ws = tokio::select! {
         res = upgrade => match res {
             Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "upgrade failed");
-                shared.metrics.handshake_failures.with_label_values(&["invalid"]).inc();
+            Ok(Err((reason, e))) => {
+                debug!(%peer, error = %e, reason, "upgrade failed");
+                shared.metrics.handshake_failures.with_label_values(&[reason]).inc();
                 return;
             }
             Err(_) => {
@@ -114,10 +111,60 @@ pub(crate) async fn serve(
     Box::pin(conn.finish(end)).await;
 }
 
-/// Accepts every upgrade request for now; origin and path checks belong here.
+/// TLS (when configured) and the WebSocket upgrade; an error carries its metric label.
+async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Ws, (&'static str, String)> {
+    let transport = match &shared.tls {
+        Some(tls) => match tls.acceptor().accept(stream).await {
+            Ok(s) => {
+                shared
+                    .metrics
+                    .tls_handshakes
+                    .with_label_values(&["ok"])
+                    .inc();
+                Transport::Tls(Box::new(s))
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .tls_handshakes
+                    .with_label_values(&["error"])
+                    .inc();
+                return Err(("tls", e.to_string()));
+            }
+        },
+        None => Transport::Plain(stream),
+    };
+    let origins = &shared.config.server.allowed_origins;
+    #[allow(clippy::result_large_err)] // the signature is tungstenite's Callback
+    let check = |req: &Request, resp: Response| check_origin(origins, req, resp);
+    tokio_tungstenite::accept_hdr_async_with_config(transport, check, Some(shared.ws_config))
+        .await
+        .map_err(|e| match &e {
+            WsError::Http(resp) if resp.status() == StatusCode::FORBIDDEN => {
+                ("origin", e.to_string())
+            }
+            _ => ("invalid", e.to_string()),
+        })
+}
+
+/// Browser clients send `Origin`; when `server.allowed_origins` is set, only those (compared
+/// exactly: scheme, host and port) may connect. Requests without `Origin` are not from a browser
+/// page and are allowed.
 #[allow(clippy::result_large_err)] // the signature is tungstenite's Callback
-fn check_request(_req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-    Ok(resp)
+fn check_origin(
+    allowed: &[String],
+    req: &Request,
+    resp: Response,
+) -> Result<Response, ErrorResponse> {
+    let Some(origin) = req.headers().get("origin") else {
+        return Ok(resp);
+    };
+    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+        return Ok(resp);
+    }
+    let mut refusal = ErrorResponse::new(Some("origin not allowed\n".to_string()));
+    *refusal.status_mut() = StatusCode::FORBIDDEN;
+    Err(refusal)
 }
 
 struct Connection {
@@ -212,7 +259,10 @@ impl Connection {
             ));
         }
         self.mail = batch.frames;
-        Ok(())
+        match batch.kicked {
+            Some(reason) => Err(End::Kicked(reason)),
+            None => Ok(()),
+        }
     }
 
     fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
@@ -361,6 +411,7 @@ impl Connection {
             End::ClosedByPeer => close_reason::CLIENT,
             End::Gone => close_reason::GONE,
             End::WriteStalled => close_reason::SLOW_CONSUMER,
+            End::Kicked(_) => close_reason::KICKED,
         };
         metrics
             .connections_closed
@@ -384,6 +435,10 @@ impl Connection {
                 }
             }
             End::Close(code, reason, _) => self.close(code, reason, CLOSE_LINGER).await,
+            End::Kicked(reason) => {
+                let reason = format!("kicked: {reason}");
+                self.close(close_code::POLICY, &reason, CLOSE_LINGER).await
+            }
             End::ClosedByPeer => {
                 // tungstenite queued the reply to the peer's close; flushing sends it.
                 let _ = timeout(CLOSE_LINGER, self.ws.flush()).await;
@@ -396,10 +451,10 @@ impl Connection {
     }
 
     /// Sends a close frame and waits (up to `linger`) for the peer to answer it.
-    async fn close(&mut self, code: u16, reason: &'static str, linger: Duration) {
+    async fn close(&mut self, code: u16, reason: &str, linger: Duration) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.into(),
+            reason: fit_close_reason(reason).to_string().into(),
         };
         let ws = &mut self.ws;
         let _ = timeout(linger, async {
@@ -420,5 +475,33 @@ async fn bounded(
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::WriteStalled),
+    }
+}
+
+/// A close frame's reason must fit in 123 bytes (RFC 6455 §5.5); cut at a character boundary.
+fn fit_close_reason(reason: &str) -> &str {
+    const MAX_CLOSE_REASON_BYTES: usize = 123;
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_close_reason;
+
+    #[test]
+    fn close_reasons_fit_in_123_bytes_on_a_char_boundary() {
+        assert_eq!(fit_close_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = fit_close_reason(&long);
+        assert_eq!(cut.len(), 122);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(fit_close_reason(&"x".repeat(500)).len(), 123);
     }
 }

@@ -376,6 +376,54 @@ impl Hub {
         Some((target.name, Receipt { id, seq: None, ts }))
     }
 
+    /// Removes `name` from every room (announcing `kicked` instead of `left`), frees the name, and
+    /// tells their connection to close. Returns their display name, or `None` if nobody is online
+    /// under that name.
+    pub fn kick(&self, name: &str, by: &Member, reason: &str) -> Option<Arc<str>> {
+        let mut dir = lock(&self.directory);
+        let key = protocol::fold_name(name);
+        let target = dir.users.remove(&key)?;
+        let mut forget = Vec::new();
+        for room in dir.rooms.values() {
+            let mut state = lock(&room.state);
+            let Some(pos) = state.members.iter().position(|m| m.conn == target.conn) else {
+                continue;
+            };
+            let gone = state.members.swap_remove(pos);
+            if gone.plain {
+                state.plain_members -= 1;
+            }
+            state.last_active = Instant::now();
+            if state.members.is_empty() {
+                if state.history.is_empty() {
+                    forget.push(room.name.clone());
+                }
+                continue;
+            }
+            let json = protocol::encode(&ServerMsg::Kicked {
+                room: &room.name,
+                name: &target.name,
+                by: &by.name,
+                reason,
+            });
+            let fanout = state.publish(
+                json,
+                || Some(protocol::plain::kicked(&target.name, &by.name, reason)),
+                Class::Chat,
+                target.conn,
+            );
+            self.metrics.record(Class::Chat, fanout);
+        }
+        for name in forget {
+            dir.rooms.remove(&name);
+        }
+        self.metrics.users_online.set(dir.users.len() as i64);
+        self.metrics.rooms.set(dir.rooms.len() as i64);
+        drop(dir);
+        target.mailbox.kick(reason.to_string());
+        Some(target.name)
+    }
+
     /// The online user with this name (case-insensitively).
     pub fn user(&self, name: &str) -> Option<Member> {
         lock(&self.directory)

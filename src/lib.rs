@@ -2,6 +2,7 @@
 //! behind its binaries. See `ARCHITECTURE.md` for the map and `docs/PROTOCOL.md` for the wire contract.
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod rate;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 pub mod typing;
 
 pub use config::{Config, ConfigError, Sources};

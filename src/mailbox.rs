@@ -52,6 +52,8 @@ struct State {
     frames: VecDeque<Utf8Bytes>,
     overflowed: bool,
     closed: bool,
+    /// An admin kicked this client, with this reason.
+    kicked: Option<String>,
 }
 
 /// What the connection task took from its mailbox.
@@ -61,6 +63,8 @@ pub struct Batch {
     pub frames: VecDeque<Utf8Bytes>,
     /// The client overflowed its queue and must be disconnected.
     pub overflowed: bool,
+    /// The client was kicked, with this reason: close it (1008) after delivering `frames`.
+    pub kicked: Option<String>,
 }
 
 impl Mailbox {
@@ -110,12 +114,21 @@ impl Mailbox {
         Batch {
             frames: std::mem::take(&mut state.frames),
             overflowed: state.overflowed,
+            kicked: state.kicked.take(),
         }
     }
 
     /// Waits until something was pushed since the last wake-up.
     pub async fn ready(&self) {
         self.notify.notified().await
+    }
+
+    /// Tells the connection to close with `reason` once it has written what is queued.
+    pub fn kick(&self, reason: String) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.kicked = Some(reason);
+        drop(state);
+        self.notify.notify_one();
     }
 
     /// Refuses all further frames: the connection is ending.

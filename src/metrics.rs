@@ -29,6 +29,8 @@ pub mod close_reason {
     pub const HELLO_TIMEOUT: &str = "hello_timeout";
     /// Silent for two ping intervals.
     pub const PING_TIMEOUT: &str = "ping_timeout";
+    /// Kicked by an admin.
+    pub const KICKED: &str = "kicked";
 }
 
 /// The server's metrics.
@@ -119,7 +121,7 @@ impl Metrics {
             ),
             connections_refused: counter_vec(
                 "chatd_connections_refused_total",
-                "Connections refused with HTTP 503 at the connection limits, by reason.",
+                "Connections refused at the connection limits (HTTP 503, or 429 for `rate`), by reason.",
                 &["reason"],
             ),
             handshake_failures: counter_vec(
@@ -210,7 +212,7 @@ impl Metrics {
             let _ = metrics.registry.register(Box::new(process));
         }
         // Pre-create the common label values so they show as 0 before anything happens.
-        for reason in ["capacity", "per_ip"] {
+        for reason in ["capacity", "per_ip", "rate"] {
             metrics.connections_refused.with_label_values(&[reason]);
         }
         for class in ["presence", "typing"] {

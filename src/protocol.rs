@@ -48,6 +48,10 @@ pub enum ErrorCode {
     BadRequest,
     /// The `type` is not one this server knows.
     UnknownType,
+    /// The token is missing, invalid, expired or for another name (the connection is closed).
+    Unauthorized,
+    /// Only admins may do this.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -66,6 +70,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -102,6 +108,8 @@ pub enum ClientMsg {
         name: String,
         /// First room; `lobby` when absent.
         room: Option<String>,
+        /// Signed token (required when the server runs with `auth.mode = "token"`).
+        token: Option<String>,
     },
     /// Join a room.
     Join {
@@ -145,6 +153,18 @@ pub enum ClientMsg {
         /// Room; the `hello` room when absent.
         room: Option<String>,
     },
+    /// Disconnect a user (admins only).
+    Kick {
+        /// Who.
+        name: String,
+        /// Why (shown to everyone; cut to fit a close frame for the kicked user).
+        reason: Option<String>,
+    },
+    /// A notice to everyone online (admins only).
+    Announce {
+        /// The notice.
+        text: String,
+    },
     /// Page back through a room's history.
     History {
         /// Room; the `hello` room when absent.
@@ -169,6 +189,8 @@ impl ClientMsg {
             ClientMsg::Rooms => "rooms",
             ClientMsg::Who { .. } => "who",
             ClientMsg::History { .. } => "history",
+            ClientMsg::Kick { .. } => "kick",
+            ClientMsg::Announce { .. } => "announce",
         }
     }
 }
@@ -216,6 +238,8 @@ struct RawRequest {
     action: Option<bool>,
     before: Option<u64>,
     limit: Option<usize>,
+    token: Option<String>,
+    reason: Option<String>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -272,6 +296,14 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         "hello" => ClientMsg::Hello {
             name: need(raw.name, "name")?,
             room: raw.room,
+            token: raw.token,
+        },
+        "kick" => ClientMsg::Kick {
+            name: need(raw.name, "name")?,
+            reason: raw.reason,
+        },
+        "announce" => ClientMsg::Announce {
+            text: need(raw.text, "text")?,
         },
         "join" => ClientMsg::Join {
             room: need(raw.room, "room")?,
@@ -496,6 +528,13 @@ pub enum ServerMsg<'a> {
     },
     /// Someone left a room.
     Left { room: &'a str, name: &'a str },
+    /// An admin removed someone (sent instead of `left`).
+    Kicked {
+        room: &'a str,
+        name: &'a str,
+        by: &'a str,
+        reason: &'a str,
+    },
     /// Someone's typing state changed.
     Typing {
         from: &'a str,
@@ -548,6 +587,10 @@ pub mod plain {
     pub fn joined(name: &str) -> Utf8Bytes {
         format!("* {name} joined the chat").into()
     }
+    /// `* bob was kicked by alice (spam)`.
+    pub fn kicked(name: &str, by: &str, reason: &str) -> Utf8Bytes {
+        format!("* {name} was kicked by {by} ({reason})").into()
+    }
     /// `* alice has left the chat`.
     pub fn left(name: &str) -> Utf8Bytes {
         format!("* {name} has left the chat").into()
@@ -578,7 +621,8 @@ mod tests {
             r.msg,
             ClientMsg::Hello {
                 name: "henry".into(),
-                room: None
+                room: None,
+                token: None
             }
         );
         let r = parse_request(r#"{"type":"typing","to":"bob","state":"paused"}"#).unwrap();

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -20,10 +20,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admin;
-use crate::config::Config;
+use crate::auth::Verifier;
+use crate::config::{AuthMode, Config, ServerConfig};
 use crate::connection;
 use crate::hub::{Hub, HubLimits};
 use crate::metrics::Metrics;
+use crate::tls::{TlsState, Transport};
 
 /// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
@@ -41,6 +43,10 @@ pub struct Shared {
     pub(crate) ws_config: WebSocketConfig,
     /// What is counted, for `/metrics`.
     pub(crate) metrics: Metrics,
+    /// The TLS configuration, when serving `wss://`.
+    pub(crate) tls: Option<TlsState>,
+    /// Token verification, in `auth.mode = "token"`.
+    pub(crate) auth: Option<Verifier>,
 }
 
 /// A bound, not yet running, chat server.
@@ -94,10 +100,21 @@ impl Server {
             metrics.clone(),
         );
         let limiter = Arc::new(ConnLimiter::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
+            &config.server,
             metrics.connections_open.clone(),
         ));
+        let invalid = |e: crate::config::ConfigError| {
+            io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let tls = if config.tls.enabled() {
+            Some(TlsState::new(&config.tls).map_err(invalid)?)
+        } else {
+            None
+        };
+        let auth = match config.auth.mode {
+            AuthMode::Token => Some(Verifier::new(&config.auth.load_secret().map_err(invalid)?)),
+            AuthMode::Open => None,
+        };
         Ok(Server {
             listener,
             local_addr,
@@ -107,6 +124,8 @@ impl Server {
                 config,
                 ws_config,
                 metrics,
+                tls,
+                auth,
             }),
             limiter,
         })
@@ -115,6 +134,19 @@ impl Server {
     /// The chat address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle that re-reads the TLS certificate and key (for SIGHUP); `None` without TLS.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.shared
+            .tls
+            .as_ref()
+            .map(|_| TlsReloader(self.shared.clone()))
+    }
+
+    /// Whether the server speaks `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// The admin address actually bound, if the admin listener is on.
@@ -175,7 +207,7 @@ impl Server {
                         slot,
                     ));
                 }
-                Err((label, why)) => {
+                Err(Refusal { label, why, status }) => {
                     debug!(%peer, why, "refusing connection");
                     shared
                         .metrics
@@ -185,8 +217,9 @@ impl Server {
                     if refusals.fetch_add(1, Ordering::Relaxed) < MAX_CONCURRENT_REFUSALS {
                         let refusals = refusals.clone();
                         let wait = shared.config.server.handshake_timeout();
+                        let tls = shared.tls.as_ref().map(TlsState::acceptor);
                         tracker.spawn(async move {
-                            refuse(stream, why, wait).await;
+                            refuse(stream, tls, status, why, wait).await;
                             refusals.fetch_sub(1, Ordering::Relaxed);
                         });
                     } else {
@@ -226,13 +259,49 @@ impl Server {
 
 /// Answers an over-the-limit upgrade request with HTTP 503 and a reason, then closes.
 #[allow(clippy::result_large_err)] // the closure's signature is tungstenite's Callback
-async fn refuse(stream: TcpStream, why: &'static str, wait: Duration) {
+async fn refuse(
+    stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    status: StatusCode,
+    why: &'static str,
+    wait: Duration,
+) {
     let reply = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
         let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
-        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        *resp.status_mut() = status;
         Err(resp)
     };
-    let _ = timeout(wait, tokio_tungstenite::accept_hdr_async(stream, reply)).await;
+    let _ = timeout(wait, async {
+        let transport = match tls {
+            Some(acceptor) => Transport::Tls(Box::new(acceptor.accept(stream).await.ok()?)),
+            None => Transport::Plain(stream),
+        };
+        tokio_tungstenite::accept_hdr_async(transport, reply)
+            .await
+            .ok()
+    })
+    .await;
+}
+
+/// Re-reads the TLS certificate and key of a running server.
+#[derive(Clone)]
+pub struct TlsReloader(Arc<Shared>);
+
+impl TlsReloader {
+    /// Loads the files again; on error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        match &self.0.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a connection was turned away, and with what HTTP status.
+struct Refusal {
+    label: &'static str,
+    why: &'static str,
+    status: StatusCode,
 }
 
 /// Counts open connections, in total and per IP address.
@@ -240,6 +309,8 @@ async fn refuse(stream: TcpStream, why: &'static str, wait: Duration) {
 struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
+    rate_per_sec: f64,
+    burst: f64,
     open_gauge: IntGauge,
     state: Mutex<LimiterState>,
 }
@@ -248,7 +319,12 @@ struct ConnLimiter {
 struct LimiterState {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connect-rate token buckets per address: (tokens, last refill).
+    rates: HashMap<IpAddr, (f64, Instant)>,
 }
+
+/// Connect-rate buckets kept before idle (full) ones are pruned.
+const MAX_RATE_ENTRIES: usize = 4096;
 
 /// One open connection's place in the limits; freed on drop.
 #[derive(Debug)]
@@ -258,27 +334,57 @@ pub(crate) struct ConnSlot {
 }
 
 impl ConnLimiter {
-    fn new(max_total: usize, max_per_ip: usize, open_gauge: IntGauge) -> ConnLimiter {
+    fn new(server: &ServerConfig, open_gauge: IntGauge) -> ConnLimiter {
         ConnLimiter {
-            max_total,
-            max_per_ip,
+            max_total: server.max_connections,
+            max_per_ip: server.max_connections_per_ip,
+            rate_per_sec: server.connect_rate_per_ip,
+            burst: f64::from(server.connect_burst_per_ip),
             open_gauge,
             state: Mutex::new(LimiterState::default()),
         }
     }
 
     /// A slot for one more connection, or the refusal's (metric label, reason).
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, (&'static str, &'static str)> {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.max_total > 0 && state.total >= self.max_total {
-            return Err(("capacity", "server at capacity: too many connections"));
+            return Err(Refusal {
+                label: "capacity",
+                why: "server at capacity: too many connections",
+                status: StatusCode::SERVICE_UNAVAILABLE,
+            });
+        }
+        if self.max_per_ip > 0 && state.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            return Err(Refusal {
+                label: "per_ip",
+                why: "too many connections from your address",
+                status: StatusCode::SERVICE_UNAVAILABLE,
+            });
+        }
+        if self.rate_per_sec > 0.0 {
+            let now = Instant::now();
+            if state.rates.len() >= MAX_RATE_ENTRIES {
+                let (rate, burst) = (self.rate_per_sec, self.burst);
+                state.rates.retain(|_, (tokens, last)| {
+                    *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
+                });
+            }
+            let (tokens, last) = state.rates.entry(ip).or_insert((self.burst, now));
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
+                .min(self.burst);
+            *last = now;
+            if *tokens < 1.0 {
+                return Err(Refusal {
+                    label: "rate",
+                    why: "connecting too often from your address; slow down",
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                });
+            }
+            *tokens -= 1.0;
         }
         if self.max_per_ip > 0 {
-            let n = state.per_ip.entry(ip).or_default();
-            if *n >= self.max_per_ip {
-                return Err(("per_ip", "too many connections from your address"));
-            }
-            *n += 1;
+            *state.per_ip.entry(ip).or_default() += 1;
         }
         state.total += 1;
         self.open_gauge.inc();

@@ -87,6 +87,8 @@ pub struct Session {
     typing_rate: TokenBucket,
     strikes: TokenBucket,
     typing: TypingTracker,
+    /// Set when a request must end the connection (after its reply is sent).
+    closing: Option<(u16, &'static str)>,
 }
 
 impl Session {
@@ -116,6 +118,7 @@ impl Session {
             typing_rate,
             strikes,
             typing,
+            closing: None,
         }
     }
 
@@ -205,7 +208,10 @@ impl Session {
         if let Err(r) = self.dispatch(request, out) {
             out.push(error_frame(r.code, &r.message, id.as_deref()));
         }
-        Flow::Continue
+        match self.closing {
+            Some((code, reason)) => Flow::Close(code, reason),
+            None => Flow::Continue,
+        }
     }
 
     /// Handles a binary frame: chat is text only, so the client gets an error (not a disconnect).
@@ -254,8 +260,9 @@ impl Session {
         let reference = request.id.as_deref();
         let Some(me) = self.me.clone() else {
             return match request.msg {
-                ClientMsg::Hello { name, room } => {
-                    self.hello(&name, room.as_deref(), Mode::Json, reference, out)
+                ClientMsg::Hello { name, room, token } => {
+                    let role = self.authenticate(&name, token.as_deref())?;
+                    self.hello(&name, room.as_deref(), Mode::Json, role, reference, out)
                 }
                 _ => Err(reject(ErrorCode::HelloRequired, "say hello first")),
             };
@@ -266,6 +273,52 @@ impl Session {
                 format!("you are already {}", me.name),
             )),
             ClientMsg::Join { room } => self.join(&me, &room, reference, out),
+            ClientMsg::Kick { name, reason } => {
+                require_admin(&me)?;
+                let reason = reason
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or("no reason given");
+                let reason: String = reason.chars().take(200).collect();
+                if protocol::validate_name(&name) == Err(NameError::Invalid) {
+                    return Err(no_such_user(&name));
+                }
+                let kicked = self
+                    .shared
+                    .hub
+                    .kick(&name, &me, &reason)
+                    .ok_or_else(|| no_such_user(&name))?;
+                info!(peer = %self.peer, user = %me.name, kicked = %kicked, "user kicked");
+                out.push(protocol::encode(&ServerMsg::Ack {
+                    reference,
+                    id: None,
+                    seq: None,
+                    ts: None,
+                    room: None,
+                }));
+                Ok(())
+            }
+            ClientMsg::Announce { text } => {
+                require_admin(&me)?;
+                check_text(&text)?;
+                let json = protocol::encode(&ServerMsg::Notice {
+                    from: &me.name,
+                    text: &text,
+                });
+                self.shared
+                    .hub
+                    .broadcast_all(&json, &plain::notice(&me.name, &text));
+                info!(peer = %self.peer, user = %me.name, "announcement sent");
+                out.push(protocol::encode(&ServerMsg::Ack {
+                    reference,
+                    id: None,
+                    seq: None,
+                    ts: None,
+                    room: None,
+                }));
+                Ok(())
+            }
             ClientMsg::Leave { room } => {
                 let room = self.my_room(Some(&room))?;
                 self.leave(&me, &room);
@@ -377,11 +430,29 @@ impl Session {
         }
     }
 
+    /// In token mode, the role a valid token grants `name`; a failure closes the connection (1008)
+    /// after the `unauthorized` error, and the name is not taken. In open mode everyone is a user.
+    fn authenticate(&mut self, name: &str, token: Option<&str>) -> Result<Role, Rejection> {
+        let Some(verifier) = &self.shared.auth else {
+            return Ok(Role::User);
+        };
+        verifier.verify(token, name).map_err(|e| {
+            let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
+            info!(peer = %self.peer, user = %shown, error = %e, "hello refused: unauthorized");
+            self.closing = Some((close_code::POLICY, "unauthorized"));
+            reject(
+                ErrorCode::Unauthorized,
+                "a valid token for this name is required",
+            )
+        })
+    }
+
     fn hello(
         &mut self,
         name: &str,
         room: Option<&str>,
         mode: Mode,
+        role: Role,
         reference: Option<&str>,
         out: &mut Vec<Utf8Bytes>,
     ) -> Reply {
@@ -404,7 +475,7 @@ impl Session {
         let member = Member {
             conn: self.conn,
             name: Arc::from(name),
-            role: Role::User,
+            role,
             plain: mode == Mode::Plain,
             mailbox: self.mailbox.clone(),
         };
@@ -559,7 +630,15 @@ impl Session {
         }
         let line = text.trim();
         let Some(me) = self.me.clone() else {
-            if let Err(r) = self.hello(line, None, Mode::Plain, None, out) {
+            if self.shared.auth.is_some() {
+                out.push(
+                    "this server requires a signed token: connect with a client that sends a JSON hello \
+                     with a token (chatctl connect NAME --token TOKEN)"
+                        .into(),
+                );
+                return Flow::Close(close_code::POLICY, "token required");
+            }
+            if let Err(r) = self.hello(line, None, Mode::Plain, Role::User, None, out) {
                 out.push(format!("{}; send another name", r.message).into());
             }
             return Flow::Continue;
@@ -657,6 +736,14 @@ fn no_such_user(name: &str) -> Rejection {
         ErrorCode::NoSuchUser,
         format!("nobody called {shown:?} is online"),
     )
+}
+
+fn require_admin(me: &Member) -> Reply {
+    if me.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(reject(ErrorCode::Forbidden, "only admins may do that"))
+    }
 }
 
 fn check_text(text: &str) -> Reply {

@@ -50,6 +50,15 @@ struct Cli {
         global = true
     )]
     url: String,
+    /// Trust only this CA bundle (PEM) for wss:// instead of the system roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Do not verify the server's certificate (testing only; prints a warning).
+    #[arg(long, global = true, conflicts_with = "ca_cert")]
+    insecure: bool,
+    /// Token for servers in token mode (`chatd token NAME` mints one).
+    #[arg(long, env = "CHATD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,6 +170,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONNECT);
         }
     };
+    let endpoint = match Endpoint::from_cli(&cli) {
+        Ok(ep) => ep,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONNECT);
+        }
+    };
+    let ep = &endpoint;
     let code = runtime.block_on(async {
         match cli.command {
             Command::Send {
@@ -168,8 +185,8 @@ fn main() -> ExitCode {
                 room,
                 to,
                 text,
-            } => send(&cli.url, &name, room, to, &text).await,
-            Command::Bench(args) => bench(&cli.url, args).await,
+            } => send(ep, &name, room, to, &text).await,
+            Command::Bench(args) => bench(ep, args).await,
             Command::Connect {
                 name,
                 room,
@@ -182,14 +199,14 @@ fn main() -> ExitCode {
                     && std::io::stdout().is_terminal();
                 if interactive {
                     match Tui::new() {
-                        Ok(mut tui) => chat(&cli.url, &name, &room, &mut tui).await,
+                        Ok(mut tui) => chat(ep, &name, &room, &mut tui).await,
                         Err(e) => {
                             eprintln!("error: cannot use the terminal: {e}");
                             EXIT_CONNECT
                         }
                     }
                 } else {
-                    chat(&cli.url, &name, &room, &mut Script::new(json)).await
+                    chat(ep, &name, &room, &mut Script::new(json)).await
                 }
             }
         }
@@ -202,9 +219,10 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // `chatctl bench`
 
-async fn bench(url: &str, a: BenchArgs) -> u8 {
+async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
     let opts = chatd::bench::BenchOptions {
-        url: url.to_string(),
+        url: ep.url.clone(),
+        tls: ep.tls.clone(),
         clients: a.clients,
         senders: a.senders,
         messages: a.messages,
@@ -249,8 +267,45 @@ enum HelloError {
     Failed(String),
 }
 
-async fn connect(url: &str) -> Result<Ws, String> {
-    match tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+/// Where and how to connect: the URL, TLS trust for wss://, and the token for hello.
+struct Endpoint {
+    url: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+}
+
+impl Endpoint {
+    fn from_cli(cli: &Cli) -> Result<Endpoint, String> {
+        let tls = if cli.url.starts_with("wss://") {
+            let trust = match (&cli.ca_cert, cli.insecure) {
+                (_, true) => {
+                    eprintln!(
+                        "warning: --insecure: the server's certificate is not verified; anyone on the path \
+                         can read and change this chat"
+                    );
+                    chatd::tls::ClientTrust::Insecure
+                }
+                (Some(path), false) => chatd::tls::ClientTrust::CaFile(path.clone()),
+                (None, false) => chatd::tls::ClientTrust::SystemRoots,
+            };
+            Some(chatd::tls::client_config(&trust)?)
+        } else {
+            None
+        };
+        Ok(Endpoint {
+            url: cli.url.clone(),
+            tls,
+            token: cli.token.clone(),
+        })
+    }
+}
+
+async fn connect(ep: &Endpoint) -> Result<Ws, String> {
+    let url = &ep.url;
+    let connector = ep.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let attempt =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, connector);
+    match tokio::time::timeout(REPLY_TIMEOUT, attempt).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             let body = resp
@@ -264,14 +319,24 @@ async fn connect(url: &str) -> Result<Ws, String> {
                 client::sanitize(body.trim())
             ))
         }
-        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+        Ok(Err(e)) => {
+            let hint = if e.to_string().contains("certificate") {
+                " (for a private CA use --ca-cert FILE)"
+            } else {
+                ""
+            };
+            Err(format!("cannot connect to {url}: {e}{hint}"))
+        }
         Err(_) => Err(format!("cannot connect to {url}: timed out")),
     }
 }
 
 /// Says hello and waits for the welcome (returned) or the refusal.
-async fn hello(ws: &mut Ws, name: &str, room: &str) -> Result<Value, HelloError> {
-    let req = json!({"type": "hello", "name": name, "room": room, "id": "hello"});
+async fn hello(ws: &mut Ws, ep: &Endpoint, name: &str, room: &str) -> Result<Value, HelloError> {
+    let mut req = json!({"type": "hello", "name": name, "room": room, "id": "hello"});
+    if let Some(token) = &ep.token {
+        req["token"] = json!(token);
+    }
     ws.send(Message::text(req.to_string()))
         .await
         .map_err(|e| HelloError::Failed(e.to_string()))?;
@@ -313,8 +378,14 @@ async fn hello(ws: &mut Ws, name: &str, room: &str) -> Result<Value, HelloError>
 // ---------------------------------------------------------------------------------------------
 // `chatctl send`
 
-async fn send(url: &str, name: &str, room: Option<String>, to: Option<String>, text: &str) -> u8 {
-    let mut ws = match connect(url).await {
+async fn send(
+    ep: &Endpoint,
+    name: &str,
+    room: Option<String>,
+    to: Option<String>,
+    text: &str,
+) -> u8 {
+    let mut ws = match connect(ep).await {
         Ok(ws) => ws,
         Err(e) => {
             eprintln!("error: {e}");
@@ -322,7 +393,7 @@ async fn send(url: &str, name: &str, room: Option<String>, to: Option<String>, t
         }
     };
     let room = room.unwrap_or_else(|| "lobby".into());
-    if let Err(e) = hello(&mut ws, name, &room).await {
+    if let Err(e) = hello(&mut ws, ep, name, &room).await {
         return report_hello_error(name, e);
     }
     let req = match &to {
@@ -373,6 +444,9 @@ fn report_hello_error(name: &str, e: HelloError) -> u8 {
             match code.as_str() {
                 "name_taken" => eprintln!("error: name \"{shown}\" is taken"),
                 "name_invalid" => eprintln!("error: name \"{shown}\" is not allowed: {message}"),
+                "unauthorized" => eprintln!(
+                    "error: unauthorized: the server refused the token for \"{shown}\" ({message})"
+                ),
                 _ => eprintln!("error: {message} ({code})"),
             }
             EXIT_REFUSED
@@ -434,7 +508,8 @@ struct Chat {
     typing: TypingView,
 }
 
-async fn chat<F: Frontend>(url: &str, name: &str, room: &str, ui: &mut F) -> u8 {
+async fn chat<F: Frontend>(ep: &Endpoint, name: &str, room: &str, ui: &mut F) -> u8 {
+    let url = &ep.url;
     let mut chat = Chat {
         name: name.to_string(),
         rooms: vec![room.trim_start_matches('#').to_ascii_lowercase()],
@@ -449,7 +524,7 @@ async fn chat<F: Frontend>(url: &str, name: &str, room: &str, ui: &mut F) -> u8 
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
     let mut connected_once = false;
     loop {
-        let mut ws = match connect(url).await {
+        let mut ws = match connect(ep).await {
             Ok(ws) => ws,
             Err(e) if !connected_once => {
                 eprintln!("error: {e}");
@@ -463,7 +538,7 @@ async fn chat<F: Frontend>(url: &str, name: &str, room: &str, ui: &mut F) -> u8 
             }
         };
         let home = chat.rooms[0].clone();
-        let welcome = match hello(&mut ws, name, &home).await {
+        let welcome = match hello(&mut ws, ep, name, &home).await {
             Ok(w) => w,
             Err(HelloError::Failed(e)) if connected_once => {
                 if !wait_to_retry(ui, &mut backoff, &e).await {

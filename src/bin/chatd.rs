@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chatd::server::TlsReloader;
 use chatd::{Config, ConfigError, Server, Sources, telemetry};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
@@ -51,6 +52,23 @@ enum Command {
     /// Ask the running server's admin listener for /healthz: exit 0 if healthy, 1 if not.
     /// For container health checks (no curl needed).
     Healthcheck,
+    /// Mint a signed token for NAME with the configured auth secret; prints only the token.
+    Token {
+        /// The user name the token is for (its `sub`).
+        name: String,
+        /// The role it grants.
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+        /// How long it is valid: 30d, 12h, 15m, 90s.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    User,
+    Admin,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +92,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck => healthcheck(&config),
+        Command::Token { name, role, ttl } => mint_token(&config, &name, role, &ttl),
         Command::Run => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -107,16 +126,27 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    // Signals are handled from before the port is bound, so none is missed once we report ready.
+    // Signals are registered before the port is bound, so none is missed once we report ready;
+    // they queue in `signals` until the watcher starts.
     let signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
-    let signal_task = tokio::spawn(watch_signals(signals, shutdown.clone()));
 
     let server = Server::bind(config).await?;
     println!("WebSocket server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("Admin endpoints on http://{admin} (/metrics, /healthz, /readyz)");
     }
+    if server.is_tls() {
+        println!(
+            "TLS enabled: clients connect to wss://{}",
+            server.local_addr()
+        );
+    }
+    let signal_task = tokio::spawn(watch_signals(
+        signals,
+        shutdown.clone(),
+        server.tls_reloader(),
+    ));
     // Both listeners are bound: tell systemd (Type=notify) we are ready. No-op without NOTIFY_SOCKET.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd");
@@ -132,15 +162,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once. SIGHUP: logged (nothing in the
-/// configuration is reloadable yet; it must not kill the daemon, as its default action would).
-async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once. SIGHUP: re-read the TLS
+/// certificate and key (a bad one is logged and the old one kept); nothing else is reloadable.
+async fn watch_signals(
+    mut signals: Signals,
+    shutdown: CancellationToken,
+    tls: Option<TlsReloader>,
+) {
     let mut seen = 0;
     while let Some(signal) = signals.next().await {
         if signal == SIGHUP {
-            tracing::info!(
-                "SIGHUP received: nothing to reload; restart chatd to apply config changes"
-            );
+            match &tls {
+                Some(reloader) => match reloader.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+                    }
+                },
+                None => tracing::info!(
+                    "SIGHUP received: nothing to reload; restart chatd to apply config changes"
+                ),
+            }
             continue;
         }
         seen += 1;
@@ -200,6 +242,39 @@ fn healthcheck(config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("chatd: healthcheck: cannot reach http://{addr}/healthz: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `chatd token NAME`: prints a token signed with the configured secret, and nothing else.
+fn mint_token(config: &Config, name: &str, role: RoleArg, ttl: &str) -> ExitCode {
+    if let Err(e) = chatd::protocol::validate_name(name) {
+        eprintln!("chatd: token: {name:?} is not a valid name ({e:?})");
+        return ExitCode::from(2);
+    }
+    let ttl = match chatd::auth::parse_ttl(ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => {
+            eprintln!("chatd: token: --ttl {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret = match config.auth.load_secret() {
+        Ok(secret) => secret,
+        Err(e) => return config_error(&e),
+    };
+    let role = match role {
+        RoleArg::User => chatd::protocol::Role::User,
+        RoleArg::Admin => chatd::protocol::Role::Admin,
+    };
+    match chatd::auth::mint(&secret, name, role, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: token: {e}");
             ExitCode::FAILURE
         }
     }

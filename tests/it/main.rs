@@ -7,4 +7,5 @@ mod helpers;
 mod limits;
 mod ops;
 mod plain;
+mod security;
 mod typing;

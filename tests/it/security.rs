@@ -1,0 +1,715 @@
+//! Secure communication and hostile clients, against the real binaries: wss:// with a throwaway CA,
+//! certificate reload, token authentication and its failures, admin roles, origin checks,
+//! connection-rate caps and oversized upgrade requests.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::helpers::{Daemon, Proc, chatctl_command, chatd_command};
+
+const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+/// A throwaway certificate authority.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { params, key, pem }
+    }
+
+    /// A server certificate for localhost and its key, as PEM.
+    fn leaf(&self) -> (String, String) {
+        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        (
+            params.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+}
+
+struct TlsFiles {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+fn tls_files(ca: &Ca) -> TlsFiles {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf();
+    let files = TlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        ca: dir.path().join("ca.pem"),
+        _dir: dir,
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    std::fs::write(&files.ca, &ca.pem).unwrap();
+    files
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tls_env(f: &TlsFiles) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHATD_TLS__CERT", path(&f.cert).to_string()),
+        ("CHATD_TLS__KEY", path(&f.key).to_string()),
+    ]
+}
+
+fn start_with(env: &[(&str, String)]) -> Daemon {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Daemon::start(&[], &env)
+}
+
+fn wss(d: &Daemon) -> String {
+    format!("wss://localhost:{}", d.addr.port())
+}
+
+fn chatctl_send(url: &str, extra: &[&str], name: &str, text: &str) -> (Option<i32>, String) {
+    let out = chatctl_command()
+        .args(["--url", url])
+        .args(extra)
+        .args(["send", "--name", name, text])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn wss_chat_with_chatctl_and_an_independent_client() {
+    let ca = Ca::new("chatd test CA");
+    let files = tls_files(&ca);
+    let d = start_with(&tls_env(&files));
+    assert!(
+        d.lines
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .contains("TLS enabled: clients connect to wss://")
+    );
+    let url = wss(&d);
+
+    let mut cmd = chatctl_command();
+    cmd.args([
+        "--url",
+        &url,
+        "--ca-cert",
+        path(&files.ca),
+        "connect",
+        "alice",
+    ]);
+    let mut alice = Proc::spawn(cmd);
+    alice.expect_out("welcome, alice!");
+    let (code, err) = chatctl_send(&url, &["--ca-cert", path(&files.ca)], "bob", "over tls");
+    assert_eq!(code, Some(0), "{err}");
+    alice.expect_out("<bob> over tls");
+
+    // Python's ssl (OpenSSL) and a hand-written WebSocket client: nothing shared with chatd.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/ws_client.py");
+    let out = Command::new("python3")
+        .args([
+            script,
+            "localhost",
+            &d.addr.port().to_string(),
+            path(&files.ca),
+            "py",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok py ack seq=2"
+    );
+    alice.expect_out("<py> hello over TLS from python");
+
+    // A client that does not trust the CA fails the handshake with a clear error.
+    let (code, err) = chatctl_send(&url, &[], "mallory", "hi");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("--ca-cert"),
+        "{err}"
+    );
+    // --insecure connects, but says loudly that it did not verify.
+    let (code, err) = chatctl_send(&url, &["--insecure"], "tester", "hi");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.starts_with("warning: --insecure"), "{err}");
+    alice.close_stdin();
+    assert_eq!(alice.wait_exit(), Some(0));
+}
+
+#[test]
+fn tls_file_errors_exit_78_naming_the_file() {
+    let ca = Ca::new("ca");
+    let files = tls_files(&ca);
+    let check = |cert: &str, key: &str| {
+        let out = chatd_command()
+            .args(["check-config"])
+            .env("CHATD_TLS__CERT", cert)
+            .env("CHATD_TLS__KEY", key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = check("/nonexistent/cert.pem", path(&files.key));
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("tls.cert") && err.contains("/nonexistent/cert.pem"),
+        "{err}"
+    );
+    let (code, err) = check(path(&files.cert), "/nonexistent/key.pem");
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("tls.key") && err.contains("/nonexistent/key.pem"),
+        "{err}"
+    );
+    // A key from another certificate.
+    let other = tls_files(&ca);
+    let (code, err) = check(path(&files.cert), path(&other.key));
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("tls.key") && err.contains("does not match"),
+        "{err}"
+    );
+    std::fs::write(&other.cert, "not a certificate").unwrap();
+    let (code, err) = check(path(&other.cert), path(&other.key));
+    assert_eq!(code, Some(78));
+    assert!(err.contains("tls.cert"), "{err}");
+    let (code, err) = check(path(&files.cert), "");
+    assert_eq!(code, Some(78));
+    assert!(err.contains("tls.key"), "{err}");
+    assert_eq!(check(path(&files.cert), path(&files.key)).0, Some(0));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let (ca1, ca2) = (Ca::new("first CA"), Ca::new("second CA"));
+    let files = tls_files(&ca1);
+    let ca2_file = files.ca.with_file_name("ca2.pem");
+    std::fs::write(&ca2_file, &ca2.pem).unwrap();
+    let d = start_with(&tls_env(&files));
+    let url = wss(&d);
+    let mut cmd = chatctl_command();
+    cmd.args([
+        "--url",
+        &url,
+        "--ca-cert",
+        path(&files.ca),
+        "connect",
+        "alice",
+    ]);
+    let mut alice = Proc::spawn(cmd);
+    alice.expect_out("welcome, alice!");
+
+    let (cert, key) = ca2.leaf();
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    d.signal("HUP");
+    // New handshakes present the new certificate (poll with a deadline: the signal is async).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while chatctl_send(&url, &["--ca-cert", path(&ca2_file)], "bob", "new cert").0 != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    alice.expect_out("<bob> new cert");
+    assert_eq!(
+        chatctl_send(&url, &["--ca-cert", path(&files.ca)], "carol", "old CA").0,
+        Some(3)
+    );
+    // The connection made before the reload is still up.
+    alice.write_line("/who");
+    alice.expect_out("#lobby: alice");
+
+    // A broken certificate is refused and the working one kept.
+    std::fs::write(&files.cert, "garbage").unwrap();
+    d.signal("HUP");
+    let logged = (0..200).find_map(|_| {
+        d.lines
+            .recv_timeout(Duration::from_millis(50))
+            .ok()
+            .filter(|l| l.contains("TLS reload failed"))
+    });
+    assert!(logged.is_some(), "the failed reload was not logged");
+    assert_eq!(
+        chatctl_send(&url, &["--ca-cert", path(&ca2_file)], "dave", "still").0,
+        Some(0)
+    );
+    alice.close_stdin();
+    assert_eq!(alice.wait_exit(), Some(0));
+}
+
+// ---- tokens and roles ------------------------------------------------------------------------
+
+fn token_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("CHATD_AUTH__MODE", "token".to_string()),
+        ("CHATD_AUTH__SECRET", SECRET.to_string()),
+    ]
+}
+
+fn mint(args: &[&str], secret: &str) -> String {
+    let out = chatd_command()
+        .arg("token")
+        .args(args)
+        .env("CHATD_AUTH__SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        token.lines().count(),
+        1,
+        "only the token is printed: {token:?}"
+    );
+    token.trim().to_string()
+}
+
+/// A blocking client that sends a raw hello and reports what came back.
+struct Raw {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+}
+
+impl Raw {
+    fn connect(d: &Daemon) -> Raw {
+        let (ws, _) = tungstenite::connect(format!("ws://{}/", d.addr)).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        Raw { ws }
+    }
+    fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+    fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).unwrap();
+    }
+    /// The next JSON frame, or the close code if the server closed.
+    fn next(&mut self) -> Result<Value, (u16, String)> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    return Ok(
+                        serde_json::from_str(t.as_str()).unwrap_or(json!({"line": t.as_str()}))
+                    );
+                }
+                Ok(Message::Close(Some(f))) => return Err((f.code.into(), f.reason.to_string())),
+                Ok(Message::Close(None)) => return Err((1005, String::new())),
+                Ok(_) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self
+                .next()
+                .unwrap_or_else(|c| panic!("closed {c:?} waiting for {kind}"));
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+    fn hello(d: &Daemon, name: &str, token: Option<&str>) -> (Raw, Value) {
+        let mut c = Raw::connect(d);
+        let mut hello = json!({"type": "hello", "name": name, "id": "h"});
+        if let Some(t) = token {
+            hello["token"] = json!(t);
+        }
+        c.send(hello);
+        let reply = c.next().expect("a reply to hello");
+        (c, reply)
+    }
+}
+
+fn b64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn expect_unauthorized(d: &Daemon, name: &str, token: Option<&str>) {
+    let (mut c, reply) = Raw::hello(d, name, token);
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unauthorized", "{reply}");
+    assert_eq!(reply["ref"], "h");
+    assert_eq!(
+        c.next().map(|v| v.to_string()),
+        Err((1008, "unauthorized".to_string()))
+    );
+}
+
+#[test]
+fn tokens_are_required_verified_and_bound_to_the_name() {
+    let d = start_with(&token_env());
+    let alice = mint(&["alice", "--role", "admin", "--ttl", "1h"], SECRET);
+    assert_eq!(alice.split('.').count(), 3);
+
+    expect_unauthorized(&d, "alice", None);
+    expect_unauthorized(&d, "alice", Some("not.a.token"));
+    // Signed with another secret (a forgery).
+    let forged = mint(
+        &["alice", "--role", "admin"],
+        "some-other-secret-that-is-long-enough",
+    );
+    expect_unauthorized(&d, "alice", Some(&forged));
+    // Someone else's token: refused, and the name is not taken.
+    expect_unauthorized(&d, "bob", Some(&alice));
+    // alg: none, and a token expired beyond the 60 s leeway.
+    let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = b64url(
+        json!({"sub": "alice", "role": "admin"})
+            .to_string()
+            .as_bytes(),
+    );
+    expect_unauthorized(&d, "alice", Some(&format!("{header}.{claims}.")));
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now() - 120}),
+        &key,
+    )
+    .unwrap();
+    expect_unauthorized(&d, "alice", Some(&expired));
+    // Another HMAC algorithm with the right secret is still refused: only HS256.
+    let hs384 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &json!({"sub": "alice"}),
+        &key,
+    )
+    .unwrap();
+    expect_unauthorized(&d, "alice", Some(&hs384));
+    // Within the leeway, and without exp at all, tokens are accepted.
+    let recent = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "carol", "exp": now() - 30}),
+        &key,
+    )
+    .unwrap();
+    let (_carol, w) = Raw::hello(&d, "carol", Some(&recent));
+    assert_eq!(w["type"], "welcome", "{w}");
+
+    let (_alice, w) = Raw::hello(&d, "alice", Some(&alice));
+    assert_eq!(w["type"], "welcome", "{w}");
+    let me = w["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .unwrap()
+        .clone();
+    assert_eq!(me["role"], "admin");
+    // bob's name was never taken by the failed attempt.
+    let bob = mint(&["bob"], SECRET);
+    let (_bob, w) = Raw::hello(&d, "bob", Some(&bob));
+    assert_eq!(w["type"], "welcome", "{w}");
+
+    // Plain-text sessions cannot authenticate: refused with a line, then 1008.
+    let mut plain = Raw::connect(&d);
+    plain.send_text("henry");
+    let line = plain.next().unwrap();
+    assert!(line["line"].as_str().unwrap().contains("token"), "{line}");
+    assert_eq!(
+        plain.next().map(|v| v.to_string()),
+        Err((1008, "token required".into()))
+    );
+
+    // chatctl passes --token (or CHATD_TOKEN).
+    let out = chatctl_command()
+        .args([
+            "--url",
+            &format!("ws://{}", d.addr),
+            "send",
+            "--name",
+            "dave",
+            "hi",
+        ])
+        .env("CHATD_TOKEN", mint(&["dave"], SECRET))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = chatctl_command()
+        .args([
+            "--url",
+            &format!("ws://{}", d.addr),
+            "--token",
+            &forged,
+            "send",
+            "--name",
+            "alice",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: unauthorized"));
+}
+
+#[test]
+fn admins_kick_and_announce_others_may_not() {
+    let d = start_with(&token_env());
+    let (mut admin, _) = Raw::hello(
+        &d,
+        "root1",
+        Some(&mint(&["root1", "--role", "admin"], SECRET)),
+    );
+    let (mut bob, _) = Raw::hello(&d, "bob", Some(&mint(&["bob"], SECRET)));
+    let (mut carol, _) = Raw::hello(&d, "carol", Some(&mint(&["carol"], SECRET)));
+    admin.until("joined");
+    bob.send(json!({"type": "join", "room": "dev", "id": "j"}));
+    bob.until("room");
+    carol.send(json!({"type": "join", "room": "dev", "id": "j"}));
+    carol.until("room");
+    bob.until("joined");
+
+    let who = {
+        admin.send(json!({"type": "who", "id": "w"}));
+        admin.until("who")
+    };
+    assert!(
+        who["users"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "root1", "role": "admin"}))
+    );
+
+    for req in [
+        json!({"type": "kick", "name": "carol", "id": "k"}),
+        json!({"type": "announce", "text": "hi", "id": "a"}),
+    ] {
+        bob.send(req);
+        assert_eq!(bob.until("error")["code"], "forbidden");
+    }
+    admin.send(json!({"type": "kick", "name": "nobody", "id": "k0"}));
+    assert_eq!(admin.until("error")["code"], "no_such_user");
+
+    let reason = "é".repeat(100);
+    admin.send(json!({"type": "kick", "name": "BOB", "reason": reason, "id": "k1"}));
+    let ack = admin.until("ack");
+    assert_eq!(ack["ref"], "k1");
+    let (code, close_reason) = loop {
+        match bob.next() {
+            Ok(_) => continue,
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(code, 1008);
+    assert!(
+        close_reason.starts_with("kicked: éé") && close_reason.len() <= 123,
+        "{close_reason}"
+    );
+    // carol sees `kicked` (not `left`) in both rooms she shares with bob.
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let k = carol.until("kicked");
+        assert_eq!(
+            (k["name"].as_str(), k["by"].as_str()),
+            (Some("bob"), Some("root1"))
+        );
+        assert_eq!(k["reason"], reason.as_str());
+        rooms.push(k["room"].as_str().unwrap().to_string());
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["dev", "lobby"]);
+    carol.send(json!({"type": "who", "room": "dev", "id": "w2"}));
+    assert_eq!(
+        carol.until("who")["users"],
+        json!([{"name": "carol", "role": "user"}])
+    );
+
+    admin.send(json!({"type": "announce", "text": "maintenance at 5", "id": "a1"}));
+    let notice = json!({"type": "notice", "from": "root1", "text": "maintenance at 5"});
+    assert_eq!(carol.until("notice"), notice);
+    // The sender gets the notice too, and an ack.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let v = admin.next().unwrap();
+        if v["type"] == "notice" || v["type"] == "ack" {
+            got.push(v);
+        }
+    }
+    assert!(got.contains(&notice));
+    assert!(got.iter().any(|v| v["type"] == "ack" && v["ref"] == "a1"));
+
+    // chatctl's /announce and /kick.
+    let mut cmd = chatctl_command();
+    cmd.args([
+        "--url",
+        &format!("ws://{}", d.addr),
+        "--token",
+        &mint(&["root2", "--role", "admin"], SECRET),
+    ])
+    .args(["connect", "root2"]);
+    let mut root2 = Proc::spawn(cmd);
+    root2.expect_out("welcome, root2!");
+    root2.write_line("/announce from chatctl");
+    assert_eq!(carol.until("notice")["text"], "from chatctl");
+    root2.write_line("/kick carol enough");
+    root2.close_stdin();
+    assert_eq!(root2.wait_exit(), Some(0));
+    let closed = loop {
+        if let Err(c) = carol.next() {
+            break c;
+        }
+    };
+    assert_eq!(closed, (1008, "kicked: enough".to_string()));
+}
+
+// ---- hostile clients ---------------------------------------------------------------------------
+
+fn upgrade_with_origin(d: &Daemon, origin: Option<&str>) -> Result<(), u16> {
+    let mut req = format!("ws://{}/", d.addr).into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    match tungstenite::connect(req) {
+        Ok(_) => Ok(()),
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn only_allowed_browser_origins_may_connect() {
+    let d = start_with(&[(
+        "CHATD_SERVER__ALLOWED_ORIGINS",
+        r#"["https://chat.example"]"#.to_string(),
+    )]);
+    assert_eq!(
+        upgrade_with_origin(&d, Some("https://chat.example")),
+        Ok(())
+    );
+    assert_eq!(
+        upgrade_with_origin(&d, None),
+        Ok(()),
+        "non-browser clients send no Origin"
+    );
+    for bad in [
+        "https://evil.example",
+        "http://chat.example",
+        "https://chat.example:8443",
+        "null",
+    ] {
+        assert_eq!(upgrade_with_origin(&d, Some(bad)), Err(403), "{bad}");
+    }
+    // Without the setting every origin is allowed.
+    let open = Daemon::start(&[], &[]);
+    assert_eq!(
+        upgrade_with_origin(&open, Some("https://anything.example")),
+        Ok(())
+    );
+}
+
+#[test]
+fn connection_rate_per_ip_is_capped() {
+    let d = start_with(&[
+        ("CHATD_SERVER__CONNECT_RATE_PER_IP", "0.5".to_string()),
+        ("CHATD_SERVER__CONNECT_BURST_PER_IP", "3".to_string()),
+    ]);
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(
+            tungstenite::connect(format!("ws://{}/", d.addr))
+                .expect("within the burst")
+                .0,
+        );
+    }
+    match tungstenite::connect(format!("ws://{}/", d.addr)) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("slow down"), "{body}");
+        }
+        other => panic!("expected HTTP 429, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn huge_upgrade_requests_are_cut_off() {
+    let d = Daemon::start(&[], &[]);
+    let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    while request.len() < 200 * 1024 {
+        request.push_str(
+            "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        );
+    }
+    // The server stops reading (and closes) long before 200 KiB of headers.
+    let _ = tcp.write_all(request.as_bytes());
+    let mut buf = Vec::new();
+    match tcp.read_to_end(&mut buf) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not hang up on a 200 KiB request head: {e}"),
+    }
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("101"),
+        "the upgrade must not succeed"
+    );
+    // The server is unharmed.
+    let (mut c, w) = Raw::hello(&d, "after", None);
+    assert_eq!(w["type"], "welcome");
+    c.send(json!({"type": "rooms", "id": "r"}));
+    assert_eq!(c.until("rooms")["ref"], "r");
+}
