@@ -32,6 +32,7 @@ CHATD_ENV = {
     "CHATD_LIMITS__TYPING_RATE_PER_SEC": "0",
     "CHATD_SERVER__MAX_CONNECTIONS": "0",
     "CHATD_SERVER__MAX_CONNECTIONS_PER_IP": "0",
+    "CHATD_SERVER__CONNECT_RATE_PER_IP": "0",
     "CHATD_ADMIN__LISTEN": "",
     "CHATD_LOG__LEVEL": "warn",
 }
@@ -67,8 +68,8 @@ def wait_port(port, proc, limit=120):
 class Server:
     """A server under test: `chatd` (protocol), `chatd-plain` (its plain-text mode) or a peer."""
 
-    def __init__(self, name, workers=1):
-        self.name, self.workers = name, workers
+    def __init__(self, name, workers=1, tls=None):
+        self.name, self.workers, self.tls = name, workers, tls
 
     @property
     def raw_args(self):
@@ -84,6 +85,8 @@ class Server:
         if self.name.startswith("chatd"):
             env.update(CHATD_ENV)
             env["CHATD_SERVER__WORKERS"] = str(self.workers)
+            if self.tls:
+                env["CHATD_TLS__CERT"], env["CHATD_TLS__KEY"] = self.tls["cert"], self.tls["key"]
             cmd = [CHATD, "--port", str(self.port)]
         else:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
@@ -103,19 +106,37 @@ class Server:
 
 
 def bench(server, args, timeout=300):
-    cmd = [CHATCTL, "--url", f"ws://127.0.0.1:{server.port}/", "bench", "--json", "--pid", str(server.proc.pid),
+    url = f"wss://localhost:{server.port}/" if server.tls else f"ws://127.0.0.1:{server.port}/"
+    trust = ["--ca-cert", server.tls["ca"]] if server.tls else []
+    cmd = [CHATCTL, "--url", url] + trust + ["bench", "--json", "--pid", str(server.proc.pid),
            "--duration", str(timeout - 10)] + server.raw_args + args
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if not out.stdout.strip():
         raise RuntimeError(f"{server.name} {args}: {out.stderr.strip()}")
     report = json.loads(out.stdout)
-    report["cmd"] = " ".join(["chatctl"] + cmd[1:2] + cmd[3:5] + server.raw_args + args)
+    report["cmd"] = " ".join(["chatctl"] + cmd[1:3] + server.raw_args + args)
     report["lost"] = report["expected"] - report["received"]
     return report
 
 
-def run_one(name, args, workers=1):
-    server = Server(name, workers).start()
+def make_certs():
+    """A throwaway CA and a localhost certificate, made with the openssl CLI."""
+    d = tempfile.mkdtemp(prefix="chatd-bench-tls-")
+    f = {k: os.path.join(d, f"{k}.pem") for k in ("ca", "cakey", "cert", "key", "csr")}
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f["cakey"], "-out", f["ca"], "-days", "2", "-subj", "/CN=chatd bench CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", f["key"], "-out", f["csr"], "-subj", "/CN=localhost")
+    ext = os.path.join(d, "ext.cnf")
+    open(ext, "w").write("subjectAltName=DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", f["csr"], "-CA", f["ca"], "-CAkey", f["cakey"], "-CAcreateserial",
+        "-out", f["cert"], "-days", "2", "-extfile", ext)
+    return f
+
+
+def run_one(name, args, workers=1, tls=None):
+    server = Server(name, workers, tls).start()
     try:
         return bench(server, args)
     finally:
@@ -201,6 +222,12 @@ def main():
                       f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
         results["throughput"][case] = runs
 
+    # Connection rate over wss:// (chatd only: the peers have no TLS listener).
+    certs = make_certs()
+    connect_args = ["--clients", "1000", "--senders", "1", "--messages", "0"]
+    results["wss_connect"] = [run_one("chatd", connect_args, tls=certs) for _ in range(opts.rounds)]
+    print(f"wss connect {median([r['handshakes_per_sec'] for r in results['wss_connect']]):,.0f}/s", flush=True)
+
     if not opts.skip_memory:
         for n in (5000, 10000):
             for s in ["chatd", "chatd-1room"] + peers:
@@ -248,6 +275,11 @@ def write_markdown(results, servers, peers):
         hs = median([r["handshakes_per_sec"] for r in t["fanout1000"][s]])
         lost = sum(r["lost"] for c in t for r in t[c][s])
         lines.append(f"| {s} | {fmt(d['fanout100'])} | {fmt(d['fanout1000'])} | {ratio} | {p99:.1f} | {fmt(hs)} | {lost} |")
+    if results.get("wss_connect"):
+        hs = median([r["handshakes_per_sec"] for r in results["wss_connect"]])
+        lines += ["", f"chatd over **wss://** (TLS 1.3, ECDSA P-256, rustls/ring): {fmt(hs)} handshakes+hello/s "
+                  f"for 1,000 clients (median of {len(results['wss_connect'])}); the peers have no TLS listener, "
+                  "so compare with their plain rates above."]
     lines.append("")
     lines.append("Every round of every case, as `deliveries/s` (sorted):")
     lines.append("")
