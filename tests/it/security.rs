@@ -713,3 +713,38 @@ fn huge_upgrade_requests_are_cut_off() {
     c.send(json!({"type": "rooms", "id": "r"}));
     assert_eq!(c.until("rooms")["ref"], "r");
 }
+
+#[test]
+fn the_secret_and_tokens_never_reach_output_or_logs() {
+    let out = chatd_command()
+        .arg("print-config")
+        .env("CHATD_AUTH__MODE", "token")
+        .env("CHATD_AUTH__SECRET", SECRET)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(r#"secret = "***""#), "{text}");
+    assert!(!text.contains(SECRET));
+
+    let mut env = token_env();
+    env.push(("CHATD_LOG__LEVEL", "debug".to_string()));
+    let mut d = start_with(&env);
+    let good = mint(&["alice"], SECRET);
+    let (alice, w) = Raw::hello(&d, "alice", Some(&good));
+    assert_eq!(w["type"], "welcome");
+    expect_unauthorized(&d, "bob", Some(&good));
+    drop(alice);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    let logs: Vec<String> = d.lines.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("unauthorized")),
+        "the refusal is logged"
+    );
+    for line in &logs {
+        assert!(
+            !line.contains(SECRET) && !line.contains(&good),
+            "secret or token in a log line: {line}"
+        );
+    }
+}
