@@ -68,6 +68,17 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Who may take which name.
     pub auth: AuthConfig,
+    /// Diagnostic endpoints (off by default).
+    pub diagnostics: DiagnosticsConfig,
+}
+
+/// `[diagnostics]`: endpoints for testing the server, not for users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Upgrade path (e.g. `/echo`) whose connections echo every message back over the same
+    /// connection code, limits and close codes as chat (for conformance suites). Empty = off.
+    pub echo_path: String,
 }
 
 /// `[tls]`: serve `wss://` when both paths are set.
@@ -543,6 +554,13 @@ impl Config {
             }
         }
 
+        let echo = &self.diagnostics.echo_path;
+        if !echo.is_empty() && !echo.starts_with('/') {
+            return Err(invalid(
+                "diagnostics.echo_path",
+                format!("{echo:?} must start with /"),
+            ));
+        }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             let key = if self.tls.cert.is_empty() {
                 "tls.cert"

@@ -72,9 +72,9 @@ pub(crate) async fn serve(
     let handshake_timeout = shared.config.server.handshake_timeout();
     // Boxed so the (large) handshake state does not size every connection task for its whole life.
     let upgrade = Box::pin(timeout(handshake_timeout, upgrade(stream, &shared)));
-    let ws = tokio::select! {
+    let (ws, echo) = tokio::select! {
         res = upgrade => match res {
-            Ok(Ok(ws)) => ws,
+            Ok(Ok(upgraded)) => upgraded,
             Ok(Err((reason, e))) => {
                 debug!(%peer, error = %e, reason, "upgrade failed");
                 shared.metrics.handshake_failures.with_label_values(&[reason]).inc();
@@ -99,6 +99,8 @@ pub(crate) async fn serve(
         out: Vec::new(),
         mail: VecDeque::new(),
         ping_due: false,
+        echo,
+        echoes: Vec::new(),
     };
     conn.next_ping = conn
         .shared
@@ -112,7 +114,7 @@ pub(crate) async fn serve(
 }
 
 /// TLS (when configured) and the WebSocket upgrade; an error carries its metric label.
-async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Ws, (&'static str, String)> {
+async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'static str, String)> {
     let transport = match &shared.tls {
         Some(tls) => match tls.acceptor().accept(stream).await {
             Ok(s) => {
@@ -135,16 +137,23 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Ws, (&'static str
         None => Transport::Plain(stream),
     };
     let origins = &shared.config.server.allowed_origins;
+    let echo_path = shared.config.diagnostics.echo_path.as_str();
+    let mut echo = false;
     #[allow(clippy::result_large_err)] // the signature is tungstenite's Callback
-    let check = |req: &Request, resp: Response| check_origin(origins, req, resp);
-    tokio_tungstenite::accept_hdr_async_with_config(transport, check, Some(shared.ws_config))
-        .await
-        .map_err(|e| match &e {
-            WsError::Http(resp) if resp.status() == StatusCode::FORBIDDEN => {
-                ("origin", e.to_string())
-            }
-            _ => ("invalid", e.to_string()),
-        })
+    let check = |req: &Request, resp: Response| {
+        echo = !echo_path.is_empty() && req.uri().path() == echo_path;
+        check_origin(origins, req, resp)
+    };
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(transport, check, Some(shared.ws_config))
+            .await
+            .map_err(|e| match &e {
+                WsError::Http(resp) if resp.status() == StatusCode::FORBIDDEN => {
+                    ("origin", e.to_string())
+                }
+                _ => ("invalid", e.to_string()),
+            })?;
+    Ok((ws, echo))
 }
 
 /// Browser clients send `Origin`; when `server.allowed_origins` is set, only those (compared
@@ -184,6 +193,10 @@ struct Connection {
     mail: VecDeque<Utf8Bytes>,
     /// A ping is due with the next write.
     ping_due: bool,
+    /// A diagnostic echo connection (`diagnostics.echo_path`): every message comes straight back.
+    echo: bool,
+    /// Messages to echo, waiting to be written.
+    echoes: Vec<Message>,
 }
 
 impl Connection {
@@ -214,7 +227,11 @@ impl Connection {
                 Event::Timer => self.on_timer(),
             };
             // What the step produced goes out before any close it asked for.
-            if self.ping_due || !self.out.is_empty() || !self.mail.is_empty() {
+            if self.ping_due
+                || !self.out.is_empty()
+                || !self.mail.is_empty()
+                || !self.echoes.is_empty()
+            {
                 timer.as_mut().reset(Instant::now() + write_timeout);
                 let written = tokio::select! {
                     res = self.write_pending() => res,
@@ -233,7 +250,7 @@ impl Connection {
     /// The earliest time something must happen without any input.
     fn deadline(&self) -> Instant {
         let mut at = self.last_heard + IDLE;
-        if !self.session.welcomed() {
+        if !self.session.welcomed() && !self.echo {
             at = at.min(self.hello_deadline);
         }
         if let Some(ping) = self.next_ping {
@@ -273,6 +290,10 @@ impl Connection {
             Some(Err(e)) => return Err(self.read_error(e)),
         };
         let flow = match message {
+            Message::Text(_) | Message::Binary(_) if self.echo => {
+                self.echoes.push(message);
+                Flow::Continue
+            }
             Message::Text(text) => {
                 let metrics = &self.shared.metrics;
                 metrics.bytes_received.inc_by(text.len() as u64);
@@ -302,7 +323,7 @@ impl Connection {
 
     fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
-        if !self.session.welcomed() && now >= self.hello_deadline {
+        if !self.session.welcomed() && !self.echo && now >= self.hello_deadline {
             debug!(peer = %self.peer, "no hello within the handshake timeout");
             return Err(End::Close(
                 close_code::POLICY,
@@ -337,6 +358,10 @@ impl Connection {
                 .map_err(|_| End::Gone)?;
         }
         let mut sent = 0u64;
+        for echo in std::mem::take(&mut self.echoes) {
+            sent += echo.len() as u64;
+            ws.feed(echo).await.map_err(|_| End::Gone)?;
+        }
         let replies = std::mem::take(&mut self.out);
         let mail = std::mem::take(&mut self.mail);
         for frame in replies.into_iter().chain(mail) {
@@ -434,6 +459,12 @@ impl Connection {
                     .await;
                 }
             }
+            // After a protocol-level error the incoming stream is no longer frames we can parse.
+            End::Close(
+                code @ (close_code::PROTOCOL | close_code::INVALID_DATA | close_code::TOO_BIG),
+                reason,
+                _,
+            ) => self.close_after_error(code, reason).await,
             End::Close(code, reason, _) => self.close(code, reason, CLOSE_LINGER).await,
             End::Kicked(reason) => {
                 let reason = format!("kicked: {reason}");
@@ -461,6 +492,27 @@ impl Connection {
             ws.close(Some(frame)).await?;
             while let Some(Ok(_)) = ws.next().await {}
             Ok::<_, WsError>(())
+        })
+        .await;
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): sends the close frame, half-closes, and discards
+    /// whatever the peer is still sending until it closes too (bounded by [`CLOSE_LINGER`]).
+    /// Dropping the socket with unread input would send a TCP reset, which can destroy our close
+    /// frame in the peer's receive buffer before it reads it: the 1009 for an oversized message
+    /// would never arrive (Autobahn 9.1.3).
+    async fn close_after_error(&mut self, code: u16, reason: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: fit_close_reason(reason).to_string().into(),
+        };
+        let _ = timeout(CLOSE_LINGER, async {
+            let _ = self.ws.close(Some(frame)).await;
+            let stream = self.ws.get_mut();
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
     }

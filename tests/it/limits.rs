@@ -311,3 +311,41 @@ async fn a_slow_consumer_is_cut_off_without_holding_up_others() {
     assert_eq!(who["users"].as_array().unwrap().len(), 2, "{who}");
     drop(slow);
 }
+
+#[tokio::test]
+async fn the_diagnostic_echo_endpoint_echoes_under_the_same_limits() {
+    // Off by default: /echo is just another path to the chat.
+    let server = TestServer::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", server.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"rooms"}"#)).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains("hello_required"),
+        "{reply:?}"
+    );
+
+    let server = TestServer::with(|c| {
+        c.diagnostics.echo_path = "/echo".into();
+        c.limits.max_message_bytes = 4096;
+    })
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", server.addr))
+        .await
+        .unwrap();
+    for m in [
+        Message::text("plain text, not a hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+    ] {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), m);
+    }
+    ws.send(Message::text("x".repeat(5000))).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+    // The chat still answers on other paths.
+    server.join("alice").await.sync().await;
+}

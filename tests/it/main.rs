@@ -4,6 +4,7 @@ mod binary;
 mod chat;
 mod chatctl;
 mod helpers;
+mod hostile;
 mod limits;
 mod ops;
 mod plain;

@@ -1,0 +1,99 @@
+//! Faulty and hostile peers against the real binary, each printing the figure it checks.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::helpers::{Daemon, SyncClient, http, metric};
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Polls /metrics until `series` equals `want` (bounded).
+fn settle(admin: std::net::SocketAddr, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(admin, "GET", "/metrics");
+        if metric(&body, series) == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{series} never reached {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_thousand_connect_disconnect_cycles_leak_nothing() {
+    const CYCLES: usize = 1000;
+    let d = Daemon::start(&[], &[("CHATD_SERVER__CONNECT_RATE_PER_IP", "0")]);
+    let admin = d.admin.unwrap();
+    let pid = d.child.id();
+    let mut watcher = SyncClient::join(d.addr, "watcher");
+    settle(admin, "chatd_connections_open", 1.0);
+    let fds_before = open_fds(pid);
+    for i in 0..CYCLES {
+        let (mut ws, _) = tungstenite::connect(format!("ws://{}/", d.addr)).unwrap();
+        ws.send(Message::text(
+            json!({"type": "hello", "name": format!("c{i}")}).to_string(),
+        ))
+        .unwrap();
+        let _welcome = ws.read().unwrap();
+        match i % 3 {
+            0 => ws.close(None).unwrap(), // polite close
+            1 => drop(ws),                // vanishes (FIN, no close frame)
+            _ => {
+                // Half a frame, then gone.
+                ws.get_mut().write_all(&[0x81, 0x85, 1, 2]).unwrap();
+                drop(ws);
+            }
+        }
+    }
+    let m = settle(admin, "chatd_connections_open", 1.0);
+    assert_eq!(metric(&m, "chatd_users_online"), 1.0);
+    assert_eq!(
+        metric(&m, "chatd_connections_accepted_total"),
+        (CYCLES + 1) as f64
+    );
+    let fds_after = open_fds(pid);
+    println!(
+        "{CYCLES} cycles: open fds {fds_before} -> {fds_after}, connections_open 1, users_online 1"
+    );
+    assert!(
+        fds_after <= fds_before + 2,
+        "file descriptors leaked: {fds_before} -> {fds_after}"
+    );
+    watcher.send(json!({"type": "who", "id": "w"}));
+    let who = watcher.recv_until(|v| v["type"] == "who");
+    assert_eq!(who["users"], json!([{"name": "watcher", "role": "user"}]));
+}
+
+#[test]
+fn a_ping_flood_does_not_stall_the_server() {
+    const PINGS: usize = 10_000;
+    let d = Daemon::start(&[], &[]);
+    let mut flooder = SyncClient::join(d.addr, "flooder");
+    let mut other = SyncClient::join(d.addr, "other");
+    let started = Instant::now();
+    for _ in 0..PINGS {
+        flooder
+            .ws
+            .write(Message::Ping(vec![1u8; 100].into()))
+            .unwrap();
+    }
+    flooder.ws.flush().unwrap();
+    // Others are served promptly while the flood is processed, and so is the flooder.
+    other.send(json!({"type": "rooms", "id": "r"}));
+    other.recv_until(|v| v["ref"] == "r");
+    flooder.send(json!({"type": "rooms", "id": "f"}));
+    flooder.recv_until(|v| v["ref"] == "f");
+    println!(
+        "{PINGS} pings of 100 bytes, then a request answered, in {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
