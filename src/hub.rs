@@ -252,14 +252,9 @@ impl Hub {
 
     fn leave_locked(&self, dir: &mut Directory, member: &Member, room: &Arc<Room>) {
         let mut state = lock(&room.state);
-        let Some(pos) = state.members.iter().position(|m| m.conn == member.conn) else {
+        if !state.remove_member(member.conn) {
             return;
-        };
-        let gone = state.members.swap_remove(pos);
-        if gone.plain {
-            state.plain_members -= 1;
         }
-        state.last_active = Instant::now();
         if state.members.is_empty() {
             // An empty room with history stays, so people who come back can read it; one
             // without history has nothing worth keeping.
@@ -386,14 +381,9 @@ impl Hub {
         let mut forget = Vec::new();
         for room in dir.rooms.values() {
             let mut state = lock(&room.state);
-            let Some(pos) = state.members.iter().position(|m| m.conn == target.conn) else {
+            if !state.remove_member(target.conn) {
                 continue;
-            };
-            let gone = state.members.swap_remove(pos);
-            if gone.plain {
-                state.plain_members -= 1;
             }
-            state.last_active = Instant::now();
             if state.members.is_empty() {
                 if state.history.is_empty() {
                     forget.push(room.name.clone());
@@ -521,6 +511,18 @@ impl Room {
 }
 
 impl RoomState {
+    /// Removes a connection from the members (a leave or a kick); false if it was not one.
+    fn remove_member(&mut self, conn: ConnId) -> bool {
+        let Some(pos) = self.members.iter().position(|m| m.conn == conn) else {
+            return false;
+        };
+        if self.members.swap_remove(pos).plain {
+            self.plain_members -= 1;
+        }
+        self.last_active = Instant::now();
+        true
+    }
+
     fn user_list(&self) -> Vec<(Arc<str>, Role)> {
         let mut users: Vec<_> = self
             .members

@@ -290,13 +290,7 @@ impl Session {
                     .kick(&name, &me, &reason)
                     .ok_or_else(|| no_such_user(&name))?;
                 info!(peer = %self.peer, user = %me.name, kicked = %kicked, "user kicked");
-                out.push(protocol::encode(&ServerMsg::Ack {
-                    reference,
-                    id: None,
-                    seq: None,
-                    ts: None,
-                    room: None,
-                }));
+                out.push(bare_ack(reference, None));
                 Ok(())
             }
             ClientMsg::Announce { text } => {
@@ -310,25 +304,13 @@ impl Session {
                     .hub
                     .broadcast_all(&json, &plain::notice(&me.name, &text));
                 info!(peer = %self.peer, user = %me.name, "announcement sent");
-                out.push(protocol::encode(&ServerMsg::Ack {
-                    reference,
-                    id: None,
-                    seq: None,
-                    ts: None,
-                    room: None,
-                }));
+                out.push(bare_ack(reference, None));
                 Ok(())
             }
             ClientMsg::Leave { room } => {
                 let room = self.my_room(Some(&room))?;
                 self.leave(&me, &room);
-                out.push(protocol::encode(&ServerMsg::Ack {
-                    reference,
-                    id: None,
-                    seq: None,
-                    ts: None,
-                    room: Some(room.name()),
-                }));
+                out.push(bare_ack(reference, Some(room.name())));
                 Ok(())
             }
             ClientMsg::Say { room, text, action } => {
@@ -736,6 +718,17 @@ fn no_such_user(name: &str) -> Rejection {
         ErrorCode::NoSuchUser,
         format!("nobody called {shown:?} is online"),
     )
+}
+
+/// An `ack` with nothing but the request's `ref` (and the room, for `leave`).
+fn bare_ack(reference: Option<&str>, room: Option<&str>) -> Utf8Bytes {
+    protocol::encode(&ServerMsg::Ack {
+        reference,
+        id: None,
+        seq: None,
+        ts: None,
+        room,
+    })
 }
 
 fn require_admin(me: &Member) -> Reply {
