@@ -55,6 +55,9 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// Connections opened concurrently during the connect phase.
     pub connect_concurrency: usize,
+    /// Keep sending until the server closes every connection (a shutdown test): report close
+    /// codes and whether every acknowledged message reached every other member.
+    pub until_close: bool,
 }
 
 /// What happened.
@@ -84,6 +87,23 @@ pub struct BenchReport {
     pub latency_us: Latency,
     /// Server resource use, with `--pid`.
     pub server: Option<ServerUsage>,
+    /// With `until_close`: how the connections ended and what happened to acknowledged messages.
+    pub shutdown: Option<ShutdownCheck>,
+}
+
+/// What a shutdown under load looked like from the clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShutdownCheck {
+    /// Clients that received a close frame with code 1001.
+    pub closed_1001: usize,
+    /// Clients that received another close code.
+    pub closed_other: usize,
+    /// Clients whose connection ended without a close frame.
+    pub dropped: usize,
+    /// Messages the server acknowledged before closing.
+    pub acked: u64,
+    /// Acknowledged messages that did not reach every other member of the room.
+    pub acked_not_delivered: u64,
 }
 
 /// Latency percentiles (µs).
@@ -129,6 +149,13 @@ struct Run {
     latencies: Mutex<Histogram<u64>>,
     last_delivery_us: AtomicU64,
     connected: AtomicUsize,
+    /// Acks received per sender (the k-th ack answers the k-th message).
+    acks: Vec<AtomicU64>,
+    /// Deliveries per (sender, seq), for `until_close`.
+    per_message: Vec<std::sync::atomic::AtomicU32>,
+    closed_1001: AtomicUsize,
+    closed_other: AtomicUsize,
+    dropped: AtomicUsize,
     /// Raw clients that saw a chatd plain-text `Welcome` line (peers send none).
     welcomed: AtomicUsize,
 }
@@ -180,6 +207,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         latencies: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         last_delivery_us: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
+        acks: (0..opts.senders).map(|_| AtomicU64::new(0)).collect(),
+        per_message: if opts.until_close {
+            (0..opts.senders * opts.messages)
+                .map(|_| Default::default())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        closed_1001: AtomicUsize::new(0),
+        closed_other: AtomicUsize::new(0),
+        dropped: AtomicUsize::new(0),
         welcomed: AtomicUsize::new(0),
     });
 
@@ -229,7 +267,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let cpu_before = opts.pid.and_then(cpu_secs);
     let send_started_us = run.start.elapsed().as_micros() as u64;
     go_tx.send_replace(true);
-    if expected > 0 {
+    if opts.until_close {
+        // Run until the server has closed every connection (or the deadline).
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => if done.is_none() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    } else if expected > 0 {
         tokio::select! {
             _ = run.all_received.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
@@ -292,7 +338,30 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         },
         latency_us,
         server,
+        shutdown: opts.until_close.then(|| shutdown_check(&run, &opts)),
     })
+}
+
+fn shutdown_check(run: &Run, opts: &BenchOptions) -> ShutdownCheck {
+    let mut acked = 0;
+    let mut acked_not_delivered = 0;
+    for (s, sender) in run.senders.iter().enumerate() {
+        let n = (run.acks[s].load(Ordering::Acquire) as usize).min(opts.messages);
+        acked += n as u64;
+        for seq in 0..n {
+            let got = run.per_message[s * opts.messages + seq].load(Ordering::Acquire);
+            if u64::from(got) < sender.recipients {
+                acked_not_delivered += 1;
+            }
+        }
+    }
+    ShutdownCheck {
+        closed_1001: run.closed_1001.load(Ordering::Acquire),
+        closed_other: run.closed_other.load(Ordering::Acquire),
+        dropped: run.dropped.load(Ordering::Acquire),
+        acked,
+        acked_not_delivered,
+    }
 }
 
 async fn connect(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<Ws> {
@@ -402,10 +471,25 @@ async fn client(
             frame = ws.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(frame))) if opts.until_close => {
+                        let code = frame.map(|f| u16::from(f.code));
+                        let counter = if code == Some(1001) { &run.closed_1001 } else { &run.closed_other };
+                        counter.fetch_add(1, Ordering::AcqRel);
+                        flush(&run, &mut batch);
+                        return Ok(());
+                    }
+                    None | Some(Err(_)) if opts.until_close => {
+                        run.dropped.fetch_add(1, Ordering::AcqRel);
+                        return Ok(());
+                    }
                     Some(Ok(Message::Close(_))) | None => anyhow::bail!("server closed client {i}"),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
+                if !run.raw && sender.is_some() && text.starts_with(r#"{"type":"ack""#) {
+                    run.acks[sender.unwrap_or_default()].fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
                 if run.raw && !started && text.starts_with("Welcome, ") {
                     run.welcomed.fetch_add(1, Ordering::AcqRel);
                     continue;
@@ -422,6 +506,9 @@ async fn client(
                     batch.push(now_us.saturating_sub(sent_us).max(1));
                     if batch.len() == batch.capacity() {
                         flush(&run, &mut batch);
+                    }
+                    if let Some(count) = run.per_message.get(s * opts.messages + seq as usize) {
+                        count.fetch_add(1, Ordering::AcqRel);
                     }
                     let st = &run.senders[s];
                     let d = st.delivered.fetch_add(1, Ordering::AcqRel) + 1;
@@ -526,6 +613,13 @@ impl BenchReport {
             self.latency_us.p99,
             self.latency_us.max,
         );
+        if let Some(c) = &self.shutdown {
+            out.push_str(&format!(
+                "shutdown     {} closed with 1001, {} with another code, {} dropped; {} messages acked, {} of them \
+                 not delivered to every member\n",
+                c.closed_1001, c.closed_other, c.dropped, c.acked, c.acked_not_delivered
+            ));
+        }
         if let Some(s) = &self.server {
             out.push_str(&format!(
                 "server       RSS {} KiB idle -> {} KiB connected ({:.2} KiB/connection) -> {} KiB end; \

@@ -145,6 +145,10 @@ struct BenchArgs {
     /// Runtime threads for the load generator (1 = single-threaded).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Keep going until the server closes every connection (shutdown under load): report close
+    /// codes and whether every acknowledged message reached every member. Exit 1 otherwise.
+    #[arg(long, conflicts_with = "raw")]
+    until_close: bool,
 }
 
 fn main() -> ExitCode {
@@ -235,6 +239,7 @@ async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
         pid: a.pid,
         timeout: Duration::from_secs_f64(a.duration),
         connect_concurrency: 64,
+        until_close: a.until_close,
     };
     match chatd::bench::run(opts).await {
         Ok(report) => {
@@ -242,6 +247,13 @@ async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
                 print!("{}", report.summary());
+            }
+            if let Some(check) = &report.shutdown {
+                let clean = check.closed_1001 == report.clients && check.acked_not_delivered == 0;
+                if !clean {
+                    eprintln!("error: shutdown was not clean");
+                }
+                return if clean { EXIT_OK } else { EXIT_REFUSED };
             }
             if report.lost() > 0 {
                 eprintln!("error: {} deliveries lost", report.lost());
