@@ -306,6 +306,7 @@ impl Connection {
             }
             Message::Binary(_) => self.session.handle_binary(&mut self.out),
             Message::Close(_) => return Err(End::ClosedByPeer),
+            Message::Ping(_) if !self.echo => self.session.on_ping(),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         };
         match flow {

@@ -219,7 +219,7 @@ impl Metrics {
             metrics.events_delivered.with_label_values(&[class]);
             metrics.deliveries_dropped.with_label_values(&[class]);
         }
-        for kind in ["request", "typing"] {
+        for kind in ["request", "typing", "ping"] {
             metrics.rate_limited.with_label_values(&[kind]);
         }
         metrics

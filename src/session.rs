@@ -232,6 +232,25 @@ impl Session {
         Flow::Continue
     }
 
+    /// Counts a ping against the request budget: pings are answered by the WebSocket layer, but a
+    /// flood of them is abuse like any other (sustained → close 1008).
+    pub fn on_ping(&mut self) -> Flow {
+        if self.requests.try_take() {
+            return Flow::Continue;
+        }
+        self.shared
+            .metrics
+            .rate_limited
+            .with_label_values(&["ping"])
+            .inc();
+        if self.strikes.try_take() {
+            Flow::Continue
+        } else {
+            info!(peer = %self.peer, user = self.user(), "closing: ping flood");
+            Flow::Close(close_code::POLICY, "rate limit exceeded")
+        }
+    }
+
     /// A request over the rate limit: refused, and counted toward closing the connection.
     fn rate_limited(
         &mut self,
