@@ -58,6 +58,8 @@ pub struct BenchOptions {
     /// Keep sending until the server closes every connection (a shutdown test): report close
     /// codes and whether every acknowledged message reached every other member.
     pub until_close: bool,
+    /// Print a line (and keep a record) every this often during the send phase.
+    pub report_every: Option<Duration>,
 }
 
 /// What happened.
@@ -89,6 +91,23 @@ pub struct BenchReport {
     pub server: Option<ServerUsage>,
     /// With `until_close`: how the connections ended and what happened to acknowledged messages.
     pub shutdown: Option<ShutdownCheck>,
+    /// Per-interval figures, with `report_every`.
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// One reporting interval of a long run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntervalReport {
+    /// Seconds since the send phase began, at the end of the interval.
+    pub at_secs: f64,
+    /// Deliveries during the interval.
+    pub deliveries: u64,
+    /// End-to-end p99 latency of the deliveries recorded in the interval (µs).
+    pub p99_us: u64,
+    /// Server RSS at the end of the interval (KiB), with `--pid`.
+    pub rss_kib: Option<u64>,
+    /// Server open file descriptors at the end of the interval, with `--pid`.
+    pub fds: Option<usize>,
 }
 
 /// What a shutdown under load looked like from the clients.
@@ -147,8 +166,11 @@ struct Run {
     all_received: Notify,
     go: tokio::sync::watch::Receiver<bool>,
     latencies: Mutex<Histogram<u64>>,
+    /// Latencies since the last interval report.
+    recent: Mutex<Histogram<u64>>,
     last_delivery_us: AtomicU64,
     connected: AtomicUsize,
+    intervals: Mutex<Vec<IntervalReport>>,
     /// Acks received per sender (the k-th ack answers the k-th message).
     acks: Vec<AtomicU64>,
     /// Deliveries per (sender, seq), for `until_close`.
@@ -205,8 +227,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         all_received: Notify::new(),
         go,
         latencies: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        recent: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         last_delivery_us: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
+        intervals: Mutex::new(Vec::new()),
         acks: (0..opts.senders).map(|_| AtomicU64::new(0)).collect(),
         per_message: if opts.until_close {
             (0..opts.senders * opts.messages)
@@ -267,6 +291,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let cpu_before = opts.pid.and_then(cpu_secs);
     let send_started_us = run.start.elapsed().as_micros() as u64;
     go_tx.send_replace(true);
+    let reporter = opts
+        .report_every
+        .map(|every| tokio::spawn(report_intervals(run.clone(), every, opts.pid)));
     if opts.until_close {
         // Run until the server has closed every connection (or the deadline).
         loop {
@@ -339,6 +366,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         latency_us,
         server,
         shutdown: opts.until_close.then(|| shutdown_check(&run, &opts)),
+        intervals: match reporter {
+            Some(task) => {
+                task.abort();
+                std::mem::take(&mut *run.intervals.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            None => Vec::new(),
+        },
     })
 }
 
@@ -547,8 +581,55 @@ fn flush(run: &Run, batch: &mut Vec<u64>) {
         return;
     }
     let mut h = run.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    let mut recent = run.recent.lock().unwrap_or_else(|p| p.into_inner());
     for v in batch.drain(..) {
         let _ = h.record(v);
+        let _ = recent.record(v);
+    }
+}
+
+/// Every `every`: deliveries, p99 since the last report, and the server's RSS and fds.
+async fn report_intervals(run: Arc<Run>, every: Duration, pid: Option<u32>) {
+    let start = tokio::time::Instant::now();
+    let mut last = run.received.load(Ordering::Acquire);
+    let mut tick = tokio::time::interval_at(start + every, every);
+    loop {
+        tick.tick().await;
+        let now = run.received.load(Ordering::Acquire);
+        let p99_us = {
+            let mut recent = run.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let p99 = if recent.is_empty() {
+                0
+            } else {
+                recent.value_at_quantile(0.99)
+            };
+            recent.reset();
+            p99
+        };
+        let report = IntervalReport {
+            at_secs: start.elapsed().as_secs_f64(),
+            deliveries: now - last,
+            p99_us,
+            rss_kib: pid.and_then(rss_kib),
+            fds: pid.and_then(|p| {
+                std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .ok()
+                    .map(|d| d.count())
+            }),
+        };
+        last = now;
+        eprintln!(
+            "[{:>6.0} s] deliveries {:>10}  p99 {:>8.2} ms  server RSS {} KiB  fds {}",
+            report.at_secs,
+            report.deliveries,
+            report.p99_us as f64 / 1000.0,
+            report.rss_kib.map_or("-".to_string(), |r| r.to_string()),
+            report.fds.map_or("-".to_string(), |f| f.to_string()),
+        );
+        run.intervals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(report);
     }
 }
 

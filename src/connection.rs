@@ -134,7 +134,13 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
                 return Err(("tls", e.to_string()));
             }
         },
-        None => Transport::Plain(stream),
+        None => {
+            if !starts_with_get(&stream).await {
+                reject_non_http(stream).await;
+                return Err(("garbage", "not an HTTP GET upgrade request".into()));
+            }
+            Transport::Plain(stream)
+        }
     };
     let origins = &shared.config.server.allowed_origins;
     let echo_path = shared.config.diagnostics.echo_path.as_str();
@@ -154,6 +160,44 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
                 _ => ("invalid", e.to_string()),
             })?;
     Ok((ws, echo))
+}
+
+/// Whether the peer's first bytes are `GET ` (peeked, not consumed). Anything else (garbage,
+/// another protocol, junk before the request) cannot be a WebSocket upgrade.
+async fn starts_with_get(stream: &TcpStream) -> bool {
+    let mut head = [0u8; 4];
+    let mut wait = Duration::from_millis(2);
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if head[..n] != b"GET "[..n] => return false,
+            Ok(4) => return true,
+            // A prefix of "GET " so far: wait for more (the handshake timeout bounds this).
+            Ok(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Answers a non-HTTP first request with 400 and closes without losing the answer to a reset.
+async fn reject_non_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str =
+        "this is a WebSocket server: send an HTTP GET request with Upgrade: websocket\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = timeout(CLOSE_LINGER, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Browser clients send `Origin`; when `server.allowed_origins` is set, only those (compared

@@ -149,6 +149,9 @@ struct BenchArgs {
     /// codes and whether every acknowledged message reached every member. Exit 1 otherwise.
     #[arg(long, conflicts_with = "raw")]
     until_close: bool,
+    /// During the send phase, print deliveries, p99 and server RSS/fds every this many seconds.
+    #[arg(long, value_name = "SECS")]
+    report_every: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -240,6 +243,10 @@ async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
         timeout: Duration::from_secs_f64(a.duration),
         connect_concurrency: 64,
         until_close: a.until_close,
+        report_every: a
+            .report_every
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64),
     };
     match chatd::bench::run(opts).await {
         Ok(report) => {

@@ -113,3 +113,30 @@ fn a_ping_flood_is_cut_off_without_stalling_others() {
     assert!(served < Duration::from_secs(5));
     assert!(limited >= 10.0);
 }
+
+#[test]
+fn garbage_instead_of_or_before_an_upgrade_gets_400() {
+    use std::io::Read;
+    let d = Daemon::start(&[], &[]);
+    for junk in [
+        &b"\x16\x03\x01\x02\x00garbage"[..],
+        b"HELLO THERE\r\n\r\n",
+        b"xxxxGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(junk).unwrap();
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply)
+            .expect("the server answers and closes");
+        assert!(
+            reply.starts_with("HTTP/1.1 400 Bad Request"),
+            "{junk:?}: {reply}"
+        );
+        assert!(reply.contains("WebSocket server"), "{reply}");
+    }
+    // A real client is unaffected.
+    let mut c = SyncClient::join(d.addr, "after_garbage");
+    c.send(json!({"type": "rooms", "id": "r"}));
+    c.recv_until(|v| v["ref"] == "r");
+}
