@@ -41,7 +41,7 @@ fn server() -> SocketAddr {
 
 fn upgraded(addr: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     tcp.write_all(UPGRADE).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

@@ -140,3 +140,46 @@ fn garbage_instead_of_or_before_an_upgrade_gets_400() {
     c.send(json!({"type": "rooms", "id": "r"}));
     c.recv_until(|v| v["ref"] == "r");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn oversized_messages_are_refused_without_growing_server_memory() {
+    const ATTEMPTS: usize = 50;
+    const SIZE: usize = 4 * 1024 * 1024;
+    let d = Daemon::start(&[], &[("CHATD_SERVER__CONNECT_RATE_PER_IP", "0")]);
+    let pid = d.child.id();
+    // Warm up allocator pools with one attempt before the baseline.
+    let mut n = 0;
+    let mut attempt = || {
+        n += 1;
+        let mut c = SyncClient::join(d.addr, &format!("big{n}"));
+        // 4 MiB announced in one frame header: refused on the header, before the payload is read.
+        let _ = c.ws.send(Message::text("x".repeat(SIZE)));
+        loop {
+            match c.ws.read() {
+                Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                Ok(_) => continue,
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        }
+    };
+    assert_eq!(attempt(), 1009);
+    let before = rss_kib(pid);
+    for _ in 0..ATTEMPTS {
+        assert_eq!(attempt(), 1009);
+    }
+    let after = rss_kib(pid);
+    println!(
+        "{ATTEMPTS} x {} MiB messages refused with 1009: server RSS {before} -> {after} KiB",
+        SIZE >> 20
+    );
+    assert!(
+        after < before + 2048,
+        "server memory grew: {before} -> {after} KiB"
+    );
+}
