@@ -183,3 +183,31 @@ fn oversized_messages_are_refused_without_growing_server_memory() {
         "server memory grew: {before} -> {after} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_resets_mid_session_is_cleaned_up() {
+    use crate::helpers::{Client, TestServer};
+    let server = TestServer::start().await;
+    let mut watcher = server.join("watcher").await;
+    // Upgrade by hand on a socket we can reset.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/", server.addr), tcp)
+        .await
+        .unwrap();
+    use futures_util::SinkExt;
+    ws.send(Message::text(
+        json!({"type": "hello", "name": "resetter"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(watcher.expect("joined").await["name"], "resetter");
+    // SO_LINGER 0 turns close() into a TCP RST.
+    ws.get_ref().set_zero_linger().unwrap();
+    drop(ws);
+    let left = watcher.expect("left").await;
+    assert_eq!(left["name"], "resetter");
+    println!("reset peer removed: {left}");
+    // The name is free again.
+    let mut again = Client::connect(server.addr).await;
+    assert_eq!(again.hello("resetter").await["type"], "welcome");
+}
