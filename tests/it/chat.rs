@@ -1,5 +1,6 @@
 //! Protocol v1 as a user sees it: hello, rooms, messages, PMs, presence, history, errors.
 
+use futures_util::SinkExt;
 use serde_json::json;
 
 use crate::helpers::{Client, TestServer};
@@ -155,8 +156,6 @@ async fn malformed_frames_get_errors_not_disconnects() {
     // Still connected and working.
     c.sync().await;
 }
-
-use futures_util::SinkExt;
 
 #[tokio::test]
 async fn private_messages_and_their_errors() {

@@ -87,6 +87,15 @@ fn wss(d: &Daemon) -> String {
     format!("wss://localhost:{}", d.addr.port())
 }
 
+/// `chatctl connect alice` over wss://, trusting `ca`, once welcomed.
+fn alice_over_tls(url: &str, ca: &Path) -> Proc {
+    let mut cmd = chatctl_command();
+    cmd.args(["--url", url, "--ca-cert", path(ca), "connect", "alice"]);
+    let mut alice = Proc::spawn(cmd);
+    alice.expect_out("welcome, alice!");
+    alice
+}
+
 fn chatctl_send(url: &str, extra: &[&str], name: &str, text: &str) -> (Option<i32>, String) {
     let out = chatctl_command()
         .args(["--url", url])
@@ -113,17 +122,7 @@ fn wss_chat_with_chatctl_and_an_independent_client() {
     );
     let url = wss(&d);
 
-    let mut cmd = chatctl_command();
-    cmd.args([
-        "--url",
-        &url,
-        "--ca-cert",
-        path(&files.ca),
-        "connect",
-        "alice",
-    ]);
-    let mut alice = Proc::spawn(cmd);
-    alice.expect_out("welcome, alice!");
+    let mut alice = alice_over_tls(&url, &files.ca);
     let (code, err) = chatctl_send(&url, &["--ca-cert", path(&files.ca)], "bob", "over tls");
     assert_eq!(code, Some(0), "{err}");
     alice.expect_out("<bob> over tls");
@@ -220,17 +219,7 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     std::fs::write(&ca2_file, &ca2.pem).unwrap();
     let d = start_with(&tls_env(&files));
     let url = wss(&d);
-    let mut cmd = chatctl_command();
-    cmd.args([
-        "--url",
-        &url,
-        "--ca-cert",
-        path(&files.ca),
-        "connect",
-        "alice",
-    ]);
-    let mut alice = Proc::spawn(cmd);
-    alice.expect_out("welcome, alice!");
+    let mut alice = alice_over_tls(&url, &files.ca);
 
     let (cert, key) = ca2.leaf();
     std::fs::write(&files.cert, cert).unwrap();
