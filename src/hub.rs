@@ -440,11 +440,6 @@ impl Hub {
         rooms
     }
 
-    /// Number of users online.
-    pub fn user_count(&self) -> usize {
-        lock(&self.directory).users.len()
-    }
-
     /// Queues one frame to every online user (JSON and plain renderings).
     pub fn broadcast_all(&self, json: &Utf8Bytes, plain: &Utf8Bytes) {
         let dir = lock(&self.directory);
@@ -481,11 +476,6 @@ impl Room {
     /// Members sorted by name.
     pub fn users(&self) -> Vec<(Arc<str>, Role)> {
         lock(&self.state).user_list()
-    }
-
-    /// Whether a connection is a member.
-    pub fn has_member(&self, conn: ConnId) -> bool {
-        lock(&self.state).members.iter().any(|m| m.conn == conn)
     }
 
     /// Up to `limit` stored messages with `seq < before`, oldest first.
