@@ -205,7 +205,13 @@ def main():
     ap.add_argument("--peers", default="uws-js,node-ws,python-websockets,websocat")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="throughput cases to run; with fewer than all, only prints medians (A/B checks)")
+    ap.add_argument("--servers", default="chatd,chatd-plain", help="chatd variants to run")
     opts = ap.parse_args()
+    cases = [c for c in opts.cases.split(",") if c]
+    if set(cases) != set(CASES):
+        return quick(cases, opts)
     peers = [p for p in opts.peers.split(",") if p]
     servers = ["chatd", "chatd-plain"] + peers
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "rounds": opts.rounds,
@@ -258,6 +264,24 @@ def main():
     with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     write_markdown(results, servers, peers)
+
+
+def quick(cases, opts):
+    """Only the named throughput cases, medians printed, nothing written: for A/B checks."""
+    servers = [s for s in opts.servers.split(",") if s] + [p for p in opts.peers.split(",") if p]
+    for case in cases:
+        runs = {s: [] for s in servers}
+        for r in range(opts.rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                rep = run_one(s, CASES[case][0])
+                runs[s].append(rep)
+                print(f"round {r+1} {case:10} {s:18} {rep['deliveries_per_sec']:>12,.0f}/s p99 "
+                      f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
+        for s in servers:
+            dps = median([r["deliveries_per_sec"] for r in runs[s]])
+            p99 = median([r["latency_us"]["p99"] for r in runs[s]]) / 1000
+            print(f"median {case:10} {s:18} {dps:>12,.0f}/s p99 {p99:.2f} ms", flush=True)
 
 
 def write_markdown(results, servers, peers):
