@@ -73,7 +73,7 @@ class Server:
 
     @property
     def raw_args(self):
-        if self.name == "chatd":
+        if self.name in ("chatd", "chatd-base"):
             return []
         if self.name == "chatd-plain":
             return ["--raw", "--name-line"]
@@ -87,7 +87,8 @@ class Server:
             env["CHATD_SERVER__WORKERS"] = str(self.workers)
             if self.tls:
                 env["CHATD_TLS__CERT"], env["CHATD_TLS__KEY"] = self.tls["cert"], self.tls["key"]
-            cmd = [CHATD, "--port", str(self.port)]
+            binary = os.environ.get("BENCH_BASELINE_CHATD", CHATD) if self.name == "chatd-base" else CHATD
+            cmd = [binary, "--port", str(self.port)]
         else:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
         # Run from a scratch directory: chatd reads ./chat.toml when present, and a benchmark must
@@ -205,13 +206,13 @@ def main():
     ap.add_argument("--peers", default="uws-js,node-ws,python-websockets,websocat")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
-    ap.add_argument("--cases", default=",".join(CASES),
-                    help="throughput cases to run; with fewer than all, only prints medians (A/B checks)")
-    ap.add_argument("--servers", default="chatd,chatd-plain", help="chatd variants to run")
+    ap.add_argument("--cases", help="only these throughput cases (of " + ",".join(CASES) + "): print medians, "
+                    "write nothing (A/B checks)")
+    ap.add_argument("--servers", default="chatd,chatd-plain",
+                    help="chatd variants to run; chatd-base runs the binary in $BENCH_BASELINE_CHATD")
     opts = ap.parse_args()
-    cases = [c for c in opts.cases.split(",") if c]
-    if set(cases) != set(CASES):
-        return quick(cases, opts)
+    if opts.cases:
+        return quick([c for c in opts.cases.split(",") if c], opts)
     peers = [p for p in opts.peers.split(",") if p]
     servers = ["chatd", "chatd-plain"] + peers
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "rounds": opts.rounds,

@@ -1,11 +1,11 @@
 //! One task per client socket: the WebSocket upgrade, then one `select!` loop over the socket, the
-//! client's mailbox, its timers and the shutdown token.
+//! client's mailbox signals, its timers and the shutdown token.
 //!
-//! This module owns the transport rules: handshake timeout, pings and the silent-peer cut-off, write
-//! batching (everything queued is fed, then flushed once), the write timeout, and the mapping from
-//! what went wrong to the close code the peer sees. What frames mean is the [`Session`]'s business.
+//! This module owns the transport rules: handshake timeout, pings and the silent-peer cut-off, the
+//! task's share of writing (its replies, TLS, and sockets the flusher found full: queue, then one
+//! flush; see `mailbox`), the write timeout, and the mapping from what went wrong to the close code
+//! the peer sees. What frames mean is the [`Session`]'s business.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tracing::{debug, info};
 use crate::metrics::close_reason;
 use crate::server::{ConnSlot, Shared};
 use crate::session::{Flow, Session, close_code};
-use crate::tls::Transport;
+use crate::transport::Transport;
 
 type Ws = WebSocketStream<Transport>;
 
@@ -88,6 +88,7 @@ pub(crate) async fn serve(
         },
         _ = shutdown.cancelled() => return,
     };
+    // Built in place (no `session` local): a local would keep its own slot in the task's state.
     let mut conn = Connection {
         ws,
         session: Session::new(shared.clone(), peer),
@@ -97,11 +98,13 @@ pub(crate) async fn serve(
         last_heard: Instant::now(),
         next_ping: None,
         out: Vec::new(),
-        mail: VecDeque::new(),
+        flush_due: false,
         ping_due: false,
         echo,
         echoes: Vec::new(),
     };
+    let mailbox = conn.session.mailbox().clone();
+    conn.ws.get_mut().attach(mailbox, &conn.shared.flusher);
     conn.next_ping = conn
         .shared
         .config
@@ -123,7 +126,7 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
                     .tls_handshakes
                     .with_label_values(&["ok"])
                     .inc();
-                Transport::Tls(Box::new(s))
+                Transport::tls(s)
             }
             Err(e) => {
                 shared
@@ -139,7 +142,7 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
                 reject_non_http(stream).await;
                 return Err(("garbage", "not an HTTP GET upgrade request".into()));
             }
-            Transport::Plain(stream)
+            Transport::plain(stream)
         }
     };
     let origins = &shared.config.server.allowed_origins;
@@ -231,10 +234,10 @@ struct Connection {
     last_heard: Instant,
     /// When to send the next ping (`None`: pings off).
     next_ping: Option<Instant>,
-    /// Replies produced by the session, waiting to be written.
+    /// Replies produced by the session, waiting to be queued and written.
     out: Vec<Utf8Bytes>,
-    /// Frames taken from the mailbox, waiting to be written.
-    mail: VecDeque<Utf8Bytes>,
+    /// The mailbox holds frames this task must write (TLS, or a plain socket that was full).
+    flush_due: bool,
     /// A ping is due with the next write.
     ping_due: bool,
     /// A diagnostic echo connection (`diagnostics.echo_path`): every message comes straight back.
@@ -266,16 +269,12 @@ impl Connection {
             };
             let step = match event {
                 Event::Shutdown => Err(End::Shutdown),
-                Event::Mail => self.take_mail(),
+                Event::Mail => self.on_mail(),
                 Event::Frame(frame) => self.on_frame(frame),
                 Event::Timer => self.on_timer(),
             };
             // What the step produced goes out before any close it asked for.
-            if self.ping_due
-                || !self.out.is_empty()
-                || !self.mail.is_empty()
-                || !self.echoes.is_empty()
-            {
+            if self.ping_due || self.flush_due || !self.out.is_empty() || !self.echoes.is_empty() {
                 timer.as_mut().reset(Instant::now() + write_timeout);
                 let written = tokio::select! {
                     res = self.write_pending() => res,
@@ -309,9 +308,14 @@ impl Connection {
         at
     }
 
-    fn take_mail(&mut self) -> Result<(), End> {
-        let batch = self.session.mailbox().take();
-        if batch.overflowed {
+    fn on_mail(&mut self) -> Result<(), End> {
+        let mailbox = self.session.mailbox();
+        let signals = mailbox.signals();
+        self.flush_due = mailbox.has_queued();
+        if signals.failed {
+            return Err(End::Gone);
+        }
+        if signals.overflowed {
             info!(peer = %self.peer, user = self.session.user(), "closing slow consumer: outbound queue full");
             return Err(End::Close(
                 close_code::POLICY,
@@ -319,8 +323,7 @@ impl Connection {
                 close_reason::SLOW_CONSUMER,
             ));
         }
-        self.mail = batch.frames;
-        match batch.kicked {
+        match signals.kicked {
             Some(reason) => Err(End::Kicked(reason)),
             None => Ok(()),
         }
@@ -394,28 +397,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Feeds the due ping, the session's replies and the mailbox batch, then flushes once.
+    /// Feeds the due ping and the echoes, queues the session's replies behind what the mailbox
+    /// holds, then flushes once: the mailbox drains everything in as few writes as it can.
     async fn write_pending(&mut self) -> Result<(), End> {
+        self.flush_due = false;
         let ws = &mut self.ws;
         if std::mem::take(&mut self.ping_due) {
             ws.feed(Message::Ping(Default::default()))
                 .await
                 .map_err(|_| End::Gone)?;
         }
-        let mut sent = 0u64;
         for echo in std::mem::take(&mut self.echoes) {
-            sent += echo.len() as u64;
             ws.feed(echo).await.map_err(|_| End::Gone)?;
         }
-        let replies = std::mem::take(&mut self.out);
-        let mail = std::mem::take(&mut self.mail);
-        for frame in replies.into_iter().chain(mail) {
-            sent += frame.len() as u64;
-            ws.feed(Message::Text(frame)).await.map_err(|_| End::Gone)?;
+        let mailbox = self.session.mailbox();
+        for frame in self.out.drain(..) {
+            mailbox.reply(&frame);
         }
-        ws.flush().await.map_err(|_| End::Gone)?;
-        self.shared.metrics.bytes_sent.inc_by(sent);
-        Ok(())
+        ws.flush().await.map_err(|_| End::Gone)
     }
 
     /// Maps a read error to how the connection ends, after telling the peer why when it can hear it.
@@ -451,24 +450,9 @@ impl Connection {
         }
     }
 
-    /// Feeds every frame, then flushes once; all within the write timeout.
-    async fn write(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) -> Result<(), End> {
-        let mut frames = frames.into_iter().peekable();
-        if frames.peek().is_none() {
-            return Ok(());
-        }
-        let ws = &mut self.ws;
-        let mut sent = 0u64;
-        let io = async {
-            for frame in frames {
-                sent += frame.len() as u64;
-                ws.feed(Message::Text(frame)).await?;
-            }
-            ws.flush().await
-        };
-        let result = bounded(self.shared.config.server.write_timeout(), io).await;
-        self.shared.metrics.bytes_sent.inc_by(sent);
-        result
+    /// Writes everything queued, within the write timeout.
+    async fn flush_out(&mut self) -> Result<(), End> {
+        bounded(self.shared.config.server.write_timeout(), self.ws.flush()).await
     }
 
     /// Ends the connection the way `end` calls for.
@@ -490,12 +474,17 @@ impl Connection {
         if reason == close_reason::SLOW_CONSUMER {
             metrics.slow_consumer_disconnects.inc();
         }
+        // Only the close frame may follow what is queued now.
+        let mailbox = self.session.mailbox().clone();
+        mailbox.seal();
+        if reason == close_reason::SLOW_CONSUMER {
+            mailbox.discard();
+        }
         match end {
             End::Shutdown => {
                 // Messages accepted before the signal go out first, then the notice, then the close.
-                let mut frames = self.session.mailbox().take().frames;
-                frames.push_back(self.session.shutdown_notice());
-                if self.write(frames).await.is_ok() {
+                mailbox.reply(&self.session.shutdown_notice());
+                if self.flush_out().await.is_ok() {
                     self.close(
                         close_code::GOING_AWAY,
                         "server shutting down",
@@ -516,8 +505,14 @@ impl Connection {
                 self.close(close_code::POLICY, &reason, CLOSE_LINGER).await
             }
             End::ClosedByPeer => {
-                // tungstenite queued the reply to the peer's close; flushing sends it.
-                let _ = timeout(CLOSE_LINGER, self.ws.flush()).await;
+                // tungstenite queued the reply to the peer's close; flushing sends it, then the
+                // transport drains the mailbox (tungstenite reports "closed" instead of flushing).
+                use tokio::io::AsyncWriteExt;
+                let _ = timeout(CLOSE_LINGER, async {
+                    let _ = self.ws.flush().await;
+                    self.ws.get_mut().flush().await
+                })
+                .await;
             }
             End::WriteStalled => {
                 info!(peer = %self.peer, user = self.session.user(), "dropped slow consumer: write timed out");

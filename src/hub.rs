@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::mailbox::{Class, Mailbox};
+use crate::mailbox::{Class, Frame, Mailbox};
 use crate::metrics::{Fanout, Metrics};
 use crate::protocol::{self, Role, ServerMsg};
 
@@ -366,8 +366,10 @@ impl Hub {
                 action,
             })
         };
-        self.metrics
-            .record_push(Class::Chat, target.mailbox.push(frame, Class::Chat));
+        self.metrics.record_push(
+            Class::Chat,
+            target.mailbox.push(&Frame::text(&frame), Class::Chat),
+        );
         Some((target.name, Receipt { id, seq: None, ts }))
     }
 
@@ -442,10 +444,11 @@ impl Hub {
 
     /// Queues one frame to every online user (JSON and plain renderings).
     pub fn broadcast_all(&self, json: &Utf8Bytes, plain: &Utf8Bytes) {
+        let (json, plain) = (Frame::text(json), Frame::text(plain));
         let dir = lock(&self.directory);
         let mut fanout = Fanout::default();
         for m in dir.users.values() {
-            let frame = if m.plain { plain.clone() } else { json.clone() };
+            let frame = if m.plain { &plain } else { &json };
             fanout.add(m.mailbox.push(frame, Class::Chat));
         }
         drop(dir);
@@ -534,17 +537,18 @@ impl RoomState {
     ) -> Fanout {
         let mut fanout = Fanout::default();
         let plain = if self.plain_members > 0 {
-            plain()
+            plain().map(|p| Frame::text(&p))
         } else {
             None
         };
+        let json = Frame::text(&json);
         for m in &self.members {
             if m.conn == except {
                 continue;
             }
             let frame = match (m.plain, &plain) {
-                (false, _) => json.clone(),
-                (true, Some(p)) => p.clone(),
+                (false, _) => &json,
+                (true, Some(p)) => p,
                 (true, None) => continue,
             };
             // An overflow is the recipient's problem: its own task sees the mark and disconnects it.

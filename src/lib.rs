@@ -16,6 +16,7 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod typing;
 
 pub use config::{Config, ConfigError, Sources};

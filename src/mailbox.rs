@@ -1,4 +1,5 @@
-//! A connection's bounded outbound queue: what other tasks hand to one client.
+//! A connection's outbound queue: everything that goes to one client's socket after the upgrade,
+//! in wire order, and the rules for who writes it.
 //!
 //! Publishers never wait: [`Mailbox::push`] either queues a shared, already-encoded frame or refuses it.
 //! The policy for a client that does not keep up is written here and nowhere else:
@@ -7,13 +8,30 @@
 //!   sees the mark on its next wake-up and disconnects it (close 1008), so no publisher ever waits
 //!   and memory per client stays bounded by the capacity.
 //!
-//! The connection task takes the whole queue at once ([`Mailbox::take`]) and writes it with one flush.
+//! Who writes (see ARCHITECTURE.md, "Write path"):
+//! - On a plain TCP socket the mailbox is *direct*: a frame pushed to an idle queue marks the
+//!   mailbox dirty with the server's [`Flusher`], one task that writes every dirty queue with one
+//!   vectored write each. It runs after the tasks that are already runnable, so every frame
+//!   published in the meantime shares that write (like uWebSockets' corking), and no per-recipient
+//!   task is woken. When the socket is full the flusher leaves the rest to the connection task,
+//!   which waits for the socket under its write timeout.
+//! - Over TLS the connection task drains the queue itself when woken.
+//! - The connection's own replies and tungstenite's control frames (pings, pongs, close) are queued
+//!   behind what is already there, so frames never interleave.
+//!
+//! Every write happens under the mailbox lock and only at a frame boundary or at the unwritten rest
+//! of the frame at the head of the queue, so frames written by different tasks cannot interleave.
+//! A broadcast is framed once ([`Frame`]: WebSocket header and payload in one shared buffer), so a
+//! recipient with one frame queued costs one plain `send`.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How much losing a frame matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,103 +57,354 @@ pub enum Pushed {
     Closed,
 }
 
-/// A bounded queue of frames for one connection, plus the wake-up for its task.
+/// Mailboxes the flusher writes before it lets other tasks run.
+const YIELD_EVERY: usize = 128;
+
+/// Frames written per vectored write.
+const WRITE_BATCH: usize = 64;
+
+/// A complete server-to-client WebSocket text frame (header and payload), shared by every recipient.
+#[derive(Debug, Clone)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Frames a text message (FIN, opcode 1, unmasked: server to client).
+    pub fn text(payload: &str) -> Frame {
+        let mut head = [0u8; 10];
+        let head_len = text_header(payload.len(), &mut head);
+        let mut frame = Vec::with_capacity(head_len + payload.len());
+        frame.extend_from_slice(&head[..head_len]);
+        frame.extend_from_slice(payload.as_bytes());
+        Frame(Bytes::from(frame))
+    }
+}
+
+/// A bounded queue of outbound frames for one connection, plus the wake-up for its task.
 #[derive(Debug)]
 pub struct Mailbox {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    /// Bytes written to the socket (`chatd_sent_bytes_total`).
+    sent: IntCounter,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Utf8Bytes>,
+    /// Framed bytes in wire order.
+    queue: VecDeque<Bytes>,
+    /// The head of `queue` is the unwritten rest of a frame: it must go out before anything else.
+    partial: bool,
+    /// Plain sockets: where the flusher writes.
+    direct: Option<Direct>,
+    /// Registered with the flusher and not yet written.
+    dirty: bool,
+    /// The socket did not take everything: the connection task drains the queue until it is empty.
+    blocked: bool,
+    /// A write failed: the socket is gone.
+    failed: bool,
     overflowed: bool,
+    /// No more frames are accepted: the connection is ending.
     closed: bool,
     /// An admin kicked this client, with this reason.
     kicked: Option<String>,
 }
 
-/// What the connection task took from its mailbox.
+#[derive(Debug)]
+struct Direct {
+    tcp: Arc<TcpStream>,
+    flusher: Arc<Flusher>,
+}
+
+/// What the connection task must act on, taken by [`Mailbox::signals`].
 #[derive(Debug, Default)]
-pub struct Batch {
-    /// Frames to write, in order.
-    pub frames: VecDeque<Utf8Bytes>,
+pub struct Signals {
     /// The client overflowed its queue and must be disconnected.
     pub overflowed: bool,
-    /// The client was kicked, with this reason: close it (1008) after delivering `frames`.
+    /// A write failed: the socket is gone.
+    pub failed: bool,
+    /// The client was kicked, with this reason: close it (1008) after what is queued.
     pub kicked: Option<String>,
 }
 
 impl Mailbox {
     /// An empty mailbox holding at most `capacity` frames. Allocates nothing until used.
-    pub fn new(capacity: usize) -> Mailbox {
+    pub fn new(capacity: usize, sent: IntCounter) -> Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity,
+            sent,
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the server's flusher write queued frames straight to this plain socket.
+    pub fn go_direct(&self, tcp: Arc<TcpStream>, flusher: Arc<Flusher>) {
+        self.lock().direct = Some(Direct { tcp, flusher });
+    }
+
     /// Queues a frame for delivery without waiting, applying the slow-consumer policy.
-    pub fn push(&self, frame: Utf8Bytes, class: Class) -> Pushed {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn push(self: &Arc<Self>, frame: &Frame, class: Class) -> Pushed {
+        let mut state = self.lock();
         if state.closed {
             return Pushed::Closed;
         }
         if state.overflowed {
             return Pushed::Overflow;
         }
-        let len = state.frames.len();
+        let len = state.queue.len();
         let pushed = match class {
             Class::Presence | Class::Typing if len >= self.capacity / 2 => Pushed::Dropped,
             _ if len >= self.capacity => {
                 state.overflowed = true;
                 // Free the memory now: the client is going to be disconnected anyway.
-                state.frames = VecDeque::new();
+                discard(&mut state);
                 Pushed::Overflow
             }
             _ => {
-                state.frames.push_back(frame);
+                state.queue.push_back(frame.0.clone());
                 Pushed::Queued
             }
         };
-        let wake = len == 0 || pushed == Pushed::Overflow;
+        let mut wake_task = pushed == Pushed::Overflow;
+        if pushed == Pushed::Queued && !state.blocked {
+            let flusher = match &state.direct {
+                Some(direct) if !state.dirty => Some(direct.flusher.clone()),
+                Some(_) => None,
+                None => {
+                    wake_task = len == 0;
+                    None
+                }
+            };
+            if let Some(flusher) = flusher {
+                state.dirty = true;
+                drop(state);
+                flusher.mark(self.clone());
+                return pushed;
+            }
+        }
         drop(state);
-        if wake {
+        if wake_task {
             self.notify.notify_one();
         }
         pushed
     }
 
-    /// Takes everything queued, leaving the mailbox empty (and unallocated).
-    pub fn take(&self) -> Batch {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Batch {
-            frames: std::mem::take(&mut state.frames),
+    /// Queues one of the connection's own replies; its task writes it with its next flush.
+    pub fn reply(&self, payload: &str) {
+        let frame = Frame::text(payload).0;
+        self.lock().queue.push_back(frame);
+    }
+
+    /// Queues bytes tungstenite wrote (control frames, echoes), behind everything queued.
+    pub fn queue_raw(&self, bytes: &[u8]) {
+        let bytes = Bytes::copy_from_slice(bytes);
+        self.lock().queue.push_back(bytes);
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_queued(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// Writes the queue with `write` (a vectored write that does not wait) until it is empty or the
+    /// write fails; `WouldBlock` means the socket is full, and the connection task owns the rest.
+    pub fn write_queued(
+        &self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let result = write_out(&mut state.queue, &mut state.partial, &self.sent, &mut write);
+        state.blocked = result.is_err();
+        result
+    }
+
+    /// The flusher's turn: write what is queued straight to the socket. A full socket is handed to
+    /// the connection task; a failed one is reported to it.
+    fn flush_direct(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.dirty = false;
+        if state.blocked || state.failed {
+            return;
+        }
+        let Some(direct) = &state.direct else {
+            return;
+        };
+        let result = write_out(&mut state.queue, &mut state.partial, &self.sent, &mut |s| {
+            write_plain(&direct.tcp, s)
+        });
+        match result {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => state.blocked = true,
+            Err(_) => state.failed = true,
+        }
+        drop(guard);
+        self.notify.notify_one();
+    }
+
+    /// Takes what the connection task must act on.
+    pub fn signals(&self) -> Signals {
+        let mut state = self.lock();
+        Signals {
             overflowed: state.overflowed,
+            failed: state.failed,
             kicked: state.kicked.take(),
         }
     }
 
-    /// Waits until something was pushed since the last wake-up.
+    /// Waits until the connection task has something to act on.
     pub async fn ready(&self) {
         self.notify.notified().await
     }
 
     /// Tells the connection to close with `reason` once it has written what is queued.
     pub fn kick(&self, reason: String) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.kicked = Some(reason);
-        drop(state);
+        self.lock().kicked = Some(reason);
         self.notify.notify_one();
     }
 
-    /// Refuses all further frames: the connection is ending.
+    /// Refuses all further frames but keeps what is queued: the connection is closing, and only its
+    /// close frame may follow.
+    pub fn seal(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Drops every queued frame that has not started going out (a slow consumer is being closed).
+    pub fn discard(&self) {
+        discard(&mut self.lock());
+    }
+
+    /// Refuses all further frames and frees the queue: the connection has ended.
     pub fn close(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state.closed = true;
-        state.frames = VecDeque::new();
+        state.queue = VecDeque::new();
+        state.direct = None;
+    }
+}
+
+fn discard(state: &mut State) {
+    let keep = usize::from(state.partial).min(state.queue.len());
+    state.queue.truncate(keep);
+    state.queue.shrink_to_fit();
+}
+
+/// A text frame's header (FIN, opcode 1, unmasked: server to client) for a payload of `len` bytes.
+fn text_header(len: usize, head: &mut [u8; 10]) -> usize {
+    head[0] = 0x81;
+    if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// One non-blocking write to a plain socket: `send` for one frame, `writev` for several.
+pub(crate) fn write_plain(tcp: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    match slices {
+        [one] => tcp.try_write(one),
+        _ => tcp.try_write_vectored(slices),
+    }
+}
+
+/// Writes queued frames in batches until the queue is empty or `write` fails.
+fn write_out(
+    queue: &mut VecDeque<Bytes>,
+    partial: &mut bool,
+    sent: &IntCounter,
+    write: &mut dyn FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut total = 0u64;
+    let result = loop {
+        if queue.is_empty() {
+            break Ok(());
+        }
+        let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+        let n = queue.len().min(WRITE_BATCH);
+        for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
+            *slice = IoSlice::new(frame);
+        }
+        let mut written = match write(&slices[..n]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => written,
+            Err(e) => break Err(e),
+        };
+        total += written as u64;
+        // Pop what went out whole; keep the rest of a frame cut short at the head.
+        while let Some(frame) = queue.front_mut() {
+            if written < frame.len() {
+                if written > 0 {
+                    *frame = frame.slice(written..);
+                    *partial = true;
+                }
+                break;
+            }
+            written -= frame.len();
+            queue.pop_front();
+            *partial = false;
+        }
+    };
+    if queue.is_empty() && queue.capacity() > 0 {
+        // An idle connection keeps no queue memory (the old mailbox freed its batch the same way).
+        *queue = VecDeque::new();
+    }
+    sent.inc_by(total);
+    result
+}
+
+/// Writes dirty mailboxes of plain sockets: one task per server, so every frame published while it
+/// waited to run goes out in one write per recipient.
+#[derive(Debug, Default)]
+pub struct Flusher {
+    dirty: Mutex<Vec<Arc<Mailbox>>>,
+    notify: Notify,
+}
+
+impl Flusher {
+    fn mark(&self, mailbox: Arc<Mailbox>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let first = dirty.is_empty();
+        dirty.push(mailbox);
+        drop(dirty);
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Writes dirty mailboxes as they come, forever (the server aborts it after the connections).
+    pub async fn run(&self) {
+        let mut batch = Vec::new();
+        loop {
+            self.notify.notified().await;
+            std::mem::swap(
+                &mut batch,
+                &mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()),
+            );
+            for (i, mailbox) in batch.drain(..).enumerate() {
+                mailbox.flush_direct();
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    // Let the runtime read sockets meanwhile: new messages join the queues not
+                    // yet written, and publishers are not held up behind a long round.
+                    tokio::task::yield_now().await;
+                }
+            }
+            if batch.capacity() > 4096 {
+                batch = Vec::new();
+            }
+        }
     }
 }
 
@@ -143,32 +412,93 @@ impl Mailbox {
 mod tests {
     use super::*;
 
-    #[test]
-    fn drops_soft_frames_before_chat_and_flags_overflow() {
-        let m = Mailbox::new(4);
-        assert_eq!(m.push("a".into(), Class::Chat), Pushed::Queued);
-        assert_eq!(m.push("b".into(), Class::Typing), Pushed::Queued);
-        assert_eq!(m.push("c".into(), Class::Presence), Pushed::Dropped);
-        assert_eq!(m.push("c".into(), Class::Chat), Pushed::Queued);
-        assert_eq!(m.push("d".into(), Class::Chat), Pushed::Queued);
-        assert_eq!(m.push("e".into(), Class::Chat), Pushed::Overflow);
-        let batch = m.take();
-        assert!(batch.overflowed);
-        assert!(batch.frames.is_empty());
-        m.close();
-        assert_eq!(m.push("f".into(), Class::Chat), Pushed::Closed);
+    fn mailbox(capacity: usize) -> Arc<Mailbox> {
+        Arc::new(Mailbox::new(
+            capacity,
+            IntCounter::new("sent", "bytes").expect("counter"),
+        ))
+    }
+
+    /// What the mailbox writes to a socket that takes at most `chunk` bytes per write and is full
+    /// after `writes` writes.
+    fn drain(m: &Mailbox, chunk: usize, writes: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut calls = 0;
+        let _ = m.write_queued(|slices| {
+            calls += 1;
+            if calls > writes {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let before = wire.len();
+            for s in slices {
+                let room = chunk - (wire.len() - before);
+                wire.extend_from_slice(&s[..s.len().min(room)]);
+                if wire.len() - before == chunk {
+                    break;
+                }
+            }
+            Ok(wire.len() - before)
+        });
+        wire
     }
 
     #[test]
-    fn take_returns_frames_in_order() {
-        let m = Mailbox::new(8);
-        for s in ["1", "2", "3"] {
-            m.push(s.into(), Class::Chat);
+    fn drops_soft_frames_before_chat_and_flags_overflow() {
+        let m = mailbox(4);
+        assert_eq!(m.push(&Frame::text("a"), Class::Chat), Pushed::Queued);
+        assert_eq!(m.push(&Frame::text("b"), Class::Typing), Pushed::Queued);
+        assert_eq!(m.push(&Frame::text("c"), Class::Presence), Pushed::Dropped);
+        assert_eq!(m.push(&Frame::text("c"), Class::Chat), Pushed::Queued);
+        assert_eq!(m.push(&Frame::text("d"), Class::Chat), Pushed::Queued);
+        assert_eq!(m.push(&Frame::text("e"), Class::Chat), Pushed::Overflow);
+        assert!(m.signals().overflowed);
+        assert!(!m.has_queued());
+        m.close();
+        assert_eq!(m.push(&Frame::text("f"), Class::Chat), Pushed::Closed);
+    }
+
+    #[test]
+    fn frames_go_out_whole_and_in_order_whatever_the_socket_takes() {
+        let long = "x".repeat(300);
+        let mut expected = Vec::new();
+        for payload in ["1", long.as_str(), "three"] {
+            expected.extend_from_slice(&Frame::text(payload).0);
         }
-        let batch = m.take();
-        let got: Vec<&str> = batch.frames.iter().map(|f| f.as_str()).collect();
-        assert_eq!(got, ["1", "2", "3"]);
-        assert!(!batch.overflowed);
-        assert!(m.take().frames.is_empty());
+        expected.extend_from_slice(&[0x89, 0]); // a ping tungstenite queued
+        for chunk in [1, 3, 7, 64, 100_000] {
+            let m = mailbox(8);
+            m.push(&Frame::text("1"), Class::Chat);
+            m.push(&Frame::text(&long), Class::Chat);
+            m.reply("three");
+            m.queue_raw(&[0x89, 0]);
+            let mut wire = Vec::new();
+            while m.has_queued() {
+                wire.extend(drain(&m, chunk, 1));
+            }
+            assert_eq!(wire, expected, "socket taking {chunk} bytes per write");
+        }
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_encoding() {
+        let mut head = [0u8; 10];
+        assert_eq!(text_header(125, &mut head), 2);
+        assert_eq!(head[..2], [0x81, 125]);
+        assert_eq!(text_header(126, &mut head), 4);
+        assert_eq!(head[..4], [0x81, 126, 0, 126]);
+        assert_eq!(text_header(70_000, &mut head), 10);
+        assert_eq!(head[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn a_slow_consumer_keeps_only_the_frame_it_is_in_the_middle_of() {
+        let m = mailbox(3);
+        m.push(&Frame::text("abcdef"), Class::Chat);
+        m.push(&Frame::text("second"), Class::Chat);
+        let first = drain(&m, 3, 1);
+        assert_eq!(first, [0x81, 6, b'a']);
+        m.discard();
+        let rest = drain(&m, 100, 10);
+        assert_eq!(rest, b"bcdef");
     }
 }

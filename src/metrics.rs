@@ -154,7 +154,7 @@ impl Metrics {
             ),
             bytes_sent: counter(
                 "chatd_sent_bytes_total",
-                "Text payload bytes sent to clients.",
+                "Bytes written to client sockets after the upgrade (frames, headers included).",
             ),
             fanout_recipients: histogram(
                 "chatd_fanout_recipients",

@@ -24,8 +24,10 @@ use crate::auth::Verifier;
 use crate::config::{AuthMode, Config, ServerConfig};
 use crate::connection;
 use crate::hub::{Hub, HubLimits};
+use crate::mailbox::Flusher;
 use crate::metrics::Metrics;
-use crate::tls::{TlsState, Transport};
+use crate::tls::TlsState;
+use crate::transport::Transport;
 
 /// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
@@ -47,6 +49,8 @@ pub struct Shared {
     pub(crate) tls: Option<TlsState>,
     /// Token verification, in `auth.mode = "token"`.
     pub(crate) auth: Option<Verifier>,
+    /// Writes queued frames to plain sockets (see `mailbox`).
+    pub(crate) flusher: Arc<Flusher>,
 }
 
 /// A bound, not yet running, chat server.
@@ -126,6 +130,7 @@ impl Server {
                 metrics,
                 tls,
                 auth,
+                flusher: Arc::default(),
             }),
             limiter,
         })
@@ -173,6 +178,11 @@ impl Server {
                 admin_stop.clone(),
             ))
         });
+        // Lives until every connection is done: their last frames may still go out through it.
+        let flusher = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.flusher.run().await })
+        };
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
@@ -249,6 +259,8 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
+        flusher.abort();
+        let _ = flusher.await;
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;
@@ -273,8 +285,8 @@ async fn refuse(
     };
     let _ = timeout(wait, async {
         let transport = match tls {
-            Some(acceptor) => Transport::Tls(Box::new(acceptor.accept(stream).await.ok()?)),
-            None => Transport::Plain(stream),
+            Some(acceptor) => Transport::tls(acceptor.accept(stream).await.ok()?),
+            None => Transport::plain(stream),
         };
         tokio_tungstenite::accept_hdr_async(transport, reply)
             .await

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, info};
 
 use crate::hub::{ConnId, HubError, JoinedRoom, Member, Room};
-use crate::mailbox::{Class, Mailbox};
+use crate::mailbox::{Class, Frame, Mailbox};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, NameError, Request, Role, RoomInfo, ServerInfo, ServerMsg, Target,
     TypingState, UserInfo, plain,
@@ -104,7 +104,10 @@ impl Session {
             0.0
         };
         let strikes = TokenBucket::new(limits.abuse_strikes, strikes_rate);
-        let mailbox = Arc::new(Mailbox::new(limits.outbound_queue));
+        let mailbox = Arc::new(Mailbox::new(
+            limits.outbound_queue,
+            shared.metrics.bytes_sent.clone(),
+        ));
         Session {
             conn: shared.hub.next_conn_id(),
             shared,
@@ -618,7 +621,7 @@ impl Session {
                     to: Some(&target.name),
                     state,
                 });
-                let pushed = target.mailbox.push(frame, Class::Typing);
+                let pushed = target.mailbox.push(&Frame::text(&frame), Class::Typing);
                 self.shared.metrics.record_push(Class::Typing, pushed);
             }
         }

@@ -428,3 +428,25 @@ async fn empty_rooms_keep_history_until_evicted_at_the_cap() {
     let e = alice.request(json!({"type": "join", "room": "r4"})).await;
     assert_eq!(e["code"], "too_many_rooms");
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_the_close_handshake_completed() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = TestServer::start().await;
+    let mut alice = server.join("alice").await;
+    alice
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("close sent");
+    // The server answers with its own close frame (echoing the code), not a dropped socket.
+    let (code, _) = alice.closed().await;
+    assert_eq!(code, 1000);
+    let mut bob = server.join("bob").await;
+    let who = bob.request(json!({"type": "who"})).await;
+    assert_eq!(who["users"], json!([{"name": "bob", "role": "user"}]));
+}

@@ -40,16 +40,20 @@ def send(obj):
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
 
+def recv_frame():
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", exact(8))[0]
+    return b0 & 0x0F, exact(n)
+
+
 def recv():
     while True:
-        b0, b1 = exact(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack(">H", exact(2))[0]
-        elif n == 127:
-            n = struct.unpack(">Q", exact(8))[0]
-        payload = exact(n)
-        if b0 & 0x0F == 0x1:
+        opcode, payload = recv_frame()
+        if opcode == 0x1:
             return json.loads(payload)
 
 
@@ -62,4 +66,13 @@ while True:
     if reply.get("ref") == "p1":
         break
 assert reply["type"] == "ack", reply
+# Close with 1000: the server must answer with its own close frame before the stream ends.
+mask = os.urandom(4)
+body = struct.pack(">H", 1000)
+sock.sendall(bytes([0x88, 0x80 | len(body)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+while True:
+    opcode, payload = recv_frame()
+    if opcode == 0x8:
+        break
+assert struct.unpack(">H", payload[:2])[0] == 1000, payload
 print(f"ok {welcome['name']} {reply['type']} seq={reply['seq']}")

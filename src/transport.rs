@@ -1,0 +1,166 @@
+//! A client connection's byte stream, plain TCP or TLS over TCP, as tungstenite sees it.
+//!
+//! Until [`Transport::attach`] (the upgrade) it passes bytes straight through. After it, every write
+//! goes through the connection's [`Mailbox`]: what tungstenite writes (pings, pongs, close frames)
+//! is queued behind the frames already there, and a flush drains the queue to the socket. A plain
+//! socket is shared with the mailbox (`Arc<TcpStream>`), so the server's flusher can write to it
+//! without waking the connection task; reads stay with the task.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::mailbox::{Flusher, Mailbox, write_plain};
+
+/// A client connection's byte stream.
+#[derive(Debug)]
+pub struct Transport {
+    io: Io,
+    /// Set at the upgrade: from then on writes are queued there and flushes drain it.
+    outbox: Option<Arc<Mailbox>>,
+}
+
+#[derive(Debug)]
+enum Io {
+    /// `ws://`: shared with the mailbox for direct writes.
+    Plain(Arc<TcpStream>),
+    /// `wss://` (boxed: TLS state is large and only some connections have it).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// A plain TCP connection.
+    pub fn plain(tcp: TcpStream) -> Transport {
+        Transport {
+            io: Io::Plain(Arc::new(tcp)),
+            outbox: None,
+        }
+    }
+
+    /// A TLS connection.
+    pub fn tls(tls: TlsStream<TcpStream>) -> Transport {
+        Transport {
+            io: Io::Tls(Box::new(tls)),
+            outbox: None,
+        }
+    }
+
+    /// Routes every later write through `mailbox`; a plain socket is handed to the flusher too.
+    pub fn attach(&mut self, mailbox: Arc<Mailbox>, flusher: &Arc<Flusher>) {
+        if let Io::Plain(tcp) = &self.io {
+            mailbox.go_direct(tcp.clone(), flusher.clone());
+        }
+        self.outbox = Some(mailbox);
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match tcp.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(outbox) = &this.outbox {
+            outbox.queue_raw(buf);
+            // Start draining at once: tungstenite does not always flush after writing (a server's
+            // reply to a close frame is written, then the connection reports itself closed), so
+            // queued bytes must not depend on a later flush. What the socket does not take now
+            // goes with the next flush; an error shows there too.
+            let _ = Pin::new(this).poll_flush(cx);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        match &mut this.io {
+            Io::Plain(tcp) => loop {
+                ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            },
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match (&mut this.io, &this.outbox) {
+            (Io::Plain(_), None) => Poll::Ready(Ok(())),
+            (Io::Plain(tcp), Some(outbox)) => loop {
+                match outbox.write_queued(|slices| write_plain(tcp, slices)) {
+                    Ok(()) => return Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(tcp.poll_write_ready(cx))?
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            (Io::Tls(tls), outbox) => {
+                if let Some(outbox) = outbox {
+                    // rustls makes a record per write: hand it whole frames, not header and payload.
+                    let written = outbox.write_queued(|slices| {
+                        let bytes: Vec<u8> =
+                            slices.iter().flat_map(|s| s.iter().copied()).collect();
+                        match Pin::new(tls.as_mut()).poll_write(cx, &bytes) {
+                            Poll::Ready(done) => done,
+                            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                        }
+                    });
+                    match written {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Pin::new(tls.as_mut()).poll_flush(cx)
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Poll::Ready(
+                socket2::SockRef::from(tcp.as_ref()).shutdown(std::net::Shutdown::Write),
+            ),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+        self.poll_write(cx, buf)
+    }
+}
