@@ -522,7 +522,14 @@ impl RoomState {
             .iter()
             .map(|m| (m.name.clone(), m.role))
             .collect();
-        users.sort_by_key(|(name, _)| name.to_ascii_lowercase());
+        // Case-insensitive order without allocating a lowercase key per comparison.
+        users.sort_unstable_by(|(a, _), (b, _)| {
+            let fold = |c: u8| c.to_ascii_lowercase();
+            a.bytes()
+                .map(fold)
+                .cmp(b.bytes().map(fold))
+                .then_with(|| a.cmp(b))
+        });
         users
     }
 

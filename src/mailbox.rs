@@ -172,19 +172,15 @@ impl Mailbox {
         };
         let mut wake_task = pushed == Pushed::Overflow;
         if pushed == Pushed::Queued && !state.blocked {
-            let flusher = match &state.direct {
-                Some(direct) if !state.dirty => Some(direct.flusher.clone()),
-                Some(_) => None,
-                None => {
-                    wake_task = len == 0;
-                    None
+            match &state.direct {
+                Some(direct) if !state.dirty => {
+                    // Lock order: mailbox, then the flusher's list (the flusher never holds both).
+                    direct.flusher.mark(self.clone());
+                    state.dirty = true;
+                    return pushed;
                 }
-            };
-            if let Some(flusher) = flusher {
-                state.dirty = true;
-                drop(state);
-                flusher.mark(self.clone());
-                return pushed;
+                Some(_) => {}
+                None => wake_task = len == 0,
             }
         }
         drop(state);
