@@ -44,6 +44,12 @@ CASES = {
     "paced1000": (["--clients", "1000", "--senders", "10", "--rate", "2", "--messages", "20"],
                   "1,000 clients, 10 senders x 2 msg/s"),
 }
+# Connection rate: 1,000 clients connect (and, for chatd, say hello) and nothing is sent.
+CONNECT = ["--clients", "1000", "--senders", "1", "--messages", "0"]
+# chatd's users join rooms, and every join is announced to the room: "rooms of 10" spreads them over
+# 100 rooms (what a chat service usually looks like), "one room" puts all 1,000 in one.
+CONNECT_ROOMS = ["--rooms", "100"]
+TLS_PEERS = {"node-ws-tls": "node-ws", "uws-js-tls": "uws-js"}
 
 
 def free_port():
@@ -82,7 +88,14 @@ class Server:
     def start(self):
         self.port = free_port()
         env = dict(os.environ)
-        if self.name.startswith("chatd"):
+        if self.name in TLS_PEERS:
+            # The Node peers over TLS (bench/peer-tls.js), with the modules their plain runs installed.
+            peer = TLS_PEERS[self.name]
+            env["NODE_PATH"] = os.path.join(os.environ.get("PEERS_HOME", os.path.join(
+                os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "chatd-peers")), peer, "node_modules")
+            cmd = ["node", os.path.join(ROOT, "bench", "peer-tls.js"), peer, str(self.port),
+                   self.tls["cert"], self.tls["key"]]
+        elif self.name.startswith("chatd"):
             env.update(CHATD_ENV)
             env["CHATD_SERVER__WORKERS"] = str(self.workers)
             if self.tls:
@@ -142,6 +155,24 @@ def run_one(name, args, workers=1, tls=None):
         return bench(server, args)
     finally:
         server.stop()
+
+
+def connect_rates(rounds, peers, tls):
+    """Handshakes(+hello)/s for 1,000 clients: chatd in rooms of 10 and in one room, and each peer;
+    alternating rounds. Returns {server: [reports]}."""
+    runs = {"chatd-rooms": [], "chatd-1room": []} | {p: [] for p in peers}
+    names = list(runs)
+    for r in range(rounds):
+        for s in names[r % len(names):] + names[:r % len(names)]:
+            if s.startswith("chatd"):
+                args = CONNECT + (CONNECT_ROOMS if s == "chatd-rooms" else [])
+                rep = run_one("chatd", args, tls=tls)
+            else:
+                rep = run_one(s, CONNECT, tls=tls)
+            runs[s].append(rep)
+            print(f"round {r+1} {'wss' if tls else 'ws'} connect {s:18} {rep['handshakes_per_sec']:>10,.0f}/s",
+                  flush=True)
+    return runs
 
 
 def median(values):
@@ -229,17 +260,17 @@ def main():
                       f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
         results["throughput"][case] = runs
 
-    # Connection rate over wss:// (chatd only: the peers have no TLS listener).
+    results["connect"] = connect_rates(opts.rounds, [p for p in peers if p != "websocat"], tls=None)
+    # Over wss://, against the Node peers served over TLS by bench/peer-tls.js.
     certs = make_certs()
-    connect_args = ["--clients", "1000", "--senders", "1", "--messages", "0"]
-    results["wss_connect"] = [run_one("chatd", connect_args, tls=certs) for _ in range(opts.rounds)]
-    print(f"wss connect {median([r['handshakes_per_sec'] for r in results['wss_connect']]):,.0f}/s", flush=True)
+    tls_peers = [t for t, p in TLS_PEERS.items() if p in peers]
+    results["wss_connect"] = connect_rates(opts.rounds, tls_peers, tls=certs)
 
     if not opts.skip_memory:
         for n in (5000, 10000):
-            for s in ["chatd", "chatd-1room"] + peers:
+            for s in ["chatd-rooms10", "chatd", "chatd-1room"] + peers:
                 name = "chatd" if s.startswith("chatd") else s
-                rooms = ["--rooms", "100"] if s == "chatd" else []
+                rooms = {"chatd": ["--rooms", "100"], "chatd-rooms10": ["--rooms", str(n // 10)]}.get(s, [])
                 if s == "chatd-1room" and n > 5000:
                     continue
                 rep = run_one(name, ["--clients", str(n), "--senders", "1", "--messages", "0"] + rooms)
@@ -290,21 +321,28 @@ def write_markdown(results, servers, peers):
              f"rounds, each run against a freshly started server; load generator and server share the cores.", ""]
     t = results["throughput"]
     lines += ["| server | " + " | ".join(CASES[c][1] + " (deliveries/s)" for c in ("fanout100", "fanout1000")) +
-              " | vs uWS.js | p99 at 1,000 paced (ms) | handshakes+hello/s (1,000) | lost |",
-              "|---|---|---|---|---|---|---|"]
+              " | vs uWS.js | p99 at 1,000 paced (ms) | lost |",
+              "|---|---|---|---|---|---|"]
     uws = {c: median([r["deliveries_per_sec"] for r in t[c].get("uws-js", [])]) for c in ("fanout100", "fanout1000")}
     for s in servers:
         d = {c: median([r["deliveries_per_sec"] for r in t[c][s]]) for c in ("fanout100", "fanout1000")}
         ratio = " / ".join(f"{d[c]/uws[c]:.2f}x" if uws[c] == uws[c] else "-" for c in ("fanout100", "fanout1000"))
         p99 = median([r["latency_us"]["p99"] for r in t["paced1000"][s]]) / 1000
-        hs = median([r["handshakes_per_sec"] for r in t["fanout1000"][s]])
         lost = sum(r["lost"] for c in t for r in t[c][s])
-        lines.append(f"| {s} | {fmt(d['fanout100'])} | {fmt(d['fanout1000'])} | {ratio} | {p99:.1f} | {fmt(hs)} | {lost} |")
-    if results.get("wss_connect"):
-        hs = median([r["handshakes_per_sec"] for r in results["wss_connect"]])
-        lines += ["", f"chatd over **wss://** (TLS 1.3, ECDSA P-256, rustls/ring): {fmt(hs)} handshakes+hello/s "
-                  f"for 1,000 clients (median of {len(results['wss_connect'])}); the peers have no TLS listener, "
-                  "so compare with their plain rates above."]
+        lines.append(f"| {s} | {fmt(d['fanout100'])} | {fmt(d['fanout1000'])} | {ratio} | {p99:.2f} | {lost} |")
+    if results.get("connect"):
+        labels = {"chatd-rooms": "chatd (rooms of 10)", "chatd-1room": "chatd (one room of 1,000)",
+                  "node-ws-tls": "node-ws", "uws-js-tls": "uws-js"}
+        lines += ["", "Connection rate: 1,000 clients connect at once (chatd: and say `hello`, get `welcome`, and "
+                  "are announced to their room), median of the rounds. wss:// is TLS 1.3 with an ECDSA P-256 "
+                  "certificate; the Node peers serve it through `bench/peer-tls.js`.", "",
+                  "| server | ws:// handshakes+hello/s | wss:// handshakes+hello/s |", "|---|---|---|"]
+        plain, tls = results["connect"], results.get("wss_connect", {})
+        tls_by_peer = {TLS_PEERS.get(k, k): v for k, v in tls.items()}
+        for s in plain:
+            cells = [median([r["handshakes_per_sec"] for r in runs]) if runs else float("nan")
+                     for runs in (plain[s], tls_by_peer.get(s, []))]
+            lines.append(f"| {labels.get(s, s)} | " + " | ".join(fmt(c) if c == c else "-" for c in cells) + " |")
     lines.append("")
     lines.append("Every round of every case, as `deliveries/s` (sorted):")
     lines.append("")
@@ -312,14 +350,19 @@ def write_markdown(results, servers, peers):
         for s in servers:
             vals = sorted(r["deliveries_per_sec"] for r in t[c][s])
             lines.append(f"- {c} {s}: " + ", ".join(fmt(v) for v in vals))
+    lines += ["", "Paced p99 (ms) in every round, sorted:", ""]
+    for s in servers:
+        vals = sorted(r["latency_us"]["p99"] / 1000 for r in t["paced1000"][s])
+        lines.append(f"- paced1000 {s}: " + ", ".join(f"{v:.2f}" for v in vals))
     if results["memory"]:
         lines += ["", "Idle memory: server RSS growth per connection once every client is connected (chatd: after "
                   "`hello`; peers: after the upgrade).", "",
                   "| server | 5,000 connections (KiB/conn) | 10,000 connections (KiB/conn) |", "|---|---|---|"]
-        for s in ["chatd", "chatd-1room"] + peers:
+        for s in ["chatd-rooms10", "chatd", "chatd-1room"] + peers:
             row = [results["memory"].get(n, {}).get(s) for n in ("5000", "10000")]
             cells = [f"{r['server']['rss_per_connection_kib']:.2f}" if r else "-" for r in row]
-            label = {"chatd": "chatd (100 rooms of 50/100)", "chatd-1room": "chatd (one room of 5,000)"}.get(s, s)
+            label = {"chatd": "chatd (100 rooms of 50/100)", "chatd-1room": "chatd (one room of 5,000)",
+                     "chatd-rooms10": "chatd (rooms of 10)"}.get(s, s)
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     if results["scaling"]:
         lines += ["", "Scaling (chatd protocol, 10 senders, inflight 1, median of 3):", "",
