@@ -104,7 +104,9 @@ pub(crate) async fn serve(
         echoes: Vec::new(),
     };
     let mailbox = conn.session.mailbox().clone();
-    conn.ws.get_mut().attach(mailbox, &conn.shared.flusher);
+    conn.ws
+        .get_mut()
+        .attach(mailbox, conn.shared.flusher.as_ref());
     conn.next_ping = conn
         .shared
         .config

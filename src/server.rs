@@ -49,8 +49,10 @@ pub struct Shared {
     pub(crate) tls: Option<TlsState>,
     /// Token verification, in `auth.mode = "token"`.
     pub(crate) auth: Option<Verifier>,
-    /// Writes queued frames to plain sockets (see `mailbox`).
-    pub(crate) flusher: Arc<Flusher>,
+    /// Writes queued frames to plain sockets (see `mailbox`); only on a single-threaded runtime.
+    /// On several worker threads one flusher would serialise every write (and contend with
+    /// publishers on other threads), so each connection task writes its own mailbox there.
+    pub(crate) flusher: Option<Arc<Flusher>>,
 }
 
 /// A bound, not yet running, chat server.
@@ -130,7 +132,9 @@ impl Server {
                 metrics,
                 tls,
                 auth,
-                flusher: Arc::default(),
+                flusher: (tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::CurrentThread)
+                    .then(Arc::default),
             }),
             limiter,
         })
@@ -179,10 +183,10 @@ impl Server {
             ))
         });
         // Lives until every connection is done: their last frames may still go out through it.
-        let flusher = {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.flusher.run().await })
-        };
+        let flusher = shared
+            .flusher
+            .clone()
+            .map(|f| tokio::spawn(async move { f.run().await }));
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
@@ -259,8 +263,10 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
-        flusher.abort();
-        let _ = flusher.await;
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
+        }
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;

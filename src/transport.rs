@@ -50,9 +50,10 @@ impl Transport {
         }
     }
 
-    /// Routes every later write through `mailbox`; a plain socket is handed to the flusher too.
-    pub fn attach(&mut self, mailbox: Arc<Mailbox>, flusher: &Arc<Flusher>) {
-        if let Io::Plain(tcp) = &self.io {
+    /// Routes every later write through `mailbox`; a plain socket is handed to the flusher too,
+    /// when there is one.
+    pub fn attach(&mut self, mailbox: Arc<Mailbox>, flusher: Option<&Arc<Flusher>>) {
+        if let (Io::Plain(tcp), Some(flusher)) = (&self.io, flusher) {
             mailbox.go_direct(tcp.clone(), flusher.clone());
         }
         self.outbox = Some(mailbox);

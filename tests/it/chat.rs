@@ -450,3 +450,44 @@ async fn a_client_that_closes_gets_the_close_handshake_completed() {
     let who = bob.request(json!({"type": "who"})).await;
     assert_eq!(who["users"], json!([{"name": "bob", "role": "user"}]));
 }
+
+/// On several worker threads there is no flusher: each connection task writes its own mailbox.
+/// Many messages from several senders at once must still arrive complete and in room order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_threaded_server_delivers_everything_in_order() {
+    let server = TestServer::with(|c| c.limits.rate_per_sec = 0.0).await;
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        readers.push(server.join(&format!("reader{i}")).await);
+    }
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        writers.push(server.join(&format!("writer{i}")).await);
+    }
+    const EACH: usize = 50;
+    let sends = writers.into_iter().enumerate().map(|(w, mut c)| {
+        tokio::spawn(async move {
+            for n in 0..EACH {
+                c.send(json!({"type": "say", "text": format!("w{w} n{n}")}))
+                    .await;
+            }
+            c
+        })
+    });
+    let _writers: Vec<_> = futures_util::future::join_all(sends).await;
+    for r in &mut readers {
+        let mut last_seq = 0;
+        let mut next = [0usize; 3];
+        while next.iter().sum::<usize>() < 3 * EACH {
+            let m = r.find(|v| v["type"] == "message").await;
+            let seq = m["seq"].as_u64().unwrap();
+            assert!(seq > last_seq, "room order: {seq} after {last_seq}");
+            last_seq = seq;
+            let text = m["text"].as_str().unwrap();
+            let (w, n) = text[1..].split_once(" n").unwrap();
+            let w: usize = w.parse().unwrap();
+            assert_eq!(n.parse::<usize>().unwrap(), next[w], "per-sender order");
+            next[w] += 1;
+        }
+    }
+}
