@@ -263,7 +263,8 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Bytes of read buffer per connection (it is resident for the connection's life).
     pub read_buffer_bytes: usize,
-    /// Bytes of write buffer per connection before frames are written out (grows lazily).
+    /// tungstenite's write buffer, used only for its own frames (pings, pongs, close, the echo
+    /// endpoint); chat frames go through the outbound queue (grows lazily).
     pub write_buffer_bytes: usize,
 }
 
