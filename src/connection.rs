@@ -139,13 +139,20 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
                 return Err(("tls", e.to_string()));
             }
         },
-        None => {
-            if !starts_with_get(&stream).await {
-                reject_non_http(stream).await;
+        None => match peek_request(&stream).await {
+            Head::Upgrade => Transport::plain(stream),
+            Head::NotGet => {
+                reject(stream, "400 Bad Request", NOT_HTTP).await;
                 return Err(("garbage", "not an HTTP GET upgrade request".into()));
             }
-            Transport::plain(stream)
-        }
+            Head::PlainGet => {
+                reject(stream, "426 Upgrade Required", NOT_UPGRADE).await;
+                return Err((
+                    "not_upgrade",
+                    "an HTTP GET without Upgrade: websocket".into(),
+                ));
+            }
+        },
     };
     let origins = &shared.config.server.allowed_origins;
     let echo_path = shared.config.diagnostics.echo_path.as_str();
@@ -167,33 +174,80 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
     Ok((ws, echo))
 }
 
-/// Whether the peer's first bytes are `GET ` (peeked, not consumed). Anything else (garbage,
-/// another protocol, junk before the request) cannot be a WebSocket upgrade.
-async fn starts_with_get(stream: &TcpStream) -> bool {
-    let mut head = [0u8; 4];
+/// What the peer's request looks like, from its first bytes (peeked, not consumed).
+#[derive(Debug, PartialEq)]
+enum Head {
+    /// A GET asking for a WebSocket upgrade (or too long to tell: tungstenite decides).
+    Upgrade,
+    /// A well-formed GET without `Upgrade: websocket` (a browser opening `http://host:port/`).
+    PlainGet,
+    /// Not an HTTP GET at all (garbage, another protocol, junk before the request).
+    NotGet,
+}
+
+/// How much of a request head is peeked at; longer heads are left to tungstenite's own checks.
+const PEEK_LIMIT: usize = 4096;
+const NOT_HTTP: &str =
+    "this is a WebSocket server: send an HTTP GET request with Upgrade: websocket\n";
+const NOT_UPGRADE: &str = "this is a chatd WebSocket chat server: connect with a WebSocket client, \
+for example `chatctl --url ws://HOST:PORT connect NAME`\n";
+
+/// Peeks at the request head until it can tell what it is (the handshake timeout bounds this).
+async fn peek_request(stream: &TcpStream) -> Head {
+    let mut head = vec![0u8; PEEK_LIMIT];
     let mut wait = Duration::from_millis(2);
+    let mut seen = 0;
     loop {
-        match stream.peek(&mut head).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if head[..n] != b"GET "[..n] => return false,
-            Ok(4) => return true,
-            // A prefix of "GET " so far: wait for more (the handshake timeout bounds this).
-            Ok(_) => {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(100));
-            }
+        let n = match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return Head::NotGet,
+            Ok(n) => n,
+        };
+        let prefix = n.min(4);
+        if head[..prefix] != b"GET "[..prefix] {
+            return Head::NotGet;
         }
+        if let Some(end) = head[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            return classify_head(&head[..end]);
+        }
+        if n == PEEK_LIMIT {
+            return Head::Upgrade;
+        }
+        if n == seen {
+            // Nothing new since the last look: wait for more of the head.
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+        seen = n;
     }
 }
 
-/// Answers a non-HTTP first request with 400 and closes without losing the answer to a reset.
-async fn reject_non_http(mut stream: TcpStream) {
+/// Whether a complete GET request head asks for a WebSocket upgrade.
+fn classify_head(head: &[u8]) -> Head {
+    let upgrade = head.split(|&b| b == b'\n').skip(1).any(|line| {
+        let line = String::from_utf8_lossy(line).to_ascii_lowercase();
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim() == "upgrade" && value.split(',').any(|v| v.trim() == "websocket")
+        })
+    });
+    if upgrade {
+        Head::Upgrade
+    } else {
+        Head::PlainGet
+    }
+}
+
+/// Answers a request that cannot become a WebSocket with `status` and `body`, then closes without
+/// losing the answer to a reset.
+async fn reject(mut stream: TcpStream, status: &str, body: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str =
-        "this is a WebSocket server: send an HTTP GET request with Upgrade: websocket\n";
+    let upgrade = if status.starts_with("426") {
+        "Upgrade: websocket\r\n"
+    } else {
+        ""
+    };
     let response = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 {status}\r\n{upgrade}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = timeout(CLOSE_LINGER, async {
         stream.write_all(response.as_bytes()).await?;
@@ -587,7 +641,27 @@ fn fit_close_reason(reason: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::fit_close_reason;
+    use super::{Head, classify_head, fit_close_reason};
+
+    #[test]
+    fn a_get_is_an_upgrade_only_with_upgrade_websocket() {
+        let browser =
+            b"GET / HTTP/1.1\r\nHost: chat:8000\r\nAccept: text/html\r\nConnection: keep-alive";
+        assert_eq!(classify_head(browser), Head::PlainGet);
+        let ws = b"GET /chat HTTP/1.1\r\nHost: x\r\nupgrade:  WebSocket \r\nConnection: Upgrade";
+        assert_eq!(classify_head(ws), Head::Upgrade);
+        let listed = b"GET / HTTP/1.1\r\nUpgrade: h2c, websocket\r\n";
+        assert_eq!(classify_head(listed), Head::Upgrade);
+        // The request line does not count as a header.
+        assert_eq!(
+            classify_head(b"GET /upgrade:websocket HTTP/1.1"),
+            Head::PlainGet
+        );
+        assert_eq!(
+            classify_head(b"GET / HTTP/1.1\r\nX-Upgrade: websocket"),
+            Head::PlainGet
+        );
+    }
 
     #[test]
     fn close_reasons_fit_in_123_bytes_on_a_char_boundary() {

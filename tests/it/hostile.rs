@@ -115,7 +115,7 @@ fn a_ping_flood_is_cut_off_without_stalling_others() {
 }
 
 #[test]
-fn garbage_instead_of_or_before_an_upgrade_gets_400() {
+fn garbage_gets_400_and_a_plain_get_gets_426() {
     use std::io::Read;
     let d = Daemon::start(&[], &[]);
     for junk in [
@@ -135,6 +135,23 @@ fn garbage_instead_of_or_before_an_upgrade_gets_400() {
         );
         assert!(reply.contains("WebSocket server"), "{reply}");
     }
+    // A browser opening http://host:port/ is told what this is (426 Upgrade Required), not dropped.
+    let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Sent in two pieces: the server waits for the whole head before it decides.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    tcp.write_all(b"Accept: text/html\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply)
+        .expect("the server answers and closes");
+    assert!(
+        reply.starts_with("HTTP/1.1 426 Upgrade Required"),
+        "{reply}"
+    );
+    assert!(reply.contains("Upgrade: websocket\r\n"), "{reply}");
+    assert!(reply.contains("chatctl --url ws://"), "{reply}");
     // A real client is unaffected.
     let mut c = SyncClient::join(d.addr, "after_garbage");
     c.send(json!({"type": "rooms", "id": "r"}));
