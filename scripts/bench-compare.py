@@ -50,6 +50,8 @@ CONNECT = ["--clients", "1000", "--senders", "1", "--messages", "0"]
 # 100 rooms (what a chat service usually looks like), "one room" puts all 1,000 in one.
 CONNECT_ROOMS = ["--rooms", "100"]
 TLS_PEERS = {"node-ws-tls": "node-ws", "uws-js-tls": "uws-js"}
+# --pin: the server on CPU 0 and the load generator on CPU 1, so they never share a core.
+PIN = False
 
 
 def free_port():
@@ -106,6 +108,8 @@ class Server:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
         # Run from a scratch directory: chatd reads ./chat.toml when present, and a benchmark must
         # measure the embedded defaults plus CHATD_ENV, not whatever config sits in the checkout.
+        if PIN:
+            cmd = ["taskset", "-c", "0"] + cmd
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True, cwd=tempfile.gettempdir())
         wait_port(self.port, self.proc)
@@ -124,6 +128,8 @@ def bench(server, args, timeout=300):
     trust = ["--ca-cert", server.tls["ca"]] if server.tls else []
     cmd = [CHATCTL, "--url", url] + trust + ["bench", "--json", "--pid", str(server.proc.pid),
            "--duration", str(timeout - 10)] + server.raw_args + args
+    if PIN:
+        cmd = ["taskset", "-c", "1"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if not out.stdout.strip():
         raise RuntimeError(f"{server.name} {args}: {out.stderr.strip()}")
@@ -241,7 +247,11 @@ def main():
                     "write nothing (A/B checks)")
     ap.add_argument("--servers", default="chatd,chatd-plain",
                     help="chatd variants to run; chatd-base runs the binary in $BENCH_BASELINE_CHATD")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the server on CPU 0 and chatctl bench on CPU 1 (taskset)")
     opts = ap.parse_args()
+    global PIN
+    PIN = opts.pin
     if opts.cases:
         return quick([c for c in opts.cases.split(",") if c], opts)
     peers = [p for p in opts.peers.split(",") if p]
