@@ -15,7 +15,8 @@
 //!   published in the meantime shares that write (like uWebSockets' corking), and no per-recipient
 //!   task is woken. When the socket is full the flusher leaves the rest to the connection task,
 //!   which waits for the socket under its write timeout.
-//! - Over TLS the connection task drains the queue itself when woken.
+//! - Over TLS, and on a multi-threaded runtime (no flusher there; see `server::Shared::flusher`),
+//!   the connection task drains the queue itself when woken.
 //! - The connection's own replies and tungstenite's control frames (pings, pongs, close) are queued
 //!   behind what is already there, so frames never interleave.
 //!

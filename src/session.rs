@@ -2,7 +2,7 @@
 //!
 //! A [`Session`] turns text frames into hub calls and replies. It knows nothing about sockets: its
 //! connection task feeds it frames and writes out what it returns. Exactly one place here turns a
-//! failure into what the client sees ([`Session::reject`]); internal error text never reaches it.
+//! failure into what the client sees (`reject`); internal error text never reaches it.
 //! Dropping a session leaves every room and frees the name, whatever ended the connection.
 
 use std::net::SocketAddr;
