@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -142,11 +143,17 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Ws, bool), (&'st
         None => match peek_request(&stream).await {
             Head::Upgrade => Transport::plain(stream),
             Head::NotGet => {
-                reject(stream, "400 Bad Request", NOT_HTTP).await;
+                reject(stream, "400 Bad Request", "", NOT_HTTP).await;
                 return Err(("garbage", "not an HTTP GET upgrade request".into()));
             }
             Head::PlainGet => {
-                reject(stream, "426 Upgrade Required", NOT_UPGRADE).await;
+                reject(
+                    stream,
+                    "426 Upgrade Required",
+                    "Upgrade: websocket\r\n",
+                    NOT_UPGRADE,
+                )
+                .await;
                 return Err((
                     "not_upgrade",
                     "an HTTP GET without Upgrade: websocket".into(),
@@ -236,27 +243,30 @@ fn classify_head(head: &[u8]) -> Head {
     }
 }
 
-/// Answers a request that cannot become a WebSocket with `status` and `body`, then closes without
-/// losing the answer to a reset.
-async fn reject(mut stream: TcpStream, status: &str, body: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upgrade = if status.starts_with("426") {
-        "Upgrade: websocket\r\n"
-    } else {
-        ""
-    };
+/// Answers a request that cannot become a WebSocket with `status`, any extra `headers` (each
+/// ending in CRLF) and `body`, then closes without losing the answer to a reset.
+async fn reject(mut stream: TcpStream, status: &str, headers: &str, body: &str) {
+    use tokio::io::AsyncWriteExt;
     let response = format!(
-        "HTTP/1.1 {status}\r\n{upgrade}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{headers}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = timeout(CLOSE_LINGER, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
+        if stream.write_all(response.as_bytes()).await.is_ok() {
+            half_close_and_drain(&mut stream).await;
+        }
     })
     .await;
+}
+
+/// Half-closes and discards whatever the peer still sends until it closes too. Dropping a socket
+/// with unread input sends a TCP reset, which can destroy our last words (an HTTP refusal, a close
+/// frame) in the peer's receive buffer before it reads them. Callers bound this in time.
+async fn half_close_and_drain<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// Browser clients send `Origin`; when `server.allowed_origins` is set, only those (compared
@@ -365,9 +375,8 @@ impl Connection {
     }
 
     fn on_mail(&mut self) -> Result<(), End> {
-        let mailbox = self.session.mailbox();
-        let signals = mailbox.signals();
-        self.flush_due = mailbox.has_queued();
+        let signals = self.session.mailbox().signals();
+        self.flush_due = signals.queued;
         if signals.failed {
             return Err(End::Gone);
         }
@@ -598,17 +607,13 @@ impl Connection {
     /// frame in the peer's receive buffer before it reads it: the 1009 for an oversized message
     /// would never arrive (Autobahn 9.1.3).
     async fn close_after_error(&mut self, code: u16, reason: &str) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: fit_close_reason(reason).to_string().into(),
         };
         let _ = timeout(CLOSE_LINGER, async {
             let _ = self.ws.close(Some(frame)).await;
-            let stream = self.ws.get_mut();
-            let _ = stream.shutdown().await;
-            let mut sink = [0u8; 4096];
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            half_close_and_drain(self.ws.get_mut()).await;
         })
         .await;
     }

@@ -126,6 +126,8 @@ pub struct Signals {
     pub failed: bool,
     /// The client was kicked, with this reason: close it (1008) after what is queued.
     pub kicked: Option<String>,
+    /// Frames wait in the queue: the connection task must flush them.
+    pub queued: bool,
 }
 
 impl Mailbox {
@@ -252,6 +254,7 @@ impl Mailbox {
             overflowed: state.overflowed,
             failed: state.failed,
             kicked: state.kicked.take(),
+            queued: !state.queue.is_empty(),
         }
     }
 

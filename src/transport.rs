@@ -6,7 +6,7 @@
 //! socket is shared with the mailbox (`Arc<TcpStream>`), so the server's flusher can write to it
 //! without waking the connection task; reads stay with the task.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -154,14 +154,5 @@ impl AsyncWrite for Transport {
             ),
             Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
-        self.poll_write(cx, buf)
     }
 }
