@@ -930,6 +930,17 @@ fn styled(line: &Line, color: bool) -> String {
 // ---------------------------------------------------------------------------------------------
 // Interactive frontend: raw-mode terminal, messages scroll above a status row and the `> ` line.
 
+/// Clears the status and input rows (the cursor is on the input row), leaving the cursor at the
+/// start of the status row.
+fn clear_bottom_rows(out: &mut impl Write) {
+    let _ = queue!(
+        out,
+        MoveToColumn(0),
+        MoveUp(1),
+        Clear(ClearType::FromCursorDown)
+    );
+}
+
 struct Tui {
     events: EventStream,
     buf: Vec<char>,
@@ -993,12 +1004,7 @@ impl Tui {
         } else {
             status
         };
-        let _ = queue!(
-            out,
-            MoveToColumn(0),
-            MoveUp(1),
-            Clear(ClearType::FromCursorDown)
-        );
+        clear_bottom_rows(&mut out);
         let _ = write!(out, "{status}\r\n> {visible}");
         let _ = queue!(out, MoveToColumn((2 + self.cursor - start) as u16));
         let _ = out.flush();
@@ -1006,12 +1012,7 @@ impl Tui {
 
     fn print(&mut self, text: &str) {
         let mut out = std::io::stdout();
-        let _ = queue!(
-            out,
-            MoveToColumn(0),
-            MoveUp(1),
-            Clear(ClearType::FromCursorDown)
-        );
+        clear_bottom_rows(&mut out);
         let _ = write!(out, "{text}\r\n\r\n");
         self.redraw();
     }
