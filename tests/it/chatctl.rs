@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command};
+use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command, code_and_stderr};
 
 fn connect(d: &Daemon, name: &str, extra: &[&str]) -> Proc {
     let mut cmd = chatctl_command();
@@ -16,14 +16,10 @@ fn connect(d: &Daemon, name: &str, extra: &[&str]) -> Proc {
 }
 
 fn send(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
-    let out = chatctl_command()
-        .args(["--url", &format!("ws://{}", d.addr), "send"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+    code_and_stderr(
+        chatctl_command()
+            .args(["--url", &format!("ws://{}", d.addr), "send"])
+            .args(args),
     )
 }
 

@@ -340,6 +340,15 @@ fn pump(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 /// `chatctl` with a clean environment.
+/// Runs a command to completion: its exit code and its stderr.
+pub fn code_and_stderr(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.output().expect("run the command");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 pub fn chatctl_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatctl"));
     for (key, _) in std::env::vars() {

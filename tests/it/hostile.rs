@@ -118,17 +118,28 @@ fn a_ping_flood_is_cut_off_without_stalling_others() {
 fn garbage_gets_400_and_a_plain_get_gets_426() {
     use std::io::Read;
     let d = Daemon::start(&[], &[]);
+    // Writes `pieces` (pausing between them, so they arrive as separate segments) and reads the
+    // server's answer up to its close.
+    let answer = |pieces: &[&[u8]]| {
+        let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tcp.write_all(piece).unwrap();
+        }
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply)
+            .expect("the server answers and closes");
+        reply
+    };
     for junk in [
         &b"\x16\x03\x01\x02\x00garbage"[..],
         b"HELLO THERE\r\n\r\n",
         b"xxxxGET / HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
-        let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        tcp.write_all(junk).unwrap();
-        let mut reply = String::new();
-        tcp.read_to_string(&mut reply)
-            .expect("the server answers and closes");
+        let reply = answer(&[junk]);
         assert!(
             reply.starts_with("HTTP/1.1 400 Bad Request"),
             "{junk:?}: {reply}"
@@ -136,16 +147,11 @@ fn garbage_gets_400_and_a_plain_get_gets_426() {
         assert!(reply.contains("WebSocket server"), "{reply}");
     }
     // A browser opening http://host:port/ is told what this is (426 Upgrade Required), not dropped.
-    let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // Sent in two pieces: the server waits for the whole head before it decides.
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    tcp.write_all(b"Accept: text/html\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply)
-        .expect("the server answers and closes");
+    let reply = answer(&[
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n",
+        b"Accept: text/html\r\n\r\n",
+    ]);
     assert!(
         reply.starts_with("HTTP/1.1 426 Upgrade Required"),
         "{reply}"

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::helpers::{Daemon, Proc, chatctl_command, chatd_command};
+use crate::helpers::{Daemon, Proc, chatctl_command, chatd_command, code_and_stderr};
 
 const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 
@@ -97,15 +97,11 @@ fn alice_over_tls(url: &str, ca: &Path) -> Proc {
 }
 
 fn chatctl_send(url: &str, extra: &[&str], name: &str, text: &str) -> (Option<i32>, String) {
-    let out = chatctl_command()
-        .args(["--url", url])
-        .args(extra)
-        .args(["send", "--name", name, text])
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+    code_and_stderr(
+        chatctl_command()
+            .args(["--url", url])
+            .args(extra)
+            .args(["send", "--name", name, text]),
     )
 }
 
@@ -170,15 +166,11 @@ fn tls_file_errors_exit_78_naming_the_file() {
     let ca = Ca::new("ca");
     let files = tls_files(&ca);
     let check = |cert: &str, key: &str| {
-        let out = chatd_command()
-            .args(["check-config"])
-            .env("CHATD_TLS__CERT", cert)
-            .env("CHATD_TLS__KEY", key)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
+        code_and_stderr(
+            chatd_command()
+                .args(["check-config"])
+                .env("CHATD_TLS__CERT", cert)
+                .env("CHATD_TLS__KEY", key),
         )
     };
     let (code, err) = check("/nonexistent/cert.pem", path(&files.key));
