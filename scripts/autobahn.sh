@@ -10,6 +10,7 @@
 # autobahn/expected.json allows. Usage: scripts/autobahn.sh [path/to/chatd]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 CHATD=$(realpath "${1:-target/release/chatd}")
 VENV=$(realpath -m "${AUTOBAHN_VENV:-target/autobahn-venv}")
 WORK=target/autobahn
@@ -26,9 +27,10 @@ fi
 
 run() {
   local name=$1 limit=$2 port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   echo "-- run $name: limits.max_message_bytes=$limit on port $port"
-  (cd "$WORK" && env -i PATH=/usr/bin:/bin \
+  # exec: $! must be chatd itself, or the TERM below stops only the subshell and chatd lingers.
+  (cd "$WORK" && exec env -i PATH=/usr/bin:/bin \
       CHATD_DIAGNOSTICS__ECHO_PATH=/echo \
       CHATD_LIMITS__MAX_MESSAGE_BYTES="$limit" \
       CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
@@ -37,10 +39,7 @@ run() {
       CHATD_LOG__LEVEL=warn \
       "$CHATD" --port "$port" > "chatd-$name.log" 2>&1) &
   local pid=$!
-  for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port "$port"
   cat > "$WORK/fuzzingclient-$name.json" <<EOF
 {
   "outdir": "./reports-$name",

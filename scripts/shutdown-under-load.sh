@@ -4,13 +4,13 @@
 # member, and chatd exits 0 within its grace period. Usage: scripts/shutdown-under-load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 CHATD=$(realpath "${CHATD:-target/release/chatd}")
 CHATCTL=$(realpath "${CHATCTL:-target/release/chatctl}")
 CLIENTS=${CLIENTS:-1000}
 RATE=${RATE:-50}
 GRACE=10
 mkdir -p target
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 admin=$(free_port)
 # chatd is this shell's direct child, so the TERM below reaches it (./chat.toml holds the defaults).
@@ -20,10 +20,7 @@ env -i PATH=/usr/bin:/bin \
     CHATD_ADMIN__LISTEN=127.0.0.1:$admin CHATD_LOG__LEVEL=info \
     "$CHATD" --port "$port" > target/shutdown-chatd.log 2>&1 &
 chatd=$!
-for _ in $(seq 200); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
-  sleep 0.05
-done
+wait_port "$port"
 "$CHATCTL" --url "ws://127.0.0.1:$port" bench --clients "$CLIENTS" --senders 10 --rate "$RATE" \
   --messages 100000 --until-close --json --duration 120 > target/shutdown-report.json &
 bench=$!

@@ -6,6 +6,7 @@
 # (it takes MINUTES minutes). Usage: [CLIENTS=2000] [MINUTES=5] scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 CHATD=$(realpath "${CHATD:-target/release/chatd}")
 CHATCTL=$(realpath "${CHATCTL:-target/release/chatctl}")
 CLIENTS=${CLIENTS:-2000}
@@ -14,17 +15,14 @@ ROOMS=$((CLIENTS / 100))
 SENDERS=$((ROOMS * 2))
 RATE=5
 mkdir -p target
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 env -i PATH=/usr/bin:/bin \
     CHATD_LIMITS__RATE_PER_SEC=0 CHATD_SERVER__MAX_CONNECTIONS=0 CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
     CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_ADMIN__LISTEN= CHATD_LOG__LEVEL=warn \
     "$CHATD" --port "$port" > target/soak-chatd.log 2>&1 &
 chatd=$!
 trap 'kill $chatd 2>/dev/null || true' EXIT
-for _ in $(seq 200); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
-  sleep 0.05
-done
+wait_port "$port"
 echo "soak: $CLIENTS clients in $ROOMS rooms, $SENDERS senders x $RATE msg/s, $MINUTES min"
 "$CHATCTL" --url "ws://127.0.0.1:$port" bench --clients "$CLIENTS" --rooms "$ROOMS" --senders "$SENDERS" \
   --rate "$RATE" --messages $((RATE * (60 * MINUTES + 30))) --report-every 60 --pid "$chatd" \
