@@ -167,17 +167,34 @@ def connect_rates(rounds, peers, tls):
     """Handshakes(+hello)/s for 1,000 clients: chatd in rooms of 10 and in one room, and each peer;
     alternating rounds. Returns {server: [reports]}."""
     runs = {"chatd-rooms": [], "chatd-1room": []} | {p: [] for p in peers}
-    names = list(runs)
+    for r, s in alternating(list(runs), rounds):
+        if s.startswith("chatd"):
+            args = CONNECT + (CONNECT_ROOMS if s == "chatd-rooms" else [])
+            rep = run_one("chatd", args, tls=tls)
+        else:
+            rep = run_one(s, CONNECT, tls=tls)
+        runs[s].append(rep)
+        print(f"round {r+1} {'wss' if tls else 'ws'} connect {s:18} {rep['handshakes_per_sec']:>10,.0f}/s",
+              flush=True)
+    return runs
+
+
+def alternating(names, rounds):
+    """(round, name) for every name in every round, starting one name later each round, so no server
+    always runs first (or right after the same neighbour)."""
     for r in range(rounds):
-        for s in names[r % len(names):] + names[:r % len(names)]:
-            if s.startswith("chatd"):
-                args = CONNECT + (CONNECT_ROOMS if s == "chatd-rooms" else [])
-                rep = run_one("chatd", args, tls=tls)
-            else:
-                rep = run_one(s, CONNECT, tls=tls)
-            runs[s].append(rep)
-            print(f"round {r+1} {'wss' if tls else 'ws'} connect {s:18} {rep['handshakes_per_sec']:>10,.0f}/s",
-                  flush=True)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            yield r, name
+
+
+def run_case(case, servers, rounds):
+    """One throughput case for every server in alternating rounds: {server: [reports]}."""
+    runs = {s: [] for s in servers}
+    for r, s in alternating(servers, rounds):
+        rep = run_one(s, CASES[case][0])
+        runs[s].append(rep)
+        print(f"round {r+1} {case:10} {s:18} {rep['deliveries_per_sec']:>12,.0f}/s p99 "
+              f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
     return runs
 
 
@@ -259,16 +276,8 @@ def main():
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "rounds": opts.rounds,
                "throughput": {}, "memory": {}, "scaling": [], "workers": {}}
 
-    for case, (args, _) in CASES.items():
-        runs = {s: [] for s in servers}
-        for r in range(opts.rounds):
-            order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for s in order:
-                rep = run_one(s, args)
-                runs[s].append(rep)
-                print(f"round {r+1} {case:10} {s:18} {rep['deliveries_per_sec']:>12,.0f}/s p99 "
-                      f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
-        results["throughput"][case] = runs
+    for case in CASES:
+        results["throughput"][case] = run_case(case, servers, opts.rounds)
 
     results["connect"] = connect_rates(opts.rounds, [p for p in peers if p != "websocat"], tls=None)
     # Over wss://, against the Node peers served over TLS by bench/peer-tls.js.
@@ -312,14 +321,7 @@ def quick(cases, opts):
     """Only the named throughput cases, medians printed, nothing written: for A/B checks."""
     servers = [s for s in opts.servers.split(",") if s] + [p for p in opts.peers.split(",") if p]
     for case in cases:
-        runs = {s: [] for s in servers}
-        for r in range(opts.rounds):
-            order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for s in order:
-                rep = run_one(s, CASES[case][0])
-                runs[s].append(rep)
-                print(f"round {r+1} {case:10} {s:18} {rep['deliveries_per_sec']:>12,.0f}/s p99 "
-                      f"{rep['latency_us']['p99']:>7} us lost {rep['lost']}", flush=True)
+        runs = run_case(case, servers, opts.rounds)
         for s in servers:
             dps = median([r["deliveries_per_sec"] for r in runs[s]])
             p99 = median([r["latency_us"]["p99"] for r in runs[s]]) / 1000
