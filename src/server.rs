@@ -444,3 +444,34 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(backlog)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection costs at least its task's future; the loop's state is sized by what it
+    /// holds across its awaits (see ARCHITECTURE.md). This pins it.
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let mut config = Config::default();
+        config.server.port = 0;
+        config.admin.listen = String::new();
+        let server = Server::bind(config).await.unwrap();
+        let slot = server.limiter.acquire(peer.ip()).ok().unwrap();
+        let task = connection::serve(
+            stream,
+            peer,
+            server.shared.clone(),
+            CancellationToken::new(),
+            slot,
+        );
+        let size = std::mem::size_of_val(&task);
+        println!("connection task: {size} bytes");
+        // 1,560 bytes before the broker seam; it may not grow by more than 64.
+        assert!(size <= 1624, "the connection task grew to {size} bytes");
+    }
+}
