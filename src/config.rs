@@ -395,17 +395,6 @@ impl AuthConfig {
     }
 }
 
-impl LimitsConfig {
-    /// The typing relay periods.
-    pub fn typing_timings(&self) -> crate::typing::TypingTimings {
-        crate::typing::TypingTimings {
-            throttle: Duration::from_secs_f64(self.typing_throttle_secs),
-            active_expiry: Duration::from_secs_f64(self.typing_active_secs),
-            paused_expiry: Duration::from_secs_f64(self.typing_paused_secs),
-        }
-    }
-}
-
 /// Where the configuration comes from, as the binary found it.
 #[derive(Debug, Default, Clone)]
 pub struct Sources {
@@ -446,20 +435,7 @@ impl Config {
         }
         let config: Config = figment.extract()?;
         config.validate()?;
-        config.check_files()?;
         Ok(config)
-    }
-
-    /// Checks the files the configuration names: the TLS certificate and key load and match, and
-    /// the token secret is readable and long enough.
-    pub fn check_files(&self) -> Result<(), ConfigError> {
-        if self.tls.enabled() {
-            crate::tls::load_server_config(&self.tls)?;
-        }
-        if self.auth.mode == AuthMode::Token {
-            self.auth.load_secret()?;
-        }
-        Ok(())
     }
 
     /// Parses one TOML document on its own (no defaults file, no environment) and validates it.

@@ -7,32 +7,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Why a connection ended: the `reason` label of `chatd_connections_closed_total`.
-pub mod close_reason {
-    /// The client closed normally (close frame, or `/exit`).
-    pub const CLIENT: &str = "client";
-    /// The server shut down.
-    pub const SHUTDOWN: &str = "shutdown";
-    /// The socket broke or the peer vanished without a close frame.
-    pub const GONE: &str = "gone";
-    /// Protocol error (1002).
-    pub const PROTOCOL: &str = "protocol_error";
-    /// Invalid UTF-8 (1007).
-    pub const INVALID_UTF8: &str = "invalid_utf8";
-    /// Message too big (1009).
-    pub const TOO_BIG: &str = "too_big";
-    /// Sustained rate-limit abuse (1008).
-    pub const ABUSE: &str = "rate_abuse";
-    /// Outbound queue full or writes stalled.
-    pub const SLOW_CONSUMER: &str = "slow_consumer";
-    /// No hello within the handshake timeout.
-    pub const HELLO_TIMEOUT: &str = "hello_timeout";
-    /// Silent for two ping intervals.
-    pub const PING_TIMEOUT: &str = "ping_timeout";
-    /// Kicked by an admin.
-    pub const KICKED: &str = "kicked";
-}
-
 /// The server's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -73,7 +47,15 @@ pub struct Metrics {
     pub users_online: IntGauge,
     /// Time to handle one received frame.
     pub handling_seconds: Histogram,
+    /// `messages_received` for each known type, resolved once (it is counted per frame).
+    received_by_type: Vec<(&'static str, IntCounter)>,
 }
+
+/// Label values of `chatd_messages_received_total`: request types, then the other kinds of frame.
+const RECEIVED_TYPES: &[&str] = &[
+    "hello", "join", "leave", "say", "pm", "typing", "rooms", "who", "history", "kick", "announce",
+    "plain", "invalid", "binary",
+];
 
 impl Metrics {
     /// Registers every metric (and the process collector) in a fresh registry.
@@ -191,6 +173,7 @@ impl Metrics {
                     0.005, 0.01, 0.05,
                 ],
             ),
+            received_by_type: Vec::new(),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -211,6 +194,14 @@ impl Metrics {
             let process = prometheus::process_collector::ProcessCollector::for_self();
             let _ = metrics.registry.register(Box::new(process));
         }
+        let mut metrics = metrics;
+        metrics.received_by_type = RECEIVED_TYPES
+            .iter()
+            .map(|&t| (t, metrics.messages_received.with_label_values(&[t])))
+            .collect();
+        for reason in crate::protocol::CloseReason::LABELS {
+            metrics.connections_closed.with_label_values(&[reason]);
+        }
         // Pre-create the common label values so they show as 0 before anything happens.
         for reason in ["capacity", "per_ip", "rate"] {
             metrics.connections_refused.with_label_values(&[reason]);
@@ -223,6 +214,16 @@ impl Metrics {
             metrics.rate_limited.with_label_values(&[kind]);
         }
         metrics
+    }
+
+    /// The `chatd_messages_received_total` counter for a frame of this type.
+    pub fn received(&self, kind: &str) -> &IntCounter {
+        let found = self.received_by_type.iter().find(|(t, _)| *t == kind);
+        match found {
+            Some((_, counter)) => counter,
+            // Every kind the session counts is in the table; fall back to "invalid".
+            None => &self.received_by_type[12].1,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -238,58 +239,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// What one publish did, counted once per publish (never per recipient, to keep the hot path cheap).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
-    /// Frames queued.
-    pub queued: u64,
-    /// Frames dropped because a recipient's queue was under pressure.
-    pub dropped: u64,
-}
-
-impl Fanout {
-    /// Counts one push.
-    pub fn add(&mut self, pushed: crate::mailbox::Pushed) {
-        use crate::mailbox::Pushed;
-        match pushed {
-            Pushed::Queued => self.queued += 1,
-            Pushed::Dropped => self.dropped += 1,
-            Pushed::Overflow | Pushed::Closed => {}
-        }
-    }
-}
-
-impl Metrics {
-    /// Records a publish of frames of `class`.
-    pub fn record(&self, class: crate::mailbox::Class, fanout: Fanout) {
-        use crate::mailbox::Class;
-        let label = match class {
-            Class::Chat => {
-                self.messages_delivered.inc_by(fanout.queued);
-                return;
-            }
-            Class::Presence => "presence",
-            Class::Typing => "typing",
-        };
-        if fanout.queued > 0 {
-            self.events_delivered
-                .with_label_values(&[label])
-                .inc_by(fanout.queued);
-        }
-        if fanout.dropped > 0 {
-            self.deliveries_dropped
-                .with_label_values(&[label])
-                .inc_by(fanout.dropped);
-        }
-    }
-
-    /// Records a single push.
-    pub fn record_push(&self, class: crate::mailbox::Class, pushed: crate::mailbox::Pushed) {
-        let mut fanout = Fanout::default();
-        fanout.add(pushed);
-        self.record(class, fanout);
     }
 }

@@ -1,12 +1,20 @@
 //! The wire format, protocol v1: the only module that knows what a frame looks like.
 //!
-//! Clients send one JSON object per text frame ([`ClientMsg`], parsed by [`parse_request`]); the server
-//! answers with [`ServerMsg`] values encoded once by [`encode`] and shared by every recipient. Plain-text
-//! sessions (first frame not a JSON object) get the one-line renderings in [`plain`].
-//! `docs/PROTOCOL.md` is the human version of this file.
+//! Both directions are Rust types with serde derives, shared by the server and the client:
+//! - [`ClientMsg`] (in a [`Request`]) is what clients send. The server parses it with
+//!   [`parse_request`], whose errors name the field at fault; clients serialise it with
+//!   [`Request::to_json`].
+//! - [`ServerMsg`] is everything the server sends. Its string fields are [`Cow`]s: the server
+//!   encodes borrowed values once per message ([`encode`]) and shares the bytes with every
+//!   recipient; clients deserialise owned values ([`decode`]).
+//!
+//! Plain-text sessions (first frame not a JSON object) get the one-line renderings in [`plain`].
+//! [`CloseReason`] lists every way the server ends a connection: its close code, its reason text and
+//! its metric label. `docs/PROTOCOL.md` is the human version of this file.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest user or room name, in bytes (names are ASCII).
@@ -21,7 +29,7 @@ pub const DEFAULT_ROOM: &str = "lobby";
 pub const SERVER_NAME: &str = "server";
 
 /// Stable error codes sent in `error` frames. Clients branch on these, so they never change meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A request other than `hello` came before a successful `hello`.
@@ -52,28 +60,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// Only admins may do this.
     Forbidden,
-}
-
-impl ErrorCode {
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::HelloRequired => "hello_required",
-            ErrorCode::AlreadyWelcomed => "already_welcomed",
-            ErrorCode::NameInvalid => "name_invalid",
-            ErrorCode::NameTaken => "name_taken",
-            ErrorCode::RoomInvalid => "room_invalid",
-            ErrorCode::NoSuchRoom => "no_such_room",
-            ErrorCode::NotInRoom => "not_in_room",
-            ErrorCode::NoSuchUser => "no_such_user",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-        }
-    }
+    /// The server cannot carry this out right now (a backend is down or behind); retrying later
+    /// may succeed.
+    Unavailable,
 }
 
 /// A user's role, carried on messages and in user lists.
@@ -100,15 +89,18 @@ pub enum TypingState {
 }
 
 /// One request from a client, after validation of its shape (not of its meaning).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum ClientMsg {
     /// Pick a name and join a first room.
     Hello {
         /// Requested name.
         name: String,
         /// First room; `lobby` when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
         /// Signed token (required when the server runs with `auth.mode = "token"`).
+        #[serde(skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
     /// Join a room.
@@ -124,10 +116,12 @@ pub enum ClientMsg {
     /// Say something in a room.
     Say {
         /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
         /// The message.
         text: String,
         /// A `/me` emote.
+        #[serde(skip_serializing_if = "is_false")]
         action: bool,
     },
     /// Private message.
@@ -137,11 +131,13 @@ pub enum ClientMsg {
         /// The message.
         text: String,
         /// A `/me` emote.
+        #[serde(skip_serializing_if = "is_false")]
         action: bool,
     },
     /// Typing indication for a room or a user.
     Typing {
         /// Where the typing happens.
+        #[serde(flatten)]
         target: Target,
         /// The new state.
         state: TypingState,
@@ -151,6 +147,7 @@ pub enum ClientMsg {
     /// List members of a room.
     Who {
         /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
     },
     /// Disconnect a user (admins only).
@@ -158,6 +155,7 @@ pub enum ClientMsg {
         /// Who.
         name: String,
         /// Why (shown to everyone; cut to fit a close frame for the kicked user).
+        #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
     /// A notice to everyone online (admins only).
@@ -168,12 +166,19 @@ pub enum ClientMsg {
     /// Page back through a room's history.
     History {
         /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
         /// Only messages with `seq` below this.
+        #[serde(skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
         /// At most this many.
+        #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ClientMsg {
@@ -195,22 +200,42 @@ impl ClientMsg {
     }
 }
 
-/// Where a typing indication (or message) is aimed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a typing indication is aimed: `"room": R` or `"to": U` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Target {
     /// A room, by name as given.
+    #[serde(rename = "room")]
     Room(String),
     /// A user, by name as given.
+    #[serde(rename = "to")]
     User(String),
 }
 
 /// A parsed request and its optional correlation id.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Request {
     /// The client's `id`, returned as `ref` on direct replies.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// What was asked.
+    #[serde(flatten)]
     pub msg: ClientMsg,
+}
+
+impl Request {
+    /// A request with an id.
+    pub fn new(id: impl Into<String>, msg: ClientMsg) -> Request {
+        Request {
+            id: Some(id.into()),
+            msg,
+        }
+    }
+
+    /// The request as a text frame's payload.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// A request that could not be parsed, with what to tell the client.
@@ -406,146 +431,220 @@ pub fn timestamp() -> String {
 }
 
 /// A user as shown in lists.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserInfo<'a> {
     /// Display name.
-    pub name: &'a str,
+    pub name: Cow<'a, str>,
     /// Role.
+    #[serde(default)]
     pub role: Role,
 }
 
 /// A room as shown by `rooms`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomInfo<'a> {
     /// Room name.
-    pub name: &'a str,
+    pub name: Cow<'a, str>,
     /// Members now.
     pub members: usize,
 }
 
 /// Facts about the server sent in `welcome`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo<'a> {
     /// chatd version.
-    pub version: &'a str,
+    pub version: Cow<'a, str>,
     /// Largest message a client may send.
     pub max_message_bytes: usize,
     /// Seconds between server pings (0: none).
     pub ping_interval_secs: f64,
 }
 
+/// A room message, live or from history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage<'a> {
+    /// Server-wide message number.
+    pub id: u64,
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// When the server accepted it (RFC 3339 UTC, milliseconds).
+    pub ts: Cow<'a, str>,
+    /// The room.
+    pub room: Cow<'a, str>,
+    /// The sender.
+    pub from: Cow<'a, str>,
+    /// The sender's role.
+    #[serde(default)]
+    pub role: Role,
+    /// The text.
+    pub text: Cow<'a, str>,
+    /// A `/me` emote.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub action: bool,
+}
+
+impl ChatMessage<'_> {
+    /// The same message borrowing from this one (no copies), e.g. to list stored messages.
+    pub fn borrowed(&self) -> ChatMessage<'_> {
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            ts: Cow::Borrowed(&self.ts),
+            room: Cow::Borrowed(&self.room),
+            from: Cow::Borrowed(&self.from),
+            role: self.role,
+            text: Cow::Borrowed(&self.text),
+            action: self.action,
+        }
+    }
+
+    /// An owned copy, to keep.
+    pub fn into_owned(self) -> ChatMessage<'static> {
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            ts: Cow::Owned(self.ts.into_owned()),
+            room: Cow::Owned(self.room.into_owned()),
+            from: Cow::Owned(self.from.into_owned()),
+            role: self.role,
+            text: Cow::Owned(self.text.into_owned()),
+            action: self.action,
+        }
+    }
+}
+
 /// Everything the server sends, tagged by `type`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[allow(missing_docs)] // field meanings are documented in docs/PROTOCOL.md
 pub enum ServerMsg<'a> {
     /// Reply to a successful `hello`.
     Welcome {
-        name: &'a str,
-        room: &'a str,
+        name: Cow<'a, str>,
+        room: Cow<'a, str>,
         users: Vec<UserInfo<'a>>,
-        history: Vec<&'a RawValue>,
+        /// `message` objects, oldest first.
+        history: Vec<ServerMsg<'a>>,
         server: ServerInfo<'a>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
     /// Reply to `join`.
     Room {
-        room: &'a str,
+        room: Cow<'a, str>,
         users: Vec<UserInfo<'a>>,
-        history: Vec<&'a RawValue>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        history: Vec<ServerMsg<'a>>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
     /// Reply to `rooms`.
     Rooms {
         rooms: Vec<RoomInfo<'a>>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
     /// Reply to `who`.
     Who {
-        room: &'a str,
+        room: Cow<'a, str>,
         users: Vec<UserInfo<'a>>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
     /// Reply to `history`.
     History {
-        room: &'a str,
-        messages: Vec<&'a RawValue>,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        room: Cow<'a, str>,
+        messages: Vec<ServerMsg<'a>>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
-    /// Reply to `say`, `pm` and `leave`.
+    /// Reply to `say`, `pm`, `leave`, `kick` and `announce`.
     Ack {
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ts: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        room: Option<&'a str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
     },
     /// A request failed.
     Error {
         code: ErrorCode,
-        message: &'a str,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        message: Cow<'a, str>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
     },
     /// A room message.
-    Message {
-        id: u64,
-        seq: u64,
-        ts: &'a str,
-        room: &'a str,
-        from: &'a str,
-        role: Role,
-        text: &'a str,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        action: bool,
-    },
+    Message(ChatMessage<'a>),
     /// A private message.
     Pm {
         id: u64,
-        ts: &'a str,
-        from: &'a str,
+        ts: Cow<'a, str>,
+        from: Cow<'a, str>,
+        #[serde(default)]
         role: Role,
-        to: &'a str,
-        text: &'a str,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        to: Cow<'a, str>,
+        text: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "is_false")]
         action: bool,
     },
     /// Someone joined a room.
     Joined {
-        room: &'a str,
-        name: &'a str,
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+        #[serde(default)]
         role: Role,
     },
     /// Someone left a room.
-    Left { room: &'a str, name: &'a str },
+    Left {
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+    },
     /// An admin removed someone (sent instead of `left`).
     Kicked {
-        room: &'a str,
-        name: &'a str,
-        by: &'a str,
-        reason: &'a str,
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+        by: Cow<'a, str>,
+        reason: Cow<'a, str>,
     },
     /// Someone's typing state changed.
     Typing {
-        from: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        room: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        to: Option<&'a str>,
+        from: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Cow<'a, str>>,
         state: TypingState,
     },
     /// A server-wide notice (shutdown, announcements).
-    Notice { from: &'a str, text: &'a str },
+    Notice {
+        from: Cow<'a, str>,
+        text: Cow<'a, str>,
+    },
+}
+
+impl ServerMsg<'_> {
+    /// The `ref` of a direct reply.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            ServerMsg::Welcome { reference, .. }
+            | ServerMsg::Room { reference, .. }
+            | ServerMsg::Rooms { reference, .. }
+            | ServerMsg::Who { reference, .. }
+            | ServerMsg::History { reference, .. }
+            | ServerMsg::Ack { reference, .. }
+            | ServerMsg::Error { reference, .. } => reference.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for a borrowed field.
+pub fn b(s: &str) -> Cow<'_, str> {
+    Cow::Borrowed(s)
 }
 
 /// Encodes a message once, into a frame payload that recipients share.
@@ -555,20 +654,151 @@ pub fn encode(msg: &ServerMsg<'_>) -> Utf8Bytes {
     Utf8Bytes::from(json)
 }
 
-/// Borrows stored message frames as raw JSON values, for splicing into `welcome`/`room`/`history`.
-pub fn raw_messages(frames: &[Utf8Bytes]) -> Vec<&RawValue> {
-    frames
-        .iter()
-        .filter_map(|f| serde_json::from_str::<&RawValue>(f.as_str()).ok())
-        .collect()
+/// Appends a message's encoding to `buf` (a frame being built around it).
+pub fn encode_into(msg: &ServerMsg<'_>, buf: &mut Vec<u8>) {
+    // As for `encode`: writing these types into a Vec cannot fail.
+    let _ = serde_json::to_writer(buf, msg);
+}
+
+/// Decodes a frame from the server (clients). Unknown `type`s are an error: skip them.
+pub fn decode(text: &str) -> Result<ServerMsg<'static>, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// How a connection ends, as the peer and the metrics see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A plain-text client typed `/exit` (1000).
+    Bye,
+    /// The client started the close handshake; its code is echoed.
+    ClientClosed,
+    /// The server is shutting down (1001, after a `notice`).
+    Shutdown,
+    /// Silent for two ping intervals (1001).
+    PingTimeout,
+    /// The socket broke or the peer vanished without a close frame.
+    Gone,
+    /// A WebSocket protocol violation (1002).
+    Protocol,
+    /// A text frame that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// A message over `limits.max_message_bytes` (1009).
+    TooBig,
+    /// A frame over `limits.max_message_bytes` (1009).
+    FrameTooBig,
+    /// Sustained rate-limit abuse, requests or pings (1008).
+    RateAbuse,
+    /// A missing or invalid token in token mode (1008).
+    Unauthorized,
+    /// A plain-text session on a token-mode server (1008).
+    TokenRequired,
+    /// The outbound queue overflowed, or too many requests waited for answers (1008).
+    SlowConsumer,
+    /// Writes blocked past the write timeout: dropped without a close frame.
+    WriteStalled,
+    /// No `hello` within the handshake timeout (1008).
+    HelloTimeout,
+    /// An admin kicked the user (1008, `kicked: <reason>`).
+    Kicked,
+}
+
+impl CloseReason {
+    /// The close code sent, or `None` when no close frame is sent (or the peer's is echoed).
+    pub fn code(self) -> Option<u16> {
+        use CloseReason::*;
+        match self {
+            Bye => Some(1000),
+            Shutdown | PingTimeout => Some(1001),
+            Protocol => Some(1002),
+            InvalidUtf8 => Some(1007),
+            RateAbuse | Unauthorized | TokenRequired | SlowConsumer | HelloTimeout | Kicked => {
+                Some(1008)
+            }
+            TooBig | FrameTooBig => Some(1009),
+            ClientClosed | Gone | WriteStalled => None,
+        }
+    }
+
+    /// The close frame's reason text (a kick adds its own reason after `kicked: `).
+    pub fn text(self) -> &'static str {
+        use CloseReason::*;
+        match self {
+            Bye => "bye",
+            ClientClosed | Gone | WriteStalled => "",
+            Shutdown => "server shutting down",
+            PingTimeout => "ping timeout",
+            Protocol => "protocol error",
+            InvalidUtf8 => "invalid UTF-8",
+            TooBig => "message too big",
+            FrameTooBig => "frame too big",
+            RateAbuse => "rate limit exceeded",
+            Unauthorized => "unauthorized",
+            TokenRequired => "token required",
+            SlowConsumer => "slow consumer: outbound queue full",
+            HelloTimeout => "handshake timeout: no hello",
+            Kicked => "kicked",
+        }
+    }
+
+    /// The `reason` label of `chatd_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        use CloseReason::*;
+        match self {
+            Bye | ClientClosed => "client",
+            Shutdown => "shutdown",
+            PingTimeout => "ping_timeout",
+            Gone => "gone",
+            Protocol => "protocol_error",
+            InvalidUtf8 => "invalid_utf8",
+            TooBig | FrameTooBig => "too_big",
+            RateAbuse => "rate_abuse",
+            Unauthorized | TokenRequired => "unauthorized",
+            SlowConsumer | WriteStalled => "slow_consumer",
+            HelloTimeout => "hello_timeout",
+            Kicked => "kicked",
+        }
+    }
+
+    /// Every label value, for pre-creating the metric's series.
+    pub const LABELS: &[&str] = &[
+        "client",
+        "shutdown",
+        "ping_timeout",
+        "gone",
+        "protocol_error",
+        "invalid_utf8",
+        "too_big",
+        "rate_abuse",
+        "unauthorized",
+        "slow_consumer",
+        "hello_timeout",
+        "kicked",
+    ];
 }
 
 /// One-line renderings for plain-text sessions (the original project's format).
 pub mod plain {
-    use super::Utf8Bytes;
+    use super::{ServerMsg, Utf8Bytes};
+
+    /// The line a plain-text session sees for an event, if it sees one at all (typing: no).
+    pub fn event(msg: &ServerMsg<'_>) -> Option<Utf8Bytes> {
+        Some(match msg {
+            ServerMsg::Message(m) => message(&m.from, &m.text, m.action),
+            ServerMsg::Pm {
+                from, text, action, ..
+            } => pm(from, text, *action),
+            ServerMsg::Joined { name, .. } => format!("* {name} joined the chat").into(),
+            ServerMsg::Left { name, .. } => format!("* {name} has left the chat").into(),
+            ServerMsg::Kicked {
+                name, by, reason, ..
+            } => format!("* {name} was kicked by {by} ({reason})").into(),
+            ServerMsg::Notice { from, text } => notice(from, text),
+            _ => return None,
+        })
+    }
 
     /// `henry: hi`, or `* henry waves` for an action.
-    pub fn message(from: &str, text: &str, action: bool) -> Utf8Bytes {
+    fn message(from: &str, text: &str, action: bool) -> Utf8Bytes {
         if action {
             format!("* {from} {text}").into()
         } else {
@@ -576,24 +806,12 @@ pub mod plain {
         }
     }
     /// `[pm from alice] hi`.
-    pub fn pm(from: &str, text: &str, action: bool) -> Utf8Bytes {
+    fn pm(from: &str, text: &str, action: bool) -> Utf8Bytes {
         if action {
             format!("[pm from {from}] * {from} {text}").into()
         } else {
             format!("[pm from {from}] {text}").into()
         }
-    }
-    /// `* alice joined the chat`.
-    pub fn joined(name: &str) -> Utf8Bytes {
-        format!("* {name} joined the chat").into()
-    }
-    /// `* bob was kicked by alice (spam)`.
-    pub fn kicked(name: &str, by: &str, reason: &str) -> Utf8Bytes {
-        format!("* {name} was kicked by {by} ({reason})").into()
-    }
-    /// `* alice has left the chat`.
-    pub fn left(name: &str) -> Utf8Bytes {
-        format!("* {name} has left the chat").into()
     }
     /// `[server] text`.
     pub fn notice(from: &str, text: &str) -> Utf8Bytes {
@@ -637,6 +855,167 @@ mod tests {
             parse_request(r#"{"type":"rooms"}"#).unwrap().msg,
             ClientMsg::Rooms
         );
+    }
+
+    /// What a client serialises is what the server parses, for every request type.
+    #[test]
+    fn client_requests_round_trip_through_the_server_parser() {
+        let all = [
+            ClientMsg::Hello {
+                name: "henry".into(),
+                room: Some("rust".into()),
+                token: Some("t".into()),
+            },
+            ClientMsg::Join { room: "a".into() },
+            ClientMsg::Leave { room: "a".into() },
+            ClientMsg::Say {
+                room: None,
+                text: "hi \"there\"\n".into(),
+                action: true,
+            },
+            ClientMsg::Pm {
+                to: "bob".into(),
+                text: "psst".into(),
+                action: false,
+            },
+            ClientMsg::Typing {
+                target: Target::Room("lobby".into()),
+                state: TypingState::Active,
+            },
+            ClientMsg::Typing {
+                target: Target::User("bob".into()),
+                state: TypingState::Done,
+            },
+            ClientMsg::Rooms,
+            ClientMsg::Who { room: None },
+            ClientMsg::Kick {
+                name: "bob".into(),
+                reason: Some("spam".into()),
+            },
+            ClientMsg::Announce { text: "hi".into() },
+            ClientMsg::History {
+                room: Some("lobby".into()),
+                before: Some(7),
+                limit: Some(5),
+            },
+        ];
+        for msg in all {
+            let request = Request::new("42", msg);
+            let json = request.to_json();
+            assert_eq!(parse_request(&json), Ok(request), "{json}");
+        }
+        let anonymous = Request {
+            id: None,
+            msg: ClientMsg::Rooms,
+        };
+        assert_eq!(anonymous.to_json(), r#"{"type":"rooms"}"#);
+    }
+
+    /// What the server encodes is what a client decodes, for every event and reply.
+    #[test]
+    fn server_messages_round_trip_through_the_client_decoder() {
+        let m = ChatMessage {
+            id: 3,
+            seq: 2,
+            ts: b("2026-11-25T18:51:42.123Z"),
+            room: b("lobby"),
+            from: b("alice"),
+            role: Role::Admin,
+            text: b("hi"),
+            action: true,
+        };
+        let user = UserInfo {
+            name: b("alice"),
+            role: Role::User,
+        };
+        let all = [
+            ServerMsg::Welcome {
+                name: b("alice"),
+                room: b("lobby"),
+                users: vec![user.clone()],
+                history: vec![ServerMsg::Message(m.clone())],
+                server: ServerInfo {
+                    version: b("0.1.0"),
+                    max_message_bytes: 65536,
+                    ping_interval_secs: 30.0,
+                },
+                reference: Some(b("1")),
+            },
+            ServerMsg::Room {
+                room: b("rust"),
+                users: vec![user.clone()],
+                history: vec![],
+                reference: None,
+            },
+            ServerMsg::Rooms {
+                rooms: vec![RoomInfo {
+                    name: b("lobby"),
+                    members: 2,
+                }],
+                reference: Some(b("x")),
+            },
+            ServerMsg::Who {
+                room: b("lobby"),
+                users: vec![user],
+                reference: None,
+            },
+            ServerMsg::History {
+                room: b("lobby"),
+                messages: vec![ServerMsg::Message(m.clone())],
+                reference: None,
+            },
+            ServerMsg::Ack {
+                reference: Some(b("6")),
+                id: Some(17),
+                seq: Some(4),
+                ts: Some(b("t")),
+                room: None,
+            },
+            ServerMsg::Error {
+                code: ErrorCode::NameTaken,
+                message: b("taken"),
+                reference: Some(b("7")),
+            },
+            ServerMsg::Message(m),
+            ServerMsg::Pm {
+                id: 1,
+                ts: b("t"),
+                from: b("a"),
+                role: Role::User,
+                to: b("b"),
+                text: b("psst"),
+                action: false,
+            },
+            ServerMsg::Joined {
+                room: b("r"),
+                name: b("n"),
+                role: Role::User,
+            },
+            ServerMsg::Left {
+                room: b("r"),
+                name: b("n"),
+            },
+            ServerMsg::Kicked {
+                room: b("r"),
+                name: b("n"),
+                by: b("root"),
+                reason: b("spam"),
+            },
+            ServerMsg::Typing {
+                from: b("a"),
+                room: Some(b("r")),
+                to: None,
+                state: TypingState::Paused,
+            },
+            ServerMsg::Notice {
+                from: b("server"),
+                text: b("bye"),
+            },
+        ];
+        for msg in all {
+            let json = encode(&msg);
+            assert_eq!(decode(json.as_str()).unwrap(), msg, "{json}");
+        }
     }
 
     #[test]
@@ -686,15 +1065,29 @@ mod tests {
     }
 
     #[test]
-    fn encodes_with_type_tag_and_ref() {
-        let f = encode(&ServerMsg::Error {
-            code: ErrorCode::NameTaken,
-            message: "taken",
-            reference: Some("7"),
-        });
-        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["code"], "name_taken");
-        assert_eq!(v["ref"], "7");
+    fn close_reasons_have_codes_and_known_labels() {
+        use CloseReason::*;
+        for r in [
+            Bye,
+            ClientClosed,
+            Shutdown,
+            PingTimeout,
+            Gone,
+            Protocol,
+            InvalidUtf8,
+            TooBig,
+            FrameTooBig,
+            RateAbuse,
+            Unauthorized,
+            TokenRequired,
+            SlowConsumer,
+            WriteStalled,
+            HelloTimeout,
+            Kicked,
+        ] {
+            assert!(CloseReason::LABELS.contains(&r.label()), "{r:?}");
+        }
+        assert_eq!(Unauthorized.label(), "unauthorized");
+        assert_eq!(TokenRequired.code(), Some(1008));
     }
 }

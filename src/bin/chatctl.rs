@@ -227,7 +227,7 @@ fn main() -> ExitCode {
 // `chatctl bench`
 
 async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
-    let opts = chatd::bench::BenchOptions {
+    let opts = chatd::client::bench::BenchOptions {
         url: ep.url.clone(),
         tls: ep.tls.clone(),
         clients: a.clients,
@@ -248,7 +248,7 @@ async fn bench(ep: &Endpoint, a: BenchArgs) -> u8 {
             .filter(|s| *s > 0.0)
             .map(Duration::from_secs_f64),
     };
-    match chatd::bench::run(opts).await {
+    match chatd::client::bench::run(opts).await {
         Ok(report) => {
             if a.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -302,12 +302,12 @@ impl Endpoint {
                         "warning: --insecure: the server's certificate is not verified; anyone on the path \
                          can read and change this chat"
                     );
-                    chatd::tls::ClientTrust::Insecure
+                    chatd::client::tls::ClientTrust::Insecure
                 }
-                (Some(path), false) => chatd::tls::ClientTrust::CaFile(path.clone()),
-                (None, false) => chatd::tls::ClientTrust::SystemRoots,
+                (Some(path), false) => chatd::client::tls::ClientTrust::CaFile(path.clone()),
+                (None, false) => chatd::client::tls::ClientTrust::SystemRoots,
             };
-            Some(chatd::tls::client_config(&trust)?)
+            Some(chatd::client::tls::client_config(&trust)?)
         } else {
             None
         };

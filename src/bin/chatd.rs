@@ -78,10 +78,11 @@ fn main() -> ExitCode {
         port: cli.port,
         ..Sources::standard(cli.config.as_deref())
     };
-    let config = match Config::load(&sources) {
-        Ok(config) => config,
-        Err(e) => return config_error(&e),
-    };
+    let config =
+        match Config::load(&sources).and_then(|c| chatd::server::check_files(&c).map(|()| c)) {
+            Ok(config) => config,
+            Err(e) => return config_error(&e),
+        };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             println!("configuration OK");

@@ -3,6 +3,9 @@
 //!
 //! `src/bin/chatctl.rs` owns the terminal and the socket and calls into this module.
 
+pub mod bench;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -71,14 +71,25 @@ pub struct Frame(Bytes);
 impl Frame {
     /// Frames a text message (FIN, opcode 1, unmasked: server to client).
     pub fn text(payload: &str) -> Frame {
-        let mut head = [0u8; 10];
-        let head_len = text_header(payload.len(), &mut head);
-        let mut frame = Vec::with_capacity(head_len + payload.len());
-        frame.extend_from_slice(&head[..head_len]);
-        frame.extend_from_slice(payload.as_bytes());
-        Frame(Bytes::from(frame))
+        Frame::build(|buf| buf.extend_from_slice(payload.as_bytes()))
+    }
+
+    /// Frames the text payload `write` appends to a buffer, without copying it: room for the
+    /// longest header is kept in front, and the frame starts where its header does.
+    pub fn build(write: impl FnOnce(&mut Vec<u8>)) -> Frame {
+        let mut buf = Vec::with_capacity(128);
+        buf.resize(MAX_HEADER, 0);
+        write(&mut buf);
+        let mut head = [0u8; MAX_HEADER];
+        let head_len = text_header(buf.len() - MAX_HEADER, &mut head);
+        let start = MAX_HEADER - head_len;
+        buf[start..MAX_HEADER].copy_from_slice(&head[..head_len]);
+        Frame(Bytes::from(buf).slice(start..))
     }
 }
+
+/// The longest server-to-client frame header (64-bit length, no mask).
+const MAX_HEADER: usize = 10;
 
 /// A bounded queue of outbound frames for one connection, plus the wake-up for its task.
 #[derive(Debug)]
@@ -109,7 +120,22 @@ struct State {
     closed: bool,
     /// An admin kicked this client, with this reason.
     kicked: Option<String>,
+    /// Entries for the connection's own task (late answers to its requests), opaque here.
+    controls: Controls,
 }
+
+/// Control entries, opaque to this module.
+#[derive(Default)]
+struct Controls(Vec<Control>);
+
+impl std::fmt::Debug for Controls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} control entries", self.0.len())
+    }
+}
+
+/// A control entry: something for the connection's task itself, not for the socket.
+pub type Control = Box<dyn std::any::Any + Send>;
 
 #[derive(Debug)]
 struct Direct {
@@ -128,6 +154,8 @@ pub struct Signals {
     pub kicked: Option<String>,
     /// Frames wait in the queue: the connection task must flush them.
     pub queued: bool,
+    /// Control entries wait: the connection task must take them.
+    pub controls: bool,
 }
 
 impl Mailbox {
@@ -206,6 +234,7 @@ impl Mailbox {
     }
 
     /// Whether anything waits to be written.
+    #[cfg(test)]
     pub fn has_queued(&self) -> bool {
         !self.lock().queue.is_empty()
     }
@@ -255,12 +284,35 @@ impl Mailbox {
             failed: state.failed,
             kicked: state.kicked.take(),
             queued: !state.queue.is_empty(),
+            controls: !state.controls.0.is_empty(),
         }
     }
 
     /// Waits until the connection task has something to act on.
     pub async fn ready(&self) {
         self.notify.notified().await
+    }
+
+    /// Queues a control entry for the connection's task and wakes it. False if the connection has
+    /// ended. At most `capacity` entries wait: beyond that the client is a slow consumer.
+    pub fn push_control(&self, entry: Control) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if state.controls.0.len() >= self.capacity {
+            state.overflowed = true;
+        } else {
+            state.controls.0.push(entry);
+        }
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Takes the waiting control entries, oldest first.
+    pub fn take_controls(&self) -> Vec<Control> {
+        std::mem::take(&mut self.lock().controls.0)
     }
 
     /// Tells the connection to close with `reason` once it has written what is queued.
@@ -286,6 +338,7 @@ impl Mailbox {
         state.closed = true;
         state.queue = VecDeque::new();
         state.direct = None;
+        state.controls = Controls::default();
     }
 }
 

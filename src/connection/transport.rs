@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::mailbox::{Flusher, Mailbox, write_plain};
+use super::mailbox::{Flusher, Mailbox, write_plain};
 
 /// A client connection's byte stream.
 #[derive(Debug)]

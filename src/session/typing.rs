@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::hub::Room;
 use crate::protocol::TypingState;
 
 /// Default minimum time between two relayed `active` states for one target.
@@ -46,8 +45,8 @@ impl Default for TypingTimings {
 /// Where someone is typing.
 #[derive(Debug, Clone)]
 pub enum TypingTarget {
-    /// In a room.
-    Room(Arc<Room>),
+    /// In a room (normalised name).
+    Room(Arc<str>),
     /// To a user, by display name.
     User(Arc<str>),
 }
@@ -55,7 +54,7 @@ pub enum TypingTarget {
 impl TypingTarget {
     fn same(&self, other: &TypingTarget) -> bool {
         match (self, other) {
-            (TypingTarget::Room(a), TypingTarget::Room(b)) => a.name() == b.name(),
+            (TypingTarget::Room(a), TypingTarget::Room(b)) => a == b,
             (TypingTarget::User(a), TypingTarget::User(b)) => a.eq_ignore_ascii_case(b),
             _ => false,
         }

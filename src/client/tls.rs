@@ -1,93 +1,12 @@
-//! TLS for `wss://` with rustls and its `ring` provider (it builds with just a C compiler; the
-//! default aws-lc-rs provider needs cmake and nasm). TLS 1.2 and 1.3 with rustls' default,
-//! modern cipher suites. The certificate can be swapped at run time ([`TlsState::reload`], on
-//! SIGHUP) without touching established connections; a bad new certificate leaves the old in place.
-//!
-//! Also the client configuration `chatctl` uses.
+//! TLS for chatctl: how it verifies `wss://` servers (system roots, a private CA, or not at all).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::config::{ConfigError, TlsConfig};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Loads the certificate chain and key named by `tls.cert`/`tls.key` into a server configuration.
-/// Errors name the key and file: missing, unreadable, not PEM, or a key that does not match.
-pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    let cert_error = |reason: String| ConfigError::File {
-        key: "tls.cert",
-        path: cfg.cert.clone(),
-        reason,
-    };
-    let key_error = |reason: String| ConfigError::File {
-        key: "tls.key",
-        path: cfg.key.clone(),
-        reason,
-    };
-    std::fs::metadata(&cfg.cert).map_err(|e| cert_error(e.to_string()))?;
-    std::fs::metadata(&cfg.key).map_err(|e| key_error(e.to_string()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-        .map_err(|e| cert_error(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_error(format!("not a PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(cert_error("no PEM certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
-        .map_err(|e| key_error(format!("not a PEM private key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| cert_error(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => key_error(format!(
-                "the key does not match the certificate in {}",
-                cfg.cert
-            )),
-            other => cert_error(other.to_string()),
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The server's current TLS configuration, replaceable while running.
-#[derive(Debug)]
-pub struct TlsState {
-    files: TlsConfig,
-    current: RwLock<Arc<rustls::ServerConfig>>,
-}
-
-impl TlsState {
-    /// Loads the configured certificate and key.
-    pub fn new(files: &TlsConfig) -> Result<TlsState, ConfigError> {
-        Ok(TlsState {
-            current: RwLock::new(load_server_config(files)?),
-            files: files.clone(),
-        })
-    }
-
-    /// The acceptor for the next handshake.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        tokio_rustls::TlsAcceptor::from(config)
-    }
-
-    /// Re-reads the certificate and key. On error the old ones stay in use.
-    pub fn reload(&self) -> Result<(), ConfigError> {
-        let fresh = load_server_config(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(())
-    }
 }
 
 /// How `chatctl` verifies servers.

@@ -1,0 +1,537 @@
+//! One task per client socket: the WebSocket upgrade, then one `select!` loop over the socket, the
+//! client's mailbox, its timers and the shutdown token.
+//!
+//! This module owns the transport rules: handshake timeout, pings and the silent-peer cut-off, the
+//! task's share of writing (its replies, TLS, and sockets the flusher found full: queue, then one
+//! flush; see `mailbox`), the write timeout, and the mapping from what went wrong to the close code
+//! the peer sees. What frames mean is a [`Handler`]'s business (the chat session); this module
+//! never names the hub.
+
+mod handshake;
+pub(crate) mod mailbox;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub(crate) use handshake::refuse;
+use mailbox::{Flusher, Mailbox};
+use transport::Transport;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::CloseReason;
+
+type Ws = WebSocketStream<Transport>;
+
+/// A far-off deadline for when no timer is due.
+const IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// What every socket task shares: settings, metrics, TLS and the flusher (no chat state).
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// tungstenite settings derived from `config.limits`.
+    pub ws_config: WebSocketConfig,
+    /// What is counted, for `/metrics`.
+    pub metrics: Metrics,
+    /// The TLS configuration, when serving `wss://`.
+    pub tls: Option<TlsSlot>,
+    /// Writes queued frames to plain sockets (see `mailbox`); only on a single-threaded runtime.
+    /// On several worker threads one flusher would serialise every write (and contend with
+    /// publishers on other threads), so each connection task writes its own mailbox there.
+    pub flusher: Option<Arc<Flusher>>,
+}
+
+/// The TLS server configuration in use, replaceable while running (SIGHUP) without touching
+/// established connections.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSlot(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl TlsSlot {
+    pub(crate) fn new(config: Arc<rustls::ServerConfig>) -> TlsSlot {
+        TlsSlot(Arc::new(RwLock::new(config)))
+    }
+
+    /// The acceptor for the next handshake.
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Uses `config` for every later handshake.
+    pub(crate) fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
+/// What the loop should do after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep going.
+    Continue,
+    /// Close the connection this way (after the replies produced so far).
+    Close(CloseReason),
+}
+
+/// What a connection's frames mean: the chat session. Every method is synchronous; replies for
+/// this client are appended to `out` and written by the loop.
+pub(crate) trait Handler {
+    /// The client's outbound queue (other tasks push into it; the loop drains it).
+    fn mailbox(&self) -> &Arc<Mailbox>;
+    /// A text frame.
+    fn on_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow;
+    /// A binary frame.
+    fn on_binary(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow;
+    /// A ping (answered by the WebSocket layer; counted here).
+    fn on_ping(&mut self) -> Flow;
+    /// Control entries arrived in the mailbox (late answers).
+    fn on_controls(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow;
+    /// When [`Handler::on_timer`] is next due.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// A deadline passed.
+    fn on_timer(&mut self, now: Instant);
+    /// Whether the client has said hello (until then the handshake timeout runs).
+    fn welcomed(&self) -> bool;
+    /// The frame telling the client the server is shutting down.
+    fn shutdown_notice(&self) -> Utf8Bytes;
+}
+
+/// Why the loop ended, and so how to close.
+#[derive(Debug)]
+enum End {
+    /// Close this way.
+    Close(CloseReason),
+    /// An admin kicked the client, with this reason.
+    Kicked(String),
+}
+
+/// What woke the loop.
+enum Event {
+    Shutdown,
+    Mail,
+    Frame(Option<Result<Message, WsError>>),
+    Timer,
+}
+
+/// Serves one accepted TCP connection until it ends. The handler is made once the upgrade is
+/// done, from the connection's mailbox. `_held` (the connection's slot in the server's limits)
+/// lives as long as the connection.
+pub(crate) async fn serve<H: Handler>(
+    stream: TcpStream,
+    sockets: Arc<Sockets>,
+    shutdown: CancellationToken,
+    _held: impl Send,
+    make: impl FnOnce(Arc<Mailbox>) -> H,
+) {
+    let accepted = Instant::now();
+    let handshake_timeout = sockets.config.server.handshake_timeout();
+    // Boxed so the (large) handshake state does not size every connection task for its whole life.
+    let upgrade = Box::pin(timeout(
+        handshake_timeout,
+        handshake::upgrade(stream, &sockets),
+    ));
+    let (ws, echo) = tokio::select! {
+        res = upgrade => match res {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err((reason, e))) => {
+                debug!(error = %e, reason, "upgrade failed");
+                sockets.metrics.handshake_failures.with_label_values(&[reason]).inc();
+                return;
+            }
+            Err(_) => {
+                debug!("upgrade timed out");
+                sockets.metrics.handshake_failures.with_label_values(&["timeout"]).inc();
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    let limits = &sockets.config.limits;
+    let mailbox = Arc::new(Mailbox::new(
+        limits.outbound_queue,
+        sockets.metrics.bytes_sent.clone(),
+    ));
+    // Built in place (no handler local): a local would keep its own slot in the task's state.
+    let mut conn = Connection {
+        ws,
+        handler: make(mailbox),
+        sockets,
+        hello_deadline: accepted + handshake_timeout,
+        last_heard: Instant::now(),
+        next_ping: None,
+        out: Vec::new(),
+        flush_due: false,
+        ping_due: false,
+        echo,
+        echoes: Vec::new(),
+    };
+    let mailbox = conn.handler.mailbox().clone();
+    conn.ws
+        .get_mut()
+        .attach(mailbox, conn.sockets.flusher.as_ref());
+    conn.next_ping = conn
+        .sockets
+        .config
+        .server
+        .ping_interval()
+        .map(|i| conn.last_heard + i);
+    let end = conn.run(&shutdown).await;
+    // Boxed: the close paths are large and run once, so they should not size every task.
+    Box::pin(conn.finish(end)).await;
+}
+
+struct Connection<H> {
+    ws: Ws,
+    handler: H,
+    sockets: Arc<Sockets>,
+    /// The `hello` must succeed before this.
+    hello_deadline: Instant,
+    /// Last time any frame arrived.
+    last_heard: Instant,
+    /// When to send the next ping (`None`: pings off).
+    next_ping: Option<Instant>,
+    /// Replies produced by the handler, waiting to be queued and written.
+    out: Vec<Utf8Bytes>,
+    /// The mailbox holds frames this task must write (TLS, or a plain socket that was full).
+    flush_due: bool,
+    /// A ping is due with the next write.
+    ping_due: bool,
+    /// A diagnostic echo connection (`diagnostics.echo_path`): every message comes straight back.
+    echo: bool,
+    /// Messages to echo, waiting to be written.
+    echoes: Vec<Message>,
+}
+
+fn step(flow: Flow) -> Result<(), End> {
+    match flow {
+        Flow::Continue => Ok(()),
+        Flow::Close(reason) => Err(End::Close(reason)),
+    }
+}
+
+impl<H: Handler> Connection<H> {
+    /// The loop: wait for one event, handle it synchronously, then write whatever it produced with
+    /// a single flush. Keeping one write await point (timed by the loop's own timer) keeps every
+    /// connection task small; see ARCHITECTURE.md.
+    async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        let mailbox = self.handler.mailbox().clone();
+        let write_timeout = self.sockets.config.server.write_timeout();
+        let timer = sleep_until(self.deadline());
+        tokio::pin!(timer);
+        loop {
+            let deadline = self.deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = mailbox.ready() => Event::Mail,
+                frame = self.ws.next() => Event::Frame(frame),
+                _ = &mut timer => Event::Timer,
+            };
+            let step = match event {
+                Event::Shutdown => Err(End::Close(CloseReason::Shutdown)),
+                Event::Mail => self.on_mail(),
+                Event::Frame(frame) => self.on_frame(frame),
+                Event::Timer => self.on_timer(),
+            };
+            // What the step produced goes out before any close it asked for.
+            if self.ping_due || self.flush_due || !self.out.is_empty() || !self.echoes.is_empty() {
+                timer.as_mut().reset(Instant::now() + write_timeout);
+                let written = tokio::select! {
+                    res = self.write_pending() => res,
+                    _ = &mut timer => Err(End::Close(CloseReason::WriteStalled)),
+                };
+                if let Err(end) = written {
+                    return end;
+                }
+            }
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// The earliest time something must happen without any input.
+    fn deadline(&self) -> Instant {
+        let mut at = self.last_heard + IDLE;
+        if !self.handler.welcomed() && !self.echo {
+            at = at.min(self.hello_deadline);
+        }
+        if let Some(ping) = self.next_ping {
+            at = at.min(ping);
+        }
+        if let Some(interval) = self.sockets.config.server.ping_interval() {
+            at = at.min(self.last_heard + 2 * interval);
+        }
+        if let Some(due) = self.handler.next_deadline() {
+            at = at.min(due);
+        }
+        at
+    }
+
+    fn on_mail(&mut self) -> Result<(), End> {
+        let signals = self.handler.mailbox().signals();
+        self.flush_due = signals.queued;
+        if signals.failed {
+            return Err(End::Close(CloseReason::Gone));
+        }
+        if signals.overflowed {
+            info!("closing slow consumer: outbound queue full");
+            return Err(End::Close(CloseReason::SlowConsumer));
+        }
+        if signals.controls {
+            step(self.handler.on_controls(&mut self.out))?;
+        }
+        match signals.kicked {
+            Some(reason) => Err(End::Kicked(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), End> {
+        self.last_heard = Instant::now();
+        let message = match frame {
+            None => return Err(End::Close(CloseReason::Gone)),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(End::Close(read_error(e))),
+        };
+        let flow = match message {
+            Message::Text(_) | Message::Binary(_) if self.echo => {
+                self.echoes.push(message);
+                Flow::Continue
+            }
+            Message::Text(text) => {
+                let metrics = &self.sockets.metrics;
+                metrics.bytes_received.inc_by(text.len() as u64);
+                let started = std::time::Instant::now();
+                let flow = self.handler.on_text(text.as_str(), &mut self.out);
+                metrics
+                    .handling_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                flow
+            }
+            Message::Binary(_) => self.handler.on_binary(&mut self.out),
+            Message::Close(_) => return Err(End::Close(CloseReason::ClientClosed)),
+            Message::Ping(_) if !self.echo => self.handler.on_ping(),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        };
+        step(flow)
+    }
+
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if !self.handler.welcomed() && !self.echo && now >= self.hello_deadline {
+            debug!("no hello within the handshake timeout");
+            return Err(End::Close(CloseReason::HelloTimeout));
+        }
+        if let Some(interval) = self.sockets.config.server.ping_interval() {
+            if now >= self.last_heard + 2 * interval {
+                info!("closing silent peer");
+                return Err(End::Close(CloseReason::PingTimeout));
+            }
+            if self.next_ping.is_some_and(|p| now >= p) {
+                self.next_ping = Some(now + interval);
+                self.ping_due = true;
+            }
+        }
+        self.handler.on_timer(now);
+        Ok(())
+    }
+
+    /// Feeds the due ping and the echoes, queues the handler's replies behind what the mailbox
+    /// holds, then flushes once: the mailbox drains everything in as few writes as it can.
+    async fn write_pending(&mut self) -> Result<(), End> {
+        self.flush_due = false;
+        let gone = |_| End::Close(CloseReason::Gone);
+        let ws = &mut self.ws;
+        if std::mem::take(&mut self.ping_due) {
+            ws.feed(Message::Ping(Default::default()))
+                .await
+                .map_err(gone)?;
+        }
+        for echo in std::mem::take(&mut self.echoes) {
+            ws.feed(echo).await.map_err(gone)?;
+        }
+        let mailbox = self.handler.mailbox();
+        for frame in self.out.drain(..) {
+            mailbox.reply(&frame);
+        }
+        ws.flush().await.map_err(gone)
+    }
+
+    /// Writes everything queued, within the write timeout.
+    async fn flush_out(&mut self) -> Result<(), End> {
+        let limit = self.sockets.config.server.write_timeout();
+        match timeout(limit, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Close(CloseReason::Gone)),
+            Err(_) => Err(End::Close(CloseReason::WriteStalled)),
+        }
+    }
+
+    /// Ends the connection the way `end` calls for.
+    async fn finish(mut self, end: End) {
+        debug!(end = ?end, "connection ending");
+        let reason = match &end {
+            End::Close(reason) => *reason,
+            End::Kicked(_) => CloseReason::Kicked,
+        };
+        let metrics = self.sockets.metrics.clone();
+        metrics
+            .connections_closed
+            .with_label_values(&[reason.label()])
+            .inc();
+        let slow = matches!(
+            reason,
+            CloseReason::SlowConsumer | CloseReason::WriteStalled
+        );
+        if slow {
+            metrics.slow_consumer_disconnects.inc();
+        }
+        // Only the close frame may follow what is queued now.
+        let mailbox = self.handler.mailbox().clone();
+        mailbox.seal();
+        if slow {
+            mailbox.discard();
+        }
+        let linger = handshake::CLOSE_LINGER;
+        match (end, reason) {
+            (_, CloseReason::Shutdown) => {
+                // Messages accepted before the signal go out first, then the notice, then the close.
+                mailbox.reply(&self.handler.shutdown_notice());
+                if self.flush_out().await.is_ok() {
+                    let grace = self.sockets.config.server.shutdown_grace();
+                    self.close(reason, reason.text(), grace).await;
+                }
+            }
+            // After a protocol-level error the incoming stream is no longer frames we can parse.
+            (
+                _,
+                CloseReason::Protocol
+                | CloseReason::InvalidUtf8
+                | CloseReason::TooBig
+                | CloseReason::FrameTooBig,
+            ) => self.close_after_error(reason).await,
+            (End::Kicked(why), _) => {
+                let text = format!("kicked: {why}");
+                self.close(reason, &text, linger).await
+            }
+            (_, CloseReason::ClientClosed) => {
+                // tungstenite queued the reply to the peer's close; flushing sends it, then the
+                // transport drains the mailbox (tungstenite reports "closed" instead of flushing).
+                use tokio::io::AsyncWriteExt;
+                let _ = timeout(linger, async {
+                    let _ = self.ws.flush().await;
+                    self.ws.get_mut().flush().await
+                })
+                .await;
+            }
+            (_, CloseReason::WriteStalled) => {
+                info!("dropped slow consumer: write timed out");
+            }
+            (_, CloseReason::Gone) => {}
+            (_, reason) => self.close(reason, reason.text(), linger).await,
+        }
+    }
+
+    /// Sends a close frame and waits (up to `linger`) for the peer to answer it.
+    async fn close(&mut self, reason: CloseReason, text: &str, linger: Duration) {
+        let frame = close_frame(reason, text);
+        let ws = &mut self.ws;
+        let _ = timeout(linger, async {
+            ws.close(Some(frame)).await?;
+            while let Some(Ok(_)) = ws.next().await {}
+            Ok::<_, WsError>(())
+        })
+        .await;
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): sends the close frame, half-closes, and discards
+    /// whatever the peer is still sending until it closes too (bounded by `CLOSE_LINGER`).
+    /// Dropping the socket with unread input would send a TCP reset, which can destroy our close
+    /// frame in the peer's receive buffer before it reads it: the 1009 for an oversized message
+    /// would never arrive (Autobahn 9.1.3).
+    async fn close_after_error(&mut self, reason: CloseReason) {
+        let frame = close_frame(reason, reason.text());
+        let _ = timeout(handshake::CLOSE_LINGER, async {
+            let _ = self.ws.close(Some(frame)).await;
+            handshake::half_close_and_drain(self.ws.get_mut()).await;
+        })
+        .await;
+    }
+}
+
+fn close_frame(reason: CloseReason, text: &str) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(reason.code().unwrap_or(1000)),
+        reason: fit_close_reason(text).to_string().into(),
+    }
+}
+
+/// Maps a read error to how the connection ends.
+fn read_error(e: WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::TooBig,
+        WsError::Capacity(_) => CloseReason::FrameTooBig,
+        WsError::Utf8(_) => CloseReason::InvalidUtf8,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Gone,
+        WsError::Protocol(p) => {
+            debug!(error = %p, "protocol error");
+            CloseReason::Protocol
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::Gone,
+        other => {
+            debug!(error = %other, "read failed");
+            CloseReason::Gone
+        }
+    }
+}
+
+/// A close frame's reason must fit in 123 bytes (RFC 6455 §5.5); cut at a character boundary.
+fn fit_close_reason(reason: &str) -> &str {
+    const MAX_CLOSE_REASON_BYTES: usize = 123;
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// The peer address field every connection's span carries.
+pub(crate) fn span(peer: SocketAddr, conn: u64) -> tracing::Span {
+    tracing::info_span!("conn", %peer, conn, user = tracing::field::Empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_close_reason;
+
+    #[test]
+    fn close_reasons_fit_in_123_bytes_on_a_char_boundary() {
+        assert_eq!(fit_close_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = fit_close_reason(&long);
+        assert_eq!(cut.len(), 122);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(fit_close_reason(&"x".repeat(500)).len(), 123);
+    }
+}

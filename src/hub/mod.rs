@@ -1,0 +1,287 @@
+//! The hub: the broker seam between chat sessions and the shared state of the chat.
+//!
+//! A session turns each request into one call on a [`Broker`]: who is online, which rooms exist,
+//! each room's members, sequence numbers and history, and fan-out are the broker's business. Calls
+//! never wait. Each carries the caller's identity (a [`Member`]) and a [`Ticket`] naming the
+//! request, and returns either the [`Outcome`] at once ([`Answer::Now`]) or [`Answer::Later`], in
+//! which case the broker hands the outcome to [`Member::answer`] when it has it (after a round trip
+//! to Redis, say). Late outcomes travel through the caller's mailbox as control entries and wake its
+//! connection task; the session turns immediate and late outcomes into replies in one place, in
+//! request order.
+//!
+//! The contract every broker keeps (and the contract tests in `tests/it/broker.rs` check):
+//! - one caller's calls take effect in the order they are made (a `say` after a `join` finds the
+//!   caller in the room, even if neither has been answered yet);
+//! - a late outcome that cannot be delivered (the caller is gone) leaves nothing behind: a name it
+//!   claimed is released, a room it joined is left;
+//! - frames for other connections are pushed only through [`Delivery::deliver`], one encoding per
+//!   event, so every broker fans out the same way (a cluster broker calls it for events that
+//!   arrive from other nodes).
+//!
+//! [`LocalBroker`] is the single-process broker. This module knows no JSON: events are
+//! [`ServerMsg`] values, and `protocol` encodes them.
+
+mod delivery;
+mod local;
+
+use std::any::Any;
+use std::sync::Arc;
+
+pub(crate) use delivery::Delivery;
+pub use local::{HubLimits, LocalBroker};
+
+use crate::connection::mailbox::Mailbox;
+use crate::protocol::{ChatMessage, ErrorCode, Role, TypingState};
+
+/// Identifies one connection for the life of the process.
+pub type ConnId = u64;
+
+/// Names one request of one connection, so a late outcome finds its way back to it.
+pub type Ticket = u64;
+
+/// A stored room message.
+pub type StoredMessage = ChatMessage<'static>;
+
+/// A connection as the hub sees it: who it is, and where frames for it go.
+#[derive(Debug, Clone)]
+pub struct Member {
+    conn: ConnId,
+    name: Arc<str>,
+    role: Role,
+    plain: bool,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Member {
+    pub(crate) fn new(
+        conn: ConnId,
+        name: Arc<str>,
+        role: Role,
+        plain: bool,
+        mailbox: Arc<Mailbox>,
+    ) -> Member {
+        Member {
+            conn,
+            name,
+            role,
+            plain,
+            mailbox,
+        }
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Display name (case preserved).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// A plain-text session: gets one-line renderings, never JSON.
+    pub fn plain(&self) -> bool {
+        self.plain
+    }
+
+    /// Hands a late outcome to this member's session. False if the connection is gone, in which
+    /// case the broker must undo what the request did.
+    pub fn answer(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        self.mailbox
+            .push_control(Box::new(Late { ticket, outcome }))
+    }
+
+    /// Tells the connection to close (kicked), after what is queued for it.
+    pub(crate) fn kick(&self, reason: String) {
+        self.mailbox.kick(reason);
+    }
+}
+
+/// A late outcome on its way through a mailbox.
+pub(crate) struct Late {
+    pub ticket: Ticket,
+    pub outcome: Outcome,
+}
+
+/// Takes the late outcomes waiting in a mailbox, oldest first.
+pub(crate) fn take_late(mailbox: &Mailbox) -> Vec<Late> {
+    mailbox
+        .take_controls()
+        .into_iter()
+        .filter_map(|entry| (entry as Box<dyn Any>).downcast::<Late>().ok())
+        .map(|late| *late)
+        .collect()
+}
+
+/// What a broker call returns.
+#[derive(Debug)]
+pub enum Answer {
+    /// The outcome is known now.
+    Now(Outcome),
+    /// The outcome will arrive through [`Member::answer`].
+    Later,
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// `hello` succeeded: the name is taken and the first room joined.
+    Welcome(RoomView),
+    /// `join` succeeded.
+    Joined(RoomView),
+    /// `leave` succeeded.
+    Left {
+        /// The room left.
+        room: Arc<str>,
+    },
+    /// A message was accepted.
+    Sent(Receipt),
+    /// Typing was relayed (no reply).
+    Relayed,
+    /// The members of a room.
+    Who {
+        /// The room.
+        room: Arc<str>,
+        /// Members, sorted by name.
+        users: Vec<(Arc<str>, Role)>,
+    },
+    /// Every room, with its member count, sorted by name.
+    Rooms(Vec<(Arc<str>, usize)>),
+    /// A page of a room's history, oldest first.
+    History {
+        /// The room.
+        room: Arc<str>,
+        /// The messages.
+        messages: Vec<Arc<StoredMessage>>,
+    },
+    /// Done, nothing to report (kick, announce).
+    Done,
+    /// Refused: the client sees this error.
+    Refused(Refusal),
+}
+
+/// What a joiner sees of a room.
+#[derive(Debug, Clone)]
+pub struct RoomView {
+    /// The room's normalised name.
+    pub room: Arc<str>,
+    /// Members including the joiner, sorted by name.
+    pub users: Vec<(Arc<str>, Role)>,
+    /// Most recent messages, oldest first.
+    pub history: Vec<Arc<StoredMessage>>,
+}
+
+/// Receipt for an accepted message.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Server-assigned message id.
+    pub id: u64,
+    /// Per-room sequence number (`None` for PMs).
+    pub seq: Option<u64>,
+    /// Server timestamp.
+    pub ts: Arc<str>,
+    /// A PM's recipient, as they spell their name.
+    pub to: Option<Arc<str>>,
+}
+
+/// A refused request: the error code and the message the client sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Stable error code.
+    pub code: ErrorCode,
+    /// Human-readable message (about the client's request only).
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `no_such_user` for `name`.
+    pub fn no_such_user(name: &str) -> Refusal {
+        let shown: String = name.chars().take(crate::protocol::MAX_NAME_BYTES).collect();
+        Refusal::new(
+            ErrorCode::NoSuchUser,
+            format!("nobody called {shown:?} is online"),
+        )
+    }
+
+    /// `not_in_room` for `room`.
+    pub fn not_in_room(room: &str) -> Refusal {
+        Refusal::new(ErrorCode::NotInRoom, format!("you are not in #{room}"))
+    }
+
+    /// `too_many_rooms` at the server's cap.
+    pub fn server_full() -> Refusal {
+        Refusal::new(ErrorCode::TooManyRooms, "the server has too many rooms")
+    }
+}
+
+impl From<Refusal> for Outcome {
+    fn from(r: Refusal) -> Outcome {
+        Outcome::Refused(r)
+    }
+}
+
+/// Where a typing indication goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TypingTo<'a> {
+    /// A room (normalised name) the sender is in.
+    Room(&'a str),
+    /// A user, by name as given.
+    User(&'a str),
+}
+
+/// The shared state of the chat, behind one seam. See the module docs for the contract.
+///
+/// Room names are normalised (`protocol::normalize_room`) and texts checked by the session before a
+/// call; the broker checks what only it can know (names taken, membership, caps).
+pub trait Broker: Send + Sync + std::fmt::Debug {
+    /// Claims `me.name()` (case-insensitively unique) and joins `room`, in one step: on failure
+    /// nothing is taken. `Welcome`, or `name_taken` / `too_many_rooms`.
+    fn hello(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    /// Joins `room` (creating it), announcing `joined` to the others. `Joined`, or
+    /// `too_many_rooms`. Joining a room one is in announces nothing.
+    fn join(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    /// Leaves `room`, announcing `left`. `Left`, or `not_in_room`.
+    fn leave(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    /// Says `text` in `room`: it gets the room's next `seq`, is kept in history and reaches every
+    /// other member. `Sent` with the seq, or `not_in_room`.
+    fn say(&self, ticket: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer;
+    /// A private message. `Sent` (no seq), or `no_such_user`.
+    fn pm(&self, ticket: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer;
+    /// Relays a typing state (throttling is the session's job). `Relayed`, or `no_such_user`.
+    fn typing(&self, ticket: Ticket, me: &Member, to: TypingTo<'_>, state: TypingState) -> Answer;
+    /// The members of `room`. `Who`, or `no_such_room` / `not_in_room`.
+    fn who(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    /// Every room. `Rooms`.
+    fn rooms(&self, ticket: Ticket, me: &Member) -> Answer;
+    /// Up to `limit` messages of `room` with `seq < before`. `History`, or `no_such_room` /
+    /// `not_in_room`.
+    fn history(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Answer;
+    /// Removes `name` from every room (announcing `kicked`), frees the name and closes their
+    /// connection. `Done`, or `no_such_user`. Only admins get here.
+    fn kick(&self, ticket: Ticket, me: &Member, name: &str, reason: &str) -> Answer;
+    /// A `notice` from `me` to everyone online. `Done`. Only admins get here.
+    fn announce(&self, ticket: Ticket, me: &Member, text: &str) -> Answer;
+    /// The connection ended: leave `rooms` (announcing `left`) and free the name if `me` holds it.
+    /// Called once per connection that said hello (or tried to), after its other calls.
+    fn disconnect(&self, me: &Member, rooms: &[Arc<str>]);
+}

@@ -1,0 +1,138 @@
+//! Connection caps: total and per address (HTTP 503 beyond) and a per-address connect rate
+//! (HTTP 429 beyond). A [`ConnSlot`] is one open connection's place; the connection's task holds it
+//! and frees it when it ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus::IntGauge;
+
+use crate::config::ServerConfig;
+
+/// Connect-rate buckets kept before idle (full) ones are pruned.
+const MAX_RATE_ENTRIES: usize = 4096;
+
+/// Why a connection was turned away, and with what HTTP status.
+pub(super) struct Refusal {
+    /// The `reason` label of `chatd_connections_refused_total`.
+    pub label: &'static str,
+    /// The one-line reason the client reads.
+    pub why: &'static str,
+    /// 503 or 429.
+    pub status: u16,
+}
+
+/// Counts open connections, in total and per IP address.
+#[derive(Debug)]
+pub(super) struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    rate_per_sec: f64,
+    burst: f64,
+    open_gauge: IntGauge,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Connect-rate token buckets per address: (tokens, last refill).
+    rates: HashMap<IpAddr, (f64, Instant)>,
+}
+
+/// One open connection's place in the limits; freed on drop.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    pub(super) fn new(server: &ServerConfig, open_gauge: IntGauge) -> ConnLimiter {
+        ConnLimiter {
+            max_total: server.max_connections,
+            max_per_ip: server.max_connections_per_ip,
+            rate_per_sec: server.connect_rate_per_ip,
+            burst: f64::from(server.connect_burst_per_ip),
+            open_gauge,
+            state: Mutex::new(LimiterState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for one more connection from `ip`, or why not.
+    pub(super) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
+        let mut state = self.lock();
+        if self.max_total > 0 && state.total >= self.max_total {
+            return Err(Refusal {
+                label: "capacity",
+                why: "server at capacity: too many connections",
+                status: 503,
+            });
+        }
+        if self.max_per_ip > 0 && state.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            return Err(Refusal {
+                label: "per_ip",
+                why: "too many connections from your address",
+                status: 503,
+            });
+        }
+        if self.rate_per_sec > 0.0 {
+            let now = Instant::now();
+            if state.rates.len() >= MAX_RATE_ENTRIES {
+                let (rate, burst) = (self.rate_per_sec, self.burst);
+                state.rates.retain(|_, (tokens, last)| {
+                    *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
+                });
+            }
+            let (tokens, last) = state.rates.entry(ip).or_insert((self.burst, now));
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
+                .min(self.burst);
+            *last = now;
+            if *tokens < 1.0 {
+                return Err(Refusal {
+                    label: "rate",
+                    why: "connecting too often from your address; slow down",
+                    status: 429,
+                });
+            }
+            *tokens -= 1.0;
+        }
+        if self.max_per_ip > 0 {
+            *state.per_ip.entry(ip).or_default() += 1;
+        }
+        state.total += 1;
+        self.open_gauge.inc();
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub(super) fn open(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut state = self.limiter.lock();
+        state.total -= 1;
+        self.limiter.open_gauge.dec();
+        if self.limiter.max_per_ip > 0
+            && let Some(n) = state.per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}

@@ -1,0 +1,853 @@
+//! One client's chat session: what each request means, given who the client is and where it is.
+//!
+//! A [`Session`] turns text frames into [`Broker`] calls and the calls' outcomes into replies. It
+//! knows nothing about sockets: its connection task feeds it frames and writes out what it returns
+//! (it is the connection's `Handler`). Outcomes come back at once or later, through the mailbox;
+//! [`Session::apply`] is the one function that turns either kind into reply frames, and replies
+//! leave in request order whatever order the outcomes arrive in. Local refusals (bad names, rate
+//! limits, `hello_required`) queue behind earlier requests the same way.
+//!
+//! Dropping a session leaves every room and frees the name, whatever ended the connection.
+
+mod plain;
+pub(crate) mod rate;
+pub(crate) mod typing;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, info};
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::connection::mailbox::Mailbox;
+use crate::connection::{Flow, Handler};
+use crate::hub::{
+    self, Answer, Broker, ConnId, Member, Outcome, Receipt, Refusal, RoomView, StoredMessage,
+    Ticket, TypingTo,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    self, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, RoomInfo, ServerInfo,
+    ServerMsg, Target, TypingState, UserInfo, b,
+};
+use rate::TokenBucket;
+use typing::{TypingTarget, TypingTimings, TypingTracker};
+
+/// Requests one connection may have waiting for a late outcome; past it the client is treated as
+/// a slow consumer (close 1008). Replies are bounded by requests in flight, so nothing grows
+/// without bound while a broker is slow.
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
+
+/// What every chat session shares (no socket state).
+#[derive(Debug)]
+pub(crate) struct Chat {
+    /// Users, rooms, history and fan-out.
+    pub broker: Arc<dyn Broker>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// What is counted, for `/metrics`.
+    pub metrics: Metrics,
+    /// Token verification, in `auth.mode = "token"`.
+    pub auth: Option<Verifier>,
+    /// The typing relay periods.
+    pub typing: TypingTimings,
+}
+
+/// How the client speaks: decided by its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Json,
+    Plain,
+}
+
+/// What a request in flight was, so its outcome can be turned into the right reply.
+#[derive(Debug)]
+enum Kind {
+    Hello,
+    /// `added`: the room was not in the session's list before this join.
+    Join {
+        room: Arc<str>,
+        added: bool,
+    },
+    Leave,
+    Say,
+    Pm,
+    Typing(TypingTarget),
+    Who,
+    Rooms,
+    History,
+    Kick {
+        name: String,
+    },
+    Announce,
+}
+
+/// One request waiting for its outcome, or its reply waiting for earlier ones.
+#[derive(Debug)]
+struct InFlight {
+    ticket: Ticket,
+    kind: Kind,
+    reference: Option<String>,
+    /// The reply frames, once the outcome is known.
+    reply: Option<Vec<Utf8Bytes>>,
+}
+
+/// One connection's chat state.
+pub(crate) struct Session {
+    chat: Arc<Chat>,
+    conn: ConnId,
+    mailbox: Arc<Mailbox>,
+    /// Set by a hello (its outcome may still be on its way: see `welcomed`).
+    me: Option<Member>,
+    /// The hello's outcome was a welcome.
+    welcomed: bool,
+    mode: Mode,
+    /// The room given at hello: the default for `say`, `who` and `history`.
+    home: Arc<str>,
+    /// Rooms joined, or being joined (the broker orders our calls, so a `say` may follow a `join`).
+    rooms: Vec<Arc<str>>,
+    requests: TokenBucket,
+    typing_rate: TokenBucket,
+    strikes: TokenBucket,
+    typing: TypingTracker,
+    /// Set when a request must end the connection (after its reply is sent).
+    closing: Option<CloseReason>,
+    /// Requests whose replies cannot go out yet, oldest first.
+    in_flight: VecDeque<InFlight>,
+    next_ticket: Ticket,
+}
+
+impl Session {
+    /// A session for a freshly upgraded connection.
+    pub(crate) fn new(chat: Arc<Chat>, conn: ConnId, mailbox: Arc<Mailbox>) -> Session {
+        let limits = &chat.config.limits;
+        let requests = TokenBucket::new(limits.rate_burst, limits.rate_per_sec);
+        let typing_rate = TokenBucket::new(limits.typing_burst, limits.typing_rate_per_sec);
+        let strikes_rate = if limits.rate_per_sec > 0.0 || limits.typing_rate_per_sec > 0.0 {
+            1.0
+        } else {
+            0.0
+        };
+        let strikes = TokenBucket::new(limits.abuse_strikes, strikes_rate);
+        let typing = TypingTracker::new(chat.typing);
+        Session {
+            chat,
+            conn,
+            mailbox,
+            me: None,
+            welcomed: false,
+            mode: Mode::Json,
+            home: Arc::from(protocol::DEFAULT_ROOM),
+            rooms: Vec::new(),
+            requests,
+            typing_rate,
+            strikes,
+            typing,
+            closing: None,
+            in_flight: VecDeque::new(),
+            next_ticket: 1,
+        }
+    }
+
+    fn broker(&self) -> &dyn Broker {
+        &*self.chat.broker
+    }
+
+    fn flow(&self) -> Flow {
+        match self.closing {
+            Some(reason) => Flow::Close(reason),
+            None => Flow::Continue,
+        }
+    }
+
+    /// Sends `frames` now, or after the replies to earlier requests.
+    fn emit(&mut self, frames: Vec<Utf8Bytes>, out: &mut Vec<Utf8Bytes>) {
+        if self.in_flight.is_empty() {
+            out.extend(frames);
+        } else {
+            self.in_flight.push_back(InFlight {
+                ticket: 0,
+                kind: Kind::Rooms,
+                reference: None,
+                reply: Some(frames),
+            });
+        }
+    }
+
+    /// An error reply, in the session's dialect.
+    fn error(&self, refusal: &Refusal, reference: Option<&str>) -> Utf8Bytes {
+        match self.mode {
+            Mode::Plain if self.me.is_some() => protocol::plain::error(&refusal.message),
+            _ => error_frame(refusal.code, &refusal.message, reference),
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal, reference: Option<&str>, out: &mut Vec<Utf8Bytes>) {
+        let frame = self.error(&refusal, reference);
+        self.emit(vec![frame], out);
+    }
+
+    /// Hands a request to the broker and deals with its answer (now, or when it arrives).
+    fn call(
+        &mut self,
+        kind: Kind,
+        reference: Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+        ask: impl FnOnce(&dyn Broker, Ticket, &Member) -> Answer,
+    ) {
+        let ticket = self.next_ticket;
+        let answer = match &self.me {
+            Some(me) => ask(&*self.chat.broker, ticket, me),
+            None => return,
+        };
+        self.next_ticket += 1;
+        match answer {
+            Answer::Now(outcome) => {
+                let frames = self.apply(&kind, reference.as_deref(), outcome);
+                self.emit(frames, out);
+            }
+            Answer::Later => {
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    info!("closing: too many requests waiting for answers");
+                    self.closing = Some(CloseReason::SlowConsumer);
+                }
+                self.in_flight.push_back(InFlight {
+                    ticket,
+                    kind,
+                    reference,
+                    reply: None,
+                });
+            }
+        }
+    }
+
+    /// Turns an outcome into this client's reply frames, updating the session on the way. Every
+    /// outcome goes through here, immediate or late.
+    fn apply(&mut self, kind: &Kind, reference: Option<&str>, outcome: Outcome) -> Vec<Utf8Bytes> {
+        let json = self.mode == Mode::Json;
+        let frame = match (kind, outcome) {
+            (Kind::Hello, Outcome::Welcome(view)) => return vec![self.welcome(view, reference)],
+            (Kind::Hello, Outcome::Refused(r)) => {
+                self.me = None;
+                self.rooms.clear();
+                if json {
+                    error_frame(r.code, &r.message, reference)
+                } else {
+                    format!("{}; send another name", r.message).into()
+                }
+            }
+            (Kind::Join { .. }, Outcome::Joined(view)) => {
+                debug!(room = %view.room, "joined room");
+                protocol::encode(&ServerMsg::Room {
+                    room: b(&view.room),
+                    users: user_infos(&view.users),
+                    history: history(&view.history),
+                    reference: reference.map(b),
+                })
+            }
+            (Kind::Join { room, added }, Outcome::Refused(r)) => {
+                if *added {
+                    self.rooms.retain(|x| x != room);
+                }
+                self.error(&r, reference)
+            }
+            (Kind::Leave, Outcome::Left { room }) => {
+                debug!(%room, "left room");
+                ack(reference, None, Some(&room))
+            }
+            (Kind::Say | Kind::Pm, Outcome::Sent(receipt)) => {
+                if let Some(to) = &receipt.to {
+                    self.typing.clear(&TypingTarget::User(to.clone()));
+                }
+                if !json {
+                    return Vec::new();
+                }
+                ack(reference, Some(&receipt), None)
+            }
+            (Kind::Typing(_), Outcome::Relayed) => return Vec::new(),
+            (Kind::Typing(target), Outcome::Refused(r)) => {
+                self.typing.clear(target);
+                self.error(&r, reference)
+            }
+            (Kind::Who, Outcome::Who { room, users }) if json => {
+                protocol::encode(&ServerMsg::Who {
+                    room: b(&room),
+                    users: user_infos(&users),
+                    reference: reference.map(b),
+                })
+            }
+            (Kind::Who, Outcome::Who { users, .. }) => {
+                let names: Vec<&str> = users.iter().map(|(n, _)| &**n).collect();
+                protocol::plain::online(&names).into()
+            }
+            (Kind::Rooms, Outcome::Rooms(rooms)) => protocol::encode(&ServerMsg::Rooms {
+                rooms: rooms
+                    .iter()
+                    .map(|(name, members)| RoomInfo {
+                        name: b(name),
+                        members: *members,
+                    })
+                    .collect(),
+                reference: reference.map(b),
+            }),
+            (Kind::History, Outcome::History { room, messages }) => {
+                protocol::encode(&ServerMsg::History {
+                    room: b(&room),
+                    messages: history(&messages),
+                    reference: reference.map(b),
+                })
+            }
+            (Kind::Kick { name }, Outcome::Done) => {
+                info!(kicked = %name, "user kicked");
+                ack(reference, None, None)
+            }
+            (Kind::Announce, Outcome::Done) => {
+                info!("announcement sent");
+                ack(reference, None, None)
+            }
+            (_, Outcome::Refused(r)) => self.error(&r, reference),
+            (kind, outcome) => {
+                // A broker answered with the wrong kind of outcome: a bug, not the client's fault.
+                tracing::error!(
+                    ?kind,
+                    ?outcome,
+                    "broker answered with an unexpected outcome"
+                );
+                self.error(
+                    &Refusal::new(ErrorCode::Unavailable, "the server could not do that"),
+                    reference,
+                )
+            }
+        };
+        vec![frame]
+    }
+
+    fn welcome(&mut self, view: RoomView, reference: Option<&str>) -> Utf8Bytes {
+        self.welcomed = true;
+        self.home = view.room.clone();
+        if !self.rooms.contains(&view.room) {
+            self.rooms.push(view.room.clone());
+        }
+        let (name, plain) = match &self.me {
+            Some(me) => (me.name().clone(), me.plain()),
+            None => (Arc::from(""), false),
+        };
+        tracing::Span::current().record("user", &*name);
+        info!(user = %name, room = %view.room, plain, "user joined");
+        if plain {
+            let names: Vec<&str> = view.users.iter().map(|(n, _)| &**n).collect();
+            return format!("Welcome, {name}! {}", protocol::plain::online(&names)).into();
+        }
+        let config = &self.chat.config;
+        protocol::encode(&ServerMsg::Welcome {
+            name: b(&name),
+            room: b(&view.room),
+            users: user_infos(&view.users),
+            history: history(&view.history),
+            server: ServerInfo {
+                version: b(env!("CARGO_PKG_VERSION")),
+                max_message_bytes: config.limits.max_message_bytes,
+                ping_interval_secs: config.server.ping_interval_secs,
+            },
+            reference: reference.map(b),
+        })
+    }
+
+    /// A request over the rate limit: refused, and counted toward closing the connection.
+    fn rate_limited(
+        &mut self,
+        bucket: &'static str,
+        id: Option<&str>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Flow {
+        self.chat
+            .metrics
+            .rate_limited
+            .with_label_values(&[bucket])
+            .inc();
+        if !self.strikes.try_take() {
+            info!("closing: sustained rate limit abuse");
+            return Flow::Close(CloseReason::RateAbuse);
+        }
+        let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
+        self.refuse(refusal, id, out);
+        Flow::Continue
+    }
+
+    fn dispatch(&mut self, request: Request, out: &mut Vec<Utf8Bytes>) {
+        let reference = request.id;
+        if !self.welcomed {
+            return match request.msg {
+                ClientMsg::Hello { name, room, token } if self.me.is_none() => {
+                    match self.authenticate(&name, token.as_deref()) {
+                        Ok(role) => {
+                            self.hello(&name, room.as_deref(), Mode::Json, role, reference, out)
+                        }
+                        Err(r) => self.refuse(r, reference.as_deref(), out),
+                    }
+                }
+                _ => self.refuse(hello_required(), reference.as_deref(), out),
+            };
+        }
+        let Some(me) = self.me.clone() else { return };
+        let reference_str = reference.as_deref();
+        match request.msg {
+            ClientMsg::Hello { .. } => self.refuse(
+                Refusal::new(
+                    ErrorCode::AlreadyWelcomed,
+                    format!("you are already {}", me.name()),
+                ),
+                reference_str,
+                out,
+            ),
+            ClientMsg::Join { room } => self.join(&room, reference, out),
+            ClientMsg::Leave { room } => match self.my_room(Some(&room)) {
+                Ok(room) => {
+                    let target = TypingTarget::Room(room.clone());
+                    if self.typing.end(&target) {
+                        self.relay_typing(&target, TypingState::Done);
+                    }
+                    self.rooms.retain(|r| *r != room);
+                    self.call(Kind::Leave, reference, out, |b, t, me| {
+                        b.leave(t, me, &room)
+                    });
+                }
+                Err(r) => self.refuse(r, reference_str, out),
+            },
+            ClientMsg::Say { room, text, action } => {
+                let room = match self.my_room(room.as_deref()) {
+                    Ok(room) => room,
+                    Err(r) => return self.refuse(r, reference_str, out),
+                };
+                if let Err(r) = check_text(&text) {
+                    return self.refuse(r, reference_str, out);
+                }
+                self.typing.clear(&TypingTarget::Room(room.clone()));
+                self.log_body(&room, &text);
+                self.call(Kind::Say, reference, out, |b, t, me| {
+                    b.say(t, me, &room, &text, action)
+                });
+            }
+            ClientMsg::Pm { to, text, action } => {
+                if let Err(r) = check_text(&text) {
+                    return self.refuse(r, reference_str, out);
+                }
+                self.call(Kind::Pm, reference, out, |b, t, me| {
+                    b.pm(t, me, &to, &text, action)
+                });
+            }
+            ClientMsg::Typing { target, state } => {
+                let target = match target {
+                    Target::Room(room) => match self.my_room(Some(&room)) {
+                        Ok(room) => TypingTarget::Room(room),
+                        Err(r) => return self.refuse(r, reference_str, out),
+                    },
+                    Target::User(name) => {
+                        if protocol::validate_name(&name) == Err(NameError::Invalid) {
+                            return self.refuse(Refusal::no_such_user(&name), reference_str, out);
+                        }
+                        TypingTarget::User(name.into())
+                    }
+                };
+                if let Some(relay) = self.typing.update(target.clone(), state, Instant::now()) {
+                    self.call(Kind::Typing(target.clone()), reference, out, |b, t, me| {
+                        b.typing(t, me, target.to(), relay)
+                    });
+                }
+            }
+            ClientMsg::Rooms => self.call(Kind::Rooms, reference, out, |b, t, me| b.rooms(t, me)),
+            ClientMsg::Who { room } => match self.named_room(room.as_deref()) {
+                Ok(room) => self.call(Kind::Who, reference, out, |b, t, me| b.who(t, me, &room)),
+                Err(r) => self.refuse(r, reference_str, out),
+            },
+            ClientMsg::History {
+                room,
+                before,
+                limit,
+            } => match self.named_room(room.as_deref()) {
+                Ok(room) => {
+                    let max = self.chat.config.history.size;
+                    let limit = limit.unwrap_or(max).min(max);
+                    self.call(Kind::History, reference, out, |b, t, me| {
+                        b.history(t, me, &room, before, limit)
+                    })
+                }
+                Err(r) => self.refuse(r, reference_str, out),
+            },
+            ClientMsg::Kick { name, reason } => {
+                if let Err(r) = require_admin(&me) {
+                    return self.refuse(r, reference_str, out);
+                }
+                let reason = reason
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or("no reason given");
+                let reason: String = reason.chars().take(200).collect();
+                if protocol::validate_name(&name) == Err(NameError::Invalid) {
+                    return self.refuse(Refusal::no_such_user(&name), reference_str, out);
+                }
+                let kind = Kind::Kick { name: name.clone() };
+                self.call(kind, reference, out, |b, t, me| {
+                    b.kick(t, me, &name, &reason)
+                });
+            }
+            ClientMsg::Announce { text } => {
+                if let Err(r) = require_admin(&me).and_then(|()| check_text(&text)) {
+                    return self.refuse(r, reference_str, out);
+                }
+                self.call(Kind::Announce, reference, out, |b, t, me| {
+                    b.announce(t, me, &text)
+                });
+            }
+        }
+    }
+
+    /// In token mode, the role a valid token grants `name`; a failure closes the connection (1008)
+    /// after the `unauthorized` error, and the name is not taken. In open mode everyone is a user.
+    fn authenticate(&mut self, name: &str, token: Option<&str>) -> Result<Role, Refusal> {
+        let Some(verifier) = &self.chat.auth else {
+            return Ok(Role::User);
+        };
+        verifier.verify(token, name).map_err(|e| {
+            let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
+            info!(user = %shown, error = %e, "hello refused: unauthorized");
+            self.closing = Some(CloseReason::Unauthorized);
+            Refusal::new(
+                ErrorCode::Unauthorized,
+                "a valid token for this name is required",
+            )
+        })
+    }
+
+    fn hello(
+        &mut self,
+        name: &str,
+        room: Option<&str>,
+        mode: Mode,
+        role: Role,
+        reference: Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let refusal = match protocol::validate_name(name) {
+            Ok(()) => None,
+            Err(NameError::Invalid) => Some(Refusal::new(
+                ErrorCode::NameInvalid,
+                "names are 1-32 characters of A-Z a-z 0-9 _ . -",
+            )),
+            Err(NameError::Reserved) => Some(Refusal::new(
+                ErrorCode::NameInvalid,
+                format!("the name {name:?} is reserved"),
+            )),
+        };
+        let room = match (
+            refusal,
+            normalize_room(room.unwrap_or(protocol::DEFAULT_ROOM)),
+        ) {
+            (None, Ok(room)) => room,
+            (Some(r), _) | (None, Err(r)) => {
+                let frame = match mode {
+                    Mode::Json => error_frame(r.code, &r.message, reference.as_deref()),
+                    Mode::Plain => format!("{}; send another name", r.message).into(),
+                };
+                return self.emit(vec![frame], out);
+            }
+        };
+        self.mode = mode;
+        self.me = Some(Member::new(
+            self.conn,
+            Arc::from(name),
+            role,
+            mode == Mode::Plain,
+            self.mailbox.clone(),
+        ));
+        self.rooms.push(room.clone());
+        self.call(Kind::Hello, reference, out, |b, t, me| {
+            b.hello(t, me, &room)
+        });
+    }
+
+    fn join(&mut self, room: &str, reference: Option<String>, out: &mut Vec<Utf8Bytes>) {
+        let room = match normalize_room(room) {
+            Ok(room) => room,
+            Err(r) => return self.refuse(r, reference.as_deref(), out),
+        };
+        let added = !self.rooms.contains(&room);
+        if added {
+            let cap = self.chat.config.limits.max_rooms_per_user;
+            if self.rooms.len() >= cap {
+                let r = Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!("you are in {} rooms, the most allowed", self.rooms.len()),
+                );
+                return self.refuse(r, reference.as_deref(), out);
+            }
+            self.rooms.push(room.clone());
+        }
+        let kind = Kind::Join {
+            room: room.clone(),
+            added,
+        };
+        self.call(kind, reference, out, |b, t, me| b.join(t, me, &room));
+    }
+
+    /// A room the client is in: `room` as given, or the hello room.
+    fn my_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
+        let name = self.named_room(room)?;
+        self.rooms
+            .iter()
+            .find(|r| r[..] == name[..])
+            .cloned()
+            .ok_or_else(|| Refusal::not_in_room(&name))
+    }
+
+    /// The room a request names (normalised), or the hello room.
+    fn named_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
+        match room {
+            Some(r) => normalize_room(r),
+            None => Ok(self.home.clone()),
+        }
+    }
+
+    /// Relays a typing state nobody asked about (expiry, leaving): no reply.
+    fn relay_typing(&self, target: &TypingTarget, state: TypingState) {
+        if let Some(me) = &self.me {
+            let _ = self.broker().typing(0, me, target.to(), state);
+        }
+    }
+
+    fn log_body(&self, room: &str, text: &str) {
+        if self.chat.config.log.message_bodies {
+            debug!(room, text, "message");
+        }
+    }
+
+    /// Sends what has become sendable: replies at the front of the queue whose outcomes are in.
+    fn release(&mut self, out: &mut Vec<Utf8Bytes>) {
+        while self.in_flight.front().is_some_and(|f| f.reply.is_some()) {
+            if let Some(done) = self.in_flight.pop_front() {
+                out.extend(done.reply.unwrap_or_default());
+            }
+        }
+    }
+}
+
+impl Handler for Session {
+    fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow {
+        let plain_line = match (self.me.is_some(), self.mode) {
+            (true, mode) => mode == Mode::Plain,
+            (false, _) => !protocol::looks_like_json_object(text),
+        };
+        let metrics = &self.chat.metrics;
+        if plain_line {
+            metrics.received("plain").inc();
+            return self.handle_line(text, out);
+        }
+        let request = match protocol::parse_request(text) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.received("invalid").inc();
+                if !self.requests.try_take() {
+                    return self.rate_limited("request", e.id.as_deref(), out);
+                }
+                let refusal = if !self.welcomed && e.code == ErrorCode::UnknownType {
+                    hello_required()
+                } else {
+                    Refusal::new(e.code, e.message)
+                };
+                self.refuse(refusal, e.id.as_deref(), out);
+                return Flow::Continue;
+            }
+        };
+        metrics.received(request.msg.kind()).inc();
+        let (allowed, bucket) = if matches!(request.msg, ClientMsg::Typing { .. }) {
+            (self.typing_rate.try_take(), "typing")
+        } else {
+            (self.requests.try_take(), "request")
+        };
+        if !allowed {
+            return self.rate_limited(bucket, request.id.as_deref(), out);
+        }
+        self.dispatch(request, out);
+        self.flow()
+    }
+
+    /// Chat is text only: a binary frame gets an error (not a disconnect).
+    fn on_binary(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow {
+        self.chat.metrics.received("binary").inc();
+        if !self.requests.try_take() {
+            return self.rate_limited("request", None, out);
+        }
+        let refusal = Refusal::new(
+            ErrorCode::BadRequest,
+            "binary frames are not supported; send JSON text frames",
+        );
+        self.refuse(refusal, None, out);
+        Flow::Continue
+    }
+
+    /// Counts a ping against the request budget: pings are answered by the WebSocket layer, but a
+    /// flood of them is abuse like any other (sustained → close 1008).
+    fn on_ping(&mut self) -> Flow {
+        if self.requests.try_take() {
+            return Flow::Continue;
+        }
+        self.chat
+            .metrics
+            .rate_limited
+            .with_label_values(&["ping"])
+            .inc();
+        if self.strikes.try_take() {
+            Flow::Continue
+        } else {
+            info!("closing: ping flood");
+            Flow::Close(CloseReason::RateAbuse)
+        }
+    }
+
+    fn on_controls(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow {
+        for late in hub::take_late(&self.mailbox) {
+            let Some(pos) = self
+                .in_flight
+                .iter()
+                .position(|f| f.ticket == late.ticket && f.reply.is_none())
+            else {
+                continue; // an answer nobody waits for (a relay, a duplicate)
+            };
+            let kind = std::mem::replace(&mut self.in_flight[pos].kind, Kind::Rooms);
+            let reference = self.in_flight[pos].reference.take();
+            let frames = self.apply(&kind, reference.as_deref(), late.outcome);
+            self.in_flight[pos].reply = Some(frames);
+        }
+        self.release(out);
+        self.flow()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.typing.next_expiry()
+    }
+
+    /// Relays `done` for typing states that went stale.
+    fn on_timer(&mut self, now: Instant) {
+        for target in self.typing.expire(now) {
+            self.relay_typing(&target, TypingState::Done);
+        }
+    }
+
+    fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    fn shutdown_notice(&self) -> Utf8Bytes {
+        const TEXT: &str = "server is shutting down";
+        match self.mode {
+            Mode::Plain if self.welcomed => protocol::plain::notice(protocol::SERVER_NAME, TEXT),
+            _ => protocol::encode(&ServerMsg::Notice {
+                from: b(protocol::SERVER_NAME),
+                text: b(TEXT),
+            }),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.mailbox.close();
+        let Some(me) = self.me.take() else { return };
+        for target in self.typing.drain() {
+            let _ = self.broker().typing(0, &me, target.to(), TypingState::Done);
+        }
+        self.broker().disconnect(&me, &self.rooms);
+        if self.welcomed {
+            info!(user = %me.name(), "user left");
+        }
+    }
+}
+
+impl TypingTarget {
+    fn to(&self) -> TypingTo<'_> {
+        match self {
+            TypingTarget::Room(room) => TypingTo::Room(room),
+            TypingTarget::User(name) => TypingTo::User(name),
+        }
+    }
+}
+
+fn hello_required() -> Refusal {
+    Refusal::new(ErrorCode::HelloRequired, "say hello first")
+}
+
+fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> Utf8Bytes {
+    protocol::encode(&ServerMsg::Error {
+        code,
+        message: b(message),
+        reference: reference.map(b),
+    })
+}
+
+/// An `ack`: a receipt's `id`/`seq`/`ts`, or the room (for `leave`), or nothing but the `ref`.
+fn ack(reference: Option<&str>, receipt: Option<&Receipt>, room: Option<&str>) -> Utf8Bytes {
+    protocol::encode(&ServerMsg::Ack {
+        reference: reference.map(b),
+        id: receipt.map(|r| r.id),
+        seq: receipt.and_then(|r| r.seq),
+        ts: receipt.map(|r| b(&r.ts)),
+        room: room.map(b),
+    })
+}
+
+fn normalize_room(room: &str) -> Result<Arc<str>, Refusal> {
+    protocol::normalize_room(room)
+        .map(Arc::from)
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::RoomInvalid,
+                "room names are 1-32 characters of A-Z a-z 0-9 _ . - (a leading # is ignored)",
+            )
+        })
+}
+
+fn require_admin(me: &Member) -> Result<(), Refusal> {
+    if me.role() == Role::Admin {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "only admins may do that",
+        ))
+    }
+}
+
+fn check_text(text: &str) -> Result<(), Refusal> {
+    if text.trim().is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "text must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+fn user_infos(users: &[(Arc<str>, Role)]) -> Vec<UserInfo<'_>> {
+    users
+        .iter()
+        .map(|(name, role)| UserInfo {
+            name: b(name),
+            role: *role,
+        })
+        .collect()
+}
+
+fn history(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {
+    messages
+        .iter()
+        .map(|m| ServerMsg::Message(m.borrowed()))
+        .collect()
+}
