@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use chatd::hub::{Broker, HubLimits, LocalBroker};
 use chatd::{Config, Server, ShutdownReport};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -27,6 +30,25 @@ pub struct TestServer {
     pub task: JoinHandle<ShutdownReport>,
 }
 
+/// Which broker a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The single-process broker, as chatd runs by default.
+    Local,
+    /// The single-process broker behind a double that answers every call late.
+    Late,
+}
+
+impl Backend {
+    pub fn broker(self, config: &Config, metrics: &chatd::metrics::Metrics) -> Arc<dyn Broker> {
+        let local = LocalBroker::new(HubLimits::from_config(config), metrics);
+        match self {
+            Backend::Local => Arc::new(local),
+            Backend::Late => Arc::new(crate::broker::LateBroker::new(local)),
+        }
+    }
+}
+
 /// A config for tests: port 0 on loopback, everything else default.
 pub fn test_config() -> Config {
     let mut config = Config::default();
@@ -41,10 +63,17 @@ impl TestServer {
     }
 
     pub async fn with(edit: impl FnOnce(&mut Config)) -> TestServer {
+        Self::with_broker(Backend::Local, edit).await
+    }
+
+    /// A server over the given broker.
+    pub async fn with_broker(backend: Backend, edit: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
         edit(&mut config);
         config.validate().expect("test config is valid");
-        let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
+        let server = Server::bind_with(config, |config, metrics| backend.broker(config, metrics))
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
@@ -91,7 +120,7 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let (ws, _) = tokio::time::timeout(
             WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+            tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true),
         )
         .await
         .expect("connect timed out")

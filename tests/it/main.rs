@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
 mod binary;
+mod broker;
 mod chat;
 mod chatctl;
 mod helpers;
