@@ -163,6 +163,11 @@ pub enum ClientMsg {
         /// The notice.
         text: String,
     },
+    /// Change one's name.
+    Nick {
+        /// The new name.
+        name: String,
+    },
     /// Page back through a room's history.
     History {
         /// Room; the `hello` room when absent.
@@ -196,6 +201,7 @@ impl ClientMsg {
             ClientMsg::History { .. } => "history",
             ClientMsg::Kick { .. } => "kick",
             ClientMsg::Announce { .. } => "announce",
+            ClientMsg::Nick { .. } => "nick",
         }
     }
 }
@@ -330,6 +336,9 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         "announce" => ClientMsg::Announce {
             text: need(raw.text, "text")?,
         },
+        "nick" => ClientMsg::Nick {
+            name: need(raw.name, "name")?,
+        },
         "join" => ClientMsg::Join {
             room: need(raw.room, "room")?,
         },
@@ -458,6 +467,19 @@ pub struct ServerInfo<'a> {
     pub max_message_bytes: usize,
     /// Seconds between server pings (0: none).
     pub ping_interval_secs: f64,
+    /// Requests per second the server sustains per connection (0: unlimited); beyond it
+    /// requests get `rate_limited`, and sustained abuse closes the connection.
+    #[serde(default)]
+    pub rate_per_sec: f64,
+    /// Requests a connection may send in a burst.
+    #[serde(default)]
+    pub rate_burst: u32,
+    /// Typing updates per second per connection, counted apart (0: unlimited).
+    #[serde(default)]
+    pub typing_rate_per_sec: f64,
+    /// Typing updates in a burst.
+    #[serde(default)]
+    pub typing_burst: u32,
 }
 
 /// A room message, live or from history.
@@ -557,7 +579,7 @@ pub enum ServerMsg<'a> {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
-    /// Reply to `say`, `pm`, `leave`, `kick` and `announce`.
+    /// Reply to `say`, `pm`, `leave`, `nick`, `kick` and `announce`.
     Ack {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
@@ -569,6 +591,9 @@ pub enum ServerMsg<'a> {
         ts: Option<Cow<'a, str>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<Cow<'a, str>>,
+        /// The new name, for `nick`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Cow<'a, str>>,
     },
     /// A request failed.
     Error {
@@ -602,6 +627,11 @@ pub enum ServerMsg<'a> {
     Left {
         room: Cow<'a, str>,
         name: Cow<'a, str>,
+    },
+    /// Someone in one of your rooms changed their name (sent once, however many rooms you share).
+    Renamed {
+        from: Cow<'a, str>,
+        to: Cow<'a, str>,
     },
     /// An admin removed someone (sent instead of `left`).
     Kicked {
@@ -793,6 +823,7 @@ pub mod plain {
                 name, by, reason, ..
             } => format!("* {name} was kicked by {by} ({reason})").into(),
             ServerMsg::Notice { from, text } => notice(from, text),
+            ServerMsg::Renamed { from, to } => format!("* {from} is now known as {to}").into(),
             _ => return None,
         })
     }
@@ -893,6 +924,7 @@ mod tests {
                 reason: Some("spam".into()),
             },
             ClientMsg::Announce { text: "hi".into() },
+            ClientMsg::Nick { name: "h2".into() },
             ClientMsg::History {
                 room: Some("lobby".into()),
                 before: Some(7),
@@ -938,6 +970,10 @@ mod tests {
                     version: b("0.1.0"),
                     max_message_bytes: 65536,
                     ping_interval_secs: 30.0,
+                    rate_per_sec: 10.0,
+                    rate_burst: 20,
+                    typing_rate_per_sec: 2.0,
+                    typing_burst: 10,
                 },
                 reference: Some(b("1")),
             },
@@ -970,6 +1006,11 @@ mod tests {
                 seq: Some(4),
                 ts: Some(b("t")),
                 room: None,
+                name: None,
+            },
+            ServerMsg::Renamed {
+                from: b("a"),
+                to: b("b"),
             },
             ServerMsg::Error {
                 code: ErrorCode::NameTaken,

@@ -447,6 +447,44 @@ impl Broker for LocalBroker {
         now(Outcome::Done)
     }
 
+    fn nick(&self, _: Ticket, me: &Member, name: &str) -> Answer {
+        let mut dir = lock(&self.directory);
+        let (old, new) = (protocol::fold_name(&me.name), protocol::fold_name(name));
+        if dir.users.get(&new).is_some_and(|m| m.conn != me.conn) {
+            return now(Refusal::new(
+                ErrorCode::NameTaken,
+                format!("the name {name:?} is taken"),
+            ));
+        }
+        let renamed = me.renamed(name.into());
+        dir.users.remove(&old);
+        dir.users.insert(new, renamed.clone());
+        // Everyone who shares a room hears it once.
+        let mut audience: Vec<Member> = Vec::new();
+        for room in dir.rooms.values() {
+            let mut state = lock(&room.state);
+            let Some(pos) = state.members.iter().position(|m| m.conn == me.conn) else {
+                continue;
+            };
+            state.members[pos] = renamed.clone();
+            for m in &state.members {
+                if m.conn != me.conn && !audience.iter().any(|a| a.conn == m.conn) {
+                    audience.push(m.clone());
+                }
+            }
+        }
+        drop(dir);
+        let event = ServerMsg::Renamed {
+            from: b(&me.name),
+            to: b(name),
+        };
+        self.delivery
+            .deliver(&audience, &event, Class::Presence, None);
+        now(Outcome::Renamed {
+            name: renamed.name.clone(),
+        })
+    }
+
     fn announce(&self, _: Ticket, me: &Member, text: &str) -> Answer {
         let event = ServerMsg::Notice {
             from: b(&me.name),

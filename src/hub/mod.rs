@@ -96,6 +96,14 @@ impl Member {
             .push_control(Box::new(Late { ticket, outcome }))
     }
 
+    /// The same connection under another name.
+    pub(crate) fn renamed(&self, name: Arc<str>) -> Member {
+        Member {
+            name,
+            ..self.clone()
+        }
+    }
+
     /// Tells the connection to close (kicked), after what is queued for it.
     pub(crate) fn kick(&self, reason: String) {
         self.mailbox.kick(reason);
@@ -158,6 +166,11 @@ pub enum Outcome {
         room: Arc<str>,
         /// The messages.
         messages: Vec<Arc<StoredMessage>>,
+    },
+    /// `nick` succeeded: the caller is now called `name`.
+    Renamed {
+        /// The new name.
+        name: Arc<str>,
     },
     /// Done, nothing to report (kick, announce).
     Done,
@@ -279,6 +292,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// Removes `name` from every room (announcing `kicked`), frees the name and closes their
     /// connection. `Done`, or `no_such_user`. Only admins get here.
     fn kick(&self, ticket: Ticket, me: &Member, name: &str, reason: &str) -> Answer;
+    /// Renames `me` to `name` (valid, checked by the session), unique like a hello's; everyone
+    /// sharing a room with `me` gets one `renamed`. `Renamed`, or `name_taken`. Later calls come
+    /// with the new name.
+    fn nick(&self, ticket: Ticket, me: &Member, name: &str) -> Answer;
     /// A `notice` from `me` to everyone online. `Done`. Only admins get here.
     fn announce(&self, ticket: Ticket, me: &Member, text: &str) -> Answer;
     /// The connection ended: leave `rooms` (announcing `left`) and free the name if `me` holds it.

@@ -83,6 +83,7 @@ enum Kind {
         name: String,
     },
     Announce,
+    Nick,
 }
 
 /// One request waiting for its outcome, or its reply waiting for earlier ones.
@@ -304,6 +305,23 @@ impl Session {
                 info!(kicked = %name, "user kicked");
                 ack(reference, None, None)
             }
+            (Kind::Nick, Outcome::Renamed { name }) => {
+                let old = self.me.as_ref().map(|m| m.name().clone());
+                info!(from = old.as_deref(), to = %name, "user renamed");
+                tracing::Span::current().record("user", &*name);
+                self.me = self.me.as_ref().map(|m| m.renamed(name.clone()));
+                if !json {
+                    return vec![format!("you are now known as {name}").into()];
+                }
+                protocol::encode(&ServerMsg::Ack {
+                    reference: reference.map(b),
+                    id: None,
+                    seq: None,
+                    ts: None,
+                    room: None,
+                    name: Some(b(&name)),
+                })
+            }
             (Kind::Announce, Outcome::Done) => {
                 info!("announcement sent");
                 ack(reference, None, None)
@@ -351,6 +369,10 @@ impl Session {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,
                 ping_interval_secs: config.server.ping_interval_secs,
+                rate_per_sec: config.limits.rate_per_sec,
+                rate_burst: config.limits.rate_burst,
+                typing_rate_per_sec: config.limits.typing_rate_per_sec,
+                typing_burst: config.limits.typing_burst,
             },
             reference: reference.map(b),
         })
@@ -495,6 +517,7 @@ impl Session {
                     b.kick(t, me, &name, &reason)
                 });
             }
+            ClientMsg::Nick { name } => self.nick(&name, reference, out),
             ClientMsg::Announce { text } => {
                 if let Err(r) = require_admin(&me).and_then(|()| check_text(&text)) {
                     return self.refuse(r, reference_str, out);
@@ -532,17 +555,7 @@ impl Session {
         reference: Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        let refusal = match protocol::validate_name(name) {
-            Ok(()) => None,
-            Err(NameError::Invalid) => Some(Refusal::new(
-                ErrorCode::NameInvalid,
-                "names are 1-32 characters of A-Z a-z 0-9 _ . -",
-            )),
-            Err(NameError::Reserved) => Some(Refusal::new(
-                ErrorCode::NameInvalid,
-                format!("the name {name:?} is reserved"),
-            )),
-        };
+        let refusal = name_refusal(name);
         let room = match (
             refusal,
             normalize_room(room.unwrap_or(protocol::DEFAULT_ROOM)),
@@ -568,6 +581,22 @@ impl Session {
         self.call(Kind::Hello, reference, out, |b, t, me| {
             b.hello(t, me, &room)
         });
+    }
+
+    /// `nick`: names follow the hello's rules; in token mode names come from tokens.
+    fn nick(&mut self, name: &str, reference: Option<String>, out: &mut Vec<Utf8Bytes>) {
+        let refusal = if self.chat.auth.is_some() {
+            Some(Refusal::new(
+                ErrorCode::Forbidden,
+                "names come from tokens on this server",
+            ))
+        } else {
+            name_refusal(name)
+        };
+        if let Some(r) = refusal {
+            return self.refuse(r, reference.as_deref(), out);
+        }
+        self.call(Kind::Nick, reference, out, |b, t, me| b.nick(t, me, name));
     }
 
     fn join(&mut self, room: &str, reference: Option<String>, out: &mut Vec<Utf8Bytes>) {
@@ -780,6 +809,21 @@ impl TypingTarget {
     }
 }
 
+/// Why a name may not be taken, if it may not.
+fn name_refusal(name: &str) -> Option<Refusal> {
+    match protocol::validate_name(name) {
+        Ok(()) => None,
+        Err(NameError::Invalid) => Some(Refusal::new(
+            ErrorCode::NameInvalid,
+            "names are 1-32 characters of A-Z a-z 0-9 _ . -",
+        )),
+        Err(NameError::Reserved) => Some(Refusal::new(
+            ErrorCode::NameInvalid,
+            format!("the name {name:?} is reserved"),
+        )),
+    }
+}
+
 fn hello_required() -> Refusal {
     Refusal::new(ErrorCode::HelloRequired, "say hello first")
 }
@@ -800,6 +844,7 @@ fn ack(reference: Option<&str>, receipt: Option<&Receipt>, room: Option<&str>) -
         seq: receipt.and_then(|r| r.seq),
         ts: receipt.map(|r| b(&r.ts)),
         room: room.map(b),
+        name: None,
     })
 }
 

@@ -61,11 +61,12 @@ impl Session {
                 ),
             },
             "me" if !rest.is_empty() => self.say_plain(rest, true, out),
+            "nick" if !rest.is_empty() => self.nick(rest, None, out),
             _ => self.refuse(
                 Refusal::new(
                     ErrorCode::UnknownType,
                     format!(
-                        "unknown command /{verb}; try /msg NAME text, /me action, /who or /exit"
+                        "unknown command /{verb}; try /msg NAME text, /me action, /nick NAME, /who or /exit"
                     ),
                 ),
                 None,

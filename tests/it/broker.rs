@@ -130,6 +130,10 @@ impl Broker for LateBroker {
         let (name, reason) = (name.to_string(), reason.to_string());
         self.later(t, me, move |b, me| b.kick(t, me, &name, &reason))
     }
+    fn nick(&self, t: Ticket, me: &Member, name: &str) -> Answer {
+        let name = name.to_string();
+        self.later(t, me, move |b, me| b.nick(t, me, &name))
+    }
     fn announce(&self, t: Ticket, me: &Member, text: &str) -> Answer {
         let text = text.to_string();
         self.later(t, me, move |b, me| b.announce(t, me, &text))
@@ -162,6 +166,7 @@ contract!(
     typing_reaches_the_room_and_the_user,
     admins_kick,
     announce_reaches_everyone,
+    nick_renames_once_for_everyone_who_shares_a_room,
     replies_keep_request_order_and_refs,
     requests_before_the_welcome_get_hello_required,
     ending_with_requests_pending_leaves_nothing_behind,
@@ -410,6 +415,56 @@ async fn announce_reaches_everyone(backend: Backend) {
             json!({"type": "notice", "from": "root", "text": "maintenance at 5"})
         );
     }
+}
+
+async fn nick_renames_once_for_everyone_who_shares_a_room(backend: Backend) {
+    let server = server(backend).await;
+    let mut henry = server.join("henry").await;
+    let mut alice = server.join("alice").await;
+    let mut loner = Client::connect(server.addr).await;
+    loner
+        .request(json!({"type": "hello", "name": "loner", "room": "attic"}))
+        .await;
+    henry.expect("joined").await;
+    for c in [&mut henry, &mut alice] {
+        c.request(json!({"type": "join", "room": "rust"})).await;
+    }
+    henry.expect("joined").await;
+    let ack = henry
+        .request(json!({"type": "nick", "name": "Henry2"}))
+        .await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["name"].as_str()),
+        (Some("ack"), Some("Henry2"))
+    );
+    assert_eq!(
+        alice.expect("renamed").await,
+        json!({"type": "renamed", "from": "henry", "to": "Henry2"})
+    );
+    alice.sync().await;
+    loner.sync().await;
+    // The new name is taken, the old one free; messages carry the new one.
+    let mut c = Client::connect(server.addr).await;
+    let hello = |name: &str| json!({"type": "hello", "name": name, "room": "elsewhere"});
+    assert_eq!(c.request(hello("henry2")).await["code"], "name_taken");
+    assert_eq!(c.request(hello("henry")).await["type"], "welcome");
+    henry
+        .request(json!({"type": "say", "room": "rust", "text": "hi"}))
+        .await;
+    assert_eq!(alice.expect("message").await["from"], "Henry2");
+    let e = henry
+        .request(json!({"type": "nick", "name": "alice"}))
+        .await;
+    assert_eq!(e["code"], "name_taken");
+    let e = henry
+        .request(json!({"type": "nick", "name": "no spaces"}))
+        .await;
+    assert_eq!(e["code"], "name_invalid");
+    let who = alice.request(json!({"type": "who", "room": "rust"})).await;
+    assert_eq!(
+        who["users"],
+        json!([{"name": "alice", "role": "user"}, {"name": "Henry2", "role": "user"}])
+    );
 }
 
 /// Requests pipelined without waiting: every reply comes back in request order with its own

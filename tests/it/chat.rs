@@ -21,6 +21,11 @@ async fn welcome_lists_users_history_and_server_facts() {
     assert_eq!(w["server"]["max_message_bytes"], 65536);
     assert_eq!(w["server"]["ping_interval_secs"], 30.0);
     assert_eq!(w["server"]["version"], env!("CARGO_PKG_VERSION"));
+    // The limits a client must pace itself under.
+    assert_eq!(w["server"]["rate_per_sec"], 10.0);
+    assert_eq!(w["server"]["rate_burst"], 20);
+    assert_eq!(w["server"]["typing_rate_per_sec"], 2.0);
+    assert_eq!(w["server"]["typing_burst"], 10);
 
     let mut bob = Client::connect(server.addr).await;
     let w = bob.hello("bob").await;

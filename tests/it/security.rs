@@ -515,6 +515,8 @@ fn admins_kick_and_announce_others_may_not() {
     for req in [
         json!({"type": "kick", "name": "carol", "id": "k"}),
         json!({"type": "announce", "text": "hi", "id": "a"}),
+        // Names come from tokens: nobody may take another.
+        json!({"type": "nick", "name": "root2", "id": "n"}),
     ] {
         bob.send(req);
         assert_eq!(bob.until("error")["code"], "forbidden");

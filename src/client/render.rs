@@ -1,0 +1,594 @@
+//! How received events read, one display line each, and how text is made safe to show.
+//!
+//! [`sanitize`] is the only way received text reaches a terminal. Times shown are the message's own
+//! `ts` in local time when it has one (history shows when things were said, not when they were
+//! displayed), with the date when it is not today.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Local, NaiveDate};
+
+use crate::protocol::{ChatMessage, ServerMsg, TypingState, UserInfo};
+
+/// Strips everything that could control a terminal from text received from the network: C0 and C1
+/// control characters, ANSI escape sequences (CSI, OSC, and the rest), DEL, and Unicode bidi
+/// overrides and isolates. Tabs and newlines become spaces so every event stays on one line.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte in @..~
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (ESC \)
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || c == '\u{9c}' {
+                            break;
+                        }
+                        if c == '\u{1b}' && chars.peek() == Some(&'\\') {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                // Two-character escapes (ESC c, ESC 7, ...): drop both.
+                _ => {}
+            },
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c.is_control() => {}
+            c if is_bidi_control(c) => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
+}
+
+/// Escapes the characters JSON leaves raw but a terminal may act on (C1 controls, bidi controls),
+/// so `--json` output is as safe as the formatted output. Valid JSON in, valid JSON out.
+pub fn escape_json_for_terminal(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if c.is_control() || is_bidi_control(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One display line: an optional coloured name and the already-sanitised text around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// What kind of line, for styling.
+    pub kind: LineKind,
+    /// Text before the name.
+    pub prefix: String,
+    /// A name, coloured by name when colour is on.
+    pub name: Option<String>,
+    /// Text after the name.
+    pub rest: String,
+}
+
+/// Kinds of display lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// A room message.
+    Message,
+    /// A message that mentions this user.
+    Mention,
+    /// This user's own message, acknowledged by the server.
+    Own,
+    /// This user's own message, not yet acknowledged.
+    Pending,
+    /// This user's own message, refused (the error follows it).
+    Refused,
+    /// A private message.
+    Pm,
+    /// Join/leave.
+    Presence,
+    /// Server notice.
+    Notice,
+    /// Information about the session (welcome, who, rooms, connection state).
+    Info,
+    /// A message from history.
+    History,
+    /// An error.
+    Error,
+}
+
+impl Line {
+    /// A line; `name` is sanitised here, `prefix` and `rest` must already be.
+    pub fn new(
+        kind: LineKind,
+        prefix: impl Into<String>,
+        name: Option<&str>,
+        rest: impl Into<String>,
+    ) -> Line {
+        Line {
+            kind,
+            prefix: prefix.into(),
+            name: name.map(sanitize),
+            rest: rest.into(),
+        }
+    }
+
+    /// A line of local text with no name.
+    pub fn info(kind: LineKind, text: impl Into<String>) -> Line {
+        Line::new(kind, text, None, "")
+    }
+
+    /// The line without colour.
+    pub fn plain(&self) -> String {
+        format!(
+            "{}{}{}",
+            self.prefix,
+            self.name.as_deref().unwrap_or(""),
+            self.rest
+        )
+    }
+}
+
+/// Local time, for stamping lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    now: DateTime<Local>,
+}
+
+impl Clock {
+    /// The clock as it reads now.
+    pub fn now() -> Clock {
+        Clock { now: Local::now() }
+    }
+
+    /// A clock reading `now` (tests).
+    pub fn at(now: DateTime<Local>) -> Clock {
+        Clock { now }
+    }
+
+    /// Today's local date.
+    pub fn today(&self) -> NaiveDate {
+        self.now.date_naive()
+    }
+
+    /// The local date of a server timestamp, if it parses.
+    pub fn date_of(ts: &str) -> Option<NaiveDate> {
+        DateTime::parse_from_rfc3339(ts)
+            .ok()
+            .map(|t| t.with_timezone(&Local).date_naive())
+    }
+
+    /// `HH:MM:SS` for a server timestamp (or now, without one), with the date in front when it
+    /// is not today.
+    pub fn stamp(&self, ts: Option<&str>) -> String {
+        let at = ts
+            .and_then(|ts| DateTime::parse_from_rfc3339(ts).ok())
+            .map_or(self.now, |t| t.with_timezone(&Local));
+        if at.date_naive() == self.today() {
+            at.format("%H:%M:%S").to_string()
+        } else {
+            at.format("%Y-%m-%d %H:%M:%S").to_string()
+        }
+    }
+}
+
+fn user_names(users: &[UserInfo<'_>]) -> String {
+    let names: Vec<String> = users
+        .iter()
+        .map(|u| {
+            let name = sanitize(&u.name);
+            if u.role == crate::protocol::Role::Admin {
+                format!("{name}(admin)")
+            } else {
+                name
+            }
+        })
+        .collect();
+    names.join(", ")
+}
+
+/// Whether `text` mentions `name` as a word (case-insensitively).
+pub fn mentions(text: &str, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let lower = text.to_ascii_lowercase();
+    let name = name.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&name) {
+        let start = from + i;
+        let end = start + name.len();
+        let before = lower[..start].chars().next_back().is_none_or(|c| !is_word(c));
+        let after = lower[end..]
+            .chars()
+            .next()
+            .is_none_or(|c| !is_word(c) || c == '.' && lower[end + 1..].is_empty());
+        if before && after {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+/// A room message as a line. `me` is this user's name (for mentions).
+pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str) -> Line {
+    let time = clock.stamp(Some(&m.ts));
+    let room = sanitize(&m.room);
+    let text = sanitize(&m.text);
+    let kind = if kind == LineKind::Message && !m.from.eq_ignore_ascii_case(me) && mentions(&m.text, me) {
+        LineKind::Mention
+    } else {
+        kind
+    };
+    let tag = if kind == LineKind::History {
+        "[history] "
+    } else {
+        ""
+    };
+    if m.action {
+        Line::new(kind, format!("{time} {tag}#{room} * "), Some(&m.from), format!(" {text}"))
+    } else {
+        Line::new(kind, format!("{time} {tag}#{room} <"), Some(&m.from), format!("> {text}"))
+    }
+}
+
+/// Turns one server event into display lines (errors included). `me` is this user's name.
+pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
+    let now = clock.stamp(None);
+    let one = |l: Line| vec![l];
+    match msg {
+        ServerMsg::Message(m) => one(message_line(m, clock, LineKind::Message, me)),
+        ServerMsg::Pm {
+            ts,
+            from,
+            text,
+            action,
+            ..
+        } => {
+            let text = sanitize(text);
+            let body = if *action {
+                format!("* {} {text}", sanitize(from))
+            } else {
+                text
+            };
+            one(Line::new(
+                LineKind::Pm,
+                format!("{} [pm from ", clock.stamp(Some(ts))),
+                Some(from),
+                format!("] {body}"),
+            ))
+        }
+        ServerMsg::Joined { room, name, .. } => one(Line::new(
+            LineKind::Presence,
+            format!("{now} #{} --> ", sanitize(room)),
+            Some(name),
+            " joined",
+        )),
+        ServerMsg::Left { room, name } => one(Line::new(
+            LineKind::Presence,
+            format!("{now} #{} <-- ", sanitize(room)),
+            Some(name),
+            " left",
+        )),
+        ServerMsg::Kicked {
+            room,
+            name,
+            by,
+            reason,
+        } => one(Line::new(
+            LineKind::Presence,
+            format!("{now} #{} <-- ", sanitize(room)),
+            Some(name),
+            format!(" was kicked by {}: {}", sanitize(by), sanitize(reason)),
+        )),
+        ServerMsg::Notice { from, text } => one(Line::new(
+            LineKind::Notice,
+            format!("{now} -!- notice from "),
+            Some(from),
+            format!(": {}", sanitize(text)),
+        )),
+        ServerMsg::Welcome {
+            name,
+            room,
+            users,
+            history,
+            ..
+        } => room_lines(
+            clock,
+            me,
+            &format!("welcome, {}! ", sanitize(name)),
+            room,
+            users,
+            history,
+        ),
+        ServerMsg::Room {
+            room,
+            users,
+            history,
+            ..
+        } => room_lines(clock, me, "", room, users, history),
+        ServerMsg::History { messages, .. } => {
+            let lines = history_lines(messages, clock, me);
+            if lines.is_empty() {
+                one(Line::info(LineKind::Info, format!("{now} -!- no history")))
+            } else {
+                lines
+            }
+        }
+        ServerMsg::Who { room, users, .. } => one(Line::info(
+            LineKind::Info,
+            format!("{now} -!- #{}: {}", sanitize(room), user_names(users)),
+        )),
+        ServerMsg::Rooms { rooms, .. } => {
+            let rooms: Vec<String> = rooms
+                .iter()
+                .map(|r| format!("#{} ({})", sanitize(&r.name), r.members))
+                .collect();
+            one(Line::info(
+                LineKind::Info,
+                format!("{now} -!- rooms: {}", rooms.join(", ")),
+            ))
+        }
+        ServerMsg::Error { code, message, .. } => one(Line::info(
+            LineKind::Error,
+            format!(
+                "error: {} ({})",
+                sanitize(message),
+                serde_json::to_value(code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+        )),
+        ServerMsg::Ack { .. } | ServerMsg::Typing { .. } => Vec::new(),
+    }
+}
+
+fn room_lines(
+    clock: &Clock,
+    me: &str,
+    what: &str,
+    room: &str,
+    users: &[UserInfo<'_>],
+    history: &[ServerMsg<'_>],
+) -> Vec<Line> {
+    let mut lines = vec![Line::info(
+        LineKind::Info,
+        format!(
+            "{} -!- {what}you are in #{} with: {}",
+            clock.stamp(None),
+            sanitize(room),
+            user_names(users)
+        ),
+    )];
+    lines.extend(history_lines(history, clock, me));
+    lines
+}
+
+fn history_lines(messages: &[ServerMsg<'_>], clock: &Clock, me: &str) -> Vec<Line> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Message(m) => Some(message_line(m, clock, LineKind::History, me)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Who is typing where, as seen by this client, with expiry.
+#[derive(Debug, Default)]
+pub struct TypingView {
+    /// (from, place) → expiry; place is `#room` or `pm`.
+    active: HashMap<(String, String), std::time::Instant>,
+}
+
+impl TypingView {
+    /// How long an `active` is shown without a refresh.
+    pub const SHOW_FOR: Duration = Duration::from_secs(6);
+    /// Typing states remembered at most (a flood of names cannot grow this).
+    const MAX_ENTRIES: usize = 64;
+
+    /// Applies a `typing` event.
+    pub fn update(
+        &mut self,
+        from: &str,
+        room: Option<&str>,
+        state: TypingState,
+        now: std::time::Instant,
+    ) {
+        let from = sanitize(from);
+        let place = match room {
+            Some(r) => format!("#{}", sanitize(r)),
+            None => "pm".to_string(),
+        };
+        if state == TypingState::Active {
+            if self.active.len() >= Self::MAX_ENTRIES {
+                self.expire(now);
+            }
+            if self.active.len() < Self::MAX_ENTRIES {
+                self.active.insert((from, place), now + Self::SHOW_FOR);
+            }
+        } else {
+            self.active.remove(&(from, place));
+        }
+    }
+
+    /// A message from `from` ends their typing there.
+    pub fn message_from(&mut self, from: &str, room: Option<&str>) {
+        let place = room.map_or_else(|| "pm".to_string(), |r| format!("#{}", sanitize(r)));
+        self.active.remove(&(sanitize(from), place));
+    }
+
+    /// Drops expired entries; true if anything changed.
+    pub fn expire(&mut self, now: std::time::Instant) -> bool {
+        let before = self.active.len();
+        self.active.retain(|_, at| *at > now);
+        before != self.active.len()
+    }
+
+    /// When the next entry expires.
+    pub fn next_expiry(&self) -> Option<std::time::Instant> {
+        self.active.values().min().copied()
+    }
+
+    /// Forgets everything (the connection changed).
+    pub fn clear(&mut self) {
+        self.active.clear();
+    }
+
+    /// The status text for the current room (and PMs): `alice is typing…`.
+    pub fn status(&self, room: &str) -> String {
+        let here = format!("#{room}");
+        let mut names: Vec<&str> = self
+            .active
+            .keys()
+            .filter(|(_, place)| *place == here || place == "pm")
+            .map(|(from, _)| from.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        match names.as_slice() {
+            [] => String::new(),
+            [one] => format!("{one} is typing…"),
+            [a, b] => format!("{a} and {b} are typing…"),
+            [a, b, c] => format!("{a}, {b} and {c} are typing…"),
+            _ => "several people are typing…".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Role, b, decode};
+
+    #[test]
+    fn sanitize_strips_escapes_controls_and_bidi() {
+        assert_eq!(sanitize("a\u{1b}]0;pwned\u{7}b"), "ab");
+        assert_eq!(sanitize("a\u{1b}[2Jb"), "ab");
+        assert_eq!(sanitize("a\u{1b}[38;5;1mred\u{1b}[0m"), "ared");
+        assert_eq!(
+            sanitize("x\u{1b}]8;;http://e\u{1b}\\link\u{1b}]8;;\u{1b}\\y"),
+            "xlinky"
+        );
+        assert_eq!(
+            sanitize("bell\u{7} nul\u{0} del\u{7f} c1\u{9b}31m"),
+            "bell nul del c131m"
+        );
+        assert_eq!(sanitize("evil\u{202e}txt.exe\u{2066}"), "eviltxt.exe");
+        assert_eq!(sanitize("two\nlines\ttab"), "two lines tab");
+        assert_eq!(sanitize("héllo wörld ✓"), "héllo wörld ✓");
+        assert_eq!(sanitize("trailing\u{1b}"), "trailing");
+    }
+
+    #[test]
+    fn json_escape_keeps_json_valid() {
+        let raw = "{\"text\":\"a\u{9b}b\u{202e}c\"}";
+        let escaped = escape_json_for_terminal(raw);
+        assert!(!escaped.contains('\u{9b}') && !escaped.contains('\u{202e}'));
+        let v: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(v["text"], "a\u{9b}b\u{202e}c");
+    }
+
+    fn clock() -> Clock {
+        let now = DateTime::parse_from_rfc3339("2026-11-25T18:55:00.000Z").unwrap();
+        Clock::at(now.with_timezone(&Local))
+    }
+
+    fn local(ts: &str, fmt: &str) -> String {
+        DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .with_timezone(&Local)
+            .format(fmt)
+            .to_string()
+    }
+
+    #[test]
+    fn renders_events_safely_with_their_own_time() {
+        let ts = "2026-11-25T18:51:42.123Z";
+        let m = decode(&format!(
+            r#"{{"type":"message","id":1,"seq":1,"ts":"{ts}","room":"lobby","from":"alice","text":"hi\u001b[2J"}}"#
+        ))
+        .unwrap();
+        let lines = render(&m, &clock(), "bob");
+        let time = local(ts, "%H:%M:%S");
+        assert_eq!(lines[0].plain(), format!("{time} #lobby <alice> hi"));
+        assert_eq!(render(&decode(r#"{"type":"ack"}"#).unwrap(), &clock(), "bob"), vec![]);
+    }
+
+    #[test]
+    fn history_from_another_day_shows_its_date() {
+        let old = "2026-11-20T23:59:00.000Z";
+        let w = ServerMsg::Welcome {
+            name: b("bob"),
+            room: b("lobby"),
+            users: vec![UserInfo {
+                name: b("alice"),
+                role: Role::Admin,
+            }],
+            history: vec![ServerMsg::Message(ChatMessage {
+                id: 1,
+                seq: 1,
+                ts: b(old),
+                room: b("lobby"),
+                from: b("alice"),
+                role: Role::Admin,
+                text: b("old"),
+                action: true,
+            })],
+            server: crate::protocol::ServerInfo {
+                version: b("x"),
+                max_message_bytes: 1,
+                ping_interval_secs: 1.0,
+            },
+            reference: None,
+        };
+        let lines = render(&w, &clock(), "bob");
+        assert!(lines[0].plain().contains("alice(admin)"));
+        assert_eq!(
+            lines[1].plain(),
+            format!("{} [history] #lobby * alice old", local(old, "%Y-%m-%d %H:%M:%S"))
+        );
+        assert_eq!(lines[1].kind, LineKind::History);
+    }
+
+    #[test]
+    fn mentions_are_whole_names() {
+        assert!(mentions("hey henry, look", "henry"));
+        assert!(mentions("HENRY!", "henry"));
+        assert!(mentions("ping henry.", "henry"));
+        assert!(!mentions("henrys thing", "henry"));
+        assert!(!mentions("ahenry", "henry"));
+        assert!(!mentions("anything", ""));
+    }
+
+    #[test]
+    fn typing_view_lists_names() {
+        let mut t = TypingView::default();
+        let now = std::time::Instant::now();
+        for who in ["bob", "alice"] {
+            t.update(who, Some("lobby"), TypingState::Active, now);
+        }
+        t.update("carol", Some("dev"), TypingState::Active, now);
+        assert_eq!(t.status("lobby"), "alice and bob are typing…");
+        t.message_from("bob", Some("lobby"));
+        assert_eq!(t.status("lobby"), "alice is typing…");
+        assert!(t.expire(now + TypingView::SHOW_FOR));
+        assert_eq!(t.status("lobby"), "");
+    }
+}
