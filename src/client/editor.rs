@@ -125,9 +125,9 @@ impl Editor {
     fn word_start(&self, at: usize) -> usize {
         let before = &self.text[..at];
         let trimmed = before.trim_end_matches(char::is_whitespace);
-        trimmed
-            .rfind(char::is_whitespace)
-            .map_or(0, |i| i + trimmed[i..].chars().next().map_or(1, char::len_utf8))
+        trimmed.rfind(char::is_whitespace).map_or(0, |i| {
+            i + trimmed[i..].chars().next().map_or(1, char::len_utf8)
+        })
     }
 
     /// Where the word after `at` ends (skipping spaces, then non-spaces).
@@ -381,10 +381,22 @@ mod tests {
     fn the_view_scrolls_to_keep_the_cursor_visible() {
         let mut e = typed("abcdefghij");
         let v = e.view(5);
-        assert_eq!(v, View { text: "ghij".into(), cursor: 4 });
+        assert_eq!(
+            v,
+            View {
+                text: "ghij".into(),
+                cursor: 4
+            }
+        );
         e.home();
         let v = e.view(5);
-        assert_eq!(v, View { text: "abcd".into(), cursor: 0 });
+        assert_eq!(
+            v,
+            View {
+                text: "abcd".into(),
+                cursor: 0
+            }
+        );
         // A wide character that does not fit at the edge is not half drawn.
         let e = typed("ab日本");
         let v = e.view(4);

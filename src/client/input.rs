@@ -42,6 +42,8 @@ pub enum Input {
     },
     /// `/announce text` (admins).
     Announce(String),
+    /// `/nick NAME`.
+    Nick(String),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -55,11 +57,16 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("/msg", "NAME text", "private message (also /pm)"),
     ("/me", "action", "emote in the current room"),
     ("/join", "ROOM", "join a room (and make it current)"),
-    ("/leave", "[ROOM]", "leave a room (default: the current one)"),
+    (
+        "/leave",
+        "[ROOM]",
+        "leave a room (default: the current one)",
+    ),
     ("/room", "ROOM", "switch the room your lines go to"),
     ("/rooms", "", "list rooms"),
     ("/who", "[ROOM]", "who is in a room"),
     ("/history", "[N]", "the last N messages of the current room"),
+    ("/nick", "NAME", "change your name"),
     ("/kick", "NAME [why]", "disconnect a user (admins)"),
     ("/announce", "text", "a notice to everyone online (admins)"),
     ("/help", "", "this help"),
@@ -130,6 +137,10 @@ pub fn parse_input(line: &str) -> Input {
             || Input::Hint("usage: /announce text".into()),
             Input::Announce,
         ),
+        "nick" => match arg {
+            Some(name) if !name.contains(char::is_whitespace) => Input::Nick(name),
+            _ => Input::Hint("usage: /nick NAME".into()),
+        },
         "help" | "?" => Input::Help,
         "exit" | "quit" => Input::Exit,
         _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
@@ -172,6 +183,7 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
             reason: reason.clone(),
         },
         Input::Announce(text) => ClientMsg::Announce { text: text.clone() },
+        Input::Nick(name) => ClientMsg::Nick { name: name.clone() },
         Input::Empty | Input::Room(_) | Input::Help | Input::Exit | Input::Hint(_) => return None,
     })
 }
@@ -245,6 +257,8 @@ mod tests {
             Input::Announce("maintenance at 5".into())
         );
         assert!(matches!(parse_input("/dance"), Input::Hint(h) if h.contains("/help")));
+        assert_eq!(parse_input("/nick henry2"), Input::Nick("henry2".into()));
+        assert!(matches!(parse_input("/nick"), Input::Hint(_)));
     }
 
     #[test]

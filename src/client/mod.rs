@@ -1,199 +1,63 @@
-//! The console client's logic, independent of the terminal: what a typed line means, how received
-//! events read as one line each, how text is made safe to display, and when to retry a connection.
+//! chatctl's library: everything but the command line. `src/bin/chatctl.rs` parses arguments and
+//! calls [`connect`], [`send`] or [`bench::run`].
 //!
-//! `src/bin/chatctl.rs` owns the terminal and the socket and calls into this module.
+//! - [`chat`]: the connection loop behind `chatctl connect` (hello, conversation, reconnect with
+//!   back-off), driving a [`Frontend`]: [`script`] for piped stdin, [`tui`] for a terminal.
+//! - [`input`] (what a typed line means), [`render`] (how events read, and [`render::sanitize`],
+//!   the only way received text reaches a terminal), [`editor`] (the input line), [`complete`]
+//!   (Tab), [`pace`] (flood control): pure, unit-tested.
+//! - [`tls`] (how `wss://` servers are verified) and [`bench`] (`chatctl bench`).
+//!
+//! The client speaks the protocol through `protocol`'s types, exactly as the server does.
 
 pub mod bench;
+mod chat;
+pub mod complete;
+pub mod editor;
+pub mod input;
+pub mod pace;
+pub mod render;
+pub mod script;
 pub mod tls;
+pub mod tui;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// What one line typed by the user asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    /// Nothing to do (blank line).
-    Empty,
-    /// Say in the current room.
-    Say {
-        /// The text.
-        text: String,
-        /// A `/me` emote.
-        action: bool,
-    },
-    /// `/msg NAME text`.
-    Pm {
-        /// Recipient.
-        to: String,
-        /// The text.
-        text: String,
-    },
-    /// `/join ROOM`.
-    Join(String),
-    /// `/leave [ROOM]`.
-    Leave(Option<String>),
-    /// `/room ROOM`: switch where lines go.
-    Room(String),
-    /// `/rooms`.
-    Rooms,
-    /// `/who [ROOM]`.
-    Who(Option<String>),
-    /// `/history [N]`.
-    History(Option<usize>),
-    /// `/kick NAME [reason]` (admins).
-    Kick {
-        /// Who.
-        name: String,
-        /// Why.
-        reason: Option<String>,
-    },
-    /// `/announce text` (admins).
-    Announce(String),
-    /// `/help`.
-    Help,
-    /// `/exit`, `/quit`.
-    Exit,
-    /// A command used wrongly, or unknown: the hint to show.
-    Hint(String),
-}
+pub use chat::{Frontend, Options, Status, UiEvent, connect, send};
 
-/// The `/help` text.
-pub const HELP: &str = "\
-commands:
-  /msg NAME text   private message (also /pm)
-  /me action       emote in the current room
-  /join ROOM       join a room (and make it current)
-  /leave [ROOM]    leave a room (default: the current one)
-  /room ROOM       switch the room your lines go to
-  /rooms           list rooms
-  /who [ROOM]      who is in a room
-  /history [N]     the last N messages of the current room
-  /kick NAME [why] disconnect a user (admins)
-  /announce text   a notice to everyone online (admins)
-  /help            this help
-  /exit            quit (also /quit, Ctrl-D)";
+use crate::protocol::{ClientMsg, ErrorCode, Request, ServerMsg};
+use render::sanitize;
 
-/// Parses one typed line.
-pub fn parse_input(line: &str) -> Input {
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.trim().is_empty() {
-        return Input::Empty;
-    }
-    let Some(command) = line.strip_prefix('/') else {
-        return Input::Say {
-            text: line.to_string(),
-            action: false,
-        };
-    };
-    let (verb, rest) = command
-        .split_once(char::is_whitespace)
-        .unwrap_or((command, ""));
-    let rest = rest.trim();
-    let arg = (!rest.is_empty()).then(|| rest.to_string());
-    match verb {
-        "msg" | "pm" => match rest.split_once(char::is_whitespace) {
-            Some((to, text)) if !text.trim().is_empty() => Input::Pm {
-                to: to.to_string(),
-                text: text.trim().to_string(),
-            },
-            _ => Input::Hint(format!("usage: /{verb} NAME text")),
-        },
-        "me" => match arg {
-            Some(text) => Input::Say { text, action: true },
-            None => Input::Hint("usage: /me action".into()),
-        },
-        "join" => arg.map_or_else(|| Input::Hint("usage: /join ROOM".into()), Input::Join),
-        "room" => arg.map_or_else(|| Input::Hint("usage: /room ROOM".into()), Input::Room),
-        "leave" => Input::Leave(arg),
-        "rooms" => Input::Rooms,
-        "who" => Input::Who(arg),
-        "history" => match arg.map(|a| a.parse::<usize>()) {
-            None => Input::History(None),
-            Some(Ok(n)) if n > 0 => Input::History(Some(n)),
-            Some(_) => Input::Hint("usage: /history [N], N a positive number".into()),
-        },
-        "kick" => match rest.split_once(char::is_whitespace) {
-            Some((name, reason)) => Input::Kick {
-                name: name.to_string(),
-                reason: Some(reason.trim().to_string()),
-            },
-            None if !rest.is_empty() => Input::Kick {
-                name: rest.to_string(),
-                reason: None,
-            },
-            None => Input::Hint("usage: /kick NAME [reason]".into()),
-        },
-        "announce" => arg.map_or_else(
-            || Input::Hint("usage: /announce text".into()),
-            Input::Announce,
-        ),
-        "help" | "?" => Input::Help,
-        "exit" | "quit" => Input::Exit,
-        _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
-    }
-}
+/// The WebSocket to the server.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Strips everything that could control a terminal from text received from the network: C0 and C1
-/// control characters, ANSI escape sequences (CSI, OSC, and the rest), DEL, and Unicode bidi
-/// overrides and isolates. Tabs and newlines become spaces so every event stays on one line.
-pub fn sanitize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => match chars.next() {
-                // CSI: parameters and intermediates up to a final byte in @..~
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                // OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (ESC \)
-                Some(']' | 'P' | 'X' | '^' | '_') => {
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' || c == '\u{9c}' {
-                            break;
-                        }
-                        if c == '\u{1b}' && chars.peek() == Some(&'\\') {
-                            chars.next();
-                            break;
-                        }
-                    }
-                }
-                // Two-character escapes (ESC c, ESC 7, ...): drop both.
-                _ => {}
-            },
-            '\t' | '\n' | '\r' => out.push(' '),
-            c if c.is_control() => {}
-            '\u{200e}'
-            | '\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{061c}' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Exit code: every line acknowledged.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the server refused something (an error reply, name taken, unauthorized, kicked).
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code: bad command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: cannot connect, or the connection was lost for good.
+pub const EXIT_CONNECT: u8 = 3;
 
-/// Escapes the characters JSON leaves raw but a terminal may act on (C1 controls, bidi controls),
-/// so `--json` output is as safe as the formatted output. Valid JSON in, valid JSON out.
-pub fn escape_json_for_terminal(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        let risky = c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}');
-        if risky {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// How long to wait for the server to answer a hello or a `send`.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to connect: the URL, TLS trust for `wss://`, and the token for hello.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `ws://` or `wss://` URL.
+    pub url: String,
+    /// TLS client configuration, for `wss://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Token for servers in token mode.
+    pub token: Option<String>,
 }
 
 /// Exponential back-off with full jitter: attempt n waits a random time in `[0, min(cap, base·2ⁿ)]`.
@@ -230,447 +94,195 @@ impl Backoff {
     }
 }
 
-/// Error codes after which retrying the same hello cannot help.
-pub fn is_terminal_error(code: &str) -> bool {
-    matches!(
-        code,
-        "name_taken" | "name_invalid" | "unauthorized" | "forbidden" | "room_invalid"
-    )
-}
-
 /// Close codes after which the client must not reconnect: normal closure and policy violations
 /// (kicked, abuse, auth failure).
 pub fn is_terminal_close(code: u16) -> bool {
     matches!(code, 1000 | 1008)
 }
 
-/// How a received event is shown.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shown {
-    /// Not shown (acks, typing: handled elsewhere).
-    Nothing,
-    /// One or more display lines, each with the name to colour (if any).
-    Lines(Vec<Line>),
-    /// An error for standard error.
-    Error(String),
-}
-
-/// One display line: an optional coloured sender and the already-sanitised text around it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// What kind of line, for styling.
-    pub kind: LineKind,
-    /// Text before the name.
-    pub prefix: String,
-    /// The sender, coloured by name when colour is on.
-    pub name: Option<String>,
-    /// Text after the name.
-    pub rest: String,
-}
-
-/// Kinds of display lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineKind {
-    /// A room message.
-    Message,
-    /// A private message.
-    Pm,
-    /// Join/leave.
-    Presence,
-    /// Server notice.
-    Notice,
-    /// Information about the session (welcome, who, rooms).
-    Info,
-    /// A message from history.
-    History,
-}
-
-impl Line {
-    fn new(
-        kind: LineKind,
-        prefix: impl Into<String>,
-        name: Option<&str>,
-        rest: impl Into<String>,
-    ) -> Line {
-        Line {
-            kind,
-            prefix: prefix.into(),
-            name: name.map(sanitize),
-            rest: rest.into(),
-        }
-    }
-
-    /// The line without colour.
-    pub fn plain(&self) -> String {
-        format!(
-            "{}{}{}",
-            self.prefix,
-            self.name.as_deref().unwrap_or(""),
-            self.rest
-        )
+/// Opens the WebSocket (TLS for `wss://`), with one readable line on failure.
+pub async fn open(ep: &Endpoint) -> Result<Ws, String> {
+    let url = &ep.url;
+    let connector = ep.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let attempt =
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, true, connector);
+    match tokio::time::timeout(REPLY_TIMEOUT, attempt).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(describe_connect_error(url, &e)),
+        Err(_) => Err(format!("cannot connect to {url}: timed out")),
     }
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-fn user_names(users: &Value) -> String {
-    let names: Vec<String> = users
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|u| {
-                    let name = sanitize(s(u, "name"));
-                    if u["role"] == "admin" {
-                        format!("{name}(admin)")
-                    } else {
-                        name
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.join(", ")
-}
-
-fn message_line(m: &Value, time: &str, kind: LineKind) -> Line {
-    let room = sanitize(s(m, "room"));
-    let text = sanitize(s(m, "text"));
-    let tag = if kind == LineKind::History {
-        "[history] "
+/// What went wrong connecting, in words (never a Debug string).
+pub fn describe_connect_error(url: &str, e: &WsError) -> String {
+    if let WsError::Http(resp) = e {
+        let body = resp
+            .body()
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        return format!(
+            "server refused the connection: HTTP {} {}",
+            resp.status(),
+            sanitize(body.trim())
+        );
+    }
+    let text = e.to_string();
+    let tls = url.starts_with("wss://");
+    let why = if let Some(why) = tls_problem(&text) {
+        why.to_string()
+    } else if tls && (text.contains("InvalidContentType") || text.contains("CorruptMessage")) {
+        "this is not a TLS server: use ws://".to_string()
+    } else if !tls
+        && (text.contains("HttpFormat")
+            || text.contains("httparse")
+            || text.contains("Invalid HTTP")
+            || text.contains("invalid HTTP"))
+    {
+        "the server did not answer with HTTP (does it speak TLS? then use wss://)".to_string()
+    } else if text.contains("Connection refused") {
+        "connection refused (is chatd running there?)".to_string()
+    } else if text.contains("Connection reset") && !tls {
+        "the connection was reset (if the server speaks TLS, use wss://)".to_string()
     } else {
-        ""
+        sanitize(&text)
     };
-    if m["action"] == true {
-        Line::new(
-            kind,
-            format!("{time} {tag}#{room} * "),
-            Some(s(m, "from")),
-            format!(" {text}"),
-        )
-    } else {
-        Line::new(
-            kind,
-            format!("{time} {tag}#{room} <"),
-            Some(s(m, "from")),
-            format!("> {text}"),
-        )
-    }
+    format!("cannot connect to {url}: {why}")
 }
 
-/// Turns one server event into display lines. `time` is the local time to show.
-pub fn render(v: &Value, time: &str) -> Shown {
-    let one = |l: Line| Shown::Lines(vec![l]);
-    match s(v, "type") {
-        "message" => one(message_line(v, time, LineKind::Message)),
-        "pm" => {
-            let text = sanitize(s(v, "text"));
-            let body = if v["action"] == true {
-                format!("* {} {text}", sanitize(s(v, "from")))
-            } else {
-                text
+/// rustls' certificate errors, in words.
+fn tls_problem(text: &str) -> Option<&'static str> {
+    let known: &[(&str, &str)] = &[
+        (
+            "CaUsedAsEndEntity",
+            "the certificate is a CA certificate, not a server certificate (make one with `chatd cert`)",
+        ),
+        (
+            "UnknownIssuer",
+            "the certificate is not signed by a CA this client trusts (use --ca-cert FILE for a private CA)",
+        ),
+        (
+            "NotValidForName",
+            "the certificate is not valid for this host name (check the URL's host, or the certificate's names)",
+        ),
+        ("Expired", "the certificate has expired"),
+        (
+            "NotValidYet",
+            "the certificate is not valid yet (check the clocks)",
+        ),
+        ("BadSignature", "the certificate's signature is invalid"),
+        ("Revoked", "the certificate has been revoked"),
+        (
+            "UnsupportedCertVersion",
+            "the certificate's format is not supported",
+        ),
+        (
+            "InvalidPurpose",
+            "the certificate may not be used by a server",
+        ),
+    ];
+    known
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, why)| *why)
+}
+
+/// Why a hello did not lead to a welcome.
+#[derive(Debug)]
+pub(crate) enum HelloError {
+    /// The server answered with an error code.
+    Refused { code: ErrorCode, message: String },
+    /// Network or protocol trouble.
+    Failed(String),
+}
+
+/// Says hello and waits for the welcome (returned) or the refusal. Other frames that arrive
+/// meanwhile are skipped.
+pub(crate) async fn hello(
+    ws: &mut Ws,
+    ep: &Endpoint,
+    name: &str,
+    room: &str,
+) -> Result<ServerMsg<'static>, HelloError> {
+    let request = Request::new(
+        "hello",
+        ClientMsg::Hello {
+            name: name.to_string(),
+            room: Some(room.to_string()),
+            token: ep.token.clone(),
+        },
+    );
+    ws.send(Message::text(request.to_json()))
+        .await
+        .map_err(|e| HelloError::Failed(e.to_string()))?;
+    let wait = async {
+        while let Some(frame) = ws.next().await {
+            let text = match frame {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(f)) => {
+                    let reason = f.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(HelloError::Failed(format!(
+                        "server closed the connection: {}",
+                        sanitize(&reason)
+                    )));
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(HelloError::Failed(e.to_string())),
             };
-            one(Line::new(
-                LineKind::Pm,
-                format!("{time} [pm from "),
-                Some(s(v, "from")),
-                format!("] {body}"),
-            ))
+            match crate::protocol::decode(text.as_str()) {
+                Ok(welcome @ ServerMsg::Welcome { .. }) => return Ok(welcome),
+                Ok(ServerMsg::Error {
+                    code,
+                    message,
+                    reference,
+                }) if reference.as_deref() == Some("hello") => {
+                    return Err(HelloError::Refused {
+                        code,
+                        message: sanitize(&message),
+                    });
+                }
+                _ => {}
+            }
         }
-        "joined" => one(Line::new(
-            LineKind::Presence,
-            format!("{time} #{} --> ", sanitize(s(v, "room"))),
-            Some(s(v, "name")),
-            " joined",
-        )),
-        "left" => one(Line::new(
-            LineKind::Presence,
-            format!("{time} #{} <-- ", sanitize(s(v, "room"))),
-            Some(s(v, "name")),
-            " left",
-        )),
-        "kicked" => one(Line::new(
-            LineKind::Presence,
-            format!("{time} #{} <-- ", sanitize(s(v, "room"))),
-            Some(s(v, "name")),
-            format!(
-                " was kicked by {}: {}",
-                sanitize(s(v, "by")),
-                sanitize(s(v, "reason"))
-            ),
-        )),
-        "notice" => one(Line::new(
-            LineKind::Notice,
-            format!("{time} -!- notice from "),
-            Some(s(v, "from")),
-            format!(": {}", sanitize(s(v, "text"))),
-        )),
-        "welcome" | "room" => {
-            let room = sanitize(s(v, "room"));
-            let what = if s(v, "type") == "welcome" {
-                format!("welcome, {}! ", sanitize(s(v, "name")))
-            } else {
-                String::new()
-            };
-            let mut lines = vec![Line::new(
-                LineKind::Info,
-                format!(
-                    "{time} -!- {what}you are in #{room} with: {}",
-                    user_names(&v["users"])
+        Err(HelloError::Failed("connection closed".into()))
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| Err(HelloError::Failed("no answer to hello".into())))
+}
+
+/// The line (and exit code) for a hello that failed.
+pub(crate) fn hello_failure(name: &str, e: &HelloError) -> (String, u8) {
+    match e {
+        HelloError::Refused { code, message } => {
+            let shown = sanitize(name);
+            let line = match code {
+                ErrorCode::NameTaken => format!("error: name \"{shown}\" is taken"),
+                ErrorCode::NameInvalid => {
+                    format!("error: name \"{shown}\" is not allowed: {message}")
+                }
+                ErrorCode::Unauthorized => format!(
+                    "error: unauthorized: the server refused the token for \"{shown}\" ({message})"
                 ),
-                None,
-                "",
-            )];
-            lines.extend(history_lines(&v["history"], time));
-            Shown::Lines(lines)
+                other => format!("error: {message} ({})", code_name(*other)),
+            };
+            (line, EXIT_REFUSED)
         }
-        "history" => {
-            let lines = history_lines(&v["messages"], time);
-            if lines.is_empty() {
-                one(Line::new(
-                    LineKind::Info,
-                    format!("{time} -!- no history"),
-                    None,
-                    "",
-                ))
-            } else {
-                Shown::Lines(lines)
-            }
-        }
-        "who" => one(Line::new(
-            LineKind::Info,
-            format!(
-                "{time} -!- #{}: {}",
-                sanitize(s(v, "room")),
-                user_names(&v["users"])
-            ),
-            None,
-            "",
-        )),
-        "rooms" => {
-            let rooms: Vec<String> = v["rooms"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            format!(
-                                "#{} ({})",
-                                sanitize(s(r, "name")),
-                                r["members"].as_u64().unwrap_or(0)
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            one(Line::new(
-                LineKind::Info,
-                format!("{time} -!- rooms: {}", rooms.join(", ")),
-                None,
-                "",
-            ))
-        }
-        "error" => Shown::Error(format!(
-            "error: {} ({})",
-            sanitize(s(v, "message")),
-            sanitize(s(v, "code"))
-        )),
-        _ => Shown::Nothing,
+        HelloError::Failed(why) => (format!("error: {why}"), EXIT_CONNECT),
     }
 }
 
-fn history_lines(messages: &Value, time: &str) -> Vec<Line> {
-    messages
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|m| message_line(m, time, LineKind::History))
-                .collect()
-        })
+/// An error code as it appears on the wire.
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// The request a typed line sends, with its id; `None` for lines handled locally.
-pub fn request_for(input: &Input, room: &str, id: u64) -> Option<Value> {
-    let id = id.to_string();
-    Some(match input {
-        Input::Say { text, action } => {
-            let mut v = json!({"type": "say", "room": room, "text": text, "id": id});
-            if *action {
-                v["action"] = json!(true);
-            }
-            v
-        }
-        Input::Pm { to, text } => json!({"type": "pm", "to": to, "text": text, "id": id}),
-        Input::Join(r) => json!({"type": "join", "room": r, "id": id}),
-        Input::Leave(r) => json!({"type": "leave", "room": r.as_deref().unwrap_or(room), "id": id}),
-        Input::Rooms => json!({"type": "rooms", "id": id}),
-        Input::Who(r) => json!({"type": "who", "room": r.as_deref().unwrap_or(room), "id": id}),
-        Input::History(n) => {
-            json!({"type": "history", "room": room, "limit": n.unwrap_or(20), "id": id})
-        }
-        Input::Kick { name, reason } => {
-            json!({"type": "kick", "name": name, "reason": reason, "id": id})
-        }
-        Input::Announce(text) => json!({"type": "announce", "text": text, "id": id}),
-        Input::Empty | Input::Room(_) | Input::Help | Input::Exit | Input::Hint(_) => return None,
-    })
-}
-
-/// Who is typing where, as seen by this client, with expiry.
-#[derive(Debug, Default)]
-pub struct TypingView {
-    /// (from, place) → expiry; place is `#room` or `pm`.
-    active: HashMap<(String, String), std::time::Instant>,
-}
-
-impl TypingView {
-    /// How long an `active` is shown without a refresh.
-    pub const SHOW_FOR: Duration = Duration::from_secs(6);
-
-    /// Applies a `typing` event; `pm` is true for typing aimed at this user.
-    pub fn update(&mut self, v: &Value, now: std::time::Instant) {
-        let from = sanitize(s(v, "from"));
-        let place = match v["room"].as_str() {
-            Some(r) => format!("#{}", sanitize(r)),
-            None => "pm".to_string(),
-        };
-        if v["state"] == "active" {
-            self.active.insert((from, place), now + Self::SHOW_FOR);
-        } else {
-            self.active.remove(&(from, place));
-        }
-    }
-
-    /// A message from `from` ends their typing there.
-    pub fn message_from(&mut self, from: &str, room: Option<&str>) {
-        let place = room.map_or_else(|| "pm".to_string(), |r| format!("#{}", sanitize(r)));
-        self.active.remove(&(sanitize(from), place));
-    }
-
-    /// Drops expired entries; true if anything changed.
-    pub fn expire(&mut self, now: std::time::Instant) -> bool {
-        let before = self.active.len();
-        self.active.retain(|_, at| *at > now);
-        before != self.active.len()
-    }
-
-    /// When the next entry expires.
-    pub fn next_expiry(&self) -> Option<std::time::Instant> {
-        self.active.values().min().copied()
-    }
-
-    /// The status text for the current room (and PMs): `alice is typing…`.
-    pub fn status(&self, room: &str) -> String {
-        let here = format!("#{room}");
-        let mut names: Vec<&str> = self
-            .active
-            .keys()
-            .filter(|(_, place)| *place == here || place == "pm")
-            .map(|(from, _)| from.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        match names.as_slice() {
-            [] => String::new(),
-            [one] => format!("{one} is typing…"),
-            [a, b] => format!("{a} and {b} are typing…"),
-            [a, b, c] => format!("{a}, {b} and {c} are typing…"),
-            _ => "several people are typing…".to_string(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_strips_escapes_controls_and_bidi() {
-        assert_eq!(sanitize("a\u{1b}]0;pwned\u{7}b"), "ab");
-        assert_eq!(sanitize("a\u{1b}[2Jb"), "ab");
-        assert_eq!(sanitize("a\u{1b}[38;5;1mred\u{1b}[0m"), "ared");
-        assert_eq!(
-            sanitize("x\u{1b}]8;;http://e\u{1b}\\link\u{1b}]8;;\u{1b}\\y"),
-            "xlinky"
-        );
-        assert_eq!(
-            sanitize("bell\u{7} nul\u{0} del\u{7f} c1\u{9b}31m"),
-            "bell nul del c131m"
-        );
-        assert_eq!(sanitize("evil\u{202e}txt.exe\u{2066}"), "eviltxt.exe");
-        assert_eq!(sanitize("two\nlines\ttab"), "two lines tab");
-        assert_eq!(sanitize("héllo wörld ✓"), "héllo wörld ✓");
-        assert_eq!(sanitize("trailing\u{1b}"), "trailing");
-    }
-
-    #[test]
-    fn json_escape_keeps_json_valid() {
-        let raw = "{\"text\":\"a\u{9b}b\u{202e}c\"}";
-        let escaped = escape_json_for_terminal(raw);
-        assert!(!escaped.contains('\u{9b}') && !escaped.contains('\u{202e}'));
-        let v: Value = serde_json::from_str(&escaped).unwrap();
-        assert_eq!(v["text"], "a\u{9b}b\u{202e}c");
-    }
-
-    #[test]
-    fn parses_commands() {
-        assert_eq!(parse_input("  "), Input::Empty);
-        assert_eq!(
-            parse_input("hi"),
-            Input::Say {
-                text: "hi".into(),
-                action: false
-            }
-        );
-        assert_eq!(
-            parse_input("/me waves"),
-            Input::Say {
-                text: "waves".into(),
-                action: true
-            }
-        );
-        assert_eq!(
-            parse_input("/msg bob hi there"),
-            Input::Pm {
-                to: "bob".into(),
-                text: "hi there".into()
-            }
-        );
-        assert_eq!(
-            parse_input("/pm bob hi"),
-            Input::Pm {
-                to: "bob".into(),
-                text: "hi".into()
-            }
-        );
-        assert!(matches!(parse_input("/msg bob"), Input::Hint(_)));
-        assert_eq!(parse_input("/join #rust"), Input::Join("#rust".into()));
-        assert_eq!(parse_input("/leave"), Input::Leave(None));
-        assert_eq!(parse_input("/who lobby"), Input::Who(Some("lobby".into())));
-        assert_eq!(parse_input("/history 5"), Input::History(Some(5)));
-        assert!(matches!(parse_input("/history x"), Input::Hint(_)));
-        assert_eq!(parse_input("/quit"), Input::Exit);
-        assert_eq!(
-            parse_input("/kick bob spamming links"),
-            Input::Kick {
-                name: "bob".into(),
-                reason: Some("spamming links".into())
-            }
-        );
-        assert_eq!(
-            parse_input("/kick bob"),
-            Input::Kick {
-                name: "bob".into(),
-                reason: None
-            }
-        );
-        assert_eq!(
-            parse_input("/announce maintenance at 5"),
-            Input::Announce("maintenance at 5".into())
-        );
-        assert!(matches!(parse_input("/dance"), Input::Hint(h) if h.contains("/help")));
-    }
 
     #[test]
     fn backoff_grows_to_cap_with_jitter() {
@@ -685,41 +297,11 @@ mod tests {
     }
 
     #[test]
-    fn renders_events_safely() {
-        let m =
-            json!({"type":"message","room":"lobby","from":"alice","text":"hi\u{1b}[2J","seq":1});
-        let Shown::Lines(lines) = render(&m, "12:00") else {
-            panic!()
-        };
-        assert_eq!(lines[0].plain(), "12:00 #lobby <alice> hi");
-        let w = json!({"type":"welcome","name":"bob","room":"lobby","users":[{"name":"alice","role":"admin"}],
-            "history":[{"type":"message","room":"lobby","from":"alice","text":"old","action":true}]});
-        let Shown::Lines(lines) = render(&w, "12:00") else {
-            panic!()
-        };
-        assert!(lines[0].plain().contains("alice(admin)"));
-        assert_eq!(lines[1].plain(), "12:00 [history] #lobby * alice old");
-        assert_eq!(render(&json!({"type":"ack"}), "t"), Shown::Nothing);
-    }
-
-    #[test]
-    fn typing_view_lists_names() {
-        let mut t = TypingView::default();
-        let now = std::time::Instant::now();
-        for who in ["bob", "alice"] {
-            t.update(
-                &json!({"type":"typing","from":who,"room":"lobby","state":"active"}),
-                now,
-            );
-        }
-        t.update(
-            &json!({"type":"typing","from":"carol","room":"dev","state":"active"}),
-            now,
-        );
-        assert_eq!(t.status("lobby"), "alice and bob are typing…");
-        t.message_from("bob", Some("lobby"));
-        assert_eq!(t.status("lobby"), "alice is typing…");
-        assert!(t.expire(now + TypingView::SHOW_FOR));
-        assert_eq!(t.status("lobby"), "");
+    fn tls_errors_read_as_words() {
+        let e = "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))";
+        assert!(tls_problem(e).unwrap().contains("is a CA certificate"));
+        let e = "invalid peer certificate: UnknownIssuer";
+        assert!(tls_problem(e).unwrap().contains("--ca-cert"));
+        assert_eq!(tls_problem("fine"), None);
     }
 }

@@ -212,7 +212,10 @@ pub fn mentions(text: &str, name: &str) -> bool {
     while let Some(i) = lower[from..].find(&name) {
         let start = from + i;
         let end = start + name.len();
-        let before = lower[..start].chars().next_back().is_none_or(|c| !is_word(c));
+        let before = lower[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_word(c));
         let after = lower[end..]
             .chars()
             .next()
@@ -230,20 +233,31 @@ pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str
     let time = clock.stamp(Some(&m.ts));
     let room = sanitize(&m.room);
     let text = sanitize(&m.text);
-    let kind = if kind == LineKind::Message && !m.from.eq_ignore_ascii_case(me) && mentions(&m.text, me) {
-        LineKind::Mention
-    } else {
-        kind
-    };
+    let kind =
+        if kind == LineKind::Message && !m.from.eq_ignore_ascii_case(me) && mentions(&m.text, me) {
+            LineKind::Mention
+        } else {
+            kind
+        };
     let tag = if kind == LineKind::History {
         "[history] "
     } else {
         ""
     };
     if m.action {
-        Line::new(kind, format!("{time} {tag}#{room} * "), Some(&m.from), format!(" {text}"))
+        Line::new(
+            kind,
+            format!("{time} {tag}#{room} * "),
+            Some(&m.from),
+            format!(" {text}"),
+        )
     } else {
-        Line::new(kind, format!("{time} {tag}#{room} <"), Some(&m.from), format!("> {text}"))
+        Line::new(
+            kind,
+            format!("{time} {tag}#{room} <"),
+            Some(&m.from),
+            format!("> {text}"),
+        )
     }
 }
 
@@ -295,6 +309,12 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             format!("{now} #{} <-- ", sanitize(room)),
             Some(name),
             format!(" was kicked by {}: {}", sanitize(by), sanitize(reason)),
+        )),
+        ServerMsg::Renamed { from, to } => one(Line::new(
+            LineKind::Presence,
+            format!("{now} -!- "),
+            Some(from),
+            format!(" is now known as {}", sanitize(to)),
         )),
         ServerMsg::Notice { from, text } => one(Line::new(
             LineKind::Notice,
@@ -528,7 +548,10 @@ mod tests {
         let lines = render(&m, &clock(), "bob");
         let time = local(ts, "%H:%M:%S");
         assert_eq!(lines[0].plain(), format!("{time} #lobby <alice> hi"));
-        assert_eq!(render(&decode(r#"{"type":"ack"}"#).unwrap(), &clock(), "bob"), vec![]);
+        assert_eq!(
+            render(&decode(r#"{"type":"ack"}"#).unwrap(), &clock(), "bob"),
+            vec![]
+        );
     }
 
     #[test]
@@ -555,6 +578,10 @@ mod tests {
                 version: b("x"),
                 max_message_bytes: 1,
                 ping_interval_secs: 1.0,
+                rate_per_sec: 0.0,
+                rate_burst: 0,
+                typing_rate_per_sec: 0.0,
+                typing_burst: 0,
             },
             reference: None,
         };
@@ -562,7 +589,10 @@ mod tests {
         assert!(lines[0].plain().contains("alice(admin)"));
         assert_eq!(
             lines[1].plain(),
-            format!("{} [history] #lobby * alice old", local(old, "%Y-%m-%d %H:%M:%S"))
+            format!(
+                "{} [history] #lobby * alice old",
+                local(old, "%Y-%m-%d %H:%M:%S")
+            )
         );
         assert_eq!(lines[1].kind, LineKind::History);
     }

@@ -298,7 +298,7 @@ fn interactive_prompt_survives_incoming_messages_and_sends_typing() {
     let screen = tmux.wait_for("alice's message", |s| s.contains("<alice> incoming!"));
     assert_eq!(
         last_line(&screen),
-        "> hel",
+        "[#lobby] > hel",
         "prompt was disturbed:\n{screen}"
     );
     assert!(
@@ -315,7 +315,7 @@ fn interactive_prompt_survives_incoming_messages_and_sends_typing() {
     );
     // History with the arrow key, then a command.
     tmux.keys(&["Up"]);
-    tmux.wait_for("history recall", |s| last_line(s) == "> hello");
+    tmux.wait_for("history recall", |s| last_line(s) == "[#lobby] > hello");
     tmux.keys(&["C-u", "/who", "Enter"]);
     tmux.wait_for("the who reply", |s| s.contains("#lobby: alice, henry"));
     tmux.keys(&["C-d"]);

@@ -1,0 +1,1046 @@
+//! `chatctl connect` and `chatctl send`: one connection loop (connect, hello, converse, reconnect
+//! with back-off), independent of how it is shown.
+//!
+//! What the user sends waits in an outbox and leaves paced under the rate the server advertised
+//! ([`Pacer`]), so nothing is refused for flooding; rejoins after a reconnect go first. A line the
+//! user sent shows once the server acknowledges it, with the ack's time; until then it is pending,
+//! and a refused one shows with its error. If the name is taken at hello, `NAME_`, `NAME__` … are
+//! tried (unless `--no-alt-nick`).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::complete::Known;
+use super::input::{self, Input, parse_input, request_for, room_key};
+use super::pace::Pacer;
+use super::render::{self, Clock, Line, LineKind, TypingView, message_line, sanitize};
+use super::{
+    Backoff, EXIT_CONNECT, EXIT_OK, EXIT_REFUSED, Endpoint, HelloError, Ws, hello, hello_failure,
+    is_terminal_close, open,
+};
+use crate::protocol::{
+    ChatMessage, ClientMsg, ErrorCode, Request, ServerInfo, ServerMsg, TypingState, b, decode,
+};
+
+/// Lines that may wait to be sent; past this, scripted input waits and typed lines are refused.
+const OUTBOX_LINES: usize = 1000;
+/// Bytes that may wait to be sent.
+const OUTBOX_BYTES: usize = 1 << 20;
+/// Alternative names tried when the name is taken.
+const ALT_NICK_TRIES: usize = 5;
+/// Members remembered per room, for completion.
+const MEMBERS_PER_ROOM: usize = 2000;
+
+/// What `chatctl connect` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The name to use.
+    pub name: String,
+    /// The room to start in.
+    pub room: String,
+    /// Try `NAME_`, `NAME__` … when the name is taken.
+    pub alt_nick: bool,
+    /// Ring the terminal bell on a mention or a PM.
+    pub bell: bool,
+}
+
+/// What the user did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiEvent {
+    /// A line typed (or one line of a paste).
+    Line(String),
+    /// A typing state to announce.
+    Typing(TypingState),
+    /// The user is done (stdin closed, Ctrl-D).
+    Eof,
+}
+
+/// What a frontend shows besides the transcript: the prompt, the status row, pending lines.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Status {
+    /// The room lines go to (`None`: in no room).
+    pub room: Option<String>,
+    /// Who is typing.
+    pub typing: String,
+    /// Rooms with unread messages: (room, count, mentioned).
+    pub activity: Vec<(String, usize, bool)>,
+    /// Lines waiting to be sent (paced).
+    pub queued: usize,
+    /// Own lines sent or waiting, not yet acknowledged (oldest first, at most a few).
+    pub pending: Vec<Line>,
+    /// What Tab can complete.
+    pub known: Known,
+    /// Connected now.
+    pub connected: bool,
+}
+
+/// The terminal side of a chat: where input comes from and how output is shown.
+pub trait Frontend {
+    /// The next thing the user did. Must be cancel-safe (it races the socket in `select!`).
+    fn next_input(&mut self) -> impl std::future::Future<Output = UiEvent>;
+    /// Shows a line of the conversation (stdout in scripted mode).
+    fn show(&mut self, line: Line);
+    /// Shows a local note: connection state, hints, errors (stderr in scripted mode).
+    fn note(&mut self, line: Line);
+    /// Shows a received frame as it came (`--json`). True if the frontend shows raw frames, in
+    /// which case formatted lines are not shown.
+    fn raw(&mut self, _json: &str) -> bool {
+        false
+    }
+    /// The status changed.
+    fn update(&mut self, _status: &Status) {}
+    /// Forgets local typing state (after a line is sent or the connection changes).
+    fn typing_reset(&mut self) {}
+    /// Rings the bell.
+    fn bell(&mut self) {}
+    /// Whether input may simply wait while the outbox is full (piped stdin may; a terminal's
+    /// keys must keep being read).
+    fn may_wait(&self) -> bool {
+        false
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The user is done (stdin closed, /exit, Ctrl-D).
+    User,
+    /// The server closed with this code and reason.
+    Closed(u16, String),
+    /// The connection broke.
+    Lost(String),
+}
+
+/// A request sent or waiting, and what its answer means.
+#[derive(Debug, Clone)]
+enum Pending {
+    Say {
+        room: String,
+        text: String,
+        action: bool,
+    },
+    Pm {
+        to: String,
+        text: String,
+    },
+    /// `/join`: the room was added (undone on error), the room current before.
+    Join {
+        room: String,
+        added: bool,
+        previous: Option<String>,
+    },
+    /// A join chatctl sends itself after a reconnect.
+    Rejoin,
+    Leave {
+        room: String,
+    },
+    Nick,
+    Other,
+}
+
+struct Outgoing {
+    msg: ClientMsg,
+    pending: Pending,
+    bytes: usize,
+}
+
+struct Chat {
+    opts: Options,
+    /// The name the server knows us by now.
+    nick: String,
+    /// Rooms we are in, the first being the hello room.
+    rooms: Vec<String>,
+    /// Where lines go.
+    current: Option<String>,
+    members: HashMap<String, Vec<String>>,
+    known_rooms: Vec<String>,
+    unread: Vec<(String, usize, bool)>,
+    /// Sent, not yet answered, by request id.
+    pending: HashMap<String, Pending>,
+    /// Waiting to be sent, in order.
+    outbox: VecDeque<Outgoing>,
+    outbox_bytes: usize,
+    pacer: Pacer,
+    typing_pacer: Pacer,
+    next_id: u64,
+    errors: usize,
+    eof: bool,
+    typing: TypingView,
+    last_day: NaiveDate,
+    connected: bool,
+}
+
+/// `chatctl connect`: chats until the user is done; returns the exit code.
+pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u8 {
+    let room = room_key(&opts.room);
+    let mut chat = Chat {
+        nick: opts.name.clone(),
+        rooms: vec![room.clone()],
+        current: Some(room),
+        members: HashMap::new(),
+        known_rooms: Vec::new(),
+        unread: Vec::new(),
+        pending: HashMap::new(),
+        outbox: VecDeque::new(),
+        outbox_bytes: 0,
+        pacer: Pacer::unlimited(),
+        typing_pacer: Pacer::unlimited(),
+        next_id: 1,
+        errors: 0,
+        eof: false,
+        typing: TypingView::default(),
+        last_day: Clock::now().today(),
+        connected: false,
+        opts,
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
+    let mut connected_once = false;
+    loop {
+        let mut ws = match open(ep).await {
+            Ok(ws) => ws,
+            Err(e) if !connected_once => {
+                ui.note(Line::info(LineKind::Error, format!("error: {e}")));
+                return EXIT_CONNECT;
+            }
+            Err(e) => {
+                if !chat.wait_to_retry(ui, &mut backoff, &e).await {
+                    return chat.exit_code();
+                }
+                continue;
+            }
+        };
+        let welcome = match chat.hello(&mut ws, ep, ui).await {
+            Ok(w) => w,
+            Err(HelloError::Failed(e)) if connected_once => {
+                if !chat.wait_to_retry(ui, &mut backoff, &e).await {
+                    return chat.exit_code();
+                }
+                continue;
+            }
+            Err(e) => {
+                let (line, code) = hello_failure(&chat.nick, &e);
+                ui.note(Line::info(LineKind::Error, line));
+                return code;
+            }
+        };
+        if connected_once {
+            let now = Clock::now().stamp(None);
+            ui.note(Line::info(
+                LineKind::Info,
+                format!("{now} -!- reconnected to {} as {}", ep.url, chat.nick),
+            ));
+        }
+        connected_once = true;
+        backoff.reset();
+        chat.welcomed(&welcome, ui);
+        let end = chat.converse(&mut ws, ui).await;
+        chat.connected = false;
+        ui.update(&chat.status());
+        match end {
+            Ended::User => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                return chat.exit_code();
+            }
+            Ended::Closed(code, reason) if is_terminal_close(code) => {
+                let reason = sanitize(&reason);
+                ui.note(Line::info(
+                    LineKind::Error,
+                    format!("error: the server closed the connection ({code}): {reason}"),
+                ));
+                return if code == 1000 {
+                    chat.exit_code()
+                } else {
+                    EXIT_REFUSED
+                };
+            }
+            Ended::Closed(code, reason) => {
+                let why = format!(
+                    "server closed the connection ({code}: {})",
+                    sanitize(&reason)
+                );
+                chat.lost_pending(ui);
+                if !chat.wait_to_retry(ui, &mut backoff, &why).await {
+                    return chat.exit_code();
+                }
+            }
+            Ended::Lost(why) => {
+                chat.lost_pending(ui);
+                if !chat.wait_to_retry(ui, &mut backoff, &why).await {
+                    return chat.exit_code();
+                }
+            }
+        }
+    }
+}
+
+/// The next name to try when `name` is taken: `name_`, or the last character replaced once the
+/// name is as long as names may be.
+fn alt_nick(name: &str) -> String {
+    if name.len() < crate::protocol::MAX_NAME_BYTES {
+        format!("{name}_")
+    } else {
+        format!("{}_", &name[..name.len() - 1])
+    }
+}
+
+impl Chat {
+    fn note(&self, ui: &mut impl Frontend, kind: LineKind, text: impl AsRef<str>) {
+        let now = Clock::now().stamp(None);
+        ui.note(Line::info(kind, format!("{now} -!- {}", text.as_ref())));
+    }
+
+    fn take_id(&mut self) -> String {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        id
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.errors > 0 {
+            EXIT_REFUSED
+        } else {
+            EXIT_OK
+        }
+    }
+
+    /// Hello, trying alternative names while the name is taken.
+    async fn hello(
+        &mut self,
+        ws: &mut Ws,
+        ep: &Endpoint,
+        ui: &mut impl Frontend,
+    ) -> Result<ServerMsg<'static>, HelloError> {
+        let home = self.rooms[0].clone();
+        let mut tries = 0;
+        loop {
+            match hello(ws, ep, &self.nick, &home).await {
+                Err(HelloError::Refused {
+                    code: ErrorCode::NameTaken,
+                    ..
+                }) if self.opts.alt_nick && tries < ALT_NICK_TRIES => {
+                    tries += 1;
+                    let next = alt_nick(&self.nick);
+                    self.note(
+                        ui,
+                        LineKind::Info,
+                        format!("the name {} is taken; trying {next}", self.nick),
+                    );
+                    self.nick = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Welcomed: paces under the advertised rates, shows the welcome, rejoins the other rooms.
+    fn welcomed(&mut self, welcome: &ServerMsg<'_>, ui: &mut impl Frontend) {
+        self.connected = true;
+        self.typing.clear();
+        ui.typing_reset();
+        if let ServerMsg::Welcome { server, room, .. } = welcome {
+            let ServerInfo {
+                rate_per_sec,
+                rate_burst,
+                typing_rate_per_sec,
+                typing_burst,
+                ..
+            } = server;
+            self.pacer = Pacer::under(*rate_per_sec, *rate_burst);
+            self.typing_pacer = Pacer::under(*typing_rate_per_sec, *typing_burst);
+            if self.current.as_deref() == Some(&self.rooms[0]) {
+                self.current = Some(room.to_string());
+            }
+            self.rooms[0] = room.to_string();
+        }
+        self.on_event(welcome, &welcome_json(welcome), ui);
+        // Rejoin the other rooms first, before anything the user queued.
+        for room in self.rooms.iter().skip(1).rev() {
+            let msg = ClientMsg::Join { room: room.clone() };
+            self.outbox.push_front(Outgoing {
+                bytes: 0,
+                msg,
+                pending: Pending::Rejoin,
+            });
+        }
+        ui.update(&self.status());
+    }
+
+    /// Waits out one back-off delay, still listening to the user; false if they quit meanwhile.
+    async fn wait_to_retry(
+        &mut self,
+        ui: &mut impl Frontend,
+        backoff: &mut Backoff,
+        why: &str,
+    ) -> bool {
+        let delay = backoff.next_delay();
+        self.note(
+            ui,
+            LineKind::Info,
+            format!(
+                "connection lost: {why}; reconnecting in {:.1} s",
+                delay.as_secs_f64()
+            ),
+        );
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                ev = ui.next_input(), if !self.eof => match ev {
+                    UiEvent::Eof => {
+                        self.eof = true;
+                        if self.outbox.is_empty() {
+                            return false;
+                        }
+                    }
+                    UiEvent::Line(l) if parse_input(&l) == Input::Exit => return false,
+                    UiEvent::Line(l) => {
+                        // Kept, and sent once connected again.
+                        self.on_line(&l, ui);
+                    }
+                    UiEvent::Typing(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Requests sent and never answered are counted as failures (they may or may not have been
+    /// carried out).
+    fn lost_pending(&mut self, ui: &mut impl Frontend) {
+        let unanswered = self
+            .pending
+            .values()
+            .filter(|p| !matches!(p, Pending::Rejoin))
+            .count();
+        if unanswered > 0 {
+            self.note(
+                ui,
+                LineKind::Error,
+                format!("{unanswered} request(s) got no answer before the connection dropped"),
+            );
+            self.errors += unanswered;
+        }
+        self.pending.clear();
+    }
+
+    fn status(&self) -> Status {
+        let mut pending: Vec<Line> = self
+            .pending_lines()
+            .into_iter()
+            .map(|(l, _)| l)
+            .take(3)
+            .collect();
+        let shown = pending.len();
+        let waiting = self.pending.len() + self.outbox.len();
+        if waiting > shown && shown > 0 {
+            pending.push(Line::info(
+                LineKind::Pending,
+                format!("… and {} more", waiting - shown),
+            ));
+        }
+        let nicks = self
+            .current
+            .as_ref()
+            .and_then(|r| self.members.get(r))
+            .cloned()
+            .unwrap_or_default();
+        let mut rooms = self.known_rooms.clone();
+        rooms.extend(self.rooms.iter().cloned());
+        Status {
+            room: self.current.clone(),
+            typing: self
+                .current
+                .as_deref()
+                .map(|r| self.typing.status(r))
+                .unwrap_or_default(),
+            activity: self.unread.clone(),
+            queued: self.outbox.len(),
+            pending,
+            known: Known { nicks, rooms },
+            connected: self.connected,
+        }
+    }
+
+    /// Own lines not yet acknowledged: sent ones first, then queued ones.
+    fn pending_lines(&self) -> Vec<(Line, u64)> {
+        let mut sent: Vec<(u64, &Pending)> = self
+            .pending
+            .iter()
+            .map(|(id, p)| (id.parse().unwrap_or(0), p))
+            .collect();
+        sent.sort_by_key(|(id, _)| *id);
+        let queued = self.outbox.iter().map(|o| (u64::MAX, &o.pending));
+        sent.into_iter()
+            .chain(queued)
+            .filter_map(|(id, p)| self.own_line(p, LineKind::Pending, None).map(|l| (l, id)))
+            .collect()
+    }
+
+    /// How one of our own lines reads: `<henry> hi`, `* henry waves`, `[pm to alice] psst`.
+    fn own_line(&self, p: &Pending, kind: LineKind, ts: Option<&str>) -> Option<Line> {
+        let clock = Clock::now();
+        let time = match kind {
+            LineKind::Pending => "  …     ".to_string(),
+            _ => clock.stamp(ts),
+        };
+        Some(match p {
+            Pending::Say { room, text, action } => {
+                let m = ChatMessage {
+                    id: 0,
+                    seq: 0,
+                    ts: b(ts.unwrap_or("")),
+                    room: b(room),
+                    from: b(&self.nick),
+                    role: Default::default(),
+                    text: b(text),
+                    action: *action,
+                };
+                let mut line = message_line(&m, &clock, kind, &self.nick);
+                // message_line stamps with the message's time; pending lines have none yet.
+                if let Some(rest) = line.prefix.find(" #").map(|i| line.prefix[i..].to_string()) {
+                    line.prefix = format!("{time}{rest}");
+                }
+                line
+            }
+            Pending::Pm { to, text } => Line::new(
+                kind,
+                format!("{time} [pm to {}] ", sanitize(to)),
+                None,
+                sanitize(text),
+            ),
+            _ => return None,
+        })
+    }
+
+    /// One conversation, until the user is done or the connection ends.
+    async fn converse(&mut self, ws: &mut Ws, ui: &mut impl Frontend) -> Ended {
+        loop {
+            if self.eof && self.pending.is_empty() && self.outbox.is_empty() {
+                return Ended::User;
+            }
+            let send_at = (!self.outbox.is_empty()).then(|| self.pacer.ready_at());
+            let expiry = self
+                .typing
+                .next_expiry()
+                .map(tokio::time::Instant::from_std);
+            let full = self.outbox.len() >= OUTBOX_LINES || self.outbox_bytes >= OUTBOX_BYTES;
+            let read_input = !(self.eof || full && ui.may_wait());
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                ev = ui.next_input(), if read_input => match ev {
+                    UiEvent::Eof => self.eof = true,
+                    UiEvent::Typing(state) => {
+                        if let Some(room) = self.current.clone()
+                            && self.typing_pacer.try_take()
+                        {
+                            let req = Request { id: None, msg: input::typing(&room, state) };
+                            if let Err(e) = ws.send(Message::text(req.to_json())).await {
+                                return Ended::Lost(e.to_string());
+                            }
+                        }
+                    }
+                    UiEvent::Line(line) => {
+                        if let Some(end) = self.on_line(&line, ui) {
+                            return end;
+                        }
+                    }
+                },
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        match decode(t.as_str()) {
+                            Ok(msg) => self.on_event(&msg, t.as_str(), ui),
+                            Err(_) => {
+                                // A type this client does not know: show it raw, or skip it.
+                                ui.raw(t.as_str());
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        // Answer the close, then report why.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+                        let (code, reason) = f
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        return Ended::Closed(code, reason);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    None => return Ended::Lost("connection closed".into()),
+                },
+                _ = tokio::time::sleep_until(send_at.unwrap_or(far)), if send_at.is_some() => {
+                    if let Err(e) = self.send_next(ws).await {
+                        return Ended::Lost(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
+                    self.typing.expire(Instant::now());
+                }
+            }
+            ui.update(&self.status());
+        }
+    }
+
+    /// Sends the oldest waiting request, if the pacer allows it now.
+    async fn send_next(&mut self, ws: &mut Ws) -> Result<(), String> {
+        if !self.pacer.try_take() {
+            return Ok(());
+        }
+        let Some(out) = self.outbox.pop_front() else {
+            return Ok(());
+        };
+        self.outbox_bytes -= out.bytes;
+        let id = self.take_id();
+        let request = Request::new(id.clone(), out.msg);
+        self.pending.insert(id, out.pending);
+        ws.send(Message::text(request.to_json()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn queue(&mut self, msg: ClientMsg, pending: Pending, ui: &mut impl Frontend) {
+        let bytes = match &msg {
+            ClientMsg::Say { text, .. } | ClientMsg::Pm { text, .. } => text.len(),
+            _ => 64,
+        };
+        if self.outbox.len() >= OUTBOX_LINES || self.outbox_bytes + bytes > OUTBOX_BYTES {
+            self.errors += 1;
+            self.note(
+                ui,
+                LineKind::Error,
+                format!(
+                    "{} lines are already waiting to be sent; this one was dropped",
+                    self.outbox.len()
+                ),
+            );
+            return;
+        }
+        self.outbox_bytes += bytes;
+        self.outbox.push_back(Outgoing {
+            msg,
+            pending,
+            bytes,
+        });
+    }
+
+    /// A line typed (or read from stdin).
+    fn on_line(&mut self, line: &str, ui: &mut impl Frontend) -> Option<Ended> {
+        let input = parse_input(line);
+        let room = self.current.clone();
+        match &input {
+            Input::Empty => return None,
+            Input::Exit => return Some(Ended::User),
+            Input::Help => {
+                for l in input::help() {
+                    ui.note(Line::info(LineKind::Info, l));
+                }
+                return None;
+            }
+            Input::Hint(h) => {
+                // A line that could not be sent counts against the exit code, like an error reply.
+                self.note(ui, LineKind::Error, h);
+                self.errors += 1;
+                return None;
+            }
+            Input::Room(r) => {
+                let r = room_key(r);
+                if self.rooms.contains(&r) {
+                    self.unread.retain(|(room, _, _)| *room != r);
+                    self.note(ui, LineKind::Info, format!("now talking in #{r}"));
+                    self.current = Some(r);
+                } else {
+                    self.note(
+                        ui,
+                        LineKind::Info,
+                        format!("you are not in #{r}; /join {r} first"),
+                    );
+                }
+                return None;
+            }
+            Input::Say { .. } | Input::Leave(None) | Input::History(_) if room.is_none() => {
+                self.errors += 1;
+                self.note(
+                    ui,
+                    LineKind::Error,
+                    "you are in no room: /join ROOM to talk somewhere",
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let here = room.clone().unwrap_or_default();
+        let msg = request_for(&input, &here)?;
+        let pending = match &input {
+            Input::Say { text, action } => Pending::Say {
+                room: here,
+                text: text.clone(),
+                action: *action,
+            },
+            Input::Pm { to, text } => Pending::Pm {
+                to: to.clone(),
+                text: text.clone(),
+            },
+            Input::Join(r) => {
+                // Lines typed after /join go to the new room, even before the server answers,
+                // and a reconnect rejoins it.
+                let r = room_key(r);
+                let added = !self.rooms.contains(&r);
+                if added {
+                    self.rooms.push(r.clone());
+                }
+                let previous = self.current.replace(r.clone());
+                self.unread.retain(|(room, _, _)| *room != r);
+                Pending::Join {
+                    room: r,
+                    added,
+                    previous,
+                }
+            }
+            Input::Leave(r) => {
+                let r = room_key(r.as_deref().unwrap_or(&here));
+                self.rooms.retain(|x| *x != r);
+                if self.current.as_deref() == Some(&r) {
+                    self.current = self.rooms.first().cloned();
+                }
+                Pending::Leave { room: r }
+            }
+            Input::Nick(_) => Pending::Nick,
+            _ => Pending::Other,
+        };
+        if matches!(input, Input::Say { .. }) {
+            ui.typing_reset();
+        }
+        self.queue(msg, pending, ui);
+        None
+    }
+
+    /// A frame from the server.
+    fn on_event(&mut self, msg: &ServerMsg<'_>, raw: &str, ui: &mut impl Frontend) {
+        let json = ui.raw(raw);
+        let clock = Clock::now();
+        let answered = msg.reference().and_then(|r| self.pending.remove(r));
+        match (msg, answered) {
+            (ServerMsg::Ack { ts, name, .. }, Some(p)) => {
+                if let Some(line) = self.own_line(&p, LineKind::Own, ts.as_deref())
+                    && !json
+                {
+                    ui.show(line);
+                }
+                match p {
+                    Pending::Leave { room } => {
+                        let now = match &self.current {
+                            Some(r) => format!("your lines now go to #{r}"),
+                            None => "you are in no room now: /join ROOM to talk".to_string(),
+                        };
+                        self.members.remove(&room);
+                        self.note(ui, LineKind::Info, format!("you left #{room}; {now}"));
+                    }
+                    Pending::Nick => {
+                        if let Some(name) = name {
+                            self.nick = name.to_string();
+                            self.note(ui, LineKind::Info, format!("you are now known as {name}"));
+                        }
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            (ServerMsg::Error { .. }, Some(p)) => {
+                self.errors += 1;
+                let error = render::render(msg, &clock, &self.nick)
+                    .into_iter()
+                    .next()
+                    .map(|l| l.plain())
+                    .unwrap_or_default();
+                match &p {
+                    Pending::Join {
+                        room,
+                        added,
+                        previous,
+                    } => {
+                        if *added {
+                            self.rooms.retain(|r| r != room);
+                        }
+                        if self.current.as_deref() == Some(room) {
+                            self.current = previous.clone();
+                        }
+                    }
+                    Pending::Rejoin => {}
+                    _ => {}
+                }
+                match self.own_line(&p, LineKind::Refused, None) {
+                    Some(mut line) => {
+                        line.rest = format!("{}  ✗ {error}", line.rest);
+                        ui.note(line);
+                    }
+                    None => ui.note(Line::info(LineKind::Error, error)),
+                }
+                return;
+            }
+            _ => {}
+        }
+        match msg {
+            ServerMsg::Welcome { room, users, .. } | ServerMsg::Room { room, users, .. } => {
+                let mut names: Vec<String> = users.iter().map(|u| u.name.to_string()).collect();
+                names.truncate(MEMBERS_PER_ROOM);
+                self.members.insert(room.to_string(), names);
+                if !self.rooms.iter().any(|r| r == room) {
+                    self.rooms.push(room.to_string());
+                }
+            }
+            ServerMsg::Joined { room, name, .. } => {
+                let list = self.members.entry(room.to_string()).or_default();
+                if list.len() < MEMBERS_PER_ROOM && !list.iter().any(|n| n == name) {
+                    list.push(name.to_string());
+                }
+            }
+            ServerMsg::Left { room, name } | ServerMsg::Kicked { room, name, .. } => {
+                if let Some(list) = self.members.get_mut(&**room) {
+                    list.retain(|n| n != name);
+                }
+            }
+            ServerMsg::Renamed { from, to } => {
+                for list in self.members.values_mut() {
+                    for n in list.iter_mut().filter(|n| **n == **from) {
+                        *n = to.to_string();
+                    }
+                }
+            }
+            ServerMsg::Rooms { rooms, .. } => {
+                self.known_rooms = rooms
+                    .iter()
+                    .take(1000)
+                    .map(|r| r.name.to_string())
+                    .collect();
+            }
+            ServerMsg::Typing {
+                from, room, state, ..
+            } => {
+                self.typing
+                    .update(from, room.as_deref(), *state, Instant::now());
+            }
+            ServerMsg::Message(m) => {
+                self.typing.message_from(&m.from, Some(&m.room));
+                self.day_change(&m.ts, ui);
+                let mentioned = render::mentions(&m.text, &self.nick);
+                if self.current.as_deref() != Some(&m.room) {
+                    let known = self.unread.len();
+                    match self.unread.iter_mut().find(|(r, _, _)| *r == *m.room) {
+                        Some(entry) => {
+                            entry.1 += 1;
+                            entry.2 |= mentioned;
+                        }
+                        None if known < 64 => self.unread.push((m.room.to_string(), 1, mentioned)),
+                        None => {}
+                    }
+                }
+                if mentioned && self.opts.bell {
+                    ui.bell();
+                }
+            }
+            ServerMsg::Pm { from, ts, .. } => {
+                self.typing.message_from(from, None);
+                self.day_change(ts, ui);
+                if self.opts.bell {
+                    ui.bell();
+                }
+            }
+            _ => {}
+        }
+        if json {
+            return;
+        }
+        for line in render::render(msg, &clock, &self.nick) {
+            match line.kind {
+                LineKind::Error => ui.note(line),
+                _ => ui.show(line),
+            }
+        }
+    }
+
+    /// A day-change line when a live message is the first of a new local day.
+    fn day_change(&mut self, ts: &str, ui: &mut impl Frontend) {
+        let Some(day) = Clock::date_of(ts) else {
+            return;
+        };
+        if day > self.last_day {
+            self.last_day = day;
+            ui.show(Line::info(
+                LineKind::Info,
+                format!("-!- Day changed to {}", day.format("%A, %-d %B %Y")),
+            ));
+        }
+    }
+}
+
+/// The welcome as JSON, for `--json` output (the hello's reply was read before the loop).
+fn welcome_json(welcome: &ServerMsg<'_>) -> String {
+    crate::protocol::encode(welcome).to_string()
+}
+
+/// `chatctl send`: connects, says one thing (in a room, or privately to `to`), waits for the ack.
+pub async fn send(
+    ep: &Endpoint,
+    name: &str,
+    room: Option<String>,
+    to: Option<String>,
+    text: &str,
+    ui: &mut impl Frontend,
+) -> u8 {
+    let mut ws = match open(ep).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            ui.note(Line::info(LineKind::Error, format!("error: {e}")));
+            return EXIT_CONNECT;
+        }
+    };
+    let room = room.unwrap_or_else(|| crate::protocol::DEFAULT_ROOM.into());
+    if let Err(e) = hello(&mut ws, ep, name, &room).await {
+        let (line, code) = hello_failure(name, &e);
+        ui.note(Line::info(LineKind::Error, line));
+        return code;
+    }
+    let msg = match to {
+        Some(to) => ClientMsg::Pm {
+            to,
+            text: text.to_string(),
+            action: false,
+        },
+        None => ClientMsg::Say {
+            room: Some(room),
+            text: text.to_string(),
+            action: false,
+        },
+    };
+    if let Err(e) = ws
+        .send(Message::text(Request::new("send", msg).to_json()))
+        .await
+    {
+        ui.note(Line::info(
+            LineKind::Error,
+            format!("error: connection lost: {e}"),
+        ));
+        return EXIT_CONNECT;
+    }
+    let answer = async {
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Text(t) = frame else { continue };
+            if let Ok(msg) = decode(t.as_str())
+                && msg.reference() == Some("send")
+            {
+                return Some(msg);
+            }
+        }
+        None
+    };
+    let code = match tokio::time::timeout(super::REPLY_TIMEOUT, answer).await {
+        Ok(Some(ServerMsg::Ack { .. })) => EXIT_OK,
+        Ok(Some(msg)) => {
+            for line in render::render(&msg, &Clock::now(), name) {
+                ui.note(line);
+            }
+            EXIT_REFUSED
+        }
+        Ok(None) => {
+            ui.note(Line::info(
+                LineKind::Error,
+                "error: connection lost before the server acknowledged the message",
+            ));
+            EXIT_CONNECT
+        }
+        Err(_) => {
+            ui.note(Line::info(
+                LineKind::Error,
+                format!(
+                    "error: no acknowledgement within {:?}",
+                    super::REPLY_TIMEOUT
+                ),
+            ));
+            EXIT_CONNECT
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternative_names_stay_valid() {
+        assert_eq!(alt_nick("henry"), "henry_");
+        assert_eq!(alt_nick("henry_"), "henry__");
+        let long = "x".repeat(32);
+        let alt = alt_nick(&long);
+        assert_eq!(alt.len(), 32);
+        assert!(alt.ends_with('_'));
+        assert!(crate::protocol::validate_name(&alt).is_ok());
+    }
+
+    fn chat() -> Chat {
+        Chat {
+            opts: Options {
+                name: "henry".into(),
+                room: "lobby".into(),
+                alt_nick: true,
+                bell: false,
+            },
+            nick: "henry".into(),
+            rooms: vec!["lobby".into()],
+            current: Some("lobby".into()),
+            members: HashMap::new(),
+            known_rooms: Vec::new(),
+            unread: Vec::new(),
+            pending: HashMap::new(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            pacer: Pacer::unlimited(),
+            typing_pacer: Pacer::unlimited(),
+            next_id: 1,
+            errors: 0,
+            eof: false,
+            typing: TypingView::default(),
+            last_day: Clock::now().today(),
+            connected: true,
+        }
+    }
+
+    #[test]
+    fn own_lines_read_like_everyone_elses() {
+        let c = chat();
+        let say = Pending::Say {
+            room: "lobby".into(),
+            text: "hi".into(),
+            action: false,
+        };
+        let ts = "2026-11-25T18:51:42.123Z";
+        let time = Clock::now().stamp(Some(ts));
+        let own = c.own_line(&say, LineKind::Own, Some(ts)).unwrap();
+        assert_eq!(own.plain(), format!("{time} #lobby <henry> hi"));
+        assert_eq!(own.kind, LineKind::Own);
+        let pending = c.own_line(&say, LineKind::Pending, None).unwrap();
+        assert_eq!(pending.plain(), "  …      #lobby <henry> hi");
+        let me = Pending::Say {
+            room: "rust".into(),
+            text: "waves".into(),
+            action: true,
+        };
+        assert!(
+            c.own_line(&me, LineKind::Own, Some(ts))
+                .unwrap()
+                .plain()
+                .ends_with("#rust * henry waves")
+        );
+        let pm = Pending::Pm {
+            to: "alice".into(),
+            text: "psst".into(),
+        };
+        assert_eq!(
+            c.own_line(&pm, LineKind::Own, Some(ts)).unwrap().plain(),
+            format!("{time} [pm to alice] psst")
+        );
+        assert!(c.own_line(&Pending::Other, LineKind::Own, None).is_none());
+    }
+}
