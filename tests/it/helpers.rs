@@ -558,3 +558,71 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no series {series} in:\n{exposition}"))
 }
+
+/// A TCP forwarder in front of a server, on its own thread. [`Proxy::cut`] drops every client
+/// side at once but keeps the server sides open: to the server those sessions look alive (a stale
+/// session, as after a network failure), while the client sees its connection end.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub fn to(upstream: SocketAddr) -> Proxy {
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let mut stale = Vec::new();
+                loop {
+                    let (client, _) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (stale_tx, stale_rx) = tokio::sync::oneshot::channel();
+                    let mut cuts = cuts.clone();
+                    let generation = *cuts.borrow();
+                    tokio::spawn(async move {
+                        let (mut cr, mut cw) = client.into_split();
+                        let (mut sr, mut sw) = server.into_split();
+                        let cut = {
+                            let up = tokio::io::copy(&mut cr, &mut sw);
+                            let down = tokio::io::copy(&mut sr, &mut cw);
+                            tokio::select! {
+                                _ = up => false,
+                                _ = down => false,
+                                _ = cuts.wait_for(|g| *g > generation) => true,
+                            }
+                        };
+                        if cut {
+                            // Keep the server side open; the client side goes away.
+                            let _ = stale_tx.send((sr, sw));
+                        }
+                    });
+                    stale.push(stale_rx);
+                }
+            });
+        });
+        let addr = rx.recv_timeout(WAIT).expect("proxy listening");
+        Proxy {
+            addr,
+            cut,
+            _thread: thread,
+        }
+    }
+
+    /// Drops every client connection made so far, leaving their server sessions open.
+    pub fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+}

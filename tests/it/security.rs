@@ -731,3 +731,42 @@ fn the_secret_and_tokens_never_reach_output_or_logs() {
         );
     }
 }
+
+/// The usual TLS mistakes get one readable line each, never a Debug string.
+#[test]
+fn tls_mistakes_read_as_words() {
+    let ca = Ca::new("chatd test CA");
+    let files = tls_files(&ca);
+    let tls = start_with(&tls_env(&files));
+    let plain = Daemon::start(&[], &[]);
+    let ca_arg = ["--ca-cert", path(&files.ca)];
+    let cases = [
+        (format!("ws://localhost:{}", tls.addr.port()), "use wss://"),
+        (
+            format!("wss://localhost:{}", plain.addr.port()),
+            "this is not a TLS server: use ws://",
+        ),
+    ];
+    for (url, words) in cases {
+        let (code, err) = chatctl_send(&url, &ca_arg, "x", "hi");
+        assert_eq!(code, Some(3), "{err}");
+        assert!(err.contains(words), "{url}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("Error {") && !err.contains("Kind("), "{err}");
+    }
+    // The usual `openssl req -x509` one-liner: a CA certificate, used as the server's.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    std::fs::write(&cert, &ca.pem).unwrap();
+    std::fs::write(&key, ca.key.serialize_pem()).unwrap();
+    let d = start_with(&[
+        ("CHATD_TLS__CERT", path(&cert).to_string()),
+        ("CHATD_TLS__KEY", path(&key).to_string()),
+    ]);
+    let (code, err) = chatctl_send(&wss(&d), &["--ca-cert", path(&cert)], "x", "hi");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("is a CA certificate, not a server certificate"),
+        "{err}"
+    );
+}
