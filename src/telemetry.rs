@@ -17,10 +17,11 @@ pub struct LogGuard {
     _guards: Vec<WorkerGuard>,
 }
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
-pub fn init(cfg: &LogConfig) -> anyhow::Result<LogGuard> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive)?,
+/// Installs the global subscriber. `override_filter` (the binary passes `RUST_LOG`), when set
+/// and not empty, takes the place of `log.level`.
+pub fn init(cfg: &LogConfig, override_filter: Option<&str>) -> anyhow::Result<LogGuard> {
+    let filter = match override_filter {
+        Some(directive) if !directive.is_empty() => EnvFilter::try_new(directive)?,
         _ => EnvFilter::try_new(&cfg.level)?,
     };
     let tty = std::io::stdout().is_terminal();

@@ -12,12 +12,14 @@ fuzz_target!(|data: &[u8]| {
         // Whatever parsed must have a bounded id.
         assert!(request.id.as_ref().is_none_or(|id| id.len() <= chatd::protocol::MAX_ID_BYTES));
     }
+    // The client's decoder takes anything a server (or an impostor) sends.
+    let _ = chatd::protocol::decode(text);
     let _ = chatd::protocol::validate_name(text);
     if let Some(room) = chatd::protocol::normalize_room(text) {
         assert!(chatd::protocol::validate_name(&room).is_ok() || chatd::protocol::RESERVED_NAMES.contains(&room.as_str()));
     }
-    let _ = chatd::client::parse_input(text);
-    let clean = chatd::client::sanitize(text);
+    let _ = chatd::client::input::parse_input(text);
+    let clean = chatd::client::render::sanitize(text);
     assert!(!clean.chars().any(|c| c.is_control()), "control character survived sanitize: {clean:?}");
     assert!(!clean.contains(['\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}']));
 });

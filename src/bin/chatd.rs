@@ -110,7 +110,9 @@ fn config_error(e: &ConfigError) -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let _logs = telemetry::init(&config.log).context("cannot set up logging")?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let _logs =
+        telemetry::init(&config.log, rust_log.as_deref()).context("cannot set up logging")?;
     let runtime = if config.server.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -428,8 +428,7 @@ async fn client(
                 ws.send(Message::text(name.clone())).await?;
             }
         } else {
-            let hello = format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#);
-            ws.send(Message::text(hello)).await?;
+            ws.send(Message::text(hello_frame(&name, &room))).await?;
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => break,
@@ -485,7 +484,7 @@ async fn client(
             let frame = if run.raw {
                 text
             } else {
-                format!(r#"{{"type":"say","room":"{room}","text":"{text}"}}"#)
+                say_frame(&room, &text)
             };
             ws.send(Message::text(frame)).await?;
             next += 1;
@@ -633,6 +632,18 @@ async fn report_intervals(run: Arc<Run>, every: Duration, pid: Option<u32>) {
     }
 }
 
+/// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
+/// server parses it as the protocol's hello).
+fn hello_frame(name: &str, room: &str) -> String {
+    format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#)
+}
+
+/// A say, encoded by hand on the hot path: payloads are `~`, digits, `:` and `x`, which need no
+/// escaping (tested against the server's parser below).
+fn say_frame(room: &str, text: &str) -> String {
+    format!(r#"{{"type":"say","room":"{room}","text":"{text}"}}"#)
+}
+
 /// `~sender:seq:sent_us~` padded with `x` to `size` bytes.
 fn payload(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
     let mut s = format!("~{sender}:{seq}:{sent_us}~");
@@ -720,6 +731,30 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_encoded_frames_are_what_the_server_parses() {
+        use crate::protocol::{ClientMsg, parse_request};
+        let hello = parse_request(&hello_frame("b7", "bench3")).unwrap();
+        assert_eq!(
+            hello.msg,
+            ClientMsg::Hello {
+                name: "b7".into(),
+                room: Some("bench3".into()),
+                token: None
+            }
+        );
+        let text = payload(3, 17, 123456, 100);
+        let say = parse_request(&say_frame("bench3", &text)).unwrap();
+        assert_eq!(
+            say.msg,
+            ClientMsg::Say {
+                room: Some("bench3".into()),
+                text,
+                action: false
+            }
+        );
+    }
 
     #[test]
     fn payload_round_trips_inside_any_framing() {
