@@ -13,9 +13,7 @@ use chatd::client::{
 };
 use clap::{Parser, Subcommand};
 
-/// chatctl: the console client for chatd.
-///
-/// Exit codes: 0 success (every line acknowledged), 1 the server refused something (an error reply,
+/// chatctl: the console client for chatd. Exit codes: 0 success (every line acknowledged), 1 the server refused something (an error reply,
 /// name taken, kicked), 2 bad command line, 3 could not connect or the connection was lost for good.
 #[derive(Parser, Debug)]
 #[command(name = "chatctl", version, about, long_about)]
@@ -51,9 +49,7 @@ struct Cli {
 enum Command {
     /// Join the chat as NAME. Interactive on a terminal; otherwise reads lines from stdin, sends
     /// them paced under the server's rate (commands work), prints events one per line, and exits
-    /// once stdin closes and every line has been answered.
-    ///
-    /// Commands: /msg NAME text, /me action, /join ROOM, /leave [ROOM], /room ROOM, /rooms,
+    /// once stdin closes and every line has been answered. Commands: /msg NAME text, /me action, /join ROOM, /leave [ROOM], /room ROOM, /rooms,
     /// /who [ROOM], /history [N], /nick NAME, /help, /exit.
     Connect {
         /// Your name: 1-32 of A-Z a-z 0-9 _ . -
