@@ -242,6 +242,8 @@ pub struct LimitsConfig {
     pub max_rooms_per_user: usize,
     /// Rooms that may exist at once on the server (idle empty rooms are evicted at the cap).
     pub max_rooms: usize,
+    /// Rooms that users from one address (IPv4, or IPv6 /64) may have created and that still exist.
+    pub max_rooms_per_ip: usize,
     /// Requests per second a connection may sustain (token bucket refill); 0 disables rate limiting.
     pub rate_per_sec: f64,
     /// Requests a connection may send in a burst (token bucket size).
@@ -261,6 +263,10 @@ pub struct LimitsConfig {
     /// Frames that may wait in one client's outbound queue; past it the client is a slow consumer.
     /// Typing and presence events are dropped once the queue is half full.
     pub outbound_queue: usize,
+    /// Bytes that may wait in one client's outbound queue (control frames included).
+    pub outbound_queue_bytes: usize,
+    /// Users listed per `welcome`, `room` or `who` reply.
+    pub users_per_page: usize,
     /// Bytes of read buffer per connection (it is resident for the connection's life).
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer, used only for its own frames (pings, pongs, close, the echo
@@ -274,6 +280,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 64 * 1024,
             max_rooms_per_user: 32,
             max_rooms: 10_000,
+            max_rooms_per_ip: 100,
             rate_per_sec: 10.0,
             rate_burst: 20,
             typing_rate_per_sec: 2.0,
@@ -283,6 +290,8 @@ impl Default for LimitsConfig {
             typing_paused_secs: 30.0,
             abuse_strikes: 10,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1 << 20,
+            users_per_page: 200,
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
         }
@@ -297,6 +306,10 @@ pub struct HistoryConfig {
     pub size: usize,
     /// Messages included in `welcome` and `room` replies (at most `size`).
     pub on_join: usize,
+    /// Bytes of history kept per room (oldest evicted first).
+    pub max_bytes_per_room: usize,
+    /// Bytes of history kept in all rooms together (oldest evicted first).
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -304,6 +317,8 @@ impl Default for HistoryConfig {
         HistoryConfig {
             size: 100,
             on_join: 20,
+            max_bytes_per_room: 256 * 1024,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -520,6 +535,18 @@ impl Config {
         if l.outbound_queue < 2 {
             return Err(invalid("limits.outbound_queue", "must be at least 2"));
         }
+        if l.outbound_queue_bytes < 2 * l.max_message_bytes {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be at least twice limits.max_message_bytes",
+            ));
+        }
+        if l.users_per_page == 0 {
+            return Err(invalid("limits.users_per_page", "must be at least 1"));
+        }
+        if l.max_rooms_per_ip == 0 {
+            return Err(invalid("limits.max_rooms_per_ip", "must be at least 1"));
+        }
         if l.read_buffer_bytes < 128 {
             return Err(invalid("limits.read_buffer_bytes", "must be at least 128"));
         }
@@ -601,6 +628,12 @@ impl Config {
         }
         if self.history.on_join > self.history.size {
             return Err(invalid("history.on_join", "must not exceed history.size"));
+        }
+        if self.history.max_bytes < self.history.max_bytes_per_room {
+            return Err(invalid(
+                "history.max_bytes",
+                "must be at least history.max_bytes_per_room",
+            ));
         }
         let log = &self.log;
         tracing_subscriber::EnvFilter::try_new(&log.level)

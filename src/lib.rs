@@ -5,6 +5,7 @@
 //! here. Above it: `connection` (sockets), `hub` (the broker seam), `session` (chat semantics over
 //! the broker, as a connection handler), `server` (where they meet), and `client` (chatctl).
 
+pub mod addr;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub rooms: IntGauge,
     /// Users online now.
     pub users_online: IntGauge,
+    /// Bytes of chat history kept in memory, in all rooms.
+    pub history_bytes: IntGauge,
     /// Time to handle one received frame.
     pub handling_seconds: Histogram,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
@@ -164,6 +166,10 @@ impl Metrics {
             users_online: gauge(
                 "chatd_users_online",
                 "Users online now (welcomed connections).",
+            ),
+            history_bytes: gauge(
+                "chatd_history_bytes",
+                "Bytes of chat history kept in memory, in all rooms.",
             ),
             handling_seconds: histogram(
                 "chatd_message_handling_seconds",

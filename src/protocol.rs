@@ -144,11 +144,14 @@ pub enum ClientMsg {
     },
     /// List rooms.
     Rooms,
-    /// List members of a room.
+    /// List members of a room, a page at a time.
     Who {
         /// Room; the `hello` room when absent.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// Only members whose name sorts after this one (the last name of the previous page).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     /// Disconnect a user (admins only).
     Kick {
@@ -271,6 +274,7 @@ struct RawRequest {
     limit: Option<usize>,
     token: Option<String>,
     reason: Option<String>,
+    after: Option<String>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -372,7 +376,10 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             ClientMsg::Typing { target, state }
         }
         "rooms" => ClientMsg::Rooms,
-        "who" => ClientMsg::Who { room: raw.room },
+        "who" => ClientMsg::Who {
+            room: raw.room,
+            after: raw.after,
+        },
         "history" => ClientMsg::History {
             room: raw.room,
             before: raw.before,
@@ -398,10 +405,20 @@ pub enum NameError {
     Reserved,
 }
 
-/// Checks a user name against the rules: 1-32 of `[A-Za-z0-9_.-]`, not reserved.
+/// Checks a user name against the rules: 1-32 of `[A-Za-z0-9_.-]` with at least one letter or
+/// digit, and not one of [`RESERVED_NAMES`] nor a look-alike of one: names are compared as
+/// [`fold_name`] folds them with the separators `_ . -` ignored, so `Server_`, `adm1n` and
+/// `sys.tem` are reserved too.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     check_chars(name).ok_or(NameError::Invalid)?;
-    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if !name.bytes().any(|b| b.is_ascii_alphanumeric()) {
+        return Err(NameError::Invalid);
+    }
+    let bare: String = fold_name(name)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    if RESERVED_NAMES.iter().any(|r| fold_name(r) == bare) {
         return Err(NameError::Reserved);
     }
     Ok(())
@@ -416,9 +433,37 @@ fn check_chars(name: &str) -> Option<()> {
     ok.then_some(())
 }
 
-/// The key under which a name is unique: names compare case-insensitively.
+/// The key under which a name is unique: lower case, with ASCII look-alikes folded together
+/// (`0`/`o`, `1`/`l`/`i`/`I`, `rn`/`m`, `vv`/`w`), so `alice` and `aIice`, `Il1` and `lI1`, or `rn`
+/// and `m` cannot both be online. Display names keep their spelling.
 pub fn fold_name(name: &str) -> String {
-    name.to_ascii_lowercase()
+    let mapped: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            '0' => 'o',
+            '1' | 'i' => 'l',
+            c => c,
+        })
+        .collect();
+    mapped.replace("rn", "m").replace("vv", "w")
+}
+
+/// Whether a character shows nothing by itself: controls, zero-width and other format
+/// characters, fillers and blanks that render as empty space. A message made only of these (and
+/// whitespace) says nothing and is refused.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}'
+            | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{2800}' | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}'
+            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+}
+
+/// Whether `text` has anything visible in it.
+pub fn has_visible_text(text: &str) -> bool {
+    text.chars().any(|c| !c.is_whitespace() && !is_invisible(c))
 }
 
 /// Normalises a room name: an optional leading `#` is dropped, the rest follows the name rules
@@ -544,7 +589,11 @@ pub enum ServerMsg<'a> {
     Welcome {
         name: Cow<'a, str>,
         room: Cow<'a, str>,
+        /// The first page of members (sorted by name).
         users: Vec<UserInfo<'a>>,
+        /// How many members the room has.
+        #[serde(default)]
+        user_count: usize,
         /// `message` objects, oldest first.
         history: Vec<ServerMsg<'a>>,
         server: ServerInfo<'a>,
@@ -555,6 +604,8 @@ pub enum ServerMsg<'a> {
     Room {
         room: Cow<'a, str>,
         users: Vec<UserInfo<'a>>,
+        #[serde(default)]
+        user_count: usize,
         history: Vec<ServerMsg<'a>>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
@@ -569,6 +620,11 @@ pub enum ServerMsg<'a> {
     Who {
         room: Cow<'a, str>,
         users: Vec<UserInfo<'a>>,
+        #[serde(default)]
+        user_count: usize,
+        /// More members follow: ask again with `after` set to the last name.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
@@ -576,6 +632,9 @@ pub enum ServerMsg<'a> {
     History {
         room: Cow<'a, str>,
         messages: Vec<ServerMsg<'a>>,
+        /// Older messages exist: ask again with `before` set to the first `seq`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
@@ -682,6 +741,18 @@ pub fn encode(msg: &ServerMsg<'_>) -> Utf8Bytes {
     // Serialising these types cannot fail: every map key is a string and no Serialize impl errors.
     let json = serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}"));
     Utf8Bytes::from(json)
+}
+
+/// How many bytes `s` takes as a JSON string, quotes included (what `encode` writes for it).
+pub fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Appends a message's encoding to `buf` (a frame being built around it).
@@ -806,22 +877,54 @@ impl CloseReason {
     ];
 }
 
-/// One-line renderings for plain-text sessions (the original project's format).
+/// One-line renderings for plain-text sessions (the original project's format). Every field a
+/// user chose passes through [`plain::one_line`], so nobody can start a line of their own on
+/// someone else's terminal (a fake `[server]` notice) or reach it with escape sequences.
 pub mod plain {
+    use std::borrow::Cow;
+
     use super::{ServerMsg, Utf8Bytes};
+
+    /// `text` as part of one line: line breaks and other control characters become their visible
+    /// pictures (`␊`, `␛`, …), C1 controls `�`, and bidi overrides and isolates are dropped.
+    pub fn one_line(text: &str) -> Cow<'_, str> {
+        let risky = |c: char| c.is_control() || is_bidi(c) || matches!(c, '\u{2028}' | '\u{2029}');
+        if !text.chars().any(risky) {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len() + 8);
+        for c in text.chars() {
+            match c {
+                '\0'..='\u{1f}' => {
+                    out.push(char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'))
+                }
+                '\u{7f}' => out.push('\u{2421}'),
+                '\u{2028}' | '\u{2029}' => out.push('\u{2424}'),
+                c if c.is_control() => out.push('\u{fffd}'),
+                c if is_bidi(c) => {}
+                c => out.push(c),
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    fn is_bidi(c: char) -> bool {
+        matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
+    }
 
     /// The line a plain-text session sees for an event, if it sees one at all (typing: no).
     pub fn event(msg: &ServerMsg<'_>) -> Option<Utf8Bytes> {
+        let l = |s: &str| one_line(s).into_owned();
         Some(match msg {
-            ServerMsg::Message(m) => message(&m.from, &m.text, m.action),
+            ServerMsg::Message(m) => message(&m.from, &l(&m.text), m.action),
             ServerMsg::Pm {
                 from, text, action, ..
-            } => pm(from, text, *action),
+            } => pm(from, &l(text), *action),
             ServerMsg::Joined { name, .. } => format!("* {name} joined the chat").into(),
             ServerMsg::Left { name, .. } => format!("* {name} has left the chat").into(),
             ServerMsg::Kicked {
                 name, by, reason, ..
-            } => format!("* {name} was kicked by {by} ({reason})").into(),
+            } => format!("* {name} was kicked by {by} ({})", l(reason)).into(),
             ServerMsg::Notice { from, text } => notice(from, text),
             ServerMsg::Renamed { from, to } => format!("* {from} is now known as {to}").into(),
             _ => return None,
@@ -846,7 +949,7 @@ pub mod plain {
     }
     /// `[server] text`.
     pub fn notice(from: &str, text: &str) -> Utf8Bytes {
-        format!("[{from}] {text}").into()
+        format!("[{from}] {}", one_line(text)).into()
     }
     /// `Online: alice, bob`.
     pub fn online(names: &[&str]) -> String {
@@ -854,7 +957,7 @@ pub mod plain {
     }
     /// `error: ...`.
     pub fn error(message: &str) -> Utf8Bytes {
-        format!("error: {message}").into()
+        format!("error: {}", one_line(message)).into()
     }
 }
 
@@ -918,7 +1021,10 @@ mod tests {
                 state: TypingState::Done,
             },
             ClientMsg::Rooms,
-            ClientMsg::Who { room: None },
+            ClientMsg::Who {
+                room: None,
+                after: Some("bob".into()),
+            },
             ClientMsg::Kick {
                 name: "bob".into(),
                 reason: Some("spam".into()),
@@ -965,6 +1071,7 @@ mod tests {
                 name: b("alice"),
                 room: b("lobby"),
                 users: vec![user.clone()],
+                user_count: 1,
                 history: vec![ServerMsg::Message(m.clone())],
                 server: ServerInfo {
                     version: b("0.1.0"),
@@ -980,6 +1087,7 @@ mod tests {
             ServerMsg::Room {
                 room: b("rust"),
                 users: vec![user.clone()],
+                user_count: 3,
                 history: vec![],
                 reference: None,
             },
@@ -993,11 +1101,14 @@ mod tests {
             ServerMsg::Who {
                 room: b("lobby"),
                 users: vec![user],
+                user_count: 9,
+                more: true,
                 reference: None,
             },
             ServerMsg::History {
                 room: b("lobby"),
                 messages: vec![ServerMsg::Message(m.clone())],
+                more: true,
                 reference: None,
             },
             ServerMsg::Ack {
@@ -1094,8 +1205,83 @@ mod tests {
         assert_eq!(validate_name("a b"), Err(NameError::Invalid));
         assert_eq!(validate_name("Server"), Err(NameError::Reserved));
         assert_eq!(validate_name("ADMIN"), Err(NameError::Reserved));
+        // Look-alikes and separators do not get around the reserved names.
+        for name in ["server_", "admin.", "adm1n", "sys-tem", "5erver_x"] {
+            let reserved = validate_name(name) == Err(NameError::Reserved);
+            assert_eq!(reserved, name != "5erver_x", "{name}");
+        }
+        // Names say something.
+        for name in ["...", "_-_", "."] {
+            assert_eq!(validate_name(name), Err(NameError::Invalid), "{name}");
+        }
+        // Look-alikes are one name.
+        for (a, b) in [
+            ("alice", "aIice"),
+            ("Il1", "lI1"),
+            ("rn", "m"),
+            ("b0b", "bob"),
+            ("vvill", "will"),
+        ] {
+            assert_eq!(fold_name(a), fold_name(b), "{a} / {b}");
+        }
+        assert_ne!(fold_name("henry"), fold_name("henry_"));
         assert_eq!(normalize_room("#Rust").as_deref(), Some("rust"));
         assert_eq!(normalize_room("#"), None);
+    }
+
+    #[test]
+    fn plain_lines_cannot_be_forged_or_escape() {
+        let evil = "hi\n[server] log in again at http://evil.example\u{1b}]0;x\u{7}\u{202e}gnp";
+        let m = ChatMessage {
+            id: 1,
+            seq: 1,
+            ts: b("t"),
+            room: b("lobby"),
+            from: b("mallory"),
+            role: Role::User,
+            text: b(evil),
+            action: false,
+        };
+        let line = plain::event(&ServerMsg::Message(m)).unwrap();
+        assert_eq!(
+            line.as_str(),
+            "mallory: hi\u{240a}[server] log in again at http://evil.example\u{241b}]0;x\u{2407}gnp"
+        );
+        assert!(!line.as_str().chars().any(|c| c.is_control()));
+        assert_eq!(plain::one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn invisible_text_says_nothing() {
+        for text in [
+            "\u{200b}\u{200b}",
+            " \u{3164} ",
+            "\u{2800}",
+            "\0\u{feff}",
+            "\u{e0041}",
+        ] {
+            assert!(!has_visible_text(text), "{text:?}");
+        }
+        assert!(has_visible_text("\u{200b}hi"));
+        assert!(has_visible_text("🙂"));
+    }
+
+    #[test]
+    fn json_len_is_what_serde_writes() {
+        for s in [
+            "plain",
+            "q\"uote\\",
+            "nl\n\t\r",
+            "\u{1}\u{1f}",
+            "é🙂",
+            "\u{7f}",
+        ] {
+            assert_eq!(
+                json_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
         Input::Rooms => ClientMsg::Rooms,
         Input::Who(r) => ClientMsg::Who {
             room: Some(r.clone().unwrap_or_else(|| room.to_string())),
+            after: None,
         },
         Input::History(n) => ClientMsg::History {
             room: Some(room.to_string()),

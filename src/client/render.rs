@@ -326,6 +326,7 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             name,
             room,
             users,
+            user_count,
             history,
             ..
         } => room_lines(
@@ -333,15 +334,16 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             me,
             &format!("welcome, {}! ", sanitize(name)),
             room,
-            users,
+            (users, *user_count),
             history,
         ),
         ServerMsg::Room {
             room,
             users,
+            user_count,
             history,
             ..
-        } => room_lines(clock, me, "", room, users, history),
+        } => room_lines(clock, me, "", room, (users, *user_count), history),
         ServerMsg::History { messages, .. } => {
             let lines = history_lines(messages, clock, me);
             if lines.is_empty() {
@@ -350,9 +352,19 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
                 lines
             }
         }
-        ServerMsg::Who { room, users, .. } => one(Line::info(
+        ServerMsg::Who {
+            room,
+            users,
+            user_count,
+            ..
+        } => one(Line::info(
             LineKind::Info,
-            format!("{now} -!- #{}: {}", sanitize(room), user_names(users)),
+            format!(
+                "{now} -!- #{}: {}{}",
+                sanitize(room),
+                user_names(users),
+                and_more(users.len(), *user_count)
+            ),
         )),
         ServerMsg::Rooms { rooms, .. } => {
             let rooms: Vec<String> = rooms
@@ -379,21 +391,31 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
     }
 }
 
+/// ` and 4,990 more` when a list shows only the first of `total`.
+fn and_more(shown: usize, total: usize) -> String {
+    if total > shown {
+        format!(" and {} more", total - shown)
+    } else {
+        String::new()
+    }
+}
+
 fn room_lines(
     clock: &Clock,
     me: &str,
     what: &str,
     room: &str,
-    users: &[UserInfo<'_>],
+    (users, total): (&[UserInfo<'_>], usize),
     history: &[ServerMsg<'_>],
 ) -> Vec<Line> {
     let mut lines = vec![Line::info(
         LineKind::Info,
         format!(
-            "{} -!- {what}you are in #{} with: {}",
+            "{} -!- {what}you are in #{} with: {}{}",
             clock.stamp(None),
             sanitize(room),
-            user_names(users)
+            user_names(users),
+            and_more(users.len(), total)
         ),
     )];
     lines.extend(history_lines(history, clock, me));
@@ -564,6 +586,7 @@ mod tests {
                 name: b("alice"),
                 role: Role::Admin,
             }],
+            user_count: 1,
             history: vec![ServerMsg::Message(ChatMessage {
                 id: 1,
                 seq: 1,

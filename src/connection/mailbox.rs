@@ -97,6 +97,8 @@ pub struct Mailbox {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    /// Bytes that may wait, whatever the number of frames.
+    max_bytes: usize,
     /// Bytes written to the socket (`chatd_sent_bytes_total`).
     sent: IntCounter,
 }
@@ -105,6 +107,8 @@ pub struct Mailbox {
 struct State {
     /// Framed bytes in wire order.
     queue: VecDeque<Bytes>,
+    /// Bytes in `queue`.
+    bytes: usize,
     /// The head of `queue` is the unwritten rest of a frame: it must go out before anything else.
     partial: bool,
     /// Plain sockets: where the flusher writes.
@@ -159,12 +163,14 @@ pub struct Signals {
 }
 
 impl Mailbox {
-    /// An empty mailbox holding at most `capacity` frames. Allocates nothing until used.
-    pub fn new(capacity: usize, sent: IntCounter) -> Mailbox {
+    /// An empty mailbox holding at most `capacity` frames and `max_bytes` bytes. Allocates nothing
+    /// until used.
+    pub fn new(capacity: usize, max_bytes: usize, sent: IntCounter) -> Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity,
+            max_bytes,
             sent,
         }
     }
@@ -188,9 +194,14 @@ impl Mailbox {
             return Pushed::Overflow;
         }
         let len = state.queue.len();
+        let bytes = state.bytes + frame.0.len();
         let pushed = match class {
-            Class::Presence | Class::Typing if len >= self.capacity / 2 => Pushed::Dropped,
-            _ if len >= self.capacity => {
+            Class::Presence | Class::Typing
+                if len >= self.capacity / 2 || bytes > self.max_bytes / 2 =>
+            {
+                Pushed::Dropped
+            }
+            _ if len >= self.capacity || bytes > self.max_bytes => {
                 state.overflowed = true;
                 // Free the memory now: the client is going to be disconnected anyway.
                 discard(&mut state);
@@ -198,6 +209,7 @@ impl Mailbox {
             }
             _ => {
                 state.queue.push_back(frame.0.clone());
+                state.bytes = bytes;
                 Pushed::Queued
             }
         };
@@ -223,14 +235,27 @@ impl Mailbox {
 
     /// Queues one of the connection's own replies; its task writes it with its next flush.
     pub fn reply(&self, payload: &str) {
-        let frame = Frame::text(payload).0;
-        self.lock().queue.push_back(frame);
+        self.queue_own(Frame::text(payload).0);
     }
 
     /// Queues bytes tungstenite wrote (control frames, echoes), behind everything queued.
     pub fn queue_raw(&self, bytes: &[u8]) {
-        let bytes = Bytes::copy_from_slice(bytes);
-        self.lock().queue.push_back(bytes);
+        self.queue_own(Bytes::copy_from_slice(bytes));
+    }
+
+    /// The connection's own frames count toward the byte budget like any other: a client that
+    /// floods requests and never reads their replies is a slow consumer too.
+    fn queue_own(&self, frame: Bytes) {
+        let mut state = self.lock();
+        if state.bytes + frame.len() > self.max_bytes && !state.closed {
+            state.overflowed = true;
+            discard(&mut state);
+            drop(state);
+            self.notify.notify_one();
+            return;
+        }
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
     }
 
     /// Whether anything waits to be written.
@@ -247,7 +272,7 @@ impl Mailbox {
     ) -> io::Result<()> {
         let mut state = self.lock();
         let state = &mut *state;
-        let result = write_out(&mut state.queue, &mut state.partial, &self.sent, &mut write);
+        let result = write_out(state, &self.sent, &mut write);
         state.blocked = result.is_err();
         result
     }
@@ -261,12 +286,10 @@ impl Mailbox {
         if state.blocked || state.failed {
             return;
         }
-        let Some(direct) = &state.direct else {
+        let Some(direct) = state.direct.as_ref().map(|d| d.tcp.clone()) else {
             return;
         };
-        let result = write_out(&mut state.queue, &mut state.partial, &self.sent, &mut |s| {
-            write_plain(&direct.tcp, s)
-        });
+        let result = write_out(state, &self.sent, &mut |s| write_plain(&direct, s));
         match result {
             Ok(()) => return,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => state.blocked = true,
@@ -337,6 +360,7 @@ impl Mailbox {
         let mut state = self.lock();
         state.closed = true;
         state.queue = VecDeque::new();
+        state.bytes = 0;
         state.direct = None;
         state.controls = Controls::default();
     }
@@ -346,6 +370,7 @@ fn discard(state: &mut State) {
     let keep = usize::from(state.partial).min(state.queue.len());
     state.queue.truncate(keep);
     state.queue.shrink_to_fit();
+    state.bytes = state.queue.iter().map(Bytes::len).sum();
 }
 
 /// A text frame's header (FIN, opcode 1, unmasked: server to client) for a payload of `len` bytes.
@@ -375,11 +400,16 @@ pub(crate) fn write_plain(tcp: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result
 
 /// Writes queued frames in batches until the queue is empty or `write` fails.
 fn write_out(
-    queue: &mut VecDeque<Bytes>,
-    partial: &mut bool,
+    state: &mut State,
     sent: &IntCounter,
     write: &mut dyn FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
 ) -> io::Result<()> {
+    let State {
+        queue,
+        partial,
+        bytes,
+        ..
+    } = state;
     let mut total = 0u64;
     let result = loop {
         if queue.is_empty() {
@@ -414,6 +444,7 @@ fn write_out(
         // An idle connection keeps no queue memory (the old mailbox freed its batch the same way).
         *queue = VecDeque::new();
     }
+    *bytes -= total as usize;
     sent.inc_by(total);
     result
 }
@@ -468,6 +499,7 @@ mod tests {
     fn mailbox(capacity: usize) -> Arc<Mailbox> {
         Arc::new(Mailbox::new(
             capacity,
+            1 << 20,
             IntCounter::new("sent", "bytes").expect("counter"),
         ))
     }
@@ -541,6 +573,29 @@ mod tests {
         assert_eq!(head[..4], [0x81, 126, 0, 126]);
         assert_eq!(text_header(70_000, &mut head), 10);
         assert_eq!(head[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn the_byte_budget_counts_every_frame_whatever_their_number() {
+        let m = Arc::new(Mailbox::new(
+            1000,
+            1000,
+            IntCounter::new("sent", "bytes").expect("counter"),
+        ));
+        let big = "x".repeat(300);
+        assert_eq!(m.push(&Frame::text(&big), Class::Chat), Pushed::Queued);
+        // Soft frames stop at half the bytes.
+        assert_eq!(m.push(&Frame::text(&big), Class::Typing), Pushed::Dropped);
+        assert_eq!(m.push(&Frame::text(&big), Class::Chat), Pushed::Queued);
+        m.reply(&big);
+        assert!(!m.signals().overflowed);
+        // Control frames and replies count too: this one does not fit.
+        m.queue_raw(&[0x89; 200]);
+        assert!(m.signals().overflowed);
+        assert!(
+            !m.has_queued(),
+            "an overflowing client's queue is freed at once"
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ pub(crate) async fn serve<H: Handler>(
     let limits = &sockets.config.limits;
     let mailbox = Arc::new(Mailbox::new(
         limits.outbound_queue,
+        limits.outbound_queue_bytes,
         sockets.metrics.bytes_sent.clone(),
     ));
     // Built in place (no handler local): a local would keep its own slot in the task's state.

@@ -1,6 +1,12 @@
 //! The single-process broker: a directory of users and rooms, each room's members, `seq` and
 //! history ring, all in memory. Every call answers at once.
 //!
+//! Memory is bounded by configuration, whatever clients do: history is kept per room up to
+//! `history.size` messages and `history.max_bytes_per_room` bytes, and in all rooms together up to
+//! `history.max_bytes`, the oldest evicted first; rooms are capped in total (`limits.max_rooms`,
+//! idle empty ones evicted) and per creating address (`limits.max_rooms_per_ip`), and the default
+//! room always exists, so a `hello` never fails for lack of rooms.
+//!
 //! Locks are `std::sync::Mutex`, never held across an `.await` (nothing here awaits), and taken in
 //! one order only: the directory, then a room, then (inside delivery) a mailbox. Saying something
 //! takes the directory lock only to find the room; the room's lock covers assigning the `seq`,
@@ -8,8 +14,9 @@
 //! in `seq` order.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use super::{
@@ -28,8 +35,14 @@ pub struct HubLimits {
     pub history_size: usize,
     /// Messages included when joining.
     pub history_on_join: usize,
-    /// Rooms that may exist at once.
+    /// Bytes of history kept per room.
+    pub history_bytes_per_room: usize,
+    /// Bytes of history kept in all rooms together.
+    pub history_bytes: usize,
+    /// Rooms that may exist at once (the default room aside).
     pub max_rooms: usize,
+    /// Rooms one address may have created that still exist.
+    pub max_rooms_per_ip: usize,
 }
 
 impl HubLimits {
@@ -38,15 +51,31 @@ impl HubLimits {
         HubLimits {
             history_size: config.history.size,
             history_on_join: config.history.on_join,
+            history_bytes_per_room: config.history.max_bytes_per_room,
+            history_bytes: config.history.max_bytes,
             max_rooms: config.limits.max_rooms,
+            max_rooms_per_ip: config.limits.max_rooms_per_ip,
         }
     }
+}
+
+/// What a stored message costs, in bytes: its strings plus the fixed part of its record.
+pub(crate) fn message_cost(m: &StoredMessage) -> usize {
+    const FIXED: usize = 160;
+    FIXED + m.text.len() + m.from.len() + m.room.len() + m.ts.len()
 }
 
 /// Users, rooms and history in this process.
 #[derive(Debug)]
 pub struct LocalBroker {
     directory: Mutex<Directory>,
+    /// Every stored message in arrival order, as (room, id), for evicting the oldest across rooms.
+    /// Entries for messages a room evicted itself stay until they reach the front (or a
+    /// compaction), so this holds at most twice the stored messages plus a little.
+    arrivals: Mutex<VecDeque<(Weak<Room>, u64)>>,
+    /// Bytes and messages of history in all rooms.
+    history_bytes: AtomicUsize,
+    history_messages: AtomicUsize,
     next_message_id: AtomicU64,
     limits: HubLimits,
     metrics: Metrics,
@@ -59,11 +88,15 @@ struct Directory {
     users: HashMap<String, Member>,
     /// Rooms with members or history, by normalised name.
     rooms: HashMap<Arc<str>, Arc<Room>>,
+    /// Rooms that still exist, by the address that created them.
+    created_by: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug)]
 struct Room {
     name: Arc<str>,
+    /// The address that created it (`None`: the default room, which always exists).
+    creator: Option<IpAddr>,
     state: Mutex<RoomState>,
 }
 
@@ -75,6 +108,8 @@ struct RoomState {
     seq: u64,
     /// Oldest first.
     history: VecDeque<Arc<StoredMessage>>,
+    /// What `history` costs (`message_cost`).
+    history_bytes: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,41 +119,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Directory {
-    /// Forgets the empty room that has been idle longest; false if every room has members.
-    fn evict_idle_room(&mut self) -> bool {
-        let idle = self
-            .rooms
-            .iter()
-            .filter_map(|(name, room)| {
+    /// The empty room that has been idle longest, among those `creator` may evict (any, when
+    /// `None`); the default room is never a candidate.
+    fn idle_room(&self, creator: Option<IpAddr>) -> Option<Arc<Room>> {
+        self.rooms
+            .values()
+            .filter(|room| room.creator.is_some() && (creator.is_none() || room.creator == creator))
+            .filter_map(|room| {
                 let state = lock(&room.state);
                 state
                     .members
                     .is_empty()
-                    .then(|| (state.last_active, name.clone()))
+                    .then(|| (state.last_active, room.clone()))
             })
-            .min();
-        match idle {
-            Some((_, name)) => {
-                self.rooms.remove(&name);
-                true
-            }
-            None => false,
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, room)| room)
+    }
+
+    /// Forgets a room; its history goes with it.
+    fn remove(&mut self, room: &Arc<Room>, broker: &LocalBroker) {
+        if !self
+            .rooms
+            .get(&room.name)
+            .is_some_and(|r| Arc::ptr_eq(r, room))
+        {
+            return;
         }
+        self.rooms.remove(&room.name);
+        if let Some(ip) = room.creator
+            && let Some(n) = self.created_by.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.created_by.remove(&ip);
+            }
+        }
+        let mut state = lock(&room.state);
+        broker.forget_history(state.history_bytes, state.history.len());
+        state.history = VecDeque::new();
+        state.history_bytes = 0;
     }
 
     /// Forgets `room` if it is empty and has nothing worth keeping.
-    fn forget_if_unused(&mut self, room: &Arc<Room>) {
-        let unused = {
+    fn forget_if_unused(&mut self, room: &Arc<Room>, broker: &LocalBroker) {
+        let unused = room.creator.is_some() && {
             let state = lock(&room.state);
             state.members.is_empty() && state.history.is_empty()
         };
-        if unused
-            && self
-                .rooms
-                .get(&room.name)
-                .is_some_and(|r| Arc::ptr_eq(r, room))
-        {
-            self.rooms.remove(&room.name);
+        if unused {
+            self.remove(room, broker);
         }
     }
 }
@@ -126,13 +175,85 @@ impl Directory {
 impl LocalBroker {
     /// An empty chat.
     pub fn new(limits: HubLimits, metrics: &Metrics) -> LocalBroker {
-        LocalBroker {
-            directory: Mutex::new(Directory::default()),
+        let mut directory = Directory::default();
+        let lobby = Arc::new(Room::new(protocol::DEFAULT_ROOM, None));
+        directory.rooms.insert(lobby.name.clone(), lobby);
+        let broker = LocalBroker {
+            directory: Mutex::new(directory),
+            arrivals: Mutex::new(VecDeque::new()),
+            history_bytes: AtomicUsize::new(0),
+            history_messages: AtomicUsize::new(0),
             next_message_id: AtomicU64::new(1),
             limits,
             metrics: metrics.clone(),
             delivery: Delivery::new(metrics),
+        };
+        broker.gauges(&lock(&broker.directory));
+        broker
+    }
+
+    fn forget_history(&self, bytes: usize, messages: usize) {
+        self.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.history_messages.fetch_sub(messages, Ordering::Relaxed);
+    }
+
+    /// Keeps `message` in `state`'s history, evicting the room's oldest past its bounds.
+    fn store(&self, state: &mut RoomState, message: Arc<StoredMessage>) {
+        let limits = &self.limits;
+        if limits.history_size == 0 {
+            return;
         }
+        let cost = message_cost(&message);
+        state.history_bytes += cost;
+        state.history.push_back(message);
+        self.history_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.history_messages.fetch_add(1, Ordering::Relaxed);
+        while state.history.len() > limits.history_size
+            || state.history_bytes > limits.history_bytes_per_room
+        {
+            let Some(old) = state.history.pop_front() else {
+                break;
+            };
+            let cost = message_cost(&old);
+            state.history_bytes -= cost;
+            self.forget_history(cost, 1);
+        }
+    }
+
+    /// Records that `room` stored message `id`, then evicts the oldest messages of any room while
+    /// all history together is over its bound. Called without any room lock held.
+    fn bound_history(&self, room: &Arc<Room>, id: u64) {
+        let mut arrivals = lock(&self.arrivals);
+        arrivals.push_back((Arc::downgrade(room), id));
+        while self.history_bytes.load(Ordering::Relaxed) > self.limits.history_bytes {
+            let Some((weak, id)) = arrivals.pop_front() else {
+                break;
+            };
+            let Some(room) = weak.upgrade() else { continue };
+            let mut state = lock(&room.state);
+            if state.history.front().is_some_and(|m| m.id == id)
+                && let Some(old) = state.history.pop_front()
+            {
+                let cost = message_cost(&old);
+                state.history_bytes -= cost;
+                self.forget_history(cost, 1);
+            }
+        }
+        // Drop entries whose messages are gone, once they outnumber the live ones.
+        if arrivals.len() > 2 * self.history_messages.load(Ordering::Relaxed) + 1024 {
+            arrivals.retain(|(weak, id)| {
+                weak.upgrade().is_some_and(|room| {
+                    lock(&room.state)
+                        .history
+                        .front()
+                        .is_some_and(|m| m.id <= *id)
+                })
+            });
+        }
+        drop(arrivals);
+        self.metrics
+            .history_bytes
+            .set(self.history_bytes.load(Ordering::Relaxed) as i64);
     }
 
     fn room(&self, name: &str) -> Option<Arc<Room>> {
@@ -142,6 +263,44 @@ impl LocalBroker {
     fn gauges(&self, dir: &Directory) {
         self.metrics.users_online.set(dir.users.len() as i64);
         self.metrics.rooms.set(dir.rooms.len() as i64);
+        self.metrics
+            .history_bytes
+            .set(self.history_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// A new room `name`, created by `me`, within the caps: an idle empty room makes way at the
+    /// server's cap; at the address's cap, only one of its own idle empty rooms can.
+    fn create_room(
+        &self,
+        dir: &mut Directory,
+        me: &Member,
+        name: &str,
+    ) -> Result<Arc<Room>, Refusal> {
+        let ip = me.ip;
+        if dir.created_by.get(&ip).copied().unwrap_or(0) >= self.limits.max_rooms_per_ip {
+            match dir.idle_room(Some(ip)) {
+                Some(old) => dir.remove(&old, self),
+                None => {
+                    return Err(Refusal::new(
+                        ErrorCode::TooManyRooms,
+                        format!(
+                            "users from your address have created {} rooms, the most allowed",
+                            self.limits.max_rooms_per_ip
+                        ),
+                    ));
+                }
+            }
+        }
+        if dir.rooms.len() >= self.limits.max_rooms {
+            match dir.idle_room(None) {
+                Some(old) => dir.remove(&old, self),
+                None => return Err(Refusal::server_full()),
+            }
+        }
+        let room = Arc::new(Room::new(name, Some(ip)));
+        dir.rooms.insert(room.name.clone(), room.clone());
+        *dir.created_by.entry(ip).or_default() += 1;
+        Ok(room)
     }
 
     fn join_locked(
@@ -152,14 +311,7 @@ impl LocalBroker {
     ) -> Result<RoomView, Refusal> {
         let room = match dir.rooms.get(room) {
             Some(r) => r.clone(),
-            None => {
-                if dir.rooms.len() >= self.limits.max_rooms && !dir.evict_idle_room() {
-                    return Err(Refusal::server_full());
-                }
-                let r = Arc::new(Room::new(room));
-                dir.rooms.insert(r.name.clone(), r.clone());
-                r
-            }
+            None => self.create_room(dir, me, room)?,
         };
         let mut state = lock(&room.state);
         if !state.members.iter().any(|m| m.conn == me.conn) {
@@ -203,7 +355,7 @@ impl LocalBroker {
         if state.members.is_empty() {
             // An empty room with history stays, so people who come back can read it.
             drop(state);
-            dir.forget_if_unused(room);
+            dir.forget_if_unused(room, self);
             return true;
         }
         self.delivery.deliver(&state.members, how, class, None);
@@ -243,7 +395,13 @@ impl Broker for LocalBroker {
                 format!("the name {:?} is taken", &*me.name),
             ));
         }
-        let joined = self.join_locked(&mut dir, me, room);
+        // A hello never fails for lack of rooms: it lands in the default room instead.
+        let joined = match self.join_locked(&mut dir, me, room) {
+            Err(r) if r.code == ErrorCode::TooManyRooms => {
+                self.join_locked(&mut dir, me, protocol::DEFAULT_ROOM)
+            }
+            other => other,
+        };
         if joined.is_ok() {
             dir.users.insert(key, me.clone());
             self.gauges(&dir);
@@ -302,14 +460,10 @@ impl Broker for LocalBroker {
             Class::Chat,
             Some(me.conn),
         );
-        if self.limits.history_size > 0 {
-            if state.history.len() >= self.limits.history_size {
-                state.history.pop_front();
-            }
-            state.history.push_back(Arc::new(message.into_owned()));
-        }
+        self.store(&mut state, Arc::new(message.into_owned()));
         let recipients = state.members.len() - 1;
         drop(state);
+        self.bound_history(&room, id);
         self.metrics.fanout_recipients.observe(recipients as f64);
         now(Outcome::Sent(Receipt {
             id,
@@ -422,6 +576,7 @@ impl Broker for LocalBroker {
             Outcome::History {
                 room: r.name.clone(),
                 messages: state.history.range(from..upto).cloned().collect(),
+                more: from > 0,
             }
         }))
     }
@@ -516,14 +671,16 @@ impl Broker for LocalBroker {
 }
 
 impl Room {
-    fn new(name: &str) -> Room {
+    fn new(name: &str, creator: Option<IpAddr>) -> Room {
         Room {
             name: name.into(),
+            creator,
             state: Mutex::new(RoomState {
                 members: Vec::new(),
                 last_active: Instant::now(),
                 seq: 0,
                 history: VecDeque::new(),
+                history_bytes: 0,
             }),
         }
     }

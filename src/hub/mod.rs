@@ -25,6 +25,7 @@ mod delivery;
 mod local;
 
 use std::any::Any;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 pub(crate) use delivery::Delivery;
@@ -49,6 +50,8 @@ pub struct Member {
     name: Arc<str>,
     role: Role,
     plain: bool,
+    /// The client's address, as per-address budgets count it (`addr::address_key`).
+    ip: IpAddr,
     mailbox: Arc<Mailbox>,
 }
 
@@ -58,6 +61,7 @@ impl Member {
         name: Arc<str>,
         role: Role,
         plain: bool,
+        ip: IpAddr,
         mailbox: Arc<Mailbox>,
     ) -> Member {
         Member {
@@ -65,6 +69,7 @@ impl Member {
             name,
             role,
             plain,
+            ip: crate::addr::address_key(ip),
             mailbox,
         }
     }
@@ -87,6 +92,11 @@ impl Member {
     /// A plain-text session: gets one-line renderings, never JSON.
     pub fn plain(&self) -> bool {
         self.plain
+    }
+
+    /// The address per-address budgets count this member under.
+    pub fn address(&self) -> IpAddr {
+        self.ip
     }
 
     /// Hands a late outcome to this member's session. False if the connection is gone, in which
@@ -166,6 +176,8 @@ pub enum Outcome {
         room: Arc<str>,
         /// The messages.
         messages: Vec<Arc<StoredMessage>>,
+        /// Older messages exist before this page.
+        more: bool,
     },
     /// `nick` succeeded: the caller is now called `name`.
     Renamed {

@@ -298,7 +298,8 @@ fn connection_task(
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let chat = chat.clone();
-    let make = move |mailbox| Session::new(chat, conn, mailbox);
+    let ip = peer.ip();
+    let make = move |mailbox| Session::new(chat, conn, ip, mailbox);
     connection::serve(stream, sockets.clone(), shutdown.clone(), slot, make)
         .instrument(connection::span(peer, conn))
 }

@@ -13,7 +13,9 @@ mod plain;
 pub(crate) mod rate;
 pub(crate) mod typing;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -76,7 +78,9 @@ enum Kind {
     Say,
     Pm,
     Typing(TypingTarget),
-    Who,
+    Who {
+        after: Option<String>,
+    },
     Rooms,
     History,
     Kick {
@@ -100,6 +104,7 @@ struct InFlight {
 pub(crate) struct Session {
     chat: Arc<Chat>,
     conn: ConnId,
+    ip: IpAddr,
     mailbox: Arc<Mailbox>,
     /// Set by a hello (its outcome may still be on its way: see `welcomed`).
     me: Option<Member>,
@@ -123,7 +128,7 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session for a freshly upgraded connection.
-    pub(crate) fn new(chat: Arc<Chat>, conn: ConnId, mailbox: Arc<Mailbox>) -> Session {
+    pub(crate) fn new(chat: Arc<Chat>, conn: ConnId, ip: IpAddr, mailbox: Arc<Mailbox>) -> Session {
         let limits = &chat.config.limits;
         let requests = TokenBucket::new(limits.rate_burst, limits.rate_per_sec);
         let typing_rate = TokenBucket::new(limits.typing_burst, limits.typing_rate_per_sec);
@@ -137,6 +142,7 @@ impl Session {
         Session {
             chat,
             conn,
+            ip,
             mailbox,
             me: None,
             welcomed: false,
@@ -242,10 +248,12 @@ impl Session {
             }
             (Kind::Join { .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
+                let (users, history) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
-                    users: user_infos(&view.users),
-                    history: history(&view.history),
+                    users: user_infos(users),
+                    user_count: view.users.len(),
+                    history: history_items(history),
                     reference: reference.map(b),
                 })
             }
@@ -273,16 +281,30 @@ impl Session {
                 self.typing.clear(target);
                 self.error(&r, reference)
             }
-            (Kind::Who, Outcome::Who { room, users }) if json => {
+            (Kind::Who { after }, Outcome::Who { room, users }) => {
+                let start = match after {
+                    Some(after) => users.partition_point(|(n, _)| name_order(n, after).is_le()),
+                    None => 0,
+                };
+                let page = &users[start..];
+                let budget = self.reply_budget();
+                let n = fit_users(page, budget, self.chat.config.limits.users_per_page);
+                if !json {
+                    let names: Vec<&str> = page[..n].iter().map(|(n, _)| &**n).collect();
+                    let more = if n < page.len() {
+                        format!(" (and {} more)", page.len() - n)
+                    } else {
+                        String::new()
+                    };
+                    return vec![format!("{}{more}", protocol::plain::online(&names)).into()];
+                }
                 protocol::encode(&ServerMsg::Who {
                     room: b(&room),
-                    users: user_infos(&users),
+                    users: user_infos(&page[..n]),
+                    user_count: users.len(),
+                    more: n < page.len(),
                     reference: reference.map(b),
                 })
-            }
-            (Kind::Who, Outcome::Who { users, .. }) => {
-                let names: Vec<&str> = users.iter().map(|(n, _)| &**n).collect();
-                protocol::plain::online(&names).into()
             }
             (Kind::Rooms, Outcome::Rooms(rooms)) => protocol::encode(&ServerMsg::Rooms {
                 rooms: rooms
@@ -294,10 +316,19 @@ impl Session {
                     .collect(),
                 reference: reference.map(b),
             }),
-            (Kind::History, Outcome::History { room, messages }) => {
+            (
+                Kind::History,
+                Outcome::History {
+                    room,
+                    messages,
+                    more,
+                },
+            ) => {
+                let start = fit_newest(&messages, self.reply_budget());
                 protocol::encode(&ServerMsg::History {
                     room: b(&room),
-                    messages: history(&messages),
+                    messages: history_items(&messages[start..]),
+                    more: more || start > 0,
                     reference: reference.map(b),
                 })
             }
@@ -343,12 +374,37 @@ impl Session {
         vec![frame]
     }
 
+    /// What a reply may take: the client's own frame limit, less room for its envelope.
+    fn reply_budget(&self) -> usize {
+        self.chat
+            .config
+            .limits
+            .max_message_bytes
+            .saturating_sub(REPLY_ENVELOPE)
+    }
+
+    /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
+    /// most half the budget) and the newest messages in the rest.
+    fn fit_view<'v>(
+        &self,
+        view: &'v RoomView,
+    ) -> (&'v [(Arc<str>, Role)], &'v [Arc<StoredMessage>]) {
+        let budget = self.reply_budget();
+        let n = fit_users(
+            &view.users,
+            budget / 2,
+            self.chat.config.limits.users_per_page,
+        );
+        let used: usize = view.users[..n].iter().map(|(u, _)| user_len(u)).sum();
+        let start = fit_newest(&view.history, budget - used);
+        (&view.users[..n], &view.history[start..])
+    }
+
     fn welcome(&mut self, view: RoomView, reference: Option<&str>) -> Utf8Bytes {
         self.welcomed = true;
         self.home = view.room.clone();
-        if !self.rooms.contains(&view.room) {
-            self.rooms.push(view.room.clone());
-        }
+        // The hello's room may have been full: the welcome says where the user landed.
+        self.rooms = vec![view.room.clone()];
         let (name, plain) = match &self.me {
             Some(me) => (me.name().clone(), me.plain()),
             None => (Arc::from(""), false),
@@ -360,11 +416,13 @@ impl Session {
             return format!("Welcome, {name}! {}", protocol::plain::online(&names)).into();
         }
         let config = &self.chat.config;
+        let (users, history) = self.fit_view(&view);
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
             room: b(&view.room),
-            users: user_infos(&view.users),
-            history: history(&view.history),
+            users: user_infos(users),
+            user_count: view.users.len(),
+            history: history_items(history),
             server: ServerInfo {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,
@@ -481,8 +539,13 @@ impl Session {
                 }
             }
             ClientMsg::Rooms => self.call(Kind::Rooms, reference, out, |b, t, me| b.rooms(t, me)),
-            ClientMsg::Who { room } => match self.named_room(room.as_deref()) {
-                Ok(room) => self.call(Kind::Who, reference, out, |b, t, me| b.who(t, me, &room)),
+            ClientMsg::Who { room, after } => match self.named_room(room.as_deref()) {
+                Ok(room) => {
+                    let after = after.map(|a| a.chars().take(protocol::MAX_NAME_BYTES).collect());
+                    self.call(Kind::Who { after }, reference, out, |b, t, me| {
+                        b.who(t, me, &room)
+                    })
+                }
                 Err(r) => self.refuse(r, reference_str, out),
             },
             ClientMsg::History {
@@ -575,6 +638,7 @@ impl Session {
             Arc::from(name),
             role,
             mode == Mode::Plain,
+            self.ip,
             self.mailbox.clone(),
         ));
         self.rooms.push(room.clone());
@@ -828,10 +892,23 @@ fn hello_required() -> Refusal {
     Refusal::new(ErrorCode::HelloRequired, "say hello first")
 }
 
+/// Longest error message sent: a message never echoes more than a short prefix of what it is
+/// about (a 60 KB bad value does not come back as a 120 KB error).
+const MAX_ERROR_MESSAGE_BYTES: usize = 200;
+
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> Utf8Bytes {
+    let message = if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut end = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        Cow::Owned(format!("{}…", &message[..end]))
+    } else {
+        Cow::Borrowed(message)
+    };
     protocol::encode(&ServerMsg::Error {
         code,
-        message: b(message),
+        message,
         reference: reference.map(b),
     })
 }
@@ -890,9 +967,64 @@ fn user_infos(users: &[(Arc<str>, Role)]) -> Vec<UserInfo<'_>> {
         .collect()
 }
 
-fn history(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {
+fn history_items(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {
     messages
         .iter()
         .map(|m| ServerMsg::Message(m.borrowed()))
         .collect()
+}
+
+/// Room a reply keeps for everything but its list (type, room, counts, `ref`, flags).
+const REPLY_ENVELOPE: usize = 512;
+
+/// A user's bytes in a list, at most.
+fn user_len(name: &str) -> usize {
+    protocol::json_len(name) + 28
+}
+
+/// A stored message's bytes in a list, at most.
+fn message_len(m: &StoredMessage) -> usize {
+    protocol::json_len(&m.text)
+        + protocol::json_len(&m.from)
+        + protocol::json_len(&m.room)
+        + protocol::json_len(&m.ts)
+        + 110
+}
+
+/// Where the newest messages that fit in `budget` bytes start. A lone message larger than the
+/// budget is still sent (it fit in a frame when it was said).
+fn fit_newest(messages: &[Arc<StoredMessage>], budget: usize) -> usize {
+    let mut used = 0;
+    let mut start = messages.len();
+    while start > 0 {
+        let cost = message_len(&messages[start - 1]);
+        if used + cost > budget && start < messages.len() {
+            break;
+        }
+        used += cost;
+        start -= 1;
+    }
+    start
+}
+
+/// How many of the first `users` fit in `budget` bytes, at most `page`.
+fn fit_users(users: &[(Arc<str>, Role)], budget: usize, page: usize) -> usize {
+    let mut used = 0;
+    users
+        .iter()
+        .take(page)
+        .take_while(|(name, _)| {
+            used += user_len(name);
+            used <= budget
+        })
+        .count()
+}
+
+/// The order user lists are in: case-insensitive, then by case.
+fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let fold = |c: u8| c.to_ascii_lowercase();
+    a.bytes()
+        .map(fold)
+        .cmp(b.bytes().map(fold))
+        .then_with(|| a.cmp(b))
 }

@@ -47,7 +47,9 @@ impl Session {
             "exit" | "quit" => return Flow::Close(CloseReason::Bye),
             "who" => {
                 let room = self.home.clone();
-                self.call(Kind::Who, None, out, |b, t, me| b.who(t, me, &room));
+                self.call(Kind::Who { after: None }, None, out, |b, t, me| {
+                    b.who(t, me, &room)
+                });
             }
             "msg" | "pm" => match rest.split_once(char::is_whitespace) {
                 Some((to, body)) if !body.trim().is_empty() => {
