@@ -388,7 +388,7 @@ impl Session {
     fn fit_view<'v>(
         &self,
         view: &'v RoomView,
-    ) -> (&'v [(Arc<str>, Role)], &'v [Arc<StoredMessage>]) {
+    ) -> (&'v [UserEntry], &'v [Arc<StoredMessage>]) {
         let budget = self.reply_budget();
         let n = fit_users(
             &view.users,
@@ -973,6 +973,9 @@ fn history_items(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {
         .map(|m| ServerMsg::Message(m.borrowed()))
         .collect()
 }
+
+/// A member as a broker lists them.
+type UserEntry = (Arc<str>, Role);
 
 /// Room a reply keeps for everything but its list (type, room, counts, `ref`, flags).
 const REPLY_ENVELOPE: usize = 512;
