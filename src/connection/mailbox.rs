@@ -81,7 +81,7 @@ impl Frame {
         buf.resize(MAX_HEADER, 0);
         write(&mut buf);
         let mut head = [0u8; MAX_HEADER];
-        let head_len = text_header(buf.len() - MAX_HEADER, &mut head);
+        let head_len = header(OPCODE_TEXT, buf.len() - MAX_HEADER, &mut head);
         let start = MAX_HEADER - head_len;
         buf[start..MAX_HEADER].copy_from_slice(&head[..head_len]);
         Frame(Bytes::from(buf).slice(start..))
@@ -90,6 +90,13 @@ impl Frame {
 
 /// The longest server-to-client frame header (64-bit length, no mask).
 const MAX_HEADER: usize = 10;
+
+/// First header bytes (FIN + opcode) of the frames the server frames itself.
+pub const OPCODE_TEXT: u8 = 0x81;
+/// A binary frame (the diagnostic echo).
+pub const OPCODE_BINARY: u8 = 0x82;
+/// A ping.
+pub const OPCODE_PING: u8 = 0x89;
 
 /// A bounded queue of outbound frames for one connection, plus the wake-up for its task.
 #[derive(Debug)]
@@ -238,6 +245,17 @@ impl Mailbox {
         self.queue_own(Frame::text(payload).0);
     }
 
+    /// Frames `payload` with the header byte `first` (an `OPCODE_*`) and queues it behind
+    /// everything queued: pings, and the diagnostic echo.
+    pub fn queue_frame(&self, first: u8, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER];
+        let n = header(first, payload.len(), &mut head);
+        let mut frame = Vec::with_capacity(n + payload.len());
+        frame.extend_from_slice(&head[..n]);
+        frame.extend_from_slice(payload);
+        self.queue_own(Bytes::from(frame));
+    }
+
     /// Queues bytes tungstenite wrote (control frames, echoes), behind everything queued.
     pub fn queue_raw(&self, bytes: &[u8]) {
         self.queue_own(Bytes::copy_from_slice(bytes));
@@ -311,6 +329,11 @@ impl Mailbox {
         }
     }
 
+    /// Whether the client overflowed its queue (and must be disconnected).
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
     /// Waits until the connection task has something to act on.
     pub async fn ready(&self) {
         self.notify.notified().await
@@ -373,9 +396,10 @@ fn discard(state: &mut State) {
     state.bytes = state.queue.iter().map(Bytes::len).sum();
 }
 
-/// A text frame's header (FIN, opcode 1, unmasked: server to client) for a payload of `len` bytes.
-fn text_header(len: usize, head: &mut [u8; 10]) -> usize {
-    head[0] = 0x81;
+/// A frame's header (FIN and the opcode in `first`, unmasked: server to client) for a payload of
+/// `len` bytes.
+fn header(first: u8, len: usize, head: &mut [u8; 10]) -> usize {
+    head[0] = first;
     if len < 126 {
         head[1] = len as u8;
         2
@@ -567,11 +591,11 @@ mod tests {
     #[test]
     fn headers_use_the_shortest_length_encoding() {
         let mut head = [0u8; 10];
-        assert_eq!(text_header(125, &mut head), 2);
+        assert_eq!(header(OPCODE_TEXT, 125, &mut head), 2);
         assert_eq!(head[..2], [0x81, 125]);
-        assert_eq!(text_header(126, &mut head), 4);
+        assert_eq!(header(OPCODE_TEXT, 126, &mut head), 4);
         assert_eq!(head[..4], [0x81, 126, 0, 126]);
-        assert_eq!(text_header(70_000, &mut head), 10);
+        assert_eq!(header(OPCODE_TEXT, 70_000, &mut head), 10);
         assert_eq!(head[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
     }
 

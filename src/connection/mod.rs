@@ -177,6 +177,7 @@ pub(crate) async fn serve<H: Handler>(
         out: Vec::new(),
         flush_due: false,
         ping_due: false,
+        mail_waiting: false,
         echo,
         echoes: Vec::new(),
     };
@@ -211,6 +212,8 @@ struct Connection<H> {
     flush_due: bool,
     /// A ping is due with the next write.
     ping_due: bool,
+    /// The mailbox signalled during a write: handle it before waiting again.
+    mail_waiting: bool,
     /// A diagnostic echo connection (`diagnostics.echo_path`): every message comes straight back.
     echo: bool,
     /// Messages to echo, waiting to be written.
@@ -238,12 +241,16 @@ impl<H: Handler> Connection<H> {
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            let event = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Event::Shutdown,
-                _ = mailbox.ready() => Event::Mail,
-                frame = self.ws.next() => Event::Frame(frame),
-                _ = &mut timer => Event::Timer,
+            let event = if std::mem::take(&mut self.mail_waiting) {
+                Event::Mail
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Event::Shutdown,
+                    _ = mailbox.ready() => Event::Mail,
+                    frame = self.ws.next() => Event::Frame(frame),
+                    _ = &mut timer => Event::Timer,
+                }
             };
             let step = match event {
                 Event::Shutdown => Err(End::Close(CloseReason::Shutdown)),
@@ -254,9 +261,19 @@ impl<H: Handler> Connection<H> {
             // What the step produced goes out before any close it asked for.
             if self.ping_due || self.flush_due || !self.out.is_empty() || !self.echoes.is_empty() {
                 timer.as_mut().reset(Instant::now() + write_timeout);
-                let written = tokio::select! {
-                    res = self.write_pending() => res,
-                    _ = &mut timer => Err(End::Close(CloseReason::WriteStalled)),
+                // While a write waits for a full socket, a queue that overflows ends the
+                // connection at once; other mail is handled once the write is done.
+                let written = loop {
+                    tokio::select! {
+                        res = self.write_pending() => break res,
+                        _ = &mut timer => break Err(End::Close(CloseReason::WriteStalled)),
+                        _ = mailbox.ready() => {
+                            if mailbox.overflowed() {
+                                break Err(End::Close(CloseReason::SlowConsumer));
+                            }
+                            self.mail_waiting = true;
+                        }
+                    }
                 };
                 if let Err(end) = written {
                     return end;
@@ -359,21 +376,26 @@ impl<H: Handler> Connection<H> {
     /// holds, then flushes once: the mailbox drains everything in as few writes as it can.
     async fn write_pending(&mut self) -> Result<(), End> {
         self.flush_due = false;
-        let gone = |_| End::Close(CloseReason::Gone);
-        let ws = &mut self.ws;
+        // Frames are queued synchronously (framed here, not by tungstenite): the only await is
+        // the flush, which keeps this future, and so every connection task, small.
+        let mailbox = self.handler.mailbox();
         if std::mem::take(&mut self.ping_due) {
-            ws.feed(Message::Ping(Default::default()))
-                .await
-                .map_err(gone)?;
+            mailbox.queue_frame(mailbox::OPCODE_PING, &[]);
         }
         for echo in std::mem::take(&mut self.echoes) {
-            ws.feed(echo).await.map_err(gone)?;
+            match echo {
+                Message::Text(t) => mailbox.queue_frame(mailbox::OPCODE_TEXT, t.as_bytes()),
+                Message::Binary(b) => mailbox.queue_frame(mailbox::OPCODE_BINARY, &b),
+                _ => {}
+            }
         }
-        let mailbox = self.handler.mailbox();
         for frame in self.out.drain(..) {
             mailbox.reply(&frame);
         }
-        ws.flush().await.map_err(gone)
+        self.ws
+            .flush()
+            .await
+            .map_err(|_| End::Close(CloseReason::Gone))
     }
 
     /// Writes everything queued, within the write timeout.

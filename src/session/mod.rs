@@ -385,10 +385,7 @@ impl Session {
 
     /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
     /// most half the budget) and the newest messages in the rest.
-    fn fit_view<'v>(
-        &self,
-        view: &'v RoomView,
-    ) -> (&'v [UserEntry], &'v [Arc<StoredMessage>]) {
+    fn fit_view<'v>(&self, view: &'v RoomView) -> (&'v [UserEntry], &'v [Arc<StoredMessage>]) {
         let budget = self.reply_budget();
         let n = fit_users(
             &view.users,
@@ -952,6 +949,12 @@ fn check_text(text: &str) -> Result<(), Refusal> {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
             "text must not be empty",
+        ));
+    }
+    if !protocol::has_visible_text(text) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "text must have something visible in it",
         ));
     }
     Ok(())

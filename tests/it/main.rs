@@ -4,6 +4,7 @@ mod binary;
 mod broker;
 mod chat;
 mod chatctl;
+mod hardening;
 mod helpers;
 mod hostile;
 mod limits;
