@@ -8,6 +8,7 @@
 //! never names the hub.
 
 mod handshake;
+mod http;
 pub(crate) mod mailbox;
 mod transport;
 

@@ -234,3 +234,101 @@ async fn a_peer_that_resets_mid_session_is_cleaned_up() {
     let mut again = Client::connect(server.addr).await;
     assert_eq!(again.hello("resetter").await["type"], "welcome");
 }
+
+/// Every malformed or unsupported request gets an HTTP answer that says what is wrong
+/// (RFC 6455 §4.2.2, RFC 9110, RFC 9112), promptly, and the server keeps serving.
+#[test]
+fn bad_requests_get_the_status_that_says_why() {
+    use std::io::Read;
+    let d = Daemon::start(&[], &[]);
+    let ask = |request: &[u8]| {
+        let mut tcp = std::net::TcpStream::connect(d.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = tcp.write_all(request);
+        let started = Instant::now();
+        let mut reply = Vec::new();
+        let _ = tcp.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply).to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "slow answer: {reply}"
+        );
+        reply
+    };
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let upgrade = |extra: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"
+        )
+    };
+    let many: String = (0..130).map(|i| format!("X-Header-{i}: v\r\n")).collect();
+    let cookie = format!("Cookie: {}\r\n", "c".repeat(64 * 1024));
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            upgrade(&format!("{key}Sec-WebSocket-Version: 8\r\n")),
+            "426",
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            upgrade("Sec-WebSocket-Version: 13\r\n"),
+            "400",
+            "Sec-WebSocket-Key",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "505",
+            "HTTP/1.1",
+        ),
+        (
+            upgrade(&format!("{key}Sec-WebSocket-Version: 13\r\n{cookie}")),
+            "431",
+            "too large",
+        ),
+        (
+            upgrade(&format!("{key}Sec-WebSocket-Version: 13\r\n{many}")),
+            "431",
+            "too large",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "400",
+            "Host",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "400",
+            "Host",
+        ),
+        // Bare LF line endings are read, not waited on until the handshake timeout.
+        (
+            "GET / HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: Upgrade\n\n".into(),
+            "426",
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+            "405",
+            "Allow: GET",
+        ),
+    ];
+    for (request, status, says) in cases {
+        let reply = ask(request.as_bytes());
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{:?}: {reply}",
+            &request[..request.len().min(80)]
+        );
+        assert!(reply.contains(says), "{status}: {reply}");
+    }
+    let mut c = SyncClient::join(d.addr, "still_served");
+    c.send(json!({"type": "rooms", "id": "r"}));
+    c.recv_until(|v| v["ref"] == "r");
+}

@@ -770,3 +770,38 @@ fn tls_mistakes_read_as_words() {
         "{err}"
     );
 }
+
+/// Over wss:// a request that cannot become a WebSocket gets the same answers as over ws://
+/// (an HTTPS GET used to get an empty reply).
+#[test]
+fn refusals_are_answered_over_tls_too() {
+    let ca = Ca::new("chatd test CA");
+    let files = tls_files(&ca);
+    let d = start_with(&tls_env(&files));
+    let config = chatd::client::tls::client_config(&chatd::client::tls::ClientTrust::CaFile(
+        files.ca.clone(),
+    ))
+    .unwrap();
+    let ask = |request: &str| {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let tcp = std::net::TcpStream::connect(d.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(request.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let _ = tls.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).to_string()
+    };
+    let reply = ask("GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\n\r\n");
+    assert!(
+        reply.starts_with("HTTP/1.1 426 Upgrade Required"),
+        "{reply}"
+    );
+    let reply = ask(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 7\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 426"), "{reply}");
+    assert!(reply.contains("Sec-WebSocket-Version: 13"), "{reply}");
+}
