@@ -230,13 +230,15 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     headers: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
-    let head = format!(
+    // One write: a client that reads the head may take only what arrived with it.
+    let mut response = format!(
         "HTTP/1.1 {status} {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         reason(status),
         body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    )
+    .into_bytes();
+    response.extend_from_slice(body);
+    stream.write_all(&response).await?;
     stream.flush().await
 }
 
@@ -289,9 +291,7 @@ mod tests {
             (upgrade(&format!("{KEY}Sec-WebSocket-Version: 8\r\n")), 426),
             (upgrade("Sec-WebSocket-Version: 13\r\n"), 400),
             (
-                upgrade(&format!(
-                    "Sec-WebSocket-Key: short==\r\nSec-WebSocket-Version: 13\r\n"
-                )),
+                upgrade("Sec-WebSocket-Key: short==\r\nSec-WebSocket-Version: 13\r\n"),
                 400,
             ),
         ];
