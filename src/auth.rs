@@ -2,7 +2,8 @@
 //!
 //! A token is accepted only if its header says HS256 (anything else, `none` included, is refused),
 //! its signature verifies, its `sub` equals the requested name exactly, its optional `role` is
-//! `user` or `admin`, and its `exp`, when present, is not more than 60 s in the past.
+//! `user` or `admin`, it has an `exp` that is not more than 60 s in the past nor further ahead than
+//! `auth.max_ttl`, its `nbf` (if any) has come, and its `iss`/`aud` match when those are configured.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,38 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// What a token must satisfy beyond its signature.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The longest lifetime a token may have left.
+    pub max_ttl: Duration,
+    /// The required `iss`, if any.
+    pub issuer: Option<String>,
+    /// The required `aud`, if any.
+    pub audience: Option<String>,
+}
+
+impl Rules {
+    /// The rules `[auth]` sets (`max_ttl` was validated with the config).
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Rules {
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Rules {
+            max_ttl: parse_ttl(&auth.max_ttl).unwrap_or(Duration::from_secs(90 * 86_400)),
+            issuer: nonempty(&auth.issuer),
+            audience: nonempty(&auth.audience),
+        }
+    }
 }
 
 /// Why a token was refused. Shown to the client only as `unauthorized`; the detail is logged.
@@ -49,6 +82,7 @@ pub enum AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_ttl: Duration,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -58,16 +92,32 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for tokens signed with `secret`.
-    pub fn new(secret: &Secret) -> Verifier {
+    /// A verifier for tokens signed with `secret`, held to `rules`.
+    pub fn new(secret: &Secret, rules: &Rules) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = EXP_LEEWAY_SECS;
-        validation.set_required_spec_claims(&["sub"]);
+        let mut required = vec!["sub", "exp"];
+        if rules.issuer.is_some() {
+            required.push("iss");
+        }
+        if rules.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
+        if let Some(iss) = &rules.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &rules.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
         Verifier {
             key: DecodingKey::from_secret(secret.expose().as_bytes()),
             validation,
+            max_ttl: rules.max_ttl,
         }
     }
 
@@ -76,6 +126,13 @@ impl Verifier {
         let token = token.ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let now = unix_now().map_err(AuthError::Invalid)?;
+        let left = data.claims.exp.unwrap_or(u64::MAX).saturating_sub(now);
+        if left > self.max_ttl.as_secs() + EXP_LEEWAY_SECS {
+            return Err(AuthError::Invalid(format!(
+                "the token lives {left} s more, past auth.max_ttl"
+            )));
+        }
         if data.claims.sub != name {
             return Err(AuthError::WrongName);
         }
@@ -83,17 +140,40 @@ impl Verifier {
     }
 }
 
-/// Mints a token for `name` with `role`, valid for `ttl`.
-pub fn mint(secret: &Secret, name: &str, role: Role, ttl: Duration) -> Result<String, String> {
-    let now = SystemTime::now()
+fn unix_now() -> Result<u64, String> {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs();
+        .map(|d| d.as_secs())
+        .map_err(|e| e.to_string())
+}
+
+/// Mints a token for `name` with `role`, valid for `ttl` (at most `rules.max_ttl`).
+pub fn mint(
+    secret: &Secret,
+    name: &str,
+    role: Role,
+    ttl: Duration,
+    rules: &Rules,
+) -> Result<String, String> {
+    if ttl > rules.max_ttl {
+        return Err(format!(
+            "a lifetime of {} s is longer than auth.max_ttl ({} s)",
+            ttl.as_secs(),
+            rules.max_ttl.as_secs()
+        ));
+    }
+    let now = unix_now()?;
+    let exp = now
+        .checked_add(ttl.as_secs())
+        .ok_or_else(|| "that lifetime does not fit in a timestamp".to_string())?;
     let claims = Claims {
         sub: name.to_string(),
         role: Some(role),
-        exp: Some(now + ttl.as_secs()),
+        exp: Some(exp),
         iat: Some(now),
+        nbf: None,
+        iss: rules.issuer.clone(),
+        aud: rules.audience.clone(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -120,10 +200,12 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
     };
+    // Anything past 100 years is a typo or an attack, and would overflow timestamps.
+    const MAX_SECS: u64 = 100 * 366 * 86_400;
     n.checked_mul(secs)
-        .filter(|&s| s > 0)
+        .filter(|&s| s > 0 && s <= MAX_SECS)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+        .ok_or_else(|| format!("{text:?} is not a positive duration of at most 100 years"))
 }
 
 #[cfg(test)]
@@ -134,10 +216,90 @@ mod tests {
         Secret::new("0123456789abcdef0123456789abcdef")
     }
 
+    fn rules() -> Rules {
+        Rules {
+            max_ttl: Duration::from_secs(3600),
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret().expose().as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_need_a_bounded_expiry_and_honour_nbf_iss_aud() {
+        let v = Verifier::new(&secret(), &rules());
+        let now = unix_now().unwrap();
+        // No exp, or one further ahead than max_ttl: refused.
+        let forever = sign(serde_json::json!({"sub": "alice"}));
+        assert!(matches!(
+            v.verify(Some(&forever), "alice"),
+            Err(AuthError::Invalid(_))
+        ));
+        let far = sign(serde_json::json!({"sub": "alice", "exp": now + 100 * 365 * 86_400}));
+        assert!(matches!(
+            v.verify(Some(&far), "alice"),
+            Err(AuthError::Invalid(_))
+        ));
+        let soon = sign(serde_json::json!({"sub": "alice", "exp": now + 600}));
+        assert_eq!(v.verify(Some(&soon), "alice"), Ok(Role::User));
+        let later = sign(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 300}));
+        assert!(matches!(
+            v.verify(Some(&later), "alice"),
+            Err(AuthError::Invalid(_))
+        ));
+        let strict = Rules {
+            issuer: Some("chat.example".into()),
+            audience: Some("chatd".into()),
+            ..rules()
+        };
+        let v = Verifier::new(&secret(), &strict);
+        assert!(
+            v.verify(Some(&soon), "alice").is_err(),
+            "iss and aud are required"
+        );
+        let minted = mint(
+            &secret(),
+            "alice",
+            Role::User,
+            Duration::from_secs(60),
+            &strict,
+        )
+        .unwrap();
+        assert_eq!(v.verify(Some(&minted), "alice"), Ok(Role::User));
+        // Minting cannot exceed the maximum, nor overflow.
+        assert!(
+            mint(
+                &secret(),
+                "a",
+                Role::User,
+                Duration::from_secs(7200),
+                &rules()
+            )
+            .is_err()
+        );
+        assert!(parse_ttl("213503982334601d").is_err());
+        assert!(parse_ttl("36601d").is_err());
+    }
+
     #[test]
     fn minted_tokens_verify_for_their_name_only() {
-        let v = Verifier::new(&secret());
-        let t = mint(&secret(), "alice", Role::Admin, Duration::from_secs(60)).unwrap();
+        let v = Verifier::new(&secret(), &rules());
+        let t = mint(
+            &secret(),
+            "alice",
+            Role::Admin,
+            Duration::from_secs(60),
+            &rules(),
+        )
+        .unwrap();
         assert_eq!(v.verify(Some(&t), "alice"), Ok(Role::Admin));
         assert_eq!(v.verify(Some(&t), "Alice"), Err(AuthError::WrongName));
         assert_eq!(v.verify(None, "alice"), Err(AuthError::Missing));
@@ -146,6 +308,7 @@ mod tests {
             "alice",
             Role::User,
             Duration::from_secs(60),
+            &rules(),
         )
         .unwrap();
         assert!(matches!(

@@ -99,7 +99,7 @@ impl TlsConfig {
 }
 
 /// `[auth]`: open names or signed tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// `open` (first come, first served) or `token` (a signed HS256 JWT per hello).
@@ -108,6 +108,26 @@ pub struct AuthConfig {
     pub secret: Secret,
     /// File holding the secret instead (trailing newline ignored).
     pub secret_file: String,
+    /// The longest lifetime a token may have left (`90d`, `12h`, ...): tokens must carry `exp`, no
+    /// further away than this; `chatd token --ttl` refuses more.
+    pub max_ttl: String,
+    /// When set, tokens must carry this `iss` (and `chatd token` writes it).
+    pub issuer: String,
+    /// When set, tokens must carry this `aud` (and `chatd token` writes it).
+    pub audience: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            secret: Secret::default(),
+            secret_file: String::new(),
+            max_ttl: "90d".into(),
+            issuer: String::new(),
+            audience: String::new(),
+        }
+    }
 }
 
 /// How names are claimed.
@@ -611,6 +631,7 @@ impl Config {
                 "token mode needs auth.secret or auth.secret_file",
             ));
         }
+        crate::auth::parse_ttl(&self.auth.max_ttl).map_err(|e| invalid("auth.max_ttl", e))?;
         if !self.auth.secret.is_empty() && self.auth.secret.expose().len() < MIN_SECRET_BYTES {
             return Err(invalid(
                 "auth.secret",

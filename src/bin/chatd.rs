@@ -176,7 +176,10 @@ async fn watch_signals(
     while let Some(signal) = signals.next().await {
         if signal == SIGHUP {
             match &tls {
-                Some(reloader) => match reloader.reload() {
+                Some(reloader) => match reloader
+                    .reload_off_runtime(std::time::Duration::from_secs(5))
+                    .await
+                {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
@@ -271,7 +274,15 @@ fn mint_token(config: &Config, name: &str, role: RoleArg, ttl: &str) -> ExitCode
         RoleArg::User => chatd::protocol::Role::User,
         RoleArg::Admin => chatd::protocol::Role::Admin,
     };
-    match chatd::auth::mint(&secret, name, role, ttl) {
+    let rules = chatd::auth::Rules::from_config(&config.auth);
+    if ttl > rules.max_ttl {
+        eprintln!(
+            "chatd: token: --ttl is longer than auth.max_ttl ({}); raise auth.max_ttl or ask for less",
+            config.auth.max_ttl
+        );
+        return ExitCode::from(2);
+    }
+    match chatd::auth::mint(&secret, name, role, ttl, &rules) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

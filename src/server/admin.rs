@@ -76,7 +76,17 @@ async fn answer(
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    // Absolute form (`GET http://host:8002/metrics`, as proxies send it) names the same path.
+    let target = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| target.strip_prefix(scheme.as_bytes()))
+        .map(|rest| {
+            let start = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            &rest[start..]
+        })
+        .unwrap_or(target);
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let head_only = method == b"HEAD";
     if method != b"GET" && method != b"HEAD" {
         return respond(
             &mut stream,
@@ -86,30 +96,24 @@ async fn answer(
         )
         .await;
     }
-    match path {
-        b"/metrics" => {
-            let body = metrics.render();
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        b"/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-        b"/readyz" if draining.is_cancelled() => {
-            respond(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                "shutting down\n",
-            )
-            .await
-        }
-        b"/readyz" => respond(&mut stream, "200 OK", "text/plain", "ready\n").await,
-        _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
-    }
+    let (status, content_type, body) = match path {
+        b"/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        b"/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+        b"/readyz" if draining.is_cancelled() => (
+            "503 Service Unavailable",
+            "text/plain",
+            "shutting down\n".into(),
+        ),
+        b"/readyz" => ("200 OK", "text/plain", "ready\n".into()),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    // HEAD: the same head, no body (RFC 9110 §9.3.2).
+    let body = if head_only { String::new() } else { body };
+    respond(&mut stream, status, content_type, &body).await
 }
 
 async fn respond(
@@ -118,11 +122,11 @@ async fn respond(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    let head = format!(
+    let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    response.push_str(body);
+    stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }

@@ -121,7 +121,10 @@ impl Server {
             (None, None)
         };
         let auth = match config.auth.mode {
-            AuthMode::Token => Some(Verifier::new(&config.auth.load_secret().map_err(invalid)?)),
+            AuthMode::Token => Some(Verifier::new(
+                &config.auth.load_secret().map_err(invalid)?,
+                &crate::auth::Rules::from_config(&config.auth),
+            )),
             AuthMode::Open => None,
         };
         let broker = make_broker(&config, &metrics);

@@ -29,8 +29,14 @@ pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
         path: cfg.key.clone(),
         reason,
     };
-    std::fs::metadata(&cfg.cert).map_err(|e| cert_error(e.to_string()))?;
-    std::fs::metadata(&cfg.key).map_err(|e| key_error(e.to_string()))?;
+    // Only regular files: opening a FIFO (or a device) could block until someone writes to it.
+    let regular = |path: &str| match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err("not a regular file".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    regular(&cfg.cert).map_err(cert_error)?;
+    regular(&cfg.key).map_err(key_error)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
         .map_err(|e| cert_error(e.to_string()))?
         .collect::<Result<_, _>>()
@@ -72,5 +78,25 @@ impl TlsReloader {
     pub fn reload(&self) -> Result<(), ConfigError> {
         self.slot.replace(load_server_config(&self.files)?);
         Ok(())
+    }
+
+    /// [`TlsReloader::reload`] on a blocking thread, given at most `limit`: a file on a slow
+    /// network mount never holds up the chat.
+    pub async fn reload_off_runtime(&self, limit: std::time::Duration) -> Result<(), ConfigError> {
+        let reloader = self.clone();
+        let timed_out = || ConfigError::File {
+            key: "tls.cert",
+            path: self.files.cert.clone(),
+            reason: format!("reading the certificate and key took over {limit:?}"),
+        };
+        match tokio::time::timeout(
+            limit,
+            tokio::task::spawn_blocking(move || reloader.reload()),
+        )
+        .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(timed_out()),
+        }
     }
 }

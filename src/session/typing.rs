@@ -20,6 +20,8 @@ pub const ACTIVE_THROTTLE: Duration = Duration::from_secs(3);
 pub const ACTIVE_EXPIRY: Duration = Duration::from_secs(6);
 /// Default time after which an unrefreshed `paused` state is ended.
 pub const PAUSED_EXPIRY: Duration = Duration::from_secs(30);
+/// Targets one sender may be typing to at once.
+pub const MAX_TARGETS: usize = 32;
 
 /// The three periods that govern typing relays (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -125,6 +127,8 @@ impl TypingTracker {
                 e.state = TypingState::Paused;
                 changed.then_some(TypingState::Paused)
             }
+            // Past this many targets at once a sender is not typing to anyone new (bounded state).
+            (_, None) if self.entries.len() >= MAX_TARGETS => None,
             (state, None) => {
                 let (expires, last_active_relay) = match state {
                     TypingState::Active => (now + active_expiry, Some(now)),

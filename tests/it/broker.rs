@@ -350,6 +350,10 @@ async fn typing_reaches_the_room_and_the_user(backend: Backend) {
 
 const SECRET: &str = "contract-secret-that-is-long-enough-0123456789";
 
+fn rules() -> chatd::auth::Rules {
+    chatd::auth::Rules::from_config(&chatd::config::AuthConfig::default())
+}
+
 async fn admins_kick(backend: Backend) {
     use chatd::auth::mint;
     use chatd::config::{AuthMode, Secret};
@@ -359,7 +363,15 @@ async fn admins_kick(backend: Backend) {
         c.auth.secret = Secret::new(SECRET);
     })
     .await;
-    let token = |name: &str, role| mint(&Secret::new(SECRET), name, role, Duration::from_secs(60));
+    let token = |name: &str, role| {
+        mint(
+            &Secret::new(SECRET),
+            name,
+            role,
+            Duration::from_secs(60),
+            &rules(),
+        )
+    };
     let hello = |name: &str, role| json!({"type": "hello", "name": name, "token": token(name, role).unwrap()});
     let mut root = Client::connect(server.addr).await;
     assert_eq!(
@@ -398,7 +410,14 @@ async fn announce_reaches_everyone(backend: Backend) {
     })
     .await;
     let hello = |name: &str, role| {
-        let token = mint(&Secret::new(SECRET), name, role, Duration::from_secs(60)).unwrap();
+        let token = mint(
+            &Secret::new(SECRET),
+            name,
+            role,
+            Duration::from_secs(60),
+            &rules(),
+        )
+        .unwrap();
         json!({"type": "hello", "name": name, "room": name, "token": token})
     };
     let mut root = Client::connect(server.addr).await;

@@ -111,6 +111,16 @@ async fn health_endpoints_and_readiness_during_shutdown() {
     let (status, body) = get("/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("# TYPE chatd_connections_open gauge"));
+    // HEAD answers without a body; an absolute-form target (as proxies send) names the path.
+    let (status, body) = tokio::task::spawn_blocking(move || http(admin, "HEAD", "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, ""));
+    let absolute = format!("http://{admin}/healthz");
+    let (status, body) = tokio::task::spawn_blocking(move || http(admin, "GET", &absolute))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
 
     // A client that never answers the close handshake keeps the drain going for a while.
     let _stuck = Client::connect(server.addr).await;

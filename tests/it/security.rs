@@ -249,6 +249,38 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
         chatctl_send(&url, &["--ca-cert", path(&ca2_file)], "dave", "still").0,
         Some(0)
     );
+    // A FIFO where the certificate was (like a file on a hung network mount): the reload is
+    // refused without anything waiting on it, and chat goes on.
+    std::fs::remove_file(&files.cert).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(&files.cert)
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.signal("HUP");
+    let logged = (0..200).find_map(|_| {
+        d.lines
+            .recv_timeout(Duration::from_millis(50))
+            .ok()
+            .filter(|l| l.contains("TLS reload failed") && l.contains("not a regular file"))
+    });
+    assert!(logged.is_some(), "the FIFO was not refused");
+    let asked = std::time::Instant::now();
+    alice.write_line("/who");
+    alice.expect_out("#lobby: alice");
+    assert!(asked.elapsed() < Duration::from_secs(2), "chat stalled");
+    assert_eq!(
+        chatctl_send(
+            &url,
+            &["--ca-cert", path(&ca2_file)],
+            "erin",
+            "after the fifo"
+        )
+        .0,
+        Some(0)
+    );
     alice.close_stdin();
     assert_eq!(alice.wait_exit(), Some(0));
 }
@@ -413,7 +445,33 @@ fn tokens_are_required_verified_and_bound_to_the_name() {
     )
     .unwrap();
     expect_unauthorized(&d, "alice", Some(&hs384));
-    // Within the leeway, and without exp at all, tokens are accepted.
+    // Tokens that never expire, or live longer than auth.max_ttl (90 days), or are not valid
+    // yet, are refused.
+    for claims in [
+        json!({"sub": "alice"}),
+        json!({"sub": "alice", "exp": now() + 100 * 365 * 86_400}),
+        json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 300}),
+    ] {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &key,
+        )
+        .unwrap();
+        expect_unauthorized(&d, "alice", Some(&token));
+    }
+    // chatd token refuses lifetimes past the maximum, and ones that overflow.
+    for ttl in ["213503982334601d", "91d"] {
+        let out = chatd_command()
+            .args(["token", "alice", "--ttl", ttl])
+            .env("CHATD_AUTH__MODE", "token")
+            .env("CHATD_AUTH__SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--ttl {ttl}");
+        assert!(out.stdout.is_empty(), "no token for --ttl {ttl}");
+    }
+    // Within the leeway, tokens are accepted.
     let recent = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": "carol", "exp": now() - 30}),
