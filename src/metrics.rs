@@ -209,7 +209,7 @@ impl Metrics {
             metrics.connections_closed.with_label_values(&[reason]);
         }
         // Pre-create the common label values so they show as 0 before anything happens.
-        for reason in ["capacity", "per_ip", "rate"] {
+        for reason in ["capacity", "per_ip", "rate", "fds"] {
             metrics.connections_refused.with_label_values(&[reason]);
         }
         for class in ["presence", "typing"] {

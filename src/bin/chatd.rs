@@ -134,7 +134,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
 
-    let server = Server::bind(config).await?;
+    let max_connections = config.server.max_connections;
+    let mut server = Server::bind(config).await?;
+    // One descriptor per connection: raise the soft limit as far as the hard one allows, and cap
+    // connections to what the limit leaves (so /metrics and refusals keep working).
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    if let Some(cap) = server.limit_connections_to_fds(fds) {
+        tracing::warn!(
+            fd_limit = fds,
+            max_connections,
+            connections = cap,
+            "the file descriptor limit (ulimit -n) is below server.max_connections plus {}: at most {cap} connections; raise LimitNOFILE or ulimit -n",
+            chatd::server::FD_RESERVE
+        );
+    }
     println!("WebSocket server listening on {}", server.local_addr());
     if let Some(admin) = server.admin_addr() {
         println!("Admin endpoints on http://{admin} (/metrics, /healthz, /readyz)");

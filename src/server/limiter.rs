@@ -27,7 +27,7 @@ pub(super) struct Refusal {
 /// Counts open connections, in total and per IP address.
 #[derive(Debug)]
 pub(super) struct ConnLimiter {
-    max_total: usize,
+    max_total: std::sync::atomic::AtomicUsize,
     max_per_ip: usize,
     rate_per_sec: f64,
     burst: f64,
@@ -53,7 +53,7 @@ pub(crate) struct ConnSlot {
 impl ConnLimiter {
     pub(super) fn new(server: &ServerConfig, open_gauge: IntGauge) -> ConnLimiter {
         ConnLimiter {
-            max_total: server.max_connections,
+            max_total: std::sync::atomic::AtomicUsize::new(server.max_connections),
             max_per_ip: server.max_connections_per_ip,
             rate_per_sec: server.connect_rate_per_ip,
             burst: f64::from(server.connect_burst_per_ip),
@@ -69,7 +69,8 @@ impl ConnLimiter {
     /// A slot for one more connection from `ip`, or why not.
     pub(super) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let mut state = self.lock();
-        if self.max_total > 0 && state.total >= self.max_total {
+        let max_total = self.max_total.load(std::sync::atomic::Ordering::Relaxed);
+        if max_total > 0 && state.total >= max_total {
             return Err(Refusal {
                 label: "capacity",
                 why: "server at capacity: too many connections",
@@ -113,6 +114,18 @@ impl ConnLimiter {
             limiter: self.clone(),
             ip,
         })
+    }
+
+    /// Lowers the total cap to `cap` if it is higher (0 counts as unlimited); returns the new cap
+    /// when it changed.
+    pub(super) fn cap_total(&self, cap: usize) -> Option<usize> {
+        use std::sync::atomic::Ordering;
+        let now = self.max_total.load(Ordering::Relaxed);
+        if now != 0 && now <= cap {
+            return None;
+        }
+        self.max_total.store(cap, Ordering::Relaxed);
+        Some(cap)
     }
 
     /// Connections open now.

@@ -34,6 +34,9 @@ pub use tls::TlsReloader;
 
 /// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
+/// File descriptors kept out of the connection budget: listeners, the admin listener and its
+/// requests, refusals, log files, the runtime's own.
+pub const FD_RESERVE: u64 = 96;
 /// Longest pause between accept attempts after repeated errors (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -174,6 +177,16 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// Caps connections so that, with `fd_limit` file descriptors (the process's `RLIMIT_NOFILE`),
+    /// [`FD_RESERVE`] stay free for the admin listener and refusals: past the cap clients get 503
+    /// instead of hanging in the backlog. Returns the cap now in force, if it is below
+    /// `server.max_connections`.
+    pub fn limit_connections_to_fds(&mut self, fd_limit: u64) -> Option<usize> {
+        let budget =
+            usize::try_from(fd_limit.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX);
+        self.limiter.cap_total(budget)
+    }
+
     /// The admin address actually bound, if the admin listener is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
@@ -208,6 +221,9 @@ impl Server {
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
+        // One descriptor kept aside: when accept fails for want of descriptors, it makes room to
+        // tell one waiting client 503 instead of leaving everyone in the backlog.
+        let mut spare = std::fs::File::open("/dev/null").ok();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -218,6 +234,17 @@ impl Server {
                 Err(e) => {
                     // Usually EMFILE/ENFILE: back off instead of spinning, and keep serving.
                     error!(error = %e, "accept failed");
+                    if spare.take().is_some() {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            sockets
+                                .metrics
+                                .connections_refused
+                                .with_label_values(&["fds"])
+                                .inc();
+                            let _ = stream.try_write(OUT_OF_FDS);
+                        }
+                        spare = std::fs::File::open("/dev/null").ok();
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -287,6 +314,9 @@ impl Server {
         report
     }
 }
+
+const OUT_OF_FDS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 40\r\nConnection: close\r\n\r\nserver at capacity: out of descriptors\r\n";
 
 /// The task serving one accepted connection: it holds the connection's slot for its life and runs
 /// in a span carrying the peer, a connection id and (once known) the user.

@@ -252,6 +252,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub lines: mpsc::Receiver<String>,
+    /// Lines printed before the listening line.
+    pub startup: Vec<String>,
 }
 
 pub fn chatd_command() -> Command {
@@ -273,9 +275,13 @@ impl Daemon {
 
     pub fn start_at(port: u16, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = chatd_command();
-        cmd.env("CHATD_ADMIN__LISTEN", "127.0.0.1:0");
-        cmd.args(["--port", &port.to_string()])
-            .args(args)
+        cmd.args(["--port", &port.to_string()]).args(args);
+        Self::spawn(cmd, envs)
+    }
+
+    /// Runs `cmd` (chatd, or a shell that execs it) with the test environment and `envs`.
+    pub fn spawn(mut cmd: Command, envs: &[(&str, &str)]) -> Daemon {
+        cmd.env("CHATD_ADMIN__LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn chatd");
@@ -290,6 +296,7 @@ impl Daemon {
         });
         let prefix = "WebSocket server listening on ";
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut startup = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = lines
@@ -298,6 +305,7 @@ impl Daemon {
             if let Some(a) = line.strip_prefix(prefix) {
                 break a.parse().expect("address");
             }
+            startup.push(line);
         };
         // The admin line follows at once when the admin listener is on.
         let admin = lines
@@ -313,6 +321,7 @@ impl Daemon {
             addr,
             admin,
             lines,
+            startup,
         }
     }
 

@@ -332,3 +332,70 @@ fn bad_requests_get_the_status_that_says_why() {
     c.send(json!({"type": "rooms", "id": "r"}));
     c.recv_until(|v| v["ref"] == "r");
 }
+
+/// At `ulimit -n` 160 with the default `max_connections` of 10,000, chatd caps connections to
+/// what the descriptors allow (keeping some in reserve): extra clients get 503 at once instead of
+/// hanging in the backlog, and /metrics keeps answering.
+#[test]
+fn a_low_descriptor_limit_caps_connections_with_503_and_keeps_metrics() {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args([
+        "-c",
+        &format!(
+            "ulimit -n 160 && exec {} --port 0",
+            env!("CARGO_BIN_EXE_chatd")
+        ),
+    ])
+    .current_dir(std::env::temp_dir());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CHATD_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    let d = Daemon::spawn(
+        cmd,
+        &[
+            ("CHATD_SERVER__CONNECT_RATE_PER_IP", "0"),
+            ("CHATD_SERVER__MAX_CONNECTIONS_PER_IP", "0"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut warned = d
+        .startup
+        .iter()
+        .any(|l| l.contains("file descriptor limit"));
+    while !warned && Instant::now() < deadline {
+        warned = d
+            .lines
+            .recv_timeout(Duration::from_millis(100))
+            .is_ok_and(|l| l.contains("file descriptor limit"));
+    }
+    assert!(warned, "no warning about the descriptor limit");
+    let (mut open, mut refused) = (Vec::new(), 0);
+    for i in 0..100 {
+        match tungstenite::connect(format!("ws://{}/", d.addr)) {
+            Ok((mut ws, _)) => {
+                ws.send(Message::text(
+                    json!({"type": "hello", "name": format!("fd{i}")}).to_string(),
+                ))
+                .unwrap();
+                ws.read().unwrap();
+                open.push(ws);
+            }
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503);
+                refused += 1;
+            }
+            Err(e) => panic!("connection {i} neither served nor refused: {e}"),
+        }
+    }
+    println!(
+        "ulimit -n 160: {} served, {refused} refused with 503",
+        open.len()
+    );
+    assert_eq!(open.len(), 64, "160 descriptors less the reserve of 96");
+    assert_eq!(refused, 36);
+    let (status, body) = http(d.admin.unwrap(), "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&body, "chatd_connections_open"), 64.0);
+}
