@@ -5,6 +5,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not refetch crates.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir -p src/bin \
     && echo 'fn main() {}' > src/bin/chatd.rs \
     && echo 'fn main() {}' > src/bin/chatctl.rs \

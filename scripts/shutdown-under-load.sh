@@ -16,7 +16,7 @@ admin=$(free_port)
 # chatd is this shell's direct child, so the TERM below reaches it (./chat.toml holds the defaults).
 env -i PATH=/usr/bin:/bin \
     CHATD_LIMITS__RATE_PER_SEC=0 CHATD_SERVER__MAX_CONNECTIONS=0 CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
-    CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_SERVER__SHUTDOWN_GRACE_SECS=$GRACE \
+    CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_LIMITS__MAX_ROOMS_PER_IP=0 CHATD_SERVER__SHUTDOWN_GRACE_SECS=$GRACE \
     CHATD_ADMIN__LISTEN=127.0.0.1:$admin CHATD_LOG__LEVEL=info \
     "$CHATD" --port "$port" > target/shutdown-chatd.log 2>&1 &
 chatd=$!

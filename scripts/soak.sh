@@ -18,7 +18,7 @@ mkdir -p target
 port=$(free_port)
 env -i PATH=/usr/bin:/bin \
     CHATD_LIMITS__RATE_PER_SEC=0 CHATD_SERVER__MAX_CONNECTIONS=0 CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
-    CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_ADMIN__LISTEN= CHATD_LOG__LEVEL=warn \
+    CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_LIMITS__MAX_ROOMS_PER_IP=0 CHATD_ADMIN__LISTEN= CHATD_LOG__LEVEL=warn \
     "$CHATD" --port "$port" > target/soak-chatd.log 2>&1 &
 chatd=$!
 trap 'kill $chatd 2>/dev/null || true' EXIT

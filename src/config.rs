@@ -262,7 +262,8 @@ pub struct LimitsConfig {
     pub max_rooms_per_user: usize,
     /// Rooms that may exist at once on the server (idle empty rooms are evicted at the cap).
     pub max_rooms: usize,
-    /// Rooms that users from one address (IPv4, or IPv6 /64) may have created and that still exist.
+    /// Rooms that users from one address (IPv4, or IPv6 /64) may have created and that still exist;
+    /// 0 = unlimited.
     pub max_rooms_per_ip: usize,
     /// Requests per second a connection may sustain (token bucket refill); 0 disables rate limiting.
     pub rate_per_sec: f64,
@@ -563,9 +564,6 @@ impl Config {
         }
         if l.users_per_page == 0 {
             return Err(invalid("limits.users_per_page", "must be at least 1"));
-        }
-        if l.max_rooms_per_ip == 0 {
-            return Err(invalid("limits.max_rooms_per_ip", "must be at least 1"));
         }
         if l.read_buffer_bytes < 128 {
             return Err(invalid("limits.read_buffer_bytes", "must be at least 128"));

@@ -306,3 +306,9 @@ fn mint_token(config: &Config, name: &str, role: RoleArg, ttl: &str) -> ExitCode
         }
     }
 }
+
+/// jemalloc, configured (`.cargo/config.toml`) to give freed memory back within a second: with
+/// glibc's allocator a burst of 2,000 clients sending 60 KiB messages left RSS at 314 MiB after
+/// they all left; with this, 67 MiB, most of it the history the configuration keeps.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -431,7 +431,14 @@ async fn client(
             ws.send(Message::text(hello_frame(&name, &room))).await?;
             loop {
                 match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => break,
+                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
+                        // A server at its room limits lands a hello in its default room instead.
+                        anyhow::ensure!(
+                            t.contains(&format!(r#""room":"{room}""#)),
+                            "client {i} was not let into #{room} (the server's room limits?)"
+                        );
+                        break;
+                    }
                     Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
                         anyhow::bail!("hello refused: {t}")
                     }

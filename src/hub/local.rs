@@ -277,7 +277,8 @@ impl LocalBroker {
         name: &str,
     ) -> Result<Arc<Room>, Refusal> {
         let ip = me.ip;
-        if dir.created_by.get(&ip).copied().unwrap_or(0) >= self.limits.max_rooms_per_ip {
+        let per_ip = self.limits.max_rooms_per_ip;
+        if per_ip > 0 && dir.created_by.get(&ip).copied().unwrap_or(0) >= per_ip {
             match dir.idle_room(Some(ip)) {
                 Some(old) => dir.remove(&old, self),
                 None => {
