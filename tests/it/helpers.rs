@@ -307,15 +307,18 @@ impl Daemon {
             }
             startup.push(line);
         };
-        // The admin line follows at once when the admin listener is on.
-        let admin = lines
-            .recv_timeout(Duration::from_secs(2))
-            .ok()
-            .and_then(|l| {
-                l.strip_prefix("Admin endpoints on http://")
-                    .map(str::to_string)
-            })
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        // The admin line follows soon when the admin listener is on; log lines may come between.
+        let admin_deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut admin = None;
+        while let Ok(line) =
+            lines.recv_timeout(admin_deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if let Some(rest) = line.strip_prefix("Admin endpoints on http://") {
+                admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                break;
+            }
+            startup.push(line);
+        }
         Daemon {
             child,
             addr,
