@@ -10,6 +10,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use super::tls::TlsConn;
 use super::transport::Transport;
 use super::{Sockets, http};
 
@@ -26,7 +27,7 @@ pub(super) async fn upgrade(
     sockets: &Sockets,
 ) -> Result<(WebSocketStream<Transport>, bool), (&'static str, String)> {
     let mut transport = match &sockets.tls {
-        Some(tls) => match tls.acceptor().accept(stream).await {
+        Some(tls) => match TlsConn::accept(stream, tls.config(), &sockets.handshakes).await {
             Ok(s) => {
                 sockets
                     .metrics
@@ -143,10 +144,14 @@ fn check_origin(allowed: &[String], head: &http::Head) -> Result<(), http::Refus
 /// Answers a request over the connection limits with `status` and a one-line reason, then closes
 /// (bounded by the handshake timeout).
 pub(crate) async fn refuse(stream: TcpStream, sockets: &Sockets, status: u16, why: &'static str) {
-    let tls = sockets.tls.as_ref().map(|t| t.acceptor());
+    let tls = sockets.tls.as_ref().map(|t| t.config());
     let _ = timeout(sockets.config.server.handshake_timeout(), async {
         let mut transport = match tls {
-            Some(acceptor) => Transport::tls(acceptor.accept(stream).await.ok()?),
+            Some(config) => Transport::tls(
+                TlsConn::accept(stream, config, &sockets.handshakes)
+                    .await
+                    .ok()?,
+            ),
             None => Transport::plain(stream),
         };
         // Read the request first, so the refusal answers it.

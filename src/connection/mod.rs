@@ -10,6 +10,7 @@
 mod handshake;
 mod http;
 pub(crate) mod mailbox;
+mod tls;
 mod transport;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use tracing::{debug, info};
 
 pub(crate) use handshake::refuse;
 use mailbox::{Flusher, Mailbox};
+pub(crate) use tls::Handshakes;
 use transport::Transport;
 
 use crate::config::Config;
@@ -51,6 +53,8 @@ pub(crate) struct Sockets {
     pub metrics: Metrics,
     /// The TLS configuration, when serving `wss://`.
     pub tls: Option<TlsSlot>,
+    /// Where TLS handshakes do their crypto (off the chat thread).
+    pub handshakes: tls::Handshakes,
     /// Writes queued frames to plain sockets (see `mailbox`); only on a single-threaded runtime.
     /// On several worker threads one flusher would serialise every write (and contend with
     /// publishers on other threads), so each connection task writes its own mailbox there.
@@ -67,10 +71,9 @@ impl TlsSlot {
         TlsSlot(Arc::new(RwLock::new(config)))
     }
 
-    /// The acceptor for the next handshake.
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let config = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
-        tokio_rustls::TlsAcceptor::from(config)
+    /// The configuration for the next handshake.
+    fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Uses `config` for every later handshake.

@@ -13,9 +13,9 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use super::mailbox::{Flusher, Mailbox, write_plain};
+use super::tls::TlsConn;
 
 /// A client connection's byte stream.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ enum Io {
     /// `ws://`: shared with the mailbox for direct writes.
     Plain(Arc<TcpStream>),
     /// `wss://` (boxed: TLS state is large and only some connections have it).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConn>),
 }
 
 impl Transport {
@@ -43,7 +43,7 @@ impl Transport {
     }
 
     /// A TLS connection.
-    pub fn tls(tls: TlsStream<TcpStream>) -> Transport {
+    pub fn tls(tls: TlsConn) -> Transport {
         Transport {
             io: Io::Tls(Box::new(tls)),
             outbox: None,

@@ -148,6 +148,7 @@ impl Server {
                 ws_config,
                 metrics: metrics.clone(),
                 tls,
+                handshakes: connection::Handshakes::new(),
                 flusher: single_threaded.then(Arc::default),
             }),
             chat: Arc::new(Chat {
