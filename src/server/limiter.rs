@@ -66,8 +66,10 @@ impl ConnLimiter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for one more connection from `ip`, or why not.
+    /// A slot for one more connection from `ip`, or why not. Addresses count as
+    /// `addr::address_key` groups them (an IPv6 /64 is one client).
     pub(super) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
+        let ip = crate::addr::address_key(ip);
         let mut state = self.lock();
         let max_total = self.max_total.load(std::sync::atomic::Ordering::Relaxed);
         if max_total > 0 && state.total >= max_total {
@@ -92,18 +94,23 @@ impl ConnLimiter {
                     *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
                 });
             }
-            let (tokens, last) = state.rates.entry(ip).or_insert((self.burst, now));
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
-                .min(self.burst);
-            *last = now;
-            if *tokens < 1.0 {
-                return Err(Refusal {
-                    label: "rate",
-                    why: "connecting too often from your address; slow down",
-                    status: 429,
-                });
+            // The table stays bounded: when it is full of addresses that are all connecting,
+            // a new address is not tracked (it still meets the per-address and total caps).
+            let tracked = state.rates.len() < MAX_RATE_ENTRIES || state.rates.contains_key(&ip);
+            if tracked {
+                let (tokens, last) = state.rates.entry(ip).or_insert((self.burst, now));
+                *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
+                    .min(self.burst);
+                *last = now;
+                if *tokens < 1.0 {
+                    return Err(Refusal {
+                        label: "rate",
+                        why: "connecting too often from your address; slow down",
+                        status: 429,
+                    });
+                }
+                *tokens -= 1.0;
             }
-            *tokens -= 1.0;
         }
         if self.max_per_ip > 0 {
             *state.per_ip.entry(ip).or_default() += 1;
