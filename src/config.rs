@@ -58,8 +58,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Per-connection and per-server limits.
     pub limits: LimitsConfig,
-    /// In-memory room history.
+    /// Room history kept in memory.
     pub history: HistoryConfig,
+    /// Durable history (SQLite).
+    pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
     /// The admin listener (metrics and health).
@@ -70,6 +72,42 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Diagnostic endpoints (off by default).
     pub diagnostics: DiagnosticsConfig,
+}
+
+/// `[storage]`: where history is kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite database file, relative to the working directory; empty keeps history in memory
+    /// only (lost on restart).
+    pub path: String,
+    /// Longest time an accepted message waits to be committed (what a crash can lose).
+    pub commit_interval_ms: u64,
+    /// Messages older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u64,
+    /// Messages kept per room, the oldest deleted first; 0 = unlimited.
+    pub max_messages_per_room: u64,
+    /// The most the database file may grow to, in bytes (writes fail like a full disk past it,
+    /// until the pruner frees space); 0 = unlimited.
+    pub max_db_bytes: u64,
+    /// Bytes of accepted messages that may wait for the writer; past it `say` gets `unavailable`.
+    pub queue_bytes: usize,
+    /// Seconds between pruner runs.
+    pub prune_interval_secs: f64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: "chatd.db".into(),
+            commit_interval_ms: 100,
+            retention_days: 0,
+            max_messages_per_room: 0,
+            max_db_bytes: 0,
+            queue_bytes: 32 << 20,
+            prune_interval_secs: 60.0,
+        }
+    }
 }
 
 /// `[diagnostics]`: endpoints for testing the server, not for users.
@@ -331,6 +369,8 @@ pub struct HistoryConfig {
     pub max_bytes_per_room: usize,
     /// Bytes of history kept in all rooms together (oldest evicted first).
     pub max_bytes: usize,
+    /// Messages a resuming client may be behind by and still get exactly what it missed.
+    pub resume_max: u64,
 }
 
 impl Default for HistoryConfig {
@@ -340,6 +380,7 @@ impl Default for HistoryConfig {
             on_join: 20,
             max_bytes_per_room: 256 * 1024,
             max_bytes: 64 << 20,
+            resume_max: 1000,
         }
     }
 }
@@ -648,6 +689,20 @@ impl Config {
         if self.history.on_join > self.history.size {
             return Err(invalid("history.on_join", "must not exceed history.size"));
         }
+        let st = &self.storage;
+        if st.commit_interval_ms == 0 || st.commit_interval_ms > 60_000 {
+            return Err(invalid(
+                "storage.commit_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if st.queue_bytes < 2 * l.max_message_bytes {
+            return Err(invalid(
+                "storage.queue_bytes",
+                "must be at least twice limits.max_message_bytes",
+            ));
+        }
+        secs("storage.prune_interval_secs", st.prune_interval_secs, false)?;
         if self.history.max_bytes < self.history.max_bytes_per_room {
             return Err(invalid(
                 "history.max_bytes",

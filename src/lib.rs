@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub(crate) mod session;
+pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, Sources};

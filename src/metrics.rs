@@ -47,6 +47,12 @@ pub struct Metrics {
     pub users_online: IntGauge,
     /// Bytes of chat history kept in memory, in all rooms.
     pub history_bytes: IntGauge,
+    /// Commits to the database that failed.
+    pub storage_errors: IntCounter,
+    /// Messages refused because the writer was too far behind.
+    pub storage_rejected: IntCounter,
+    /// Writes waiting for the writer.
+    pub storage_queued: IntGauge,
     /// Time to handle one received frame.
     pub handling_seconds: Histogram,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
@@ -170,6 +176,18 @@ impl Metrics {
             history_bytes: gauge(
                 "chatd_history_bytes",
                 "Bytes of chat history kept in memory, in all rooms.",
+            ),
+            storage_errors: counter(
+                "chatd_storage_errors_total",
+                "Database commits that failed (disk full, I/O error); retried until they succeed.",
+            ),
+            storage_rejected: counter(
+                "chatd_storage_rejected_total",
+                "Messages refused with `unavailable` because the database writer was too far behind.",
+            ),
+            storage_queued: gauge(
+                "chatd_storage_queued",
+                "Writes waiting for the database writer.",
             ),
             handling_seconds: histogram(
                 "chatd_message_handling_seconds",

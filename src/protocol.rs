@@ -102,11 +102,23 @@ pub enum ClientMsg {
         /// Signed token (required when the server runs with `auth.mode = "token"`).
         #[serde(skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Resume the room from after this `seq` (with `epoch`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// The room's `epoch` the `since` belongs to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Join a room.
     Join {
         /// Room name as given.
         room: String,
+        /// Resume the room from after this `seq` (with `epoch`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// The room's `epoch` the `since` belongs to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Leave a room.
     Leave {
@@ -171,17 +183,38 @@ pub enum ClientMsg {
         /// The new name.
         name: String,
     },
-    /// Page back through a room's history.
+    /// Page through a room's history (back with `before`, forward with `after`), or the private
+    /// conversation `with` someone.
     History {
         /// Room; the `hello` room when absent.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
-        /// Only messages with `seq` below this.
+        /// Only messages with `seq` below this (with `with`: message `id` below this).
         #[serde(skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
+        /// Only messages with `seq` above this, the oldest of them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
         /// At most this many.
         #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
+        /// The private conversation with this user instead of a room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<String>,
+    },
+    /// Full-text search in the rooms one is in (or one of them).
+    Search {
+        /// Words to find.
+        query: String,
+        /// Only this room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// At most this many.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Only messages with an `id` below this (paging back).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
     },
 }
 
@@ -205,6 +238,7 @@ impl ClientMsg {
             ClientMsg::Kick { .. } => "kick",
             ClientMsg::Announce { .. } => "announce",
             ClientMsg::Nick { .. } => "nick",
+            ClientMsg::Search { .. } => "search",
         }
     }
 }
@@ -274,7 +308,11 @@ struct RawRequest {
     limit: Option<usize>,
     token: Option<String>,
     reason: Option<String>,
-    after: Option<String>,
+    after: Option<serde_json::Value>,
+    since: Option<u64>,
+    epoch: Option<String>,
+    with: Option<String>,
+    query: Option<String>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -332,6 +370,8 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             name: need(raw.name, "name")?,
             room: raw.room,
             token: raw.token,
+            since: raw.since,
+            epoch: raw.epoch,
         },
         "kick" => ClientMsg::Kick {
             name: need(raw.name, "name")?,
@@ -345,6 +385,8 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         },
         "join" => ClientMsg::Join {
             room: need(raw.room, "room")?,
+            since: raw.since,
+            epoch: raw.epoch,
         },
         "leave" => ClientMsg::Leave {
             room: need(raw.room, "room")?,
@@ -378,12 +420,37 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         "rooms" => ClientMsg::Rooms,
         "who" => ClientMsg::Who {
             room: raw.room,
-            after: raw.after,
+            after: match raw.after {
+                None => None,
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(_) => {
+                    return Err(fail(
+                        ErrorCode::BadRequest,
+                        "`who` field `after` must be a name".into(),
+                    ));
+                }
+            },
         },
         "history" => ClientMsg::History {
             room: raw.room,
             before: raw.before,
+            after: match raw.after {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    fail(
+                        ErrorCode::BadRequest,
+                        "`history` field `after` must be a seq".into(),
+                    )
+                })?),
+            },
             limit: raw.limit,
+            with: raw.with,
+        },
+        "search" => ClientMsg::Search {
+            query: need(raw.query, "query")?,
+            room: raw.room,
+            limit: raw.limit,
+            before: raw.before,
         },
         other => {
             let shown: String = other.chars().take(MAX_NAME_BYTES).collect();
@@ -596,6 +663,18 @@ pub enum ServerMsg<'a> {
         user_count: usize,
         /// `message` objects, oldest first.
         history: Vec<ServerMsg<'a>>,
+        /// The room's seq numbering (changes only when it restarts).
+        #[serde(default)]
+        epoch: Cow<'a, str>,
+        /// The room's latest `seq`.
+        #[serde(default)]
+        seq: u64,
+        /// Whether `history` resumes exactly after the `since` asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        /// More of the resumed messages follow: `history` with `after`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
         server: ServerInfo<'a>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
@@ -607,6 +686,14 @@ pub enum ServerMsg<'a> {
         #[serde(default)]
         user_count: usize,
         history: Vec<ServerMsg<'a>>,
+        #[serde(default)]
+        epoch: Cow<'a, str>,
+        #[serde(default)]
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
@@ -630,9 +717,23 @@ pub enum ServerMsg<'a> {
     },
     /// Reply to `history`.
     History {
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         room: Cow<'a, str>,
+        /// For a private conversation: the other user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
         messages: Vec<ServerMsg<'a>>,
         /// Older messages exist: ask again with `before` set to the first `seq`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `search`: matches, newest first.
+    Search {
+        query: Cow<'a, str>,
+        messages: Vec<ServerMsg<'a>>,
+        /// Older matches exist: ask again with `before` set to the last `id`.
         #[serde(default, skip_serializing_if = "is_false")]
         more: bool,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
@@ -724,6 +825,7 @@ impl ServerMsg<'_> {
             | ServerMsg::Rooms { reference, .. }
             | ServerMsg::Who { reference, .. }
             | ServerMsg::History { reference, .. }
+            | ServerMsg::Search { reference, .. }
             | ServerMsg::Ack { reference, .. }
             | ServerMsg::Error { reference, .. } => reference.as_deref(),
             _ => None,
@@ -974,7 +1076,9 @@ mod tests {
             ClientMsg::Hello {
                 name: "henry".into(),
                 room: None,
-                token: None
+                token: None,
+                since: None,
+                epoch: None,
             }
         );
         let r = parse_request(r#"{"type":"typing","to":"bob","state":"paused"}"#).unwrap();
@@ -999,8 +1103,20 @@ mod tests {
                 name: "henry".into(),
                 room: Some("rust".into()),
                 token: Some("t".into()),
+                since: Some(41),
+                epoch: Some("e1".into()),
             },
-            ClientMsg::Join { room: "a".into() },
+            ClientMsg::Join {
+                room: "a".into(),
+                since: None,
+                epoch: None,
+            },
+            ClientMsg::Search {
+                query: "cats dogs".into(),
+                room: None,
+                limit: Some(5),
+                before: Some(90),
+            },
             ClientMsg::Leave { room: "a".into() },
             ClientMsg::Say {
                 room: None,
@@ -1034,7 +1150,16 @@ mod tests {
             ClientMsg::History {
                 room: Some("lobby".into()),
                 before: Some(7),
+                after: None,
                 limit: Some(5),
+                with: None,
+            },
+            ClientMsg::History {
+                room: None,
+                before: None,
+                after: Some(3),
+                limit: None,
+                with: Some("alice".into()),
             },
         ];
         for msg in all {
@@ -1073,6 +1198,10 @@ mod tests {
                 users: vec![user.clone()],
                 user_count: 1,
                 history: vec![ServerMsg::Message(m.clone())],
+                epoch: b("e1"),
+                seq: 2,
+                resumed: Some(true),
+                more: true,
                 server: ServerInfo {
                     version: b("0.1.0"),
                     max_message_bytes: 65536,
@@ -1089,6 +1218,10 @@ mod tests {
                 users: vec![user.clone()],
                 user_count: 3,
                 history: vec![],
+                epoch: b("e2"),
+                seq: 0,
+                resumed: None,
+                more: false,
                 reference: None,
             },
             ServerMsg::Rooms {
@@ -1107,9 +1240,16 @@ mod tests {
             },
             ServerMsg::History {
                 room: b("lobby"),
+                with: None,
                 messages: vec![ServerMsg::Message(m.clone())],
                 more: true,
                 reference: None,
+            },
+            ServerMsg::Search {
+                query: b("hi"),
+                messages: vec![ServerMsg::Message(m.clone())],
+                more: false,
+                reference: Some(b("s")),
             },
             ServerMsg::Ack {
                 reference: Some(b("6")),

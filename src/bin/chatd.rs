@@ -85,6 +85,9 @@ fn main() -> ExitCode {
         };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            if let Err(e) = chatd::store::check(&config) {
+                return config_error(&e);
+            }
             println!("configuration OK");
             ExitCode::SUCCESS
         }
@@ -96,7 +99,8 @@ fn main() -> ExitCode {
         Command::Token { name, role, ttl } => mint_token(&config, &name, role, &ttl),
         Command::Run => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err(Fatal::Config(e)) => config_error(&e),
+            Err(Fatal::Other(e)) => {
                 eprintln!("chatd: error: {e:#}");
                 ExitCode::FAILURE
             }
@@ -109,7 +113,21 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// Why `chatd run` stopped.
+enum Fatal {
+    /// The configuration names something unusable (exit 78).
+    Config(ConfigError),
+    /// Anything else (exit 1).
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fatal {
+    fn from(e: anyhow::Error) -> Fatal {
+        Fatal::Other(e)
+    }
+}
+
+fn run(config: Config) -> Result<(), Fatal> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let _logs =
         telemetry::init(&config.log, rust_log.as_deref()).context("cannot set up logging")?;
@@ -127,7 +145,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> Result<(), Fatal> {
     let shutdown = CancellationToken::new();
     // Signals are registered before the port is bound, so none is missed once we report ready;
     // they queue in `signals` until the watcher starts.
@@ -135,7 +153,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
 
     let max_connections = config.server.max_connections;
-    let mut server = Server::bind(config).await?;
+    let mut server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(chatd::server::BindError::Config(e)) => return Err(Fatal::Config(e)),
+        Err(chatd::server::BindError::Io(e)) => return Err(Fatal::Other(e.into())),
+    };
     // One descriptor per connection: raise the soft limit as far as the hard one allows, and cap
     // connections to what the limit leaves (so /metrics and refusals keep working).
     let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);

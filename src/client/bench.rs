@@ -748,7 +748,9 @@ mod tests {
             ClientMsg::Hello {
                 name: "b7".into(),
                 room: Some("bench3".into()),
-                token: None
+                token: None,
+                since: None,
+                epoch: None,
             }
         );
         let text = payload(3, 17, 123456, 100);

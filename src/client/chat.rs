@@ -134,6 +134,10 @@ enum Pending {
     },
     /// A join chatctl sends itself after a reconnect.
     Rejoin,
+    /// A page of messages missed in `room` while away (`history` with `after`).
+    CatchUp {
+        room: String,
+    },
     Leave {
         room: String,
     },
@@ -171,7 +175,14 @@ struct Chat {
     typing: TypingView,
     last_day: NaiveDate,
     connected: bool,
+    /// Per room: the epoch and the last seq shown (what a reconnect resumes from).
+    seen: HashMap<String, (String, u64)>,
+    /// Rooms catching up after a reconnect, with the live messages held back meanwhile.
+    catching_up: HashMap<String, Vec<ChatMessage<'static>>>,
 }
+
+/// Live messages held back per room while its missed ones are fetched.
+const HELD_BACK: usize = 2000;
 
 /// `chatctl connect`: chats until the user is done; returns the exit code.
 pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u8 {
@@ -194,6 +205,8 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         typing: TypingView::default(),
         last_day: Clock::now().today(),
         connected: false,
+        seen: HashMap::new(),
+        catching_up: HashMap::new(),
         opts,
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
@@ -314,9 +327,11 @@ impl Chat {
         ui: &mut impl Frontend,
     ) -> Result<ServerMsg<'static>, HelloError> {
         let home = self.rooms[0].clone();
+        let resume = self.seen.get(&home).cloned();
         let mut tries = 0;
         loop {
-            match hello(ws, ep, &self.nick, &home).await {
+            let resume = resume.as_ref().map(|(epoch, seq)| (*seq, epoch.as_str()));
+            match hello(ws, ep, &self.nick, &home, resume).await {
                 Err(HelloError::Refused {
                     code: ErrorCode::NameTaken,
                     ..
@@ -356,9 +371,14 @@ impl Chat {
             self.rooms[0] = room.to_string();
         }
         self.on_event(welcome, &welcome_json(welcome), ui);
-        // Rejoin the other rooms first, before anything the user queued.
+        // Rejoin the other rooms first, before anything the user queued, from where we were.
         for room in self.rooms.iter().skip(1).rev() {
-            let msg = ClientMsg::Join { room: room.clone() };
+            let seen = self.seen.get(room);
+            let msg = ClientMsg::Join {
+                room: room.clone(),
+                since: seen.map(|(_, seq)| *seq),
+                epoch: seen.map(|(epoch, _)| epoch.clone()),
+            };
             self.outbox.push_front(Outgoing {
                 bytes: 0,
                 msg,
@@ -721,11 +741,14 @@ impl Chat {
         let clock = Clock::now();
         let answered = msg.reference().and_then(|r| self.pending.remove(r));
         match (msg, answered) {
-            (ServerMsg::Ack { ts, name, .. }, Some(p)) => {
+            (ServerMsg::Ack { ts, name, seq, .. }, Some(p)) => {
                 if let Some(line) = self.own_line(&p, LineKind::Own, ts.as_deref())
                     && !json
                 {
                     ui.show(line);
+                }
+                if let (Pending::Say { room, .. }, Some(seq)) = (&p, seq) {
+                    self.saw(room, None, *seq);
                 }
                 match p {
                     Pending::Leave { room } => {
@@ -744,6 +767,29 @@ impl Chat {
                     }
                     _ => {}
                 }
+                return;
+            }
+            (ServerMsg::History { messages, more, .. }, Some(Pending::CatchUp { room })) => {
+                for m in messages {
+                    if let ServerMsg::Message(m) = m {
+                        self.show_message(m, json, ui);
+                    }
+                }
+                if *more {
+                    self.catch_up(&room);
+                } else {
+                    self.caught_up(&room, json, ui);
+                }
+                return;
+            }
+            (ServerMsg::Error { .. }, Some(Pending::CatchUp { room })) => {
+                // The rest is gone: say so and show what was held back.
+                self.note(
+                    ui,
+                    LineKind::Error,
+                    format!("some messages in #{room} could not be fetched"),
+                );
+                self.caught_up(&room, json, ui);
                 return;
             }
             (ServerMsg::Error { .. }, Some(p)) => {
@@ -781,13 +827,67 @@ impl Chat {
             _ => {}
         }
         match msg {
-            ServerMsg::Welcome { room, users, .. } | ServerMsg::Room { room, users, .. } => {
+            ServerMsg::Welcome {
+                room,
+                users,
+                epoch,
+                seq,
+                resumed,
+                more,
+                history,
+                ..
+            }
+            | ServerMsg::Room {
+                room,
+                users,
+                epoch,
+                seq,
+                resumed,
+                more,
+                history,
+                ..
+            } => {
                 let mut names: Vec<String> = users.iter().map(|u| u.name.to_string()).collect();
                 names.truncate(MEMBERS_PER_ROOM);
                 self.members.insert(room.to_string(), names);
                 if !self.rooms.iter().any(|r| r == room) {
                     self.rooms.push(room.to_string());
                 }
+                let had = self.seen.contains_key(&**room);
+                match resumed {
+                    Some(true) => {
+                        // Exactly what was missed: shown as the conversation, not as history.
+                        if !json
+                            && let Some(line) =
+                                render::render(msg, &clock, &self.nick).into_iter().next()
+                        {
+                            ui.show(line);
+                        }
+                        self.seen
+                            .entry(room.to_string())
+                            .or_insert_with(|| (epoch.to_string(), 0));
+                        for m in history {
+                            if let ServerMsg::Message(m) = m {
+                                self.show_message(m, json, ui);
+                            }
+                        }
+                        if *more {
+                            self.catching_up.insert(room.to_string(), Vec::new());
+                            self.catch_up(room);
+                        }
+                        return;
+                    }
+                    Some(false) if had => {
+                        self.note(
+                            ui,
+                            LineKind::Error,
+                            format!("messages in #{room} may have been missed while away (the server no longer has them all)"),
+                        );
+                    }
+                    _ => {}
+                }
+                self.seen
+                    .insert(room.to_string(), (epoch.to_string(), *seq));
             }
             ServerMsg::Joined { room, name, .. } => {
                 let list = self.members.entry(room.to_string()).or_default();
@@ -821,23 +921,14 @@ impl Chat {
                     .update(from, room.as_deref(), *state, Instant::now());
             }
             ServerMsg::Message(m) => {
-                self.typing.message_from(&m.from, Some(&m.room));
-                self.day_change(&m.ts, ui);
-                let mentioned = render::mentions(&m.text, &self.nick);
-                if self.current.as_deref() != Some(&m.room) {
-                    let known = self.unread.len();
-                    match self.unread.iter_mut().find(|(r, _, _)| *r == *m.room) {
-                        Some(entry) => {
-                            entry.1 += 1;
-                            entry.2 |= mentioned;
-                        }
-                        None if known < 64 => self.unread.push((m.room.to_string(), 1, mentioned)),
-                        None => {}
-                    }
+                if let Some(held) = self.catching_up.get_mut(&*m.room)
+                    && held.len() < HELD_BACK
+                {
+                    held.push(m.clone().into_owned());
+                } else {
+                    self.show_message(m, json, ui);
                 }
-                if mentioned && self.opts.bell {
-                    ui.bell();
-                }
+                return;
             }
             ServerMsg::Pm { from, ts, .. } => {
                 self.typing.message_from(from, None);
@@ -856,6 +947,78 @@ impl Chat {
                 LineKind::Error => ui.note(line),
                 _ => ui.show(line),
             }
+        }
+    }
+
+    /// Records that `room`'s messages up to `seq` have been shown (in `epoch`, if known).
+    fn saw(&mut self, room: &str, epoch: Option<&str>, seq: u64) {
+        let entry = self
+            .seen
+            .entry(room.to_string())
+            .or_insert_with(|| (epoch.unwrap_or_default().to_string(), 0));
+        entry.1 = entry.1.max(seq);
+    }
+
+    /// Asks for the next page of `room`'s missed messages (first in line: before anything queued).
+    fn catch_up(&mut self, room: &str) {
+        let after = self.seen.get(room).map_or(0, |(_, seq)| *seq);
+        let msg = ClientMsg::History {
+            room: Some(room.to_string()),
+            before: None,
+            after: Some(after),
+            limit: None,
+            with: None,
+        };
+        self.outbox.push_front(Outgoing {
+            msg,
+            pending: Pending::CatchUp {
+                room: room.to_string(),
+            },
+            bytes: 0,
+        });
+    }
+
+    /// `room` has caught up: the live messages held back meanwhile follow.
+    fn caught_up(&mut self, room: &str, json: bool, ui: &mut impl Frontend) {
+        for m in self.catching_up.remove(room).unwrap_or_default() {
+            self.show_message(&m, json, ui);
+        }
+    }
+
+    /// Shows a room message once: one already shown (by seq) is dropped.
+    fn show_message(&mut self, m: &ChatMessage<'_>, json: bool, ui: &mut impl Frontend) {
+        if self
+            .seen
+            .get(&*m.room)
+            .is_some_and(|(_, seq)| m.seq <= *seq)
+        {
+            return;
+        }
+        self.saw(&m.room, None, m.seq);
+        self.typing.message_from(&m.from, Some(&m.room));
+        self.day_change(&m.ts, ui);
+        let mentioned = render::mentions(&m.text, &self.nick);
+        if self.current.as_deref() != Some(&m.room) {
+            let known = self.unread.len();
+            match self.unread.iter_mut().find(|(r, _, _)| *r == *m.room) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 |= mentioned;
+                }
+                None if known < 64 => self.unread.push((m.room.to_string(), 1, mentioned)),
+                None => {}
+            }
+        }
+        if mentioned && self.opts.bell {
+            ui.bell();
+        }
+        if !json {
+            ui.show(message_line(
+                m,
+                &Clock::now(),
+                LineKind::Message,
+                &self.nick,
+            ));
         }
     }
 
@@ -896,7 +1059,7 @@ pub async fn send(
         }
     };
     let room = room.unwrap_or_else(|| crate::protocol::DEFAULT_ROOM.into());
-    if let Err(e) = hello(&mut ws, ep, name, &room).await {
+    if let Err(e) = hello(&mut ws, ep, name, &room, None).await {
         let (line, code) = hello_failure(name, &e);
         ui.note(Line::info(LineKind::Error, line));
         return code;
@@ -1004,6 +1167,8 @@ mod tests {
             typing: TypingView::default(),
             last_day: Clock::now().today(),
             connected: true,
+            seen: HashMap::new(),
+            catching_up: HashMap::new(),
         }
     }
 

@@ -44,6 +44,8 @@ pub enum Input {
     Announce(String),
     /// `/nick NAME`.
     Nick(String),
+    /// `/search words`.
+    Search(String),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -67,6 +69,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("/who", "[ROOM]", "who is in a room"),
     ("/history", "[N]", "the last N messages of the current room"),
     ("/nick", "NAME", "change your name"),
+    ("/search", "words", "find messages in your rooms"),
     ("/kick", "NAME [why]", "disconnect a user (admins)"),
     ("/announce", "text", "a notice to everyone online (admins)"),
     ("/help", "", "this help"),
@@ -141,6 +144,7 @@ pub fn parse_input(line: &str) -> Input {
             Some(name) if !name.contains(char::is_whitespace) => Input::Nick(name),
             _ => Input::Hint("usage: /nick NAME".into()),
         },
+        "search" => arg.map_or_else(|| Input::Hint("usage: /search words".into()), Input::Search),
         "help" | "?" => Input::Help,
         "exit" | "quit" => Input::Exit,
         _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
@@ -165,7 +169,11 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
             text: text.clone(),
             action: false,
         },
-        Input::Join(r) => ClientMsg::Join { room: r.clone() },
+        Input::Join(r) => ClientMsg::Join {
+            room: r.clone(),
+            since: None,
+            epoch: None,
+        },
         Input::Leave(r) => ClientMsg::Leave {
             room: r.clone().unwrap_or_else(|| room.to_string()),
         },
@@ -177,7 +185,9 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
         Input::History(n) => ClientMsg::History {
             room: Some(room.to_string()),
             before: None,
+            after: None,
             limit: Some(n.unwrap_or(20)),
+            with: None,
         },
         Input::Kick { name, reason } => ClientMsg::Kick {
             name: name.clone(),
@@ -185,6 +195,12 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
         },
         Input::Announce(text) => ClientMsg::Announce { text: text.clone() },
         Input::Nick(name) => ClientMsg::Nick { name: name.clone() },
+        Input::Search(query) => ClientMsg::Search {
+            query: query.clone(),
+            room: None,
+            limit: Some(20),
+            before: None,
+        },
         Input::Empty | Input::Room(_) | Input::Help | Input::Exit | Input::Hint(_) => return None,
     })
 }

@@ -203,6 +203,7 @@ pub(crate) async fn hello(
     ep: &Endpoint,
     name: &str,
     room: &str,
+    resume: Option<(u64, &str)>,
 ) -> Result<ServerMsg<'static>, HelloError> {
     let request = Request::new(
         "hello",
@@ -210,6 +211,8 @@ pub(crate) async fn hello(
             name: name.to_string(),
             room: Some(room.to_string()),
             token: ep.token.clone(),
+            since: resume.map(|(since, _)| since),
+            epoch: resume.map(|(_, epoch)| epoch.to_string()),
         },
     );
     ws.send(Message::text(request.to_json()))

@@ -387,6 +387,29 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
                     .unwrap_or_default()
             ),
         )),
+        ServerMsg::Search {
+            query, messages, ..
+        } => {
+            let mut lines = vec![Line::info(
+                LineKind::Info,
+                format!(
+                    "{now} -!- {} found for \"{}\" (newest first)",
+                    match messages.len() {
+                        1 => "1 message".to_string(),
+                        n => format!("{n} messages"),
+                    },
+                    sanitize(query)
+                ),
+            )];
+            for m in messages {
+                if let ServerMsg::Message(m) = m {
+                    let mut line = message_line(m, clock, LineKind::History, me);
+                    line.prefix = line.prefix.replacen("[history] ", "[found] ", 1);
+                    lines.push(line);
+                }
+            }
+            lines
+        }
         ServerMsg::Ack { .. } | ServerMsg::Typing { .. } => Vec::new(),
     }
 }
@@ -587,6 +610,10 @@ mod tests {
                 role: Role::Admin,
             }],
             user_count: 1,
+            epoch: b("e"),
+            seq: 1,
+            resumed: None,
+            more: false,
             history: vec![ServerMsg::Message(ChatMessage {
                 id: 1,
                 seq: 1,

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use super::{
-    Answer, Broker, Delivery, Member, Outcome, Receipt, Refusal, RoomView, StoredMessage, Ticket,
-    TypingTo,
+    Answer, Broker, Delivery, Member, Outcome, Page, Receipt, Refusal, Resume, RoomView,
+    StoredMessage, Ticket, TypingTo,
 };
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::connection::mailbox::Class;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChatMessage, ErrorCode, Role, ServerMsg, TypingState, b};
@@ -43,6 +43,10 @@ pub struct HubLimits {
     pub max_rooms: usize,
     /// Rooms one address may have created that still exist.
     pub max_rooms_per_ip: usize,
+    /// Messages a resuming client may be behind by.
+    pub resume_max: u64,
+    /// Keep private messages too (names are owned: token mode).
+    pub store_pms: bool,
 }
 
 impl HubLimits {
@@ -55,15 +59,13 @@ impl HubLimits {
             history_bytes: config.history.max_bytes,
             max_rooms: config.limits.max_rooms,
             max_rooms_per_ip: config.limits.max_rooms_per_ip,
+            resume_max: config.history.resume_max,
+            store_pms: config.auth.mode == crate::config::AuthMode::Token,
         }
     }
 }
 
-/// What a stored message costs, in bytes: its strings plus the fixed part of its record.
-pub(crate) fn message_cost(m: &StoredMessage) -> usize {
-    const FIXED: usize = 160;
-    FIXED + m.text.len() + m.from.len() + m.room.len() + m.ts.len()
-}
+use crate::store::{self, Store, message_cost};
 
 /// Users, rooms and history in this process.
 #[derive(Debug)]
@@ -80,6 +82,10 @@ pub struct LocalBroker {
     limits: HubLimits,
     metrics: Metrics,
     delivery: Delivery,
+    /// Durable history, when `storage.path` is set.
+    store: Option<Arc<Store>>,
+    /// The store's epoch: rooms it has no record of start numbering in it.
+    store_epoch: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +116,8 @@ struct RoomState {
     history: VecDeque<Arc<StoredMessage>>,
     /// What `history` costs (`message_cost`).
     history_bytes: usize,
+    /// The room's seq numbering: changes only when it restarts (a new room, or a reset store).
+    epoch: Arc<str>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,21 +183,149 @@ impl Directory {
 impl LocalBroker {
     /// An empty chat.
     pub fn new(limits: HubLimits, metrics: &Metrics) -> LocalBroker {
-        let mut directory = Directory::default();
-        let lobby = Arc::new(Room::new(protocol::DEFAULT_ROOM, None));
-        directory.rooms.insert(lobby.name.clone(), lobby);
-        let broker = LocalBroker {
-            directory: Mutex::new(directory),
+        LocalBroker::build(limits, metrics, None, store::Loaded::default())
+    }
+
+    /// The broker a configuration asks for: with durable history when `storage.path` is set
+    /// (opened, migrated and loaded now; errors name `storage.path`).
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Result<LocalBroker, ConfigError> {
+        let limits = HubLimits::from_config(config);
+        match store::StoreSettings::from_config(config) {
+            Some(settings) => {
+                let (store, loaded) = Store::open(settings, metrics)?;
+                Ok(LocalBroker::build(limits, metrics, Some(store), loaded))
+            }
+            None => Ok(LocalBroker::new(limits, metrics)),
+        }
+    }
+
+    fn build(
+        limits: HubLimits,
+        metrics: &Metrics,
+        store: Option<Store>,
+        loaded: store::Loaded,
+    ) -> LocalBroker {
+        let mut broker = LocalBroker {
+            store: store.map(Arc::new),
+            store_epoch: (!loaded.epoch.is_empty()).then(|| loaded.epoch.as_str().into()),
+            directory: Mutex::new(Directory::default()),
             arrivals: Mutex::new(VecDeque::new()),
             history_bytes: AtomicUsize::new(0),
             history_messages: AtomicUsize::new(0),
-            next_message_id: AtomicU64::new(1),
+            next_message_id: AtomicU64::new(loaded.next_id.max(1)),
             limits,
             metrics: metrics.clone(),
             delivery: Delivery::new(metrics),
         };
+        let mut directory = Directory::default();
+        let lobby = Arc::new(broker.new_room(protocol::DEFAULT_ROOM, None));
+        directory.rooms.insert(lobby.name.clone(), lobby);
+        let (mut bytes, mut messages) = (0, 0);
+        for saved in loaded.rooms {
+            // Loaded rooms belong to no address: evictable, but nobody's budget.
+            let room = match directory.rooms.get(saved.name.as_str()) {
+                Some(lobby) => lobby.clone(),
+                None => Arc::new(broker.new_room(&saved.name, Some(LOADED))),
+            };
+            {
+                let mut state = lock(&room.state);
+                for m in saved.recent {
+                    let cost = message_cost(&m);
+                    state.history_bytes += cost;
+                    bytes += cost;
+                    messages += 1;
+                    state.history.push_back(Arc::new(m));
+                }
+            }
+            directory.rooms.insert(room.name.clone(), room);
+        }
+        broker.directory = Mutex::new(directory);
+        broker.history_bytes = AtomicUsize::new(bytes);
+        broker.history_messages = AtomicUsize::new(messages);
         broker.gauges(&lock(&broker.directory));
         broker
+    }
+
+    /// A room as it starts now: numbered on from where the store left it, if it has a record;
+    /// otherwise from 0 in the store's epoch (or a fresh one, without a store).
+    fn new_room(&self, name: &str, creator: Option<IpAddr>) -> Room {
+        let (epoch, seq) = match self.store.as_ref().and_then(|s| s.mark(name)) {
+            Some(mark) => (mark.epoch, mark.last_seq),
+            None => (self.store_epoch.clone().unwrap_or_else(new_epoch), 0),
+        };
+        Room::new(name, creator, epoch, seq)
+    }
+
+    /// Answers late from the reader thread: `read` runs there and its outcome goes to `me`.
+    fn read_later(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        read: impl FnOnce(&rusqlite::Connection) -> Outcome + Send + 'static,
+    ) -> Answer {
+        let Some(store) = &self.store else {
+            return now(unavailable("history beyond memory needs storage.path"));
+        };
+        let me = me.clone();
+        if store.read(move |db| {
+            let outcome = read(db);
+            me.answer(ticket, outcome);
+        }) {
+            Answer::Later
+        } else {
+            now(unavailable("the server is busy reading history; try again"))
+        }
+    }
+
+    /// Answers a join with `view`, first topping its history up from the store when memory holds
+    /// fewer than `history.on_join` messages of a room the store has older ones of (a stored
+    /// room evicted from memory and joined again).
+    fn with_stored_history(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        mut view: RoomView,
+        wrap: fn(RoomView) -> Outcome,
+    ) -> Answer {
+        let want = self.limits.history_on_join;
+        let first = view.history.first().map_or(view.seq + 1, |m| m.seq);
+        let stored = self.store.as_ref().and_then(|s| s.first_seq(&view.room));
+        let short = view.resumed != Some(true) && view.history.len() < want;
+        if !short || stored.is_none_or(|s| s >= first) {
+            return now(wrap(view));
+        }
+        let (Some(store), room) = (&self.store, view.room.to_string()) else {
+            return now(wrap(view));
+        };
+        let missing = want - view.history.len();
+        // The join stands whatever the read does: without it the view goes as it is.
+        let fallback = view.clone();
+        let me2 = me.clone();
+        let queued = store.read(move |db| {
+            match store::read::page(db, &room, Some(first), None, missing) {
+                Ok((older, _)) => {
+                    let mut history: Vec<_> = older.into_iter().map(Arc::new).collect();
+                    history.append(&mut view.history);
+                    view.history = history;
+                }
+                Err(e) => tracing::warn!(error = %e, "storage: reading history for a join failed"),
+            }
+            me2.answer(ticket, wrap(view));
+        });
+        if queued {
+            Answer::Later
+        } else {
+            now(wrap(fallback))
+        }
+    }
+
+    /// Where a room's history starts, in memory and in the store (its oldest seq anywhere).
+    fn oldest_seq(&self, name: &str, state: &RoomState) -> u64 {
+        let in_memory = state.history.front().map_or(state.seq + 1, |m| m.seq);
+        match self.store.as_ref().and_then(|s| s.first_seq(name)) {
+            Some(stored) => stored.min(in_memory),
+            None => in_memory,
+        }
     }
 
     fn forget_history(&self, bytes: usize, messages: usize) {
@@ -298,7 +434,7 @@ impl LocalBroker {
                 None => return Err(Refusal::server_full()),
             }
         }
-        let room = Arc::new(Room::new(name, Some(ip)));
+        let room = Arc::new(self.new_room(name, Some(ip)));
         dir.rooms.insert(room.name.clone(), room.clone());
         *dir.created_by.entry(ip).or_default() += 1;
         Ok(room)
@@ -309,6 +445,7 @@ impl LocalBroker {
         dir: &mut Directory,
         me: &Member,
         room: &str,
+        resume: Option<&Resume>,
     ) -> Result<RoomView, Refusal> {
         let room = match dir.rooms.get(room) {
             Some(r) => r.clone(),
@@ -326,14 +463,42 @@ impl LocalBroker {
                 .deliver(&state.members, &event, Class::Presence, None);
             state.members.push(me.clone());
         }
-        let skip = state
-            .history
-            .len()
-            .saturating_sub(self.limits.history_on_join);
+        let on_join = |state: &RoomState| {
+            let skip = state
+                .history
+                .len()
+                .saturating_sub(self.limits.history_on_join);
+            state.history.iter().skip(skip).cloned().collect()
+        };
+        // Exactly what the client missed, when that is still known; otherwise the latest.
+        let (history, resumed, more) = match resume {
+            Some(r)
+                if *r.epoch == *state.epoch
+                    && r.since <= state.seq
+                    && state.seq - r.since <= self.limits.resume_max =>
+            {
+                let in_memory = state.history.front().map_or(state.seq + 1, |m| m.seq);
+                if in_memory <= r.since + 1 {
+                    let missed = state.history.iter().filter(|m| m.seq > r.since);
+                    (missed.cloned().collect(), Some(true), false)
+                } else if self.oldest_seq(&room.name, &state) <= r.since + 1 {
+                    // Stored, not in memory: the client pages forward with `history after`.
+                    (Vec::new(), Some(true), true)
+                } else {
+                    (on_join(&state), Some(false), false)
+                }
+            }
+            Some(_) => (on_join(&state), Some(false), false),
+            None => (on_join(&state), None, false),
+        };
         let view = RoomView {
             room: room.name.clone(),
             users: state.user_list(),
-            history: state.history.iter().skip(skip).cloned().collect(),
+            history,
+            epoch: state.epoch.clone(),
+            seq: state.seq,
+            resumed,
+            more,
         };
         drop(state);
         self.gauges(dir);
@@ -387,7 +552,7 @@ fn result(r: Result<Outcome, Refusal>) -> Answer {
 }
 
 impl Broker for LocalBroker {
-    fn hello(&self, _: Ticket, me: &Member, room: &str) -> Answer {
+    fn hello(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
         let mut dir = lock(&self.directory);
         let key = protocol::fold_name(&me.name);
         if dir.users.contains_key(&key) {
@@ -397,9 +562,9 @@ impl Broker for LocalBroker {
             ));
         }
         // A hello never fails for lack of rooms: it lands in the default room instead.
-        let joined = match self.join_locked(&mut dir, me, room) {
+        let joined = match self.join_locked(&mut dir, me, room, resume) {
             Err(r) if r.code == ErrorCode::TooManyRooms => {
-                self.join_locked(&mut dir, me, protocol::DEFAULT_ROOM)
+                self.join_locked(&mut dir, me, protocol::DEFAULT_ROOM, None)
             }
             other => other,
         };
@@ -407,12 +572,21 @@ impl Broker for LocalBroker {
             dir.users.insert(key, me.clone());
             self.gauges(&dir);
         }
-        result(joined.map(Outcome::Welcome))
+        drop(dir);
+        match joined {
+            Ok(view) => self.with_stored_history(ticket, me, view, Outcome::Welcome),
+            Err(refusal) => now(refusal),
+        }
     }
 
-    fn join(&self, _: Ticket, me: &Member, room: &str) -> Answer {
+    fn join(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
         let mut dir = lock(&self.directory);
-        result(self.join_locked(&mut dir, me, room).map(Outcome::Joined))
+        let joined = self.join_locked(&mut dir, me, room, resume);
+        drop(dir);
+        match joined {
+            Ok(view) => self.with_stored_history(ticket, me, view, Outcome::Joined),
+            Err(refusal) => now(refusal),
+        }
     }
 
     fn leave(&self, _: Ticket, me: &Member, room: &str) -> Answer {
@@ -440,28 +614,39 @@ impl Broker for LocalBroker {
         if !state.members.iter().any(|m| m.conn == me.conn) {
             return now(Refusal::not_in_room(&room.name));
         }
-        state.seq += 1;
-        state.last_active = Instant::now();
-        let seq = state.seq;
+        let seq = state.seq + 1;
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
         let ts: Arc<str> = protocol::timestamp().into();
-        let message = ChatMessage {
-            id,
-            seq,
-            ts: b(&ts),
-            room: b(&room.name),
-            from: b(&me.name),
-            role: me.role,
-            text: b(text),
-            action,
-        };
+        let message = Arc::new(
+            ChatMessage {
+                id,
+                seq,
+                ts: b(&ts),
+                room: b(&room.name),
+                from: b(&me.name),
+                role: me.role,
+                text: b(text),
+                action,
+            }
+            .into_owned(),
+        );
+        // Stored, or refused: never accepted and then lost.
+        if let Some(store) = &self.store
+            && !store.append(message.clone(), state.epoch.clone())
+        {
+            return now(unavailable(
+                "the server cannot store messages fast enough right now; try again",
+            ));
+        }
+        state.seq = seq;
+        state.last_active = Instant::now();
         self.delivery.deliver(
             &state.members,
             &ServerMsg::Message(message.borrowed()),
             Class::Chat,
             Some(me.conn),
         );
-        self.store(&mut state, Arc::new(message.into_owned()));
+        self.store(&mut state, message);
         let recipients = state.members.len() - 1;
         drop(state);
         self.bound_history(&room, id);
@@ -484,6 +669,24 @@ impl Broker for LocalBroker {
         };
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
         let ts: Arc<str> = protocol::timestamp().into();
+        if self.limits.store_pms
+            && let Some(store) = &self.store
+        {
+            let pm = store::Pm {
+                id,
+                ts: ts.to_string(),
+                from: me.name.to_string(),
+                to: target.name.to_string(),
+                role: me.role,
+                text: text.to_string(),
+                action,
+            };
+            if !store.append_pm(pm) {
+                return now(unavailable(
+                    "the server cannot store messages fast enough right now; try again",
+                ));
+            }
+        }
         let event = ServerMsg::Pm {
             id,
             ts: b(&ts),
@@ -559,27 +762,136 @@ impl Broker for LocalBroker {
         now(Outcome::Rooms(rooms))
     }
 
-    fn history(
+    fn history(&self, ticket: Ticket, me: &Member, room: &str, page: Page) -> Answer {
+        let r = match self.visible_room(me, room) {
+            Ok(r) => r,
+            Err(refusal) => return now(refusal),
+        };
+        let state = lock(&r.state);
+        let oldest = self.oldest_seq(&r.name, &state);
+        let in_memory = state.history.front().map_or(state.seq + 1, |m| m.seq);
+        let name = r.name.clone();
+        let from_store = |before, after| {
+            let name = name.clone();
+            move |db: &rusqlite::Connection| match store::read::page(
+                db, &name, before, after, page.limit,
+            ) {
+                Ok((messages, more)) => Outcome::History {
+                    room: name,
+                    messages: messages.into_iter().map(Arc::new).collect(),
+                    more,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage: a history read failed");
+                    unavailable("could not read the history; try again").into()
+                }
+            }
+        };
+        match page.after {
+            Some(after) if in_memory > after + 1 && oldest <= after + 1 && self.store.is_some() => {
+                drop(state);
+                self.read_later(ticket, me, from_store(None, Some(after)))
+            }
+            Some(after) => {
+                let start = state.history.partition_point(|m| m.seq <= after);
+                let end = (start + page.limit).min(state.history.len());
+                now(Outcome::History {
+                    room: name,
+                    messages: state.history.range(start..end).cloned().collect(),
+                    more: end < state.history.len(),
+                })
+            }
+            None => {
+                let upto = match page.before {
+                    Some(b) => state.history.partition_point(|m| m.seq < b),
+                    None => state.history.len(),
+                };
+                let from = upto.saturating_sub(page.limit);
+                let first = state.history.get(from).map_or(in_memory, |m| m.seq);
+                let short = upto - from < page.limit;
+                if short && oldest < first && self.store.is_some() {
+                    // Older messages are stored but not in memory.
+                    drop(state);
+                    return self.read_later(ticket, me, from_store(page.before, None));
+                }
+                now(Outcome::History {
+                    room: name,
+                    messages: state.history.range(from..upto).cloned().collect(),
+                    more: oldest < first,
+                })
+            }
+        }
+    }
+
+    fn conversation(
         &self,
-        _: Ticket,
+        ticket: Ticket,
         me: &Member,
-        room: &str,
+        with: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Answer {
-        result(self.visible_room(me, room).map(|r| {
-            let state = lock(&r.state);
-            let upto = match before {
-                Some(b) => state.history.partition_point(|m| m.seq < b),
-                None => state.history.len(),
-            };
-            let from = upto.saturating_sub(limit);
-            Outcome::History {
-                room: r.name.clone(),
-                messages: state.history.range(from..upto).cloned().collect(),
-                more: from > 0,
+        if !self.limits.store_pms || self.store.is_none() {
+            return now(unavailable(
+                "private messages are not kept on this server (only with storage and tokens)",
+            ));
+        }
+        let pair = store::pm_pair(&me.name, with);
+        let with: Arc<str> = with.into();
+        self.read_later(ticket, me, move |db| {
+            match store::read::pms(db, &pair, before, limit) {
+                Ok((messages, more)) => Outcome::Conversation {
+                    with,
+                    messages,
+                    more,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage: a conversation read failed");
+                    unavailable("could not read the conversation; try again").into()
+                }
             }
-        }))
+        })
+    }
+
+    fn search(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        rooms: &[Arc<str>],
+        query: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Answer {
+        if self.store.is_none() {
+            return now(unavailable(
+                "search needs durable history (storage.path), which this server does not keep",
+            ));
+        }
+        let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+        let query: Arc<str> = query.into();
+        self.read_later(ticket, me, move |db| {
+            match store::read::search(db, &rooms, &query, before, limit) {
+                Ok((messages, more)) => Outcome::Found {
+                    query,
+                    messages: messages.into_iter().map(Arc::new).collect(),
+                    more,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage: a search failed");
+                    unavailable("could not search; try again").into()
+                }
+            }
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.healthy())
+    }
+
+    fn close(&self) {
+        if let Some(store) = &self.store {
+            store.close(std::time::Duration::from_secs(10));
+        }
     }
 
     fn kick(&self, _: Ticket, me: &Member, name: &str, reason: &str) -> Answer {
@@ -671,17 +983,30 @@ impl Broker for LocalBroker {
     }
 }
 
+/// The creator of rooms loaded from the store: no client's address.
+const LOADED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+fn unavailable(why: &str) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, why)
+}
+
+/// A fresh epoch for a room whose seq numbering starts now.
+fn new_epoch() -> Arc<str> {
+    format!("{:016x}", fastrand::u64(..)).into()
+}
+
 impl Room {
-    fn new(name: &str, creator: Option<IpAddr>) -> Room {
+    fn new(name: &str, creator: Option<IpAddr>, epoch: Arc<str>, seq: u64) -> Room {
         Room {
             name: name.into(),
             creator,
             state: Mutex::new(RoomState {
                 members: Vec::new(),
                 last_active: Instant::now(),
-                seq: 0,
+                seq,
                 history: VecDeque::new(),
                 history_bytes: 0,
+                epoch,
             }),
         }
     }

@@ -28,6 +28,7 @@ use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use crate::store::Pm;
 pub(crate) use delivery::Delivery;
 pub use local::{HubLimits, LocalBroker};
 
@@ -176,7 +177,25 @@ pub enum Outcome {
         room: Arc<str>,
         /// The messages.
         messages: Vec<Arc<StoredMessage>>,
-        /// Older messages exist before this page.
+        /// More messages exist in the direction paged.
+        more: bool,
+    },
+    /// A page of a private conversation, oldest first.
+    Conversation {
+        /// The other user, as asked for.
+        with: Arc<str>,
+        /// The messages.
+        messages: Vec<crate::store::Pm>,
+        /// Older messages exist.
+        more: bool,
+    },
+    /// Search results, newest first.
+    Found {
+        /// The query.
+        query: Arc<str>,
+        /// Matching messages.
+        messages: Vec<Arc<StoredMessage>>,
+        /// Older matches exist.
         more: bool,
     },
     /// `nick` succeeded: the caller is now called `name`.
@@ -197,8 +216,36 @@ pub struct RoomView {
     pub room: Arc<str>,
     /// Members including the joiner, sorted by name.
     pub users: Vec<(Arc<str>, Role)>,
-    /// Most recent messages, oldest first.
+    /// Messages, oldest first: the most recent, or (resumed) those after `since`.
     pub history: Vec<Arc<StoredMessage>>,
+    /// The room's seq numbering.
+    pub epoch: Arc<str>,
+    /// The room's latest seq.
+    pub seq: u64,
+    /// Whether `history` resumes exactly after the `since` asked for (`None`: none asked).
+    pub resumed: Option<bool>,
+    /// More resumed messages exist than `history` holds (page with `after`).
+    pub more: bool,
+}
+
+/// A client resuming a room: it has everything up to `since` in `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last seq the client has.
+    pub since: u64,
+    /// The room's epoch that seq belongs to.
+    pub epoch: String,
+}
+
+/// Which page of a room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Messages with seq below this (the newest of them).
+    pub before: Option<u64>,
+    /// Messages with seq above this (the oldest of them); wins over `before`.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// Receipt for an accepted message.
@@ -272,12 +319,14 @@ pub enum TypingTo<'a> {
 /// Room names are normalised (`protocol::normalize_room`) and texts checked by the session before a
 /// call; the broker checks what only it can know (names taken, membership, caps).
 pub trait Broker: Send + Sync + std::fmt::Debug {
-    /// Claims `me.name()` (case-insensitively unique) and joins `room`, in one step: on failure
-    /// nothing is taken. `Welcome`, or `name_taken` / `too_many_rooms`.
-    fn hello(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    /// Claims `me.name()` (unique as `protocol::fold_name` folds it) and joins `room`, in one
+    /// step: on failure nothing is taken. A room that cannot be created gives the default room.
+    /// With `resume`, the view holds what the client missed (see [`RoomView`]). `Welcome`, or
+    /// `name_taken`.
+    fn hello(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer;
     /// Joins `room` (creating it), announcing `joined` to the others. `Joined`, or
     /// `too_many_rooms`. Joining a room one is in announces nothing.
-    fn join(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
+    fn join(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer;
     /// Leaves `room`, announcing `left`. `Left`, or `not_in_room`.
     fn leave(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
     /// Says `text` in `room`: it gets the room's next `seq`, is kept in history and reaches every
@@ -291,13 +340,27 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn who(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
     /// Every room. `Rooms`.
     fn rooms(&self, ticket: Ticket, me: &Member) -> Answer;
-    /// Up to `limit` messages of `room` with `seq < before`. `History`, or `no_such_room` /
-    /// `not_in_room`.
-    fn history(
+    /// A page of `room`'s history, from memory or from the store. `History`, or `no_such_room` /
+    /// `not_in_room` / `unavailable`.
+    fn history(&self, ticket: Ticket, me: &Member, room: &str, page: Page) -> Answer;
+    /// A page of `me`'s private conversation `with` someone (ids below `before`).
+    /// `Conversation`, or `unavailable` where PMs are not kept.
+    fn conversation(
         &self,
         ticket: Ticket,
         me: &Member,
-        room: &str,
+        with: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Answer;
+    /// Full-text search in `rooms` (the session checked `me` is in them), newest first, ids
+    /// below `before`. `Found`, or `unavailable` without durable history.
+    fn search(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        rooms: &[Arc<str>],
+        query: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Answer;
@@ -313,4 +376,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// The connection ended: leave `rooms` (announcing `left`) and free the name if `me` holds it.
     /// Called once per connection that said hello (or tried to), after its other calls.
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]);
+    /// Whether the broker can do its work (`/readyz`): its backends answer.
+    fn ready(&self) -> bool {
+        true
+    }
+    /// The server is stopping and every connection has closed: make what was accepted durable.
+    fn close(&self) {}
 }

@@ -17,11 +17,20 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Time allowed to send a request and read the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves admin requests until `stop` is cancelled. `draining` cancelled means not ready.
+/// What `/readyz` reports: not ready once shutdown began, or while a backend (the database) fails.
+#[derive(Clone)]
+pub(crate) struct Ready {
+    /// Cancelled when shutdown begins.
+    pub draining: CancellationToken,
+    /// Whether the backends work.
+    pub backends: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Serves admin requests until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Metrics,
-    draining: CancellationToken,
+    draining: Ready,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -47,11 +56,7 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    draining: &CancellationToken,
-) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, ready: &Ready) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -103,10 +108,15 @@ async fn answer(
             metrics.render(),
         ),
         b"/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        b"/readyz" if draining.is_cancelled() => (
+        b"/readyz" if ready.draining.is_cancelled() => (
             "503 Service Unavailable",
             "text/plain",
             "shutting down\n".into(),
+        ),
+        b"/readyz" if !(ready.backends)() => (
+            "503 Service Unavailable",
+            "text/plain",
+            "storage is failing (see the log and chatd_storage_errors_total)\n".into(),
         ),
         b"/readyz" => ("200 OK", "text/plain", "ready\n".into()),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),

@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::auth::Verifier;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::connection::{self, Sockets, TlsSlot};
-use crate::hub::{Broker, HubLimits, LocalBroker};
+use crate::hub::{Broker, LocalBroker};
 use crate::metrics::Metrics;
 use crate::session::typing::TypingTimings;
 use crate::session::{Chat, Session};
@@ -60,6 +60,17 @@ pub struct ShutdownReport {
     pub connections_remaining: usize,
 }
 
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The configuration names something unusable (exit 78): a file, the database.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// Checks the files the configuration names, before anything binds: the TLS certificate and key
 /// load and match, and the token secret is readable and long enough. Errors name the key.
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
@@ -74,20 +85,23 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
 
 impl Server {
     /// Binds the chat listener and, when configured, the admin listener (each may use port 0),
-    /// with the single-process broker.
-    pub async fn bind(config: Config) -> io::Result<Server> {
+    /// with the single-process broker and, when `storage.path` is set, durable history (opened
+    /// before any port is bound).
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
         Server::bind_with(config, |config, metrics| {
-            Arc::new(LocalBroker::new(HubLimits::from_config(config), metrics))
+            Ok(Arc::new(LocalBroker::from_config(config, metrics)?))
         })
         .await
     }
 
     /// Binds like [`Server::bind`], with the broker `make_broker` builds (it gets the server's
-    /// configuration and metrics).
+    /// configuration and metrics, before any port is bound).
     pub async fn bind_with(
         config: Config,
-        make_broker: impl FnOnce(&Config, &Metrics) -> Arc<dyn Broker>,
-    ) -> io::Result<Server> {
+        make_broker: impl FnOnce(&Config, &Metrics) -> Result<Arc<dyn Broker>, ConfigError>,
+    ) -> Result<Server, BindError> {
+        let metrics = Metrics::new();
+        let broker = make_broker(&config, &metrics)?;
         let addr = config.listen_addr();
         let listener = listen(addr, config.server.backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -109,7 +123,6 @@ impl Server {
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes))
             .accept_unmasked_frames(false);
-        let metrics = Metrics::new();
         let limiter = Arc::new(ConnLimiter::new(
             &config.server,
             metrics.connections_open.clone(),
@@ -130,7 +143,6 @@ impl Server {
             )),
             AuthMode::Open => None,
         };
-        let broker = make_broker(&config, &metrics);
         let typing = TypingTimings {
             throttle: Duration::from_secs_f64(limits.typing_throttle_secs),
             active_expiry: Duration::from_secs_f64(limits.typing_active_secs),
@@ -207,10 +219,15 @@ impl Server {
         info!(addr = %local_addr, "listening");
         let admin_stop = CancellationToken::new();
         let admin_task = admin.map(|l| {
+            let broker = chat.broker.clone();
+            let ready = admin::Ready {
+                draining: shutdown.clone(),
+                backends: Arc::new(move || broker.ready()),
+            };
             tokio::spawn(admin::serve(
                 l,
                 sockets.metrics.clone(),
-                shutdown.clone(),
+                ready,
                 admin_stop.clone(),
             ))
         });
@@ -308,6 +325,9 @@ impl Server {
             flusher.abort();
             let _ = flusher.await;
         }
+        // Every connection is closed: what was accepted becomes durable.
+        let broker = chat.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.close()).await;
         admin_stop.cancel();
         if let Some(task) = admin_task {
             let _ = task.await;

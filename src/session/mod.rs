@@ -27,8 +27,8 @@ use crate::config::Config;
 use crate::connection::mailbox::Mailbox;
 use crate::connection::{Flow, Handler};
 use crate::hub::{
-    self, Answer, Broker, ConnId, Member, Outcome, Receipt, Refusal, RoomView, StoredMessage,
-    Ticket, TypingTo,
+    self, Answer, Broker, ConnId, Member, Outcome, Page, Receipt, Refusal, Resume, RoomView,
+    StoredMessage, Ticket, TypingTo,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -83,6 +83,7 @@ enum Kind {
     },
     Rooms,
     History,
+    Search,
     Kick {
         name: String,
     },
@@ -248,12 +249,16 @@ impl Session {
             }
             (Kind::Join { .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
-                let (users, history) = self.fit_view(&view);
+                let (users, history, more) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
                     users: user_infos(users),
                     user_count: view.users.len(),
                     history: history_items(history),
+                    epoch: b(&view.epoch),
+                    seq: view.seq,
+                    resumed: view.resumed,
+                    more,
                     reference: reference.map(b),
                 })
             }
@@ -327,8 +332,71 @@ impl Session {
                 let start = fit_newest(&messages, self.reply_budget());
                 protocol::encode(&ServerMsg::History {
                     room: b(&room),
+                    with: None,
                     messages: history_items(&messages[start..]),
                     more: more || start > 0,
+                    reference: reference.map(b),
+                })
+            }
+            (
+                Kind::History,
+                Outcome::Conversation {
+                    with,
+                    messages,
+                    more,
+                },
+            ) => {
+                let budget = self.reply_budget();
+                let mut used = 0;
+                let start = messages.len()
+                    - messages
+                        .iter()
+                        .rev()
+                        .take_while(|m| {
+                            used += protocol::json_len(&m.text) + protocol::json_len(&m.from) + 120;
+                            used <= budget
+                        })
+                        .count();
+                protocol::encode(&ServerMsg::History {
+                    room: b(""),
+                    with: Some(b(&with)),
+                    messages: messages[start..]
+                        .iter()
+                        .map(|m| ServerMsg::Pm {
+                            id: m.id,
+                            ts: b(&m.ts),
+                            from: b(&m.from),
+                            role: m.role,
+                            to: b(&m.to),
+                            text: b(&m.text),
+                            action: m.action,
+                        })
+                        .collect(),
+                    more: more || start > 0,
+                    reference: reference.map(b),
+                })
+            }
+            (
+                Kind::Search,
+                Outcome::Found {
+                    query,
+                    messages,
+                    more,
+                },
+            ) => {
+                let budget = self.reply_budget();
+                let mut used = 0;
+                let n = messages
+                    .iter()
+                    .take_while(|m| {
+                        used += message_len(m);
+                        used <= budget
+                    })
+                    .count();
+                protocol::encode(&ServerMsg::Search {
+                    query: b(&query),
+                    messages: history_items(&messages[..n]),
+                    more: more || n < messages.len(),
                     reference: reference.map(b),
                 })
             }
@@ -385,7 +453,13 @@ impl Session {
 
     /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
     /// most half the budget) and the newest messages in the rest.
-    fn fit_view<'v>(&self, view: &'v RoomView) -> (&'v [UserEntry], &'v [Arc<StoredMessage>]) {
+    /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
+    /// most half the budget) and, in the rest, the newest messages, or for a resume the oldest
+    /// missed ones (contiguous after `since`; the flag says more follow).
+    fn fit_view<'v>(
+        &self,
+        view: &'v RoomView,
+    ) -> (&'v [UserEntry], &'v [Arc<StoredMessage>], bool) {
         let budget = self.reply_budget();
         let n = fit_users(
             &view.users,
@@ -393,8 +467,22 @@ impl Session {
             self.chat.config.limits.users_per_page,
         );
         let used: usize = view.users[..n].iter().map(|(u, _)| user_len(u)).sum();
-        let start = fit_newest(&view.history, budget - used);
-        (&view.users[..n], &view.history[start..])
+        let rest = budget - used;
+        if view.resumed == Some(true) {
+            let mut used = 0;
+            let end = view
+                .history
+                .iter()
+                .take_while(|m| {
+                    used += message_len(m);
+                    used <= rest
+                })
+                .count();
+            let more = view.more || end < view.history.len();
+            return (&view.users[..n], &view.history[..end], more);
+        }
+        let start = fit_newest(&view.history, rest);
+        (&view.users[..n], &view.history[start..], false)
     }
 
     fn welcome(&mut self, view: RoomView, reference: Option<&str>) -> Utf8Bytes {
@@ -413,13 +501,17 @@ impl Session {
             return format!("Welcome, {name}! {}", protocol::plain::online(&names)).into();
         }
         let config = &self.chat.config;
-        let (users, history) = self.fit_view(&view);
+        let (users, history, more) = self.fit_view(&view);
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
             room: b(&view.room),
             users: user_infos(users),
             user_count: view.users.len(),
             history: history_items(history),
+            epoch: b(&view.epoch),
+            seq: view.seq,
+            resumed: view.resumed,
+            more,
             server: ServerInfo {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,
@@ -458,14 +550,23 @@ impl Session {
         let reference = request.id;
         if !self.welcomed {
             return match request.msg {
-                ClientMsg::Hello { name, room, token } if self.me.is_none() => {
-                    match self.authenticate(&name, token.as_deref()) {
-                        Ok(role) => {
-                            self.hello(&name, room.as_deref(), Mode::Json, role, reference, out)
-                        }
-                        Err(r) => self.refuse(r, reference.as_deref(), out),
+                ClientMsg::Hello {
+                    name,
+                    room,
+                    token,
+                    since,
+                    epoch,
+                } if self.me.is_none() => match self.authenticate(&name, token.as_deref()) {
+                    Ok(role) => {
+                        let resume = resume(since, epoch);
+                        let joining = Joining {
+                            room: room.as_deref(),
+                            resume: resume.as_ref(),
+                        };
+                        self.hello(&name, joining, Mode::Json, role, reference, out)
                     }
-                }
+                    Err(r) => self.refuse(r, reference.as_deref(), out),
+                },
                 _ => self.refuse(hello_required(), reference.as_deref(), out),
             };
         }
@@ -480,7 +581,9 @@ impl Session {
                 reference_str,
                 out,
             ),
-            ClientMsg::Join { room } => self.join(&room, reference, out),
+            ClientMsg::Join { room, since, epoch } => {
+                self.join(&room, resume(since, epoch), reference, out)
+            }
             ClientMsg::Leave { room } => match self.my_room(Some(&room)) {
                 Ok(room) => {
                     let target = TypingTarget::Room(room.clone());
@@ -548,17 +651,64 @@ impl Session {
             ClientMsg::History {
                 room,
                 before,
+                after,
                 limit,
-            } => match self.named_room(room.as_deref()) {
-                Ok(room) => {
-                    let max = self.chat.config.history.size;
-                    let limit = limit.unwrap_or(max).min(max);
-                    self.call(Kind::History, reference, out, |b, t, me| {
-                        b.history(t, me, &room, before, limit)
-                    })
+                with,
+            } => {
+                let max = self.chat.config.history.size.max(1);
+                let limit = limit.unwrap_or(max).clamp(1, max);
+                if let Some(with) = with {
+                    if protocol::validate_name(&with) == Err(NameError::Invalid) {
+                        return self.refuse(Refusal::no_such_user(&with), reference_str, out);
+                    }
+                    return self.call(Kind::History, reference, out, |b, t, me| {
+                        b.conversation(t, me, &with, before, limit)
+                    });
                 }
-                Err(r) => self.refuse(r, reference_str, out),
-            },
+                match self.named_room(room.as_deref()) {
+                    Ok(room) => {
+                        let page = Page {
+                            before,
+                            after,
+                            limit,
+                        };
+                        self.call(Kind::History, reference, out, |b, t, me| {
+                            b.history(t, me, &room, page)
+                        })
+                    }
+                    Err(r) => self.refuse(r, reference_str, out),
+                }
+            }
+            ClientMsg::Search {
+                query,
+                room,
+                limit,
+                before,
+            } => {
+                let query = query.trim();
+                if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+                    let r = Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!("a search needs 1 to {MAX_QUERY_CHARS} characters"),
+                    );
+                    return self.refuse(r, reference_str, out);
+                }
+                let rooms = match room {
+                    Some(room) => match self.my_room(Some(&room)) {
+                        Ok(room) => vec![room],
+                        Err(r) => return self.refuse(r, reference_str, out),
+                    },
+                    None if self.rooms.is_empty() => {
+                        let r = Refusal::new(ErrorCode::NotInRoom, "you are in no room");
+                        return self.refuse(r, reference_str, out);
+                    }
+                    None => self.rooms.clone(),
+                };
+                let limit = limit.unwrap_or(20).clamp(1, 100);
+                self.call(Kind::Search, reference, out, |b, t, me| {
+                    b.search(t, me, &rooms, query, before, limit)
+                });
+            }
             ClientMsg::Kick { name, reason } => {
                 if let Err(r) = require_admin(&me) {
                     return self.refuse(r, reference_str, out);
@@ -609,17 +759,15 @@ impl Session {
     fn hello(
         &mut self,
         name: &str,
-        room: Option<&str>,
+        joining: Joining<'_>,
         mode: Mode,
         role: Role,
         reference: Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) {
         let refusal = name_refusal(name);
-        let room = match (
-            refusal,
-            normalize_room(room.unwrap_or(protocol::DEFAULT_ROOM)),
-        ) {
+        let requested = joining.room.unwrap_or(protocol::DEFAULT_ROOM);
+        let room = match (refusal, normalize_room(requested)) {
             (None, Ok(room)) => room,
             (Some(r), _) | (None, Err(r)) => {
                 let frame = match mode {
@@ -639,8 +787,9 @@ impl Session {
             self.mailbox.clone(),
         ));
         self.rooms.push(room.clone());
+        let resume = joining.resume;
         self.call(Kind::Hello, reference, out, |b, t, me| {
-            b.hello(t, me, &room)
+            b.hello(t, me, &room, resume)
         });
     }
 
@@ -660,7 +809,13 @@ impl Session {
         self.call(Kind::Nick, reference, out, |b, t, me| b.nick(t, me, name));
     }
 
-    fn join(&mut self, room: &str, reference: Option<String>, out: &mut Vec<Utf8Bytes>) {
+    fn join(
+        &mut self,
+        room: &str,
+        resume: Option<Resume>,
+        reference: Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         let room = match normalize_room(room) {
             Ok(room) => room,
             Err(r) => return self.refuse(r, reference.as_deref(), out),
@@ -681,7 +836,9 @@ impl Session {
             room: room.clone(),
             added,
         };
-        self.call(kind, reference, out, |b, t, me| b.join(t, me, &room));
+        self.call(kind, reference, out, |b, t, me| {
+            b.join(t, me, &room, resume.as_ref())
+        });
     }
 
     /// A room the client is in: `room` as given, or the hello room.
@@ -868,6 +1025,24 @@ impl TypingTarget {
             TypingTarget::User(name) => TypingTo::User(name),
         }
     }
+}
+
+/// Longest search query, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// Where a hello goes: its room, and what the client already has of it.
+#[derive(Debug, Clone, Copy)]
+struct Joining<'a> {
+    room: Option<&'a str>,
+    resume: Option<&'a Resume>,
+}
+
+/// A resume request, when the client sent both halves.
+fn resume(since: Option<u64>, epoch: Option<String>) -> Option<Resume> {
+    Some(Resume {
+        since: since?,
+        epoch: epoch?,
+    })
 }
 
 /// Why a name may not be taken, if it may not.

@@ -28,7 +28,11 @@ impl Session {
                 let r = Refusal::new(ErrorCode::HelloRequired, "wait for the welcome");
                 self.refuse(r, None, out);
             } else {
-                self.hello(line, None, Mode::Plain, Role::User, None, out);
+                let joining = super::Joining {
+                    room: None,
+                    resume: None,
+                };
+                self.hello(line, joining, Mode::Plain, Role::User, None, out);
             }
             return self.flow();
         }

@@ -35,7 +35,14 @@ fn help_and_version() {
 
 #[test]
 fn embedded_defaults_listen_on_127_0_0_1_8000() {
-    let (code, out, _) = output(&["print-config"], &[]);
+    let out = crate::helpers::chatd_command_with_defaults()
+        .arg("print-config")
+        .output()
+        .unwrap();
+    let (code, out) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    );
     assert_eq!(code, Some(0));
     let config: Config = toml::from_str(&out).expect("print-config prints TOML");
     assert_eq!(config, Config::default());

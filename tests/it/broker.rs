@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatd::hub::{Answer, Broker, LocalBroker, Member, Outcome, Ticket, TypingTo};
+use chatd::hub::{Answer, Broker, LocalBroker, Member, Outcome, Page, Resume, Ticket, TypingTo};
 use chatd::protocol::{ErrorCode, TypingState};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -27,6 +27,7 @@ type Job = Box<dyn FnOnce(&LocalBroker) + Send>;
 #[derive(Debug)]
 pub struct LateBroker {
     jobs: mpsc::Sender<Job>,
+    inner: Arc<LocalBroker>,
 }
 
 /// How long each call waits before it is carried out.
@@ -35,13 +36,15 @@ const DELAY: Duration = Duration::from_millis(2);
 impl LateBroker {
     pub fn new(inner: LocalBroker) -> LateBroker {
         let (jobs, mut queue) = mpsc::channel::<Job>(10_000);
+        let inner = Arc::new(inner);
+        let worker = inner.clone();
         tokio::spawn(async move {
             while let Some(job) = queue.recv().await {
                 tokio::time::sleep(DELAY).await;
-                job(&inner);
+                job(&worker);
             }
         });
-        LateBroker { jobs }
+        LateBroker { jobs, inner }
     }
 
     fn later(
@@ -81,13 +84,13 @@ impl LateBroker {
 }
 
 impl Broker for LateBroker {
-    fn hello(&self, t: Ticket, me: &Member, room: &str) -> Answer {
-        let room = room.to_string();
-        self.later(t, me, move |b, me| b.hello(t, me, &room))
+    fn hello(&self, t: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
+        let (room, resume) = (room.to_string(), resume.cloned());
+        self.later(t, me, move |b, me| b.hello(t, me, &room, resume.as_ref()))
     }
-    fn join(&self, t: Ticket, me: &Member, room: &str) -> Answer {
-        let room = room.to_string();
-        self.later(t, me, move |b, me| b.join(t, me, &room))
+    fn join(&self, t: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
+        let (room, resume) = (room.to_string(), resume.cloned());
+        self.later(t, me, move |b, me| b.join(t, me, &room, resume.as_ref()))
     }
     fn leave(&self, t: Ticket, me: &Member, room: &str) -> Answer {
         let room = room.to_string();
@@ -122,9 +125,47 @@ impl Broker for LateBroker {
     fn rooms(&self, t: Ticket, me: &Member) -> Answer {
         self.later(t, me, move |b, me| b.rooms(t, me))
     }
-    fn history(&self, t: Ticket, me: &Member, room: &str, before: Option<u64>, n: usize) -> Answer {
+    fn history(&self, t: Ticket, me: &Member, room: &str, page: Page) -> Answer {
         let room = room.to_string();
-        self.later(t, me, move |b, me| b.history(t, me, &room, before, n))
+        self.later(t, me, move |b, me| b.history(t, me, &room, page))
+    }
+    fn conversation(
+        &self,
+        t: Ticket,
+        me: &Member,
+        with: &str,
+        before: Option<u64>,
+        n: usize,
+    ) -> Answer {
+        let with = with.to_string();
+        self.later(t, me, move |b, me| b.conversation(t, me, &with, before, n))
+    }
+    fn search(
+        &self,
+        t: Ticket,
+        me: &Member,
+        rooms: &[Arc<str>],
+        query: &str,
+        before: Option<u64>,
+        n: usize,
+    ) -> Answer {
+        let (rooms, query) = (rooms.to_vec(), query.to_string());
+        self.later(t, me, move |b, me| {
+            b.search(t, me, &rooms, &query, before, n)
+        })
+    }
+    fn ready(&self) -> bool {
+        self.inner.ready()
+    }
+    fn close(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |broker| {
+            broker.close();
+            let _ = done.send(());
+        });
+        if self.jobs.try_send(job).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
     }
     fn kick(&self, t: Ticket, me: &Member, name: &str, reason: &str) -> Answer {
         let (name, reason) = (name.to_string(), reason.to_string());

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use chatd::hub::{Broker, HubLimits, LocalBroker};
+use chatd::hub::{Broker, LocalBroker};
 use chatd::{Config, Server, ShutdownReport};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -40,20 +40,26 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn broker(self, config: &Config, metrics: &chatd::metrics::Metrics) -> Arc<dyn Broker> {
-        let local = LocalBroker::new(HubLimits::from_config(config), metrics);
-        match self {
+    pub fn broker(
+        self,
+        config: &Config,
+        metrics: &chatd::metrics::Metrics,
+    ) -> Result<Arc<dyn Broker>, chatd::ConfigError> {
+        let local = LocalBroker::from_config(config, metrics)?;
+        Ok(match self {
             Backend::Local => Arc::new(local),
             Backend::Late => Arc::new(crate::broker::LateBroker::new(local)),
-        }
+        })
     }
 }
 
-/// A config for tests: port 0 on loopback, everything else default.
+/// A config for tests: port 0 on loopback, history in memory (tests that store set a path),
+/// everything else default.
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.port = 0;
     config.admin.listen = "127.0.0.1:0".into();
+    config.storage.path = String::new();
     config
 }
 
@@ -257,6 +263,14 @@ pub struct Daemon {
 }
 
 pub fn chatd_command() -> Command {
+    let mut cmd = chatd_command_with_defaults();
+    // History in memory unless a test asks for a database (it sets CHATD_STORAGE__PATH after).
+    cmd.env("CHATD_STORAGE__PATH", "");
+    cmd
+}
+
+/// The real binary with nothing but its embedded defaults (a database in the temp directory).
+pub fn chatd_command_with_defaults() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
     // Isolate from the developer's environment and the repo's chat.toml.
     for (key, _) in std::env::vars() {
@@ -282,6 +296,7 @@ impl Daemon {
     /// Runs `cmd` (chatd, or a shell that execs it) with the test environment and `envs`.
     pub fn spawn(mut cmd: Command, envs: &[(&str, &str)]) -> Daemon {
         cmd.env("CHATD_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("CHATD_STORAGE__PATH", "")
             .envs(envs.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn chatd");

@@ -11,4 +11,5 @@ mod limits;
 mod ops;
 mod plain;
 mod security;
+mod storage;
 mod typing;

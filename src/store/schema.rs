@@ -1,0 +1,95 @@
+//! The database's schema and its migrations (`PRAGMA user_version` steps). An operator can open the
+//! file with `sqlite3`; docs/STORAGE.md describes each table.
+
+use rusqlite::Connection;
+
+/// The schema this binary writes.
+pub(crate) const VERSION: u32 = 2;
+
+/// Each step takes the schema from the version before it to its own.
+const STEPS: &[(u32, &str)] = &[
+    (
+        1,
+        "
+        CREATE TABLE rooms (
+            id       INTEGER PRIMARY KEY,
+            name     TEXT NOT NULL UNIQUE,   -- normalised room name
+            epoch    TEXT NOT NULL,          -- changes only when the room's seq restarts
+            last_seq INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE messages (
+            id      INTEGER PRIMARY KEY,     -- the message id clients see (server-wide)
+            room_id INTEGER NOT NULL REFERENCES rooms(id),
+            seq     INTEGER NOT NULL,        -- per room, from 1
+            ts      TEXT NOT NULL,           -- RFC 3339 UTC, milliseconds
+            sender  TEXT NOT NULL,
+            role    TEXT NOT NULL,           -- 'user' or 'admin'
+            text    TEXT NOT NULL,
+            action  INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (room_id, seq)
+        );
+        CREATE INDEX messages_ts ON messages (ts);
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        ",
+    ),
+    (
+        2,
+        "
+        CREATE VIRTUAL TABLE messages_fts USING fts5 (
+            text, content = 'messages', content_rowid = 'id', tokenize = 'unicode61'
+        );
+        INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END;
+        CREATE TABLE pms (
+            id        INTEGER PRIMARY KEY,   -- the message id (shared with messages)
+            pair      TEXT NOT NULL,         -- the two folded names, sorted, joined by a space
+            ts        TEXT NOT NULL,
+            sender    TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            role      TEXT NOT NULL,
+            text      TEXT NOT NULL,
+            action    INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX pms_pair ON pms (pair, id);
+        ",
+    ),
+];
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SchemaError {
+    /// Written by a newer chatd.
+    #[error(
+        "the database has schema version {found}, newer than this chatd knows ({VERSION}); run a newer chatd, or move the file away"
+    )]
+    Newer { found: u32 },
+    /// SQLite refused.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Brings the schema to `target` (tests migrate to older versions).
+pub(crate) fn migrate_to(db: &mut Connection, target: u32) -> Result<u32, SchemaError> {
+    let found: u32 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > VERSION {
+        return Err(SchemaError::Newer { found });
+    }
+    for (version, sql) in STEPS {
+        if *version <= found || *version > target {
+            continue;
+        }
+        let tx = db.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}

@@ -1,0 +1,680 @@
+//! Durable history (SQLite, `storage.path`) through the real binary: what survives a stop, a kill
+//! and a restart; resuming without gaps; paging past memory; search; private conversations;
+//! pruning; and what happens when the database cannot be used.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command, chatd_command, http, metric};
+
+struct Db {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    Db { _dir: dir, path }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// chatd over `db`, with `extra` settings, on `port` (0: any).
+fn daemon(db: &Path, port: u16, extra: &[(&str, &str)]) -> Daemon {
+    let mut env = vec![
+        ("CHATD_STORAGE__PATH", p(db)),
+        ("CHATD_LIMITS__RATE_PER_SEC", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Daemon::start_at(port, &[], &env)
+}
+
+fn say(c: &mut SyncClient, room: &str, text: &str) -> Value {
+    let id = format!("s{}", fastrand::u64(..));
+    c.send(json!({"type": "say", "room": room, "text": text, "id": id}));
+    c.recv_until(|v| v["ref"] == id.as_str())
+}
+
+fn request(c: &mut SyncClient, mut v: Value) -> Value {
+    let id = format!("q{}", fastrand::u64(..));
+    v["id"] = json!(id);
+    c.send(v);
+    c.recv_until(|r| r["ref"] == id.as_str())
+}
+
+fn texts(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn seqs(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn stop(mut d: Daemon) {
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+/// A hello with `room`, returning the welcome.
+fn hello(d: &Daemon, name: &str, extra: Value) -> (SyncClient, Value) {
+    let (ws, _) = tokio_tungstenite::tungstenite::connect(format!("ws://{}/", d.addr)).unwrap();
+    if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut c = SyncClient { ws };
+    let mut h = json!({"type": "hello", "name": name, "id": "h"});
+    if let (Value::Object(h), Value::Object(extra)) = (&mut h, extra) {
+        h.extend(extra);
+    }
+    c.send(h);
+    let w = c.recv_until(|v| v["ref"] == "h");
+    (c, w)
+}
+
+#[test]
+fn messages_seq_and_ids_survive_a_graceful_restart() {
+    let db = db();
+    let d = daemon(&db.path, 0, &[]);
+    let mut alice = SyncClient::join(d.addr, "alice");
+    let mut last_id = 0;
+    for i in 1..=5 {
+        let ack = say(&mut alice, "lobby", &format!("before {i}"));
+        assert_eq!(ack["seq"], i);
+        last_id = ack["id"].as_u64().unwrap();
+    }
+    drop(alice);
+    stop(d);
+
+    let d = daemon(&db.path, 0, &[]);
+    let (mut bob, w) = hello(&d, "bob", json!({}));
+    assert_eq!(
+        texts(&w["history"]),
+        (1..=5).map(|i| format!("before {i}")).collect::<Vec<_>>()
+    );
+    let ack = say(&mut bob, "lobby", "after");
+    assert_eq!(ack["seq"], 6, "the room's seq continues");
+    assert!(ack["id"].as_u64().unwrap() > last_id, "ids keep increasing");
+    assert_eq!(w["seq"], 5);
+    assert!(!w["epoch"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn a_kill_after_the_commit_interval_loses_nothing_acknowledged() {
+    let db = db();
+    let mut d = daemon(&db.path, 0, &[("CHATD_STORAGE__COMMIT_INTERVAL_MS", "100")]);
+    let mut alice = SyncClient::join(d.addr, "alice");
+    for i in 1..=50 {
+        say(&mut alice, "lobby", &format!("m{i}"));
+    }
+    // The promise: at most the last commit interval of acknowledged messages can be lost.
+    std::thread::sleep(Duration::from_millis(300));
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let d = daemon(&db.path, 0, &[]);
+    let (mut bob, _) = hello(&d, "bob", json!({}));
+    let page = request(&mut bob, json!({"type": "history", "limit": 100}));
+    assert_eq!(seqs(&page["messages"]), (1..=50).collect::<Vec<_>>());
+}
+
+/// Memory keeps the last `history.size`; `history before` pages back through everything stored,
+/// and `after` pages forward.
+#[test]
+fn history_pages_past_the_memory_window() {
+    let db = db();
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_HISTORY__SIZE", "10"),
+            ("CHATD_HISTORY__ON_JOIN", "5"),
+        ],
+    );
+    let mut alice = SyncClient::join(d.addr, "alice");
+    for i in 1..=35 {
+        say(&mut alice, "lobby", &format!("m{i}"));
+    }
+    let mut got = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"type": "history", "limit": 8});
+        if let Some(b) = before {
+            req["before"] = json!(b);
+        }
+        let page = request(&mut alice, req);
+        let s = seqs(&page["messages"]);
+        got.splice(0..0, s.iter().copied());
+        if page["more"] != true {
+            break;
+        }
+        before = s.first().copied();
+    }
+    assert_eq!(got, (1..=35).collect::<Vec<_>>());
+    let forward = request(
+        &mut alice,
+        json!({"type": "history", "after": 3, "limit": 4}),
+    );
+    assert_eq!(seqs(&forward["messages"]), [4, 5, 6, 7]);
+    assert_eq!(forward["more"], true);
+}
+
+/// A client that comes back with `since`/`epoch` gets exactly what it missed, across a restart;
+/// one whose gap is gone (pruned, or a reset store) is told `resumed: false`.
+#[test]
+fn resume_gets_exactly_the_missed_messages_or_says_it_cannot() {
+    let db = db();
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_HISTORY__SIZE", "5"),
+            ("CHATD_HISTORY__ON_JOIN", "2"),
+        ],
+    );
+    let (mut alice, w) = hello(&d, "alice", json!({"room": "dev"}));
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    for i in 1..=3 {
+        say(&mut alice, "dev", &format!("seen {i}"));
+    }
+    drop(alice);
+    stop(d);
+
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_HISTORY__SIZE", "5"),
+            ("CHATD_HISTORY__ON_JOIN", "2"),
+        ],
+    );
+    let (mut bob, _) = hello(&d, "bob", json!({"room": "dev"}));
+    for i in 4..=12 {
+        say(&mut bob, "dev", &format!("missed {i}"));
+    }
+    // More were missed than memory holds (5): the first part comes from the store.
+    let (mut alice, w) = hello(
+        &d,
+        "alice",
+        json!({"room": "dev", "since": 3, "epoch": epoch}),
+    );
+    assert_eq!(w["resumed"], true, "{w}");
+    let mut got = seqs(&w["history"]);
+    let mut more = w["more"] == true;
+    while more {
+        let after = got.last().copied().unwrap_or(3);
+        let page = request(
+            &mut alice,
+            json!({"type": "history", "room": "dev", "after": after}),
+        );
+        got.extend(seqs(&page["messages"]));
+        more = page["more"] == true;
+    }
+    assert_eq!(
+        got,
+        (4..=12).collect::<Vec<_>>(),
+        "exactly the missed ones, once, in order"
+    );
+    // Nothing missed: resumed, nothing sent.
+    let r = request(
+        &mut alice,
+        json!({"type": "join", "room": "other", "since": 0, "epoch": "nope"}),
+    );
+    assert_eq!(r["resumed"], false, "another epoch: {r}");
+    drop(alice);
+    drop(bob);
+    stop(d);
+
+    // Pruned past the gap.
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_STORAGE__MAX_MESSAGES_PER_ROOM", "3"),
+            ("CHATD_STORAGE__PRUNE_INTERVAL_SECS", "0.2"),
+            ("CHATD_HISTORY__SIZE", "3"),
+            ("CHATD_HISTORY__ON_JOIN", "3"),
+        ],
+    );
+    let admin = d.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, w) = hello(
+            &d,
+            &format!("carol{}", fastrand::u32(..)),
+            json!({"room": "dev", "since": 3, "epoch": epoch}),
+        );
+        if w["resumed"] == false {
+            assert_eq!(seqs(&w["history"]), [10, 11, 12], "the latest instead: {w}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pruner never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = http(admin, "GET", "/metrics");
+    stop(d);
+
+    // A reset store: the epoch changes and the room starts again at seq 1.
+    std::fs::remove_file(&db.path).unwrap();
+    let d = daemon(&db.path, 0, &[]);
+    let (mut dave, w) = hello(
+        &d,
+        "dave",
+        json!({"room": "dev", "since": 12, "epoch": epoch}),
+    );
+    assert_eq!(w["resumed"], false);
+    assert_ne!(w["epoch"], epoch.as_str());
+    assert_eq!(say(&mut dave, "dev", "fresh")["seq"], 1);
+}
+
+#[test]
+fn search_finds_words_in_ones_rooms_and_refuses_what_it_cannot_do() {
+    let db = db();
+    let d = daemon(&db.path, 0, &[]);
+    let mut alice = SyncClient::join(d.addr, "alice");
+    request(&mut alice, json!({"type": "join", "room": "pets"}));
+    say(&mut alice, "lobby", "the quick brown fox jumps");
+    say(&mut alice, "pets", "my fox is asleep");
+    say(&mut alice, "pets", "the lazy dog");
+    say(&mut alice, "lobby", "Füchse und Bären");
+    let found = request(&mut alice, json!({"type": "search", "query": "fox"}));
+    assert_eq!(
+        texts(&found["messages"]),
+        ["my fox is asleep", "the quick brown fox jumps"]
+    );
+    let found = request(
+        &mut alice,
+        json!({"type": "search", "query": "fox", "room": "pets"}),
+    );
+    assert_eq!(texts(&found["messages"]), ["my fox is asleep"]);
+    let found = request(&mut alice, json!({"type": "search", "query": "füchse"}));
+    assert_eq!(
+        texts(&found["messages"]),
+        ["Füchse und Bären"],
+        "unicode words"
+    );
+    // FTS syntax in a query is just words.
+    let found = request(
+        &mut alice,
+        json!({"type": "search", "query": "\"fox\" OR NEAR("}),
+    );
+    assert_eq!(found["type"], "search", "{found}");
+    for (req, code) in [
+        (json!({"type": "search", "query": "  "}), "bad_request"),
+        (
+            json!({"type": "search", "query": "x".repeat(300)}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "search", "query": "fox", "room": "elsewhere"}),
+            "not_in_room",
+        ),
+    ] {
+        assert_eq!(request(&mut alice, req)["code"], code);
+    }
+    // Without storage there is nothing to search.
+    let memory = Daemon::start(&[], &[]);
+    let mut bob = SyncClient::join(memory.addr, "bob");
+    assert_eq!(
+        request(&mut bob, json!({"type": "search", "query": "fox"}))["code"],
+        "unavailable"
+    );
+}
+
+/// In token mode names are owned, so conversations are kept and can be paged.
+#[test]
+fn private_conversations_are_kept_when_names_are_owned() {
+    const SECRET: &str = "storage-secret-that-is-long-enough-0123456789";
+    let db = db();
+    let token_env = [
+        ("CHATD_AUTH__MODE", "token"),
+        ("CHATD_AUTH__SECRET", SECRET),
+    ];
+    let d = daemon(&db.path, 0, &token_env);
+    let mint = |name: &str| {
+        let out = chatd_command()
+            .args(["token", name])
+            .env("CHATD_AUTH__MODE", "token")
+            .env("CHATD_AUTH__SECRET", SECRET)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (mut alice, _) = hello(&d, "alice", json!({"token": mint("alice")}));
+    let (mut bob, _) = hello(&d, "bob", json!({"token": mint("bob")}));
+    for i in 1..=3 {
+        request(
+            &mut alice,
+            json!({"type": "pm", "to": "bob", "text": format!("a{i}")}),
+        );
+        request(
+            &mut bob,
+            json!({"type": "pm", "to": "alice", "text": format!("b{i}")}),
+        );
+    }
+    drop(alice);
+    drop(bob);
+    stop(d);
+    let d = daemon(&db.path, 0, &token_env);
+    let (mut bob, _) = hello(&d, "bob", json!({"token": mint("bob")}));
+    let page = request(
+        &mut bob,
+        json!({"type": "history", "with": "ALICE", "limit": 4}),
+    );
+    assert_eq!(texts(&page["messages"]), ["a2", "b2", "a3", "b3"]);
+    assert_eq!(page["more"], true);
+    assert_eq!(page["messages"][0]["type"], "pm");
+    // In open mode anyone may take a name once it is free: nothing is kept.
+    let open = daemon(&db.path, 0, &[]);
+    let mut eve = SyncClient::join(open.addr, "eve");
+    assert_eq!(
+        request(&mut eve, json!({"type": "history", "with": "alice"}))["code"],
+        "unavailable"
+    );
+}
+
+/// Each unusable `storage.path` stops chatd before it binds a port, with exit 78 and a message
+/// that names the key and the reason.
+#[test]
+fn an_unusable_database_exits_78_naming_storage_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let newer = dir.path().join("newer.db");
+    {
+        let db = rusqlite::Connection::open(&newer).unwrap();
+        db.pragma_update(None, "user_version", 99).unwrap();
+        db.execute_batch("CREATE TABLE future (x)").unwrap();
+    }
+    let corrupt = dir.path().join("corrupt.db");
+    {
+        let d = daemon(&corrupt, 0, &[]);
+        let mut alice = SyncClient::join(d.addr, "alice");
+        for i in 0..20 {
+            say(&mut alice, "lobby", &format!("x{i}").repeat(200));
+        }
+        drop(alice);
+        stop(d);
+        // Overwrite everything after the first page's header: the schema is unreadable.
+        let mut bytes = std::fs::read(&corrupt).unwrap();
+        for b in bytes.iter_mut().skip(100) {
+            *b = 0x5a;
+        }
+        std::fs::write(&corrupt, bytes).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("corrupt.db-wal"));
+        let _ = std::fs::remove_file(dir.path().join("corrupt.db-shm"));
+    }
+    let readonly = dir.path().join("ro");
+    std::fs::create_dir(&readonly).unwrap();
+    let unwritable = readonly.join("chat.db");
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (foreign, "not a SQLite database"),
+        (newer, "newer than this chatd knows"),
+        (corrupt, "corrupt"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ];
+    for (path, reason) in &cases {
+        for cmd in [&["check-config"][..], &[][..]] {
+            let out = chatd_command()
+                .args(cmd)
+                .args(["--port", "0"])
+                .env("CHATD_STORAGE__PATH", p(path))
+                .env("CHATD_ADMIN__LISTEN", "127.0.0.1:0")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{path:?} {cmd:?}: {err}");
+            assert!(
+                err.contains("storage.path") && err.contains(reason),
+                "{path:?}: {err}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("listening"),
+                "bound a port first"
+            );
+        }
+    }
+    // A directory chatd may not write to (root may write anywhere, so only as another user).
+    if rustix_is_root() {
+        return;
+    }
+    std::fs::set_permissions(
+        &readonly,
+        std::os::unix::fs::PermissionsExt::from_mode(0o500),
+    )
+    .unwrap();
+    let out = chatd_command()
+        .env("CHATD_STORAGE__PATH", p(&unwritable))
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// A database that cannot grow (as on a full disk): writes fail and are retried, `/readyz` is 503
+/// meanwhile and the failures are counted; chat goes on from memory; when the pruner frees space
+/// the writes succeed and `/readyz` is 200 again.
+#[test]
+fn a_full_database_turns_readyz_503_and_recovers() {
+    let db = db();
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_STORAGE__MAX_DB_BYTES", "1000000"),
+            ("CHATD_STORAGE__MAX_MESSAGES_PER_ROOM", "5"),
+            ("CHATD_STORAGE__PRUNE_INTERVAL_SECS", "1"),
+        ],
+    );
+    let admin = d.admin.unwrap();
+    let mut alice = SyncClient::join(d.addr, "alice");
+    let mut bob = SyncClient::join(d.addr, "bob");
+    let big = "the quick brown fox jumps over the lazy dog ".repeat(450);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sent = 0;
+    while http(admin, "GET", "/readyz").0 == 200 {
+        assert!(Instant::now() < deadline, "the database never filled");
+        say(&mut alice, "lobby", &format!("{sent} {big}"));
+        sent += 1;
+    }
+    let (_, m) = http(admin, "GET", "/metrics");
+    assert!(
+        metric(&m, "chatd_storage_errors_total") >= 1.0,
+        "failures are counted"
+    );
+    // Chat goes on meanwhile.
+    let ack = say(&mut alice, "lobby", "still chatting");
+    assert_eq!(ack["type"], "ack");
+    bob.recv_until(|v| v["text"] == "still chatting");
+    // The pruner keeps 5 messages, which frees the space; the retried writes go through.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http(admin, "GET", "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("database full after {sent} messages of 20 KB; /readyz back to 200 after pruning");
+}
+
+/// A database written by the previous schema (no search index, no PM table) is migrated in place
+/// and everything in it stays readable and searchable.
+#[test]
+fn a_database_from_the_previous_schema_is_migrated() {
+    let db = db();
+    chatd::store::create_at_version(&db.path, 1).unwrap();
+    {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        c.execute_batch(
+            "INSERT INTO rooms (id, name, epoch, last_seq) VALUES (1, 'lobby', 'old-epoch', 2);
+             INSERT INTO messages VALUES (7, 1, 1, '2026-11-30T10:00:00.000Z', 'alice', 'user', 'hello from the old schema', 0);
+             INSERT INTO messages VALUES (8, 1, 2, '2026-11-30T10:00:01.000Z', 'bob', 'user', 'second old message', 0);
+             INSERT INTO meta VALUES ('next_id', '9');",
+        )
+        .unwrap();
+    }
+    let d = daemon(&db.path, 0, &[]);
+    let (mut carol, w) = hello(&d, "carol", json!({}));
+    assert_eq!(
+        texts(&w["history"]),
+        ["hello from the old schema", "second old message"]
+    );
+    assert_eq!(w["epoch"], "old-epoch");
+    let found = request(&mut carol, json!({"type": "search", "query": "schema"}));
+    assert_eq!(texts(&found["messages"]), ["hello from the old schema"]);
+    let ack = say(&mut carol, "lobby", "new");
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["id"].as_u64()),
+        (Some(3), Some(9))
+    );
+    let version: u32 = rusqlite::Connection::open(&db.path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+/// chatctl resumes every room on reconnect: across a restart the user sees each message they
+/// missed exactly once, in order, and nothing twice.
+#[test]
+fn chatctl_shows_every_missed_message_once_after_a_restart() {
+    let db = db();
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_HISTORY__SIZE", "4"),
+            ("CHATD_HISTORY__ON_JOIN", "2"),
+        ],
+    );
+    let port = d.addr.port();
+    let mut cmd = chatctl_command();
+    cmd.args(["--url", &format!("ws://{}", d.addr), "connect", "henry"]);
+    let mut henry = Proc::spawn(cmd);
+    henry.expect_out("welcome, henry!");
+    henry.write_line("/join dev");
+    henry.expect_out("you are in #dev with: henry");
+    let mut alice = SyncClient::join(d.addr, "alice");
+    request(&mut alice, json!({"type": "join", "room": "dev"}));
+    say(&mut alice, "dev", "before the restart");
+    henry.expect_out("<alice> before the restart");
+    drop(alice);
+    stop(d);
+    henry.expect_err("connection lost");
+    // While henry is away, alice says more than memory holds in both rooms.
+    let d = daemon(
+        &db.path,
+        port,
+        &[
+            ("CHATD_HISTORY__SIZE", "4"),
+            ("CHATD_HISTORY__ON_JOIN", "2"),
+        ],
+    );
+    let mut alice = SyncClient::join(d.addr, "alice");
+    request(&mut alice, json!({"type": "join", "room": "dev"}));
+    for i in 1..=10 {
+        say(&mut alice, "dev", &format!("missed dev {i}"));
+        say(&mut alice, "lobby", &format!("missed lobby {i}"));
+    }
+    henry.expect_err("reconnected to");
+    for needle in ["missed dev 10", "missed lobby 10"] {
+        if !henry.seen.iter().any(|l| l.contains(needle)) {
+            henry.expect_out(needle);
+        }
+    }
+    henry.close_stdin();
+    assert_eq!(henry.wait_exit(), Some(0));
+    let rest = henry.rest_of_stdout();
+    let lines: Vec<String> = henry
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("stdout: ").map(str::to_string))
+        .chain(rest)
+        .collect();
+    for room in ["dev", "lobby"] {
+        let shown: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| {
+                l.split_once(&format!("<alice> missed {room} "))
+                    .and_then(|(_, n)| n.parse().ok())
+            })
+            .collect();
+        assert_eq!(shown, (1..=10).collect::<Vec<_>>(), "#{room}: {lines:#?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains(&format!("[history] #{room} <alice> missed"))),
+            "missed messages are shown as the conversation, not as history"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("before the restart"))
+            .count(),
+        1,
+        "nothing twice"
+    );
+}
+
+/// A stored room pushed out of memory (the room table is full) and joined again numbers on from
+/// where it was, and its history comes back from the database.
+#[test]
+fn a_room_evicted_from_memory_keeps_its_numbering_and_history() {
+    let db = db();
+    let d = daemon(
+        &db.path,
+        0,
+        &[
+            ("CHATD_LIMITS__MAX_ROOMS", "3"),
+            ("CHATD_HISTORY__ON_JOIN", "5"),
+        ],
+    );
+    let mut alice = SyncClient::join(d.addr, "alice");
+    let joined = request(&mut alice, json!({"type": "join", "room": "old"}));
+    let epoch = joined["epoch"].clone();
+    for i in 1..=3 {
+        say(&mut alice, "old", &format!("old {i}"));
+    }
+    request(&mut alice, json!({"type": "leave", "room": "old"}));
+    // Two more rooms fill the table (lobby counts); the idle "old" is evicted for the second.
+    for room in ["a", "b"] {
+        request(&mut alice, json!({"type": "join", "room": room}));
+        say(&mut alice, room, "keeps the room");
+        request(&mut alice, json!({"type": "leave", "room": room}));
+    }
+    let rooms = request(&mut alice, json!({"type": "rooms"}));
+    assert!(
+        !rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "old"),
+        "evicted: {rooms}"
+    );
+    let back = request(&mut alice, json!({"type": "join", "room": "old"}));
+    assert_eq!(back["epoch"], epoch, "the same numbering");
+    assert_eq!(back["seq"], 3);
+    assert_eq!(texts(&back["history"]), ["old 1", "old 2", "old 3"]);
+    assert_eq!(say(&mut alice, "old", "old 4")["seq"], 4);
+}
