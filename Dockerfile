@@ -12,16 +12,22 @@ RUN mkdir -p src/bin \
     && touch src/lib.rs \
     && cargo fetch --locked
 COPY src ./src
-RUN cargo build --release --locked --bin chatd
+RUN cargo build --release --locked --bin chatd \
+    && mkdir -p /state/var/lib/chatd
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/chatd /usr/local/bin/chatd
 COPY chat.toml /etc/chatd/chat.toml
+# Durable history lives on a volume (compose mounts a named one here), so it outlives the container
+# and image upgrades. The directory is the runtime user's so a fresh volume is writable.
+COPY --from=build --chown=65532:65532 /state/var/lib/chatd /var/lib/chatd
+VOLUME ["/var/lib/chatd"]
 # Inside the container chatd listens on every interface; publish the ports you need.
 ENV CHATD_CONFIG=/etc/chatd/chat.toml \
     CHATD_SERVER__HOST=0.0.0.0 \
     CHATD_ADMIN__LISTEN=0.0.0.0:8002 \
-    CHATD_LOG__FORMAT=json
+    CHATD_LOG__FORMAT=json \
+    CHATD_STORAGE__PATH=/var/lib/chatd/chatd.db
 EXPOSE 8000 8002
 # distroless "nonroot" (65532), by number so any runtime can resolve it.
 USER 65532:65532

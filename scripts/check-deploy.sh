@@ -48,6 +48,14 @@ assert ports == [8000, 8002], ports
 mount = [v for v in compose["volumes"] if v["target"] == env["CHATD_CONFIG"]]
 assert mount and mount[0]["read_only"], "compose must mount the config read-only at CHATD_CONFIG"
 open("target/compose.config", "w").write(mount[0]["source"])
+# History on a named volume at the database's directory, which the image declares as a VOLUME
+# and gives to its runtime user.
+import os.path
+state = os.path.dirname(env["CHATD_STORAGE__PATH"])
+data = [v for v in compose["volumes"] if v["target"] == state]
+assert data and data[0]["type"] == "volume", f"compose must mount a named volume at {state}"
+assert f'VOLUME ["{state}"]' in text, f"the Dockerfile must declare VOLUME {state}"
+assert f"--chown=65532:65532 /state{state} {state}" in text, f"the image must give 65532 {state}"
 print("ok:", ", ".join(f"{k}={v}" for k, v in env.items()))
 PY
 
@@ -59,6 +67,11 @@ fi
 echo "-- systemd-analyze verify deploy/chatd.service"
 install -m 0755 "$CHATD" /usr/local/bin/chatd
 systemd-analyze verify deploy/chatd.service
+echo "ok"
+
+echo "-- the unit keeps history in its StateDirectory"
+grep -qx 'StateDirectory=chatd' deploy/chatd.service
+grep -qx 'Environment=CHATD_STORAGE__PATH=/var/lib/chatd/chatd.db' deploy/chatd.service
 echo "ok"
 
 echo "-- systemd-analyze security --offline=yes"
@@ -74,16 +87,29 @@ set -euo pipefail
 CHATD=$1 CHATCTL=$2 CONFIG=$3 PY=$4
 ip link set lo up
 # Exactly the container's environment: the compose file's variables and nothing inherited, with
-# the volume's source standing in for CHATD_CONFIG (the repo's chat.toml, mounted there).
-mapfile -t ENVIRONMENT < <(grep -v '^CHATD_CONFIG=' target/compose.env)
-in_container() { env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" "$@"; }
-env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" "$CHATD" > target/compose-run.log 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-  in_container "$CHATD" healthcheck >/dev/null 2>&1 && break
-  sleep 0.1
-done
-in_container "$CHATD" healthcheck
+# the volume's source standing in for CHATD_CONFIG (the repo's chat.toml, mounted there) and a
+# temporary directory for the history volume.
+STATE=$(mktemp -d)
+mapfile -t ENVIRONMENT < <(grep -v -e '^CHATD_CONFIG=' -e '^CHATD_STORAGE__PATH=' target/compose.env)
+in_container() {
+  env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" \
+    CHATD_STORAGE__PATH="$STATE/chatd.db" "$@"
+}
+start() {
+  env -i PATH=/usr/bin:/bin "${ENVIRONMENT[@]}" CHATD_CONFIG="$CONFIG" \
+    CHATD_STORAGE__PATH="$STATE/chatd.db" "$CHATD" >> target/compose-run.log 2>&1 &
+  pid=$!
+}
+wait_healthy() {
+  for _ in $(seq 100); do
+    in_container "$CHATD" healthcheck >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  in_container "$CHATD" healthcheck
+}
+: > target/compose-run.log
+start
+wait_healthy
 grep -q "WebSocket server listening on 0.0.0.0:8000" target/compose-run.log
 grep -q "Admin endpoints on http://0.0.0.0:8002" target/compose-run.log
 "$CHATCTL" --url ws://127.0.0.1:8000 send --name deploycheck "hello from the compose environment"
@@ -104,5 +130,16 @@ kill -TERM "$pid"
 wait "$pid"
 grep -q '"shutdown complete"' target/compose-run.log
 echo "ok: chatd exited 0 on SIGTERM after a graceful shutdown"
+# A restart on the same volume (as after `docker compose restart` or an image upgrade) still has
+# the message: the history is on the volume, not in the container.
+start
+wait_healthy
+in_container "$CHATD" check-config >/dev/null
+"$CHATCTL" --url ws://127.0.0.1:8000 connect deploycheck2 </dev/null > target/compose-history.log 2>&1 || true
+grep -q "hello from the compose environment" target/compose-history.log
+kill -TERM "$pid"
+wait "$pid"
+rm -rf "$STATE"
+echo "ok: the history outlived the restart"
 NS
 echo "deploy checks passed"

@@ -183,30 +183,8 @@ pub fn mint(
     .map_err(|e| e.to_string())
 }
 
-/// Parses a time-to-live such as `30d`, `12h`, `15m`, `90s` or `3600`.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 15m or 90s"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    // Anything past 100 years is a typo or an attack, and would overflow timestamps.
-    const MAX_SECS: u64 = 100 * 366 * 86_400;
-    n.checked_mul(secs)
-        .filter(|&s| s > 0 && s <= MAX_SECS)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is not a positive duration of at most 100 years"))
-}
+/// Token lifetimes are written like every other duration in the configuration.
+pub use crate::config::parse_ttl;
 
 #[cfg(test)]
 mod tests {

@@ -670,7 +670,7 @@ impl Config {
                 "token mode needs auth.secret or auth.secret_file",
             ));
         }
-        crate::auth::parse_ttl(&self.auth.max_ttl).map_err(|e| invalid("auth.max_ttl", e))?;
+        parse_ttl(&self.auth.max_ttl).map_err(|e| invalid("auth.max_ttl", e))?;
         if !self.auth.secret.is_empty() && self.auth.secret.expose().len() < MIN_SECRET_BYTES {
             return Err(invalid(
                 "auth.secret",
@@ -771,4 +771,29 @@ impl Sources {
             port: None,
         }
     }
+}
+
+/// Parses a time-to-live such as `30d`, `12h`, `15m`, `90s` or `3600`.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 15m or 90s"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    // Anything past 100 years is a typo or an attack, and would overflow timestamps.
+    const MAX_SECS: u64 = 100 * 366 * 86_400;
+    n.checked_mul(secs)
+        .filter(|&s| s > 0 && s <= MAX_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration of at most 100 years"))
 }

@@ -93,6 +93,14 @@ fn main() -> ExitCode {
         }
         Command::PrintConfig => {
             print!("{}", config.to_toml());
+            if !config.storage.path.is_empty() {
+                // Relative paths are from the working directory: say which file that is.
+                let path = std::path::Path::new(&config.storage.path);
+                let resolved = std::env::current_dir()
+                    .map(|dir| dir.join(path))
+                    .unwrap_or_else(|_| path.to_path_buf());
+                println!("# storage.path resolves to {}", resolved.display());
+            }
             ExitCode::SUCCESS
         }
         Command::Healthcheck => healthcheck(&config),

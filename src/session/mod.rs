@@ -665,6 +665,13 @@ impl Session {
                         b.conversation(t, me, &with, before, limit)
                     });
                 }
+                if before.is_some() && after.is_some() {
+                    let r = Refusal::new(
+                        ErrorCode::BadRequest,
+                        "history pages one way: give before or after, not both",
+                    );
+                    return self.refuse(r, reference_str, out);
+                }
                 match self.named_room(room.as_deref()) {
                     Ok(room) => {
                         let page = Page {

@@ -566,13 +566,15 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
+    // Nothing past retention is warmed (the pruner deletes it right after startup).
+    let cutoff = retention_cutoff(s).unwrap_or_default();
     let mut recent = db.prepare(
         "SELECT id, seq, ts, sender, role, text, action FROM messages
-         WHERE room_id = ?1 ORDER BY seq DESC LIMIT ?2",
+         WHERE room_id = ?1 AND ts >= ?3 ORDER BY seq DESC LIMIT ?2",
     )?;
     for (id, name, epoch, last_seq, first) in listed.into_iter().rev() {
         let mut messages: Vec<Message> = recent
-            .query_map(params![id, s.recent_per_room as i64], |r| {
+            .query_map(params![id, s.recent_per_room as i64, cutoff], |r| {
                 message_row(r, &name)
             })?
             .collect::<Result<_, _>>()?;
@@ -671,7 +673,8 @@ fn write_loop(
         let _ = to_reader.send(job);
     };
     let mut rooms: HashMap<String, i64> = HashMap::new();
-    let mut next_prune = Instant::now() + s.prune_interval;
+    // The first run is at startup: what retention no longer keeps goes at once.
+    let mut next_prune = Instant::now();
     let mut failing = false;
     loop {
         let mut batch = Vec::new();
@@ -776,8 +779,7 @@ fn write_loop(
                     chunk = batch.len();
                     // Pruning may be what frees the space.
                     if Instant::now() >= next_prune {
-                        prune(&db, s, marks);
-                        next_prune = Instant::now() + s.prune_interval;
+                        next_prune = next_prune_after(prune(&db, s, marks), s);
                     }
                 }
             }
@@ -788,8 +790,7 @@ fn write_loop(
             .unwrap_or_else(|p| p.into_inner())
             .in_flight = false;
         if Instant::now() >= next_prune {
-            prune(&db, s, marks);
-            next_prune = Instant::now() + s.prune_interval;
+            next_prune = next_prune_after(prune(&db, s, marks), s);
         }
         if closed {
             return;
@@ -889,49 +890,110 @@ pub fn pm_pair(a: &str, b: &str) -> String {
     }
 }
 
-/// Deletes what retention and the per-room cap no longer keep, and updates each room's oldest
-/// stored seq.
-fn prune(db: &Connection, s: &StoreSettings, marks: &Marks) {
-    let result = (|| -> rusqlite::Result<usize> {
-        let mut deleted = 0;
-        if let Some(keep) = s.retention {
-            let cutoff = time::OffsetDateTime::now_utc() - keep;
-            let cutoff = cutoff
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            deleted += db.execute("DELETE FROM messages WHERE ts < ?1", [&cutoff])?;
-            deleted += db.execute("DELETE FROM pms WHERE ts < ?1", [&cutoff])?;
+/// Messages with a `ts` before this are past retention.
+fn retention_cutoff(s: &StoreSettings) -> Option<String> {
+    s.retention.map(|keep| {
+        (time::OffsetDateTime::now_utc() - keep)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    })
+}
+
+/// When the pruner runs next: at once (after the next batch) if it left work, else in an interval.
+fn next_prune_after(more: bool, s: &StoreSettings) -> Instant {
+    if more {
+        Instant::now()
+    } else {
+        Instant::now() + s.prune_interval
+    }
+}
+
+/// Rows deleted per statement while pruning: small transactions, so writes interleave.
+const PRUNE_CHUNK: i64 = 5_000;
+/// Longest the pruner holds the writer in one go; it carries on after the next batch.
+const PRUNE_BUDGET: Duration = Duration::from_millis(200);
+
+/// Deletes what retention and the per-room cap no longer keep, oldest first, in small chunks and
+/// for at most [`PRUNE_BUDGET`]; true when more is left (the writer calls again soon). A room's
+/// mark moves past what is about to go *before* it goes, so no resume is promised a message
+/// that is being deleted.
+fn prune(db: &Connection, s: &StoreSettings, marks: &Marks) -> bool {
+    let budget = Instant::now() + PRUNE_BUDGET;
+    let mut deleted = 0;
+    let result = (|| -> rusqlite::Result<bool> {
+        // Per room, the last seq to delete.
+        let mut cuts: HashMap<i64, (String, u64)> = HashMap::new();
+        let cutoff = retention_cutoff(s);
+        if let Some(cutoff) = &cutoff {
+            let mut stmt = db.prepare_cached(
+                "SELECT m.room_id, r.name, MAX(m.seq) FROM messages m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.ts < ?1 GROUP BY m.room_id",
+            )?;
+            for row in stmt.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                let (id, name, seq): (i64, String, u64) = row?;
+                cuts.insert(id, (name, seq));
+            }
         }
         if s.max_messages_per_room > 0 {
-            deleted += db.execute(
-                "DELETE FROM messages WHERE id IN (
-                    SELECT m.id FROM messages m JOIN rooms r ON r.id = m.room_id
-                    WHERE m.seq <= r.last_seq - ?1)",
-                [s.max_messages_per_room as i64],
+            let keep = s.max_messages_per_room;
+            let mut stmt = db.prepare_cached(
+                "SELECT id, name, last_seq - ?1 FROM rooms WHERE last_seq > ?1
+                 AND EXISTS (SELECT 1 FROM messages WHERE room_id = rooms.id AND seq <= last_seq - ?1)",
             )?;
+            for row in stmt.query_map([keep as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                let (id, name, seq): (i64, String, u64) = row?;
+                let cut = cuts.entry(id).or_insert((name, 0));
+                cut.1 = cut.1.max(seq);
+            }
         }
-        if deleted > 0 {
-            let mut stmt = db.prepare(
-                "SELECT r.name, COALESCE((SELECT MIN(seq) FROM messages WHERE room_id = r.id),
-                 r.last_seq + 1) FROM rooms r",
-            )?;
-            let firsts: Vec<(String, u64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+        {
             let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
-            for (name, first) in firsts {
-                if let Some(mark) = marks.get_mut(&name) {
-                    mark.first_seq = mark.first_seq.max(first);
+            for (name, seq) in cuts.values() {
+                if let Some(mark) = marks.get_mut(name) {
+                    mark.first_seq = mark.first_seq.max(seq + 1);
                 }
             }
         }
-        Ok(deleted)
+        let mut delete = db.prepare_cached(
+            "DELETE FROM messages WHERE room_id = ?1 AND seq IN
+             (SELECT seq FROM messages WHERE room_id = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",
+        )?;
+        for (id, (_, seq)) in &cuts {
+            loop {
+                let n = delete.execute(params![id, seq, PRUNE_CHUNK])?;
+                deleted += n;
+                if (n as i64) < PRUNE_CHUNK {
+                    break;
+                }
+                if Instant::now() >= budget {
+                    return Ok(true);
+                }
+            }
+        }
+        if let Some(cutoff) = &cutoff {
+            let mut delete = db.prepare_cached(
+                "DELETE FROM pms WHERE id IN (SELECT id FROM pms WHERE ts < ?1 LIMIT ?2)",
+            )?;
+            loop {
+                let n = delete.execute(params![cutoff, PRUNE_CHUNK])?;
+                deleted += n;
+                if (n as i64) < PRUNE_CHUNK {
+                    break;
+                }
+                if Instant::now() >= budget {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     })();
-    match result {
-        Ok(0) => {}
-        Ok(n) => info!(deleted = n, "storage: pruned old messages"),
-        Err(e) => warn!(error = %e, "storage: pruning failed"),
+    if deleted > 0 {
+        info!(deleted, "storage: pruned old messages");
     }
+    result.unwrap_or_else(|e| {
+        warn!(error = %e, "storage: pruning failed");
+        false
+    })
 }
 
 /// Reads for the reader thread.

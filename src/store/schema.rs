@@ -59,6 +59,7 @@ const STEPS: &[(u32, &str)] = &[
             action    INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX pms_pair ON pms (pair, id);
+        CREATE INDEX pms_ts ON pms (ts);
         ",
     ),
 ];

@@ -47,6 +47,12 @@ fn embedded_defaults_listen_on_127_0_0_1_8000() {
     let config: Config = toml::from_str(&out).expect("print-config prints TOML");
     assert_eq!(config, Config::default());
     assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8000");
+    // History goes to chatd.db in the working directory, and print-config says where that is.
+    let db = std::env::temp_dir().join("chatd.db");
+    assert!(
+        out.contains(&format!("# storage.path resolves to {}", db.display())),
+        "{out}"
+    );
     // Run for real on the default address when it is free on this machine.
     let free = |a: &str| std::net::TcpListener::bind(a).is_ok();
     if free("127.0.0.1:8000") && free("127.0.0.1:8002") {

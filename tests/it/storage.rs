@@ -170,6 +170,11 @@ fn history_pages_past_the_memory_window() {
     );
     assert_eq!(seqs(&forward["messages"]), [4, 5, 6, 7]);
     assert_eq!(forward["more"], true);
+    let both = request(
+        &mut alice,
+        json!({"type": "history", "after": 3, "before": 9}),
+    );
+    assert_eq!(both["code"], "bad_request", "{both}");
 }
 
 /// A client that comes back with `since`/`epoch` gets exactly what it missed, across a restart;
@@ -677,4 +682,58 @@ fn a_room_evicted_from_memory_keeps_its_numbering_and_history() {
     assert_eq!(back["seq"], 3);
     assert_eq!(texts(&back["history"]), ["old 1", "old 2", "old 3"]);
     assert_eq!(say(&mut alice, "old", "old 4")["seq"], 4);
+}
+
+/// `retention_days`: messages older than that are neither warmed nor served, and the pruner
+/// deletes them from the file (and so from search) soon after startup.
+#[test]
+fn retention_prunes_old_messages() {
+    let db = db();
+    chatd::store::create_at_version(&db.path, 2).unwrap();
+    let ts = |ago: time::Duration| {
+        (time::OffsetDateTime::now_utc() - ago)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        c.execute(
+            "INSERT INTO rooms (id, name, epoch, last_seq) VALUES (1, 'lobby', 'e', 5)",
+            [],
+        )
+        .unwrap();
+        for (seq, ago, text) in [
+            (1, time::Duration::days(10), "ancient one"),
+            (2, time::Duration::days(9), "ancient two"),
+            (3, time::Duration::days(3), "ancient three"),
+            (4, time::Duration::hours(2), "recent one"),
+            (5, time::Duration::minutes(1), "recent two"),
+        ] {
+            c.execute(
+                "INSERT INTO messages VALUES (?1, 1, ?1, ?2, 'alice', 'user', ?3, 0)",
+                rusqlite::params![seq, ts(ago), text],
+            )
+            .unwrap();
+        }
+    }
+    let d = daemon(&db.path, 0, &[("CHATD_STORAGE__RETENTION_DAYS", "1")]);
+    let (mut bob, w) = hello(&d, "bob", json!({}));
+    assert_eq!(texts(&w["history"]), ["recent one", "recent two"]);
+    let stored = || -> i64 {
+        rusqlite::Connection::open(&db.path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored() > 2 {
+        assert!(Instant::now() < deadline, "the pruner never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = request(&mut bob, json!({"type": "history", "before": 4}));
+    assert_eq!(texts(&page["messages"]), Vec::<String>::new());
+    assert_ne!(page["more"], true, "nothing older");
+    let found = request(&mut bob, json!({"type": "search", "query": "ancient"}));
+    assert_eq!(texts(&found["messages"]), Vec::<String>::new());
+    assert_eq!(say(&mut bob, "lobby", "new")["seq"], 6, "numbering goes on");
 }
