@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -75,14 +76,15 @@ def wait_port(port, proc, limit=120):
 
 
 class Server:
-    """A server under test: `chatd` (protocol), `chatd-plain` (its plain-text mode) or a peer."""
+    """A server under test: `chatd` (protocol; history stored in a fresh database), `chatd-memory`
+    (history in memory only), `chatd-plain` (its plain-text mode) or a peer."""
 
     def __init__(self, name, workers=1, tls=None):
         self.name, self.workers, self.tls = name, workers, tls
 
     @property
     def raw_args(self):
-        if self.name in ("chatd", "chatd-base"):
+        if self.name in ("chatd", "chatd-base", "chatd-memory"):
             return []
         if self.name == "chatd-plain":
             return ["--raw", "--name-line"]
@@ -105,6 +107,9 @@ class Server:
                 env["CHATD_TLS__CERT"], env["CHATD_TLS__KEY"] = self.tls["cert"], self.tls["key"]
             binary = os.environ.get("BENCH_BASELINE_CHATD", CHATD) if self.name == "chatd-base" else CHATD
             cmd = [binary, "--port", str(self.port)]
+            # Each run its own database (the default keeps history on disk), removed at stop.
+            self.scratch = tempfile.mkdtemp(prefix="chatd-bench-")
+            env["CHATD_STORAGE__PATH"] = "" if self.name == "chatd-memory" else os.path.join(self.scratch, "chatd.db")
         else:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
         # Run from a scratch directory: chatd reads ./chat.toml when present, and a benchmark must
@@ -122,6 +127,8 @@ class Server:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        if getattr(self, "scratch", None):
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def bench(server, args, timeout=300):

@@ -15,11 +15,12 @@ ROOMS=$((CLIENTS / 100))
 SENDERS=$((ROOMS * 2))
 RATE=5
 mkdir -p target
+rm -f target/soak-chatd.db target/soak-chatd.db-wal target/soak-chatd.db-shm
 port=$(free_port)
 env -i PATH=/usr/bin:/bin \
     CHATD_LIMITS__RATE_PER_SEC=0 CHATD_SERVER__MAX_CONNECTIONS=0 CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
     CHATD_SERVER__CONNECT_RATE_PER_IP=0 CHATD_LIMITS__MAX_ROOMS_PER_IP=0 CHATD_ADMIN__LISTEN= CHATD_LOG__LEVEL=warn \
-    "$CHATD" --port "$port" > target/soak-chatd.log 2>&1 &
+    CHATD_STORAGE__PATH=target/soak-chatd.db "$CHATD" --port "$port" > target/soak-chatd.log 2>&1 &
 chatd=$!
 trap 'kill $chatd 2>/dev/null || true' EXIT
 wait_port "$port"

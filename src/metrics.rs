@@ -53,6 +53,8 @@ pub struct Metrics {
     pub storage_rejected: IntCounter,
     /// Writes waiting for the writer.
     pub storage_queued: IntGauge,
+    /// Stored messages not yet in the search index.
+    pub search_unindexed: IntGauge,
     /// Time to handle one received frame.
     pub handling_seconds: Histogram,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
@@ -188,6 +190,10 @@ impl Metrics {
             storage_queued: gauge(
                 "chatd_storage_queued",
                 "Writes waiting for the database writer.",
+            ),
+            search_unindexed: gauge(
+                "chatd_search_unindexed",
+                "Stored messages the search index has not caught up with yet.",
             ),
             handling_seconds: histogram(
                 "chatd_message_handling_seconds",

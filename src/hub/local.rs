@@ -261,16 +261,23 @@ impl LocalBroker {
         &self,
         ticket: Ticket,
         me: &Member,
+        search: bool,
         read: impl FnOnce(&rusqlite::Connection) -> Outcome + Send + 'static,
     ) -> Answer {
         let Some(store) = &self.store else {
             return now(unavailable("history beyond memory needs storage.path"));
         };
         let me = me.clone();
-        if store.read(move |db| {
+        let job = move |db: &rusqlite::Connection| {
             let outcome = read(db);
             me.answer(ticket, outcome);
-        }) {
+        };
+        let queued = if search {
+            store.search(job)
+        } else {
+            store.read(job)
+        };
+        if queued {
             Answer::Later
         } else {
             now(unavailable("the server is busy reading history; try again"))
@@ -790,7 +797,7 @@ impl Broker for LocalBroker {
         match page.after {
             Some(after) if in_memory > after + 1 && oldest <= after + 1 && self.store.is_some() => {
                 drop(state);
-                self.read_later(ticket, me, from_store(None, Some(after)))
+                self.read_later(ticket, me, false, from_store(None, Some(after)))
             }
             Some(after) => {
                 let start = state.history.partition_point(|m| m.seq <= after);
@@ -812,7 +819,7 @@ impl Broker for LocalBroker {
                 if short && oldest < first && self.store.is_some() {
                     // Older messages are stored but not in memory.
                     drop(state);
-                    return self.read_later(ticket, me, from_store(page.before, None));
+                    return self.read_later(ticket, me, false, from_store(page.before, None));
                 }
                 now(Outcome::History {
                     room: name,
@@ -838,7 +845,7 @@ impl Broker for LocalBroker {
         }
         let pair = store::pm_pair(&me.name, with);
         let with: Arc<str> = with.into();
-        self.read_later(ticket, me, move |db| {
+        self.read_later(ticket, me, false, move |db| {
             match store::read::pms(db, &pair, before, limit) {
                 Ok((messages, more)) => Outcome::Conversation {
                     with,
@@ -869,7 +876,7 @@ impl Broker for LocalBroker {
         }
         let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
         let query: Arc<str> = query.into();
-        self.read_later(ticket, me, move |db| {
+        self.read_later(ticket, me, true, move |db| {
             match store::read::search(db, &rooms, &query, before, limit) {
                 Ok((messages, more)) => Outcome::Found {
                     query,

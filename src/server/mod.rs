@@ -385,6 +385,7 @@ mod tests {
         let mut config = Config::default();
         config.server.port = 0;
         config.admin.listen = String::new();
+        config.storage.path = String::new();
         let server = Server::bind(config).await.unwrap();
         let slot = server.limiter.acquire(peer.ip()).ok().unwrap();
         let task = connection_task(

@@ -19,7 +19,7 @@ mod schema;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,11 @@ pub type Message = ChatMessage<'static>;
 const BATCH: usize = 5_000;
 /// Read requests that may wait for the reader; past this they get `unavailable`.
 const READ_QUEUE: usize = 256;
+/// Messages indexed for search per transaction: the indexer runs between commits, so this
+/// bounds how long a commit can wait for it (about 15 ms).
+const INDEX_CHUNK: i64 = 500;
+/// A search waits for the index to catch up when it is at most this far behind.
+pub const INDEX_CATCH_UP: u64 = 10_000;
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -168,7 +173,11 @@ enum Write {
     Flush(std::sync::mpsc::SyncSender<()>),
     /// A read that must see every write queued before it: handed to the reader once the batch
     /// it arrived in is committed (it does not shorten the batch, so reads cost no extra fsync).
-    Read(ReadJob),
+    /// A search also waits for those writes to be indexed, unless the index is far behind.
+    Read {
+        job: ReadJob,
+        search: bool,
+    },
 }
 
 impl Write {
@@ -176,7 +185,7 @@ impl Write {
         match self {
             Write::Message { msg, .. } => msg.text.len() + msg.from.len() + 96,
             Write::Pm(pm) => pm.text.len() + pm.from.len() + pm.to.len() + 96,
-            Write::Flush(_) | Write::Read(_) => 0,
+            Write::Flush(_) | Write::Read { .. } => 0,
         }
     }
 }
@@ -195,6 +204,19 @@ struct QueueState {
     closed: bool,
     /// The writer holds a batch it has not committed yet.
     in_flight: bool,
+    /// The writer sleeps until there is work: the next push wakes it. While it gathers a batch
+    /// it is not woken per message (a futex wake per `say` would cost the chat thread more than
+    /// queuing does), only when a full batch waits.
+    idle: bool,
+}
+
+impl QueueState {
+    /// Whether a push just made must wake the writer.
+    fn wake(&mut self) -> bool {
+        let wake = self.idle || self.items.len() == BATCH;
+        self.idle = false;
+        wake
+    }
 }
 
 /// A read for the reader thread.
@@ -206,6 +228,7 @@ struct StoreMetrics {
     errors: IntCounter,
     rejected: IntCounter,
     queued: IntGauge,
+    unindexed: IntGauge,
 }
 
 /// The durable store. Cheap to share; one per server.
@@ -215,6 +238,8 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     /// Every stored room's numbering (the pruner keeps `first_seq` current).
     marks: Arc<Marks>,
+    /// Stored messages not yet in the search index.
+    unindexed: Arc<AtomicU64>,
     metrics: StoreMetrics,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pending_reads: Arc<AtomicUsize>,
@@ -321,7 +346,13 @@ impl Store {
             errors: metrics.storage_errors.clone(),
             rejected: metrics.storage_rejected.clone(),
             queued: metrics.storage_queued.clone(),
+            unindexed: metrics.search_unindexed.clone(),
         };
+        let unindexed: u64 = writer
+            .query_row("SELECT count(*) FROM fts_pending", [], |r| r.get(0))
+            .map_err(|e| path_error(&settings, sqlite_reason(&e)))?;
+        store_metrics.unindexed.set(unindexed as i64);
+        let unindexed = Arc::new(AtomicU64::new(unindexed));
         let queue = Arc::new(Queue {
             items: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
@@ -331,17 +362,20 @@ impl Store {
         let (reads, read_jobs) = std::sync::mpsc::sync_channel::<ReadJob>(READ_QUEUE);
         let pending_reads = Arc::new(AtomicUsize::new(0));
         let writer_thread = {
-            let (queue, healthy, marks, m, to_reader) = (
-                queue.clone(),
-                healthy.clone(),
-                marks.clone(),
-                store_metrics.clone(),
-                reads.clone(),
-            );
+            let writer_state = Writer {
+                settings,
+                queue: queue.clone(),
+                healthy: healthy.clone(),
+                marks: marks.clone(),
+                metrics: store_metrics.clone(),
+                to_reader: reads.clone(),
+                unindexed: unindexed.clone(),
+            };
             std::thread::Builder::new()
                 .name("chatd-store-writer".into())
                 .spawn(move || {
-                    write_loop(writer, &settings, &queue, &healthy, &marks, &m, &to_reader)
+                    background_priority();
+                    writer_state.run(writer)
                 })
                 .map_err(|e| ConfigError::Invalid {
                     key: "storage.path",
@@ -353,6 +387,7 @@ impl Store {
             std::thread::Builder::new()
                 .name("chatd-store-reader".into())
                 .spawn(move || {
+                    background_priority();
                     for job in read_jobs {
                         job(&reader);
                         pending.fetch_sub(1, Ordering::Relaxed);
@@ -369,6 +404,7 @@ impl Store {
                 reads,
                 healthy,
                 marks,
+                unindexed,
                 metrics: store_metrics,
                 threads: Mutex::new(vec![writer_thread, reader_thread]),
                 pending_reads,
@@ -388,8 +424,11 @@ impl Store {
         state.bytes += bytes;
         state.items.push_back(op);
         self.metrics.queued.set(state.items.len() as i64);
+        let wake = state.wake();
         drop(state);
-        self.queue.ready.notify_one();
+        if wake {
+            self.queue.ready.notify_one();
+        }
         true
     }
 
@@ -426,19 +465,30 @@ impl Store {
     /// Runs `job` on the reader thread once every write queued before it is committed (so a
     /// read sees every acknowledged message); false if too many reads are waiting.
     pub fn read(&self, job: impl FnOnce(&Connection) + Send + 'static) -> bool {
+        self.queue_read(Box::new(job), false)
+    }
+
+    /// As [`Store::read`], for a search: it also waits until those writes are in the search
+    /// index (unless the index is more than [`INDEX_CATCH_UP`] messages behind: then it sees
+    /// what is indexed).
+    pub fn search(&self, job: impl FnOnce(&Connection) + Send + 'static) -> bool {
+        self.queue_read(Box::new(job), true)
+    }
+
+    fn queue_read(&self, job: ReadJob, search: bool) -> bool {
         if self.pending_reads.fetch_add(1, Ordering::Relaxed) >= READ_QUEUE {
             self.pending_reads.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        let job: ReadJob = Box::new(job);
         let mut state = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         if state.closed {
             drop(state);
             self.pending_reads.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        if state.items.is_empty() && !state.in_flight {
-            // Nothing uncommitted: straight to the reader.
+        let behind = search && self.unindexed.load(Ordering::Relaxed) > 0;
+        if state.items.is_empty() && !state.in_flight && !behind {
+            // Nothing uncommitted (or unindexed): straight to the reader.
             drop(state);
             if self.reads.try_send(job).is_err() {
                 self.pending_reads.fetch_sub(1, Ordering::Relaxed);
@@ -446,9 +496,12 @@ impl Store {
             }
             return true;
         }
-        state.items.push_back(Write::Read(job));
+        state.items.push_back(Write::Read { job, search });
+        let wake = state.wake();
         drop(state);
-        self.queue.ready.notify_one();
+        if wake {
+            self.queue.ready.notify_one();
+        }
         true
     }
 
@@ -657,154 +710,258 @@ fn message_row(r: &rusqlite::Row<'_>, room: &str) -> rusqlite::Result<Message> {
     })
 }
 
-/// Waits for work, gathers a batch for up to one commit interval, commits it; prunes when due.
-fn write_loop(
-    mut db: Connection,
-    s: &StoreSettings,
-    queue: &Queue,
-    healthy: &AtomicBool,
-    marks: &Marks,
-    m: &StoreMetrics,
-    to_reader: &std::sync::mpsc::SyncSender<ReadJob>,
-) {
-    // The reader queue has room for every read admitted (`Store::read` counts them), so this
-    // send never waits long; a read the reader cannot take is dropped (its caller times out).
-    let forward = |job: ReadJob| {
-        let _ = to_reader.send(job);
-    };
-    let mut rooms: HashMap<String, i64> = HashMap::new();
-    // The first run is at startup: what retention no longer keeps goes at once.
-    let mut next_prune = Instant::now();
-    let mut failing = false;
-    loop {
-        let mut batch = Vec::new();
-        let mut closed = false;
-        {
-            let mut state = queue.items.lock().unwrap_or_else(|p| p.into_inner());
-            // Sleep until there is work or the pruner is due.
+/// The store's threads run at a lower priority than the chat (nice 10): when they compete for a
+/// core, a waking connection preempts a commit or an indexing chunk at once, so the disk adds
+/// throughput cost but not latency to chat. Their work is batched and queued, so running later
+/// costs nothing but delay. Where the call is not allowed (a seccomp filter), they run as they
+/// are.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "storage: cannot lower the store threads' priority");
+    }
+}
+
+/// The writer thread's world.
+struct Writer {
+    settings: StoreSettings,
+    queue: Arc<Queue>,
+    healthy: Arc<AtomicBool>,
+    marks: Arc<Marks>,
+    metrics: StoreMetrics,
+    to_reader: std::sync::mpsc::SyncSender<ReadJob>,
+    unindexed: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.queue.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reader queue has room for every read admitted (`Store::read` counts them), so this
+    /// send never waits long.
+    fn forward(&self, job: ReadJob) {
+        let _ = self.to_reader.send(job);
+    }
+
+    /// Indexes up to [`INDEX_CHUNK`] stored messages for search; false when none was waiting
+    /// (or indexing failed: it is tried again after the next commit).
+    fn index_some(&self, db: &mut Connection) -> bool {
+        if self.unindexed.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let indexed = (|| -> rusqlite::Result<usize> {
+            let tx = db.transaction()?;
+            // Every pending id has its message (deleting a message deletes its pending row).
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO messages_fts (rowid, text)
+                 SELECT m.id, m.text FROM fts_pending p JOIN messages m ON m.id = p.id
+                 ORDER BY p.id LIMIT ?1",
+                )?
+                .execute([INDEX_CHUNK])?;
+            tx.prepare_cached(
+                "DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)",
+            )?
+            .execute([INDEX_CHUNK])?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        match indexed {
+            Ok(0) => {
+                self.set_unindexed(0);
+                false
+            }
+            Ok(n) => {
+                let left = self
+                    .unindexed
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(n as u64);
+                self.set_unindexed(left);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "storage: indexing for search failed; trying again later");
+                false
+            }
+        }
+    }
+
+    fn set_unindexed(&self, n: u64) {
+        self.unindexed.store(n, Ordering::Relaxed);
+        self.metrics.unindexed.set(n as i64);
+    }
+
+    /// Waits for work (indexing meanwhile), gathers a batch for up to one commit interval,
+    /// commits it; prunes when due.
+    fn run(self, mut db: Connection) {
+        let s = &self.settings;
+        let mut rooms: HashMap<String, i64> = HashMap::new();
+        // The first run is at startup: what retention no longer keeps goes at once.
+        let mut next_prune = Instant::now();
+        let mut failing = false;
+        loop {
+            let mut batch = Vec::new();
+            let mut state = self.lock();
+            // Until there is work or the pruner is due: index, or sleep.
             while state.items.is_empty() && !state.closed {
                 let wait = next_prune.saturating_duration_since(Instant::now());
                 if wait.is_zero() {
                     break;
                 }
-                state = queue
+                if !failing {
+                    drop(state);
+                    let indexed = self.index_some(&mut db);
+                    state = self.lock();
+                    if indexed {
+                        continue;
+                    }
+                }
+                state.idle = true;
+                state = self
+                    .queue
                     .ready
                     .wait_timeout(state, wait)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            state.idle = false;
             if !state.items.is_empty() {
-                // Gather what arrives within one commit interval of the first.
+                // Let one commit interval's worth gather behind the first (less, when a full
+                // batch waits or chatd is stopping), indexing meanwhile; then take a batch.
                 let deadline = Instant::now() + s.commit_interval;
                 loop {
-                    while let Some(op) = state.items.pop_front() {
-                        // Held but not committed: reads arriving now must wait for it.
-                        state.in_flight = true;
-                        state.bytes -= op.bytes();
-                        let flush = matches!(op, Write::Flush(_));
-                        batch.push(op);
-                        if flush || batch.len() >= BATCH {
-                            break;
-                        }
-                    }
-                    let done = batch.len() >= BATCH
-                        || matches!(batch.last(), Some(Write::Flush(_)))
-                        || Instant::now() >= deadline;
-                    if done || state.closed && state.items.is_empty() {
+                    let now = Instant::now();
+                    if state.items.len() >= BATCH || state.closed || now >= deadline {
                         break;
                     }
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    state = queue
+                    if !failing {
+                        drop(state);
+                        let indexed = self.index_some(&mut db);
+                        state = self.lock();
+                        if indexed {
+                            continue;
+                        }
+                    }
+                    state = self
+                        .queue
                         .ready
-                        .wait_timeout(state, wait)
+                        .wait_timeout(state, deadline - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
+                while let Some(op) = state.items.pop_front() {
+                    // Held but not committed: reads arriving now must wait for it.
+                    state.in_flight = true;
+                    state.bytes -= op.bytes();
+                    let flush = matches!(op, Write::Flush(_));
+                    batch.push(op);
+                    if flush || batch.len() >= BATCH {
+                        break;
+                    }
+                }
             }
-            m.queued.set(state.items.len() as i64);
-            closed = closed || state.closed && state.items.is_empty();
+            self.metrics.queued.set(state.items.len() as i64);
+            let closed = state.closed && state.items.is_empty();
             state.in_flight = !batch.is_empty();
+            drop(state);
+            self.commit_batch(&mut db, batch, &mut rooms, &mut failing, &mut next_prune);
+            self.lock().in_flight = false;
+            if Instant::now() >= next_prune {
+                next_prune = next_prune_after(prune(&db, s, &self.marks, &self.unindexed), s);
+            }
+            if closed {
+                return;
+            }
         }
-        // A failed commit keeps its batch and tries again: nothing accepted is dropped. It
-        // first tries smaller pieces (what fits in a nearly full database goes in), then waits.
+    }
+
+    /// Commits `batch`, answering its flushes and handing its reads over. A failed commit keeps
+    /// its batch and tries again: nothing accepted is dropped. It first tries smaller pieces
+    /// (what fits in a nearly full database goes in), then waits.
+    fn commit_batch(
+        &self,
+        db: &mut Connection,
+        mut batch: Vec<Write>,
+        rooms: &mut HashMap<String, i64>,
+        failing: &mut bool,
+        next_prune: &mut Instant,
+    ) {
+        let s = &self.settings;
         let mut chunk = batch.len();
         while !batch.is_empty() {
             let n = chunk.min(batch.len());
-            match commit(&mut db, &batch[..n], &mut rooms) {
-                Ok(()) => {
-                    if failing {
+            match commit(db, &batch[..n], rooms) {
+                Ok(stored) => {
+                    if *failing {
                         info!("storage: writes succeed again");
                     }
-                    failing = false;
-                    healthy.store(true, Ordering::Relaxed);
-                    if n == batch.len() {
-                        queue
-                            .items
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .in_flight = false;
-                    }
+                    *failing = false;
+                    self.healthy.store(true, Ordering::Relaxed);
+                    let unindexed = self.unindexed.load(Ordering::Relaxed) + stored as u64;
+                    self.set_unindexed(unindexed);
                     for op in batch.drain(..n) {
                         match op {
                             Write::Flush(done) => {
                                 let _ = done.send(());
                             }
-                            Write::Read(job) => forward(job),
+                            Write::Read { job, search } => {
+                                // A search sees what was said before it, once the index has it.
+                                if search
+                                    && self.unindexed.load(Ordering::Relaxed) <= INDEX_CATCH_UP
+                                {
+                                    while self.index_some(db) {}
+                                }
+                                self.forward(job);
+                            }
                             _ => {}
                         }
                     }
                 }
                 Err(e) => {
-                    m.errors.inc();
+                    self.metrics.errors.inc();
                     rooms.clear();
                     if n > 1 {
                         chunk = n / 2;
                         continue;
                     }
-                    if !failing {
+                    if !*failing {
                         error!(error = %e, path = %s.path.display(), "storage: cannot write; retrying every second, /readyz is 503 meanwhile");
                     }
-                    failing = true;
-                    healthy.store(false, Ordering::Relaxed);
+                    *failing = true;
+                    self.healthy.store(false, Ordering::Relaxed);
                     // Reads do not wait for the disk to recover: they see what is committed.
-                    let (reads, writes): (Vec<_>, Vec<_>) =
-                        batch.drain(..).partition(|op| matches!(op, Write::Read(_)));
+                    let (reads, writes): (Vec<_>, Vec<_>) = batch
+                        .drain(..)
+                        .partition(|op| matches!(op, Write::Read { .. }));
                     batch = writes;
                     for op in reads {
-                        if let Write::Read(job) = op {
-                            forward(job);
+                        if let Write::Read { job, .. } = op {
+                            self.forward(job);
                         }
                     }
                     std::thread::sleep(RETRY);
                     chunk = batch.len();
                     // Pruning may be what frees the space.
-                    if Instant::now() >= next_prune {
-                        next_prune = next_prune_after(prune(&db, s, marks), s);
+                    if Instant::now() >= *next_prune {
+                        *next_prune =
+                            next_prune_after(prune(db, s, &self.marks, &self.unindexed), s);
                     }
                 }
             }
         }
-        queue
-            .items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .in_flight = false;
-        if Instant::now() >= next_prune {
-            next_prune = next_prune_after(prune(&db, s, marks), s);
-        }
-        if closed {
-            return;
-        }
     }
 }
 
+/// Writes `batch` in one transaction; the number of room messages written.
 fn commit(
     db: &mut Connection,
     batch: &[Write],
     rooms: &mut HashMap<String, i64>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
     let tx = db.transaction()?;
     let mut max_id = 0u64;
+    let mut stored = 0;
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO messages (id, room_id, seq, ts, sender, role, text, action)
@@ -844,6 +1001,7 @@ fn commit(
                         &*msg.text,
                         msg.action
                     ])?;
+                    stored += 1;
                     let last = last_seqs.entry(room_id).or_default();
                     *last = (*last).max(msg.seq);
                     max_id = max_id.max(msg.id);
@@ -861,7 +1019,7 @@ fn commit(
                     ])?;
                     max_id = max_id.max(pm.id);
                 }
-                Write::Flush(_) | Write::Read(_) => {}
+                Write::Flush(_) | Write::Read { .. } => {}
             }
         }
         let mut bump =
@@ -877,7 +1035,8 @@ fn commit(
             [(max_id + 1).to_string()],
         )?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(stored)
 }
 
 /// The key a conversation between two users is stored under.
@@ -917,7 +1076,7 @@ const PRUNE_BUDGET: Duration = Duration::from_millis(200);
 /// for at most [`PRUNE_BUDGET`]; true when more is left (the writer calls again soon). A room's
 /// mark moves past what is about to go *before* it goes, so no resume is promised a message
 /// that is being deleted.
-fn prune(db: &Connection, s: &StoreSettings, marks: &Marks) -> bool {
+fn prune(db: &Connection, s: &StoreSettings, marks: &Marks, unindexed: &AtomicU64) -> bool {
     let budget = Instant::now() + PRUNE_BUDGET;
     let mut deleted = 0;
     let result = (|| -> rusqlite::Result<bool> {
@@ -989,6 +1148,12 @@ fn prune(db: &Connection, s: &StoreSettings, marks: &Marks) -> bool {
     })();
     if deleted > 0 {
         info!(deleted, "storage: pruned old messages");
+        // Deleting a message deletes its pending index entry too.
+        if let Ok(n) = db.query_row("SELECT count(*) FROM fts_pending", [], |r| {
+            r.get::<_, u64>(0)
+        }) {
+            unindexed.store(n, Ordering::Relaxed);
+        }
     }
     result.unwrap_or_else(|e| {
         warn!(error = %e, "storage: pruning failed");
@@ -1057,9 +1222,14 @@ pub mod read {
         before: Option<u64>,
         limit: usize,
     ) -> rusqlite::Result<(Vec<Message>, bool)> {
+        // Words as the index's tokenizer (unicode61) cuts them: runs of letters and digits.
+        // Each is quoted, so nothing in a query is FTS syntax, and none is a phrase (the index
+        // keeps no positions).
         let terms: Vec<String> = query
-            .split_whitespace()
-            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(32)
+            .map(|w| format!("\"{w}\""))
             .collect();
         if terms.is_empty() || rooms.is_empty() {
             return Ok((Vec::new(), false));
