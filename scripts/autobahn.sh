@@ -33,13 +33,16 @@ run() {
   (cd "$WORK" && exec env -i PATH=/usr/bin:/bin \
       CHATD_DIAGNOSTICS__ECHO_PATH=/echo \
       CHATD_LIMITS__MAX_MESSAGE_BYTES="$limit" \
+      CHATD_LIMITS__OUTBOUND_QUEUE_BYTES=$((4 * limit)) \
+      CHATD_STORAGE__QUEUE_BYTES=$((4 * limit)) \
+      CHATD_STORAGE__PATH= \
       CHATD_SERVER__MAX_CONNECTIONS_PER_IP=0 \
       CHATD_SERVER__CONNECT_RATE_PER_IP=0 \
       CHATD_ADMIN__LISTEN= \
       CHATD_LOG__LEVEL=warn \
       "$CHATD" --port "$port" > "chatd-$name.log" 2>&1) &
   local pid=$!
-  wait_port "$port"
+  wait_port "$port" 200 "$pid" || { cat "$WORK/chatd-$name.log"; exit 1; }
   cat > "$WORK/fuzzingclient-$name.json" <<EOF
 {
   "outdir": "./reports-$name",
