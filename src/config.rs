@@ -70,8 +70,25 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Who may take which name.
     pub auth: AuthConfig,
+    /// The browser chat page.
+    pub web: WebConfig,
     /// Diagnostic endpoints (off by default).
     pub diagnostics: DiagnosticsConfig,
+}
+
+/// `[web]`: the chat page served at `/` on the chat port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the browser client at `GET /` (plain and TLS). Off: a plain GET gets 426, as a
+    /// WebSocket-only server.
+    pub enabled: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> WebConfig {
+        WebConfig { enabled: true }
+    }
 }
 
 /// `[storage]`: where history is kept across restarts.

@@ -3,7 +3,8 @@
 //!
 //! The ground floor (`config`, `protocol`, `metrics`, `auth`, `telemetry`) depends on nothing else
 //! here. Above it: `connection` (sockets), `hub` (the broker seam), `session` (chat semantics over
-//! the broker, as a connection handler), `server` (where they meet), and `client` (chatctl).
+//! the broker, as a connection handler), `server` (where they meet), `store` (durable history),
+//! `web` (the browser client it serves) and `client` (chatctl).
 
 pub mod addr;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod server;
 pub(crate) mod session;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use config::{Config, ConfigError, Sources};
 pub use server::{Server, ShutdownReport};

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Failed WebSocket upgrades, by reason (`timeout`, `invalid`).
     pub handshake_failures: IntCounterVec,
+    /// Plain HTTP requests on the chat port answered by the web client, by status.
+    pub web_responses: IntCounterVec,
     /// TLS handshakes by result; stays 0 while TLS is not configured.
     pub tls_handshakes: IntCounterVec,
     /// Frames received from clients, by request type.
@@ -115,6 +117,11 @@ impl Metrics {
                 "chatd_connections_refused_total",
                 "Connections refused at the connection limits (HTTP 503, or 429 for `rate`), by reason.",
                 &["reason"],
+            ),
+            web_responses: counter_vec(
+                "chatd_web_responses_total",
+                "Plain HTTP requests on the chat port (the browser client at /), by status.",
+                &["status"],
             ),
             handshake_failures: counter_vec(
                 "chatd_handshake_failures_total",
@@ -242,6 +249,9 @@ impl Metrics {
         }
         for kind in ["request", "typing", "ping"] {
             metrics.rate_limited.with_label_values(&[kind]);
+        }
+        for status in ["200", "304", "404", "405"] {
+            metrics.web_responses.with_label_values(&[status]);
         }
         metrics
     }

@@ -1,6 +1,6 @@
 //! Before a connection is a WebSocket: TLS, the request head (see `http`: garbage gets 400, a plain
-//! GET 426, a bad upgrade the status that says why), the origin check, the 101, and the HTTP
-//! refusals at the connection limits.
+//! GET the chat page (`web`) or, with `web.enabled = false`, 426; a bad upgrade the status that
+//! says why), the origin check, the 101, and the HTTP refusals at the connection limits.
 
 use std::time::Duration;
 
@@ -20,12 +20,23 @@ pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const NOT_UPGRADE: &str = "this is a chatd WebSocket chat server: connect with a WebSocket client, \
 for example `chatctl --url ws://HOST:PORT connect NAME`\n";
 
-/// TLS (when configured), the request head, and the WebSocket upgrade; an error carries its
-/// metric label. Every request that cannot become a WebSocket is answered with a status.
+/// A connection's first request, answered.
+// Returned once per connection and unpacked at once: a Box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Opened {
+    /// A WebSocket (and whether it is the diagnostic echo).
+    WebSocket(WebSocketStream<Transport>, bool),
+    /// A plain HTTP request for the chat page (or a 404/405), answered with this status.
+    Page(u16),
+}
+
+/// TLS (when configured), the request head, and the WebSocket upgrade or the page; an error
+/// carries its metric label. Every request that cannot become a WebSocket is answered with a
+/// status.
 pub(super) async fn upgrade(
     stream: TcpStream,
     sockets: &Sockets,
-) -> Result<(WebSocketStream<Transport>, bool), (&'static str, String)> {
+) -> Result<Opened, (&'static str, String)> {
     let mut transport = match &sockets.tls {
         Some(tls) => match TlsConn::accept(stream, tls.config(), &sockets.handshakes).await {
             Ok(s) => {
@@ -55,6 +66,42 @@ pub(super) async fn upgrade(
             return Err(refused(r));
         }
     };
+    let tls = sockets.tls.is_some();
+    if sockets.config.web.enabled
+        && !http::wants_websocket(&head)
+        && http::check_basics(&head).is_ok()
+    {
+        let header = |name| head.one(name).and_then(|v| std::str::from_utf8(v).ok());
+        let response = crate::web::answer(&crate::web::Request {
+            method: &head.method,
+            path: &head.path,
+            host: header("host"),
+            accept_encoding: header("accept-encoding"),
+            if_none_match: header("if-none-match"),
+            tls,
+        });
+        let body: &[u8] = if response.send_body {
+            &response.body
+        } else {
+            b""
+        };
+        let _ = timeout(CLOSE_LINGER, async {
+            if http::respond_sized(
+                &mut transport,
+                response.status,
+                &response.headers,
+                body,
+                response.body.len(),
+            )
+            .await
+            .is_ok()
+            {
+                half_close_and_drain(&mut transport).await;
+            }
+        })
+        .await;
+        return Ok(Opened::Page(response.status));
+    }
     let accept = http::check_basics(&head)
         .and_then(|()| {
             if http::wants_websocket(&head) {
@@ -68,7 +115,7 @@ pub(super) async fn upgrade(
             }
         })
         .and_then(|accept| {
-            check_origin(&sockets.config.server.allowed_origins, &head).map(|()| accept)
+            check_origin(&sockets.config.server.allowed_origins, &head, tls).map(|()| accept)
         });
     let accept = match accept {
         Ok(accept) => accept,
@@ -89,7 +136,7 @@ pub(super) async fn upgrade(
         Some(sockets.ws_config),
     )
     .await;
-    Ok((ws, echo))
+    Ok(Opened::WebSocket(ws, echo))
 }
 
 /// Answers a request with a refusal (if there is anything to answer), then closes without losing
@@ -121,9 +168,9 @@ pub(super) async fn half_close_and_drain<S: AsyncRead + AsyncWrite + Unpin>(stre
 }
 
 /// Browser clients send `Origin`; when `server.allowed_origins` is set, only those (compared
-/// exactly: scheme, host and port) may connect. Requests without `Origin` are not from a browser
-/// page and are allowed.
-fn check_origin(allowed: &[String], head: &http::Head) -> Result<(), http::Refusal> {
+/// exactly: scheme, host and port) may connect, and always the server's own origin (the chat
+/// page it serves). Requests without `Origin` are not from a browser page and are allowed.
+fn check_origin(allowed: &[String], head: &http::Head, tls: bool) -> Result<(), http::Refusal> {
     let Some(origin) = head.one("origin") else {
         return if head.all("origin").next().is_some() {
             Err(http::Refusal::new(
@@ -135,7 +182,13 @@ fn check_origin(allowed: &[String], head: &http::Head) -> Result<(), http::Refus
             Ok(())
         };
     };
-    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin) {
+    let own = head.one("host").is_some_and(|host| {
+        let scheme: &[u8] = if tls { b"https://" } else { b"http://" };
+        origin.len() == scheme.len() + host.len()
+            && origin.starts_with(scheme)
+            && origin[scheme.len()..].eq_ignore_ascii_case(host)
+    });
+    if own || allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin) {
         return Ok(());
     }
     Err(http::Refusal::new(403, "origin", "origin not allowed\n"))

@@ -230,11 +230,26 @@ pub(crate) async fn respond<S: AsyncWrite + Unpin>(
     headers: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
+    respond_sized(stream, status, headers, body, body.len()).await
+}
+
+/// Writes a response whose `Content-Length` is `length` (a `HEAD` sends no body, a 304 none).
+pub(crate) async fn respond_sized<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    headers: &str,
+    body: &[u8],
+    length: usize,
+) -> std::io::Result<()> {
     // One write: a client that reads the head may take only what arrived with it.
+    let length = if status == 304 {
+        String::new()
+    } else {
+        format!("Content-Length: {length}\r\n")
+    };
     let mut response = format!(
-        "HTTP/1.1 {status} {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{headers}{length}Connection: close\r\n\r\n",
         reason(status),
-        body.len()
     )
     .into_bytes();
     response.extend_from_slice(body);

@@ -150,7 +150,18 @@ pub(crate) async fn serve<H: Handler>(
     ));
     let (ws, echo) = tokio::select! {
         res = upgrade => match res {
-            Ok(Ok(upgraded)) => upgraded,
+            Ok(Ok(handshake::Opened::WebSocket(ws, echo))) => (ws, echo),
+            Ok(Ok(handshake::Opened::Page(status))) => {
+                debug!(status, "served the chat page");
+                let status = match status {
+                    200 => "200",
+                    304 => "304",
+                    404 => "404",
+                    _ => "405",
+                };
+                sockets.metrics.web_responses.with_label_values(&[status]).inc();
+                return;
+            }
             Ok(Err((reason, e))) => {
                 debug!(error = %e, reason, "upgrade failed");
                 sockets.metrics.handshake_failures.with_label_values(&[reason]).inc();

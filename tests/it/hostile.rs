@@ -115,9 +115,9 @@ fn a_ping_flood_is_cut_off_without_stalling_others() {
 }
 
 #[test]
-fn garbage_gets_400_and_a_plain_get_gets_426() {
+fn garbage_gets_400_and_a_plain_get_gets_426_without_the_web_client() {
     use std::io::Read;
-    let d = Daemon::start(&[], &[]);
+    let d = Daemon::start(&[], &[("CHATD_WEB__ENABLED", "false")]);
     // Writes `pieces` (pausing between them, so they arrive as separate segments) and reads the
     // server's answer up to its close.
     let answer = |pieces: &[&[u8]]| {
@@ -146,7 +146,8 @@ fn garbage_gets_400_and_a_plain_get_gets_426() {
         );
         assert!(reply.contains("WebSocket server"), "{reply}");
     }
-    // A browser opening http://host:port/ is told what this is (426 Upgrade Required), not dropped.
+    // With the chat page off, a browser opening http://host:port/ is told what this is (426
+    // Upgrade Required), not dropped.
     // Sent in two pieces: the server waits for the whole head before it decides.
     let reply = answer(&[
         b"GET / HTTP/1.1\r\nHost: localhost\r\n",

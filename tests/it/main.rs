@@ -2,6 +2,7 @@
 
 mod binary;
 mod broker;
+mod browser;
 mod chat;
 mod chatctl;
 mod hardening;
@@ -13,3 +14,4 @@ mod plain;
 mod security;
 mod storage;
 mod typing;
+mod web;

@@ -17,14 +17,14 @@ use crate::helpers::{Daemon, Proc, chatctl_command, chatd_command, code_and_stde
 const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 
 /// A throwaway certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     params: CertificateParams,
     key: KeyPair,
     pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -45,14 +45,14 @@ impl Ca {
     }
 }
 
-struct TlsFiles {
+pub(crate) struct TlsFiles {
     _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
-fn tls_files(ca: &Ca) -> TlsFiles {
+pub(crate) fn tls_files(ca: &Ca) -> TlsFiles {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = ca.leaf();
     let files = TlsFiles {
@@ -71,7 +71,7 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn tls_env(f: &TlsFiles) -> Vec<(&'static str, String)> {
+pub(crate) fn tls_env(f: &TlsFiles) -> Vec<(&'static str, String)> {
     vec![
         ("CHATD_TLS__CERT", path(&f.cert).to_string()),
         ("CHATD_TLS__KEY", path(&f.key).to_string()),
@@ -691,6 +691,12 @@ fn only_allowed_browser_origins_may_connect() {
     ] {
         assert_eq!(upgrade_with_origin(&d, Some(bad)), Err(403), "{bad}");
     }
+    // The chat page the server serves itself is always allowed: its origin is this Host over
+    // the scheme the server speaks (http here; https is refused on a plain listener).
+    let own = format!("http://{}", d.addr);
+    assert_eq!(upgrade_with_origin(&d, Some(&own)), Ok(()), "{own}");
+    let own_tls = format!("https://{}", d.addr);
+    assert_eq!(upgrade_with_origin(&d, Some(&own_tls)), Err(403));
     // Without the setting every origin is allowed.
     let open = Daemon::start(&[], &[]);
     assert_eq!(
@@ -851,11 +857,17 @@ fn refusals_are_answered_over_tls_too() {
         let _ = tls.read_to_end(&mut reply);
         String::from_utf8_lossy(&reply).to_string()
     };
-    let reply = ask("GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\n\r\n");
+    // A browser gets the chat page, whose policy lets it connect back only over wss://.
+    let host = format!("localhost:{}", d.addr.port());
+    let reply = ask(&format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nAccept: text/html\r\n\r\n"
+    ));
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
     assert!(
-        reply.starts_with("HTTP/1.1 426 Upgrade Required"),
+        reply.contains(&format!("connect-src 'self' wss://{host};")),
         "{reply}"
     );
+    assert!(reply.contains("<title>chatd</title>"), "{reply}");
     let reply = ask(
         "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 7\r\n\r\n",

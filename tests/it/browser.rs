@@ -1,0 +1,313 @@
+//! The chat page in a real browser: each test starts the real chatd and runs one scenario of
+//! `tests/browser/run.mjs` (Playwright driving Debian's Chromium), answering its requests for
+//! things done outside the browser (another client speaking, the server restarting).
+//!
+//! Needs `node`, Chromium (`/usr/bin/chromium` or `$CHROMIUM`) and `npm ci --prefix tests/browser`.
+//! Without them the tests say so and pass, unless `CHATD_BROWSER_TESTS=required` (as in CI).
+//! Screenshots land in `target/tmp/browser/`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command};
+use crate::security::{Ca, tls_env, tls_files};
+
+/// One browser at a time: Chromium is heavy on a 2-core machine, and the other tests run meanwhile.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Whether the browser tests can run here; if not, why (a failure when they are required).
+fn available() -> bool {
+    let missing = if Command::new("node")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        Some("node is not installed")
+    } else if !chromium().exists() {
+        Some("Chromium is not installed (apt install chromium, or set CHROMIUM)")
+    } else if !browser_dir().join("node_modules/playwright-core").exists() {
+        Some("playwright-core is missing (npm ci --prefix tests/browser)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CHATD_BROWSER_TESTS").as_deref() == Ok("required") => {
+            panic!("browser tests are required but {why}")
+        }
+        Some(why) => {
+            eprintln!("skipping the browser test: {why}");
+            false
+        }
+    }
+}
+
+/// The node process, killed with its browser (its process group) however the test ends.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The group's id is node's pid (`process_group(0)`); rustix, because `kill -KILL -PID`
+        // is parsed differently by different `kill`s (one read it as `kill -1`).
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `scenario` against the page at `url`; `on` answers each request the scenario makes.
+fn run(scenario: &str, url: &str, mut on: impl FnMut(&Value) -> Value) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg("run.mjs")
+        .arg(scenario)
+        .current_dir(browser_dir())
+        .env("CHATD_URL", url)
+        .env("CHATD_SHOTS", &shots)
+        .env("CHROMIUM", chromium())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut node = Node(cmd.spawn().expect("run node"));
+    let mut stdin = node.0.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = node.0.stdout.take().unwrap();
+    let err = node.0.stderr.take().unwrap();
+    let tx_err = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send((false, line));
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx_err.send((true, line));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut transcript = Vec::new();
+    let mut ok = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((false, line)) => {
+                if let Some(request) = line.strip_prefix("@@ ") {
+                    let request: Value = serde_json::from_str(request).unwrap();
+                    let answer = on(&request);
+                    transcript.push(format!("{request} -> {answer}"));
+                    writeln!(stdin, "{answer}").unwrap();
+                    stdin.flush().unwrap();
+                } else {
+                    ok |= line == format!("ok {scenario}");
+                    transcript.push(line);
+                }
+            }
+            Ok((true, line)) => transcript.push(format!("stderr: {line}")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("scenario {scenario} timed out:\n{}", transcript.join("\n"))
+            }
+        }
+    }
+    let status = node.0.wait().unwrap();
+    assert!(
+        ok && status.success(),
+        "scenario {scenario} failed ({status}); screenshots in {}:\n{}",
+        shots.display(),
+        transcript.join("\n")
+    );
+}
+
+/// Clients that are not browsers, by name, speaking plain WebSocket to `addr`.
+struct Others {
+    addr: SocketAddr,
+    clients: HashMap<String, SyncClient>,
+    next: u64,
+}
+
+impl Others {
+    fn new(addr: SocketAddr) -> Others {
+        Others {
+            addr,
+            clients: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Sends `request` as `name` (joined on first use) and returns its reply.
+    fn ask(&mut self, name: &str, mut request: Value) -> Value {
+        let addr = self.addr;
+        let c = self
+            .clients
+            .entry(name.to_string())
+            .or_insert_with(|| SyncClient::join(addr, name));
+        self.next += 1;
+        let id = format!("t{}", self.next);
+        request["id"] = json!(id);
+        c.send(request);
+        c.recv_until(|v| v["ref"] == id.as_str())
+    }
+
+    fn say(&mut self, name: &str, room: &str, text: &str) -> Value {
+        let ack = self.ask(name, json!({"type": "say", "room": room, "text": text}));
+        assert_eq!(ack["type"], "ack", "{ack}");
+        json!({"ok": true})
+    }
+
+    /// Whether `text` is in lobby's history as another client sees it.
+    fn heard(&mut self, name: &str, text: &str) -> Value {
+        let page = self.ask(
+            name,
+            json!({"type": "history", "room": "lobby", "limit": 50}),
+        );
+        let heard = page["messages"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["text"] == text));
+        json!({ "heard": heard })
+    }
+
+    /// Answers the requests every scenario may make.
+    fn answer(&mut self, request: &Value) -> Value {
+        let name = request["name"].as_str().unwrap_or("");
+        let text = request["text"].as_str().unwrap_or("");
+        match request["op"].as_str() {
+            Some("say") => self.say(name, request["room"].as_str().unwrap(), text),
+            Some("hear") => self.heard(name, text),
+            _ => json!({"error": format!("unknown request {request}")}),
+        }
+    }
+}
+
+fn page_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+#[test]
+fn two_people_chat_in_the_browser_beside_another_client() {
+    if !available() {
+        return;
+    }
+    let d = Daemon::start(&[], &[]);
+    let mut others = Others::new(d.addr);
+    run("conversation", &page_url(d.addr), |r| others.answer(r));
+}
+
+#[test]
+fn history_shows_on_join_and_older_pages_load_on_scrolling_up() {
+    if !available() {
+        return;
+    }
+    // Stored history (the default), so scrolling up reaches back past what memory keeps.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let d = Daemon::start(
+        &[],
+        &[
+            ("CHATD_STORAGE__PATH", db.to_str().unwrap()),
+            ("CHATD_HISTORY__SIZE", "50"),
+            ("CHATD_LIMITS__RATE_PER_SEC", "10000"),
+            ("CHATD_LIMITS__RATE_BURST", "10000"),
+        ],
+    );
+    let mut others = Others::new(d.addr);
+    let said = 130;
+    for i in 1..=said {
+        others.say("dave", "lobby", &format!("old message {i}"));
+    }
+    run("history", &page_url(d.addr), |r| match r["op"].as_str() {
+        Some("info") => json!({ "said": said }),
+        _ => others.answer(r),
+    });
+}
+
+#[test]
+fn what_others_send_is_shown_as_text_and_injected_script_is_blocked() {
+    if !available() {
+        return;
+    }
+    let d = Daemon::start(&[], &[]);
+    let mut others = Others::new(d.addr);
+    run("hostile", &page_url(d.addr), |r| others.answer(r));
+}
+
+#[test]
+fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let env = [("CHATD_STORAGE__PATH", db.to_str().unwrap())];
+    let mut d = Daemon::start(&[], &env);
+    let port = d.addr.port();
+    let mut others = Others::new(d.addr);
+    run("restart", &page_url(d.addr), |r| {
+        if r["op"] != "restart" {
+            return others.answer(r);
+        }
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
+        // While the page is away, the chat goes on (on a server it cannot reach, same history).
+        let mut between = Daemon::start(&[], &env);
+        let mut away = Others::new(between.addr);
+        for m in r["said"].as_array().unwrap() {
+            let field = |k: &str| m[k].as_str().unwrap().to_string();
+            away.say(&field("name"), &field("room"), &field("text"));
+        }
+        drop(away);
+        between.signal("TERM");
+        assert_eq!(between.wait_exit(Duration::from_secs(15)), Some(0));
+        // Back on the page's address.
+        d = Daemon::start_at(port, &[], &env);
+        others = Others::new(d.addr);
+        json!({"ok": true})
+    });
+}
+
+#[test]
+fn the_page_over_https_chats_over_wss_with_a_chatctl_user() {
+    if !available() {
+        return;
+    }
+    let ca = Ca::new("chatd browser test CA");
+    let files = tls_files(&ca);
+    let env = tls_env(&files);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = Daemon::start(&[], &env);
+    let url = format!("wss://localhost:{}", d.addr.port());
+    let mut cmd = chatctl_command();
+    cmd.args(["--url", &url, "--ca-cert", files.ca.to_str().unwrap()])
+        .args(["connect", "plain"]);
+    let mut plain = Proc::spawn(cmd);
+    plain.expect_out("welcome, plain!");
+    let page = format!("https://localhost:{}/", d.addr.port());
+    run("tls", &page, |r| match r["op"].as_str() {
+        Some("hear") => {
+            let text = r["text"].as_str().unwrap();
+            plain.expect_out(text);
+            json!({"heard": true})
+        }
+        _ => json!({"error": "unexpected"}),
+    });
+}
