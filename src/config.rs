@@ -12,15 +12,18 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod explain;
+
 /// Environment variables with the `CHATD_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["CONFIG", "URL", "TOKEN"];
 
 /// Why a configuration was refused. Its text always names the offending key or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The layers could not be merged into a [`Config`] (unknown key, wrong type, unreadable TOML).
+    /// The layers could not be merged into a [`Config`] (unknown key, wrong type, unreadable
+    /// TOML), said in key names and TOML types, with where each value was set.
     #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(String),
     /// A value had the right type but is outside what chatd accepts.
     #[error("invalid value for key `{key}`: {reason}")]
     Invalid {
@@ -44,9 +47,11 @@ pub enum ConfigError {
     },
 }
 
-impl From<figment::Error> for ConfigError {
-    fn from(err: figment::Error) -> Self {
-        ConfigError::Load(Box::new(err))
+impl ConfigError {
+    fn load(err: figment::Error, file: Option<&Path>) -> ConfigError {
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok());
+        let file = file.zip(text.as_deref());
+        ConfigError::Load(explain::explain(err, file))
     }
 }
 
@@ -144,12 +149,20 @@ pub struct TlsConfig {
     pub cert: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
+    /// A second listener for `wss://` (`host:port`), the main one staying `ws://`; empty = TLS on
+    /// the main listener.
+    pub listen: String,
 }
 
 impl TlsConfig {
     /// Whether TLS is configured.
     pub fn enabled(&self) -> bool {
         !self.cert.is_empty()
+    }
+
+    /// The separate `wss://` listener's address, when there is one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok().filter(|_| self.enabled())
     }
 }
 
@@ -285,6 +298,13 @@ pub struct ServerConfig {
     /// Browser origins allowed to connect (exact `scheme://host[:port]`); empty = any. Requests
     /// without an `Origin` header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies and load balancers (addresses or ranges such as `10.0.0.0/8`) whose word
+    /// about the client's address is taken: `Forwarded`/`X-Forwarded-For`, or the PROXY protocol
+    /// header with `proxy_protocol`. Empty = every peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2, as
+    /// HAProxy's `send-proxy`/`send-proxy-v2` sends), before TLS; others must not send one.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -303,6 +323,8 @@ impl Default for ServerConfig {
             connect_rate_per_ip: 20.0,
             connect_burst_per_ip: 100,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -478,7 +500,7 @@ impl AuthConfig {
             reason,
         };
         let text =
-            std::fs::read_to_string(&self.secret_file).map_err(|e| file_error(e.to_string()))?;
+            std::fs::read_to_string(&self.secret_file).map_err(|e| file_error(read_error(&e)))?;
         let secret = text.trim_end_matches(['\r', '\n']).to_string();
         if secret.len() < MIN_SECRET_BYTES {
             return Err(file_error(format!(
@@ -508,15 +530,14 @@ impl Config {
     /// Merges the layers named by `sources` over the defaults and validates the result.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match (&sources.file, &sources.default_file) {
-            (Some(file), _) => {
-                if !file.exists() {
-                    return Err(ConfigError::MissingFile(file.clone()));
-                }
-                figment = figment.merge(Toml::file_exact(file));
-            }
-            (None, Some(file)) if file.exists() => figment = figment.merge(Toml::file_exact(file)),
-            _ => {}
+        if let Some(file) = &sources.file
+            && !file.exists()
+        {
+            return Err(ConfigError::MissingFile(file.clone()));
+        }
+        let file = sources.file_in_use();
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
         }
         if sources.use_env {
             figment = figment.merge(Env::prefixed("CHATD_").ignore(NON_CONFIG_ENV).split("__"));
@@ -527,7 +548,9 @@ impl Config {
         if let Some(port) = sources.port {
             figment = figment.merge(("server.port", port));
         }
-        let config: Config = figment.extract()?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::load(e, file.as_deref()))?;
         config.validate()?;
         Ok(config)
     }
@@ -536,7 +559,8 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
-            .extract()?;
+            .extract()
+            .map_err(|e| ConfigError::load(e, None))?;
         config.validate()?;
         Ok(config)
     }
@@ -649,6 +673,20 @@ impl Config {
             };
             return Err(invalid(key, "tls.cert and tls.key must be set together"));
         }
+        if !self.tls.listen.is_empty() {
+            if self.tls.listen.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "tls.listen",
+                    format!(
+                        "{:?} is not an address such as 0.0.0.0:8443",
+                        self.tls.listen
+                    ),
+                ));
+            }
+            if !self.tls.enabled() {
+                return Err(invalid("tls.listen", "needs tls.cert and tls.key"));
+            }
+        }
         if !s.connect_rate_per_ip.is_finite() || s.connect_rate_per_ip < 0.0 {
             return Err(invalid("server.connect_rate_per_ip", "must be a rate >= 0"));
         }
@@ -671,6 +709,15 @@ impl Config {
                     ),
                 ));
             }
+        }
+        for range in &s.trusted_proxies {
+            crate::addr::Cidr::parse(range).map_err(|e| invalid("server.trusted_proxies", e))?;
+        }
+        if s.proxy_protocol && s.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: the load balancers' addresses, whose PROXY headers are believed",
+            ));
         }
         if !self.auth.secret.is_empty() && !self.auth.secret_file.is_empty() {
             return Err(invalid(
@@ -727,8 +774,7 @@ impl Config {
             ));
         }
         let log = &self.log;
-        tracing_subscriber::EnvFilter::try_new(&log.level)
-            .map_err(|e| invalid("log.level", format!("{:?} is not a filter: {e}", log.level)))?;
+        check_log_filter(&log.level).map_err(|reason| invalid("log.level", reason))?;
         if !log.directory.is_empty() && log.file_prefix.is_empty() {
             return Err(invalid(
                 "log.file_prefix",
@@ -739,6 +785,15 @@ impl Config {
             return Err(invalid("log.keep_files", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// `server.trusted_proxies`, parsed (validate() proved each parses).
+    pub fn trusted_proxies(&self) -> Vec<crate::addr::Cidr> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .filter_map(|r| crate::addr::Cidr::parse(r).ok())
+            .collect()
     }
 
     /// The address to listen on.
@@ -778,6 +833,15 @@ impl ServerConfig {
 }
 
 impl Sources {
+    /// The TOML file that is read: the explicit one, or `./chat.toml` when it exists.
+    pub fn file_in_use(&self) -> Option<PathBuf> {
+        match (&self.file, &self.default_file) {
+            (Some(file), _) => Some(file.clone()),
+            (None, Some(file)) if file.exists() => Some(file.clone()),
+            _ => None,
+        }
+    }
+
     /// The usual sources for the daemon: an explicit file or `./chat.toml`, plus the environment.
     pub fn standard(file: Option<&Path>) -> Sources {
         Sources {
@@ -788,6 +852,48 @@ impl Sources {
             port: None,
         }
     }
+}
+
+/// Why a file could not be read, in the operator's terms: "permission denied" names the user
+/// chatd runs as, since that is what to fix (the owner or mode, or systemd's `LoadCredential=`).
+pub fn read_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied: the file is not readable by the user chatd runs as (uid {}); \
+             make it readable by that user (chown/chmod), or under systemd pass it with \
+             LoadCredential=",
+            rustix::process::getuid().as_raw()
+        ),
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        _ => e.to_string(),
+    }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A `log.level` (or `RUST_LOG`) filter: comma-separated directives, each a level or
+/// `target=level`. tracing would take `infoo` as a target name and log nothing; this refuses it.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} names no target before `=`")),
+            None => directive,
+        };
+        if !is_level(level) {
+            let hint = explain::nearest(&level.trim().to_ascii_lowercase(), LEVELS)
+                .map(|l| format!(" (did you mean {l:?}?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{level:?} in {filter:?} is not a level: use one of {}, or target=level{hint}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?} is not a filter: {e}"))
 }
 
 /// Parses a time-to-live such as `30d`, `12h`, `15m`, `90s` or `3600`.

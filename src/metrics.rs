@@ -13,6 +13,10 @@ pub struct Metrics {
     registry: Registry,
     /// Connections open now (upgraded or upgrading).
     pub connections_open: IntGauge,
+    /// The total connection cap in force (0 = none).
+    pub connections_limit: IntGauge,
+    /// When the TLS certificate in use expires (Unix seconds; 0 without TLS).
+    pub tls_certificate_expiry: IntGauge,
     /// Connections accepted (given a slot).
     pub connections_accepted: IntCounter,
     /// Connections ended, by reason.
@@ -104,6 +108,14 @@ impl Metrics {
         };
         let metrics = Metrics {
             connections_open: gauge("chatd_connections_open", "WebSocket connections open now."),
+            tls_certificate_expiry: gauge(
+                "chatd_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate in use expires, in Unix seconds (0 without TLS); updated on SIGHUP.",
+            ),
+            connections_limit: gauge(
+                "chatd_connections_limit",
+                "Connections allowed in all (server.max_connections, lowered to what the descriptor limit allows); 0 = no limit.",
+            ),
             connections_accepted: counter(
                 "chatd_connections_accepted_total",
                 "TCP connections accepted.",
@@ -250,6 +262,12 @@ impl Metrics {
         for kind in ["request", "typing", "ping"] {
             metrics.rate_limited.with_label_values(&[kind]);
         }
+        for reason in HANDSHAKE_FAILURES {
+            metrics.handshake_failures.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            metrics.tls_handshakes.with_label_values(&[result]);
+        }
         for status in ["200", "304", "404", "405"] {
             metrics.web_responses.with_label_values(&[status]);
         }
@@ -275,6 +293,18 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Every `reason` of `chatd_handshake_failures_total` (see `connection::handshake`).
+pub const HANDSHAKE_FAILURES: [&str; 8] = [
+    "invalid",
+    "too_large",
+    "timeout",
+    "garbage",
+    "not_upgrade",
+    "origin",
+    "tls",
+    "proxy",
+];
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -15,6 +15,14 @@ use crate::config::{LogConfig, LogFormat, Rotation};
 #[must_use = "logs stop being written when the guard is dropped"]
 pub struct LogGuard {
     _guards: Vec<WorkerGuard>,
+    json: bool,
+}
+
+impl LogGuard {
+    /// Whether stdout gets JSON lines (`log.format`, or `auto` when stdout is not a terminal).
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 /// Installs the global subscriber. `override_filter` (the binary passes `RUST_LOG`), when set
@@ -61,5 +69,8 @@ pub fn init(cfg: &LogConfig, override_filter: Option<&str>) -> anyhow::Result<Lo
         .with(stdout_layer)
         .with(file_layer)
         .try_init()?;
-    Ok(LogGuard { _guards: guards })
+    Ok(LogGuard {
+        _guards: guards,
+        json,
+    })
 }

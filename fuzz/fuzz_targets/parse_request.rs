@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = chatd::protocol::decode(text);
     let _ = chatd::protocol::validate_name(text);
     if let Some(room) = chatd::protocol::normalize_room(text) {
-        assert!(chatd::protocol::validate_name(&room).is_ok() || chatd::protocol::RESERVED_NAMES.contains(&room.as_str()));
+        // Room names: 1-32 of [a-z0-9_.-], lower case, and normalising is idempotent. (They are
+        // not user names: `server` or `.` are rooms one may join, not names one may take.)
+        assert!(!room.is_empty() && room.len() <= 32, "{room:?}");
+        assert!(room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)), "{room:?}");
+        assert_eq!(chatd::protocol::normalize_room(&room).as_deref(), Some(room.as_str()));
     }
     let _ = chatd::client::input::parse_input(text);
     let clean = chatd::client::render::sanitize(text);

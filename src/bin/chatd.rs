@@ -31,8 +31,8 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', env = "CHATD_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides server.host).
-    #[arg(long, global = true)]
+    /// Address to listen on (overrides server.host; before any subcommand).
+    #[arg(long)]
     host: Option<String>,
     /// Port to listen on, 0 for any free port (overrides server.port).
     #[arg(long, short = 'p', global = true)]
@@ -53,6 +53,22 @@ enum Command {
     /// For container health checks (no curl needed).
     Healthcheck,
     /// Mint a signed token for NAME with the configured auth secret; prints only the token.
+    /// Make a private CA (ca.pem; reused when present) and a server certificate for the given
+    /// names (cert.pem, key.pem), for wss:// without a public CA. Prints how to use them.
+    Cert {
+        /// A DNS name or IP address clients will connect to (repeat for more).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where to write the files.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// How long the server certificate is valid.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        /// Replace an existing cert.pem and key.pem.
+        #[arg(long)]
+        force: bool,
+    },
     Token {
         /// The user name the token is for (its `sub`).
         name: String,
@@ -73,6 +89,16 @@ enum RoleArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: it makes the files a configuration will name.
+    if let Some(Command::Cert {
+        hosts,
+        out,
+        days,
+        force,
+    }) = &cli.command
+    {
+        return make_cert(hosts, out, *days, *force);
+    }
     let sources = Sources {
         host: cli.host.clone(),
         port: cli.port,
@@ -88,7 +114,12 @@ fn main() -> ExitCode {
             if let Err(e) = chatd::store::check(&config) {
                 return config_error(&e);
             }
-            println!("configuration OK");
+            match sources.file_in_use() {
+                Some(file) => println!("configuration OK (file: {})", shown(&file)),
+                None => println!(
+                    "configuration OK (no config file: the defaults and CHATD_* variables)"
+                ),
+            }
             ExitCode::SUCCESS
         }
         Command::PrintConfig => {
@@ -104,8 +135,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck => healthcheck(&config),
+        Command::Cert { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Token { name, role, ttl } => mint_token(&config, &name, role, &ttl),
-        Command::Run => match run(config) {
+        Command::Run => match run(config, sources.file_in_use()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fatal::Config(e)) => config_error(&e),
             Err(Fatal::Other(e)) => {
@@ -114,6 +146,66 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn make_cert(hosts: &[String], out: &std::path::Path, days: u32, force: bool) -> ExitCode {
+    use chatd::server::cert;
+    let written = match cert::make(out, hosts, days, force) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("chatd: cert: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = shown(&written.dir);
+    let host = &hosts[0];
+    if written.new_ca {
+        println!(
+            "wrote a new private CA: {dir}/{} (and its key {dir}/{}, mode 0600: keep it to issue the next certificate)",
+            cert::CA_CERT,
+            cert::CA_KEY
+        );
+    } else {
+        println!(
+            "reused the CA in {dir}/{} (clients that trust it keep trusting)",
+            cert::CA_CERT
+        );
+    }
+    println!(
+        "wrote {dir}/{} and {dir}/{} (mode 0600) for {}, valid {days} days",
+        cert::CERT,
+        cert::KEY,
+        hosts.join(", ")
+    );
+    println!();
+    println!("chatd (chat.toml, or CHATD_TLS__CERT / CHATD_TLS__KEY):");
+    println!("  [tls]");
+    println!("  cert = \"{dir}/{}\"", cert::CERT);
+    println!("  key = \"{dir}/{}\"", cert::KEY);
+    println!("  The key must be readable by the user chatd runs as (in the image: uid 65532).");
+    println!();
+    println!("clients trust the CA, not the certificate:");
+    println!(
+        "  chatctl --url wss://{host}:8000 --ca-cert {dir}/{} connect NAME",
+        cert::CA_CERT
+    );
+    println!(
+        "  python: ssl.create_default_context(cafile=\"{dir}/{}\")",
+        cert::CA_CERT
+    );
+    println!(
+        "  browsers: import {dir}/{} as an authority (Firefox: Settings > Certificates > Import;",
+        cert::CA_CERT
+    );
+    println!(
+        "  Chrome and the system on Debian: cp {dir}/{} /usr/local/share/ca-certificates/chatd.crt && update-ca-certificates),",
+        cert::CA_CERT
+    );
+    println!("  then open https://{host}:8000/");
+    println!(
+        "On the public Internet use a certificate from Let's Encrypt instead (deploy/README.md)."
+    );
+    ExitCode::SUCCESS
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {
@@ -135,10 +227,28 @@ impl From<anyhow::Error> for Fatal {
     }
 }
 
-fn run(config: Config) -> Result<(), Fatal> {
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let _logs =
+/// A path as an operator would find it: absolute when it can be.
+fn shown(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn run(config: Config, file: Option<std::path::PathBuf>) -> Result<(), Fatal> {
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|l| !l.is_empty());
+    if let Some(filter) = &rust_log
+        && let Err(reason) = chatd::config::check_log_filter(filter)
+    {
+        return Err(Fatal::Other(anyhow::anyhow!("RUST_LOG: {reason}")));
+    }
+    let logs =
         telemetry::init(&config.log, rust_log.as_deref()).context("cannot set up logging")?;
+    match &file {
+        Some(file) => tracing::info!(file = %shown(file), "configuration loaded"),
+        None => tracing::info!("no config file: the defaults and CHATD_* variables"),
+    }
+    let banner = Banner { json: logs.json() };
     let runtime = if config.server.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -150,10 +260,35 @@ fn run(config: Config) -> Result<(), Fatal> {
             .build()
     }
     .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, banner))
 }
 
-async fn serve(config: Config) -> Result<(), Fatal> {
+/// The startup lines (where to connect): plain lines on a terminal or in human format, JSON
+/// events (the shape of the log's) when the log is JSON, so stdout parses line by line. Printed
+/// whatever `log.level` filters: they are the daemon's answer, not log chatter.
+struct Banner {
+    json: bool,
+}
+
+impl Banner {
+    fn say(&self, message: &str, fields: serde_json::Value) {
+        if !self.json {
+            println!("{message}");
+            return;
+        }
+        let mut fields = fields;
+        fields["message"] = serde_json::Value::from(message);
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "INFO",
+            "fields": fields,
+            "target": "chatd",
+        });
+        println!("{line}");
+    }
+}
+
+async fn serve(config: Config, banner: Banner) -> Result<(), Fatal> {
     let shutdown = CancellationToken::new();
     // Signals are registered before the port is bound, so none is missed once we report ready;
     // they queue in `signals` until the watcher starts.
@@ -178,14 +313,21 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             chatd::server::FD_RESERVE
         );
     }
-    println!("WebSocket server listening on {}", server.local_addr());
-    if let Some(admin) = server.admin_addr() {
-        println!("Admin endpoints on http://{admin} (/metrics, /healthz, /readyz)");
+    let addr = server.local_addr();
+    banner.say(
+        &format!("WebSocket server listening on {addr}"),
+        serde_json::json!({ "addr": addr.to_string() }),
+    );
+    if let Some(tls) = server.tls_addr() {
+        banner.say(
+            &format!("TLS enabled: clients connect to wss://{tls}"),
+            serde_json::json!({ "addr": tls.to_string(), "tls": true }),
+        );
     }
-    if server.is_tls() {
-        println!(
-            "TLS enabled: clients connect to wss://{}",
-            server.local_addr()
+    if let Some(admin) = server.admin_addr() {
+        banner.say(
+            &format!("Admin endpoints on http://{admin} (/metrics, /healthz, /readyz)"),
+            serde_json::json!({ "admin_addr": admin.to_string() }),
         );
     }
     let signal_task = tokio::spawn(watch_signals(

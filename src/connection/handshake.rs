@@ -2,6 +2,7 @@
 //! GET the chat page (`web`) or, with `web.enabled = false`, 426; a bad upgrade the status that
 //! says why), the origin check, the 101, and the HTTP refusals at the connection limits.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::tls::TlsConn;
 use super::transport::Transport;
-use super::{Sockets, http};
+use super::{Admission, Sockets, http, proxy};
 
 /// How long refusals and closes wait for the peer.
 pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -24,19 +25,33 @@ for example `chatctl --url ws://HOST:PORT connect NAME`\n";
 // Returned once per connection and unpacked at once: a Box would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Opened {
-    /// A WebSocket (and whether it is the diagnostic echo).
-    WebSocket(WebSocketStream<Transport>, bool),
+    /// A WebSocket, whether it is the diagnostic echo, and the client's address.
+    WebSocket(WebSocketStream<Transport>, bool, IpAddr),
     /// A plain HTTP request for the chat page (or a 404/405), answered with this status.
     Page(u16),
+    /// Refused at the limits once a proxy said who the client is (the metric label).
+    Refused(&'static str),
 }
 
 /// TLS (when configured), the request head, and the WebSocket upgrade or the page; an error
 /// carries its metric label. Every request that cannot become a WebSocket is answered with a
 /// status.
 pub(super) async fn upgrade(
-    stream: TcpStream,
+    mut stream: TcpStream,
+    peer: SocketAddr,
     sockets: &Sockets,
+    held: &mut impl Admission,
 ) -> Result<Opened, (&'static str, String)> {
+    let trusted = crate::addr::any_contains(&sockets.trusted_proxies, peer.ip());
+    let mut client = peer.ip();
+    if trusted && sockets.config.server.proxy_protocol {
+        // Before TLS: a load balancer writes the header first, then relays the client's bytes.
+        match proxy::read_header(&mut stream).await {
+            Ok(Some(addr)) => client = addr.ip(),
+            Ok(None) => {}
+            Err(e) => return Err(("proxy", e)),
+        }
+    }
     let mut transport = match &sockets.tls {
         Some(tls) => match TlsConn::accept(stream, tls.config(), &sockets.handshakes).await {
             Ok(s) => {
@@ -66,6 +81,20 @@ pub(super) async fn upgrade(
             return Err(refused(r));
         }
     };
+    if trusted && !sockets.config.server.proxy_protocol {
+        client = proxy::client_from_headers(&sockets.trusted_proxies, peer.ip(), &head);
+    }
+    if trusted {
+        if client != peer.ip() {
+            tracing::Span::current().record("client", tracing::field::display(client));
+        }
+        if let Err((status, label, why)) = held.admit(client) {
+            tracing::debug!(%client, why, "refusing connection");
+            let refusal = http::Refusal::new(status, label, format!("{why}\n"));
+            answer(&mut transport, &refusal).await;
+            return Ok(Opened::Refused(label));
+        }
+    }
     let tls = sockets.tls.is_some();
     if sockets.config.web.enabled
         && !http::wants_websocket(&head)
@@ -136,7 +165,7 @@ pub(super) async fn upgrade(
         Some(sockets.ws_config),
     )
     .await;
-    Ok(Opened::WebSocket(ws, echo))
+    Ok(Opened::WebSocket(ws, echo, client))
 }
 
 /// Answers a request with a refusal (if there is anything to answer), then closes without losing

@@ -10,10 +10,11 @@
 mod handshake;
 mod http;
 pub(crate) mod mailbox;
+mod proxy;
 mod tls;
 mod transport;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,8 +43,9 @@ type Ws = WebSocketStream<Transport>;
 /// A far-off deadline for when no timer is due.
 const IDLE: Duration = Duration::from_secs(24 * 3600);
 
-/// What every socket task shares: settings, metrics, TLS and the flusher (no chat state).
-#[derive(Debug)]
+/// What every socket task shares: settings, metrics, TLS and the flusher (no chat state). One
+/// per listener (they differ in `tls`), sharing the rest.
+#[derive(Debug, Clone)]
 pub(crate) struct Sockets {
     /// The validated configuration.
     pub config: Arc<Config>,
@@ -55,6 +57,8 @@ pub(crate) struct Sockets {
     pub tls: Option<TlsSlot>,
     /// Where TLS handshakes do their crypto (off the chat thread).
     pub handshakes: tls::Handshakes,
+    /// `server.trusted_proxies`, parsed: peers whose word about the client's address is taken.
+    pub trusted_proxies: Vec<crate::addr::Cidr>,
     /// Writes queued frames to plain sockets (see `mailbox`); only on a single-threaded runtime.
     /// On several worker threads one flusher would serialise every write (and contend with
     /// publishers on other threads), so each connection task writes its own mailbox there.
@@ -131,26 +135,40 @@ enum Event {
     Timer,
 }
 
-/// Serves one accepted TCP connection until it ends. The handler is made once the upgrade is
-/// done, from the connection's mailbox. `_held` (the connection's slot in the server's limits)
-/// lives as long as the connection.
+/// A connection's place in the server's limits, held as long as the connection. A connection
+/// from a trusted proxy is counted under its client's address once that is known (from the
+/// PROXY header or the request head), and may be refused then.
+pub(crate) trait Admission: Send {
+    /// Counts the connection under `client`, or refuses it: (HTTP status, the `reason` label of
+    /// `chatd_connections_refused_total`, the line the client reads).
+    fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)>;
+}
+
+/// Serves one accepted TCP connection from `peer` until it ends. The handler is made once the
+/// upgrade is done, from the connection's mailbox and the client's address (`peer`'s, or the
+/// one a trusted proxy gave). `held` is the connection's place in the server's limits.
 pub(crate) async fn serve<H: Handler>(
     stream: TcpStream,
+    peer: SocketAddr,
     sockets: Arc<Sockets>,
     shutdown: CancellationToken,
-    _held: impl Send,
-    make: impl FnOnce(Arc<Mailbox>) -> H,
+    mut held: impl Admission,
+    make: impl FnOnce(Arc<Mailbox>, IpAddr) -> H,
 ) {
     let accepted = Instant::now();
     let handshake_timeout = sockets.config.server.handshake_timeout();
     // Boxed so the (large) handshake state does not size every connection task for its whole life.
     let upgrade = Box::pin(timeout(
         handshake_timeout,
-        handshake::upgrade(stream, &sockets),
+        handshake::upgrade(stream, peer, &sockets, &mut held),
     ));
-    let (ws, echo) = tokio::select! {
+    let (ws, echo, client) = tokio::select! {
         res = upgrade => match res {
-            Ok(Ok(handshake::Opened::WebSocket(ws, echo))) => (ws, echo),
+            Ok(Ok(handshake::Opened::WebSocket(ws, echo, client))) => (ws, echo, client),
+            Ok(Ok(handshake::Opened::Refused(label))) => {
+                sockets.metrics.connections_refused.with_label_values(&[label]).inc();
+                return;
+            }
             Ok(Ok(handshake::Opened::Page(status))) => {
                 debug!(status, "served the chat page");
                 let status = match status {
@@ -184,7 +202,7 @@ pub(crate) async fn serve<H: Handler>(
     // Built in place (no handler local): a local would keep its own slot in the task's state.
     let mut conn = Connection {
         ws,
-        handler: make(mailbox),
+        handler: make(mailbox, client),
         sockets,
         hello_deadline: accepted + handshake_timeout,
         last_heard: Instant::now(),
@@ -556,7 +574,13 @@ fn fit_close_reason(reason: &str) -> &str {
 
 /// The peer address field every connection's span carries.
 pub(crate) fn span(peer: SocketAddr, conn: u64) -> tracing::Span {
-    tracing::info_span!("conn", %peer, conn, user = tracing::field::Empty)
+    tracing::info_span!(
+        "conn",
+        %peer,
+        conn,
+        client = tracing::field::Empty,
+        user = tracing::field::Empty
+    )
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub(super) struct Refusal {
 /// Counts open connections, in total and per IP address.
 #[derive(Debug)]
 pub(super) struct ConnLimiter {
+    limit_gauge: IntGauge,
     max_total: std::sync::atomic::AtomicUsize,
     max_per_ip: usize,
     rate_per_sec: f64,
@@ -47,12 +48,20 @@ struct LimiterState {
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
+    /// The address it counts under; `None` until a proxied connection's client is known.
+    ip: Option<IpAddr>,
 }
 
 impl ConnLimiter {
-    pub(super) fn new(server: &ServerConfig, open_gauge: IntGauge) -> ConnLimiter {
+    /// `limit_gauge` shows the total cap (`chatd_connections_limit`, 0 = none).
+    pub(super) fn new(
+        server: &ServerConfig,
+        open_gauge: IntGauge,
+        limit_gauge: IntGauge,
+    ) -> ConnLimiter {
+        limit_gauge.set(i64::try_from(server.max_connections).unwrap_or(i64::MAX));
         ConnLimiter {
+            limit_gauge,
             max_total: std::sync::atomic::AtomicUsize::new(server.max_connections),
             max_per_ip: server.max_connections_per_ip,
             rate_per_sec: server.connect_rate_per_ip,
@@ -69,7 +78,14 @@ impl ConnLimiter {
     /// A slot for one more connection from `ip`, or why not. Addresses count as
     /// `addr::address_key` groups them (an IPv6 /64 is one client).
     pub(super) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
-        let ip = crate::addr::address_key(ip);
+        let mut slot = self.acquire_unplaced()?;
+        slot.place(ip)?;
+        Ok(slot)
+    }
+
+    /// A slot counted in the total only, for a connection from a trusted proxy: the client's
+    /// address is known later (`ConnSlot::place`), and the proxy's own must not fill its caps.
+    pub(super) fn acquire_unplaced(self: &Arc<Self>) -> Result<ConnSlot, Refusal> {
         let mut state = self.lock();
         let max_total = self.max_total.load(std::sync::atomic::Ordering::Relaxed);
         if max_total > 0 && state.total >= max_total {
@@ -79,6 +95,17 @@ impl ConnLimiter {
                 status: 503,
             });
         }
+        state.total += 1;
+        self.open_gauge.inc();
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            ip: None,
+        })
+    }
+
+    /// Counts one more connection from `ip` (already a key), or why not.
+    fn count(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let mut state = self.lock();
         if self.max_per_ip > 0 && state.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
             return Err(Refusal {
                 label: "per_ip",
@@ -115,12 +142,7 @@ impl ConnLimiter {
         if self.max_per_ip > 0 {
             *state.per_ip.entry(ip).or_default() += 1;
         }
-        state.total += 1;
-        self.open_gauge.inc();
-        Ok(ConnSlot {
-            limiter: self.clone(),
-            ip,
-        })
+        Ok(())
     }
 
     /// Lowers the total cap to `cap` if it is higher (0 counts as unlimited); returns the new cap
@@ -132,6 +154,7 @@ impl ConnLimiter {
             return None;
         }
         self.max_total.store(cap, Ordering::Relaxed);
+        self.limit_gauge.set(i64::try_from(cap).unwrap_or(i64::MAX));
         Some(cap)
     }
 
@@ -141,17 +164,38 @@ impl ConnLimiter {
     }
 }
 
+impl ConnSlot {
+    /// Counts this connection under the client's address (once; a placed slot keeps its place).
+    pub(super) fn place(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        let ip = crate::addr::address_key(ip);
+        self.limiter.count(ip)?;
+        self.ip = Some(ip);
+        Ok(())
+    }
+}
+
+impl crate::connection::Admission for ConnSlot {
+    fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)> {
+        self.place(client)
+            .map_err(|Refusal { label, why, status }| (status, label, why))
+    }
+}
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut state = self.limiter.lock();
         state.total -= 1;
         self.limiter.open_gauge.dec();
         if self.limiter.max_per_ip > 0
-            && let Some(n) = state.per_ip.get_mut(&self.ip)
+            && let Some(ip) = self.ip
+            && let Some(n) = state.per_ip.get_mut(&ip)
         {
             *n -= 1;
             if *n == 0 {
-                state.per_ip.remove(&self.ip);
+                state.per_ip.remove(&ip);
             }
         }
     }

@@ -6,6 +6,7 @@
 //! chat session over the broker ([`Chat`]), its connection slot and a tracing span.
 
 mod admin;
+pub mod cert;
 mod limiter;
 pub mod tls;
 
@@ -44,6 +45,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The separate `wss://` listener (`tls.listen`), its address and its sockets.
+    tls_listener: Option<(TcpListener, SocketAddr, Arc<Sockets>)>,
     admin: Option<TcpListener>,
     sockets: Arc<Sockets>,
     chat: Arc<Chat>,
@@ -106,6 +109,19 @@ impl Server {
         let listener = listen(addr, config.server.backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
+        let tls_listener = match config.tls.listen_addr() {
+            Some(addr) => {
+                let l = listen(addr, config.server.backlog).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} (tls.listen): {e}"),
+                    )
+                })?;
+                let bound = l.local_addr()?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let admin = match config.admin.addr() {
             Some(addr) => Some(listen(addr, 128).map_err(|e| {
                 io::Error::new(
@@ -126,12 +142,26 @@ impl Server {
         let limiter = Arc::new(ConnLimiter::new(
             &config.server,
             metrics.connections_open.clone(),
+            metrics.connections_limit.clone(),
         ));
         let (tls, reloader) = if config.tls.enabled() {
             let slot = TlsSlot::new(tls::load_server_config(&config.tls).map_err(invalid)?);
+            if let Some(facts) = tls::certificate_facts(&config.tls.cert) {
+                metrics.tls_certificate_expiry.set(facts.not_after);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                for warning in tls::certificate_warnings(&facts, now) {
+                    warn!(cert = %config.tls.cert, names = ?facts.names, "{warning}");
+                }
+            }
             (
                 Some(slot.clone()),
-                Some(TlsReloader::new(config.tls.clone(), slot)),
+                Some(TlsReloader::new(
+                    config.tls.clone(),
+                    slot,
+                    metrics.tls_certificate_expiry.clone(),
+                )),
             )
         } else {
             (None, None)
@@ -151,18 +181,33 @@ impl Server {
         let config = Arc::new(config);
         let single_threaded = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread;
+        let sockets = Sockets {
+            trusted_proxies: config.trusted_proxies(),
+            config: config.clone(),
+            ws_config,
+            metrics: metrics.clone(),
+            tls,
+            handshakes: connection::Handshakes::new(),
+            flusher: single_threaded.then(Arc::default),
+        };
+        // With `tls.listen`, the main listener speaks ws:// and the second one wss://, over the
+        // same hub (and the same limits, metrics and flusher).
+        let (sockets, tls_listener) = match tls_listener {
+            Some((l, bound)) => {
+                let plain = Sockets {
+                    tls: None,
+                    ..sockets.clone()
+                };
+                (Arc::new(plain), Some((l, bound, Arc::new(sockets))))
+            }
+            None => (Arc::new(sockets), None),
+        };
         Ok(Server {
             listener,
             local_addr,
+            tls_listener,
             admin,
-            sockets: Arc::new(Sockets {
-                config: config.clone(),
-                ws_config,
-                metrics: metrics.clone(),
-                tls,
-                handshakes: connection::Handshakes::new(),
-                flusher: single_threaded.then(Arc::default),
-            }),
+            sockets,
             chat: Arc::new(Chat {
                 broker,
                 config,
@@ -190,6 +235,14 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// Where `wss://` is served: the separate TLS listener, or the main one when it is TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        match &self.tls_listener {
+            Some((_, addr, _)) => Some(*addr),
+            None => self.is_tls().then_some(self.local_addr),
+        }
+    }
+
     /// Caps connections so that, with `fd_limit` file descriptors (the process's `RLIMIT_NOFILE`),
     /// [`FD_RESERVE`] stay free for the admin listener and refusals: past the cap clients get 503
     /// instead of hanging in the backlog. Returns the cap now in force, if it is below
@@ -210,6 +263,7 @@ impl Server {
         let Server {
             listener,
             local_addr,
+            tls_listener,
             admin,
             sockets,
             chat,
@@ -243,9 +297,16 @@ impl Server {
         // tell one waiting client 503 instead of leaving everyone in the backlog.
         let mut spare = std::fs::File::open("/dev/null").ok();
         loop {
-            let accepted = tokio::select! {
+            let second = async {
+                match &tls_listener {
+                    Some((l, _, tls_sockets)) => (l.accept().await, tls_sockets),
+                    None => std::future::pending().await,
+                }
+            };
+            let (accepted, sockets) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                res = listener.accept() => res,
+                res = listener.accept() => (res, &sockets),
+                (res, tls_sockets) = second => (res, tls_sockets),
             };
             let (stream, peer) = match accepted {
                 Ok(conn) => conn,
@@ -273,11 +334,18 @@ impl Server {
             };
             backoff = Duration::from_millis(5);
             let _ = stream.set_nodelay(true);
-            match limiter.acquire(peer.ip()) {
+            // A trusted proxy's connections are counted under their clients' addresses once
+            // those are known (connection::Admission), never under the proxy's own.
+            let slot = if crate::addr::any_contains(&sockets.trusted_proxies, peer.ip()) {
+                limiter.acquire_unplaced()
+            } else {
+                limiter.acquire(peer.ip())
+            };
+            match slot {
                 Ok(slot) => {
                     sockets.metrics.connections_accepted.inc();
                     tracker.spawn(connection_task(
-                        stream, peer, slot, &sockets, &chat, &shutdown,
+                        stream, peer, slot, sockets, &chat, &shutdown,
                     ));
                 }
                 Err(Refusal { label, why, status }) => {
@@ -301,6 +369,7 @@ impl Server {
             }
         }
         drop(listener);
+        drop(tls_listener);
         let open = limiter.open();
         info!(connections = open, "shutdown started: closing connections");
         tracker.close();
@@ -352,9 +421,8 @@ fn connection_task(
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let chat = chat.clone();
-    let ip = peer.ip();
-    let make = move |mailbox| Session::new(chat, conn, ip, mailbox);
-    connection::serve(stream, sockets.clone(), shutdown.clone(), slot, make)
+    let make = move |mailbox, client| Session::new(chat, conn, client, mailbox);
+    connection::serve(stream, peer, sockets.clone(), shutdown.clone(), slot, make)
         .instrument(connection::span(peer, conn))
 }
 

@@ -37,14 +37,17 @@ pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
     };
     regular(&cfg.cert).map_err(cert_error)?;
     regular(&cfg.key).map_err(key_error)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-        .map_err(|e| cert_error(e.to_string()))?
+    // Read first, so that an unreadable file says so (not "not a PEM private key").
+    let cert_pem =
+        std::fs::read(&cfg.cert).map_err(|e| cert_error(crate::config::read_error(&e)))?;
+    let key_pem = std::fs::read(&cfg.key).map_err(|e| key_error(crate::config::read_error(&e)))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| cert_error(format!("not a PEM certificate: {e}")))?;
     if certs.is_empty() {
         return Err(cert_error("no PEM certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| key_error(format!("not a PEM private key: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -62,21 +65,110 @@ pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// What the server certificate (the first in `tls.cert`) says about itself: for the startup
+/// warnings and `chatd_tls_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// When it expires (Unix seconds).
+    pub not_after: i64,
+    /// Whether it is a CA certificate (basicConstraints CA:TRUE), as `openssl req -x509` makes.
+    pub is_ca: bool,
+    /// Its subjectAltName entries (DNS names and IP addresses); clients check these, not the CN.
+    pub names: Vec<String>,
+}
+
+/// The facts of the first certificate in the PEM file `path`, if it parses.
+pub fn certificate_facts(path: &str) -> Option<CertificateFacts> {
+    let pem = std::fs::read(path).ok()?;
+    let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => <[u8; 4]>::try_from(*ip)
+                        .ok()
+                        .map(|b| std::net::IpAddr::from(b).to_string()),
+                    16 => <[u8; 16]>::try_from(*ip)
+                        .ok()
+                        .map(|b| std::net::IpAddr::from(b).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(CertificateFacts {
+        not_after: cert.validity().not_after.timestamp(),
+        is_ca: cert.is_ca(),
+        names,
+    })
+}
+
+/// What an operator should hear about a certificate at `now` (Unix seconds): a CA certificate
+/// used as the server's, no subjectAltName (browsers, chatctl and Python refuse it), expired or
+/// expiring within 14 days.
+pub fn certificate_warnings(facts: &CertificateFacts, now: i64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if facts.is_ca {
+        warnings.push(
+            "the TLS certificate is a CA certificate (CA:TRUE), as `openssl req -x509` makes: \
+             chatctl and browsers refuse it as a server's; `chatd cert --host NAME` makes a \
+             CA and a server certificate"
+                .to_string(),
+        );
+    }
+    if facts.names.is_empty() {
+        warnings.push(
+            "the TLS certificate has no subjectAltName: clients check the name they connect to \
+             against it (not the CN) and will refuse it; `chatd cert --host NAME` makes one"
+                .to_string(),
+        );
+    }
+    let left = facts.not_after - now;
+    if left <= 0 {
+        warnings.push("the TLS certificate has expired: clients refuse it".to_string());
+    } else if left < 14 * 86_400 {
+        warnings.push(format!(
+            "the TLS certificate expires in {} days: renew it (SIGHUP reloads it)",
+            (left + 43_200) / 86_400
+        ));
+    }
+    warnings
+}
+
 /// Re-reads the TLS certificate and key of a running server (SIGHUP) into its [`TlsSlot`].
 #[derive(Debug, Clone)]
 pub struct TlsReloader {
     files: TlsConfig,
     slot: TlsSlot,
+    expiry: prometheus::IntGauge,
 }
 
 impl TlsReloader {
-    pub(crate) fn new(files: TlsConfig, slot: TlsSlot) -> TlsReloader {
-        TlsReloader { files, slot }
+    pub(crate) fn new(
+        files: TlsConfig,
+        slot: TlsSlot,
+        expiry: prometheus::IntGauge,
+    ) -> TlsReloader {
+        TlsReloader {
+            files,
+            slot,
+            expiry,
+        }
     }
 
     /// Loads the files again; on error the certificate in use stays.
     pub fn reload(&self) -> Result<(), ConfigError> {
         self.slot.replace(load_server_config(&self.files)?);
+        if let Some(facts) = certificate_facts(&self.files.cert) {
+            self.expiry.set(facts.not_after);
+        }
         Ok(())
     }
 

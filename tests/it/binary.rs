@@ -60,26 +60,38 @@ fn embedded_defaults_listen_on_127_0_0_1_8000() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        // stdout is a pipe here, so lines are JSON events (on a terminal, the plain line).
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let event = std::io::BufRead::lines(stdout)
+            .take(5)
+            .map(|l| serde_json::from_str::<serde_json::Value>(&l.unwrap()).expect("JSON"))
+            .find(|v| v["fields"]["addr"].is_string());
         let _ = child.kill();
         let _ = child.wait();
+        let event = event.expect("the listening line");
         assert_eq!(
-            line.trim_end(),
+            event["fields"]["message"],
             "WebSocket server listening on 127.0.0.1:8000"
         );
+        assert_eq!(event["fields"]["addr"], "127.0.0.1:8000");
     }
 }
 
 #[test]
 fn bad_config_exits_78_naming_the_key() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("CHATD_SERVER__PORT", "abc")], "SERVER.PORT"),
-        (&[("CHATD_SERVER__PROT", "1")], "prot"),
+        (
+            &[("CHATD_SERVER__PORT", "abc")],
+            "`server.port` must be an integer 0–65535, found the string \"abc\" (environment variable CHATD_SERVER__PORT)",
+        ),
+        (
+            &[("CHATD_SERVER__PROT", "1")],
+            "unknown key `server.prot`: did you mean `server.port`?",
+        ),
+        (
+            &[("CHATD_LOG__LEVEL", "infoo")],
+            "\"infoo\" in \"infoo\" is not a level: use one of trace, debug, info, warn, error, off, or target=level (did you mean \"info\"?)",
+        ),
         (
             &[("CHATD_LIMITS__MAX_MESSAGE_BYTES", "10")],
             "limits.max_message_bytes",
@@ -89,7 +101,10 @@ fn bad_config_exits_78_naming_the_key() {
             "server.handshake_timeout_secs",
         ),
         (&[("CHATD_SERVER__HOST", "not-an-ip")], "server.host"),
-        (&[("CHATD_LOG__FORMAT", "xml")], "LOG.FORMAT"),
+        (
+            &[("CHATD_LOG__FORMAT", "xml")],
+            "`log.format` must be one of `auto`, `human`, `json`, found the string \"xml\"",
+        ),
         (&[("CHATD_HISTORY__ON_JOIN", "500")], "history.on_join"),
     ];
     for (env, key) in cases {
@@ -104,17 +119,53 @@ fn bad_config_exits_78_naming_the_key() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[server]\nport = 1\n[limits]\nmax_mesage_bytes = 5\n",
-    )
-    .unwrap();
-    let (code, _, err) = output(&["--config", file.to_str().unwrap(), "check-config"], &[]);
-    assert_eq!(code, Some(78));
+    let toml_cases = [
+        (
+            "[server]\nport = 1\n[limits]\nmax_mesage_bytes = 5\n",
+            "unknown key `limits.max_mesage_bytes`: did you mean `limits.max_message_bytes`? (FILE line 4)",
+        ),
+        (
+            "# chatd\n[server]\nport = \"8000\"\n",
+            "`server.port` must be an integer 0–65535, found the string \"8000\" (FILE line 3)",
+        ),
+        (
+            "[srever]\nport = 1\n",
+            "unknown section `srever`: did you mean `server`? (FILE line 1)",
+        ),
+        (
+            "[history]\nsize = 1.5\n",
+            "`history.size` must be a whole number (0 or more), found 1.5 (FILE line 2)",
+        ),
+        (
+            "[server]\nallowed_origins = \"https://a.example\"\n",
+            "`server.allowed_origins` must be a list, such as [\"a\", \"b\"], found the string \"https://a.example\" (FILE line 2)",
+        ),
+        (
+            "[server\nport = 1\n",
+            "TOML parse error at line 1, column 8",
+        ),
+    ];
+    for (text, want) in toml_cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = output(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+        assert_eq!(code, Some(78), "{text}");
+        let want = want.replace("FILE", file.to_str().unwrap());
+        assert!(err.contains(&want), "{text}:\n{err}\nwant: {want}");
+    }
+    // check-config says which file it read.
+    std::fs::write(&file, "[server]\nport = 1\n").unwrap();
+    let (code, out, _) = output(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(code, Some(0));
     assert!(
-        err.contains("max_mesage_bytes") && err.contains("bad.toml"),
-        "{err}"
+        out.contains(&format!(
+            "configuration OK (file: {})",
+            file.canonicalize().unwrap().display()
+        )),
+        "{out}"
     );
+    let (code, out, _) = output(&["check-config"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("no config file"), "{out}");
     let (code, _, err) = output(
         &["check-config"],
         &[("CHATD_CONFIG", "/nonexistent/chat.toml")],
@@ -280,4 +331,45 @@ async fn a_second_signal_exits_at_once() {
     // Don't answer the close: read nothing more. Then the second signal.
     d.signal("INT");
     assert_eq!(d.wait_exit(Duration::from_secs(5)), Some(130));
+}
+
+/// Under systemd or compose (stdout not a terminal, JSON logs) every line chatd prints, the
+/// startup lines included, is one JSON object, so `jq` and log pipelines read it from line 1.
+#[test]
+fn json_stdout_parses_line_by_line() {
+    let mut d = Daemon::start(&[], &[("CHATD_LOG__LEVEL", "debug")]);
+    let mut lines = d.startup.clone();
+    {
+        let mut c = crate::helpers::SyncClient::join(d.addr, "jq");
+        c.send(json!({"type": "say", "room": "lobby", "text": "hi", "id": "1"}));
+        c.recv_until(|v| v["ref"] == "1");
+    }
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    lines.extend(d.lines.try_iter());
+    assert!(lines.len() >= 4, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    let text: Vec<String> = lines.iter().map(|l| crate::helpers::line_text(l)).collect();
+    assert!(
+        text.iter()
+            .any(|t| t == "no config file: the defaults and CHATD_* variables"),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("Admin endpoints on http://")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("shutdown complete")),
+        "{text:?}"
+    );
 }

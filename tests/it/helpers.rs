@@ -252,13 +252,22 @@ fn rand_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The text of a stdout line: a plain line as it is, a JSON log line (what chatd prints when
+/// stdout is not a terminal) as its message.
+pub fn line_text(line: &str) -> String {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v["fields"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| line.to_string())
+}
+
 /// The real `chatd` binary, started on port 0; stdout lines are collected on a thread.
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub lines: mpsc::Receiver<String>,
-    /// Lines printed before the listening line.
+    /// Lines printed up to the listening line and the admin line, those included.
     pub startup: Vec<String>,
 }
 
@@ -317,10 +326,13 @@ impl Daemon {
             let line = lines
                 .recv_timeout(left)
                 .expect("chatd did not report its address");
-            if let Some(a) = line.strip_prefix(prefix) {
-                break a.parse().expect("address");
-            }
+            let found = line_text(&line)
+                .strip_prefix(prefix)
+                .map(|a| a.parse().expect("address"));
             startup.push(line);
+            if let Some(addr) = found {
+                break addr;
+            }
         };
         // The admin line follows soon when the admin listener is on; log lines may come between.
         let admin_deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -328,11 +340,12 @@ impl Daemon {
         while let Ok(line) =
             lines.recv_timeout(admin_deadline.saturating_duration_since(std::time::Instant::now()))
         {
-            if let Some(rest) = line.strip_prefix("Admin endpoints on http://") {
+            let text = line_text(&line);
+            startup.push(line);
+            if let Some(rest) = text.strip_prefix("Admin endpoints on http://") {
                 admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
                 break;
             }
-            startup.push(line);
         }
         Daemon {
             child,

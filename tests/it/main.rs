@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod ops;
 mod plain;
+mod proxied;
 mod security;
 mod storage;
 mod typing;

@@ -163,17 +163,23 @@ fn systemd_notify_ready_once_listening_then_stopping() {
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
     // At READY both listeners accept: the lines naming them were printed before it.
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
+    // (JSON events, stdout being a pipe: the chat address in `addr`, the admin one in
+    // `admin_addr`.)
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    for _ in 0..10 {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        let addr = line.split_whitespace().find_map(|w| {
-            w.trim_start_matches("http://")
-                .parse::<std::net::SocketAddr>()
-                .ok()
-        });
-        addrs.push(addr.unwrap_or_else(|| panic!("no address in {line:?}")));
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        for key in ["addr", "admin_addr"] {
+            if let Some(a) = event["fields"][key].as_str() {
+                addrs.push(a.parse().unwrap());
+            }
+        }
+        if addrs.len() == 2 {
+            break;
+        }
     }
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
     for addr in &addrs {
         std::net::TcpStream::connect(addr)
             .unwrap_or_else(|e| panic!("{addr} not accepting at READY: {e}"));

@@ -105,16 +105,56 @@ fn chatctl_send(url: &str, extra: &[&str], name: &str, text: &str) -> (Option<i3
     )
 }
 
+/// `tls.listen`: one process, one chat, over ws:// on the main port and wss:// on the other.
+#[test]
+fn one_chat_over_ws_and_wss_from_one_process() {
+    let ca = Ca::new("chatd test CA");
+    let files = tls_files(&ca);
+    let mut env = tls_env(&files);
+    env.push(("CHATD_TLS__LISTEN", "127.0.0.1:0".to_string()));
+    let d = start_with(&env);
+    let tls_line = d
+        .startup
+        .iter()
+        .map(|l| crate::helpers::line_text(l))
+        .find_map(|l| {
+            l.strip_prefix("TLS enabled: clients connect to wss://")
+                .map(str::to_string)
+        })
+        .expect("the TLS line");
+    let tls_addr: std::net::SocketAddr = tls_line.parse().unwrap();
+    assert_ne!(tls_addr.port(), d.addr.port());
+    let url = format!("wss://localhost:{}", tls_addr.port());
+    let mut alice = alice_over_tls(&url, &files.ca);
+    // Plain ws:// on the main port, into the same room.
+    let mut bob = crate::helpers::SyncClient::join(d.addr, "bob");
+    bob.send(json!({"type": "say", "room": "lobby", "text": "from ws", "id": "1"}));
+    alice.expect_out("<bob> from ws");
+    alice.write_line("from wss");
+    let heard = bob.recv_until(|v| v["type"] == "message");
+    assert_eq!(
+        (heard["from"].as_str(), heard["text"].as_str()),
+        (Some("alice"), Some("from wss"))
+    );
+    // Each listener speaks only its own: TLS on the main port fails, plain on the TLS port too.
+    let (code, _) = chatctl_send(&url.replace("wss:", "ws:"), &[], "carol", "x");
+    assert_eq!(code, Some(3));
+    let main = format!("wss://localhost:{}", d.addr.port());
+    let (code, _) = chatctl_send(&main, &["--ca-cert", path(&files.ca)], "carol", "x");
+    assert_eq!(code, Some(3));
+}
+
 #[test]
 fn wss_chat_with_chatctl_and_an_independent_client() {
     let ca = Ca::new("chatd test CA");
     let files = tls_files(&ca);
     let d = start_with(&tls_env(&files));
     assert!(
-        d.lines
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap()
-            .contains("TLS enabled: clients connect to wss://")
+        d.startup
+            .iter()
+            .any(|l| l.contains("TLS enabled: clients connect to wss://")),
+        "{:?}",
+        d.startup
     );
     let url = wss(&d);
 
@@ -954,4 +994,218 @@ fn half_open_tls_handshakes_do_not_stall_chat() {
     // The figure is in docs/RELIABILITY.md; this bound only catches the chat thread doing the
     // handshakes' crypto again (350-480 ms stalls before).
     assert!(p99 < Duration::from_millis(120), "p99 {p99:?}");
+}
+
+/// `chatd cert`: a CA and a server certificate in one step, trusted by chatctl and by Python's
+/// ssl through the CA file; the keys are 0600; renewing keeps the CA.
+#[test]
+fn chatd_cert_makes_files_chatctl_and_python_trust() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("certs");
+    let out = chatd_command()
+        .args([
+            "cert",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = out_dir.join("ca.pem");
+    assert!(
+        stdout.contains(&format!(
+            "--ca-cert {}",
+            ca.canonicalize().unwrap().display()
+        )),
+        "{stdout}"
+    );
+    let mode = |f: &str| {
+        std::fs::metadata(out_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!((mode("key.pem"), mode("ca-key.pem")), (0o600, 0o600));
+    assert_eq!((mode("cert.pem"), mode("ca.pem")), (0o644, 0o644));
+    // Asked again, it will not overwrite without --force; with it, the CA stays.
+    let again = chatd_command()
+        .args(["cert", "--host", "localhost", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let ca_before = std::fs::read(&ca).unwrap();
+    let renew = chatd_command()
+        .args([
+            "cert",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--force",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(renew.status.success());
+    assert!(String::from_utf8_lossy(&renew.stdout).contains("reused the CA"));
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_before);
+
+    let d = start_with(&[
+        (
+            "CHATD_TLS__CERT",
+            path(&out_dir.join("cert.pem")).to_string(),
+        ),
+        ("CHATD_TLS__KEY", path(&out_dir.join("key.pem")).to_string()),
+    ]);
+    // No warnings about it at startup.
+    assert!(
+        !d.startup.iter().any(|l| l.contains("WARN")),
+        "{:?}",
+        d.startup
+    );
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("wss://{host}:{}", d.addr.port());
+        let (code, err) = chatctl_send(&url, &["--ca-cert", path(&ca)], "certuser", "hi");
+        assert_eq!(code, Some(0), "{host}: {err}");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/ws_client.py");
+    let py = Command::new("python3")
+        .args([
+            script,
+            "localhost",
+            &d.addr.port().to_string(),
+            path(&ca),
+            "py",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
+/// The certificates people make by hand, warned about at startup: the `openssl req -x509`
+/// kind (a CA certificate with no subjectAltName) and one about to expire; the expiry is a metric.
+#[test]
+fn startup_warns_about_a_ca_certificate_without_a_san_and_one_about_to_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        path(&p).to_string()
+    };
+    // Like `openssl req -x509 -newkey … -subj /CN=localhost`: CA:TRUE, no SAN.
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let d = start_with(&[
+        ("CHATD_TLS__CERT", write("ca-like.pem", &cert.pem())),
+        ("CHATD_TLS__KEY", write("ca-like.key", &key.serialize_pem())),
+    ]);
+    // (Log lines go through the logger's own thread: they may follow the startup lines.)
+    let logged = |d: &Daemon, want: &[&str]| {
+        let mut text = d.startup.join("\n");
+        while !want.iter().all(|w| text.contains(w)) {
+            match d.lines.recv_timeout(Duration::from_secs(5)) {
+                Ok(line) => text.push_str(&format!("\n{line}")),
+                Err(_) => break,
+            }
+        }
+        text
+    };
+    let text = logged(&d, &["is a CA certificate", "has no subjectAltName"]);
+    assert!(text.contains("is a CA certificate"), "{text}");
+    assert!(text.contains("has no subjectAltName"), "{text}");
+    // chatctl says why it refuses it, in words.
+    let url = format!("wss://localhost:{}", d.addr.port());
+    let ca = write("self.pem", &cert.pem());
+    let (code, err) = chatctl_send(&url, &["--ca-cert", &ca], "x", "hi");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        !err.contains("{ ") && !err.contains("Other("),
+        "a Debug string: {err}"
+    );
+    assert!(err.contains("CA certificate"), "{err}");
+
+    let ca = Ca::new("chatd test CA");
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    leaf.not_after = expiry;
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &Issuer::from_params(&ca.params, &ca.key))
+        .unwrap();
+    let d = start_with(&[
+        ("CHATD_TLS__CERT", write("soon.pem", &leaf_cert.pem())),
+        (
+            "CHATD_TLS__KEY",
+            write("soon.key", &leaf_key.serialize_pem()),
+        ),
+    ]);
+    let text = d.startup.join("\n");
+    assert!(
+        text.contains("expires in 2 days") || text.contains("expires in 3 days"),
+        "{text}"
+    );
+    assert!(!text.contains("subjectAltName"), "{text}");
+    let (_, m) = crate::helpers::http(d.admin.unwrap(), "GET", "/metrics");
+    assert_eq!(
+        crate::helpers::metric(&m, "chatd_tls_certificate_expiry_timestamp_seconds"),
+        expiry.unix_timestamp() as f64
+    );
+}
+
+/// A key the service user cannot read says "permission denied", not "not a PEM private key".
+#[test]
+fn an_unreadable_key_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::new("chatd test CA");
+    let files = tls_files(&ca);
+    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let root = rustix::process::getuid().is_root();
+    // As root every file is readable: run chatd as nobody, as a container's user would be.
+    let mut cmd = if root {
+        let dir = files.key.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&files.cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_chatd"));
+        c
+    } else {
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o000)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_chatd"))
+    };
+    cmd.arg("check-config")
+        .env_clear()
+        .env("CHATD_TLS__CERT", &files.cert)
+        .env("CHATD_TLS__KEY", &files.key)
+        .current_dir("/");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("tls.key") && err.contains("permission denied"),
+        "{err}"
+    );
+    assert!(!err.contains("not a PEM"), "{err}");
 }
