@@ -144,7 +144,14 @@ pub(super) async fn upgrade(
             }
         })
         .and_then(|accept| {
-            check_origin(&sockets.config.server.allowed_origins, &head, tls).map(|()| accept)
+            // Behind a trusted proxy that terminates TLS, the page was served over https: its
+            // origin is https even though this listener is plain.
+            let https = tls
+                || (trusted
+                    && head
+                        .one("x-forwarded-proto")
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
+            check_origin(&sockets.config.server.allowed_origins, &head, https).map(|()| accept)
         });
     let accept = match accept {
         Ok(accept) => accept,

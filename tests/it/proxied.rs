@@ -157,3 +157,43 @@ fn proxy_protocol_v1_and_v2_headers_give_the_client() {
         2.0
     );
 }
+
+/// Behind a proxy that terminates TLS (nginx), the page the server serves has an https origin;
+/// it passes the origin check only when a trusted proxy says so (`X-Forwarded-Proto: https`).
+#[test]
+fn the_page_behind_a_tls_terminating_proxy_keeps_its_own_origin() {
+    let strict = (
+        "CHATD_SERVER__ALLOWED_ORIGINS",
+        r#"["https://elsewhere.example"]"#,
+    );
+    let trusted = Daemon::start(
+        &[],
+        &[
+            strict,
+            ("CHATD_SERVER__TRUSTED_PROXIES", r#"["127.0.0.1"]"#),
+        ],
+    );
+    let untrusted = Daemon::start(&[], &[strict]);
+    for (d, believed) in [(&trusted, true), (&untrusted, false)] {
+        let origin = format!("https://{}", d.addr);
+        let via_tls = [("Origin", origin.as_str()), ("X-Forwarded-Proto", "https")];
+        let r = open(d, b"", &via_tls).map(|_| ());
+        assert_eq!(r, if believed { Ok(()) } else { Err(403) });
+        assert_eq!(
+            open(d, b"", &[("Origin", origin.as_str())]).map(|_| ()),
+            Err(403)
+        );
+        assert_eq!(
+            open(
+                d,
+                b"",
+                &[
+                    ("Origin", "https://evil.example"),
+                    ("X-Forwarded-Proto", "https")
+                ]
+            )
+            .map(|_| ()),
+            Err(403)
+        );
+    }
+}
