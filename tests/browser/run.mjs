@@ -111,8 +111,13 @@ const scenarios = {
   async conversation() {
     const alice = await open('alice');
     const bob = await open('bob');
+    // Labelled controls: what a screen reader (and this test) finds them by.
+    for (const [role, name] of [['list', 'Messages'], ['list', 'Members'], ['list', 'Rooms'],
+      ['button', 'Send'], ['textbox', 'Message']]) {
+      await count(bob.getByRole(role, { name, exact: true }), 1, `a ${role} named ${name}`);
+    }
     // Members with roles; yourself marked.
-    const members = bob.getByRole('complementary', { name: /Members/ });
+    const members = bob.getByRole('list', { name: 'Members', exact: true });
     await members.getByText('alice', { exact: true }).waitFor({ timeout: WAIT });
     await members.getByText('bob (you)').waitFor({ timeout: WAIT });
     await seeNote(alice, 'bob joined');
@@ -200,8 +205,12 @@ const scenarios = {
 
     await conversation(alice, '#lobby').click();
     await alice.screenshot({ path: `${SHOTS}/desktop.png` });
-    // The narrow layout (a phone): panes behind buttons, the composer usable.
-    const mia = await open('mia', { viewport: { width: 360, height: 740 } });
+    // The narrow layout (a phone), used with the keyboard only: the form submits on Enter.
+    const mia = await visit('mia', { viewport: { width: 360, height: 740 } });
+    await mia.keyboard.type('mia');
+    await mia.keyboard.press('Enter');
+    await mia.getByRole('status').filter({ hasText: 'Connected as mia' }).waitFor({ timeout: WAIT });
+    check(await mia.evaluate(() => document.activeElement.id) === 'message', 'the composer has the focus');
     await see(mia, 'waves');
     await write(mia, 'hello from a phone');
     await see(alice, 'hello from a phone');
@@ -320,6 +329,23 @@ const scenarios = {
     await page.screenshot({ path: `${SHOTS}/search.png` });
     await page.getByRole('button', { name: 'Close' }).click();
     // While the server was down, Chromium logs the refused connection attempts.
+    noProblems(page, /WebSocket connection to .* failed/);
+  },
+
+  /** In token mode the name needs its token: refused without, in words; accepted with. */
+  async token() {
+    const page = await visit('tokenuser');
+    await page.getByLabel('Name').fill('tokenuser');
+    await page.getByRole('button', { name: 'Join chat' }).click();
+    await page.getByRole('alert').filter({ hasText: 'did not accept the token' }).waitFor({ timeout: WAIT });
+    // The token field is shown (it was folded away), and the form still works.
+    await page.getByLabel('Token').waitFor({ timeout: WAIT });
+    const { token } = await ask({ op: 'token', name: 'tokenuser' });
+    await page.getByLabel('Token').fill(token);
+    await page.getByRole('button', { name: 'Join chat' }).click();
+    await page.getByRole('status').filter({ hasText: 'Connected as tokenuser' }).waitFor({ timeout: WAIT });
+    await write(page, 'signed in with a token');
+    await sent(page, 'signed in with a token');
     noProblems(page, /WebSocket connection to .* failed/);
   },
 

@@ -286,6 +286,32 @@ fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
 }
 
 #[test]
+fn in_token_mode_the_page_asks_for_the_token() {
+    if !available() {
+        return;
+    }
+    let secret = (
+        "CHATD_AUTH__SECRET",
+        "browser-test-secret-that-is-long-enough-0123",
+    );
+    let d = Daemon::start(&[], &[("CHATD_AUTH__MODE", "token"), secret]);
+    run("token", &page_url(d.addr), |r| {
+        let name = r["name"].as_str().unwrap_or("");
+        let out = crate::helpers::chatd_command()
+            .args(["token", name])
+            .env(secret.0, secret.1)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json!({"token": String::from_utf8_lossy(&out.stdout).trim()})
+    });
+}
+
+#[test]
 fn the_page_over_https_chats_over_wss_with_a_chatctl_user() {
     if !available() {
         return;
