@@ -147,6 +147,12 @@ fn wanted(expected: &str) -> String {
         "a string" | "string" => "a string".into(),
         "a sequence" => "a list, such as [\"a\", \"b\"]".into(),
         "a map" => "a table".into(),
+        "enum Rotation" => "one of \"daily\", \"hourly\", \"never\"".into(),
+        "enum LogFormat" => "one of \"auto\", \"human\", \"json\"".into(),
+        "enum AuthMode" => "one of \"open\", \"token\"".into(),
+        other if other.starts_with("enum ") => {
+            "one of its names, as a string (see chat.toml)".into()
+        }
         other => other
             .trim_start_matches("a ")
             .to_string()

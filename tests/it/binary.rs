@@ -373,3 +373,44 @@ fn json_stdout_parses_line_by_line() {
         "{text:?}"
     );
 }
+
+/// Every key of the configuration, given a value of the wrong type in a file, is refused in
+/// the operator's terms: the key, what it must be, what was found, and the file and line.
+#[test]
+fn every_key_with_a_wrong_type_gets_a_readable_error() {
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.toml");
+    let mut checked = 0;
+    for (section, table) in defaults.as_table().unwrap() {
+        for (key, value) in table.as_table().unwrap() {
+            // A value of another type than the default's.
+            let wrong = match value {
+                toml::Value::String(_) => "[1, 2]",
+                toml::Value::Array(_) => "\"not a list\"",
+                toml::Value::Boolean(_) => "\"maybe\"",
+                _ => "\"a string\"",
+            };
+            std::fs::write(&file, format!("# chatd\n[{section}]\n{key} = {wrong}\n")).unwrap();
+            // (Nothing from the environment: the test helpers' CHATD_STORAGE__PATH would win.)
+            let out = crate::helpers::chatd_command_with_defaults()
+                .args(["--config", file.to_str().unwrap(), "check-config"])
+                .output()
+                .unwrap();
+            let (code, err) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(code, Some(78), "{section}.{key} = {wrong}: {err}");
+            let at = format!("`{section}.{key}` must be ");
+            let place = format!("({} line 3)", file.display());
+            assert!(
+                err.contains(&at) && err.contains(&place),
+                "{section}.{key} = {wrong}: {err}"
+            );
+            assert!(
+                !err.contains("default.") && !err.contains("expected u"),
+                "{err}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "{checked} keys");
+}
