@@ -241,6 +241,19 @@ const scenarios = {
     check(seqs.every((s, i) => i === 0 || s === seqs[i - 1] + 1), 'in order with no gaps');
     await count(page.getByRole('button', { name: 'Load older messages' }), 0, 'nothing older to load');
     noProblems(page);
+    // Three days later (the page's clock moved on): the same lines carry their date.
+    const later = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-GB' });
+    await later.clock.setFixedTime(new Date(Date.now() + 3 * 86400e3));
+    const reread = await later.newPage();
+    reread.label = 'later'; reread.problems = []; reread.dialogs = [];
+    pages.push(reread);
+    await reread.goto(URL_);
+    await signIn(reread, 'rereader');
+    const stamp = await (await see(reread, `old message ${said}`)).locator('time').textContent();
+    const said_on = new Intl.DateTimeFormat('en-GB', { weekday: 'short', day: 'numeric', month: 'short' }).format(new Date());
+    check(stamp.startsWith(said_on), `a line from another day shows its date: ${stamp} (want ${said_on} …)`);
+    const today = await (await see(page, `old message ${said}`)).locator('time').textContent();
+    check(/^\d{2}:\d{2}$/.test(today), `today's line shows only the time: ${today}`);
   },
 
   /** What others send is text: no markup, no script, no bidi tricks; injected script is blocked. */
