@@ -340,7 +340,7 @@ impl Store {
         )
         .map_err(|e| path_error(&settings, sqlite_reason(&e)))?;
         let marks = Arc::new(Mutex::new(
-            load_marks(&writer).map_err(|e| path_error(&settings, sqlite_reason(&e)))?,
+            load_marks(&writer, &settings).map_err(|e| path_error(&settings, sqlite_reason(&e)))?,
         ));
         let store_metrics = StoreMetrics {
             errors: metrics.storage_errors.clone(),
@@ -610,17 +610,20 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
     let mut rooms = Vec::new();
     let mut stmt = db.prepare(
         "SELECT r.id, r.name, r.epoch, r.last_seq,
-                (SELECT MIN(seq) FROM messages WHERE room_id = r.id),
+                (SELECT MIN(seq) FROM messages
+                 WHERE room_id = r.id AND ts >= ?2 AND seq > r.last_seq - ?3),
                 (SELECT MAX(id) FROM messages WHERE room_id = r.id) AS latest
          FROM rooms r ORDER BY latest DESC LIMIT ?1",
     )?;
-    let listed: Vec<(i64, String, String, u64, Option<u64>)> = stmt
-        .query_map([s.max_rooms.saturating_sub(1) as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    // Nothing past retention is warmed (the pruner deletes it right after startup).
+    // Nothing past retention or the per-room cap is warmed, nor counted as stored (the pruner
+    // deletes it right after startup; until then no history reply may reach for it).
     let cutoff = retention_cutoff(s).unwrap_or_default();
+    let listed: Vec<(i64, String, String, u64, Option<u64>)> = stmt
+        .query_map(
+            params![s.max_rooms.saturating_sub(1) as i64, cutoff, kept(s)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?
+        .collect::<Result<_, _>>()?;
     let mut recent = db.prepare(
         "SELECT id, seq, ts, sender, role, text, action FROM messages
          WHERE room_id = ?1 AND ts >= ?3 ORDER BY seq DESC LIMIT ?2",
@@ -662,13 +665,17 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
 }
 
 /// Every room's mark (one indexed lookup per room).
-fn load_marks(db: &Connection) -> rusqlite::Result<HashMap<String, Mark>> {
+/// Messages past retention do not count (see `load`).
+fn load_marks(db: &Connection, s: &StoreSettings) -> rusqlite::Result<HashMap<String, Mark>> {
     let mut stmt = db.prepare(
         "SELECT r.name, r.epoch, r.last_seq,
-                COALESCE((SELECT MIN(seq) FROM messages WHERE room_id = r.id), r.last_seq + 1)
+                COALESCE((SELECT MIN(seq) FROM messages
+                          WHERE room_id = r.id AND ts >= ?1 AND seq > r.last_seq - ?2),
+                         r.last_seq + 1)
          FROM rooms r",
     )?;
-    stmt.query_map([], |r| {
+    let cutoff = retention_cutoff(s).unwrap_or_default();
+    stmt.query_map(params![cutoff, kept(s)], |r| {
         Ok((
             r.get::<_, String>(0)?,
             Mark {
@@ -1046,6 +1053,15 @@ pub fn pm_pair(a: &str, b: &str) -> String {
         format!("{a} {b}")
     } else {
         format!("{b} {a}")
+    }
+}
+
+/// How many of a room's newest messages `max_messages_per_room` keeps (all: a bound no room
+/// reaches).
+fn kept(s: &StoreSettings) -> i64 {
+    match s.max_messages_per_room {
+        0 => i64::MAX / 2,
+        n => i64::try_from(n).unwrap_or(i64::MAX / 2),
     }
 }
 

@@ -221,6 +221,15 @@ const scenarios = {
     await mia.screenshot({ path: `${SHOTS}/narrow-members.png` });
     await mia.keyboard.press('Escape');
     await mia.screenshot({ path: `${SHOTS}/narrow.png` });
+    // A new name: said on the page, seen by the others, and kept for the next line.
+    await write(mia, '/nick mia_phone');
+    await seeNote(mia, 'You are now mia_phone.');
+    await seeNote(alice, 'mia is now known as mia_phone');
+    await alice.getByRole('list', { name: 'Members', exact: true }).getByText('mia_phone', { exact: true })
+      .waitFor({ timeout: WAIT });
+    await write(mia, 'renamed and still here');
+    const renamed = await see(alice, 'renamed and still here');
+    check(await renamed.locator('.from').textContent() === 'mia_phone', 'the new name on the line');
     for (const p of [alice, bob, third, mia]) noProblems(p);
   },
 
