@@ -882,7 +882,7 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
             None => directive,
         };
         if !is_level(level) {
-            let hint = explain::nearest(&level.trim().to_ascii_lowercase(), LEVELS)
+            let hint = explain::closest(&level.trim().to_ascii_lowercase(), LEVELS)
                 .map(|l| format!(" (did you mean {l:?}?)"))
                 .unwrap_or_default();
             return Err(format!(

@@ -183,11 +183,7 @@ fn list(known: &[&str]) -> String {
 }
 
 /// The known name nearest to `name`, if it is close enough to be a typo.
-pub(super) fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
-    closest(name, known)
-}
-
-fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(super) fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (distance(name, k), *k))

@@ -42,7 +42,7 @@ pub(super) async fn upgrade(
     sockets: &Sockets,
     held: &mut impl Admission,
 ) -> Result<Opened, (&'static str, String)> {
-    let trusted = crate::addr::any_contains(&sockets.trusted_proxies, peer.ip());
+    let trusted = held.proxied();
     let mut client = peer.ip();
     if trusted && sockets.config.server.proxy_protocol {
         // Before TLS: a load balancer writes the header first, then relays the client's bytes.

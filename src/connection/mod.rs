@@ -139,6 +139,9 @@ enum Event {
 /// from a trusted proxy is counted under its client's address once that is known (from the
 /// PROXY header or the request head), and may be refused then.
 pub(crate) trait Admission: Send {
+    /// Whether the peer is a trusted proxy, so the connection waits to be counted under its
+    /// client (the server decided this when it accepted it).
+    fn proxied(&self) -> bool;
     /// Counts the connection under `client`, or refuses it: (HTTP status, the `reason` label of
     /// `chatd_connections_refused_total`, the line the client reads).
     fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)>;

@@ -178,6 +178,10 @@ impl ConnSlot {
 }
 
 impl crate::connection::Admission for ConnSlot {
+    fn proxied(&self) -> bool {
+        self.ip.is_none()
+    }
+
     fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)> {
         self.place(client)
             .map_err(|Refusal { label, why, status }| (status, label, why))

@@ -145,8 +145,9 @@ impl Server {
             metrics.connections_limit.clone(),
         ));
         let (tls, reloader) = if config.tls.enabled() {
-            let slot = TlsSlot::new(tls::load_server_config(&config.tls).map_err(invalid)?);
-            if let Some(facts) = tls::certificate_facts(&config.tls.cert) {
+            let (server_config, facts) = tls::load_server_config(&config.tls).map_err(invalid)?;
+            let slot = TlsSlot::new(server_config);
+            if let Some(facts) = facts {
                 metrics.tls_certificate_expiry.set(facts.not_after);
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -16,9 +16,12 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads the certificate chain and key named by `tls.cert`/`tls.key` into a server configuration.
-/// Errors name the key and file: missing, unreadable, not PEM, or a key that does not match.
-pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+/// Loads the certificate chain and key named by `tls.cert`/`tls.key` into a server configuration,
+/// with what the server certificate says about itself (if it parses as X.509). Errors name the
+/// key and file: missing, unreadable, not PEM, or a key that does not match.
+pub fn load_server_config(
+    cfg: &TlsConfig,
+) -> Result<(Arc<rustls::ServerConfig>, Option<CertificateFacts>), ConfigError> {
     let cert_error = |reason: String| ConfigError::File {
         key: "tls.cert",
         path: cfg.cert.clone(),
@@ -49,6 +52,7 @@ pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| key_error(format!("not a PEM private key: {e}")))?;
+    let facts = certificate_facts(&certs[0]);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| cert_error(e.to_string()))?
@@ -62,7 +66,7 @@ pub fn load_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
             other => cert_error(other.to_string()),
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), facts))
 }
 
 /// What the server certificate (the first in `tls.cert`) says about itself: for the startup
@@ -77,11 +81,9 @@ pub struct CertificateFacts {
     pub names: Vec<String>,
 }
 
-/// The facts of the first certificate in the PEM file `path`, if it parses.
-pub fn certificate_facts(path: &str) -> Option<CertificateFacts> {
-    let pem = std::fs::read(path).ok()?;
-    let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+/// The facts of a DER certificate, if it parses.
+fn certificate_facts(der: &CertificateDer<'_>) -> Option<CertificateFacts> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let names = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -165,8 +167,9 @@ impl TlsReloader {
 
     /// Loads the files again; on error the certificate in use stays.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        self.slot.replace(load_server_config(&self.files)?);
-        if let Some(facts) = certificate_facts(&self.files.cert) {
+        let (config, facts) = load_server_config(&self.files)?;
+        self.slot.replace(config);
+        if let Some(facts) = facts {
             self.expiry.set(facts.not_after);
         }
         Ok(())

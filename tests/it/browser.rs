@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command};
-use crate::security::{Ca, tls_env, tls_files};
+use crate::security::{Ca, SECRET, mint, start_with, tls_env, tls_files, token_env};
 
 /// One browser at a time: Chromium is heavy on a 2-core machine, and the other tests run meanwhile.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -290,25 +290,12 @@ fn in_token_mode_the_page_asks_for_the_token() {
     if !available() {
         return;
     }
-    let secret = (
-        "CHATD_AUTH__SECRET",
-        "browser-test-secret-that-is-long-enough-0123",
+    let d = start_with(&token_env());
+    run(
+        "token",
+        &page_url(d.addr),
+        |r| json!({"token": mint(&[r["name"].as_str().unwrap_or("")], SECRET)}),
     );
-    let d = Daemon::start(&[], &[("CHATD_AUTH__MODE", "token"), secret]);
-    run("token", &page_url(d.addr), |r| {
-        let name = r["name"].as_str().unwrap_or("");
-        let out = crate::helpers::chatd_command()
-            .args(["token", name])
-            .env(secret.0, secret.1)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        json!({"token": String::from_utf8_lossy(&out.stdout).trim()})
-    });
 }
 
 #[test]
@@ -318,9 +305,7 @@ fn the_page_over_https_chats_over_wss_with_a_chatctl_user() {
     }
     let ca = Ca::new("chatd browser test CA");
     let files = tls_files(&ca);
-    let env = tls_env(&files);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let d = Daemon::start(&[], &env);
+    let d = start_with(&tls_env(&files));
     let url = format!("wss://localhost:{}", d.addr.port());
     let mut cmd = chatctl_command();
     cmd.args(["--url", &url, "--ca-cert", files.ca.to_str().unwrap()])

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::helpers::{Daemon, Proc, chatctl_command, chatd_command, code_and_stderr};
 
-const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+pub(crate) const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 
 /// A throwaway certificate authority.
 pub(crate) struct Ca {
@@ -78,7 +78,7 @@ pub(crate) fn tls_env(f: &TlsFiles) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start_with(env: &[(&str, String)]) -> Daemon {
+pub(crate) fn start_with(env: &[(&str, String)]) -> Daemon {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Daemon::start(&[], &env)
 }
@@ -327,14 +327,15 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
 
 // ---- tokens and roles ------------------------------------------------------------------------
 
-fn token_env() -> Vec<(&'static str, String)> {
+pub(crate) fn token_env() -> Vec<(&'static str, String)> {
     vec![
         ("CHATD_AUTH__MODE", "token".to_string()),
         ("CHATD_AUTH__SECRET", SECRET.to_string()),
     ]
 }
 
-fn mint(args: &[&str], secret: &str) -> String {
+/// `chatd token ARGS…` with `secret`: the token it prints (only that).
+pub(crate) fn mint(args: &[&str], secret: &str) -> String {
     let out = chatd_command()
         .arg("token")
         .args(args)

@@ -151,22 +151,10 @@ fn the_page_is_served_with_a_strict_policy_compressed_and_revalidated() {
     c.recv_until(|v| v["ref"] == "r");
 
     let (_, metrics) = http(d.admin.unwrap(), "GET", "/metrics");
-    assert_eq!(
-        metric(&metrics, r#"chatd_web_responses_total{status="200"}"#),
-        3.0
-    );
-    assert_eq!(
-        metric(&metrics, r#"chatd_web_responses_total{status="304"}"#),
-        1.0
-    );
-    assert_eq!(
-        metric(&metrics, r#"chatd_web_responses_total{status="404"}"#),
-        1.0
-    );
-    assert_eq!(
-        metric(&metrics, r#"chatd_web_responses_total{status="405"}"#),
-        1.0
-    );
+    for (status, want) in [("200", 3.0), ("304", 1.0), ("404", 1.0), ("405", 1.0)] {
+        let series = format!(r#"chatd_web_responses_total{{status="{status}"}}"#);
+        assert_eq!(metric(&metrics, &series), want, "{series}");
+    }
 }
 
 #[test]
