@@ -45,7 +45,17 @@ CASES = {
     "fanout1000": (["--clients", "1000", "--senders", "10", "--messages", "150"], "1,000 clients, 10 senders"),
     "paced1000": (["--clients", "1000", "--senders", "10", "--rate", "2", "--messages", "20"],
                   "1,000 clients, 10 senders x 2 msg/s"),
+    # Senders pace themselves on chatd's acks (the next message goes once the last is acknowledged),
+    # so the server alone decides how far a sender may run ahead of the fan-out: the harshest
+    # closed loop. chatd's protocol only (peers send no acks).
+    "ack100": (["--clients", "100", "--senders", "10", "--messages", "1000", "--credit", "ack"],
+               "100 clients, 10 senders, paced on acks"),
+    "ack1000": (["--clients", "1000", "--senders", "10", "--messages", "150", "--credit", "ack"],
+                "1,000 clients, 10 senders, paced on acks"),
 }
+# Cases only servers speaking chatd's protocol can run.
+ACK_CASES = ("ack100", "ack1000")
+PROTOCOL_SERVERS = ("chatd", "chatd-base", "chatd-memory")
 # Connection rate: 1,000 clients connect (and, for chatd, say hello) and nothing is sent.
 CONNECT = ["--clients", "1000", "--senders", "1", "--messages", "0"]
 # chatd's users join rooms, and every join is announced to the room: "rooms of 10" spreads them over
@@ -197,6 +207,8 @@ def alternating(names, rounds):
 
 def run_case(case, servers, rounds):
     """One throughput case for every server in alternating rounds: {server: [reports]}."""
+    if case in ACK_CASES:
+        servers = [s for s in servers if s in PROTOCOL_SERVERS]
     runs = {s: [] for s in servers}
     for r, s in alternating(servers, rounds):
         rep = run_one(s, CASES[case][0])
@@ -330,7 +342,7 @@ def quick(cases, opts):
     servers = [s for s in opts.servers.split(",") if s] + [p for p in opts.peers.split(",") if p]
     for case in cases:
         runs = run_case(case, servers, opts.rounds)
-        for s in servers:
+        for s in runs:
             dps = median([r["deliveries_per_sec"] for r in runs[s]])
             p99 = median([r["latency_us"]["p99"] for r in runs[s]]) / 1000
             print(f"median {case:10} {s:18} {dps:>12,.0f}/s p99 {p99:.2f} ms", flush=True)
@@ -348,7 +360,7 @@ def write_markdown(results, servers, peers):
         d = {c: median([r["deliveries_per_sec"] for r in t[c][s]]) for c in ("fanout100", "fanout1000")}
         ratio = " / ".join(f"{d[c]/uws[c]:.2f}x" if uws[c] == uws[c] else "-" for c in ("fanout100", "fanout1000"))
         p99 = median([r["latency_us"]["p99"] for r in t["paced1000"][s]]) / 1000
-        lost = sum(r["lost"] for c in t for r in t[c][s])
+        lost = sum(r["lost"] for c in t for r in t[c].get(s, []))
         lines.append(f"| {s} | {fmt(d['fanout100'])} | {fmt(d['fanout1000'])} | {ratio} | {p99:.2f} | {lost} |")
     if results.get("connect"):
         labels = {"chatd-rooms": "chatd (rooms of 10)", "chatd-1room": "chatd (one room of 1,000)",
@@ -363,6 +375,22 @@ def write_markdown(results, servers, peers):
             cells = [median([r["handshakes_per_sec"] for r in runs]) if runs else float("nan")
                      for runs in (plain[s], tls_by_peer.get(s, []))]
             lines.append(f"| {labels.get(s, s)} | " + " | ".join(fmt(c) if c == c else "-" for c in cells) + " |")
+    lines += ["", "Saturated tail: the same closed loops (each sender keeps one message in flight until every "
+              "receiver has it), p50 / p99 in ms; and chatd with senders pacing themselves on acks instead "
+              "(`--credit ack`: a sender may run as far ahead of the fan-out as the server lets it).", "",
+              "| server | 100 clients p50 / p99 | 1,000 clients p50 / p99 | paced on acks, 100: deliveries/s, p99 "
+              "| paced on acks, 1,000: deliveries/s, p99 |", "|---|---|---|---|---|"]
+    for s in servers:
+        cells = []
+        for c in ("fanout100", "fanout1000"):
+            p50 = median([r["latency_us"]["p50"] for r in t[c][s]]) / 1000
+            p99 = median([r["latency_us"]["p99"] for r in t[c][s]]) / 1000
+            cells.append(f"{p50:.2f} / {p99:.2f}")
+        for c in ACK_CASES:
+            runs = t.get(c, {}).get(s, [])
+            cells.append(f"{fmt(median([r['deliveries_per_sec'] for r in runs]))}, "
+                         f"{median([r['latency_us']['p99'] for r in runs]) / 1000:.2f} ms" if runs else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Every round of every case, as `deliveries/s` (sorted):")
     lines.append("")

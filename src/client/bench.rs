@@ -40,8 +40,10 @@ pub struct BenchOptions {
     pub size: usize,
     /// Fixed send rate per sender (messages/s); `None` uses `inflight`.
     pub rate: Option<f64>,
-    /// Messages each sender keeps outstanding until delivered to all.
+    /// Messages each sender keeps outstanding (see `credit`).
     pub inflight: usize,
+    /// When a message stops counting as outstanding.
+    pub credit: Credit,
     /// Rooms the clients are spread over (round robin).
     pub rooms: usize,
     /// Plain text frames instead of the chatd protocol.
@@ -60,6 +62,17 @@ pub struct BenchOptions {
     pub until_close: bool,
     /// Print a line (and keep a record) every this often during the send phase.
     pub report_every: Option<Duration>,
+}
+
+/// When a sender's message stops counting against `inflight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Credit {
+    /// Once every other member of the room has it (any server).
+    Delivered,
+    /// Once the server acknowledges it (chatd's protocol): what a client pacing itself on acks
+    /// does, so the server alone decides how far ahead of the fan-out a sender may run.
+    Ack,
 }
 
 /// What happened.
@@ -202,6 +215,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         "--rooms must be 1..=clients"
     );
     anyhow::ensure!(opts.inflight >= 1, "--inflight must be at least 1");
+    anyhow::ensure!(
+        opts.credit == Credit::Delivered || !opts.raw,
+        "--credit ack needs the chatd protocol (raw servers send no acks)"
+    );
     let rooms = opts.rooms;
     let members = |room: usize| (opts.clients - room).div_ceil(rooms) as u64;
     let senders: Vec<SenderState> = (0..opts.senders)
@@ -467,6 +484,11 @@ async fn client(
     loop {
         let can_send = started && sender.is_some() && next < opts.messages;
         let credit_ok = match (can_send, sender, opts.rate) {
+            (true, Some(s), None) if opts.credit == Credit::Ack => {
+                // Acks arrive on this client's own socket, below: no wake-up needed.
+                let needed = (next + 1).saturating_sub(opts.inflight) as u64;
+                run.acks[s].load(Ordering::Acquire) >= needed
+            }
             (true, Some(s), None) => {
                 let st = &run.senders[s];
                 let needed = (next + 1).saturating_sub(opts.inflight) as u64 * st.recipients;
@@ -502,7 +524,9 @@ async fn client(
         }
         let wake = async {
             match (sender, can_send, opts.rate) {
-                (Some(s), true, None) => run.senders[s].wake.notified().await,
+                (Some(s), true, None) if opts.credit == Credit::Delivered => {
+                    run.senders[s].wake.notified().await
+                }
                 (Some(_), true, Some(_)) => tokio::time::sleep_until(next_at).await,
                 _ => std::future::pending().await,
             }
@@ -732,6 +756,18 @@ impl BenchReport {
     /// Deliveries that never arrived.
     pub fn lost(&self) -> u64 {
         self.expected.saturating_sub(self.received)
+    }
+
+    /// What went wrong, if anything: an unclean shutdown (with `until_close`) or lost deliveries.
+    pub fn failure(&self) -> Option<String> {
+        match &self.shutdown {
+            Some(c) if c.closed_1001 != self.clients || c.acked_not_delivered > 0 => {
+                Some("shutdown was not clean".into())
+            }
+            Some(_) => None,
+            None if self.lost() > 0 => Some(format!("{} deliveries lost", self.lost())),
+            None => None,
+        }
     }
 }
 

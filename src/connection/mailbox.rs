@@ -240,30 +240,32 @@ impl Mailbox {
         pushed
     }
 
-    /// Queues one of the connection's own replies; its task writes it with its next flush.
-    pub fn reply(&self, payload: &str) {
-        self.queue_own(Frame::text(payload).0);
+    /// Queues one of the connection's own replies behind everything queued. On a direct socket the
+    /// flusher writes it, after the frames published before it (see [`Mailbox::flusher_writes`]).
+    pub fn reply(self: &Arc<Self>, payload: &str) {
+        self.queue_own(Frame::text(payload).0, true);
     }
 
     /// Frames `payload` with the header byte `first` (an `OPCODE_*`) and queues it behind
-    /// everything queued: pings, and the diagnostic echo.
-    pub fn queue_frame(&self, first: u8, payload: &[u8]) {
+    /// everything queued, like a reply: pings, and the diagnostic echo.
+    pub fn queue_frame(self: &Arc<Self>, first: u8, payload: &[u8]) {
         let mut head = [0u8; MAX_HEADER];
         let n = header(first, payload.len(), &mut head);
         let mut frame = Vec::with_capacity(n + payload.len());
         frame.extend_from_slice(&head[..n]);
         frame.extend_from_slice(payload);
-        self.queue_own(Bytes::from(frame));
+        self.queue_own(Bytes::from(frame), true);
     }
 
-    /// Queues bytes tungstenite wrote (control frames, echoes), behind everything queued.
-    pub fn queue_raw(&self, bytes: &[u8]) {
-        self.queue_own(Bytes::copy_from_slice(bytes));
+    /// Queues bytes tungstenite wrote (control frames), behind everything queued; the transport
+    /// writes them at once.
+    pub fn queue_raw(self: &Arc<Self>, bytes: &[u8]) {
+        self.queue_own(Bytes::copy_from_slice(bytes), false);
     }
 
     /// The connection's own frames count toward the byte budget like any other: a client that
     /// floods requests and never reads their replies is a slow consumer too.
-    fn queue_own(&self, frame: Bytes) {
+    fn queue_own(self: &Arc<Self>, frame: Bytes, to_flusher: bool) {
         let mut state = self.lock();
         if state.bytes + frame.len() > self.max_bytes && !state.closed {
             state.overflowed = true;
@@ -274,6 +276,25 @@ impl Mailbox {
         }
         state.bytes += frame.len();
         state.queue.push_back(frame);
+        if to_flusher
+            && !state.dirty
+            && !state.blocked
+            && !state.failed
+            && let Some(direct) = &state.direct
+        {
+            direct.flusher.mark(self.clone());
+            state.dirty = true;
+        }
+    }
+
+    /// Whether the flusher writes what is queued (a direct socket that took everything so far), so
+    /// the connection task need not. A reply then leaves in the flusher's round, behind the frames
+    /// other recipients got from the same request: a `say`'s ack reaches its sender no earlier
+    /// than the message reaches the room, and a sender pacing itself on acks cannot run ahead of
+    /// the fan-out (which is what made the saturated tail long).
+    pub fn flusher_writes(&self) -> bool {
+        let state = self.lock();
+        state.direct.is_some() && !state.blocked && !state.failed
     }
 
     /// Whether anything waits to be written.

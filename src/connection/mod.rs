@@ -428,6 +428,9 @@ impl<H: Handler> Connection<H> {
         for frame in self.out.drain(..) {
             mailbox.reply(&frame);
         }
+        if mailbox.flusher_writes() {
+            return Ok(());
+        }
         self.ws
             .flush()
             .await

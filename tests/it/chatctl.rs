@@ -330,6 +330,8 @@ fn bench_runs_a_tiny_case_without_loss() {
         &[][..],
         &["--raw", "--name-line"][..],
         &["--rooms", "2", "--inflight", "4"][..],
+        // Senders paced on the server's acks rather than on deliveries.
+        &["--credit", "ack", "--inflight", "2"][..],
     ] {
         let out = chatctl_command()
             .args([
@@ -362,6 +364,18 @@ fn bench_runs_a_tiny_case_without_loss() {
         assert_eq!(report["out_of_order"], 0);
         assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
     }
+    // Raw servers send no acks: pacing on them is refused in words, not left to hang.
+    let out = chatctl_command()
+        .args(["--url", &format!("ws://{}", d.addr), "bench", "--raw"])
+        .args(["--credit", "ack", "--clients", "2", "--senders", "1"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--credit ack needs the chatd protocol"),
+        "{stderr}"
+    );
 }
 
 /// `seq 1 30 | chatctl connect pastebot` used to be cut off (rate limit, close 1008) with lines
