@@ -135,6 +135,16 @@ struct State {
     controls: Controls,
 }
 
+impl State {
+    /// The flusher, while it writes this queue: a direct socket that has taken everything so far.
+    fn flusher(&self) -> Option<&Arc<Flusher>> {
+        match &self.direct {
+            Some(direct) if !self.blocked && !self.failed => Some(&direct.flusher),
+            _ => None,
+        }
+    }
+}
+
 /// Control entries, opaque to this module.
 #[derive(Default)]
 struct Controls(Vec<Control>);
@@ -278,11 +288,9 @@ impl Mailbox {
         state.queue.push_back(frame);
         if to_flusher
             && !state.dirty
-            && !state.blocked
-            && !state.failed
-            && let Some(direct) = &state.direct
+            && let Some(flusher) = state.flusher()
         {
-            direct.flusher.mark(self.clone());
+            flusher.mark(self.clone());
             state.dirty = true;
         }
     }
@@ -293,8 +301,7 @@ impl Mailbox {
     /// than the message reaches the room, and a sender pacing itself on acks cannot run ahead of
     /// the fan-out (which is what made the saturated tail long).
     pub fn flusher_writes(&self) -> bool {
-        let state = self.lock();
-        state.direct.is_some() && !state.blocked && !state.failed
+        self.lock().flusher().is_some()
     }
 
     /// Whether anything waits to be written.
