@@ -365,6 +365,11 @@ pub struct LimitsConfig {
     pub outbound_queue_bytes: usize,
     /// Users listed per `welcome`, `room` or `who` reply.
     pub users_per_page: usize,
+    /// Rooms with more members than this announce joins and leaves in one `presence` event per
+    /// `presence_batch_ms` instead of one `joined`/`left` each; 0 = always.
+    pub presence_batch_over: usize,
+    /// How often a large room's batched joins and leaves go out, in milliseconds.
+    pub presence_batch_ms: u64,
     /// Bytes of read buffer per connection (it is resident for the connection's life).
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer, used only for its own frames (pings, pongs, close, the echo
@@ -390,6 +395,8 @@ impl Default for LimitsConfig {
             outbound_queue: 1024,
             outbound_queue_bytes: 1 << 20,
             users_per_page: 200,
+            presence_batch_over: 50,
+            presence_batch_ms: 1000,
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
         }
@@ -646,6 +653,12 @@ impl Config {
         }
         if l.users_per_page == 0 {
             return Err(invalid("limits.users_per_page", "must be at least 1"));
+        }
+        if !(10..=60_000).contains(&l.presence_batch_ms) {
+            return Err(invalid(
+                "limits.presence_batch_ms",
+                "must be between 10 and 60000",
+            ));
         }
         if l.read_buffer_bytes < 128 {
             return Err(invalid("limits.read_buffer_bytes", "must be at least 128"));

@@ -218,6 +218,10 @@ pub enum ClientMsg {
     },
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -788,6 +792,19 @@ pub enum ServerMsg<'a> {
         room: Cow<'a, str>,
         name: Cow<'a, str>,
     },
+    /// A large room's joins and leaves since the last one (instead of `joined`/`left` each):
+    /// apply `left`, then `joined`.
+    Presence {
+        room: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<UserInfo<'a>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<Cow<'a, str>>,
+        /// Joins and leaves not listed (past a page of each).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unlisted: usize,
+        user_count: usize,
+    },
     /// Someone in one of your rooms changed their name (sent once, however many rooms you share).
     Renamed {
         from: Cow<'a, str>,
@@ -1024,6 +1041,12 @@ pub mod plain {
             } => pm(from, &l(text), *action),
             ServerMsg::Joined { name, .. } => format!("* {name} joined the chat").into(),
             ServerMsg::Left { name, .. } => format!("* {name} has left the chat").into(),
+            ServerMsg::Presence {
+                joined,
+                left,
+                unlisted,
+                ..
+            } => presence(joined.iter().map(|u| &*u.name), left, *unlisted),
             ServerMsg::Kicked {
                 name, by, reason, ..
             } => format!("* {name} was kicked by {by} ({})", l(reason)).into(),
@@ -1052,6 +1075,28 @@ pub mod plain {
     /// `[server] text`.
     pub fn notice(from: &str, text: &str) -> Utf8Bytes {
         format!("[{from}] {}", one_line(text)).into()
+    }
+    /// `* alice, bob joined the chat; carol has left the chat (and 3 more came and went)`.
+    fn presence<'n>(
+        joined: impl Iterator<Item = &'n str>,
+        left: &[Cow<'_, str>],
+        unlisted: usize,
+    ) -> Utf8Bytes {
+        let joined: Vec<&str> = joined.collect();
+        let mut parts = Vec::new();
+        if !joined.is_empty() {
+            parts.push(format!("{} joined the chat", joined.join(", ")));
+        }
+        if !left.is_empty() {
+            let left: Vec<&str> = left.iter().map(|n| &**n).collect();
+            parts.push(format!("{} has left the chat", left.join(", ")));
+        }
+        let more = match (parts.is_empty(), unlisted) {
+            (_, 0) => String::new(),
+            (true, n) => format!("{n} came and went"),
+            (false, n) => format!(" (and {n} more came and went)"),
+        };
+        format!("* {}{more}", parts.join("; ")).into()
     }
     /// `Online: alice, bob`.
     pub fn online(names: &[&str]) -> String {
@@ -1263,6 +1308,16 @@ mod tests {
                 from: b("a"),
                 to: b("b"),
             },
+            ServerMsg::Presence {
+                room: b("r"),
+                joined: vec![UserInfo {
+                    name: b("n"),
+                    role: Role::Admin,
+                }],
+                left: vec![b("m")],
+                unlisted: 3,
+                user_count: 250,
+            },
             ServerMsg::Error {
                 code: ErrorCode::NameTaken,
                 message: b("taken"),
@@ -1367,6 +1422,26 @@ mod tests {
         assert_ne!(fold_name("henry"), fold_name("henry_"));
         assert_eq!(normalize_room("#Rust").as_deref(), Some("rust"));
         assert_eq!(normalize_room("#"), None);
+    }
+
+    #[test]
+    fn a_presence_batch_is_one_plain_line() {
+        let user = |n: &'static str| UserInfo {
+            name: b(n),
+            role: Role::User,
+        };
+        let line = plain::event(&ServerMsg::Presence {
+            room: b("lobby"),
+            joined: vec![user("ann"), user("bob")],
+            left: vec![b("cat")],
+            unlisted: 4,
+            user_count: 300,
+        })
+        .unwrap();
+        assert_eq!(
+            line.as_str(),
+            "* ann, bob joined the chat; cat has left the chat (and 4 more came and went)"
+        );
     }
 
     #[test]

@@ -895,6 +895,17 @@ impl Chat {
                     list.push(name.to_string());
                 }
             }
+            ServerMsg::Presence {
+                room, joined, left, ..
+            } => {
+                let list = self.members.entry(room.to_string()).or_default();
+                list.retain(|n| !left.iter().any(|l| l == n));
+                for u in joined {
+                    if list.len() < MEMBERS_PER_ROOM && !list.iter().any(|n| *n == u.name) {
+                        list.push(u.name.to_string());
+                    }
+                }
+            }
             ServerMsg::Left { room, name } | ServerMsg::Kicked { room, name, .. } => {
                 if let Some(list) = self.members.get_mut(&**room) {
                     list.retain(|n| n != name);

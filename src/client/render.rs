@@ -4,6 +4,7 @@
 //! `ts` in local time when it has one (history shows when things were said, not when they were
 //! displayed), with the date when it is not today.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -261,6 +262,59 @@ pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str
     }
 }
 
+/// Names shown on one batched join or leave line; the rest are counted.
+const PRESENCE_NAMES: usize = 8;
+
+/// A large room's batch of joins and leaves: one line for who joined, one for who left, the room's
+/// size on the last.
+fn presence_lines(
+    now: &str,
+    room: &str,
+    joined: &[UserInfo<'_>],
+    left: &[Cow<'_, str>],
+    unlisted: usize,
+    user_count: usize,
+) -> Vec<Line> {
+    let list = |names: Vec<&str>, verb: &str| {
+        let shown: Vec<String> = names
+            .iter()
+            .take(PRESENCE_NAMES)
+            .map(|n| sanitize(n))
+            .collect();
+        match names.len().saturating_sub(PRESENCE_NAMES) {
+            0 => format!("{} {verb}", shown.join(", ")),
+            n => format!("{} and {n} others {verb}", shown.join(", ")),
+        }
+    };
+    let room = sanitize(room);
+    let mut lines = Vec::new();
+    if !joined.is_empty() {
+        let names = joined.iter().map(|u| &*u.name).collect();
+        lines.push((format!("{now} #{room} --> "), list(names, "joined")));
+    }
+    if !left.is_empty() {
+        let names = left.iter().map(|n| &**n).collect();
+        lines.push((format!("{now} #{room} <-- "), list(names, "left")));
+    }
+    if unlisted > 0 {
+        lines.push((
+            format!("{now} #{room} -!- "),
+            format!("{unlisted} more came and went"),
+        ));
+    }
+    let last = lines.len().saturating_sub(1);
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, (prefix, mut rest))| {
+            if i == last {
+                rest.push_str(&format!(" ({user_count} here)"));
+            }
+            Line::new(LineKind::Presence, prefix, None, rest)
+        })
+        .collect()
+}
+
 /// Turns one server event into display lines (errors included). `me` is this user's name.
 pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
     let now = clock.stamp(None);
@@ -299,6 +353,13 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             Some(name),
             " left",
         )),
+        ServerMsg::Presence {
+            room,
+            joined,
+            left,
+            unlisted,
+            user_count,
+        } => presence_lines(&now, room, joined, left, *unlisted, *user_count),
         ServerMsg::Kicked {
             room,
             name,
@@ -541,6 +602,36 @@ impl TypingView {
 mod tests {
     use super::*;
     use crate::protocol::{Role, b, decode};
+
+    #[test]
+    fn a_batch_of_joins_and_leaves_is_two_lines_with_the_room_size() {
+        let joined: Vec<UserInfo> = (0..10)
+            .map(|i| UserInfo {
+                name: format!("u{i}").into(),
+                role: Role::User,
+            })
+            .collect();
+        let msg = ServerMsg::Presence {
+            room: b("lobby"),
+            joined,
+            left: vec![b("ann\u{1b}[2J")],
+            unlisted: 0,
+            user_count: 250,
+        };
+        let lines: Vec<String> = render(&msg, &clock(), "me")
+            .iter()
+            .map(|l| l.plain())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].ends_with("#lobby --> u0, u1, u2, u3, u4, u5, u6, u7 and 2 others joined"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].ends_with("#lobby <-- ann left (250 here)"),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn sanitize_strips_escapes_controls_and_bidi() {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::{
     Answer, Broker, Delivery, Member, Outcome, Page, Receipt, Refusal, Resume, RoomView,
-    StoredMessage, Ticket, TypingTo,
+    StoredMessage, Ticket, TypingTo, name_order,
 };
 use crate::config::{Config, ConfigError};
 use crate::connection::mailbox::Class;
@@ -47,6 +47,10 @@ pub struct HubLimits {
     pub resume_max: u64,
     /// Keep private messages too (names are owned: token mode).
     pub store_pms: bool,
+    /// Members listed in a view, and names listed per `presence` batch.
+    pub users_per_page: usize,
+    /// Rooms with more members than this batch their joins and leaves (0: every room).
+    pub presence_batch_over: usize,
 }
 
 impl HubLimits {
@@ -61,6 +65,8 @@ impl HubLimits {
             max_rooms_per_ip: config.limits.max_rooms_per_ip,
             resume_max: config.history.resume_max,
             store_pms: config.auth.mode == crate::config::AuthMode::Token,
+            users_per_page: config.limits.users_per_page,
+            presence_batch_over: config.limits.presence_batch_over,
         }
     }
 }
@@ -86,6 +92,9 @@ pub struct LocalBroker {
     store: Option<Arc<Store>>,
     /// The store's epoch: rooms it has no record of start numbering in it.
     store_epoch: Option<Arc<str>>,
+    /// Rooms holding a presence batch, each once: `tick` announces and clears them. Taken after a
+    /// room's lock, never before one.
+    presence_due: Mutex<Vec<Weak<Room>>>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +127,58 @@ struct RoomState {
     history_bytes: usize,
     /// The room's seq numbering: changes only when it restarts (a new room, or a reset store).
     epoch: Arc<str>,
+    /// Joins and leaves not yet announced (see `batching`); the room is in `presence_due`.
+    batch: Option<Box<PresenceBatch>>,
+}
+
+/// A large room's joins and leaves since its last `presence` event, a page of names each at most.
+#[derive(Debug, Default)]
+struct PresenceBatch {
+    joined: Vec<(Arc<str>, Role)>,
+    left: Vec<Arc<str>>,
+    /// Changes past a page, counted but not listed.
+    unlisted: usize,
+}
+
+impl PresenceBatch {
+    fn join(&mut self, name: &Arc<str>, role: Role, page: usize) {
+        if self.joined.len() < page {
+            self.joined.push((name.clone(), role));
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// A join still in the batch is taken back: the others never heard of it.
+    fn leave(&mut self, name: &Arc<str>, page: usize) {
+        if self.take_back(name) {
+            return;
+        }
+        if self.left.len() < page {
+            self.left.push(name.clone());
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Removes `name`'s join from the batch; false if it holds none.
+    fn take_back(&mut self, name: &str) -> bool {
+        let Some(i) = self.joined.iter().position(|(n, _)| **n == *name) else {
+            return false;
+        };
+        self.joined.remove(i);
+        true
+    }
+
+    fn renamed(&mut self, from: &str, to: &Arc<str>) {
+        for (n, _) in self.joined.iter_mut().filter(|(n, _)| **n == *from) {
+            *n = to.clone();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty() && self.unlisted == 0
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,6 +271,7 @@ impl LocalBroker {
             store_epoch: (!loaded.epoch.is_empty()).then(|| loaded.epoch.as_str().into()),
             directory: Mutex::new(Directory::default()),
             arrivals: Mutex::new(VecDeque::new()),
+            presence_due: Mutex::new(Vec::new()),
             history_bytes: AtomicUsize::new(0),
             history_messages: AtomicUsize::new(0),
             next_message_id: AtomicU64::new(loaded.next_id.max(1)),
@@ -461,13 +523,17 @@ impl LocalBroker {
         let mut state = lock(&room.state);
         if !state.members.iter().any(|m| m.conn == me.conn) {
             state.last_active = Instant::now();
-            let event = ServerMsg::Joined {
-                room: b(&room.name),
-                name: b(&me.name),
-                role: me.role,
-            };
-            self.delivery
-                .deliver(&state.members, &event, Class::Presence, None);
+            if let Some(batch) = self.batch(&room, &mut state) {
+                batch.join(&me.name, me.role, self.limits.users_per_page);
+            } else {
+                let event = ServerMsg::Joined {
+                    room: b(&room.name),
+                    name: b(&me.name),
+                    role: me.role,
+                };
+                self.delivery
+                    .deliver(&state.members, &event, Class::Presence, None);
+            }
             state.members.push(me.clone());
         }
         let on_join = |state: &RoomState| {
@@ -500,7 +566,8 @@ impl LocalBroker {
         };
         let view = RoomView {
             room: room.name.clone(),
-            users: state.user_list(),
+            users: state.first_users(self.limits.users_per_page),
+            user_count: state.members.len(),
             history,
             epoch: state.epoch.clone(),
             seq: state.seq,
@@ -527,12 +594,42 @@ impl LocalBroker {
         }
         if state.members.is_empty() {
             // An empty room with history stays, so people who come back can read it.
+            state.batch = None;
             drop(state);
             dir.forget_if_unused(room, self);
             return true;
         }
-        self.delivery.deliver(&state.members, how, class, None);
+        match self.batch(room, &mut state) {
+            Some(batch) if matches!(how, ServerMsg::Left { .. }) => {
+                batch.leave(&me.name, self.limits.users_per_page);
+            }
+            batch => {
+                // A kick is told at once; a join still batched is taken back.
+                if let Some(batch) = batch {
+                    batch.take_back(&me.name);
+                }
+                self.delivery.deliver(&state.members, how, class, None);
+            }
+        }
         true
+    }
+
+    /// The room's presence batch, started if the room is past `presence_batch_over`: `None`
+    /// means joins and leaves are told one by one. Once a batch holds something, everything
+    /// waits for it, so that members see changes in the order they happened.
+    fn batch<'s>(
+        &self,
+        room: &Arc<Room>,
+        state: &'s mut RoomState,
+    ) -> Option<&'s mut PresenceBatch> {
+        let over = self.limits.presence_batch_over;
+        if state.batch.is_none() && over > 0 && state.members.len() <= over {
+            return None;
+        }
+        if state.batch.is_none() {
+            lock(&self.presence_due).push(Arc::downgrade(room));
+        }
+        Some(state.batch.get_or_insert_with(Box::default))
     }
 
     /// A room `me` may look into: `no_such_room` or `not_in_room` otherwise.
@@ -901,6 +998,32 @@ impl Broker for LocalBroker {
         }
     }
 
+    fn tick(&self) {
+        let due = std::mem::take(&mut *lock(&self.presence_due));
+        for room in due.iter().filter_map(Weak::upgrade) {
+            let mut state = lock(&room.state);
+            let Some(batch) = state.batch.take().filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            let event = ServerMsg::Presence {
+                room: b(&room.name),
+                joined: batch
+                    .joined
+                    .iter()
+                    .map(|(name, role)| protocol::UserInfo {
+                        name: b(name),
+                        role: *role,
+                    })
+                    .collect(),
+                left: batch.left.iter().map(|n| b(n)).collect(),
+                unlisted: batch.unlisted,
+                user_count: state.members.len(),
+            };
+            self.delivery
+                .deliver(&state.members, &event, Class::Presence, None);
+        }
+    }
+
     fn kick(&self, _: Ticket, me: &Member, name: &str, reason: &str) -> Answer {
         let mut dir = lock(&self.directory);
         let Some(target) = dir.users.remove(&protocol::fold_name(name)) else {
@@ -942,6 +1065,9 @@ impl Broker for LocalBroker {
                 continue;
             };
             state.members[pos] = renamed.clone();
+            if let Some(batch) = &mut state.batch {
+                batch.renamed(&me.name, &renamed.name);
+            }
             for m in &state.members {
                 if m.conn != me.conn && !audience.iter().any(|a| a.conn == m.conn) {
                     audience.push(m.clone());
@@ -1014,6 +1140,7 @@ impl Room {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 epoch,
+                batch: None,
             }),
         }
     }
@@ -1030,6 +1157,18 @@ impl RoomState {
         true
     }
 
+    /// The first `page` members by name, without sorting the whole room.
+    fn first_users(&self, page: usize) -> Vec<(Arc<str>, Role)> {
+        let mut first: Vec<&Member> = self.members.iter().collect();
+        if first.len() > page {
+            first.select_nth_unstable_by(page, |a, b| name_order(&a.name, &b.name));
+            first.truncate(page);
+        }
+        let mut users: Vec<_> = first.iter().map(|m| (m.name.clone(), m.role)).collect();
+        sort_by_name(&mut users);
+        users
+    }
+
     fn user_list(&self) -> Vec<(Arc<str>, Role)> {
         let mut users: Vec<_> = self
             .members
@@ -1043,11 +1182,5 @@ impl RoomState {
 
 /// Case-insensitive name order without allocating a lowercase key per comparison.
 pub(crate) fn sort_by_name(users: &mut [(Arc<str>, Role)]) {
-    users.sort_unstable_by(|(a, _), (b, _)| {
-        let fold = |c: u8| c.to_ascii_lowercase();
-        a.bytes()
-            .map(fold)
-            .cmp(b.bytes().map(fold))
-            .then_with(|| a.cmp(b))
-    });
+    users.sort_unstable_by(|(a, _), (b, _)| name_order(a, b));
 }

@@ -214,8 +214,11 @@ pub enum Outcome {
 pub struct RoomView {
     /// The room's normalised name.
     pub room: Arc<str>,
-    /// Members including the joiner, sorted by name.
+    /// The first members by name (at most `limits.users_per_page`), the joiner among them if
+    /// they sort there.
     pub users: Vec<(Arc<str>, Role)>,
+    /// All members, the joiner included.
+    pub user_count: usize,
     /// Messages, oldest first: the most recent, or (resumed) those after `since`.
     pub history: Vec<Arc<StoredMessage>>,
     /// The room's seq numbering.
@@ -380,6 +383,19 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn ready(&self) -> bool {
         true
     }
+    /// Called every `limits.presence_batch_ms`: tell large rooms who joined and left since the
+    /// last tick (one `presence` event each).
+    fn tick(&self) {}
     /// The server is stopping and every connection has closed: make what was accepted durable.
     fn close(&self) {}
+}
+
+/// The order members are listed in: by name case-insensitively (ASCII folding, no allocation),
+/// ties broken by the exact bytes. `who` pages with `after` in this order.
+pub(crate) fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let fold = |c: u8| c.to_ascii_lowercase();
+    a.bytes()
+        .map(fold)
+        .cmp(b.bytes().map(fold))
+        .then_with(|| a.cmp(b))
 }

@@ -291,6 +291,19 @@ impl Server {
             .flusher
             .clone()
             .map(|f| tokio::spawn(async move { f.run().await }));
+        // Large rooms' batched joins and leaves go out on this beat.
+        let presence = {
+            let broker = chat.broker.clone();
+            let every = Duration::from_millis(chat.config.limits.presence_batch_ms);
+            tokio::spawn(async move {
+                let mut beat = tokio::time::interval(every);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    beat.tick().await;
+                    broker.tick();
+                }
+            })
+        };
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
@@ -391,6 +404,7 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
+        presence.abort();
         if let Some(flusher) = flusher {
             flusher.abort();
             let _ = flusher.await;

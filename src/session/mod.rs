@@ -28,7 +28,7 @@ use crate::connection::mailbox::Mailbox;
 use crate::connection::{Flow, Handler};
 use crate::hub::{
     self, Answer, Broker, ConnId, Member, Outcome, Page, Receipt, Refusal, Resume, RoomView,
-    StoredMessage, Ticket, TypingTo,
+    StoredMessage, Ticket, TypingTo, name_order,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -253,7 +253,7 @@ impl Session {
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
                     users: user_infos(users),
-                    user_count: view.users.len(),
+                    user_count: view.user_count,
                     history: history_items(history),
                     epoch: b(&view.epoch),
                     seq: view.seq,
@@ -498,7 +498,11 @@ impl Session {
         info!(user = %name, room = %view.room, plain, "user joined");
         if plain {
             let names: Vec<&str> = view.users.iter().map(|(n, _)| &**n).collect();
-            return format!("Welcome, {name}! {}", protocol::plain::online(&names)).into();
+            let more = match view.user_count.saturating_sub(names.len()) {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
+            return format!("Welcome, {name}! {}{more}", protocol::plain::online(&names)).into();
         }
         let config = &self.chat.config;
         let (users, history, more) = self.fit_view(&view);
@@ -506,7 +510,7 @@ impl Session {
             name: b(&name),
             room: b(&view.room),
             users: user_infos(users),
-            user_count: view.users.len(),
+            user_count: view.user_count,
             history: history_items(history),
             epoch: b(&view.epoch),
             seq: view.seq,
@@ -1206,13 +1210,4 @@ fn fit_users(users: &[(Arc<str>, Role)], budget: usize, page: usize) -> usize {
             used <= budget
         })
         .count()
-}
-
-/// The order user lists are in: case-insensitive, then by case.
-fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
-    let fold = |c: u8| c.to_ascii_lowercase();
-    a.bytes()
-        .map(fold)
-        .cmp(b.bytes().map(fold))
-        .then_with(|| a.cmp(b))
 }

@@ -109,6 +109,8 @@
     typing: { key: null, state: 'done', at: 0, idle: null }, knownRooms: [],
   };
   const MAX_NODES = 1500;
+  /** Members a room keeps listed (the welcome's page plus later joiners); the rest are counted. */
+  const MEMBERS_SHOWN = 500;
   const roomKey = (name) => `room:${name}`;
   const pmKey = (name) => `pm:${name.toLowerCase()}`;
 
@@ -508,6 +510,23 @@
           c.members.delete(name); c.userCount = Math.max(0, c.userCount - 1); c.typing.delete(name);
           note(c, m.type === 'left' ? `${name} left` : `${name} was kicked by ${clean(m.by)}${m.reason ? `: ${clean(m.reason)}` : ''}`);
         }
+        if (st.current === c.key) { renderMembers(); renderTyping(); }
+        break;
+      }
+      case 'presence': {
+        // A large room's joins and leaves since the last batch: leaves first, then joins.
+        const c = st.convs.get(roomKey(m.room));
+        if (!c) break;
+        const left = (m.left || []).map(clean); const joined = (m.joined || []).map((u) => [clean(u.name), u.role]);
+        for (const name of left) { c.members.delete(name); c.typing.delete(name); }
+        for (const [name, role] of joined) if (c.members.size < MEMBERS_SHOWN) c.members.set(name, role);
+        c.userCount = m.user_count;
+        const list = (names, verb) => names.length > 8 ? `${names.slice(0, 8).join(', ')} and ${names.length - 8} others ${verb}` : `${names.join(', ')} ${verb}`;
+        const parts = [];
+        if (joined.length) parts.push(list(joined.map(([n]) => n), 'joined'));
+        if (left.length) parts.push(list(left, 'left'));
+        if (m.unlisted) parts.push(`${m.unlisted} more came and went`);
+        note(c, `${parts.join('; ')} (${m.user_count} here)`);
         if (st.current === c.key) { renderMembers(); renderTyping(); }
         break;
       }

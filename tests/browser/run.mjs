@@ -107,6 +107,21 @@ function noProblems(page, allowed = null) {
 // ---- scenarios ---------------------------------------------------------------------------------
 
 const scenarios = {
+  /** A crowd in a large room: batched join/leave notes, the member list and count follow. */
+  async crowd() {
+    const alice = await open('alice');
+    await ask({ op: 'crowd', join: 12, leave: 4 });
+    // Everyone joined before anyone left: the last joiner shows, then the count falls to alice +
+    // guest04..guest11, and the list agrees.
+    const members = alice.getByRole('list', { name: 'Members', exact: true });
+    await members.getByText('guest11', { exact: true }).waitFor({ timeout: WAIT });
+    await alice.locator('#members-title', { hasText: 'Members (9)' }).waitFor({ timeout: WAIT });
+    await seeNote(alice, 'left (9 here)');
+    await count(members.getByText('guest00', { exact: true }), 0, 'one who left is not listed');
+    await count(members.locator('li'), 9, 'members listed');
+    await alice.screenshot({ path: `${SHOTS}/crowd.png` });
+    noProblems(alice);
+  },
   /** Two people (and a chatctl-like client) talk: typing, own lines, /me, rooms, unread, PMs. */
   async conversation() {
     const alice = await open('alice');

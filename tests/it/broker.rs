@@ -157,6 +157,13 @@ impl Broker for LateBroker {
     fn ready(&self) -> bool {
         self.inner.ready()
     }
+    fn tick(&self) {
+        // In line with the calls, as a broker's own events are: a batch does not overtake the
+        // late welcome of someone it lists.
+        let _ = self
+            .jobs
+            .try_send(Box::new(|broker: &LocalBroker| broker.tick()));
+    }
     fn close(&self) {
         let (done, wait) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |broker| {
@@ -208,6 +215,7 @@ contract!(
     admins_kick,
     announce_reaches_everyone,
     nick_renames_once_for_everyone_who_shares_a_room,
+    large_rooms_announce_joins_and_leaves_in_batches,
     replies_keep_request_order_and_refs,
     requests_before_the_welcome_get_hello_required,
     ending_with_requests_pending_leaves_nothing_behind,
@@ -285,6 +293,77 @@ async fn rooms_presence_who_and_rooms(backend: Backend) {
     assert_eq!(e["code"], "no_such_room");
     let who = alice.request(json!({"type": "who", "room": "rust"})).await;
     assert_eq!(who["users"], json!([{"name": "alice", "role": "user"}]));
+}
+
+/// Past `presence_batch_over` members, a room's joins and leaves reach its members as `presence`
+/// events (leaves, then joins, with the exact `user_count`) instead of one event per person;
+/// applying them in order gives exactly the room's members, however the crowd's arrivals and
+/// departures fell into batches. Once the room is small again and its batch is out, `joined` and
+/// `left` are told one by one again.
+async fn large_rooms_announce_joins_and_leaves_in_batches(backend: Backend) {
+    let server = TestServer::with_broker(backend, |c| {
+        c.limits.rate_per_sec = 0.0;
+        c.limits.presence_batch_over = 2;
+        c.limits.presence_batch_ms = 20;
+    })
+    .await;
+    let mut alice = server.join("alice").await;
+    let bob = server.join("bob").await;
+    let carol = server.join("carol").await;
+    assert_eq!(alice.expect("joined").await["name"], "bob");
+    assert_eq!(alice.expect("joined").await["name"], "carol");
+    let mut crowd = Vec::new();
+    for i in 0..20 {
+        crowd.push(server.join(&format!("u{i:02}")).await);
+    }
+    let gone: Vec<_> = crowd.drain(..5).collect();
+    drop(gone);
+    let mut want: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
+    want.extend((5..20).map(|i| format!("u{i:02}")));
+    let mut seen: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
+    let mut batches = 0;
+    loop {
+        let e = alice.recv().await;
+        match e["type"].as_str() {
+            Some("presence") => {
+                batches += 1;
+                assert_eq!(e["room"], "lobby", "{e}");
+                for n in e["left"].as_array().into_iter().flatten() {
+                    seen.retain(|s| s != n);
+                }
+                for u in e["joined"].as_array().into_iter().flatten() {
+                    assert_eq!(u["role"], "user", "{e}");
+                    seen.push(u["name"].as_str().unwrap().to_string());
+                }
+                assert!(e.get("unlisted").is_none(), "a page holds them all: {e}");
+                seen.sort();
+                assert_eq!(e["user_count"], seen.len(), "the members so far: {seen:?}");
+                if seen == want {
+                    break;
+                }
+            }
+            Some("joined" | "left") => panic!("a large room tells joins in batches: {e}"),
+            _ => {}
+        }
+    }
+    assert!(batches <= 25, "{batches} batches for 25 joins and leaves");
+    let who = alice.request(json!({"type": "who"})).await;
+    assert_eq!(who["user_count"], want.len());
+    // Small again: once the last batch is out, one by one.
+    drop(crowd);
+    drop(carol);
+    loop {
+        let e = alice.recv().await;
+        if e["type"] == "presence" && e["user_count"] == 2 {
+            break;
+        }
+        assert_ne!(e["type"], "left", "a leave overtook its batch: {e}");
+    }
+    drop(bob);
+    assert_eq!(
+        alice.expect("left").await,
+        json!({"type": "left", "room": "lobby", "name": "bob"})
+    );
 }
 
 async fn say_assigns_seq_and_keeps_history(backend: Backend) {

@@ -285,6 +285,37 @@ fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
     });
 }
 
+/// A crowd joins a large room (here: over 2 members) and some of it leaves: the page shows the
+/// batched `presence` notes and keeps its member list and count right.
+#[test]
+fn the_page_follows_a_crowd_in_a_large_room() {
+    if !available() {
+        return;
+    }
+    let d = Daemon::start(
+        &[],
+        &[
+            ("CHATD_LIMITS__PRESENCE_BATCH_OVER", "2"),
+            ("CHATD_LIMITS__PRESENCE_BATCH_MS", "100"),
+        ],
+    );
+    let mut others = Others::new(d.addr);
+    let mut stay = Vec::new();
+    run("crowd", &page_url(d.addr), |r| {
+        if r["op"] != "crowd" {
+            return others.answer(r);
+        }
+        let n = |k: &str| r[k].as_u64().unwrap() as usize;
+        let mut crowd: Vec<_> = (0..n("join"))
+            .map(|i| SyncClient::join(d.addr, &format!("guest{i:02}")))
+            .collect();
+        crowd.drain(..n("leave"));
+        // The rest stay until the page has seen them.
+        stay.extend(crowd);
+        json!({"ok": true})
+    });
+}
+
 #[test]
 fn in_token_mode_the_page_asks_for_the_token() {
     if !available() {
