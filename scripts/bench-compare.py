@@ -173,12 +173,62 @@ def make_certs():
     return f
 
 
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def settled_rss(pid, limit=10.0):
+    """The server's RSS once the clients have gone: read until it stops changing (the server
+    closes their connections after the load generator exits)."""
+    last, deadline = rss_kib(pid), time.time() + limit
+    while time.time() < deadline:
+        time.sleep(0.25)
+        now = rss_kib(pid)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def run_one(name, args, workers=1, tls=None):
     server = Server(name, workers, tls).start()
     try:
-        return bench(server, args)
+        report = bench(server, args)
+        report["rss_after_leave_kib"] = settled_rss(server.proc.pid)
+        return report
     finally:
         server.stop()
+
+
+# Idle memory shapes: chatd's users in rooms of 10, rooms of 100, or all in the default room.
+SHAPES = {"chatd-rooms10": 10, "chatd-rooms100": 100, "chatd-1room": None}
+
+
+def idle_args(shape, n):
+    size = SHAPES.get(shape)
+    return ["--clients", str(n), "--senders", "1", "--messages", "0"] + (
+        ["--rooms", str(n // size)] if size else [])
+
+
+def idle_memory(n, servers, rounds):
+    """Idle memory for n connections, every chatd server in every shape and each peer, alternating
+    rounds: {label: [reports]} (label: `chatd-rooms10`, `chatd-base-1room`, `uws-js`, ...)."""
+    runs = {}
+    for s in servers:
+        for shape in (SHAPES if s.startswith("chatd") else [None]):
+            label = s + shape[len("chatd"):] if shape else s
+            runs[label] = (s, shape, [])
+    for r, label in alternating(list(runs), rounds):
+        server, shape, reps = runs[label]
+        rep = run_one(server, idle_args(shape, n))
+        reps.append(rep)
+        print(f"round {r+1} idle{n} {label:22} {rep['server']['rss_per_connection_kib']:6.2f} KiB/conn, "
+              f"{rep['handshakes_per_sec']:>8,.0f} conn/s, after leave {rep['rss_after_leave_kib']/1024:.1f} MiB",
+              flush=True)
+    return {label: reps for label, (_, _, reps) in runs.items()}
 
 
 def connect_rates(rounds, peers, tls):
@@ -280,8 +330,8 @@ def main():
     ap.add_argument("--peers", default="uws-js,node-ws,python-websockets,websocat")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
-    ap.add_argument("--cases", help="only these throughput cases (of " + ",".join(CASES) + "): print medians, "
-                    "write nothing (A/B checks)")
+    ap.add_argument("--cases", help="only these throughput cases (of " + ",".join(CASES) + ", connect, or idleN: "
+                    "idle memory of N connections in every room shape): print medians, write nothing (A/B checks)")
     ap.add_argument("--servers", default="chatd,chatd-plain",
                     help="chatd variants to run; chatd-base runs the binary in $BENCH_BASELINE_CHATD")
     ap.add_argument("--pin", action="store_true",
@@ -307,14 +357,7 @@ def main():
 
     if not opts.skip_memory:
         for n in (5000, 10000):
-            for s in ["chatd-rooms10", "chatd", "chatd-1room"] + peers:
-                name = "chatd" if s.startswith("chatd") else s
-                rooms = {"chatd": ["--rooms", "100"], "chatd-rooms10": ["--rooms", str(n // 10)]}.get(s, [])
-                if s == "chatd-1room" and n > 5000:
-                    continue
-                rep = run_one(name, ["--clients", str(n), "--senders", "1", "--messages", "0"] + rooms)
-                results["memory"].setdefault(str(n), {})[s] = rep
-                print(f"memory {n} {s:18} {rep['server']['rss_per_connection_kib']:.2f} KiB/connection", flush=True)
+            results["memory"][str(n)] = idle_memory(n, ["chatd"] + peers, max(1, opts.rounds // 2 + 1))
 
     if not opts.skip_scaling:
         points = [(10, ["--messages", "20000"]), (100, ["--messages", "2000"]), (1000, ["--messages", "300"]),
@@ -341,6 +384,21 @@ def quick(cases, opts):
     """Only the named throughput cases, medians printed, nothing written: for A/B checks."""
     servers = [s for s in opts.servers.split(",") if s] + [p for p in opts.peers.split(",") if p]
     for case in cases:
+        if case.startswith("idle"):
+            runs = idle_memory(int(case[len("idle"):]), servers, opts.rounds)
+            for label, reps in runs.items():
+                kib = median([r["server"]["rss_per_connection_kib"] for r in reps])
+                rate = median([r["handshakes_per_sec"] for r in reps])
+                after = median([r["rss_after_leave_kib"] for r in reps]) / 1024
+                print(f"median {case:10} {label:22} {kib:6.2f} KiB/conn {rate:>8,.0f} conn/s "
+                      f"after leave {after:.1f} MiB", flush=True)
+            continue
+        if case == "connect":
+            runs = connect_rates(opts.rounds, [p for p in opts.peers.split(",") if p], tls=None)
+            for label, reps in runs.items():
+                rate = median([r["handshakes_per_sec"] for r in reps])
+                print(f"median connect    {label:22} {rate:>8,.0f} handshakes+hello/s", flush=True)
+            continue
         runs = run_case(case, servers, opts.rounds)
         for s in runs:
             dps = median([r["deliveries_per_sec"] for r in runs[s]])
@@ -404,14 +462,23 @@ def write_markdown(results, servers, peers):
         lines.append(f"- paced1000 {s}: " + ", ".join(f"{v:.2f}" for v in vals))
     if results["memory"]:
         lines += ["", "Idle memory: server RSS growth per connection once every client is connected (chatd: after "
-                  "`hello`; peers: after the upgrade).", "",
-                  "| server | 5,000 connections (KiB/conn) | 10,000 connections (KiB/conn) |", "|---|---|---|"]
-        for s in ["chatd-rooms10", "chatd", "chatd-1room"] + peers:
-            row = [results["memory"].get(n, {}).get(s) for n in ("5000", "10000")]
-            cells = [f"{r['server']['rss_per_connection_kib']:.2f}" if r else "-" for r in row]
-            label = {"chatd": "chatd (100 rooms of 50/100)", "chatd-1room": "chatd (one room of 5,000)",
-                     "chatd-rooms10": "chatd (rooms of 10)"}.get(s, s)
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+                  "`hello`, in rooms of 10, rooms of 100, or all in `lobby`; peers: after the upgrade), the "
+                  "connection rate of that run, and the server's RSS once every client has gone; medians.", "",
+                  "| server | 5,000: KiB/conn | conn/s | RSS after (MiB) | 10,000: KiB/conn | conn/s | RSS after (MiB) |",
+                  "|---|---|---|---|---|---|---|"]
+        labels = {"chatd-rooms10": "chatd (rooms of 10)", "chatd-rooms100": "chatd (rooms of 100)",
+                  "chatd-1room": "chatd (everyone in lobby)"}
+        for s in list(labels) + peers:
+            cells = []
+            for n in ("5000", "10000"):
+                reps = results["memory"].get(n, {}).get(s) or []
+                if not reps:
+                    cells += ["-"] * 3
+                    continue
+                cells += [f"{median([r['server']['rss_per_connection_kib'] for r in reps]):.2f}",
+                          fmt(median([r["handshakes_per_sec"] for r in reps])),
+                          f"{median([r['rss_after_leave_kib'] for r in reps]) / 1024:.1f}"]
+            lines.append(f"| {labels.get(s, s)} | " + " | ".join(cells) + " |")
     if results["scaling"]:
         lines += ["", "Scaling (chatd protocol, 10 senders, inflight 1, median of 3):", "",
                   "| clients | rooms | deliveries/s | p50 (ms) | p99 (ms) | server CPU us/delivery |", "|---|---|---|---|---|---|"]
