@@ -133,6 +133,11 @@ struct State {
     kicked: Option<String>,
     /// Entries for the connection's own task (late answers to its requests), opaque here.
     controls: Controls,
+    /// While late answers wait for the connection's task: frames from this index on were queued
+    /// after the first of them and wait too, so that what a late answer produces (a `welcome`, a
+    /// `room`) goes out before anything pushed after it (the events of the room just joined). The
+    /// connection's own frames are inserted here; [`Mailbox::release`] lifts it.
+    hold: Option<usize>,
 }
 
 impl State {
@@ -285,7 +290,13 @@ impl Mailbox {
             return;
         }
         state.bytes += frame.len();
-        state.queue.push_back(frame);
+        match state.hold {
+            Some(at) => {
+                state.queue.insert(at, frame);
+                state.hold = Some(at + 1);
+            }
+            None => state.queue.push_back(frame),
+        }
         if to_flusher
             && !state.dirty
             && let Some(flusher) = state.flusher()
@@ -378,6 +389,9 @@ impl Mailbox {
             state.overflowed = true;
         } else {
             state.controls.0.push(entry);
+            if state.hold.is_none() {
+                state.hold = Some(state.queue.len());
+            }
         }
         drop(state);
         self.notify.notify_one();
@@ -387,6 +401,23 @@ impl Mailbox {
     /// Takes the waiting control entries, oldest first.
     pub fn take_controls(&self) -> Vec<Control> {
         std::mem::take(&mut self.lock().controls.0)
+    }
+
+    /// The connection's task has queued what the late answers it took produced: the frames held
+    /// behind them may go (unless more answers arrived meanwhile).
+    pub fn release(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.hold.is_none() || !state.controls.0.is_empty() {
+            return;
+        }
+        state.hold = None;
+        if !state.queue.is_empty()
+            && !state.dirty
+            && let Some(flusher) = state.flusher()
+        {
+            flusher.mark(self.clone());
+            state.dirty = true;
+        }
     }
 
     /// Tells the connection to close with `reason` once it has written what is queued.
@@ -414,6 +445,7 @@ impl Mailbox {
         state.bytes = 0;
         state.direct = None;
         state.controls = Controls::default();
+        state.hold = None;
     }
 }
 
@@ -422,6 +454,7 @@ fn discard(state: &mut State) {
     state.queue.truncate(keep);
     state.queue.shrink_to_fit();
     state.bytes = state.queue.iter().map(Bytes::len).sum();
+    state.hold = state.hold.map(|at| at.min(keep));
 }
 
 /// A frame's header (FIN and the opcode in `first`, unmasked: server to client) for a payload of
@@ -460,15 +493,18 @@ fn write_out(
         queue,
         partial,
         bytes,
+        hold,
         ..
     } = state;
     let mut total = 0u64;
     let result = loop {
-        if queue.is_empty() {
+        // Held frames wait (see `State::hold`).
+        let writable = hold.unwrap_or(queue.len());
+        if writable == 0 {
             break Ok(());
         }
         let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-        let n = queue.len().min(WRITE_BATCH);
+        let n = writable.min(WRITE_BATCH);
         for (slice, frame) in slices.iter_mut().zip(queue.iter()) {
             *slice = IoSlice::new(frame);
         }
@@ -490,6 +526,9 @@ fn write_out(
             written -= frame.len();
             queue.pop_front();
             *partial = false;
+            if let Some(at) = hold {
+                *at -= 1;
+            }
         }
     };
     if queue.is_empty() && queue.capacity() > 0 {
@@ -609,6 +648,39 @@ mod tests {
             m.reply("three");
             m.queue_raw(&[0x89, 0]);
             let mut wire = Vec::new();
+            while m.has_queued() {
+                wire.extend(drain(&m, chunk, 1));
+            }
+            assert_eq!(wire, expected, "socket taking {chunk} bytes per write");
+        }
+    }
+
+    /// A late answer goes out before what was pushed after it (a joined room's events wait for
+    /// the `room` reply), and after what was pushed before it, whatever the socket takes.
+    #[test]
+    fn frames_pushed_after_a_late_answer_wait_for_its_reply() {
+        let expected: Vec<u8> = ["before", "reply", "after", "later"]
+            .iter()
+            .flat_map(|p| Frame::text(p).0.to_vec())
+            .collect();
+        for chunk in [1, 5, 100_000] {
+            let m = mailbox(8);
+            m.push(&Frame::text("before"), Class::Chat);
+            assert!(m.push_control(Box::new(())));
+            m.push(&Frame::text("after"), Class::Chat);
+            let mut wire = Vec::new();
+            for _ in 0..100 {
+                wire.extend(drain(&m, chunk, 1));
+            }
+            assert_eq!(
+                wire,
+                Frame::text("before").0.to_vec(),
+                "held while the answer waits"
+            );
+            assert_eq!(m.take_controls().len(), 1);
+            m.push(&Frame::text("later"), Class::Chat);
+            m.reply("reply");
+            m.release();
             while m.has_queued() {
                 wire.extend(drain(&m, chunk, 1));
             }

@@ -350,6 +350,8 @@ impl<H: Handler> Connection<H> {
             return Err(End::Close(CloseReason::SlowConsumer));
         }
         if signals.controls {
+            // Frames are held behind the answers taken here until `write_pending` queues them.
+            self.flush_due = true;
             step(self.handler.on_controls(&mut self.out))?;
         }
         match signals.kicked {
@@ -428,6 +430,8 @@ impl<H: Handler> Connection<H> {
         for frame in self.out.drain(..) {
             mailbox.reply(&frame);
         }
+        // What late answers produced is queued: what was held behind them may follow.
+        mailbox.release();
         if mailbox.flusher_writes() {
             return Ok(());
         }
