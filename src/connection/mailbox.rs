@@ -215,15 +215,26 @@ impl Mailbox {
         if state.overflowed {
             return Pushed::Overflow;
         }
-        let len = state.queue.len();
-        let bytes = state.bytes + frame.0.len();
+        let mut len = state.queue.len();
+        let mut bytes = state.bytes + frame.0.len();
+        let mut wake_task = false;
+        let soft = matches!(class, Class::Presence | Class::Typing);
+        let (cap, max) = if soft {
+            (self.capacity / 2, self.max_bytes / 2)
+        } else {
+            (self.capacity, self.max_bytes)
+        };
+        if (len >= cap || bytes > max) && state.flusher().is_some() {
+            // The flusher has not reached this socket yet: write what waits now, so that only a
+            // client whose socket stops taking bytes is a slow consumer, never one the flusher
+            // was merely late for.
+            wake_task = self.write_direct(&mut state);
+            len = state.queue.len();
+            bytes = state.bytes + frame.0.len();
+        }
         let pushed = match class {
-            Class::Presence | Class::Typing
-                if len >= self.capacity / 2 || bytes > self.max_bytes / 2 =>
-            {
-                Pushed::Dropped
-            }
-            _ if len >= self.capacity || bytes > self.max_bytes => {
+            _ if soft && (len >= cap || bytes > max) => Pushed::Dropped,
+            _ if len >= cap || bytes > max => {
                 state.overflowed = true;
                 // Free the memory now: the client is going to be disconnected anyway.
                 discard(&mut state);
@@ -235,14 +246,13 @@ impl Mailbox {
                 Pushed::Queued
             }
         };
-        let mut wake_task = pushed == Pushed::Overflow;
+        wake_task |= pushed == Pushed::Overflow;
         if pushed == Pushed::Queued && !state.blocked {
             match &state.direct {
                 Some(direct) if !state.dirty => {
                     // Lock order: mailbox, then the flusher's list (the flusher never holds both).
                     direct.flusher.mark(self.clone());
                     state.dirty = true;
-                    return pushed;
                 }
                 Some(_) => {}
                 None => wake_task = len == 0,
@@ -338,22 +348,28 @@ impl Mailbox {
     /// the connection task; a failed one is reported to it.
     fn flush_direct(&self) {
         let mut guard = self.lock();
-        let state = &mut *guard;
-        state.dirty = false;
+        guard.dirty = false;
+        if self.write_direct(&mut guard) {
+            drop(guard);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Writes what is queued straight to a direct socket that has taken everything so far; true
+    /// if the connection task must now take over (the socket is full, or gone).
+    fn write_direct(&self, state: &mut State) -> bool {
         if state.blocked || state.failed {
-            return;
+            return false;
         }
         let Some(direct) = state.direct.as_ref().map(|d| d.tcp.clone()) else {
-            return;
+            return false;
         };
-        let result = write_out(state, &self.sent, &mut |s| write_plain(&direct, s));
-        match result {
-            Ok(()) => return,
+        match write_out(state, &self.sent, &mut |s| write_plain(&direct, s)) {
+            Ok(()) => return false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => state.blocked = true,
             Err(_) => state.failed = true,
         }
-        drop(guard);
-        self.notify.notify_one();
+        true
     }
 
     /// Takes what the connection task must act on.
