@@ -58,8 +58,11 @@ pub enum Pushed {
     Closed,
 }
 
-/// Mailboxes the flusher writes before it lets other tasks run.
-const YIELD_EVERY: usize = 128;
+/// Mailboxes the flusher writes before it lets other tasks run. Small: a message read while a
+/// round goes on reaches the mailboxes not yet written in this round instead of waiting for the
+/// next, which cuts the saturated tail and lets later writes carry more frames (4 beat 2, 8, 16,
+/// 32 and 128 in alternating A/B runs; see BENCHMARKS.md).
+const YIELD_EVERY: usize = 4;
 
 /// Frames written per vectored write.
 const WRITE_BATCH: usize = 64;
@@ -588,7 +591,7 @@ impl Flusher {
                 mailbox.flush_direct();
                 if i % YIELD_EVERY == YIELD_EVERY - 1 {
                     // Let the runtime read sockets meanwhile: new messages join the queues not
-                    // yet written, and publishers are not held up behind a long round.
+                    // yet written, and publishers are not held up behind a round.
                     tokio::task::yield_now().await;
                 }
             }
