@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use chatd::client::tls::{ClientTrust, client_config};
 use chatd::client::{
@@ -84,57 +83,7 @@ enum Command {
     /// Load generator: N clients, S senders, M messages each; reports connect rate, deliveries/s,
     /// end-to-end latency and loss (exit 1 on loss). With --raw it speaks plain text frames to any
     /// broadcast WebSocket server, so other servers can be measured with the same tool.
-    Bench(BenchArgs),
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct BenchArgs {
-    /// Connections.
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
-    /// How many of the clients send.
-    #[arg(long, default_value_t = 10)]
-    senders: usize,
-    /// Messages per sender.
-    #[arg(long, default_value_t = 1000)]
-    messages: usize,
-    /// Message size in bytes.
-    #[arg(long, default_value_t = 100)]
-    size: usize,
-    /// Send at this rate per sender (messages/s) instead of waiting for deliveries.
-    #[arg(long, conflicts_with = "inflight")]
-    rate: Option<f64>,
-    /// Messages each sender keeps in flight (see --credit).
-    #[arg(long, default_value_t = 1)]
-    inflight: usize,
-    /// A message stops counting as in flight once every receiver has it, or once acknowledged.
-    #[arg(long, value_enum, default_value = "delivered")]
-    credit: bench::Credit,
-    /// Rooms the clients are spread over.
-    #[arg(long, default_value_t = 1)]
-    rooms: usize,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 120.0)]
-    duration: f64,
-    /// Plain text frames (any broadcast server) instead of the chatd protocol.
-    #[arg(long)]
-    raw: bool,
-    /// With --raw, send a name line first (what chatd's plain-text sessions expect).
-    #[arg(long, requires = "raw")]
-    name_line: bool,
-    /// Server process id: report its RSS (idle and per connection) and CPU.
-    #[arg(long)]
-    pid: Option<u32>,
-    /// Runtime threads for the load generator (1 = single-threaded).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Keep going until the server closes every connection (shutdown under load): report close
-    /// codes and whether every acknowledged message reached every member. Exit 1 otherwise.
-    #[arg(long, conflicts_with = "raw")]
-    until_close: bool,
-    /// During the send phase, print deliveries, p99 and server RSS/fds every this many seconds.
-    #[arg(long, value_name = "SECS")]
-    report_every: Option<f64>,
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -251,29 +200,8 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, (String, u8)> {
     })
 }
 
-async fn run_bench(ep: &Endpoint, a: BenchArgs, json: bool) -> u8 {
-    let opts = bench::BenchOptions {
-        url: ep.url.clone(),
-        tls: ep.tls.clone(),
-        clients: a.clients,
-        senders: a.senders,
-        messages: a.messages,
-        size: a.size,
-        rate: a.rate,
-        inflight: a.inflight,
-        credit: a.credit,
-        rooms: a.rooms,
-        raw: a.raw,
-        name_line: a.name_line,
-        pid: a.pid,
-        timeout: Duration::from_secs_f64(a.duration),
-        connect_concurrency: 64,
-        until_close: a.until_close,
-        report_every: a
-            .report_every
-            .filter(|s| *s > 0.0)
-            .map(Duration::from_secs_f64),
-    };
+async fn run_bench(ep: &Endpoint, a: bench::BenchArgs, json: bool) -> u8 {
+    let opts = a.options(&ep.url, ep.tls.clone());
     match bench::run(opts).await {
         Ok(report) => {
             if json {

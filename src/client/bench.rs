@@ -26,8 +26,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Server URL.
-    pub url: String,
+    /// Server URLs: client `i` connects to `urls[i % urls.len()]` (the nodes of one service).
+    pub urls: Vec<String>,
     /// TLS client configuration for `wss://` URLs.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections.
@@ -51,6 +51,8 @@ pub struct BenchOptions {
     /// With `raw`, send a name line first (chatd's plain-text sessions need one; other broadcast
     /// servers would relay it to everyone).
     pub name_line: bool,
+    /// With `raw`: speak Socket.IO 4 (Engine.IO over WebSocket), events `42["m", text]`.
+    pub socketio: bool,
     /// Server process to sample RSS and CPU from.
     pub pid: Option<u32>,
     /// Give up after this long.
@@ -62,6 +64,96 @@ pub struct BenchOptions {
     pub until_close: bool,
     /// Print a line (and keep a record) every this often during the send phase.
     pub report_every: Option<Duration>,
+}
+
+/// `chatctl bench`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// How many of the clients send.
+    #[arg(long, default_value_t = 10)]
+    pub senders: usize,
+    /// Messages per sender.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Send at this rate per sender (messages/s) instead of waiting for deliveries.
+    #[arg(long, conflicts_with = "inflight")]
+    pub rate: Option<f64>,
+    /// Messages each sender keeps in flight (see --credit).
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// A message stops counting as in flight once every receiver has it, or once acknowledged.
+    #[arg(long, value_enum, default_value = "delivered")]
+    pub credit: Credit,
+    /// Rooms the clients are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub duration: f64,
+    /// Plain text frames (any broadcast server) instead of the chatd protocol.
+    #[arg(long)]
+    pub raw: bool,
+    /// With --raw, send a name line first (what chatd's plain-text sessions expect).
+    #[arg(long, requires = "raw")]
+    pub name_line: bool,
+    /// Speak Socket.IO 4 (Engine.IO over WebSocket, event `m`) instead: raw mode for the
+    /// Socket.IO peer (`../shared/peers/socketio-redis`).
+    #[arg(long, conflicts_with_all = ["raw", "until_close"])]
+    pub socketio: bool,
+    /// Another URL of the same service (a second node): clients are spread round-robin over
+    /// --url and every --node.
+    #[arg(long = "node", value_name = "URL")]
+    pub nodes: Vec<String>,
+    /// Server process id: report its RSS (idle and per connection) and CPU.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Runtime threads for the load generator (1 = single-threaded).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keep going until the server closes every connection (shutdown under load): report close
+    /// codes and whether every acknowledged message reached every member. Exit 1 otherwise.
+    #[arg(long, conflicts_with = "raw")]
+    pub until_close: bool,
+    /// During the send phase, print deliveries, p99 and server RSS/fds every this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub report_every: Option<f64>,
+}
+
+impl BenchArgs {
+    /// What to run against `url` (and the `--node`s).
+    pub fn options(self, url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> BenchOptions {
+        let mut urls = vec![url.to_string()];
+        urls.extend(self.nodes);
+        BenchOptions {
+            urls,
+            tls,
+            clients: self.clients,
+            senders: self.senders,
+            messages: self.messages,
+            size: self.size,
+            rate: self.rate,
+            inflight: self.inflight,
+            credit: self.credit,
+            rooms: self.rooms,
+            raw: self.raw || self.socketio,
+            name_line: self.name_line,
+            socketio: self.socketio,
+            pid: self.pid,
+            timeout: Duration::from_secs_f64(self.duration),
+            connect_concurrency: 64,
+            until_close: self.until_close,
+            report_every: self
+                .report_every
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64),
+        }
+    }
 }
 
 /// When a sender's message stops counting against `inflight`.
@@ -439,33 +531,44 @@ async fn client(
     let name = format!("b{i}");
     let mut ws = {
         let _permit = gate.acquire().await?;
-        let mut ws = connect(&opts.url, opts.tls.clone()).await?;
-        if run.raw {
-            if opts.name_line {
-                ws.send(Message::text(name.clone())).await?;
-            }
+        let url = &opts.urls[i % opts.urls.len()];
+        if opts.socketio {
+            let url = format!(
+                "{}/socket.io/?EIO=4&transport=websocket",
+                url.trim_end_matches('/')
+            );
+            let mut ws = connect(&url, opts.tls.clone()).await?;
+            socketio_join(&mut ws).await?;
+            ws
         } else {
-            ws.send(Message::text(hello_frame(&name, &room))).await?;
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
-                        // A server at its room limits lands a hello in its default room instead.
-                        anyhow::ensure!(
-                            t.contains(&format!(r#""room":"{room}""#)),
-                            "client {i} was not let into #{room} (the server's room limits?)"
-                        );
-                        break;
+            let mut ws = connect(url, opts.tls.clone()).await?;
+            if run.raw {
+                if opts.name_line {
+                    ws.send(Message::text(name.clone())).await?;
+                }
+            } else {
+                ws.send(Message::text(hello_frame(&name, &room))).await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
+                            // A server at its room limits lands a hello in its default room instead.
+                            anyhow::ensure!(
+                                t.contains(&format!(r#""room":"{room}""#)),
+                                "client {i} was not let into #{room} (the server's room limits?)"
+                            );
+                            break;
+                        }
+                        Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
+                            anyhow::bail!("hello refused: {t}")
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => anyhow::bail!("closed during hello"),
                     }
-                    Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
-                        anyhow::bail!("hello refused: {t}")
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => anyhow::bail!("closed during hello"),
                 }
             }
+            ws
         }
-        ws
     };
     if run.connected.fetch_add(1, Ordering::AcqRel) + 1 == opts.clients {
         all_connected.notify_one();
@@ -510,7 +613,9 @@ async fn client(
                 run.start.elapsed().as_micros() as u64,
                 opts.size,
             );
-            let frame = if run.raw {
+            let frame = if opts.socketio {
+                socketio_event(&text)
+            } else if run.raw {
                 text
             } else {
                 say_frame(&room, &text)
@@ -550,6 +655,10 @@ async fn client(
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
+                if opts.socketio && text == SOCKETIO_PING {
+                    ws.send(Message::text(SOCKETIO_PONG)).await?;
+                    continue;
+                }
                 if !run.raw && sender.is_some() && text.starts_with(r#"{"type":"ack""#) {
                     run.acks[sender.unwrap_or_default()].fetch_add(1, Ordering::AcqRel);
                     continue;
@@ -682,6 +791,36 @@ fn payload(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
         s.push('x');
     }
     s
+}
+
+/// Engine.IO's ping (the server's heartbeat) and the pong it wants back within its timeout.
+const SOCKETIO_PING: &str = "2";
+const SOCKETIO_PONG: &str = "3";
+
+/// Joins Socket.IO's default namespace (`40`) and waits until the server confirms it (`40{…}`),
+/// after its Engine.IO `open` packet (`0{…}`): from then on the socket gets the room's events.
+async fn socketio_join(ws: &mut Ws) -> anyhow::Result<()> {
+    ws.send(Message::text("40")).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with("40") => return Ok(()),
+            Some(Ok(Message::Text(t))) if t.starts_with("44") => {
+                anyhow::bail!("Socket.IO refused the connection: {t}")
+            }
+            Some(Ok(Message::Text(t))) if t == SOCKETIO_PING => {
+                ws.send(Message::text(SOCKETIO_PONG)).await?
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed while joining Socket.IO's namespace"),
+        }
+    }
+}
+
+/// A Socket.IO event `m` carrying `text` (the payload needs no JSON escaping: `~`, digits, `:`,
+/// `x`).
+fn socketio_event(text: &str) -> String {
+    format!(r#"42["m","{text}"]"#)
 }
 
 /// Finds the payload header anywhere in a frame (JSON, a plain `name: text` line, or raw).

@@ -2,7 +2,14 @@
 //! reconnect, and the interactive terminal (driven through tmux).
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::Request;
 
 use serde_json::json;
 
@@ -683,5 +690,107 @@ fn version_and_token_file() {
     assert!(
         err.starts_with("error: --token-file /nonexistent/token:"),
         "{err}"
+    );
+}
+
+/// What two Socket.IO nodes on one Redis look like to their clients, faked: Engine.IO's `open`
+/// packet, a ping the client must answer, the namespace join (`40`), and every `42` event relayed
+/// to every other client of either node.
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback returns its own error type
+async fn fake_socketio_nodes() -> (Vec<String>, Arc<[AtomicUsize; 2]>, Arc<AtomicUsize>) {
+    type Peers = Arc<Mutex<Vec<(usize, mpsc::Sender<String>)>>>;
+    let peers: Peers = Arc::default();
+    let joined: Arc<[AtomicUsize; 2]> = Arc::default();
+    let pongs = Arc::new(AtomicUsize::new(0));
+    let mut urls = Vec::new();
+    let next_id = Arc::new(AtomicUsize::new(0));
+    for node in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("ws://{}/", listener.local_addr().unwrap()));
+        let (peers, joined, pongs, next_id) = (
+            peers.clone(),
+            joined.clone(),
+            pongs.clone(),
+            next_id.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (peers, joined, pongs) = (peers.clone(), joined.clone(), pongs.clone());
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut path = String::new();
+                    let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, res| {
+                        path = req.uri().to_string();
+                        Ok(res)
+                    })
+                    .await
+                    .unwrap();
+                    assert_eq!(path, "/socket.io/?EIO=4&transport=websocket");
+                    ws.send(Message::text(r#"0{"sid":"s","pingInterval":25000}"#))
+                        .await
+                        .unwrap();
+                    ws.send(Message::text("2")).await.unwrap();
+                    let (tx, mut rx) = mpsc::channel::<String>(100_000);
+                    loop {
+                        tokio::select! {
+                            frame = ws.next() => {
+                                let Some(Ok(Message::Text(t))) = frame else { return };
+                                match t.as_str() {
+                                    "3" => { pongs.fetch_add(1, Ordering::Relaxed); }
+                                    "40" => {
+                                        peers.lock().unwrap().push((id, tx.clone()));
+                                        joined[node].fetch_add(1, Ordering::Relaxed);
+                                        ws.send(Message::text(r#"40{"sid":"n"}"#)).await.unwrap();
+                                    }
+                                    event if event.starts_with("42") => {
+                                        for (other, to) in peers.lock().unwrap().iter() {
+                                            if *other != id {
+                                                to.try_send(event.to_string()).unwrap();
+                                            }
+                                        }
+                                    }
+                                    other => panic!("unexpected frame {other:?}"),
+                                }
+                            }
+                            Some(event) = rx.recv() => {
+                                if ws.send(Message::text(event)).await.is_err() { return }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    (urls, joined, pongs)
+}
+
+/// `--socketio` speaks Socket.IO to the Socket.IO peer, and `--node` spreads the clients
+/// round-robin over the nodes of one service.
+#[tokio::test]
+async fn bench_speaks_socketio_and_spreads_clients_over_nodes() {
+    let (urls, joined, pongs) = fake_socketio_nodes().await;
+    let mut cmd = chatctl_command();
+    cmd.args(["--url", &urls[0], "bench", "--socketio", "--node", &urls[1]])
+        .args(["--clients", "6", "--senders", "2", "--messages", "25"])
+        .args(["--json", "--duration", "20"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["expected"], 2 * 5 * 25, "{report}");
+    assert_eq!(report["received"], 2 * 5 * 25, "{report}");
+    assert_eq!(report["out_of_order"], 0);
+    let per_node: Vec<usize> = joined.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    assert_eq!(per_node, [3, 3], "clients spread over both nodes");
+    assert_eq!(
+        pongs.load(Ordering::Relaxed),
+        6,
+        "every client answered Engine.IO's ping"
     );
 }
