@@ -204,11 +204,13 @@ async fn run_bench(ep: &Endpoint, a: bench::BenchArgs, json: bool) -> u8 {
     let opts = a.options(&ep.url, ep.tls.clone());
     match bench::run(opts).await {
         Ok(report) => {
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            // A reader that went away (`| head`) is not a reason to panic.
+            let out = if json {
+                serde_json::to_string(&report).unwrap_or_default() + "\n"
             } else {
-                print!("{}", report.summary());
-            }
+                report.summary()
+            };
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
             match report.failure() {
                 Some(failure) => {
                     eprintln!("error: {failure}");

@@ -385,6 +385,25 @@ fn bench_runs_a_tiny_case_without_loss() {
     );
 }
 
+/// `chatctl bench … | head -c0`: the report's reader is gone before it is written; that is not a
+/// panic, and the exit code still says how the run went.
+#[test]
+fn bench_report_to_a_closed_pipe_exits_cleanly() {
+    let d = Daemon::start(&[], &[("CHATD_LIMITS__RATE_PER_SEC", "0")]);
+    let mut child = chatctl_command()
+        .args(["--url", &format!("ws://{}", d.addr), "bench"])
+        .args(["--clients", "3", "--senders", "1", "--messages", "5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// `seq 1 30 | chatctl connect pastebot` used to be cut off (rate limit, close 1008) with lines
 /// lost. Paced under the advertised rate, every line goes out, in order, and exits 0.
 #[test]
