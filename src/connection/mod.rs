@@ -108,6 +108,11 @@ pub(crate) trait Handler {
     fn on_ping(&mut self) -> Flow;
     /// Control entries arrived in the mailbox (late answers).
     fn on_controls(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow;
+    /// Whether answered requests still wait behind an earlier unanswered one: frames pushed since
+    /// their answers arrived stay held until their replies are queued.
+    fn replies_waiting(&self) -> bool {
+        false
+    }
     /// When [`Handler::on_timer`] is next due.
     fn next_deadline(&self) -> Option<Instant>;
     /// A deadline passed.
@@ -431,7 +436,9 @@ impl<H: Handler> Connection<H> {
             mailbox.reply(&frame);
         }
         // What late answers produced is queued: what was held behind them may follow.
-        mailbox.release();
+        if !self.handler.replies_waiting() {
+            mailbox.release();
+        }
         if mailbox.flusher_writes() {
             return Ok(());
         }

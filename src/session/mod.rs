@@ -988,6 +988,10 @@ impl Handler for Session {
         self.flow()
     }
 
+    fn replies_waiting(&self) -> bool {
+        self.in_flight.iter().any(|f| f.reply.is_some())
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         self.typing.next_expiry()
     }
