@@ -531,44 +531,7 @@ async fn client(
     let name = format!("b{i}");
     let mut ws = {
         let _permit = gate.acquire().await?;
-        let url = &opts.urls[i % opts.urls.len()];
-        if opts.socketio {
-            let url = format!(
-                "{}/socket.io/?EIO=4&transport=websocket",
-                url.trim_end_matches('/')
-            );
-            let mut ws = connect(&url, opts.tls.clone()).await?;
-            socketio_join(&mut ws).await?;
-            ws
-        } else {
-            let mut ws = connect(url, opts.tls.clone()).await?;
-            if run.raw {
-                if opts.name_line {
-                    ws.send(Message::text(name.clone())).await?;
-                }
-            } else {
-                ws.send(Message::text(hello_frame(&name, &room))).await?;
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
-                            // A server at its room limits lands a hello in its default room instead.
-                            anyhow::ensure!(
-                                t.contains(&format!(r#""room":"{room}""#)),
-                                "client {i} was not let into #{room} (the server's room limits?)"
-                            );
-                            break;
-                        }
-                        Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
-                            anyhow::bail!("hello refused: {t}")
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(e.into()),
-                        None => anyhow::bail!("closed during hello"),
-                    }
-                }
-            }
-            ws
-        }
+        open(i, &opts, &name, &room).await?
     };
     if run.connected.fetch_add(1, Ordering::AcqRel) + 1 == opts.clients {
         all_connected.notify_one();
@@ -791,6 +754,47 @@ fn payload(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
         s.push('x');
     }
     s
+}
+
+/// Client `i`'s connection, ready to chat: on its node, with hello answered (chatd), the name line
+/// sent (`name_line`) or Socket.IO's namespace joined.
+async fn open(i: usize, opts: &BenchOptions, name: &str, room: &str) -> anyhow::Result<Ws> {
+    let url = &opts.urls[i % opts.urls.len()];
+    if opts.socketio {
+        let url = format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            url.trim_end_matches('/')
+        );
+        let mut ws = connect(&url, opts.tls.clone()).await?;
+        socketio_join(&mut ws).await?;
+        return Ok(ws);
+    }
+    let mut ws = connect(url, opts.tls.clone()).await?;
+    if opts.raw {
+        if opts.name_line {
+            ws.send(Message::text(name)).await?;
+        }
+        return Ok(ws);
+    }
+    ws.send(Message::text(hello_frame(name, room))).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
+                // A server at its room limits lands a hello in its default room instead.
+                anyhow::ensure!(
+                    t.contains(&format!(r#""room":"{room}""#)),
+                    "client {i} was not let into #{room} (the server's room limits?)"
+                );
+                return Ok(ws);
+            }
+            Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
+                anyhow::bail!("hello refused: {t}")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed during hello"),
+        }
+    }
 }
 
 /// Engine.IO's ping (the server's heartbeat) and the pong it wants back within its timeout.

@@ -310,10 +310,17 @@ impl Mailbox {
             }
             None => state.queue.push_back(frame),
         }
-        if to_flusher
-            && !state.dirty
+        if to_flusher {
+            self.mark_for_flusher(&mut state);
+        }
+    }
+
+    /// Registers the queue with the flusher if the flusher writes it and it is not registered yet.
+    fn mark_for_flusher(self: &Arc<Self>, state: &mut State) {
+        if !state.dirty
             && let Some(flusher) = state.flusher()
         {
+            // Lock order: mailbox, then the flusher's list (the flusher never holds both).
             flusher.mark(self.clone());
             state.dirty = true;
         }
@@ -430,12 +437,8 @@ impl Mailbox {
             return;
         }
         state.hold = None;
-        if !state.queue.is_empty()
-            && !state.dirty
-            && let Some(flusher) = state.flusher()
-        {
-            flusher.mark(self.clone());
-            state.dirty = true;
+        if !state.queue.is_empty() {
+            self.mark_for_flusher(&mut state);
         }
     }
 

@@ -127,7 +127,8 @@ struct RoomState {
     history_bytes: usize,
     /// The room's seq numbering: changes only when it restarts (a new room, or a reset store).
     epoch: Arc<str>,
-    /// Joins and leaves not yet announced (see `batching`); the room is in `presence_due`.
+    /// Joins and leaves not yet announced (see `LocalBroker::batch`); the room is in
+    /// `presence_due`.
     batch: Option<Box<PresenceBatch>>,
 }
 
@@ -599,18 +600,17 @@ impl LocalBroker {
             dir.forget_if_unused(room, self);
             return true;
         }
-        match self.batch(room, &mut state) {
-            Some(batch) if matches!(how, ServerMsg::Left { .. }) => {
-                batch.leave(&me.name, self.limits.users_per_page);
-            }
-            batch => {
-                // A kick is told at once; a join still batched is taken back.
-                if let Some(batch) = batch {
-                    batch.take_back(&me.name);
-                }
-                self.delivery.deliver(&state.members, how, class, None);
-            }
+        if matches!(how, ServerMsg::Left { .. })
+            && let Some(batch) = self.batch(room, &mut state)
+        {
+            batch.leave(&me.name, self.limits.users_per_page);
+            return true;
         }
+        // A kick is told at once; a join still batched is taken back.
+        if let Some(batch) = &mut state.batch {
+            batch.take_back(&me.name);
+        }
+        self.delivery.deliver(&state.members, how, class, None);
         true
     }
 
