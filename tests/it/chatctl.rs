@@ -354,21 +354,12 @@ fn bench_runs_a_tiny_case_without_loss() {
             .args(mode)
             .output()
             .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{mode:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let expected = if mode.contains(&"--rooms") {
             2 * 2 * 25
         } else {
             2 * 5 * 25
         };
-        assert_eq!(report["expected"], expected, "{mode:?}: {report}");
-        assert_eq!(report["received"], expected, "{mode:?}: {report}");
-        assert_eq!(report["out_of_order"], 0);
+        let report = bench_without_loss(&out, expected, &format!("{mode:?}"));
         assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
     }
     // Raw servers send no acks: pacing on them is refused in words, not left to hang.
@@ -402,6 +393,18 @@ fn bench_report_to_a_closed_pipe_exits_cleanly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A `chatctl bench --json` run that exited 0 having delivered all `expected` messages, in order;
+/// its report.
+fn bench_without_loss(out: &std::process::Output, expected: u64, what: &str) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["expected"], expected, "{what}: {report}");
+    assert_eq!(report["received"], expected, "{what}: {report}");
+    assert_eq!(report["out_of_order"], 0, "{what}: {report}");
+    report
 }
 
 /// `seq 1 30 | chatctl connect pastebot` used to be cut off (rate limit, close 1008) with lines
@@ -795,16 +798,7 @@ async fn bench_speaks_socketio_and_spreads_clients_over_nodes() {
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["expected"], 2 * 5 * 25, "{report}");
-    assert_eq!(report["received"], 2 * 5 * 25, "{report}");
-    assert_eq!(report["out_of_order"], 0);
+    bench_without_loss(&out, 2 * 5 * 25, "socketio");
     let per_node: Vec<usize> = joined.iter().map(|n| n.load(Ordering::Relaxed)).collect();
     assert_eq!(per_node, [3, 3], "clients spread over both nodes");
     assert_eq!(
