@@ -79,6 +79,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Diagnostic endpoints (off by default).
     pub diagnostics: DiagnosticsConfig,
+    /// Several nodes acting as one chat over Redis (off by default).
+    pub cluster: ClusterConfig,
 }
 
 /// `[web]`: the chat page served at `/` on the chat port.
@@ -128,6 +130,43 @@ impl Default for StorageConfig {
             max_db_bytes: 0,
             queue_bytes: 32 << 20,
             prune_interval_secs: 60.0,
+        }
+    }
+}
+
+/// `[cluster]`: several chatd nodes sharing names, rooms and history through Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`; empty runs a single node (names, rooms and history in this process).
+    pub redis_url: String,
+    /// This node's name in Redis; empty: hostname, pid and a random suffix (logged at start).
+    pub node_id: String,
+    /// Seconds a name claim lives unless its node refreshes it.
+    pub name_ttl_secs: u64,
+    /// Seconds a node's presence lives unless it refreshes it; its members are reaped after.
+    pub presence_ttl_secs: u64,
+    /// Seconds between refreshes of this node's claims and presence.
+    pub heartbeat_secs: u64,
+    /// Deadline of every Redis call, in milliseconds; past it the request gets `unavailable`.
+    pub op_timeout_ms: u64,
+    /// Messages per room kept in Redis (history, and the gaps a node can repair).
+    pub history_size: usize,
+    /// Prefix of every Redis key and channel, so that several chats can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: String::new(),
+            name_ttl_secs: 30,
+            presence_ttl_secs: 30,
+            heartbeat_secs: 10,
+            op_timeout_ms: 1000,
+            history_size: 10_000,
+            key_prefix: "chatd".into(),
         }
     }
 }
@@ -796,6 +835,36 @@ impl Config {
         }
         if log.keep_files == 0 {
             return Err(invalid("log.keep_files", "must be at least 1"));
+        }
+        let c = &self.cluster;
+        let url = &c.redis_url;
+        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("unix://")) {
+            return Err(invalid(
+                "cluster.redis_url",
+                "must start with redis:// or unix:// (or be empty for a single node)",
+            ));
+        }
+        if c.heartbeat_secs == 0 || c.heartbeat_secs * 2 > c.name_ttl_secs.min(c.presence_ttl_secs)
+        {
+            return Err(invalid(
+                "cluster.heartbeat_secs",
+                "must be at least 1 and at most half of name_ttl_secs and presence_ttl_secs",
+            ));
+        }
+        if !(1..=60_000).contains(&c.op_timeout_ms) {
+            return Err(invalid(
+                "cluster.op_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if c.history_size == 0 {
+            return Err(invalid("cluster.history_size", "must be at least 1"));
+        }
+        if c.key_prefix.is_empty() || c.key_prefix.contains(|ch: char| ch.is_whitespace()) {
+            return Err(invalid(
+                "cluster.key_prefix",
+                "must be a word without spaces (it starts every Redis key)",
+            ));
         }
         Ok(())
     }

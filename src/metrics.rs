@@ -3,8 +3,8 @@
 //! several servers in one process never mix their counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The server's metrics.
@@ -63,6 +63,18 @@ pub struct Metrics {
     pub search_unindexed: IntGauge,
     /// Time to handle one received frame.
     pub handling_seconds: Histogram,
+    /// Cluster: 1 while this node reaches Redis (always 0 on a single node).
+    pub redis_up: IntGauge,
+    /// Cluster: Redis round trips by operation.
+    pub redis_op_seconds: HistogramVec,
+    /// Cluster: time from a node's publish to this node's receipt.
+    pub pubsub_lag_seconds: Histogram,
+    /// Cluster: room messages pub/sub lost and this node filled in from the room's stream.
+    pub gaps_repaired: IntCounter,
+    /// Cluster: `resync` events sent (messages lost beyond what the stream holds, or a new epoch).
+    pub resyncs: IntCounter,
+    /// Cluster: members of dead nodes this node removed (each announced once).
+    pub ghosts_reaped: IntCounter,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
     received_by_type: Vec<(&'static str, IntCounter)>,
 }
@@ -221,6 +233,46 @@ impl Metrics {
                     0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                     0.005, 0.01, 0.05,
                 ],
+            ),
+            redis_up: gauge(
+                "chatd_redis_up",
+                "1 while this cluster node reaches Redis; 0 when it does not, or on a single node.",
+            ),
+            redis_op_seconds: {
+                let m = HistogramVec::new(
+                    HistogramOpts::new(
+                        "chatd_redis_op_seconds",
+                        "Redis round trips of a cluster node, by operation.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
+                    ]),
+                    &["op"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            },
+            pubsub_lag_seconds: histogram(
+                "chatd_pubsub_lag_seconds",
+                "Time from a cluster node's publish to this node's receipt (clocks of both nodes).",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ],
+            ),
+            gaps_repaired: counter(
+                "chatd_gaps_repaired_total",
+                "Room messages pub/sub lost that this node filled in from the room's stream.",
+            ),
+            resyncs: counter(
+                "chatd_resyncs_total",
+                "resync events sent: messages lost beyond the stream, or Redis restarted empty.",
+            ),
+            ghosts_reaped: counter(
+                "chatd_ghosts_reaped_total",
+                "Members of unresponsive nodes this node removed from rooms (each announced once).",
             ),
             received_by_type: Vec::new(),
             registry,

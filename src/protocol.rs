@@ -831,6 +831,12 @@ pub enum ServerMsg<'a> {
         from: Cow<'a, str>,
         text: Cow<'a, str>,
     },
+    /// Messages in `room` may have been lost (a cluster's Redis restarted or dropped them): what
+    /// the client shows is no longer contiguous. Reload recent history; numbering is now `epoch`.
+    Resync {
+        room: Cow<'a, str>,
+        epoch: Cow<'a, str>,
+    },
 }
 
 impl ServerMsg<'_> {
@@ -1052,6 +1058,9 @@ pub mod plain {
             } => format!("* {name} was kicked by {by} ({})", l(reason)).into(),
             ServerMsg::Notice { from, text } => notice(from, text),
             ServerMsg::Renamed { from, to } => format!("* {from} is now known as {to}").into(),
+            ServerMsg::Resync { room, .. } => {
+                format!("* some messages in #{room} may have been lost").into()
+            }
             _ => return None,
         })
     }

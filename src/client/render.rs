@@ -377,6 +377,13 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             Some(from),
             format!(" is now known as {}", sanitize(to)),
         )),
+        ServerMsg::Resync { room, .. } => one(Line::info(
+            LineKind::Notice,
+            format!(
+                "{now} #{} -!- some messages may have been lost; reloading recent history",
+                sanitize(room)
+            ),
+        )),
         ServerMsg::Notice { from, text } => one(Line::new(
             LineKind::Notice,
             format!("{now} -!- notice from "),

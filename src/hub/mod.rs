@@ -21,6 +21,7 @@
 //! [`LocalBroker`] is the single-process broker. This module knows no JSON: events are
 //! [`ServerMsg`] values, and `protocol` encodes them.
 
+mod cluster;
 mod delivery;
 mod local;
 
@@ -29,6 +30,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use crate::store::Pm;
+pub use cluster::RedisBroker;
 pub(crate) use delivery::Delivery;
 pub use local::{HubLimits, LocalBroker};
 

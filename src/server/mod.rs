@@ -89,10 +89,14 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
 impl Server {
     /// Binds the chat listener and, when configured, the admin listener (each may use port 0),
     /// with the single-process broker and, when `storage.path` is set, durable history (opened
-    /// before any port is bound).
+    /// before any port is bound); with `cluster.redis_url`, the cluster broker instead.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
         Server::bind_with(config, |config, metrics| {
-            Ok(Arc::new(LocalBroker::from_config(config, metrics)?))
+            Ok(if config.cluster.redis_url.is_empty() {
+                Arc::new(LocalBroker::from_config(config, metrics)?)
+            } else {
+                Arc::new(crate::hub::RedisBroker::from_config(config, metrics)?)
+            })
         })
         .await
     }

@@ -28,6 +28,8 @@ pub struct TestServer {
     pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<ShutdownReport>,
+    /// The Redis a `Backend::Redis` server runs on (stopped with the server).
+    pub _redis: Option<Arc<Redis>>,
 }
 
 /// Which broker a test server runs on.
@@ -37,6 +39,8 @@ pub enum Backend {
     Local,
     /// The single-process broker behind a double that answers every call late.
     Late,
+    /// The cluster broker, on a Redis of its own.
+    Redis,
 }
 
 impl Backend {
@@ -45,10 +49,16 @@ impl Backend {
         config: &Config,
         metrics: &chatd::metrics::Metrics,
     ) -> Result<Arc<dyn Broker>, chatd::ConfigError> {
+        if self == Backend::Redis {
+            return Ok(Arc::new(chatd::hub::RedisBroker::from_config(
+                config, metrics,
+            )?));
+        }
         let local = LocalBroker::from_config(config, metrics)?;
         Ok(match self {
             Backend::Local => Arc::new(local),
             Backend::Late => Arc::new(crate::broker::LateBroker::new(local)),
+            Backend::Redis => unreachable!(),
         })
     }
 }
@@ -75,7 +85,23 @@ impl TestServer {
     /// A server over the given broker.
     pub async fn with_broker(backend: Backend, edit: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
+        let redis = (backend == Backend::Redis).then(|| Arc::new(Redis::start()));
+        if let Some(redis) = &redis {
+            cluster_config(&mut config, redis);
+        }
         edit(&mut config);
+        Self::bind(config, backend, redis).await
+    }
+
+    /// A cluster node on `redis`, sharing it with the other nodes started on it.
+    pub async fn node(redis: &Arc<Redis>, edit: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        cluster_config(&mut config, redis);
+        edit(&mut config);
+        Self::bind(config, Backend::Redis, Some(redis.clone())).await
+    }
+
+    async fn bind(config: Config, backend: Backend, redis: Option<Arc<Redis>>) -> TestServer {
         config.validate().expect("test config is valid");
         let server = Server::bind_with(config, |config, metrics| backend.broker(config, metrics))
             .await
@@ -89,6 +115,7 @@ impl TestServer {
             admin,
             shutdown,
             task,
+            _redis: redis,
         }
     }
 
@@ -665,4 +692,89 @@ impl Proxy {
     pub fn cut(&self) {
         self.cut.send_modify(|g| *g += 1);
     }
+}
+
+/// Cluster settings for a node on `redis`: short lifetimes, so that tests of dead nodes finish in
+/// seconds.
+pub fn cluster_config(config: &mut Config, redis: &Redis) {
+    config.cluster.redis_url = redis.url.clone();
+    config.cluster.name_ttl_secs = 2;
+    config.cluster.presence_ttl_secs = 2;
+    config.cluster.heartbeat_secs = 1;
+    config.cluster.op_timeout_ms = 500;
+    config.limits.presence_batch_ms = 200;
+}
+
+/// A `redis-server` of a test's own, on a free loopback port, without persistence; killed (by
+/// pid) when dropped.
+pub struct Redis {
+    child: std::sync::Mutex<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Redis {
+    /// Starts one and waits until it says it accepts connections.
+    pub fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    /// Starts one on `port` (a restart after [`Redis::kill`]).
+    pub fn start_on(port: u16) -> Redis {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt install redis-server)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(WAIT)
+            .expect("redis-server did not become ready");
+        Redis {
+            child: std::sync::Mutex::new(child),
+            port,
+            url: format!("redis://127.0.0.1:{port}/"),
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits for it to exit.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs `redis-cli` against it.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -5,6 +5,7 @@ mod broker;
 mod browser;
 mod chat;
 mod chatctl;
+mod cluster;
 mod hardening;
 mod helpers;
 mod hostile;
