@@ -918,6 +918,23 @@ impl Chat {
                     }
                 }
             }
+            ServerMsg::Resync { room, epoch } => {
+                // What is on screen may have holes: number afresh, and show the recent history
+                // (after the line saying so).
+                self.seen.insert(room.to_string(), (epoch.to_string(), 0));
+                self.catching_up.remove(&**room);
+                self.outbox.push_back(Outgoing {
+                    msg: ClientMsg::History {
+                        room: Some(room.to_string()),
+                        before: None,
+                        after: None,
+                        limit: Some(20),
+                        with: None,
+                    },
+                    pending: Pending::Other,
+                    bytes: 0,
+                });
+            }
             ServerMsg::Rooms { rooms, .. } => {
                 self.known_rooms = rooms
                     .iter()

@@ -559,6 +559,19 @@
         if (!st.convs.size) noteHere(text);
         break;
       }
+      case 'resync': {
+        // The server lost messages in this room (a cluster's Redis restarted or dropped them):
+        // number afresh and show the recent history after saying so.
+        const c = st.convs.get(roomKey(m.room));
+        if (!c) break;
+        c.seqs.clear(); c.lastSeq = 0; c.epoch = m.epoch; c.catching = false;
+        note(c, 'Some messages may have been lost here; reloading recent history.', 'system error');
+        send({ type: 'history', room: c.name, limit: 50 }, (r) => {
+          if (r.type !== 'history') return;
+          for (const x of r.messages || []) showMessage(c, x, { live: false, inOrder: true });
+        });
+        break;
+      }
       case 'error': noteHere(errorText(m), 'error'); break;
       default: break;
     }

@@ -606,3 +606,90 @@ async fn a_dead_nodes_users_are_reaped_once_and_a_stopped_nodes_leave_at_once() 
     assert_eq!(a.wait_exit(Duration::from_secs(10)), Some(0));
     drop(doomed);
 }
+
+/// 9. Clients that stop reading on one node are cut off by their byte budget; the node keeps
+/// reading Redis, so its other members and the other node get every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_do_not_stall_their_node() {
+    let redis = Arc::new(Redis::start());
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        nodes.push(
+            TestServer::node(&redis, |c| {
+                c.cluster.node_id = id.into();
+                c.limits.rate_per_sec = 0.0;
+                c.limits.outbound_queue_bytes = 262_144;
+            })
+            .await,
+        );
+    }
+    let b_addr = nodes[1].addr;
+    let stalled = tokio::task::spawn_blocking(move || {
+        (0..5)
+            .map(|i| crate::hardening::stalled_client(b_addr, &format!("stall{i}")))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut alice = nodes[0].join("alice").await;
+    // bob (on the stalled clients' node) and carol (on alice's) read as they go.
+    let mut bob = nodes[1].join("bob").await;
+    let mut carol = nodes[0].join("carol").await;
+    let text = "z".repeat(60 * 1024);
+    for i in 0..150 {
+        let id = format!("m{i}");
+        alice
+            .send(json!({"type": "say", "text": text, "id": id}))
+            .await;
+        let ack = alice.find(|v| v["ref"] == id.as_str()).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        for c in [&mut bob, &mut carol] {
+            assert_eq!(message(c).await["seq"], ack["seq"]);
+        }
+    }
+    let admin = nodes[1].admin.unwrap();
+    eventually("5 cut off", Duration::from_secs(5), async || {
+        metric(
+            &get(admin, "/metrics").await.1,
+            "chatd_slow_consumer_disconnects_total",
+        ) == 5.0
+    })
+    .await;
+    drop(stalled);
+}
+
+/// 7, as a user sees it: chatctl on one node says so when Redis restarted empty, and carries on
+/// with the next message (seq 1 of the new epoch) from another node.
+#[test]
+fn chatctl_says_so_on_a_resync_and_carries_on() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let a = daemon(&redis, "a");
+    let b = daemon(&redis, "b");
+    let mut cmd = crate::helpers::chatctl_command();
+    cmd.args(["--url", &format!("ws://{}", a.addr), "connect", "watcher"]);
+    let mut watcher = crate::helpers::Proc::spawn(cmd);
+    watcher.expect_out("welcome, watcher!");
+    let mut bob = crate::helpers::SyncClient::join(b.addr, "bob");
+    watcher.expect_out("bob joined");
+    bob.send(json!({"type": "say", "text": "before", "id": "1"}));
+    bob.recv_until(|v| v["ref"] == "1");
+    watcher.expect_out("<bob> before");
+
+    redis.kill();
+    let _back = Redis::start_on(port);
+    for admin in [a.admin.unwrap(), b.admin.unwrap()] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while http(admin, "GET", "/readyz").0 != 200 {
+            assert!(std::time::Instant::now() < deadline, "never ready again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    watcher.expect_out("some messages may have been lost; reloading recent history");
+    bob.send(json!({"type": "say", "text": "after", "id": "2"}));
+    let ack = bob.recv_until(|v| v["ref"] == "2");
+    assert_eq!(ack["seq"], 1, "{ack}");
+    watcher.expect_out("<bob> after");
+    watcher.close_stdin();
+    assert_eq!(watcher.wait_exit(), Some(0));
+}

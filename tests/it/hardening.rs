@@ -223,7 +223,7 @@ fn a_reader_that_stops_is_cut_off_by_bytes_with_memory_bounded() {
 
 /// A client whose kernel receive buffer is small (64 KiB), so what it does not read stays in the
 /// server's queue rather than in 32 MB of loopback buffers.
-fn stalled_client(addr: std::net::SocketAddr, name: &str) -> SyncClient {
+pub(crate) fn stalled_client(addr: std::net::SocketAddr, name: &str) -> SyncClient {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     socket.connect(&addr.into()).unwrap();

@@ -32,7 +32,7 @@ mod scripts;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,8 +53,14 @@ use crate::protocol::{self, ChatMessage, ErrorCode, Role, ServerMsg, TypingState
 
 /// Operations one member may have waiting; past that, requests get `unavailable` at once.
 const QUEUE: usize = 64;
-/// Events one pending joiner may collect before its reply; past that it gets `resync`.
+/// Events (and bytes of them) one pending joiner may collect before its reply; past that it
+/// gets `resync` instead of the rest.
 const PENDING_MAX: usize = 1024;
+const PENDING_BYTES: usize = 1 << 20;
+/// Bytes of request text one member may have waiting in its queue.
+const QUEUE_BYTES: usize = 256 * 1024;
+/// The largest gap a node fills from a stream in one read; past it, members get `resync`.
+const FILL_MAX: u64 = 1000;
 /// Memberships and names refreshed per Redis round trip.
 const CHUNK: usize = 500;
 
@@ -129,6 +135,8 @@ struct Local {
 struct Mine {
     member: Member,
     ops: mpsc::Sender<(Member, Op)>,
+    /// Bytes of request text waiting in `ops`.
+    waiting: Arc<AtomicUsize>,
     /// The name claim this connection holds in Redis (`None` until its hello took the name).
     claim: Option<(String, String)>,
     rooms: Vec<Arc<str>>,
@@ -149,7 +157,10 @@ struct Here {
 struct Pending {
     conn: ConnId,
     events: Vec<Arc<str>>,
+    bytes: usize,
     overflowed: bool,
+    /// The join script's marker arrived (see [`Envelope::mark`]).
+    marked: bool,
 }
 
 #[derive(Debug)]
@@ -188,6 +199,10 @@ struct Envelope<'a> {
     /// A marker a node sends itself: everything published before it has been delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fence: Option<u64>,
+    /// A join script ran for `to` in `rooms[0]`: what its pending entry holds so far happened
+    /// before, and the join's reply already reflects it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mark: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -207,6 +222,7 @@ impl<'a> Envelope<'a> {
             kick: None,
             e: Some(e),
             fence: None,
+            mark: false,
         }
     }
 
@@ -277,6 +293,17 @@ impl Op {
             | Nick(t, ..)
             | Announce(t, ..) => Some(*t),
             Kicked(..) | Disconnect(..) => None,
+        }
+    }
+
+    /// What the operation holds in memory while it waits, roughly: its text.
+    fn cost(&self) -> usize {
+        use Op::*;
+        64 + match self {
+            Say(_, _, text, _) | Pm(_, _, text, _) | Announce(_, text) => text.len(),
+            Kick(_, name, reason) => name.len() + reason.len(),
+            Disconnect(rooms) => rooms.len() * 32,
+            _ => 0,
         }
     }
 
@@ -442,20 +469,34 @@ impl RedisBroker {
     /// Queues `op` for `me`'s task (started by its first call).
     fn queue(&self, me: &Member, op: Op) -> Answer {
         let inner = &self.inner;
-        let ops = {
+        let (ops, waiting) = {
             let mut local = lock(&inner.local);
             let mine = local.members.entry(me.conn()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(member_task(inner.clone(), me.conn(), rx));
+                let waiting = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(member_task(inner.clone(), me.conn(), rx, waiting.clone()));
                 Mine {
                     member: me.clone(),
                     ops: tx,
+                    waiting,
                     claim: None,
                     rooms: Vec::new(),
                 }
             });
-            mine.ops.clone()
+            (mine.ops.clone(), mine.waiting.clone())
         };
+        let cost = op.cost();
+        let disconnect = matches!(op, Op::Disconnect(_));
+        if !disconnect && waiting.load(Ordering::Relaxed) + cost > QUEUE_BYTES {
+            return Answer::Now(
+                Refusal::new(
+                    ErrorCode::Unavailable,
+                    "too many requests are waiting for the chat cluster; try again",
+                )
+                .into(),
+            );
+        }
+        waiting.fetch_add(cost, Ordering::Relaxed);
         match ops.try_send((me.clone(), op)) {
             Ok(()) => Answer::Later,
             Err(mpsc::error::TrySendError::Full((me, Op::Disconnect(rooms)))) => {
@@ -463,21 +504,30 @@ impl RedisBroker {
                 tokio::spawn(async move { ops.send((me, Op::Disconnect(rooms))).await });
                 Answer::Later
             }
-            Err(_) => Answer::Now(
-                Refusal::new(
-                    ErrorCode::Unavailable,
-                    "too many requests are waiting for the chat cluster; try again",
+            Err(_) => {
+                waiting.fetch_sub(cost, Ordering::Relaxed);
+                Answer::Now(
+                    Refusal::new(
+                        ErrorCode::Unavailable,
+                        "too many requests are waiting for the chat cluster; try again",
+                    )
+                    .into(),
                 )
-                .into(),
-            ),
+            }
         }
     }
 }
 
 /// Runs one member's operations in order, each under the deadline.
 /// Each call brings the caller as the session knows it (its name changes with a hello or a nick).
-async fn member_task(inner: Arc<Inner>, conn: ConnId, mut ops: mpsc::Receiver<(Member, Op)>) {
+async fn member_task(
+    inner: Arc<Inner>,
+    conn: ConnId,
+    mut ops: mpsc::Receiver<(Member, Op)>,
+    waiting: Arc<AtomicUsize>,
+) {
     while let Some((mut me, op)) = ops.recv().await {
+        waiting.fetch_sub(op.cost(), Ordering::Relaxed);
         let ticket = op.ticket();
         let label = op.label();
         let last = matches!(op, Op::Disconnect(_) | Op::Kicked(..));
@@ -719,10 +769,12 @@ impl Inner {
                 Ok(())
             }
             Op::Disconnect(rooms) => {
+                // The name first: whoever sees the `left` may take it at once.
+                self.release(me).await?;
                 for room in &rooms {
                     self.leave(me, room, None).await?;
                 }
-                self.release(me).await
+                Ok(())
             }
         }
     }
@@ -824,7 +876,9 @@ impl Inner {
             here.pending.push(Pending {
                 conn: me.conn(),
                 events: Vec::new(),
+                bytes: 0,
                 overflowed: false,
+                marked: false,
             });
         }
         let x = self.me_id(me);
@@ -844,6 +898,18 @@ impl Inner {
             me.address().to_string()
         };
         let (since, client_epoch) = resume.map_or((-1, ""), |r| (r.since as i64, &*r.epoch));
+        let mut marker = Envelope::new(
+            &x,
+            ServerMsg::Notice {
+                from: b(""),
+                text: b(""),
+            },
+        );
+        marker.e = None;
+        marker.to = Some(me.conn());
+        marker.rooms = vec![b(&room)];
+        marker.mark = true;
+        let marker = marker.json();
         let now = now_ms();
         let mut conn = self.conn().await?;
         let reply: Vec<redis::Value> = self
@@ -870,6 +936,8 @@ impl Inner {
             .arg(client_epoch)
             .arg(self.settings.resume_max + 1)
             .arg(self.settings.resume_max)
+            .arg(self.node_channel(&self.node))
+            .arg(marker)
             .invoke_async(&mut conn)
             .await?;
         let epoch: String = value_at(&reply, 0).unwrap_or_default();
@@ -955,7 +1023,12 @@ impl Inner {
         let Some(at) = here.pending.iter().position(|p| p.conn == me.conn()) else {
             return false;
         };
-        let pending = here.pending.swap_remove(at);
+        let mut pending = here.pending.swap_remove(at);
+        if !pending.marked {
+            // The marker is still on its way: everything held came before the join.
+            pending.events.clear();
+            pending.overflowed = false;
+        }
         if here.last_seq.is_none() || here.epoch.is_empty() {
             here.last_seq = Some(here.last_seq.unwrap_or(0).max(seq));
             here.epoch = epoch.into();
@@ -1412,7 +1485,8 @@ impl Inner {
     fn deliver_room(&self, here: &mut Here, raw: &Arc<str>, env: &Envelope<'_>) {
         let Some(event) = &env.e else { return };
         for p in &mut here.pending {
-            if p.events.len() < PENDING_MAX {
+            if p.events.len() < PENDING_MAX && p.bytes + raw.len() <= PENDING_BYTES {
+                p.bytes += raw.len();
                 p.events.push(raw.clone());
             } else {
                 p.overflowed = true;
@@ -1483,13 +1557,20 @@ impl Inner {
                 .arg(self.key("stream", room))
                 .arg(from)
                 .arg(to)
+                .arg("COUNT")
+                .arg(FILL_MAX)
                 .query_async(&mut conn)
                 .await?;
             Ok::<Entries, Fail>(entries)
         };
-        let entries = match tokio::time::timeout(self.settings.op_timeout, read).await {
-            Ok(Ok(entries)) => entries,
-            _ => Vec::new(),
+        // A gap too large to hold in memory at once is a resync, like one the stream lost.
+        let entries = if to - from < FILL_MAX {
+            match tokio::time::timeout(self.settings.op_timeout, read).await {
+                Ok(Ok(entries)) => entries,
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
         };
         let mut local = lock(&self.local);
         let Some(here) = local.rooms.get_mut(room) else {
@@ -1522,6 +1603,24 @@ impl Inner {
         let Some(env) = Envelope::parse(raw) else {
             return;
         };
+        if env.mark {
+            let mut local = lock(&self.local);
+            let pending = env
+                .rooms
+                .first()
+                .and_then(|room| local.rooms.get_mut(&**room));
+            if let Some(p) = pending
+                .into_iter()
+                .flat_map(|here| here.pending.iter_mut())
+                .find(|p| Some(p.conn) == env.to)
+            {
+                p.events.clear();
+                p.bytes = 0;
+                p.overflowed = false;
+                p.marked = true;
+            }
+            return;
+        }
         if let Some(fence) = env.fence {
             if let Some(done) = lock(&self.fences).remove(&fence) {
                 let _ = done.send(());

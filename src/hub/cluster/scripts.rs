@@ -35,7 +35,9 @@ return {id, seq, e}
 ///
 /// KEYS: members, rooms, seq, stream, epoch, created. ARGV: member, expiry, now, candidate epoch,
 /// history on join, channel, joined envelope, room, creator ('' = nobody's), max rooms, max rooms
-/// per creator, since (-1: no resume), the client's epoch, resume page, resume max.
+/// per creator, since (-1: no resume), the client's epoch, resume page, resume max, the joining
+/// node's channel, its marker (published first: the node's subscriber sees, in the one order Redis
+/// publishes in, which events came before the join, and so are in what it returns).
 /// Returns {epoch, seq, members, history (newest first unless exact), exact}, or {'', why}.
 pub(super) const JOIN: &str = r#"
 local e = redis.call('GET', KEYS[5])
@@ -50,6 +52,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[8]) == 0 then
   end
   redis.call('HSET', KEYS[2], ARGV[8], ARGV[9])
 end
+redis.call('PUBLISH', ARGV[16], ARGV[17])
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
   redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
