@@ -37,6 +37,41 @@ assert chatd["environment"]["CHATD_TLS__LISTEN"] == "0.0.0.0:8443"
 PY
 echo "ok"
 
+echo "-- the cluster profile: Redis, two nodes of one chat, a balancer that checks /readyz"
+"$VENV/bin/docker-compose" --profile cluster config -q
+"$VENV/bin/docker-compose" --profile cluster config --format json > target/compose-cluster.json
+"$VENV/bin/python" - <<'PY'
+import json, re
+services = json.load(open("target/compose-cluster.json"))["services"]
+assert set(services) == {"chatd", "prometheus", "redis", "chatd-a", "chatd-b", "balancer"}, set(services)
+assert "--appendonly" in services["redis"]["command"], "the cluster's history is Redis's: keep AOF on"
+a, b = services["chatd-a"]["environment"], services["chatd-b"]["environment"]
+assert a["CHATD_CLUSTER__REDIS_URL"] == b["CHATD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
+assert a["CHATD_CLUSTER__NODE_ID"] != b["CHATD_CLUSTER__NODE_ID"]
+assert {k: v for k, v in a.items() if "NODE_ID" not in k} == {k: v for k, v in b.items() if "NODE_ID" not in k}
+cfg = open("deploy/haproxy.cfg").read()
+for node in ("chatd-a", "chatd-b"):
+    assert re.search(rf"^\s*server {node} {node}:8000\b", cfg, re.M), f"haproxy must balance over {node}:8000"
+assert "option httpchk GET /readyz" in cfg and "check port 8002" in cfg, "haproxy must check /readyz on the admin port"
+assert [int(p["target"]) for p in services["balancer"]["ports"]] == [8100]
+prom = open("deploy/prometheus.yml").read()
+assert "chatd-a:8002" in prom and "chatd-b:8002" in prom, "Prometheus must scrape both nodes"
+for name, env in (("a", a), ("b", b)):
+    with open(f"target/compose-cluster-{name}.env", "w") as f:
+        for k, v in env.items():
+            f.write(f"{k}={v}\n")
+print("ok")
+PY
+# Each node's environment is a valid configuration for the binary.
+for node in a b; do
+  mapfile -t NODE_ENV < <(grep -v '^CHATD_CONFIG=' "target/compose-cluster-$node.env")
+  env -i PATH=/usr/bin:/bin "${NODE_ENV[@]}" CHATD_CONFIG=chat.toml "$CHATD" check-config >/dev/null
+done
+if command -v haproxy >/dev/null; then
+  haproxy -c -q -f deploy/haproxy.cfg
+fi
+echo "ok"
+
 echo "-- the image ships stripped chatd and chatctl"
 grep -q '^COPY --from=build /src/target/release/chatctl /usr/local/bin/chatctl$' Dockerfile
 grep -q 'CARGO_PROFILE_RELEASE_STRIP=symbols' Dockerfile
@@ -82,13 +117,16 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 
-echo "-- systemd-analyze verify deploy/chatd.service (and with its credentials drop-in)"
+echo "-- systemd-analyze verify deploy/chatd.service (with its credentials drop-in, and as a cluster node)"
 install -m 0755 "$CHATD" /usr/local/bin/chatd
 systemd-analyze verify deploy/chatd.service
 UNITS=$(mktemp -d)
 cp deploy/chatd.service "$UNITS/"
 cp -r deploy/chatd.service.d "$UNITS/"
 SYSTEMD_UNIT_PATH="$UNITS:" systemd-analyze verify "$UNITS/chatd.service"
+cp deploy/cluster-node.conf "$UNITS/chatd.service.d/cluster.conf"
+SYSTEMD_UNIT_PATH="$UNITS:" systemd-analyze verify "$UNITS/chatd.service"
+grep -qx 'After=redis-server.service' deploy/cluster-node.conf
 rm -rf "$UNITS"
 echo "ok"
 

@@ -35,7 +35,7 @@ return {id, seq, e}
 ///
 /// KEYS: members, rooms, seq, stream, epoch, created. ARGV: member, expiry, now, candidate epoch,
 /// history on join, channel, joined envelope, room, creator ('' = nobody's), max rooms, max rooms
-/// per creator, since (-1: no resume), the client's epoch, resume page, resume max, the joining
+/// per creator (0: no cap), since (-1: no resume), the client's epoch, resume page, resume max, the joining
 /// node's channel, its marker (published first: the node's subscriber sees, in the one order Redis
 /// publishes in, which events came before the join, and so are in what it returns).
 /// Returns {epoch, seq, members, history (newest first unless exact), exact}, or {'', why}.
@@ -45,7 +45,8 @@ if not e then e = ARGV[4]; redis.call('SET', KEYS[5], e) end
 if redis.call('HEXISTS', KEYS[2], ARGV[8]) == 0 then
   if ARGV[9] ~= '' then
     if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[10]) then return {'', 'full'} end
-    if tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0') >= tonumber(ARGV[11]) then
+    local per = tonumber(ARGV[11])
+    if per > 0 and tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0') >= per then
       return {'', 'mine'}
     end
     redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
