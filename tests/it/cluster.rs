@@ -315,10 +315,20 @@ async fn kicks_and_announcements_cross_nodes() {
 }
 
 /// 6 and 7. Redis killed: requests get `unavailable` within a second, connections stay open,
-/// `/healthz` 200, `/readyz` 503, `chatd_redis_up` 0. Redis back (empty): traffic resumes,
-/// clients get `resync`, the next message is seq 1 under a new epoch, names are claimed again.
+/// `/healthz` 200, `/readyz` 503, `chatd_redis_up` 0. Redis back (empty): traffic resumes within
+/// heartbeat + 2 s, clients get `resync`, the next message is seq 1 under a new epoch, names and
+/// memberships are claimed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
+async fn a_one_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
+    redis_outage(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
+    redis_outage(Duration::from_secs(10)).await;
+}
+
+async fn redis_outage(length: Duration) {
     let redis = Arc::new(Redis::start());
     let port = redis.port;
     let nodes = nodes(&redis, 2).await;
@@ -355,11 +365,20 @@ async fn a_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
     .await;
     let (_, m) = get(admin, "/metrics").await;
     assert_eq!(metric(&m, "chatd_redis_up"), 0.0);
+    // For the rest of the outage every request is still answered, and no connection ends.
+    while started.elapsed() < length {
+        let e = bob
+            .request(json!({"type": "say", "text": "still down?"}))
+            .await;
+        assert_eq!(e["code"], "unavailable", "{e}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
-    let _back = Redis::start_on(port);
+    let back = Redis::start_on(port);
+    // Within heartbeat (1 s) + 2 s.
     for node in &nodes {
         let admin = node.admin.unwrap();
-        eventually("ready again", Duration::from_secs(5), async || {
+        eventually("ready again", Duration::from_secs(3), async || {
             get(admin, "/readyz").await.0 == 200
         })
         .await;
@@ -377,16 +396,18 @@ async fn a_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
         (m["seq"].as_u64(), m["text"].as_str()),
         (Some(1), Some("after"))
     );
-    // The heartbeat claims alice's name again: nobody else may take it.
+    // The heartbeat claims names and memberships again.
     eventually(
-        "alice's name claimed again",
-        Duration::from_secs(5),
+        "names and members back",
+        Duration::from_secs(3),
         async || {
-            let mut c = Client::connect(nodes[1].addr).await;
-            c.hello("alice").await["code"] == "name_taken"
+            back.cli(&["GET", "chatd:name:bob"]).contains("|bob")
+                && back.cli(&["ZCARD", "chatd:members:lobby"]).trim() == "2"
         },
     )
     .await;
+    let who = alice.request(json!({"type": "who"})).await;
+    assert_eq!(names(&who), ["alice", "bob"]);
 }
 
 /// 8. Pub/sub is at most once: when Redis drops a node's subscription while another node sends,
