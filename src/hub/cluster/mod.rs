@@ -1893,9 +1893,9 @@ async fn subscriber(inner: Arc<Inner>, mut subs: mpsc::Receiver<Sub>) {
                 }
                 inner.catch_up().await;
                 inner.subscribed.store(true, Ordering::Relaxed);
-                let mut ping = tokio::time::interval(Duration::from_millis(
-                    inner.settings.heartbeat_ms.max(1000),
-                ));
+                // A connection that died without a word is found within a second (plus the
+                // deadline): the subscription's health is what /readyz and `say` go by.
+                let mut ping = tokio::time::interval(Duration::from_secs(1));
                 ping.tick().await;
                 loop {
                     tokio::select! {
