@@ -536,6 +536,9 @@ async fn member_task(
             _ => None,
         };
         let hello = matches!(op, Op::Hello(..));
+        // Typing in a room is a hint that may be dropped (like typing to a lagging client): no
+        // error line for it when Redis is away.
+        let hint = matches!(op, Op::TypingRoom(..));
         let started = Instant::now();
         let result = tokio::time::timeout(inner.settings.op_timeout, inner.run(&mut me, op)).await;
         inner
@@ -562,7 +565,14 @@ async fn member_task(
                 inner.abandon(&me, room, hello).await;
             }
             if let Some(ticket) = ticket {
-                me.answer(ticket, unavailable());
+                me.answer(
+                    ticket,
+                    if hint {
+                        Outcome::Relayed
+                    } else {
+                        unavailable()
+                    },
+                );
             }
         }
         if last {
