@@ -208,7 +208,11 @@ macro_rules! contract {
 macro_rules! cluster_contract {
     ($($test:ident),* $(,)?) => {
         mod redis {
-            $(#[tokio::test] async fn $test() { super::$test(super::Backend::Redis).await })*
+            $(#[tokio::test] async fn $test() {
+                if crate::helpers::redis_available() {
+                    super::$test(super::Backend::Redis).await
+                }
+            })*
         }
     };
 }

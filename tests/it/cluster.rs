@@ -1,13 +1,14 @@
 //! Several chatd nodes acting as one chat over a real `redis-server` (one per test, on a free
 //! loopback port, stopped by pid): the failure semantics docs/RELIABILITY.md promises. Nodes run
 //! in the test process, except where a node must die (SIGKILL, SIGTERM): those are real binaries.
+//! Without `redis-server` the tests say so and pass, unless `CHATD_REDIS_TESTS=required` (CI).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, Daemon, Redis, TestServer, http, metric};
+use crate::helpers::{Client, Daemon, Redis, TestServer, http, metric, redis_available};
 
 /// `n` nodes on `redis`, named a, b, c…, without rate limits (the tests send in bursts).
 async fn nodes(redis: &Arc<Redis>, n: usize) -> Vec<TestServer> {
@@ -57,6 +58,9 @@ fn names(who: &Value) -> Vec<String> {
 /// same seq sequence 1..1000 in the same order, no gap, no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_one_room_in_one_order() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 3).await;
     let mut receivers = Vec::new();
@@ -123,6 +127,9 @@ async fn three_nodes_deliver_one_room_in_one_order() {
 /// disconnect the name is free at once on another node (the claim's TTL here is 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_one_winner_across_nodes_and_freed_at_once() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
@@ -178,6 +185,9 @@ async fn one_name_one_winner_across_nodes_and_freed_at_once() {
 /// nodes; typing consumes no seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_pm_typing_kick_and_announce_cross_nodes() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -244,6 +254,9 @@ async fn presence_pm_typing_kick_and_announce_cross_nodes() {
 /// the user is closed with 1008), and an announce reaches every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kicks_and_announcements_cross_nodes() {
+    if !redis_available() {
+        return;
+    }
     use chatd::auth::mint;
     use chatd::config::{AuthConfig, AuthMode, Secret};
     use chatd::protocol::Role;
@@ -320,11 +333,17 @@ async fn kicks_and_announcements_cross_nodes() {
 /// memberships are claimed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
+    if !redis_available() {
+        return;
+    }
     redis_outage(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
+    if !redis_available() {
+        return;
+    }
     redis_outage(Duration::from_secs(10)).await;
 }
 
@@ -414,6 +433,9 @@ async fn redis_outage(length: Duration) {
 /// the receivers still end with every seq exactly once (filled in from the room's stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_lost_by_pubsub_are_filled_from_the_stream() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -459,6 +481,9 @@ async fn messages_lost_by_pubsub_are_filled_from_the_stream() {
 /// 10. A client that reconnects to another node with `since` gets exactly what it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_on_another_node_gets_exactly_what_was_missed() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -537,6 +562,9 @@ fn daemon(redis: &Redis, node: &str) -> Daemon {
 /// leave and their names are free at once, and its clients get close 1001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_users_are_reaped_once_and_a_stopped_nodes_leave_at_once() {
+    if !redis_available() {
+        return;
+    }
     let redis = Redis::start();
     let mut a = daemon(&redis, "a");
     let mut b = daemon(&redis, "b");
@@ -632,6 +660,9 @@ async fn a_dead_nodes_users_are_reaped_once_and_a_stopped_nodes_leave_at_once() 
 /// reading Redis, so its other members and the other node get every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_do_not_stall_their_node() {
+    if !redis_available() {
+        return;
+    }
     let redis = Arc::new(Redis::start());
     let mut nodes = Vec::new();
     for id in ["a", "b"] {
@@ -683,6 +714,9 @@ async fn stalled_clients_do_not_stall_their_node() {
 /// with the next message (seq 1 of the new epoch) from another node.
 #[test]
 fn chatctl_says_so_on_a_resync_and_carries_on() {
+    if !redis_available() {
+        return;
+    }
     let redis = Redis::start();
     let port = redis.port;
     let a = daemon(&redis, "a");
