@@ -226,6 +226,20 @@ impl<'a> Envelope<'a> {
         }
     }
 
+    /// An envelope that carries no event, only a control field (kick, fence, join marker).
+    fn control(x: &'a str) -> Envelope<'a> {
+        Envelope {
+            e: None,
+            ..Envelope::new(
+                x,
+                ServerMsg::Notice {
+                    from: b(""),
+                    text: b(""),
+                },
+            )
+        }
+    }
+
     fn json(&self) -> String {
         serde_json::to_string(self).expect("envelopes serialize")
     }
@@ -591,6 +605,11 @@ impl Inner {
         format!("{}:{what}:{name}", self.prefix)
     }
 
+    /// A cluster-wide key or channel: `rooms`, `created`, `epoch`, `msgid`, `all`.
+    fn global(&self, what: &str) -> String {
+        format!("{}:{what}", self.prefix)
+    }
+
     fn room_channel(&self, room: &str) -> String {
         self.key("r", room)
     }
@@ -600,7 +619,7 @@ impl Inner {
     }
 
     fn all_channel(&self) -> String {
-        format!("{}:all", self.prefix)
+        self.global("all")
     }
 
     fn me_id(&self, me: &Member) -> String {
@@ -726,7 +745,7 @@ impl Inner {
                 let flat: Vec<redis::Value> = self
                     .scripts
                     .rooms
-                    .key(format!("{}:rooms", self.prefix))
+                    .key(self.global("rooms"))
                     .arg(now_ms())
                     .arg(&self.prefix)
                     .invoke_async(&mut conn)
@@ -822,6 +841,21 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes a name claim (`SET PX`, with `NX` if `only_if_free`); false if it was taken.
+    async fn claim(&self, key: &str, value: &str, only_if_free: bool) -> Result<bool, Fail> {
+        let mut set = redis::cmd("SET");
+        set.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(self.settings.name_ttl_ms);
+        if only_if_free {
+            set.arg("NX");
+        }
+        let mut conn = self.conn().await?;
+        let reply: Option<String> = set.query_async(&mut conn).await?;
+        Ok(reply.is_some())
+    }
+
     /// Who holds `name`: (node, conn, role, name as they spell it).
     async fn owner(&self, name: &str) -> Result<Option<(String, ConnId, Role, String)>, Fail> {
         let mut conn = self.conn().await?;
@@ -837,16 +871,7 @@ impl Inner {
     async fn hello(&self, me: &Member, t: Ticket, room: &str, resume: Option<&Resume>) -> Done {
         let key = self.key("name", &protocol::fold_name(me.name()));
         let value = self.entry(me);
-        let mut conn = self.conn().await?;
-        let claimed: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&value)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.settings.name_ttl_ms)
-            .query_async(&mut conn)
-            .await?;
-        if claimed.is_none() {
+        if !self.claim(&key, &value, true).await? {
             me.answer(
                 t,
                 Refusal::new(
@@ -908,14 +933,7 @@ impl Inner {
             me.address().to_string()
         };
         let (since, client_epoch) = resume.map_or((-1, ""), |r| (r.since as i64, &*r.epoch));
-        let mut marker = Envelope::new(
-            &x,
-            ServerMsg::Notice {
-                from: b(""),
-                text: b(""),
-            },
-        );
-        marker.e = None;
+        let mut marker = Envelope::control(&x);
         marker.to = Some(me.conn());
         marker.rooms = vec![b(&room)];
         marker.mark = true;
@@ -926,11 +944,11 @@ impl Inner {
             .scripts
             .join
             .key(self.key("members", &room))
-            .key(format!("{}:rooms", self.prefix))
+            .key(self.global("rooms"))
             .key(self.key("seq", &room))
             .key(self.key("stream", &room))
-            .key(format!("{}:epoch", self.prefix))
-            .key(format!("{}:created", self.prefix))
+            .key(self.global("epoch"))
+            .key(self.global("created"))
             .arg(self.entry(me))
             .arg(now + self.settings.presence_ttl_ms)
             .arg(now)
@@ -953,7 +971,7 @@ impl Inner {
         let epoch: String = value_at(&reply, 0).unwrap_or_default();
         if epoch.is_empty() {
             let why: String = value_at(&reply, 1).unwrap_or_default();
-            self.drop_pending(me, &room);
+            self.out_of_room(me, &room);
             if hello {
                 return Ok(false);
             }
@@ -1068,23 +1086,14 @@ impl Inner {
         true
     }
 
-    fn drop_pending(&self, me: &Member, room: &str) {
-        let mut local = lock(&self.local);
-        let empty = local.rooms.get_mut(room).is_some_and(|here| {
-            here.pending.retain(|p| p.conn != me.conn());
-            here.members.is_empty() && here.pending.is_empty()
-        });
-        if empty {
-            local.rooms.remove(room);
-            drop(local);
-            let _ = self.subs.try_send(Sub::Drop(room.into()));
-        }
-    }
-
     /// A hello or join failed midway: take back what it may have done, best effort (what Redis
     /// keeps expires with its TTL anyway).
     async fn abandon(&self, me: &Member, room: &str, hello: bool) {
-        self.drop_pending(me, room);
+        if self.is_in(me, room) {
+            // A join of a room one was already in: nothing to take back.
+            return;
+        }
+        self.out_of_room(me, room);
         let undo = async {
             self.leave_script(me, room, None).await?;
             if hello {
@@ -1134,8 +1143,8 @@ impl Inner {
         self.scripts
             .leave
             .key(self.key("members", room))
-            .key(format!("{}:rooms", self.prefix))
-            .key(format!("{}:created", self.prefix))
+            .key(self.global("rooms"))
+            .key(self.global("created"))
             .arg(self.entry(me))
             .arg(self.room_channel(room))
             .arg(env)
@@ -1151,8 +1160,17 @@ impl Inner {
         if let Some(mine) = local.members.get_mut(&me.conn()) {
             mine.rooms.retain(|r| &**r != room);
         }
+        drop(local);
+        self.out_of_room(me, room);
+    }
+
+    /// Takes `me` out of `room`'s local list, member or pending joiner; once nobody here is in
+    /// the room, the room and its channel go.
+    fn out_of_room(&self, me: &Member, room: &str) {
+        let mut local = lock(&self.local);
         let empty = local.rooms.get_mut(room).is_some_and(|here| {
             here.members.retain(|m| m.conn() != me.conn());
+            here.pending.retain(|p| p.conn != me.conn());
             here.members.is_empty() && here.pending.is_empty()
         });
         if empty {
@@ -1208,8 +1226,8 @@ impl Inner {
         let (id, seq, _epoch): (u64, u64, String) = self
             .scripts
             .say
-            .key(format!("{}:epoch", self.prefix))
-            .key(format!("{}:msgid", self.prefix))
+            .key(self.global("epoch"))
+            .key(self.global("msgid"))
             .key(self.key("seq", room))
             .key(self.key("stream", room))
             .arg(new_epoch())
@@ -1232,7 +1250,7 @@ impl Inner {
         };
         let mut conn = self.conn().await?;
         let id: u64 = redis::cmd("INCR")
-            .arg(format!("{}:msgid", self.prefix))
+            .arg(self.global("msgid"))
             .query_async(&mut conn)
             .await?;
         let ts: Arc<str> = protocol::timestamp().into();
@@ -1330,22 +1348,15 @@ impl Inner {
         let template = Envelope::new(&x, event).json();
         self.scripts
             .kick
-            .key(format!("{}:rooms", self.prefix))
-            .key(format!("{}:created", self.prefix))
+            .key(self.global("rooms"))
+            .key(self.global("created"))
             .key(&key)
             .arg(value.as_deref().unwrap_or_default())
             .arg(&self.prefix)
             .arg(template)
             .invoke_async::<i64>(&mut conn)
             .await?;
-        let mut order = Envelope::new(
-            &x,
-            ServerMsg::Notice {
-                from: b(""),
-                text: b(""),
-            },
-        );
-        order.e = None;
+        let mut order = Envelope::control(&x);
         order.to = Some(target);
         order.kick = Some((b(me.name()), b(reason)));
         self.publish(&self.node_channel(&node), &order.json())
@@ -1360,14 +1371,7 @@ impl Inner {
         let n = self.next_fence.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.fences).insert(n, tx);
-        let mut env = Envelope::new(
-            "",
-            ServerMsg::Notice {
-                from: b(""),
-                text: b(""),
-            },
-        );
-        env.e = None;
+        let mut env = Envelope::control("");
         env.fence = Some(n);
         let published = self
             .publish(&self.node_channel(&self.node), &env.json())
@@ -1401,35 +1405,19 @@ impl Inner {
         let renamed = me.renamed(name.into());
         let key = self.key("name", &protocol::fold_name(name));
         let value = self.entry(&renamed);
-        let mut conn = self.conn().await?;
-        let same = protocol::fold_name(name) == protocol::fold_name(me.name());
-        if same {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("PX")
-                .arg(self.settings.name_ttl_ms)
-                .query_async::<()>(&mut conn)
-                .await?;
-        } else {
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.settings.name_ttl_ms)
-                .query_async(&mut conn)
-                .await?;
-            if claimed.is_none() {
-                me.answer(
-                    t,
-                    Refusal::new(ErrorCode::NameTaken, format!("the name {name:?} is taken"))
-                        .into(),
-                );
-                return Ok(());
-            }
+        // A change of case only re-writes one's own claim; a new name must be free.
+        let new = protocol::fold_name(name) != protocol::fold_name(me.name());
+        if !self.claim(&key, &value, new).await? {
+            me.answer(
+                t,
+                Refusal::new(ErrorCode::NameTaken, format!("the name {name:?} is taken")).into(),
+            );
+            return Ok(());
+        }
+        if new {
             self.release(me).await?;
         }
+        let mut conn = self.conn().await?;
         let rooms = {
             let mut local = lock(&self.local);
             let Local { members, rooms } = &mut *local;
@@ -1723,7 +1711,7 @@ impl Inner {
                     .arg(entry)
                     .ignore()
                     .cmd("HSETNX")
-                    .arg(format!("{}:rooms", self.prefix))
+                    .arg(self.global("rooms"))
                     .arg(&**room)
                     .arg("")
                     .ignore();
@@ -1733,8 +1721,8 @@ impl Inner {
         let ghosts: Vec<String> = self
             .scripts
             .reap
-            .key(format!("{}:rooms", self.prefix))
-            .key(format!("{}:created", self.prefix))
+            .key(self.global("rooms"))
+            .key(self.global("created"))
             .arg(now_ms())
             .arg(&self.prefix)
             .invoke_async(&mut conn)
@@ -1774,7 +1762,7 @@ impl Inner {
                     .cmd("GET")
                     .arg(self.key("seq", &room))
                     .cmd("SET")
-                    .arg(format!("{}:epoch", self.prefix))
+                    .arg(self.global("epoch"))
                     .arg(new_epoch())
                     .arg("NX")
                     .arg("GET")
@@ -1784,7 +1772,7 @@ impl Inner {
                     Some(e) => Some(e),
                     None => {
                         redis::cmd("GET")
-                            .arg(format!("{}:epoch", self.prefix))
+                            .arg(self.global("epoch"))
                             .query_async(&mut conn)
                             .await?
                     }
