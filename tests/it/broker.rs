@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Backend, Client, TestServer};
+use crate::helpers::{Backend, Client, TestServer, token_for};
 
 type Job = Box<dyn FnOnce(&LocalBroker) + Send>;
 
@@ -192,21 +192,18 @@ impl Broker for LateBroker {
     }
 }
 
-/// Runs each named test against every backend.
+/// Runs each test in `every` against every backend (the cluster broker on a Redis of its own,
+/// skipped where there is none), and each in `single_node` against the single-process ones.
 macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
+    (every: [$($test:ident),* $(,)?], single_node: [$($single:ident),* $(,)?] $(,)?) => {
         mod local {
             $(#[tokio::test] async fn $test() { super::$test(super::Backend::Local).await })*
+            $(#[tokio::test] async fn $single() { super::$single(super::Backend::Local).await })*
         }
         mod late {
             $(#[tokio::test] async fn $test() { super::$test(super::Backend::Late).await })*
+            $(#[tokio::test] async fn $single() { super::$single(super::Backend::Late).await })*
         }
-    };
-}
-
-/// Runs each named test against the cluster broker too (on a Redis of its own).
-macro_rules! cluster_contract {
-    ($($test:ident),* $(,)?) => {
         mod redis {
             $(#[tokio::test] async fn $test() {
                 if crate::helpers::redis_available() {
@@ -217,33 +214,22 @@ macro_rules! cluster_contract {
     };
 }
 
-cluster_contract!(
-    names_are_unique_and_freed_on_disconnect,
-    rooms_presence_who_and_rooms,
-    say_assigns_seq_and_keeps_history,
-    private_messages,
-    typing_reaches_the_room_and_the_user,
-    admins_kick,
-    announce_reaches_everyone,
-    nick_renames_once_for_everyone_who_shares_a_room,
-    replies_keep_request_order_and_refs,
-    requests_before_the_welcome_get_hello_required,
-    ending_with_requests_pending_leaves_nothing_behind,
-);
-
 contract!(
-    names_are_unique_and_freed_on_disconnect,
-    rooms_presence_who_and_rooms,
-    say_assigns_seq_and_keeps_history,
-    private_messages,
-    typing_reaches_the_room_and_the_user,
-    admins_kick,
-    announce_reaches_everyone,
-    nick_renames_once_for_everyone_who_shares_a_room,
-    large_rooms_announce_joins_and_leaves_in_batches,
-    replies_keep_request_order_and_refs,
-    requests_before_the_welcome_get_hello_required,
-    ending_with_requests_pending_leaves_nothing_behind,
+    every: [
+        names_are_unique_and_freed_on_disconnect,
+        rooms_presence_who_and_rooms,
+        say_assigns_seq_and_keeps_history,
+        private_messages,
+        typing_reaches_the_room_and_the_user,
+        admins_kick,
+        announce_reaches_everyone,
+        nick_renames_once_for_everyone_who_shares_a_room,
+        replies_keep_request_order_and_refs,
+        requests_before_the_welcome_get_hello_required,
+        ending_with_requests_pending_leaves_nothing_behind,
+    ],
+    // A cluster announces every join and leave (docs/RELIABILITY.md).
+    single_node: [large_rooms_announce_joins_and_leaves_in_batches],
 );
 
 async fn server(backend: Backend) -> TestServer {
@@ -495,12 +481,7 @@ async fn typing_reaches_the_room_and_the_user(backend: Backend) {
 
 const SECRET: &str = "contract-secret-that-is-long-enough-0123456789";
 
-fn rules() -> chatd::auth::Rules {
-    chatd::auth::Rules::from_config(&chatd::config::AuthConfig::default())
-}
-
 async fn admins_kick(backend: Backend) {
-    use chatd::auth::mint;
     use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
     let server = TestServer::with_broker(backend, |c| {
@@ -508,16 +489,7 @@ async fn admins_kick(backend: Backend) {
         c.auth.secret = Secret::new(SECRET);
     })
     .await;
-    let token = |name: &str, role| {
-        mint(
-            &Secret::new(SECRET),
-            name,
-            role,
-            Duration::from_secs(60),
-            &rules(),
-        )
-    };
-    let hello = |name: &str, role| json!({"type": "hello", "name": name, "token": token(name, role).unwrap()});
+    let hello = |name: &str, role| json!({"type": "hello", "name": name, "token": token_for(SECRET, name, role)});
     let mut root = Client::connect(server.addr).await;
     assert_eq!(
         root.request(hello("root", Role::Admin)).await["type"],
@@ -546,7 +518,6 @@ async fn admins_kick(backend: Backend) {
 }
 
 async fn announce_reaches_everyone(backend: Backend) {
-    use chatd::auth::mint;
     use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
     let server = TestServer::with_broker(backend, |c| {
@@ -555,14 +526,7 @@ async fn announce_reaches_everyone(backend: Backend) {
     })
     .await;
     let hello = |name: &str, role| {
-        let token = mint(
-            &Secret::new(SECRET),
-            name,
-            role,
-            Duration::from_secs(60),
-            &rules(),
-        )
-        .unwrap();
+        let token = token_for(SECRET, name, role);
         json!({"type": "hello", "name": name, "room": name, "token": token})
     };
     let mut root = Client::connect(server.addr).await;

@@ -8,16 +8,22 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, Daemon, Redis, TestServer, http, metric, redis_available};
+use crate::helpers::{Client, Daemon, Redis, TestServer, http, metric, redis_available, token_for};
+use chatd::Config;
 
 /// `n` nodes on `redis`, named a, b, c…, without rate limits (the tests send in bursts).
 async fn nodes(redis: &Arc<Redis>, n: usize) -> Vec<TestServer> {
+    nodes_with(redis, n, |c| c.limits.rate_per_sec = 0.0).await
+}
+
+/// `n` nodes on `redis`, named a, b, c…, each configured by `edit`.
+async fn nodes_with(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut Config)) -> Vec<TestServer> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(
             TestServer::node(redis, |c| {
                 c.cluster.node_id = format!("{}", (b'a' + i as u8) as char);
-                c.limits.rate_per_sec = 0.0;
+                edit(c);
             })
             .await,
         );
@@ -131,17 +137,11 @@ async fn one_name_one_winner_across_nodes_and_freed_at_once() {
         return;
     }
     let redis = Arc::new(Redis::start());
-    let mut nodes = Vec::new();
-    for id in ["a", "b", "c"] {
-        nodes.push(
-            TestServer::node(&redis, |c| {
-                c.cluster.node_id = id.into();
-                c.cluster.name_ttl_secs = 30;
-                c.cluster.presence_ttl_secs = 30;
-            })
-            .await,
-        );
-    }
+    let nodes = nodes_with(&redis, 3, |c| {
+        c.cluster.name_ttl_secs = 30;
+        c.cluster.presence_ttl_secs = 30;
+    })
+    .await;
     let claims: Vec<_> = (0..30)
         .map(|i| {
             let addr = nodes[i % 3].addr;
@@ -257,33 +257,16 @@ async fn kicks_and_announcements_cross_nodes() {
     if !redis_available() {
         return;
     }
-    use chatd::auth::mint;
-    use chatd::config::{AuthConfig, AuthMode, Secret};
+    use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
     const SECRET: &str = "cluster-test-secret-cluster-test-secret";
     let redis = Arc::new(Redis::start());
-    let mut nodes = Vec::new();
-    for id in ["a", "b"] {
-        nodes.push(
-            TestServer::node(&redis, |c| {
-                c.cluster.node_id = id.into();
-                c.auth.mode = AuthMode::Token;
-                c.auth.secret = Secret::new(SECRET);
-            })
-            .await,
-        );
-    }
-    let rules = chatd::auth::Rules::from_config(&AuthConfig::default());
-    let hello = |name: &str, role| {
-        let token = mint(
-            &Secret::new(SECRET),
-            name,
-            role,
-            Duration::from_secs(60),
-            &rules,
-        );
-        json!({"type": "hello", "name": name, "token": token.unwrap()})
-    };
+    let nodes = nodes_with(&redis, 2, |c| {
+        c.auth.mode = AuthMode::Token;
+        c.auth.secret = Secret::new(SECRET);
+    })
+    .await;
+    let hello = |name: &str, role| json!({"type": "hello", "name": name, "token": token_for(SECRET, name, role)});
     let mut root = Client::connect(nodes[0].addr).await;
     assert_eq!(
         root.request(hello("root", Role::Admin)).await["type"],
@@ -664,17 +647,11 @@ async fn stalled_clients_do_not_stall_their_node() {
         return;
     }
     let redis = Arc::new(Redis::start());
-    let mut nodes = Vec::new();
-    for id in ["a", "b"] {
-        nodes.push(
-            TestServer::node(&redis, |c| {
-                c.cluster.node_id = id.into();
-                c.limits.rate_per_sec = 0.0;
-                c.limits.outbound_queue_bytes = 262_144;
-            })
-            .await,
-        );
-    }
+    let nodes = nodes_with(&redis, 2, |c| {
+        c.limits.rate_per_sec = 0.0;
+        c.limits.outbound_queue_bytes = 262_144;
+    })
+    .await;
     let b_addr = nodes[1].addr;
     let stalled = tokio::task::spawn_blocking(move || {
         (0..5)

@@ -694,6 +694,13 @@ impl Proxy {
     }
 }
 
+/// A token for `name` with `role`, signed with `secret` under the default rules, valid a minute.
+pub fn token_for(secret: &str, name: &str, role: chatd::protocol::Role) -> String {
+    let rules = chatd::auth::Rules::from_config(&chatd::config::AuthConfig::default());
+    let secret = chatd::config::Secret::new(secret);
+    chatd::auth::mint(&secret, name, role, Duration::from_secs(60), &rules).expect("mint a token")
+}
+
 /// Cluster settings for a node on `redis`: short lifetimes, so that tests of dead nodes finish in
 /// seconds.
 pub fn cluster_config(config: &mut Config, redis: &Redis) {
