@@ -75,15 +75,15 @@ pub struct Metrics {
     pub resyncs: IntCounter,
     /// Cluster: members of dead nodes this node removed (each announced once).
     pub ghosts_reaped: IntCounter,
+    /// Cluster: times this node lost its Redis subscription and made it again.
+    pub resubscribes: IntCounter,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
     received_by_type: Vec<(&'static str, IntCounter)>,
 }
 
 /// Label values of `chatd_messages_received_total`: request types, then the other kinds of frame.
-const RECEIVED_TYPES: &[&str] = &[
-    "hello", "join", "leave", "say", "pm", "typing", "rooms", "who", "history", "kick", "announce",
-    "plain", "invalid", "binary",
-];
+/// Other than requests: plain-text lines, frames that are not a valid request, binary frames.
+const RECEIVED_OTHER: [&str; 3] = ["plain", "invalid", "binary"];
 
 impl Metrics {
     /// Registers every metric (and the process collector) in a fresh registry.
@@ -274,6 +274,10 @@ impl Metrics {
                 "chatd_ghosts_reaped_total",
                 "Members of unresponsive nodes this node removed from rooms (each announced once).",
             ),
+            resubscribes: counter(
+                "chatd_redis_resubscribes_total",
+                "Times this cluster node lost its Redis subscription (and made it again).",
+            ),
             received_by_type: Vec::new(),
             registry,
         };
@@ -292,12 +296,12 @@ impl Metrics {
             .expect("unique metric");
         #[cfg(target_os = "linux")]
         {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = metrics.registry.register(Box::new(process));
+            let _ = metrics.registry.register(Box::new(process::Process::new()));
         }
         let mut metrics = metrics;
-        metrics.received_by_type = RECEIVED_TYPES
+        metrics.received_by_type = crate::protocol::ClientMsg::KINDS
             .iter()
+            .chain(&RECEIVED_OTHER)
             .map(|&t| (t, metrics.messages_received.with_label_values(&[t])))
             .collect();
         for reason in crate::protocol::CloseReason::LABELS {
@@ -328,11 +332,11 @@ impl Metrics {
 
     /// The `chatd_messages_received_total` counter for a frame of this type.
     pub fn received(&self, kind: &str) -> &IntCounter {
-        let found = self.received_by_type.iter().find(|(t, _)| *t == kind);
-        match found {
+        let find = |kind: &str| self.received_by_type.iter().find(|(t, _)| *t == kind);
+        // Every request type is in the table (`ClientMsg::KINDS`); anything else is "invalid".
+        match find(kind).or_else(|| find("invalid")) {
             Some((_, counter)) => counter,
-            // Every kind the session counts is in the table; fall back to "invalid".
-            None => &self.received_by_type[12].1,
+            None => unreachable!("\"invalid\" is always in the table"),
         }
     }
 
@@ -361,5 +365,78 @@ pub const HANDSHAKE_FAILURES: [&str; 8] = [
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The process metrics (`process_*`): the prometheus crate's collector, except that
+/// `process_cpu_seconds_total` is exact to the clock tick (the crate's counts whole seconds, so a
+/// rate over a minute of light load read 0 or 1).
+#[cfg(target_os = "linux")]
+mod process {
+    use prometheus::core::{Collector, Desc};
+    use prometheus::proto::MetricFamily;
+    use prometheus::{Counter, Opts};
+
+    const CPU: &str = "process_cpu_seconds_total";
+
+    pub(super) struct Process {
+        inner: prometheus::process_collector::ProcessCollector,
+        cpu: Counter,
+        descs: Vec<Desc>,
+    }
+
+    impl Process {
+        pub(super) fn new() -> Process {
+            let inner = prometheus::process_collector::ProcessCollector::for_self();
+            let cpu = Counter::with_opts(Opts::new(
+                CPU,
+                "Total user and system CPU time spent in seconds.",
+            ))
+            .expect("valid metric");
+            let mut descs: Vec<Desc> = inner
+                .desc()
+                .into_iter()
+                .filter(|d| d.fq_name != CPU)
+                .cloned()
+                .collect();
+            descs.extend(cpu.desc().into_iter().cloned());
+            Process { inner, cpu, descs }
+        }
+    }
+
+    /// User plus system time of this process, from /proc/self/stat (in clock ticks there).
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+        // and stime the 14th and 15th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut fields = rest.split(' ').skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        let ticks = rustix::param::clock_ticks_per_second().max(1);
+        Some((utime + stime) as f64 / ticks as f64)
+    }
+
+    impl Collector for Process {
+        fn desc(&self) -> Vec<&Desc> {
+            self.descs.iter().collect()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let mut families: Vec<MetricFamily> = self
+                .inner
+                .collect()
+                .into_iter()
+                .filter(|f| f.name() != CPU)
+                .collect();
+            if let Some(now) = cpu_seconds() {
+                let past = self.cpu.get();
+                if now > past {
+                    self.cpu.inc_by(now - past);
+                }
+            }
+            families.extend(self.cpu.collect());
+            families
+        }
     }
 }

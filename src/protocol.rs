@@ -227,7 +227,14 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl ClientMsg {
-    /// The request's `type`, as a bounded metric label.
+    /// Every request type, as [`ClientMsg::kind`] names it (the labels of
+    /// `chatd_messages_received_total`).
+    pub const KINDS: &'static [&'static str] = &[
+        "hello", "join", "leave", "say", "pm", "typing", "rooms", "who", "history", "kick",
+        "announce", "nick", "search",
+    ];
+
+    /// The request's `type`, as the wire names it (a bounded metric label).
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMsg::Hello { .. } => "hello",
@@ -1216,11 +1223,24 @@ mod tests {
                 with: Some("alice".into()),
             },
         ];
+        let mut kinds = std::collections::BTreeSet::new();
         for msg in all {
+            // Every type is counted under its own label in chatd_messages_received_total.
+            assert!(ClientMsg::KINDS.contains(&msg.kind()), "{}", msg.kind());
+            kinds.insert(msg.kind());
             let request = Request::new("42", msg);
             let json = request.to_json();
+            assert!(
+                json.contains(&format!(r#""type":"{}""#, request.msg.kind())),
+                "{json}"
+            );
             assert_eq!(parse_request(&json), Ok(request), "{json}");
         }
+        assert_eq!(
+            kinds.len(),
+            ClientMsg::KINDS.len(),
+            "a request type is not tested here"
+        );
         let anonymous = Request {
             id: None,
             msg: ClientMsg::Rooms,

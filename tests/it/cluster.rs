@@ -725,3 +725,38 @@ fn chatctl_says_so_on_a_resync_and_carries_on() {
     watcher.close_stdin();
     assert_eq!(watcher.wait_exit(), Some(0));
 }
+
+/// Promises issue, item 15: on a healthy Redis a node keeps its one subscription. The 1 s health
+/// PING on a subscribed connection is answered `["pong", ""]`, which once counted as a failure:
+/// every node dropped and remade its subscription each second (`/readyz` 503 most of the time,
+/// `hello`s refused, PMs lost). Over three seconds of idling: `/readyz` always 200, no
+/// resubscription, and a hello right after start is welcomed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_keeps_its_subscription_and_stays_ready() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Arc::new(Redis::start());
+    let nodes = nodes(&redis, 2).await;
+    // Welcomed (join asserts it) as soon as the node is up.
+    let _early = nodes[0].join("early").await;
+    for node in &nodes {
+        let admin = node.admin.unwrap();
+        eventually("ready", Duration::from_secs(5), async || {
+            get(admin, "/readyz").await.0 == 200
+        })
+        .await;
+    }
+    let idle = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while tokio::time::Instant::now() < idle {
+        for node in &nodes {
+            assert_eq!(get(node.admin.unwrap(), "/readyz").await.0, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in &nodes {
+        let (_, m) = get(node.admin.unwrap(), "/metrics").await;
+        assert_eq!(metric(&m, "chatd_redis_resubscribes_total"), 0.0);
+        assert_eq!(metric(&m, "chatd_redis_up"), 1.0);
+    }
+}

@@ -48,6 +48,10 @@ async fn metrics_count_a_scripted_chat_exactly() {
         .send(json!({"type": "typing", "room": "lobby", "state": "active"}))
         .await;
     bob.expect("typing").await;
+    // Every request type is counted as itself (search and nick once counted as "invalid").
+    bob.request(json!({"type": "search", "query": "m1"})).await;
+    bob.request(json!({"type": "nick", "name": "robert"})).await;
+    alice.expect("renamed").await;
     bob.send_text("{oops").await;
     bob.expect("error").await;
     alice.ws.close(None).await.unwrap();
@@ -66,14 +70,16 @@ async fn metrics_count_a_scripted_chat_exactly() {
         ("chatd_messages_received_total{type=\"pm\"}", 1.0),
         ("chatd_messages_received_total{type=\"join\"}", 1.0),
         ("chatd_messages_received_total{type=\"typing\"}", 1.0),
+        ("chatd_messages_received_total{type=\"search\"}", 1.0),
+        ("chatd_messages_received_total{type=\"nick\"}", 1.0),
         ("chatd_messages_received_total{type=\"invalid\"}", 1.0),
         ("chatd_messages_delivered_total", 4.0),
-        ("chatd_events_delivered_total{class=\"presence\"}", 2.0),
+        ("chatd_events_delivered_total{class=\"presence\"}", 3.0),
         ("chatd_events_delivered_total{class=\"typing\"}", 2.0),
         ("chatd_deliveries_dropped_total{class=\"typing\"}", 0.0),
         ("chatd_fanout_recipients_count", 3.0),
         ("chatd_fanout_recipients_sum", 3.0),
-        ("chatd_message_handling_seconds_count", 9.0),
+        ("chatd_message_handling_seconds_count", 11.0),
         ("chatd_rate_limited_total{kind=\"request\"}", 0.0),
         ("chatd_slow_consumer_disconnects_total", 0.0),
         ("chatd_connections_refused_total{reason=\"capacity\"}", 0.0),

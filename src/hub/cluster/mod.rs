@@ -1746,8 +1746,9 @@ impl Inner {
         Ok(())
     }
 
-    /// After the subscriber (re)subscribed: deliver what each room missed meanwhile.
-    async fn catch_up(&self) {
+    /// After the subscriber (re)subscribed: deliver what each room missed meanwhile. False if
+    /// Redis did not answer for some room (the subscriber then starts over).
+    async fn catch_up(&self) -> bool {
         let rooms: Vec<(Arc<str>, Option<u64>, Arc<str>)> = lock(&self.local)
             .rooms
             .iter()
@@ -1782,7 +1783,8 @@ impl Inner {
             let Ok(Ok((seq, now_epoch))) =
                 tokio::time::timeout(self.settings.op_timeout, read).await
             else {
-                continue;
+                *self.conn.lock().await = None;
+                return false;
             };
             if !epoch.is_empty() && *epoch != *now_epoch {
                 let mut local = lock(&self.local);
@@ -1796,6 +1798,7 @@ impl Inner {
                 self.fill(&room, last + 1, seq).await;
             }
         }
+        true
     }
 }
 
@@ -1889,7 +1892,15 @@ async fn subscriber(inner: Arc<Inner>, mut subs: mpsc::Receiver<Sub>) {
                     }
                     let _ = done.send(ok);
                 }
-                inner.catch_up().await;
+                // The command connection may be the one that just died with the subscription:
+                // catch up over a new one. A room that cannot be caught up (Redis went away again)
+                // means starting over, not a node that says it is ready with a hole in it.
+                *inner.conn.lock().await = None;
+                if !inner.catch_up().await {
+                    warn!("cluster: could not catch up after resubscribing; trying again");
+                    continue_after_backoff(&inner, &mut subs, &mut backoff).await;
+                    continue;
+                }
                 inner.subscribed.store(true, Ordering::Relaxed);
                 // A connection that died without a word is found within a second (plus the
                 // deadline): the subscription's health is what /readyz and `say` go by.
@@ -1933,7 +1944,9 @@ async fn subscriber(inner: Arc<Inner>, mut subs: mpsc::Receiver<Sub>) {
                             }
                         },
                         _ = ping.tick() => {
-                            let alive = tokio::time::timeout(deadline, sink.ping::<String>()).await;
+                            // A subscribed connection answers PING with `["pong", ""]` (RESP2),
+                            // not `PONG`: any answer proves it alive.
+                            let alive = tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
                             }
@@ -1942,24 +1955,38 @@ async fn subscriber(inner: Arc<Inner>, mut subs: mpsc::Receiver<Sub>) {
                 }
             }
             warn!("cluster: lost the Redis subscription; reconnecting");
+            inner.metrics.resubscribes.inc();
         }
-        inner.subscribed.store(false, Ordering::Relaxed);
-        inner.set_up(false);
-        // Requests for subscriptions wait for the next connection, or fail if it takes long.
-        let pause = tokio::time::sleep(backoff);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => break,
-                sub = subs.recv() => match sub {
-                    None => return,
-                    Some(Sub::Room(_, done)) => { let _ = done.send(false); }
-                    Some(Sub::Drop(_)) => {}
-                },
-            }
+        if !continue_after_backoff(&inner, &mut subs, &mut backoff).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// The subscriber lost (or could not make) its subscription: not ready until it has one again.
+/// Waits the back-off (requests for subscriptions meanwhile fail) and doubles it, up to 1 s.
+/// False when the broker is gone.
+async fn continue_after_backoff(
+    inner: &Inner,
+    subs: &mut mpsc::Receiver<Sub>,
+    backoff: &mut Duration,
+) -> bool {
+    inner.subscribed.store(false, Ordering::Relaxed);
+    inner.set_up(false);
+    let pause = tokio::time::sleep(*backoff);
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            _ = &mut pause => break,
+            sub = subs.recv() => match sub {
+                None => return false,
+                Some(Sub::Room(_, done)) => { let _ = done.send(false); }
+                Some(Sub::Drop(_)) => {}
+            },
+        }
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(1));
+    true
 }
 
 impl Broker for RedisBroker {
