@@ -2,6 +2,13 @@
 # Build: docker build -t chatd .     Run: docker compose up
 
 FROM rust:1.95-slim-bookworm AS build
+# The official slim image has gcc and libc6-dev but no make, and jemalloc's build (our allocator,
+# tikv-jemalloc-sys) runs make: without it the build stops at exit 101. Its version is the base
+# image's Debian release's, like gcc's.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The image gets stripped binaries (chatd: 91 MB with debug info, 10 MB without); the repo's release
 # profile keeps debug info for profiling.

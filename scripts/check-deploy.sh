@@ -26,6 +26,7 @@ echo "ok"
 echo "-- docker-compose config -q (alone, and with deploy/compose.tls.yml)"
 "$VENV/bin/docker-compose" config -q
 "$VENV/bin/docker-compose" -f docker-compose.yml -f deploy/compose.tls.yml config -q
+"$VENV/bin/docker-compose" -f docker-compose.yml -f deploy/compose.tokens.yml config -q
 "$VENV/bin/docker-compose" -f docker-compose.yml -f deploy/compose.tls.yml config --format json > target/compose-tls.json
 "$VENV/bin/python" - <<'PY'
 import json
@@ -43,7 +44,7 @@ echo "-- the cluster profile: Redis, two nodes of one chat, a balancer that chec
 "$VENV/bin/python" - <<'PY'
 import json, re
 services = json.load(open("target/compose-cluster.json"))["services"]
-assert set(services) == {"chatd", "prometheus", "redis", "chatd-a", "chatd-b", "balancer"}, set(services)
+assert set(services) == {"chatd", "prometheus", "redis", "chatd-a", "chatd-b", "balancer", "prometheus-cluster"}, set(services)
 assert "--appendonly" in services["redis"]["command"], "the cluster's history is Redis's: keep AOF on"
 a, b = services["chatd-a"]["environment"], services["chatd-b"]["environment"]
 assert a["CHATD_CLUSTER__REDIS_URL"] == b["CHATD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
@@ -54,8 +55,10 @@ for node in ("chatd-a", "chatd-b"):
     assert re.search(rf"^\s*server {node} {node}:8000\b", cfg, re.M), f"haproxy must balance over {node}:8000"
 assert "option httpchk GET /readyz" in cfg and "check port 8002" in cfg, "haproxy must check /readyz on the admin port"
 assert [int(p["target"]) for p in services["balancer"]["ports"]] == [8100]
-prom = open("deploy/prometheus.yml").read()
-assert "chatd-a:8002" in prom and "chatd-b:8002" in prom, "Prometheus must scrape both nodes"
+prom = open("deploy/prometheus-cluster.yml").read()
+assert "chatd-a:8002" in prom and "chatd-b:8002" in prom, "the cluster's Prometheus must scrape both nodes"
+single = open("deploy/prometheus.yml").read()
+assert "chatd-a" not in single, "the single-node Prometheus scrapes only what runs without the profile"
 for name, env in (("a", a), ("b", b)):
     with open(f"target/compose-cluster-{name}.env", "w") as f:
         for k, v in env.items():

@@ -570,6 +570,8 @@ pub struct Sources {
     pub host: Option<String>,
     /// `--port` override.
     pub port: Option<u16>,
+    /// Keys set on the command line (e.g. `chatd token --secret-file`): the highest layer.
+    pub overrides: Vec<(&'static str, String)>,
 }
 
 impl Config {
@@ -593,6 +595,9 @@ impl Config {
         }
         if let Some(port) = sources.port {
             figment = figment.merge(("server.port", port));
+        }
+        for (key, value) in &sources.overrides {
+            figment = figment.merge((*key, value));
         }
         let config: Config = figment
             .extract()
@@ -932,6 +937,7 @@ impl Sources {
             use_env: true,
             host: None,
             port: None,
+            overrides: Vec::new(),
         }
     }
 }

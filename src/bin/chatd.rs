@@ -31,11 +31,11 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', env = "CHATD_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides server.host; before any subcommand).
+    /// Address to listen on (overrides server.host).
     #[arg(long)]
     host: Option<String>,
     /// Port to listen on, 0 for any free port (overrides server.port).
-    #[arg(long, short = 'p', global = true)]
+    #[arg(long, short = 'p')]
     port: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,15 +44,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default).
-    Run,
-    /// Validate the configuration and exit: 0 if valid, 78 if not.
+    Run {
+        /// Address to listen on (overrides server.host).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port to listen on, 0 for any free port (overrides server.port).
+        #[arg(long, short = 'p')]
+        port: Option<u16>,
+    },
+    /// Validate the configuration (and that its files can be used) and exit: 0 if valid, 78 if not.
     CheckConfig,
     /// Print the effective configuration as TOML (secrets masked).
     PrintConfig,
     /// Ask the running server's admin listener for /healthz: exit 0 if healthy, 1 if not.
     /// For container health checks (no curl needed).
     Healthcheck,
-    /// Mint a signed token for NAME with the configured auth secret; prints only the token.
     /// Make a private CA (ca.pem; reused when present) and a server certificate for the given
     /// names (cert.pem, key.pem), for wss:// without a public CA. Prints how to use them.
     Cert {
@@ -69,6 +75,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Mint a signed token for NAME with the configured auth secret; prints only the token.
     Token {
         /// The user name the token is for (its `sub`).
         name: String,
@@ -78,6 +85,30 @@ enum Command {
         /// How long it is valid: 30d, 12h, 15m, 90s.
         #[arg(long, default_value = "30d")]
         ttl: String,
+        /// Read the secret from this file instead of the configuration's (e.g. the root-only
+        /// /etc/chatd/secret that systemd hands the service with LoadCredential=).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Tell the running chatd with process id PID to re-read its TLS certificate and key
+    /// (SIGHUP, without a `kill` binary): systemd's ExecReload.
+    Reload {
+        /// The daemon's process id (systemd: $MAINPID).
+        pid: i32,
+    },
+    /// Copy a certificate and its key into DIR for a sandboxed chatd to read: checks that they
+    /// belong together, writes them (mode 0600) with DIR's owner, atomically. For systemd's
+    /// credentials drop-in, which runs it as root before start and on reload.
+    TlsCopy {
+        /// The certificate chain (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the service reads them (created mode 0700, owned like its parent).
+        #[arg(long)]
+        into: PathBuf,
     },
 }
 
@@ -89,27 +120,52 @@ enum RoleArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Needs no configuration: it makes the files a configuration will name.
-    if let Some(Command::Cert {
-        hosts,
-        out,
-        days,
-        force,
-    }) = &cli.command
-    {
-        return make_cert(hosts, out, *days, *force);
+    // These need no configuration.
+    match &cli.command {
+        Some(Command::Cert {
+            hosts,
+            out,
+            days,
+            force,
+        }) => return make_cert(hosts, out, *days, *force),
+        Some(Command::Reload { pid }) => return reload(*pid),
+        Some(Command::TlsCopy { cert, key, into }) => return tls_copy(cert, key, into),
+        _ => {}
     }
-    let sources = Sources {
-        host: cli.host.clone(),
-        port: cli.port,
+    let (run_host, run_port) = match &cli.command {
+        Some(Command::Run { host, port }) => (host.clone(), *port),
+        _ => (None, None),
+    };
+    let mut sources = Sources {
+        host: run_host.or_else(|| cli.host.clone()),
+        port: run_port.or(cli.port),
         ..Sources::standard(cli.config.as_deref())
     };
-    let config =
-        match Config::load(&sources).and_then(|c| chatd::server::check_files(&c).map(|()| c)) {
-            Ok(config) => config,
-            Err(e) => return config_error(&e),
-        };
-    match cli.command.unwrap_or(Command::Run) {
+    if let Some(Command::Token {
+        secret_file: Some(file),
+        ..
+    }) = &cli.command
+    {
+        sources.overrides = vec![
+            ("auth.secret", String::new()),
+            ("auth.secret_file", file.display().to_string()),
+        ];
+    }
+    let config = match Config::load(&sources) {
+        Ok(config) => config,
+        Err(e) => return config_error(&e),
+    };
+    let command = cli.command.unwrap_or(Command::Run {
+        host: None,
+        port: None,
+    });
+    // What serving needs (certificate, key, secret) is checked by the commands that serve.
+    if matches!(command, Command::Run { .. } | Command::CheckConfig)
+        && let Err(e) = chatd::server::check_files(&config)
+    {
+        return config_error(&e);
+    }
+    match command {
         Command::CheckConfig => {
             if let Err(e) = chatd::store::check(&config) {
                 return config_error(&e);
@@ -135,9 +191,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck => healthcheck(&config),
-        Command::Cert { .. } => unreachable!("handled before the configuration is loaded"),
-        Command::Token { name, role, ttl } => mint_token(&config, &name, role, &ttl),
-        Command::Run => match run(config, sources.file_in_use()) {
+        Command::Cert { .. } | Command::Reload { .. } | Command::TlsCopy { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
+        Command::Token {
+            name, role, ttl, ..
+        } => mint_token(&config, &name, role, &ttl),
+        Command::Run { .. } => match run(config, sources.file_in_use()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fatal::Config(e)) => config_error(&e),
             Err(Fatal::Other(e)) => {
@@ -145,6 +205,47 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `chatd reload PID`: SIGHUP to a running chatd (and to nothing else: a reused pid is refused).
+fn reload(pid: i32) -> ExitCode {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() != "chatd" {
+        eprintln!("chatd: reload: process {pid} is not a running chatd");
+        return ExitCode::FAILURE;
+    }
+    let signalled = rustix::process::Pid::from_raw(pid)
+        .ok_or(rustix::io::Errno::INVAL)
+        .and_then(|pid| rustix::process::kill_process(pid, rustix::process::Signal::HUP));
+    match signalled {
+        Ok(()) => {
+            println!("asked chatd ({pid}) to reload its TLS certificate and key");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: reload: cannot signal process {pid}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `chatd tls-copy`: see [`Command::TlsCopy`].
+fn tls_copy(cert: &std::path::Path, key: &std::path::Path, into: &std::path::Path) -> ExitCode {
+    match chatd::server::tls::copy_for_service(cert, key, into) {
+        Ok(()) => {
+            println!(
+                "copied {} and {} into {}",
+                shown(cert),
+                shown(key),
+                into.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: tls-copy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -198,7 +299,11 @@ fn make_cert(hosts: &[String], out: &std::path::Path, days: u32, force: bool) ->
         cert::CA_CERT
     );
     println!(
-        "  Chrome and the system on Debian: cp {dir}/{} /usr/local/share/ca-certificates/chatd.crt && update-ca-certificates),",
+        "  Chromium and Chrome on Linux keep their own store (NSS): certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n chatd -i {dir}/{}",
+        cert::CA_CERT
+    );
+    println!(
+        "  (certutil is in libnss3-tools); the system's store, for curl and most programs: cp {dir}/{} /usr/local/share/ca-certificates/chatd.crt && update-ca-certificates),",
         cert::CA_CERT
     );
     println!("  then open https://{host}:8000/");

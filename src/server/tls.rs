@@ -195,3 +195,53 @@ impl TlsReloader {
         }
     }
 }
+
+/// Copies a certificate chain and its key into `into` for a sandboxed server to read (systemd's
+/// `DynamicUser=` service cannot read a root-only key; the credentials drop-in runs this as root
+/// before start and on reload). The pair is checked first (a bad pair changes nothing); `into` is
+/// created mode 0700 and, like the files (mode 0600), owned by whoever owns its parent (the
+/// service's state directory); each file is written beside its final name and renamed over it.
+pub fn copy_for_service(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    into: &std::path::Path,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+    let check = TlsConfig {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        ..TlsConfig::default()
+    };
+    load_server_config(&check).map_err(|e| e.to_string())?;
+    let parent = into
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let owner = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let at = |what: &std::path::Path, e: std::io::Error| format!("{}: {e}", what.display());
+    std::fs::create_dir_all(into).map_err(|e| at(into, e))?;
+    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| at(into, e))?;
+    std::os::unix::fs::chown(into, Some(uid), Some(gid)).map_err(|e| at(into, e))?;
+    for (from, name) in [(cert, "cert.pem"), (key, "key.pem")] {
+        let bytes = std::fs::read(from).map_err(|e| at(from, e))?;
+        let target = into.join(name);
+        let temp = into.join(format!(".{name}.new"));
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| at(&temp, e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| at(&temp, e))?;
+        std::os::unix::fs::chown(&temp, Some(uid), Some(gid)).map_err(|e| at(&temp, e))?;
+        std::fs::rename(&temp, &target).map_err(|e| at(&target, e))?;
+    }
+    Ok(())
+}

@@ -28,6 +28,25 @@ fn help_and_version() {
     for word in ["check-config", "print-config", "--config", "--port", "78"] {
         assert!(out.contains(word), "--help lacks {word}:\n{out}");
     }
+    // Each subcommand's help is its own (the token's text once sat under `cert`), and options
+    // that mean nothing there are not offered.
+    let (_, out, _) = output(&["--help"], &[]);
+    let line = |cmd: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(cmd))
+            .unwrap_or("")
+    };
+    assert!(line("cert ").contains("certificate"), "{out}");
+    assert!(line("token ").contains("token"), "{out}");
+    assert!(!line("cert ").contains("token"), "{out}");
+    for sub in ["token", "cert", "check-config", "reload"] {
+        let (code, help, _) = output(&[sub, "--help"], &[]);
+        assert_eq!(code, Some(0));
+        assert!(
+            !help.contains("--port"),
+            "chatd {sub} --help offers --port:\n{help}"
+        );
+    }
     let (code, out, _) = output(&["--version"], &[]);
     assert_eq!(code, Some(0));
     assert!(out.contains(env!("CARGO_PKG_VERSION")));

@@ -1207,3 +1207,96 @@ fn an_unreadable_key_says_permission_denied() {
     );
     assert!(!err.contains("not a PEM"), "{err}");
 }
+
+/// systemd's ExecReload: `chatd tls-copy` (run as root by the credentials drop-in) puts a renewed
+/// pair where the service reads it, `chatd reload PID` tells the daemon (no `kill` binary needed):
+/// the new certificate is served without a restart. A pair that does not belong together is
+/// refused and changes nothing; `reload` refuses a pid that is not a chatd.
+#[test]
+fn tls_copy_and_reload_serve_a_renewed_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let (ca1, ca2) = (Ca::new("first CA"), Ca::new("second CA"));
+    let source = tls_files(&ca1);
+    let state = tempfile::tempdir().unwrap();
+    let into = state.path().join("tls");
+    let copy = |cert: &Path, key: &Path| {
+        code_and_stderr(chatd_command().args([
+            "tls-copy",
+            "--cert",
+            path(cert),
+            "--key",
+            path(key),
+            "--into",
+            path(&into),
+        ]))
+    };
+    assert_eq!(copy(&source.cert, &source.key).0, Some(0));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&into), 0o700);
+    assert_eq!(mode(&into.join("key.pem")), 0o600);
+    let d = start_with(&[
+        ("CHATD_TLS__CERT", path(&into.join("cert.pem")).to_string()),
+        ("CHATD_TLS__KEY", path(&into.join("key.pem")).to_string()),
+    ]);
+    let url = wss(&d);
+    assert_eq!(
+        chatctl_send(&url, &["--ca-cert", path(&source.ca)], "alice", "first").0,
+        Some(0)
+    );
+
+    // Renewed (by another CA, so the served certificate tells which is in use).
+    let renewed = tls_files(&ca2);
+    assert_eq!(copy(&renewed.cert, &renewed.key).0, Some(0));
+    let pid = d.child.id().to_string();
+    let out = chatd_command().args(["reload", &pid]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while chatctl_send(&url, &["--ca-cert", path(&renewed.ca)], "bob", "renewed").0 != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A certificate with another pair's key: refused, and the copy in use is untouched.
+    let (code, err) = copy(&source.cert, &renewed.key);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not match"), "{err}");
+    assert_eq!(
+        std::fs::read(into.join("cert.pem")).unwrap(),
+        std::fs::read(&renewed.cert).unwrap()
+    );
+
+    // Not a chatd: refused, and nothing is signalled.
+    let other = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = chatd_command()
+        .args(["reload", &other.id().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a running chatd"));
+    let mut other = other;
+    assert!(other.try_wait().unwrap().is_none(), "sleep was signalled");
+    let _ = other.kill();
+}
+
+/// `chatd token --secret-file`: mints with a file the configuration does not name (the root-only
+/// secret systemd hands the service), whatever `auth.secret_file` says.
+#[test]
+fn token_secret_file_overrides_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let out = chatd_command()
+        .args(["token", "alice", "--secret-file", path(&secret_file)])
+        .env("CHATD_AUTH__MODE", "token")
+        .env(
+            "CHATD_AUTH__SECRET_FILE",
+            "/run/credentials/chatd.service/nowhere",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let d = start_with(&token_env());
+    let (_c, reply) = Raw::hello(&d, "alice", Some(&token));
+    assert_eq!(reply["type"], "welcome", "{reply}");
+}

@@ -434,8 +434,8 @@ fn an_unusable_database_exits_78_naming_storage_path() {
     for (path, reason) in &cases {
         for cmd in [&["check-config"][..], &[][..]] {
             let out = chatd_command()
-                .args(cmd)
                 .args(["--port", "0"])
+                .args(cmd)
                 .env("CHATD_STORAGE__PATH", p(path))
                 .env("CHATD_ADMIN__LISTEN", "127.0.0.1:0")
                 .output()
