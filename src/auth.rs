@@ -36,9 +36,19 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience.
+    /// Audience: one, or a list (RFC 7519 §4.1.3 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// A token's `aud`: one string or several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "chatd"`.
+    One(String),
+    /// `"aud": ["chatd", "other"]`.
+    Many(Vec<String>),
 }
 
 /// What a token must satisfy beyond its signature.
@@ -124,6 +134,15 @@ impl Verifier {
     /// The role a token grants to `name`.
     pub fn verify(&self, token: Option<&str>, name: &str) -> Result<Role, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
+        // RFC 7515 §4.1.11: a `crit` header lists extensions the recipient must understand or
+        // refuse the token; chatd understands none.
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if let Some(crit) = header.crit {
+            return Err(AuthError::Invalid(format!(
+                "the token's crit header names extensions chatd does not understand: {crit:?}"
+            )));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let now = unix_now().map_err(AuthError::Invalid)?;
@@ -173,7 +192,7 @@ pub fn mint(
         iat: Some(now),
         nbf: None,
         iss: rules.issuer.clone(),
-        aud: rules.audience.clone(),
+        aud: rules.audience.clone().map(Audience::One),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -265,6 +284,40 @@ mod tests {
         );
         assert!(parse_ttl("213503982334601d").is_err());
         assert!(parse_ttl("36601d").is_err());
+    }
+
+    /// Promises issue, item 14: a `crit` header is refused (RFC 7515 §4.1.11); `aud` may be a
+    /// list (RFC 7519 §4.1.3), accepted when it holds the configured audience.
+    #[test]
+    fn crit_headers_are_refused_and_audience_lists_accepted() {
+        let now = unix_now().unwrap();
+        let claims = serde_json::json!({"sub": "alice", "exp": now + 600});
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let critical = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(secret().expose().as_bytes()),
+        )
+        .unwrap();
+        let v = Verifier::new(&secret(), &rules());
+        assert!(matches!(
+            v.verify(Some(&critical), "alice"),
+            Err(AuthError::Invalid(e)) if e.contains("crit")
+        ));
+        let strict = Rules {
+            audience: Some("chatd".into()),
+            ..rules()
+        };
+        let v = Verifier::new(&secret(), &strict);
+        let listed =
+            sign(serde_json::json!({"sub": "alice", "exp": now + 600, "aud": ["web", "chatd"]}));
+        assert_eq!(v.verify(Some(&listed), "alice"), Ok(Role::User));
+        let elsewhere =
+            sign(serde_json::json!({"sub": "alice", "exp": now + 600, "aud": ["web", "api"]}));
+        assert!(v.verify(Some(&elsewhere), "alice").is_err());
+        let single = sign(serde_json::json!({"sub": "alice", "exp": now + 600, "aud": "chatd"}));
+        assert_eq!(v.verify(Some(&single), "alice"), Ok(Role::User));
     }
 
     #[test]

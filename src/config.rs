@@ -118,6 +118,9 @@ pub struct StorageConfig {
     pub queue_bytes: usize,
     /// Seconds between pruner runs.
     pub prune_interval_secs: f64,
+    /// The longest one search may run, in milliseconds; past it the search is stopped and the
+    /// client told to narrow it. Searches run one at a time, apart from history reads.
+    pub search_budget_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -130,6 +133,7 @@ impl Default for StorageConfig {
             max_db_bytes: 0,
             queue_bytes: 32 << 20,
             prune_interval_secs: 60.0,
+            search_budget_ms: 250,
         }
     }
 }
@@ -824,6 +828,12 @@ impl Config {
             ));
         }
         secs("storage.prune_interval_secs", st.prune_interval_secs, false)?;
+        if st.search_budget_ms == 0 || st.search_budget_ms > 60_000 {
+            return Err(invalid(
+                "storage.search_budget_ms",
+                "must be between 1 and 60000",
+            ));
+        }
         if self.history.max_bytes < self.history.max_bytes_per_room {
             return Err(invalid(
                 "history.max_bytes",

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub storage_rejected: IntCounter,
     /// Writes waiting for the writer.
     pub storage_queued: IntGauge,
+    /// How long the oldest uncommitted message has waited (at the last `/readyz` or scrape).
+    pub storage_lag_seconds: prometheus::Gauge,
     /// Stored messages not yet in the search index.
     pub search_unindexed: IntGauge,
     /// Time to handle one received frame.
@@ -218,6 +220,17 @@ impl Metrics {
                 "chatd_storage_rejected_total",
                 "Messages refused with `unavailable` because the database writer was too far behind.",
             ),
+            storage_lag_seconds: {
+                let g = prometheus::Gauge::new(
+                    "chatd_storage_lag_seconds",
+                    "How long the oldest message not yet on disk has waited (updated by /readyz).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             storage_queued: gauge(
                 "chatd_storage_queued",
                 "Writes waiting for the database writer.",

@@ -368,6 +368,21 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     let Some(kind) = raw.kind.as_deref() else {
         return Err(fail(ErrorCode::BadRequest, "missing field `type`".into()));
     };
+    // Sequence numbers and ids stay below 2^63 (what databases store): a larger one names
+    // nothing, and is refused rather than silently matching nothing.
+    let after_seq = raw.after.as_ref().and_then(serde_json::Value::as_u64);
+    for (field, value) in [
+        ("since", raw.since),
+        ("before", raw.before),
+        ("after", after_seq),
+    ] {
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("`{field}` must be below 2^63"),
+            ));
+        }
+    }
     let need = |field: Option<String>, name: &str| {
         field.ok_or_else(|| {
             fail(
@@ -484,19 +499,15 @@ pub enum NameError {
 }
 
 /// Checks a user name against the rules: 1-32 of `[A-Za-z0-9_.-]` with at least one letter or
-/// digit, and not one of [`RESERVED_NAMES`] nor a look-alike of one: names are compared as
-/// [`fold_name`] folds them with the separators `_ . -` ignored, so `Server_`, `adm1n` and
-/// `sys.tem` are reserved too.
+/// digit, and not one of [`RESERVED_NAMES`] nor a [`look_alike`] of one, so `Server_`, `adm1n`
+/// and `sys.tem` are reserved too.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     check_chars(name).ok_or(NameError::Invalid)?;
     if !name.bytes().any(|b| b.is_ascii_alphanumeric()) {
         return Err(NameError::Invalid);
     }
-    let bare: String = fold_name(name)
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    if RESERVED_NAMES.iter().any(|r| fold_name(r) == bare) {
+    let looks = look_alike(name);
+    if RESERVED_NAMES.iter().any(|r| look_alike(r) == looks) {
         return Err(NameError::Reserved);
     }
     Ok(())
@@ -511,19 +522,50 @@ fn check_chars(name: &str) -> Option<()> {
     ok.then_some(())
 }
 
-/// The key under which a name is unique: lower case, with ASCII look-alikes folded together
-/// (`0`/`o`, `1`/`l`/`i`/`I`, `rn`/`m`, `vv`/`w`), so `alice` and `aIice`, `Il1` and `lI1`, or `rn`
-/// and `m` cannot both be online. Display names keep their spelling.
-pub fn fold_name(name: &str) -> String {
+/// Who a name is: its ASCII lower case (names are ASCII). Two names with one key are one user
+/// (`Alice` and `alice`); two with different keys are two users, however alike they look.
+pub fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// What a name looks like, for refusing a *new* name that would pass for someone else's: lower
+/// case, the separators `_ . -` dropped, and look-alike letters and digits folded together (`0`/`o`,
+/// `1`/`i`/`l`, `3`/`e`, `4`/`a`, `5`/`s`, `7`/`t`, `8`/`b`, `9`/`g`, `rn`/`m`, `vv`/`w`), so `aIice`,
+/// `a.lice`, `_alice` and `a1ice` all look like `alice`, `5am` like `sam`, `8ob` like `bob`.
+/// Never an identity: two accounts that look alike stay two accounts (see [`name_key`]).
+pub fn look_alike(name: &str) -> String {
     let mapped: String = name
         .chars()
+        .filter(|c| !matches!(c, '_' | '.' | '-'))
         .map(|c| match c.to_ascii_lowercase() {
             '0' => 'o',
             '1' | 'i' => 'l',
+            '3' => 'e',
+            '4' => 'a',
+            '5' => 's',
+            '7' => 't',
+            '8' => 'b',
+            '9' => 'g',
             c => c,
         })
         .collect();
     mapped.replace("rn", "m").replace("vv", "w")
+}
+
+/// Words a search may have (each must match).
+pub const MAX_SEARCH_WORDS: usize = 32;
+
+/// The words a search looks for, as the index's tokenizer (unicode61) cuts them: runs of letters
+/// and digits. `Err` with the count when there are more than [`MAX_SEARCH_WORDS`].
+pub fn search_words(query: &str) -> Result<Vec<&str>, usize> {
+    let words: Vec<&str> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.len() > MAX_SEARCH_WORDS {
+        return Err(words.len());
+    }
+    Ok(words)
 }
 
 /// Whether a character shows nothing by itself: controls, zero-width and other format
@@ -1438,17 +1480,28 @@ mod tests {
         for name in ["...", "_-_", "."] {
             assert_eq!(validate_name(name), Err(NameError::Invalid), "{name}");
         }
-        // Look-alikes are one name.
+        // Look-alikes look alike, but are different names.
         for (a, b) in [
             ("alice", "aIice"),
+            ("alice", "alice."),
+            ("alice", "a.lice"),
+            ("alice", "_alice"),
             ("Il1", "lI1"),
             ("rn", "m"),
             ("b0b", "bob"),
             ("vvill", "will"),
+            ("will", "wiii"),
+            ("sam", "5am"),
+            ("bob", "8ob"),
+            ("ian", "lan"),
+            ("tom", "torn"),
+            ("leo", "le0"),
         ] {
-            assert_eq!(fold_name(a), fold_name(b), "{a} / {b}");
+            assert_eq!(look_alike(a), look_alike(b), "{a} / {b}");
+            assert_ne!(name_key(a), name_key(b), "{a} / {b} are two people");
         }
-        assert_ne!(fold_name("henry"), fold_name("henry_"));
+        assert_eq!(name_key("Alice"), name_key("alice"));
+        assert_ne!(look_alike("henry"), look_alike("henri"));
         assert_eq!(normalize_room("#Rust").as_deref(), Some("rust"));
         assert_eq!(normalize_room("#"), None);
     }

@@ -4,7 +4,7 @@
 //! What the user sends waits in an outbox and leaves paced under the rate the server advertised
 //! ([`Pacer`]), so nothing is refused for flooding; rejoins after a reconnect go first. A line the
 //! user sent shows once the server acknowledges it, with the ack's time; until then it is pending,
-//! and a refused one shows with its error. If the name is taken at hello, `NAME_`, `NAME__` … are
+//! and a refused one shows with its error. If the name is taken at hello, `NAME2`, `NAME3` … are
 //! tried (unless `--no-alt-nick`).
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +42,7 @@ pub struct Options {
     pub name: String,
     /// The room to start in.
     pub room: String,
-    /// Try `NAME_`, `NAME__` … when the name is taken.
+    /// Try `NAME2`, `NAME3` … when the name is taken.
     pub alt_nick: bool,
     /// Ring the terminal bell on a mention or a PM.
     pub bell: bool,
@@ -289,14 +289,21 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
     }
 }
 
-/// The next name to try when `name` is taken: `name_`, or the last character replaced once the
-/// name is as long as names may be.
+/// The next name to try when `name` is taken: `name2`, then `name3` and on (a number is never a
+/// look-alike of the name without it, where `name_` is, and the server refuses look-alikes of
+/// names online), the name cut short to keep within the length names may have.
 fn alt_nick(name: &str) -> String {
-    if name.len() < crate::protocol::MAX_NAME_BYTES {
-        format!("{name}_")
-    } else {
-        format!("{}_", &name[..name.len() - 1])
-    }
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let next = match name[stem.len()..].parse::<u32>() {
+        Ok(n) if !stem.is_empty() => n + 1,
+        _ => 2,
+    };
+    let base = if stem.is_empty() { name } else { stem };
+    let suffix = next.to_string();
+    let keep = base
+        .len()
+        .min(crate::protocol::MAX_NAME_BYTES - suffix.len());
+    format!("{}{suffix}", &base[..keep])
 }
 
 impl Chat {
@@ -1161,13 +1168,22 @@ mod tests {
 
     #[test]
     fn alternative_names_stay_valid() {
-        assert_eq!(alt_nick("henry"), "henry_");
-        assert_eq!(alt_nick("henry_"), "henry__");
+        assert_eq!(alt_nick("henry"), "henry2");
+        assert_eq!(alt_nick("henry2"), "henry3");
+        assert_eq!(alt_nick("henry9"), "henry10");
         let long = "x".repeat(32);
         let alt = alt_nick(&long);
         assert_eq!(alt.len(), 32);
-        assert!(alt.ends_with('_'));
+        assert!(alt.ends_with('2'));
         assert!(crate::protocol::validate_name(&alt).is_ok());
+        // Never a look-alike of the name it stands in for.
+        for name in ["henry", "bob", "alice"] {
+            let alt = alt_nick(name);
+            assert_ne!(
+                crate::protocol::look_alike(&alt),
+                crate::protocol::look_alike(name)
+            );
+        }
     }
 
     fn chat() -> Chat {

@@ -47,6 +47,9 @@ pub struct HubLimits {
     pub resume_max: u64,
     /// Keep private messages too (names are owned: token mode).
     pub store_pms: bool,
+    /// Names are owned (token mode): a name is whoever the token says, and look-alikes of
+    /// online names are not refused (they are other accounts).
+    pub owned_names: bool,
     /// Members listed in a view, and names listed per `presence` batch.
     pub users_per_page: usize,
     /// Rooms with more members than this batch their joins and leaves (0: every room).
@@ -65,6 +68,7 @@ impl HubLimits {
             max_rooms_per_ip: config.limits.max_rooms_per_ip,
             resume_max: config.history.resume_max,
             store_pms: config.auth.mode == crate::config::AuthMode::Token,
+            owned_names: config.auth.mode == crate::config::AuthMode::Token,
             users_per_page: config.limits.users_per_page,
             presence_batch_over: config.limits.presence_batch_over,
         }
@@ -99,8 +103,11 @@ pub struct LocalBroker {
 
 #[derive(Debug, Default)]
 struct Directory {
-    /// Online users by folded name.
+    /// Online users by `protocol::name_key`.
     users: HashMap<String, Member>,
+    /// The names online, by `protocol::look_alike`: a new name that looks like one of them is
+    /// refused (open mode), without making them one identity.
+    looks: HashMap<String, Vec<Arc<str>>>,
     /// Rooms with members or history, by normalised name.
     rooms: HashMap<Arc<str>, Arc<Room>>,
     /// Rooms that still exist, by the address that created them.
@@ -189,6 +196,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Directory {
+    /// `member` is online under `key` (its `protocol::name_key`).
+    fn add_user(&mut self, key: String, member: Member) {
+        self.looks
+            .entry(protocol::look_alike(&member.name))
+            .or_default()
+            .push(member.name.clone());
+        self.users.insert(key, member);
+    }
+
+    /// Takes the user under `key` offline.
+    fn remove_user(&mut self, key: &str) -> Option<Member> {
+        let member = self.users.remove(key)?;
+        let looks = protocol::look_alike(&member.name);
+        if let Some(names) = self.looks.get_mut(&looks) {
+            if let Some(i) = names.iter().position(|n| *n == member.name) {
+                names.swap_remove(i);
+            }
+            if names.is_empty() {
+                self.looks.remove(&looks);
+            }
+        }
+        Some(member)
+    }
+
+    /// Someone else online whose name looks like `name` (not `name` itself, in any case).
+    fn look_alike_of(&self, name: &str) -> Option<Arc<str>> {
+        let key = protocol::name_key(name);
+        self.looks
+            .get(&protocol::look_alike(name))?
+            .iter()
+            .find(|n| protocol::name_key(n) != key)
+            .cloned()
+    }
+
     /// The empty room that has been idle longest, among those `creator` may evict (any, when
     /// `None`); the default room is never a candidate.
     fn idle_room(&self, creator: Option<IpAddr>) -> Option<Arc<Room>> {
@@ -319,29 +360,40 @@ impl LocalBroker {
         Room::new(name, creator, epoch, seq)
     }
 
-    /// Answers late from the reader thread: `read` runs there and its outcome goes to `me`.
+    /// Answers late from a store reader: `query` runs there, and `outcome` makes what it found
+    /// into the outcome that goes to `me`.
     fn read_later(
         &self,
         ticket: Ticket,
         me: &Member,
-        search: bool,
-        read: impl FnOnce(&rusqlite::Connection) -> Outcome + Send + 'static,
+        query: store::Query,
+        outcome: impl FnOnce(store::Found) -> Outcome + Send + 'static,
     ) -> Answer {
         let Some(store) = &self.store else {
             return now(unavailable("history beyond memory needs storage.path"));
         };
         let me = me.clone();
-        let job = move |db: &rusqlite::Connection| {
-            let outcome = read(db);
-            me.answer(ticket, outcome);
-        };
-        let queued = if search {
-            store.search(job)
-        } else {
-            store.read(job)
-        };
+        let search = matches!(query, store::Query::Search { .. });
+        let queued = store.read(query, move |result| {
+            let answer = match result {
+                Ok(found) => outcome(found),
+                Err(store::ReadError::TooBroad) => Refusal::new(
+                    ErrorCode::BadRequest,
+                    "that search matches too much to finish in time; add words, or search one room",
+                )
+                .into(),
+                Err(store::ReadError::Failed(_)) => {
+                    unavailable("could not read the history; try again").into()
+                }
+            };
+            me.answer(ticket, answer);
+        });
         if queued {
             Answer::Later
+        } else if search {
+            now(unavailable(
+                "the server is busy searching; try again in a moment",
+            ))
         } else {
             now(unavailable("the server is busy reading history; try again"))
         }
@@ -371,14 +423,17 @@ impl LocalBroker {
         // The join stands whatever the read does: without it the view goes as it is.
         let fallback = view.clone();
         let me2 = me.clone();
-        let queued = store.read(move |db| {
-            match store::read::page(db, &room, Some(first), None, missing) {
-                Ok((older, _)) => {
-                    let mut history: Vec<_> = older.into_iter().map(Arc::new).collect();
-                    history.append(&mut view.history);
-                    view.history = history;
-                }
-                Err(e) => tracing::warn!(error = %e, "storage: reading history for a join failed"),
+        let query = store::Query::Page {
+            room,
+            before: Some(first),
+            after: None,
+            limit: missing,
+        };
+        let queued = store.read(query, move |found| {
+            if let Ok(store::Found::Page(older, _)) = found {
+                let mut history: Vec<_> = older.into_iter().map(Arc::new).collect();
+                history.append(&mut view.history);
+                view.history = history;
             }
             me2.answer(ticket, wrap(view));
         });
@@ -658,12 +713,16 @@ fn result(r: Result<Outcome, Refusal>) -> Answer {
 impl Broker for LocalBroker {
     fn hello(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
         let mut dir = lock(&self.directory);
-        let key = protocol::fold_name(&me.name);
+        let key = protocol::name_key(&me.name);
         if dir.users.contains_key(&key) {
-            return now(Refusal::new(
-                ErrorCode::NameTaken,
-                format!("the name {:?} is taken", &*me.name),
-            ));
+            return now(Refusal::name_taken(&me.name));
+        }
+        // Where names are owned (tokens), the token decided who this is; elsewhere a name that
+        // would pass for someone online is refused.
+        if !self.limits.owned_names
+            && let Some(other) = dir.look_alike_of(&me.name)
+        {
+            return now(Refusal::looks_like(&me.name, &other));
         }
         // A hello never fails for lack of rooms: it lands in the default room instead.
         let joined = match self.join_locked(&mut dir, me, room, resume) {
@@ -673,7 +732,7 @@ impl Broker for LocalBroker {
             other => other,
         };
         if joined.is_ok() {
-            dir.users.insert(key, me.clone());
+            dir.add_user(key, me.clone());
             self.gauges(&dir);
         }
         drop(dir);
@@ -736,11 +795,9 @@ impl Broker for LocalBroker {
         );
         // Stored, or refused: never accepted and then lost.
         if let Some(store) = &self.store
-            && !store.append(message.clone(), state.epoch.clone())
+            && let Err(why) = store.append(message.clone(), state.epoch.clone())
         {
-            return now(unavailable(
-                "the server cannot store messages fast enough right now; try again",
-            ));
+            return now(unavailable(why.reason()));
         }
         state.seq = seq;
         state.last_active = Instant::now();
@@ -766,7 +823,7 @@ impl Broker for LocalBroker {
     fn pm(&self, _: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         let target = lock(&self.directory)
             .users
-            .get(&protocol::fold_name(to))
+            .get(&protocol::name_key(to))
             .cloned();
         let Some(target) = target else {
             return now(Refusal::no_such_user(to));
@@ -785,10 +842,8 @@ impl Broker for LocalBroker {
                 text: text.to_string(),
                 action,
             };
-            if !store.append_pm(pm) {
-                return now(unavailable(
-                    "the server cannot store messages fast enough right now; try again",
-                ));
+            if let Err(why) = store.append_pm(pm) {
+                return now(unavailable(why.reason()));
             }
         }
         let event = ServerMsg::Pm {
@@ -829,7 +884,7 @@ impl Broker for LocalBroker {
             TypingTo::User(name) => {
                 let target = lock(&self.directory)
                     .users
-                    .get(&protocol::fold_name(name))
+                    .get(&protocol::name_key(name))
                     .cloned();
                 let Some(target) = target else {
                     return now(Refusal::no_such_user(name));
@@ -876,25 +931,28 @@ impl Broker for LocalBroker {
         let in_memory = state.history.front().map_or(state.seq + 1, |m| m.seq);
         let name = r.name.clone();
         let from_store = |before, after| {
-            let name = name.clone();
-            move |db: &rusqlite::Connection| match store::read::page(
-                db, &name, before, after, page.limit,
-            ) {
-                Ok((messages, more)) => Outcome::History {
-                    room: name,
+            let query = store::Query::Page {
+                room: name.to_string(),
+                before,
+                after,
+                limit: page.limit,
+            };
+            let room = name.clone();
+            let outcome = move |found| match found {
+                store::Found::Page(messages, more) => Outcome::History {
+                    room,
                     messages: messages.into_iter().map(Arc::new).collect(),
                     more,
                 },
-                Err(e) => {
-                    tracing::warn!(error = %e, "storage: a history read failed");
-                    unavailable("could not read the history; try again").into()
-                }
-            }
+                _ => unavailable("could not read the history; try again").into(),
+            };
+            (query, outcome)
         };
         match page.after {
             Some(after) if in_memory > after + 1 && oldest <= after + 1 && self.store.is_some() => {
                 drop(state);
-                self.read_later(ticket, me, false, from_store(None, Some(after)))
+                let (query, outcome) = from_store(None, Some(after));
+                self.read_later(ticket, me, query, outcome)
             }
             Some(after) => {
                 let start = state.history.partition_point(|m| m.seq <= after);
@@ -916,7 +974,8 @@ impl Broker for LocalBroker {
                 if short && oldest < first && self.store.is_some() {
                     // Older messages are stored but not in memory.
                     drop(state);
-                    return self.read_later(ticket, me, false, from_store(page.before, None));
+                    let (query, outcome) = from_store(page.before, None);
+                    return self.read_later(ticket, me, query, outcome);
                 }
                 now(Outcome::History {
                     room: name,
@@ -940,20 +999,19 @@ impl Broker for LocalBroker {
                 "private messages are not kept on this server (only with storage and tokens)",
             ));
         }
-        let pair = store::pm_pair(&me.name, with);
+        let query = store::Query::Pms {
+            pair: store::pm_pair(&me.name, with),
+            before,
+            limit,
+        };
         let with: Arc<str> = with.into();
-        self.read_later(ticket, me, false, move |db| {
-            match store::read::pms(db, &pair, before, limit) {
-                Ok((messages, more)) => Outcome::Conversation {
-                    with,
-                    messages,
-                    more,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "storage: a conversation read failed");
-                    unavailable("could not read the conversation; try again").into()
-                }
-            }
+        self.read_later(ticket, me, query, move |found| match found {
+            store::Found::Pms(messages, more) => Outcome::Conversation {
+                with,
+                messages,
+                more,
+            },
+            _ => unavailable("could not read the conversation; try again").into(),
         })
     }
 
@@ -971,20 +1029,20 @@ impl Broker for LocalBroker {
                 "search needs durable history (storage.path), which this server does not keep",
             ));
         }
-        let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
-        let query: Arc<str> = query.into();
-        self.read_later(ticket, me, true, move |db| {
-            match store::read::search(db, &rooms, &query, before, limit) {
-                Ok((messages, more)) => Outcome::Found {
-                    query,
-                    messages: messages.into_iter().map(Arc::new).collect(),
-                    more,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "storage: a search failed");
-                    unavailable("could not search; try again").into()
-                }
-            }
+        let asked: Arc<str> = query.into();
+        let query = store::Query::Search {
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            query: query.to_string(),
+            before,
+            limit,
+        };
+        self.read_later(ticket, me, query, move |found| match found {
+            store::Found::Search(messages, more) => Outcome::Found {
+                query: asked,
+                messages: messages.into_iter().map(Arc::new).collect(),
+                more,
+            },
+            _ => unavailable("could not search; try again").into(),
         })
     }
 
@@ -1026,7 +1084,7 @@ impl Broker for LocalBroker {
 
     fn kick(&self, _: Ticket, me: &Member, name: &str, reason: &str) -> Answer {
         let mut dir = lock(&self.directory);
-        let Some(target) = dir.users.remove(&protocol::fold_name(name)) else {
+        let Some(target) = dir.remove_user(&protocol::name_key(name)) else {
             return now(Refusal::no_such_user(name));
         };
         let rooms: Vec<Arc<Room>> = dir.rooms.values().cloned().collect();
@@ -1047,16 +1105,19 @@ impl Broker for LocalBroker {
 
     fn nick(&self, _: Ticket, me: &Member, name: &str) -> Answer {
         let mut dir = lock(&self.directory);
-        let (old, new) = (protocol::fold_name(&me.name), protocol::fold_name(name));
+        let (old, new) = (protocol::name_key(&me.name), protocol::name_key(name));
         if dir.users.get(&new).is_some_and(|m| m.conn != me.conn) {
-            return now(Refusal::new(
-                ErrorCode::NameTaken,
-                format!("the name {name:?} is taken"),
-            ));
+            return now(Refusal::name_taken(name));
+        }
+        if let Some(other) = dir
+            .look_alike_of(name)
+            .filter(|o| protocol::name_key(o) != old)
+        {
+            return now(Refusal::looks_like(name, &other));
         }
         let renamed = me.renamed(name.into());
-        dir.users.remove(&old);
-        dir.users.insert(new, renamed.clone());
+        dir.remove_user(&old);
+        dir.add_user(new, renamed.clone());
         // Everyone who shares a room hears it once.
         let mut audience: Vec<Member> = Vec::new();
         for room in dir.rooms.values() {
@@ -1108,9 +1169,9 @@ impl Broker for LocalBroker {
                 self.leave_locked(&mut dir, me, &room, &event, Class::Presence);
             }
         }
-        let key = protocol::fold_name(&me.name);
+        let key = protocol::name_key(&me.name);
         if dir.users.get(&key).is_some_and(|m| m.conn == me.conn) {
-            dir.users.remove(&key);
+            dir.remove_user(&key);
         }
         self.gauges(&dir);
     }

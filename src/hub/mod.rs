@@ -293,6 +293,19 @@ impl Refusal {
         )
     }
 
+    /// `name_taken` for `name`.
+    pub fn name_taken(name: &str) -> Refusal {
+        Refusal::new(ErrorCode::NameTaken, format!("the name {name:?} is taken"))
+    }
+
+    /// `name_taken` for a name that would pass for `other`, who is online.
+    pub fn looks_like(name: &str, other: &str) -> Refusal {
+        Refusal::new(
+            ErrorCode::NameTaken,
+            format!("the name {name:?} looks too much like {other:?}, who is online"),
+        )
+    }
+
     /// `not_in_room` for `room`.
     pub fn not_in_room(room: &str) -> Refusal {
         Refusal::new(ErrorCode::NotInRoom, format!("you are not in #{room}"))
@@ -324,7 +337,8 @@ pub enum TypingTo<'a> {
 /// Room names are normalised (`protocol::normalize_room`) and texts checked by the session before a
 /// call; the broker checks what only it can know (names taken, membership, caps).
 pub trait Broker: Send + Sync + std::fmt::Debug {
-    /// Claims `me.name()` (unique as `protocol::fold_name` folds it) and joins `room`, in one
+    /// Claims `me.name()` (unique as `protocol::name_key` keys it; in open mode not a
+    /// `protocol::look_alike` of a name online either) and joins `room`, in one
     /// step: on failure nothing is taken. A room that cannot be created gives the default room.
     /// With `resume`, the view holds what the client missed (see [`RoomView`]). `Welcome`, or
     /// `name_taken`.

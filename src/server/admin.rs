@@ -65,6 +65,11 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, ready: &Ready) -> std:
             return Ok(());
         }
         head.extend_from_slice(&chunk[..n]);
+        if !plausible_request_line(&head) {
+            // Binary junk, a TLS ClientHello: no HTTP request will follow, so say so now rather
+            // than wait out the timeout.
+            return respond(&mut stream, "400 Bad Request", "text/plain", "not HTTP\n").await;
+        }
         if head.len() > MAX_REQUEST_BYTES {
             return respond(
                 &mut stream,
@@ -124,6 +129,16 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, ready: &Ready) -> std:
     // HEAD: the same head, no body (RFC 9110 §9.3.2).
     let body = if head_only { String::new() } else { body };
     respond(&mut stream, status, content_type, &body).await
+}
+
+/// Whether `head` can still be the start of an HTTP request: a method of capital letters, then a
+/// space (HTTP/1.x; methods are at most 16 characters here).
+fn plausible_request_line(head: &[u8]) -> bool {
+    let method_end = head.iter().position(|&b| b == b' ').unwrap_or(head.len());
+    (method_end > 0 || head.is_empty())
+        && method_end <= 16
+        && head[..method_end].iter().all(u8::is_ascii_uppercase)
+        && (method_end < head.len() || head.len() <= 16)
 }
 
 async fn respond(

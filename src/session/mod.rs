@@ -82,7 +82,11 @@ enum Kind {
         after: Option<String>,
     },
     Rooms,
-    History,
+    /// `forward`: a page after a seq (catching up), which keeps its oldest messages when it must
+    /// be cut; a page before keeps its newest.
+    History {
+        forward: bool,
+    },
     Search,
     Kick {
         name: String,
@@ -322,24 +326,34 @@ impl Session {
                 reference: reference.map(b),
             }),
             (
-                Kind::History,
+                Kind::History { forward },
                 Outcome::History {
                     room,
                     messages,
                     more,
                 },
             ) => {
-                let start = fit_newest(&messages, self.reply_budget());
+                // A client catching up pages on after the last seq it got, so a page `after`
+                // that does not fit keeps its oldest messages (and says more follow): cut from
+                // the other end, the messages between would be skipped for good.
+                let budget = self.reply_budget();
+                let (kept, cut) = if *forward {
+                    let end = fit_oldest(&messages, budget);
+                    (&messages[..end], end < messages.len())
+                } else {
+                    let start = fit_newest(&messages, budget);
+                    (&messages[start..], start > 0)
+                };
                 protocol::encode(&ServerMsg::History {
                     room: b(&room),
                     with: None,
-                    messages: history_items(&messages[start..]),
-                    more: more || start > 0,
+                    messages: history_items(kept),
+                    more: more || cut,
                     reference: reference.map(b),
                 })
             }
             (
-                Kind::History,
+                Kind::History { .. },
                 Outcome::Conversation {
                     with,
                     messages,
@@ -452,8 +466,6 @@ impl Session {
     }
 
     /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
-    /// most half the budget) and the newest messages in the rest.
-    /// The users and history of a `welcome` or `room` that fit in one reply: a page of users (at
     /// most half the budget) and, in the rest, the newest messages, or for a resume the oldest
     /// missed ones (contiguous after `since`; the flag says more follow).
     fn fit_view<'v>(
@@ -469,15 +481,7 @@ impl Session {
         let used: usize = view.users[..n].iter().map(|(u, _)| user_len(u)).sum();
         let rest = budget - used;
         if view.resumed == Some(true) {
-            let mut used = 0;
-            let end = view
-                .history
-                .iter()
-                .take_while(|m| {
-                    used += message_len(m);
-                    used <= rest
-                })
-                .count();
+            let end = fit_oldest(&view.history, rest);
             let more = view.more || end < view.history.len();
             return (&view.users[..n], &view.history[..end], more);
         }
@@ -606,7 +610,7 @@ impl Session {
                     Ok(room) => room,
                     Err(r) => return self.refuse(r, reference_str, out),
                 };
-                if let Err(r) = check_text(&text) {
+                if let Err(r) = check_text(&text, self.chat.config.limits.max_message_bytes) {
                     return self.refuse(r, reference_str, out);
                 }
                 self.typing.clear(&TypingTarget::Room(room.clone()));
@@ -616,7 +620,7 @@ impl Session {
                 });
             }
             ClientMsg::Pm { to, text, action } => {
-                if let Err(r) = check_text(&text) {
+                if let Err(r) = check_text(&text, self.chat.config.limits.max_message_bytes) {
                     return self.refuse(r, reference_str, out);
                 }
                 self.call(Kind::Pm, reference, out, |b, t, me| {
@@ -665,7 +669,8 @@ impl Session {
                     if protocol::validate_name(&with) == Err(NameError::Invalid) {
                         return self.refuse(Refusal::no_such_user(&with), reference_str, out);
                     }
-                    return self.call(Kind::History, reference, out, |b, t, me| {
+                    let kind = Kind::History { forward: false };
+                    return self.call(kind, reference, out, |b, t, me| {
                         b.conversation(t, me, &with, before, limit)
                     });
                 }
@@ -683,7 +688,10 @@ impl Session {
                             after,
                             limit,
                         };
-                        self.call(Kind::History, reference, out, |b, t, me| {
+                        let kind = Kind::History {
+                            forward: after.is_some(),
+                        };
+                        self.call(kind, reference, out, |b, t, me| {
                             b.history(t, me, &room, page)
                         })
                     }
@@ -701,6 +709,28 @@ impl Session {
                     let r = Refusal::new(
                         ErrorCode::BadRequest,
                         format!("a search needs 1 to {MAX_QUERY_CHARS} characters"),
+                    );
+                    return self.refuse(r, reference_str, out);
+                }
+                if let Err(words) = protocol::search_words(query) {
+                    let r = Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "a search may have at most {} words (this one has {words}); every word must match",
+                            protocol::MAX_SEARCH_WORDS
+                        ),
+                    );
+                    return self.refuse(r, reference_str, out);
+                }
+                // One search at a time per connection: searches share one thread on the server.
+                if self
+                    .in_flight
+                    .iter()
+                    .any(|f| matches!(f.kind, Kind::Search) && f.reply.is_none())
+                {
+                    let r = Refusal::new(
+                        ErrorCode::RateLimited,
+                        "one search at a time: wait for the answer to the last one",
                     );
                     return self.refuse(r, reference_str, out);
                 }
@@ -740,7 +770,9 @@ impl Session {
             }
             ClientMsg::Nick { name } => self.nick(&name, reference, out),
             ClientMsg::Announce { text } => {
-                if let Err(r) = require_admin(&me).and_then(|()| check_text(&text)) {
+                if let Err(r) = require_admin(&me)
+                    .and_then(|()| check_text(&text, self.chat.config.limits.max_message_bytes))
+                {
                     return self.refuse(r, reference_str, out);
                 }
                 self.call(Kind::Announce, reference, out, |b, t, me| {
@@ -1134,7 +1166,25 @@ fn require_admin(me: &Member) -> Result<(), Refusal> {
     }
 }
 
-fn check_text(text: &str) -> Result<(), Refusal> {
+/// What an event carrying a text adds around it, at most: type, ids, seq, timestamp, a room and
+/// a name of 32 characters each, role, flags (about 230 bytes; rounded up).
+const TEXT_ENVELOPE: usize = 384;
+
+/// A text that may be said: something visible in it, and small enough that the event carrying it
+/// to others fits in the frames clients are promised (`max_message_bytes`). That is checked on the
+/// text as JSON encodes it: a request of 65,529 bytes of `\"` is 32,764 quotes, each two bytes
+/// again in the event.
+fn check_text(text: &str, max_frame: usize) -> Result<(), Refusal> {
+    let encoded = protocol::json_len(text);
+    if encoded + TEXT_ENVELOPE > max_frame {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the text is {encoded} bytes once encoded (quotes, backslashes and control characters take two to six bytes each); at most {} fit in a message",
+                max_frame.saturating_sub(TEXT_ENVELOPE)
+            ),
+        ));
+    }
     if text.trim().is_empty() {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
@@ -1201,6 +1251,22 @@ fn fit_newest(messages: &[Arc<StoredMessage>], budget: usize) -> usize {
         start -= 1;
     }
     start
+}
+
+/// How many of the oldest messages fit in `budget` bytes (at least one: a lone message larger
+/// than the budget fit in a frame when it was said).
+fn fit_oldest(messages: &[Arc<StoredMessage>], budget: usize) -> usize {
+    let mut used = 0;
+    let mut end = 0;
+    while end < messages.len() {
+        let cost = message_len(&messages[end]);
+        if used + cost > budget && end > 0 {
+            break;
+        }
+        used += cost;
+        end += 1;
+    }
+    end
 }
 
 /// How many of the first `users` fit in `budget` bytes, at most `page`.

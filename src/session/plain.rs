@@ -88,6 +88,9 @@ impl Session {
             let r = Refusal::new(ErrorCode::NotInRoom, "you are not in a room");
             return self.refuse(r, None, out);
         }
+        if let Err(r) = super::check_text(text, self.chat.config.limits.max_message_bytes) {
+            return self.refuse(r, None, out);
+        }
         self.log_body(&room, text);
         self.call(Kind::Say, None, out, |b, t, me| {
             b.say(t, me, &room, text, action)

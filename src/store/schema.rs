@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -69,6 +69,18 @@ const STEPS: &[(u32, &str)] = &[
         CREATE INDEX pms_ts ON pms (ts);
         ",
     ),
+    (
+        3,
+        "
+        -- The file says it is chatd's (\"chat\"): chatd refuses a SQLite file with another id.
+        PRAGMA application_id = 1667785076;
+        -- A conversation's key is the two names' identity keys (lower case), no longer their
+        -- look-alike folds, which made `ian` and `lan` one person.
+        UPDATE pms SET pair = CASE
+            WHEN lower(sender) <= lower(recipient) THEN lower(sender) || ' ' || lower(recipient)
+            ELSE lower(recipient) || ' ' || lower(sender) END;
+        ",
+    ),
 ];
 
 /// Why the database cannot be used.
@@ -90,6 +102,7 @@ pub(crate) fn migrate_to(db: &mut Connection, target: u32) -> Result<u32, Schema
     if found > VERSION {
         return Err(SchemaError::Newer { found });
     }
+
     for (version, sql) in STEPS {
         if *version <= found || *version > target {
             continue;

@@ -5,8 +5,15 @@
   const $ = (id) => document.getElementById(id);
   const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
   const CONTROL = /[\u0000-\u0008\u000B-\u001F\u007F-\u009F]/g;
-  /** Received text made harmless to show: no bidi overrides, no control characters. */
-  const clean = (s) => String(s ?? '').replace(BIDI, '').replace(CONTROL, '\uFFFD');
+  // What shows nothing but changes a text (zero-width space, word joiner, invisible operators, BOM,
+  // tag characters that can smuggle ASCII) is shown as its code point, like chatctl does.
+  // Joiners stay where they join something (emoji, Persian or Indic words): only beside ASCII are
+  // they shown; tag characters stay inside a subdivision flag (U+1F3F4, tags, U+E007F).
+  const HIDDEN = /\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F}|[\u200B\u2060-\u2064\uFEFF\u180E\u{E0000}-\u{E007F}]|(?<=[\x00-\x7F]|^)[\u200C\u200D]|[\u200C\u200D](?=[\x00-\x7F]|$)/gu;
+  const codePoint = (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}⟩`;
+  const reveal = (s) => s.replace(HIDDEN, (m) => (m.length > 2 && m.codePointAt(0) === 0x1F3F4 ? m : codePoint(m)));
+  /** Received text made harmless to show: no bidi overrides, no control characters, nothing hidden. */
+  const clean = (s) => reveal(String(s ?? '').replace(BIDI, '').replace(CONTROL, '\uFFFD'));
 
   /** An element; `kids` are nodes or strings (strings become Text nodes, never markup). */
   function h(tag, props, ...kids) {

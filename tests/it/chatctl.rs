@@ -494,7 +494,7 @@ fn a_user_in_31_rooms_is_back_in_all_of_them_after_a_restart() {
 }
 
 /// The normal race after a network failure: the old session is still on the server when the
-/// client comes back. chatctl says so, continues as henry_, and keeps its rooms.
+/// client comes back. chatctl says so, continues as henry2, and keeps its rooms.
 #[test]
 fn a_name_taken_on_reconnect_continues_as_name_underscore_in_the_same_rooms() {
     let d = Daemon::start(&[], &[]);
@@ -506,12 +506,12 @@ fn a_name_taken_on_reconnect_continues_as_name_underscore_in_the_same_rooms() {
     henry.write_line("/join dev");
     henry.expect_out("you are in #dev with: henry");
     proxy.cut();
-    henry.expect_err("the name henry is taken; trying henry_");
+    henry.expect_err("the name henry is taken; trying henry2");
     henry.expect_err("reconnected to ws://");
-    henry.expect_out("welcome, henry_! you are in #lobby");
-    henry.expect_out("you are in #dev with: henry, henry_");
+    henry.expect_out("welcome, henry2! you are in #lobby");
+    henry.expect_out("you are in #dev with: henry, henry2");
     henry.write_line("still here");
-    henry.expect_out("#dev <henry_> still here");
+    henry.expect_out("#dev <henry2> still here");
     henry.close_stdin();
     assert_eq!(henry.wait_exit(), Some(0));
 

@@ -305,28 +305,44 @@ async fn plain_text_users_see_other_users_text_on_one_harmless_line() {
     }
 }
 
+/// A new name that would pass for someone online is refused (open mode): look-alike letters and
+/// digits, and separators added or moved (promises issue, item 13: `alice.`, `a.lice`, `_alice`,
+/// `5am`, `8ob` once coexisted with `alice`, `sam`, `bob`).
 #[tokio::test]
 async fn look_alike_names_cannot_impersonate() {
     let server = TestServer::start().await;
     let _alice = server.join("alice").await;
     let _il1 = server.join("Il1").await;
+    let _sam = server.join("sam").await;
+    let _bob = server.join("bob").await;
     let mut c = Client::connect(server.addr).await;
     for (name, code) in [
         ("aIice", "name_taken"),
         ("a1ice", "name_taken"),
+        ("alice.", "name_taken"),
+        ("a.lice", "name_taken"),
+        ("_alice", "name_taken"),
+        ("5am", "name_taken"),
+        ("8ob", "name_taken"),
         ("lI1", "name_taken"),
         ("server_", "name_invalid"),
         ("adm1n", "name_invalid"),
         ("sys.tem", "name_invalid"),
+        ("5ystem", "name_invalid"),
         ("...", "name_invalid"),
         ("-_-", "name_invalid"),
     ] {
         let e = c.request(json!({"type": "hello", "name": name})).await;
         assert_eq!(e["code"], code, "{name}: {e}");
     }
+    let e = c.request(json!({"type": "hello", "name": "a.lice"})).await;
+    assert!(e["message"].as_str().unwrap().contains("alice"), "{e}");
     // Not a look-alike by these rules: a name of its own.
-    let w = c.request(json!({"type": "hello", "name": "5ystem"})).await;
+    let w = c.request(json!({"type": "hello", "name": "alicia"})).await;
     assert_eq!(w["type"], "welcome", "{w}");
+    // Nor may a nick become one.
+    let e = c.request(json!({"type": "nick", "name": "sa.m"})).await;
+    assert_eq!(e["code"], "name_taken", "{e}");
 }
 
 /// An error never echoes more than a short prefix of what it is about.

@@ -400,3 +400,69 @@ fn a_low_descriptor_limit_caps_connections_with_503_and_keeps_metrics() {
     assert_eq!(status, 200);
     assert_eq!(metric(&body, "chatd_connections_open"), 64.0);
 }
+
+/// Promises issue, item 11: every frame a client gets fits in `max_message_bytes`, also when a
+/// text grows once encoded again (a request of 65,529 bytes of `\"` was 32,764 quotes, and the
+/// `message` event carrying them was 65,615 bytes). Such a text is refused, saying why; the
+/// largest text that fits still goes through, and its event fits.
+#[test]
+fn a_text_that_would_not_fit_in_an_event_frame_is_refused() {
+    let d = Daemon::start(&[], &[]);
+    let mut alice = SyncClient::join(d.addr, "alice");
+    let mut bob = SyncClient::join(d.addr, "bob");
+    // A request of 65,529 bytes, nearly all of it `\"`.
+    let envelope = json!({"type": "say", "text": "", "id": "q"})
+        .to_string()
+        .len();
+    let quotes = "\"".repeat((65_529 - envelope) / 2);
+    let request = json!({"type": "say", "text": quotes, "id": "q"});
+    assert!(request.to_string().len() <= 65_529);
+    alice.send(request);
+    let e = alice.recv_until(|v| v["ref"] == "q");
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("encoded"), "{e}");
+    // The longest that fits: every frame bob gets is within the promised size.
+    let fits = "\"".repeat((65_536 - 384 - 2) / 2);
+    alice.send(json!({"type": "say", "text": fits, "id": "f"}));
+    let ack = alice.recv_until(|v| v["ref"] == "f");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    loop {
+        let frame = bob.ws.read().unwrap();
+        assert!(frame.len() <= 65_536, "a frame of {} bytes", frame.len());
+        if frame.to_text().unwrap().contains("\"type\":\"message\"") {
+            break;
+        }
+    }
+}
+
+/// Promises issue, item 11: the admin port answers what is not HTTP at once (400), instead of
+/// waiting 5 s for a request line that will never come.
+#[test]
+fn the_admin_port_refuses_what_is_not_http_at_once() {
+    use std::io::Read;
+    let d = Daemon::start(&[], &[]);
+    let admin = d.admin.unwrap();
+    let client_hello = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    for junk in [
+        &client_hello[..],
+        b"\x00\x01\x02\x03garbage",
+        b" GET / HTTP/1.1\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        s.write_all(junk).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Real requests still work, whatever way they arrive.
+    assert_eq!(http(admin, "GET", "/healthz").0, 200);
+}

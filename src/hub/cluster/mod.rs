@@ -110,6 +110,8 @@ struct Settings {
     users_per_page: usize,
     max_rooms: usize,
     max_rooms_per_ip: usize,
+    /// Names come from tokens: no look-alike claims (see `protocol::look_alike`).
+    owned_names: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +124,7 @@ struct Scripts {
     refresh: redis::Script,
     release: redis::Script,
     kick: redis::Script,
+    claim: redis::Script,
 }
 
 #[derive(Debug, Default)]
@@ -137,8 +140,9 @@ struct Mine {
     ops: mpsc::Sender<(Member, Op)>,
     /// Bytes of request text waiting in `ops`.
     waiting: Arc<AtomicUsize>,
-    /// The name claim this connection holds in Redis (`None` until its hello took the name).
-    claim: Option<(String, String)>,
+    /// The claims this connection holds in Redis, as (key, value): its name, and in open mode
+    /// its look-alike (empty until its hello took the name).
+    claims: Vec<(String, String)>,
     rooms: Vec<Arc<str>>,
 }
 
@@ -457,6 +461,7 @@ impl RedisBroker {
                 users_per_page: config.limits.users_per_page,
                 max_rooms: config.limits.max_rooms,
                 max_rooms_per_ip: config.limits.max_rooms_per_ip,
+                owned_names: config.auth.mode == crate::config::AuthMode::Token,
             },
             scripts: Scripts {
                 say: script(scripts::SAY),
@@ -467,6 +472,7 @@ impl RedisBroker {
                 refresh: script(scripts::REFRESH_NAMES),
                 release: script(scripts::RELEASE),
                 kick: script(scripts::KICK),
+                claim: script(scripts::CLAIM),
             },
             last_beat: AtomicU64::new(0),
             beating: AtomicBool::new(false),
@@ -493,7 +499,7 @@ impl RedisBroker {
                     member: me.clone(),
                     ops: tx,
                     waiting,
-                    claim: None,
+                    claims: Vec::new(),
                     rooms: Vec::new(),
                 }
             });
@@ -841,26 +847,51 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes a name claim (`SET PX`, with `NX` if `only_if_free`); false if it was taken.
-    async fn claim(&self, key: &str, value: &str, only_if_free: bool) -> Result<bool, Fail> {
-        let mut set = redis::cmd("SET");
-        set.arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(self.settings.name_ttl_ms);
-        if only_if_free {
-            set.arg("NX");
-        }
+    /// Claims `name` for `me` (its key, and in open mode its look-alike), or re-writes the claims
+    /// `me` holds on it. `Err(refusal)` if someone else holds it, or a name like it.
+    async fn claim(
+        &self,
+        me: &Member,
+        name: &str,
+    ) -> Result<Result<Vec<(String, String)>, Refusal>, Fail> {
+        let key = self.key("name", &protocol::name_key(name));
+        let value = self.entry(&me.renamed(name.into()));
+        let like = if self.settings.owned_names {
+            String::new()
+        } else {
+            self.key("like", &protocol::look_alike(name))
+        };
+        let like_value = format!("{}|{}", self.me_id(me), name);
         let mut conn = self.conn().await?;
-        let reply: Option<String> = set.query_async(&mut conn).await?;
-        Ok(reply.is_some())
+        let held: String = self
+            .scripts
+            .claim
+            .key(&key)
+            .key(if like.is_empty() { &key } else { &like })
+            .arg(&value)
+            .arg(if like.is_empty() { "" } else { &like_value })
+            .arg(self.settings.name_ttl_ms)
+            .arg(self.me_id(me))
+            .invoke_async(&mut conn)
+            .await?;
+        if held == "taken" {
+            return Ok(Err(Refusal::name_taken(name)));
+        }
+        if let Some(other) = held.strip_prefix("like|") {
+            return Ok(Err(Refusal::looks_like(name, other)));
+        }
+        let mut claims = vec![(key, value)];
+        if !like.is_empty() {
+            claims.push((like, like_value));
+        }
+        Ok(Ok(claims))
     }
 
     /// Who holds `name`: (node, conn, role, name as they spell it).
     async fn owner(&self, name: &str) -> Result<Option<(String, ConnId, Role, String)>, Fail> {
         let mut conn = self.conn().await?;
         let value: Option<String> = redis::cmd("GET")
-            .arg(self.key("name", &protocol::fold_name(name)))
+            .arg(self.key("name", &protocol::name_key(name)))
             .query_async(&mut conn)
             .await?;
         Ok(value.and_then(|v| {
@@ -869,21 +900,15 @@ impl Inner {
     }
 
     async fn hello(&self, me: &Member, t: Ticket, room: &str, resume: Option<&Resume>) -> Done {
-        let key = self.key("name", &protocol::fold_name(me.name()));
-        let value = self.entry(me);
-        if !self.claim(&key, &value, true).await? {
-            me.answer(
-                t,
-                Refusal::new(
-                    ErrorCode::NameTaken,
-                    format!("the name {:?} is taken", &**me.name()),
-                )
-                .into(),
-            );
-            return Ok(());
-        }
+        let claims = match self.claim(me, me.name()).await? {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                me.answer(t, refusal.into());
+                return Ok(());
+            }
+        };
         if let Some(mine) = lock(&self.local).members.get_mut(&me.conn()) {
-            mine.claim = Some((key, value));
+            mine.claims = claims;
         }
         // A hello never fails for lack of rooms: it lands in the default room instead.
         if !self.join(me, t, room, resume, true).await? {
@@ -1182,20 +1207,28 @@ impl Inner {
 
     /// Frees `me`'s name if it still holds it.
     async fn release(&self, me: &Member) -> Done {
-        let claim = lock(&self.local)
+        let claims = lock(&self.local)
             .members
             .get_mut(&me.conn())
-            .and_then(|m| m.claim.take());
-        let Some((key, value)) = claim else {
+            .map(|m| std::mem::take(&mut m.claims))
+            .unwrap_or_default();
+        self.release_claims(&claims).await
+    }
+
+    /// Frees `claims` where they still hold what this connection wrote.
+    async fn release_claims(&self, claims: &[(String, String)]) -> Done {
+        if claims.is_empty() {
             return Ok(());
-        };
+        }
         let mut conn = self.conn().await?;
-        self.scripts
-            .release
-            .key(key)
-            .arg(value)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
+        for (key, value) in claims {
+            self.scripts
+                .release
+                .key(key)
+                .arg(value)
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+        }
         Ok(())
     }
 
@@ -1330,7 +1363,7 @@ impl Inner {
     /// tells its node to close the connection. The reply waits until this node has delivered
     /// the `kicked` events, so an admin in the room sees the kick before the ack.
     async fn kick(&self, me: &Member, name: &str, reason: &str) -> Result<Outcome, Fail> {
-        let key = self.key("name", &protocol::fold_name(name));
+        let key = self.key("name", &protocol::name_key(name));
         let mut conn = self.conn().await?;
         let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         let Some((node, target, target_name)) = value.as_deref().and_then(|v| {
@@ -1391,7 +1424,7 @@ impl Inner {
             .members
             .get_mut(&me.conn())
             .map(|m| {
-                m.claim = None;
+                m.claims.clear();
                 m.rooms.clone()
             })
             .unwrap_or_default();
@@ -1403,20 +1436,24 @@ impl Inner {
 
     async fn nick(&self, me: &mut Member, t: Ticket, name: &str) -> Done {
         let renamed = me.renamed(name.into());
-        let key = self.key("name", &protocol::fold_name(name));
-        let value = self.entry(&renamed);
-        // A change of case only re-writes one's own claim; a new name must be free.
-        let new = protocol::fold_name(name) != protocol::fold_name(me.name());
-        if !self.claim(&key, &value, new).await? {
-            me.answer(
-                t,
-                Refusal::new(ErrorCode::NameTaken, format!("the name {name:?} is taken")).into(),
-            );
-            return Ok(());
-        }
-        if new {
-            self.release(me).await?;
-        }
+        // A change of case re-writes one's own claims; a new name must be free.
+        let claims = match self.claim(me, name).await? {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                me.answer(t, refusal.into());
+                return Ok(());
+            }
+        };
+        let old = lock(&self.local)
+            .members
+            .get_mut(&me.conn())
+            .map(|m| std::mem::take(&mut m.claims))
+            .unwrap_or_default();
+        let stale: Vec<_> = old
+            .into_iter()
+            .filter(|(k, _)| !claims.iter().any(|(nk, _)| nk == k))
+            .collect();
+        self.release_claims(&stale).await?;
         let mut conn = self.conn().await?;
         let rooms = {
             let mut local = lock(&self.local);
@@ -1425,7 +1462,7 @@ impl Inner {
             let list = mine.as_ref().map(|m| m.rooms.clone()).unwrap_or_default();
             if let Some(mine) = mine {
                 mine.member = renamed.clone();
-                mine.claim = Some((key, value));
+                mine.claims = claims;
             }
             for room in &list {
                 if let Some(here) = rooms.get_mut(room) {
@@ -1663,7 +1700,7 @@ impl Inner {
                     .deliver(audience, event, Class::Presence, None);
             }
             (None, _, Some(event)) => {
-                let named = local.members.values().filter(|m| m.claim.is_some());
+                let named = local.members.values().filter(|m| !m.claims.is_empty());
                 self.delivery
                     .deliver(named.map(|m| &m.member), event, class_of(event), None);
             }
@@ -1678,7 +1715,7 @@ impl Inner {
             let names: Vec<(String, String)> = local
                 .members
                 .values()
-                .filter_map(|m| m.claim.clone())
+                .flat_map(|m| m.claims.iter().cloned())
                 .collect();
             let mut memberships = Vec::new();
             for (room, here) in &local.rooms {

@@ -11,7 +11,9 @@
 //!   unless its node refreshes it.
 //! - `P:rooms`: a hash of the rooms that have members, each to the address that created it (empty
 //!   for the default room); `P:created`: rooms per creating address.
-//! - `P:name:{folded}`: `node|conn|role|name`, with an expiry the owning node refreshes.
+//! - `P:name:{key}` (`protocol::name_key`): `node|conn|role|name`, with an expiry the owning node
+//!   refreshes. In open mode also `P:like:{look-alike}` (`protocol::look_alike`): `node|conn|name`
+//!   of the one name online that looks like that, refreshed the same way.
 
 /// Says something: the epoch (created if Redis lost it), the next message id and room seq, the
 /// stream entry and the publish, in one step.
@@ -143,6 +145,27 @@ for i, k in ipairs(KEYS) do
   end
 end
 return lost
+"#;
+
+/// Claims a name (and, when `ARGV[2]` is not empty, its look-alike key) for one connection, both
+/// or neither; a connection re-claiming its own name (a change of case) re-writes its claims.
+///
+/// KEYS: name, look-alike (the name key again when there is none). ARGV: name value, look-alike
+/// value ('' = none), ttl ms, `node|conn` of the claimer. Returns 'ok', 'taken', or
+/// 'like|NAME' (NAME online looks like it).
+pub(super) const CLAIM: &str = r#"
+local mine = ARGV[4] .. '|'
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #mine) ~= mine then return 'taken' end
+if ARGV[2] ~= '' then
+  local like = redis.call('GET', KEYS[2])
+  if like and string.sub(like, 1, #mine) ~= mine then
+    return 'like|' .. string.match(like, '^[^|]*|[^|]*|(.*)$')
+  end
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 'ok'
 "#;
 
 /// Frees a name if this connection still holds it. KEYS: name. ARGV: value.
