@@ -348,6 +348,21 @@ pub struct ServerConfig {
     /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2, as
     /// HAProxy's `send-proxy`/`send-proxy-v2` sends), before TLS; others must not send one.
     pub proxy_protocol: bool,
+    /// The one header the trusted proxies set for the client's address; every other forwarding
+    /// header is ignored (a client may send one of its own, which a proxy passes through).
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which forwarding header a trusted proxy sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), `for=` of each element.
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 impl Default for ServerConfig {
@@ -368,6 +383,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            forwarded_header: ForwardedHeader::XForwardedFor,
         }
     }
 }

@@ -150,6 +150,7 @@ fn wanted(expected: &str) -> String {
         "enum Rotation" => "one of \"daily\", \"hourly\", \"never\"".into(),
         "enum LogFormat" => "one of \"auto\", \"human\", \"json\"".into(),
         "enum AuthMode" => "one of \"open\", \"token\"".into(),
+        "enum ForwardedHeader" => "one of \"x-forwarded-for\", \"forwarded\"".into(),
         other if other.starts_with("enum ") => {
             "one of its names, as a string (see chat.toml)".into()
         }

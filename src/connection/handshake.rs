@@ -82,7 +82,12 @@ pub(super) async fn upgrade(
         }
     };
     if trusted && !sockets.config.server.proxy_protocol {
-        client = proxy::client_from_headers(&sockets.trusted_proxies, peer.ip(), &head);
+        client = proxy::client_from_headers(
+            &sockets.trusted_proxies,
+            peer.ip(),
+            &head,
+            sockets.config.server.forwarded_header,
+        );
     }
     if trusted {
         if client != peer.ip() {
@@ -218,16 +223,41 @@ fn check_origin(allowed: &[String], head: &http::Head, tls: bool) -> Result<(), 
             Ok(())
         };
     };
+    // The page this server serves connects back to its own origin. That is taken from the Host
+    // header only where no DNS name is involved (an IP address, `localhost`): a page on an
+    // attacker's name that resolves to this server (DNS rebinding) sends a Host equal to its
+    // own Origin, and must not pass. A page served under a name is allowed by listing it.
     let own = head.one("host").is_some_and(|host| {
         let scheme: &[u8] = if tls { b"https://" } else { b"http://" };
         origin.len() == scheme.len() + host.len()
             && origin.starts_with(scheme)
             && origin[scheme.len()..].eq_ignore_ascii_case(host)
+            && host_is_not_a_name(host)
     });
     if own || allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin) {
         return Ok(());
     }
     Err(http::Refusal::new(403, "origin", "origin not allowed\n"))
+}
+
+/// Whether a Host header names this server without DNS: an IP address or `localhost`, with or
+/// without a port.
+fn host_is_not_a_name(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let bare = match host.rsplit_once(':') {
+        // `[v6]:port`, `v4:port`, `name:port`; a bare IPv6 address has colons but no brackets.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        Some((name, port)) if name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let bare = bare.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Answers a request over the connection limits with `status` and a one-line reason, then closes

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::http::Head;
 use crate::addr::{Cidr, any_contains, unmap};
+use crate::config::ForwardedHeader;
 
 /// The v2 signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -136,35 +137,40 @@ fn parse_v2(fixed: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr>, String>
     }
 }
 
-/// The client behind `peer` as the forwarding headers tell it, when `peer` is a trusted proxy:
-/// walking the hops from the right (the nearest), the first that is not itself a trusted
-/// proxy. `Forwarded` (RFC 7239) wins over `X-Forwarded-For` when both are present. A hop that
-/// cannot be read (`unknown`, an obfuscated name, garbage) ends the walk at the last trusted hop
-/// before it, so a client can never choose its address by writing junk.
-pub(super) fn client_from_headers(trusted: &[Cidr], peer: IpAddr, head: &Head) -> IpAddr {
+/// The client behind `peer` as the one forwarding header the proxies set (`header`) tells it,
+/// when `peer` is a trusted proxy: walking the hops from the right (the nearest), the first that
+/// is not itself a trusted proxy. Any other forwarding header is ignored: a proxy that sets
+/// `X-Forwarded-For` passes a client's own `Forwarded` through, and believing it would let the
+/// client choose its address. A hop that cannot be read (`unknown`, an obfuscated name, garbage)
+/// ends the walk at the last trusted hop before it, for the same reason.
+pub(super) fn client_from_headers(
+    trusted: &[Cidr],
+    peer: IpAddr,
+    head: &Head,
+    header: ForwardedHeader,
+) -> IpAddr {
     if !any_contains(trusted, peer) {
         return peer;
     }
-    let forwarded: Vec<Option<IpAddr>> = head
-        .all("forwarded")
-        .flat_map(|v| split_list(v))
-        .map(|element| {
-            element
-                .split(';')
-                .find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-                })
-                .and_then(parse_node)
-        })
-        .collect();
-    let hops = if forwarded.is_empty() {
-        head.all("x-forwarded-for")
+    let hops: Vec<Option<IpAddr>> = match header {
+        ForwardedHeader::Forwarded => head
+            .all("forwarded")
+            .flat_map(|v| split_list(v))
+            .map(|element| {
+                element
+                    .split(';')
+                    .find_map(|pair| {
+                        let (k, v) = pair.split_once('=')?;
+                        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+                    })
+                    .and_then(parse_node)
+            })
+            .collect(),
+        ForwardedHeader::XForwardedFor => head
+            .all("x-forwarded-for")
             .flat_map(|v| split_list(v))
             .map(parse_node)
-            .collect()
-    } else {
-        forwarded
+            .collect(),
     };
     let mut client = peer;
     for hop in hops.iter().rev() {
@@ -227,17 +233,26 @@ mod tests {
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
         let stranger: IpAddr = "198.51.100.9".parse().unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let cases: &[(&[(&str, &str)], IpAddr)] = &[
-            (&[], proxy),
-            (&[("X-Forwarded-For", "203.0.113.5")], ip("203.0.113.5")),
+        let xff = ForwardedHeader::XForwardedFor;
+        let fwd = ForwardedHeader::Forwarded;
+        type Case<'a> = (&'a [(&'a str, &'a str)], ForwardedHeader, IpAddr);
+        let cases: &[Case] = &[
+            (&[], xff, proxy),
+            (
+                &[("X-Forwarded-For", "203.0.113.5")],
+                xff,
+                ip("203.0.113.5"),
+            ),
             // A client's own claim is to the left of what the proxy saw: ignored.
             (
                 &[("X-Forwarded-For", "1.2.3.4, 203.0.113.5")],
+                xff,
                 ip("203.0.113.5"),
             ),
             // Through two trusted proxies.
             (
                 &[("X-Forwarded-For", "203.0.113.5, 10.9.9.9")],
+                xff,
                 ip("203.0.113.5"),
             ),
             (
@@ -245,37 +260,48 @@ mod tests {
                     ("X-Forwarded-For", "1.2.3.4"),
                     ("X-Forwarded-For", "203.0.113.5"),
                 ],
+                xff,
                 ip("203.0.113.5"),
             ),
-            (&[("X-Forwarded-For", "garbage")], proxy),
-            (&[("X-Forwarded-For", "1.2.3.4, unknown")], proxy),
-            (
-                &[("Forwarded", "for=192.0.2.60;proto=http;by=10.0.0.2")],
-                ip("192.0.2.60"),
-            ),
-            (
-                &[("Forwarded", "for=\"[2001:db8:cafe::17]:4711\"")],
-                ip("2001:db8:cafe::17"),
-            ),
+            (&[("X-Forwarded-For", "garbage")], xff, proxy),
+            (&[("X-Forwarded-For", "1.2.3.4, unknown")], xff, proxy),
+            // The promises issue, item 9: behind nginx (which sets X-Forwarded-For), a client's
+            // own `Forwarded: for=X` once won. Only the configured header counts.
             (
                 &[
                     ("Forwarded", "for=192.0.2.60"),
                     ("X-Forwarded-For", "203.0.113.5"),
                 ],
+                xff,
+                ip("203.0.113.5"),
+            ),
+            (&[("Forwarded", "for=192.0.2.60")], xff, proxy),
+            (
+                &[("Forwarded", "for=192.0.2.60;proto=http;by=10.0.0.2")],
+                fwd,
                 ip("192.0.2.60"),
             ),
-            (&[("Forwarded", "for=_hidden")], proxy),
+            (
+                &[("Forwarded", "for=\"[2001:db8:cafe::17]:4711\"")],
+                fwd,
+                ip("2001:db8:cafe::17"),
+            ),
+            (&[("X-Forwarded-For", "203.0.113.5")], fwd, proxy),
+            (&[("Forwarded", "for=_hidden")], fwd, proxy),
         ];
-        for (headers, want) in cases {
+        for (headers, which, want) in cases {
             assert_eq!(
-                client_from_headers(&trusted, proxy, &head(headers)),
+                client_from_headers(&trusted, proxy, &head(headers), *which),
                 *want,
-                "{headers:?}"
+                "{headers:?} {which:?}"
             );
         }
         // From a peer that is not trusted, nothing is believed.
         let spoof = head(&[("X-Forwarded-For", "203.0.113.5")]);
-        assert_eq!(client_from_headers(&trusted, stranger, &spoof), stranger);
+        assert_eq!(
+            client_from_headers(&trusted, stranger, &spoof, xff),
+            stranger
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
     }
     let same = [("X-Forwarded-For", "1.1.1.1, 198.51.100.7")];
     kept.push(open(&d, b"", &same).unwrap());
-    kept.push(open(&d, b"", &[("Forwarded", "for=198.51.100.7;proto=https")]).unwrap());
+    kept.push(open(&d, b"", &[("X-Forwarded-For", "9.9.9.9, 198.51.100.7")]).unwrap());
     assert_eq!(
         open(&d, b"", &same).err(),
         Some(503),
@@ -196,4 +196,42 @@ fn the_page_behind_a_tls_terminating_proxy_keeps_its_own_origin() {
             Err(403)
         );
     }
+}
+
+/// Promises issue, item 9: behind the documented nginx setup (it sets `X-Forwarded-For` and passes
+/// other headers through), a client's own `Forwarded: for=X` once won: one client got past a cap
+/// of 3 with 8 connections, and 3 connections claiming someone else's address locked that one
+/// out. Only `server.forwarded_header` is read now.
+#[test]
+fn only_the_configured_forwarding_header_is_believed() {
+    let d = Daemon::start(
+        &[],
+        &[
+            ("CHATD_SERVER__MAX_CONNECTIONS_PER_IP", "3"),
+            ("CHATD_SERVER__TRUSTED_PROXIES", r#"["127.0.0.1"]"#),
+        ],
+    );
+    // One client (nginx appended its address, 198.51.100.7), each time claiming another.
+    let mut kept = Vec::new();
+    for i in 0..8 {
+        let claim = format!("for=203.0.113.{i}");
+        let r = open(
+            &d,
+            b"",
+            &[("Forwarded", &claim), ("X-Forwarded-For", "198.51.100.7")],
+        );
+        if i < 3 {
+            kept.push(r.expect("under the cap"));
+        } else {
+            assert_eq!(r.err(), Some(503), "connection {i} got past the cap");
+        }
+    }
+    // Claiming the victim's address in `Forwarded` does not use up the victim's budget.
+    let mut victims = Vec::new();
+    for _ in 0..3 {
+        victims
+            .push(open(&d, b"", &[("X-Forwarded-For", "192.0.2.9")]).expect("the victim connects"));
+    }
+    drop(kept);
+    drop(victims);
 }

@@ -738,6 +738,26 @@ fn only_allowed_browser_origins_may_connect() {
     assert_eq!(upgrade_with_origin(&d, Some(&own)), Ok(()), "{own}");
     let own_tls = format!("https://{}", d.addr);
     assert_eq!(upgrade_with_origin(&d, Some(&own_tls)), Err(403));
+    // Promises issue, item 10: a page on a name that resolves to this server (DNS rebinding)
+    // sends a Host equal to its Origin; only a listed origin passes by name.
+    let rebound = format!("rebind.evil.example:{}", d.addr.port());
+    let mut req = format!("ws://{}/", d.addr).into_client_request().unwrap();
+    req.headers_mut().insert("Host", rebound.parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", format!("http://{rebound}").parse().unwrap());
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+        other => panic!("a rebound page connected: {:?}", other.map(|_| ())),
+    }
+    let localhost = format!("http://localhost:{}", d.addr.port());
+    let mut req = format!("ws://{}/", d.addr).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Host",
+        format!("localhost:{}", d.addr.port()).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("Origin", localhost.parse().unwrap());
+    assert!(tungstenite::connect(req).is_ok(), "{localhost}");
     // Without the setting every origin is allowed.
     let open = Daemon::start(&[], &[]);
     assert_eq!(
