@@ -142,8 +142,15 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db`; empty runs a single node (names, rooms and history in this process).
-    pub redis_url: String,
+    /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS) or `unix://…`; empty runs a
+    /// single node (names, rooms and history in this process). Its password is never printed.
+    pub redis_url: RedisUrl,
+    /// A file holding the Redis password, instead of writing it into `redis_url` (an ACL
+    /// user's name stays in the URL); read at start.
+    pub redis_password_file: String,
+    /// With `rediss://`: a PEM file of the CA(s) to trust for Redis's certificate instead of the
+    /// system's (a private CA).
+    pub redis_ca_cert: String,
     /// This node's name in Redis; empty: hostname, pid and a random suffix (logged at start).
     pub node_id: String,
     /// Seconds a name claim lives unless its node refreshes it.
@@ -156,6 +163,11 @@ pub struct ClusterConfig {
     pub op_timeout_ms: u64,
     /// Messages per room kept in Redis (history, and the gaps a node can repair).
     pub history_size: usize,
+    /// Bytes of messages per room kept in Redis, at most: the oldest go first past either bound.
+    pub history_bytes: usize,
+    /// Seconds a room's keys (seq, history) outlive its last member; then Redis forgets the room
+    /// (it starts again with a new epoch if anyone comes back).
+    pub room_ttl_secs: u64,
     /// Prefix of every Redis key and channel, so that several chats can share one Redis.
     pub key_prefix: String,
 }
@@ -163,13 +175,17 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            redis_url: String::new(),
+            redis_url: RedisUrl::default(),
+            redis_password_file: String::new(),
+            redis_ca_cert: String::new(),
             node_id: String::new(),
             name_ttl_secs: 30,
             presence_ttl_secs: 30,
             heartbeat_secs: 10,
             op_timeout_ms: 1000,
             history_size: 10_000,
+            history_bytes: 16 << 20,
+            room_ttl_secs: 7 * 86_400,
             key_prefix: "chatd".into(),
         }
     }
@@ -250,6 +266,65 @@ pub enum AuthMode {
     Open,
     /// Only the name a valid token was issued for.
     Token,
+}
+
+/// A Redis URL whose password (`redis://user:password@host`) is never shown: `Debug`, `Display`
+/// and serialisation (`print-config`) write `***` in its place.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// A URL.
+    pub fn new(url: impl Into<String>) -> RedisUrl {
+        RedisUrl(url.into())
+    }
+
+    /// The URL itself, password included: for connecting, never for output.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no URL is set (a single node).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URL with its password (if any) written as `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.clone();
+        };
+        let Some((userinfo, host)) = rest.rsplit_once('@') else {
+            return url.clone();
+        };
+        let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+        if userinfo.contains(':') {
+            format!("{scheme}://{user}:***@{host}")
+        } else {
+            // `redis://password@host` is read as a password by some clients: hide it too.
+            format!("{scheme}://***@{host}")
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }
 
 /// A secret string: `Debug` and serialisation show `***`, never the value.
@@ -868,11 +943,27 @@ impl Config {
             return Err(invalid("log.keep_files", "must be at least 1"));
         }
         let c = &self.cluster;
-        let url = &c.redis_url;
-        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("unix://")) {
+        let url = c.redis_url.expose();
+        if !(url.is_empty()
+            || url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
             return Err(invalid(
                 "cluster.redis_url",
-                "must start with redis:// or unix:// (or be empty for a single node)",
+                "must start with redis://, rediss:// (TLS) or unix:// (or be empty for a single node)",
+            ));
+        }
+        if c.history_bytes < 2 * l.max_message_bytes {
+            return Err(invalid(
+                "cluster.history_bytes",
+                "must be at least twice limits.max_message_bytes",
+            ));
+        }
+        if c.room_ttl_secs < c.presence_ttl_secs {
+            return Err(invalid(
+                "cluster.room_ttl_secs",
+                "must be at least cluster.presence_ttl_secs",
             ));
         }
         if c.heartbeat_secs == 0 || c.heartbeat_secs * 2 > c.name_ttl_secs.min(c.presence_ttl_secs)

@@ -79,6 +79,11 @@ pub struct Metrics {
     pub ghosts_reaped: IntCounter,
     /// Cluster: times this node lost its Redis subscription and made it again.
     pub resubscribes: IntCounter,
+    /// Cluster: Redis operations that failed or ran past their deadline, by operation.
+    pub redis_failures: IntCounterVec,
+    /// Cluster: envelopes from Redis dropped, by reason (`malformed`: too large or not one;
+    /// `implausible`: numbered past what Redis holds for the room).
+    pub envelopes_dropped: IntCounterVec,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
     received_by_type: Vec<(&'static str, IntCounter)>,
 }
@@ -291,6 +296,16 @@ impl Metrics {
                 "chatd_redis_resubscribes_total",
                 "Times this cluster node lost its Redis subscription (and made it again).",
             ),
+            redis_failures: counter_vec(
+                "chatd_redis_failures_total",
+                "Redis operations of this cluster node that failed or ran past their deadline, by operation (heartbeat, presence, say, join, ...).",
+                &["op"],
+            ),
+            envelopes_dropped: counter_vec(
+                "chatd_cluster_envelopes_dropped_total",
+                "Envelopes from Redis this node dropped: malformed (too large, not one) or implausible (numbered past what Redis holds).",
+                &["reason"],
+            ),
             received_by_type: Vec::new(),
             registry,
         };
@@ -336,6 +351,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             metrics.tls_handshakes.with_label_values(&[result]);
+        }
+        for reason in ["malformed", "implausible"] {
+            metrics.envelopes_dropped.with_label_values(&[reason]);
         }
         for status in ["200", "304", "404", "405"] {
             metrics.web_responses.with_label_values(&[status]);

@@ -60,9 +60,12 @@ pub enum ErrorCode {
     Unauthorized,
     /// Only admins may do this.
     Forbidden,
-    /// The server cannot carry this out right now (a backend is down or behind); retrying later
-    /// may succeed.
+    /// The server cannot carry this out right now (a backend is down or behind): nothing was
+    /// done, and retrying later may succeed.
     Unavailable,
+    /// A message was handed on but its acceptance was not confirmed in time (a cluster's Redis
+    /// slowed down): it may have been said. Check the history before sending it again.
+    Unconfirmed,
 }
 
 /// A user's role, carried on messages and in user lists.

@@ -113,6 +113,12 @@ pub(crate) trait Handler {
     fn replies_waiting(&self) -> bool {
         false
     }
+    /// Whether to read the next frame now. While false the socket is not read, so a client that
+    /// sends faster than its requests are carried out is slowed by TCP's own flow control instead
+    /// of refused (a broker that answers late, say a cluster's, has a bounded queue per client).
+    fn accepts_input(&self) -> bool {
+        true
+    }
     /// When [`Handler::on_timer`] is next due.
     fn next_deadline(&self) -> Option<Instant>;
     /// A deadline passed.
@@ -289,7 +295,7 @@ impl<H: Handler> Connection<H> {
                     biased;
                     _ = shutdown.cancelled() => Event::Shutdown,
                     _ = mailbox.ready() => Event::Mail,
-                    frame = self.ws.next() => Event::Frame(frame),
+                    frame = self.ws.next(), if self.handler.accepts_input() => Event::Frame(frame),
                     _ = &mut timer => Event::Timer,
                 }
             };

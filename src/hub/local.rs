@@ -16,12 +16,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use super::presence::PresenceBatch;
 use super::{
     Answer, Broker, Delivery, Member, Outcome, Page, Receipt, Refusal, Resume, RoomView,
-    StoredMessage, Ticket, TypingTo, name_order,
+    StoredMessage, Ticket, TypingTo, lock, name_order,
 };
 use crate::config::{Config, ConfigError};
 use crate::connection::mailbox::Class;
@@ -137,62 +138,6 @@ struct RoomState {
     /// Joins and leaves not yet announced (see `LocalBroker::batch`); the room is in
     /// `presence_due`.
     batch: Option<Box<PresenceBatch>>,
-}
-
-/// A large room's joins and leaves since its last `presence` event, a page of names each at most.
-#[derive(Debug, Default)]
-struct PresenceBatch {
-    joined: Vec<(Arc<str>, Role)>,
-    left: Vec<Arc<str>>,
-    /// Changes past a page, counted but not listed.
-    unlisted: usize,
-}
-
-impl PresenceBatch {
-    fn join(&mut self, name: &Arc<str>, role: Role, page: usize) {
-        if self.joined.len() < page {
-            self.joined.push((name.clone(), role));
-        } else {
-            self.unlisted += 1;
-        }
-    }
-
-    /// A join still in the batch is taken back: the others never heard of it.
-    fn leave(&mut self, name: &Arc<str>, page: usize) {
-        if self.take_back(name) {
-            return;
-        }
-        if self.left.len() < page {
-            self.left.push(name.clone());
-        } else {
-            self.unlisted += 1;
-        }
-    }
-
-    /// Removes `name`'s join from the batch; false if it holds none.
-    fn take_back(&mut self, name: &str) -> bool {
-        let Some(i) = self.joined.iter().position(|(n, _)| **n == *name) else {
-            return false;
-        };
-        self.joined.remove(i);
-        true
-    }
-
-    fn renamed(&mut self, from: &str, to: &Arc<str>) {
-        for (n, _) in self.joined.iter_mut().filter(|(n, _)| **n == *from) {
-            *n = to.clone();
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.joined.is_empty() && self.left.is_empty() && self.unlisted == 0
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock cannot leave the data half-updated in a way later callers
-    // cannot handle (every update is a single insert/remove), so keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Directory {

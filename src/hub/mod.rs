@@ -24,10 +24,11 @@
 mod cluster;
 mod delivery;
 mod local;
+mod presence;
 
 use std::any::Any;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use crate::store::Pm;
 pub use cluster::RedisBroker;
@@ -36,6 +37,12 @@ pub use local::{HubLimits, LocalBroker};
 
 use crate::connection::mailbox::Mailbox;
 use crate::protocol::{ChatMessage, ErrorCode, Role, TypingState};
+
+/// Takes a lock whatever a panicking holder left: every update under the brokers' locks is a
+/// single insert, remove or replace, so the data stays usable, and chat goes on.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Identifies one connection for the life of the process.
 pub type ConnId = u64;
@@ -309,6 +316,24 @@ impl Refusal {
     /// `not_in_room` for `room`.
     pub fn not_in_room(room: &str) -> Refusal {
         Refusal::new(ErrorCode::NotInRoom, format!("you are not in #{room}"))
+    }
+
+    /// `unavailable`: the server cannot do it now (nothing was done); retrying may work.
+    pub fn unavailable(why: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::Unavailable, why)
+    }
+
+    /// `no_such_room` for `room`.
+    pub fn no_such_room(room: &str) -> Refusal {
+        Refusal::new(ErrorCode::NoSuchRoom, format!("there is no room #{room}"))
+    }
+
+    /// `too_many_rooms` for an address that created its share of rooms.
+    pub fn too_many_rooms_created() -> Refusal {
+        Refusal::new(
+            ErrorCode::TooManyRooms,
+            "users from your address have created too many rooms; leave some first",
+        )
     }
 
     /// `too_many_rooms` at the server's cap.

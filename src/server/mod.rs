@@ -83,6 +83,19 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     if config.auth.mode == AuthMode::Token {
         config.auth.load_secret()?;
     }
+    let cluster = &config.cluster;
+    for (key, path) in [
+        ("cluster.redis_password_file", &cluster.redis_password_file),
+        ("cluster.redis_ca_cert", &cluster.redis_ca_cert),
+    ] {
+        if !cluster.redis_url.is_empty() && !path.is_empty() {
+            std::fs::read(path).map_err(|e| ConfigError::File {
+                key,
+                path: path.clone(),
+                reason: crate::config::read_error(&e),
+            })?;
+        }
+    }
     Ok(())
 }
 

@@ -38,10 +38,12 @@ use crate::protocol::{
 use rate::TokenBucket;
 use typing::{TypingTarget, TypingTimings, TypingTracker};
 
-/// Requests one connection may have waiting for a late outcome; past it the client is treated as
-/// a slow consumer (close 1008). Replies are bounded by requests in flight, so nothing grows
-/// without bound while a broker is slow.
+/// Requests one connection may have waiting for a late outcome, and their bytes: at either, the
+/// connection reads no more until answers arrive (back-pressure through TCP, never a refusal).
+/// Replies are bounded by requests in flight, so nothing grows without bound while a broker is
+/// slow.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT_BYTES: usize = 1 << 20;
 
 /// What every chat session shares (no socket state).
 #[derive(Debug)]
@@ -101,6 +103,8 @@ struct InFlight {
     ticket: Ticket,
     kind: Kind,
     reference: Option<String>,
+    /// The request's size, while its outcome is awaited.
+    bytes: usize,
     /// The reply frames, once the outcome is known.
     reply: Option<Vec<Utf8Bytes>>,
 }
@@ -128,6 +132,11 @@ pub(crate) struct Session {
     closing: Option<CloseReason>,
     /// Requests whose replies cannot go out yet, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// Requests awaiting their outcome (not those only waiting behind others), and their bytes.
+    awaiting: usize,
+    awaiting_bytes: usize,
+    /// The size of the request being dispatched.
+    request_bytes: usize,
     next_ticket: Ticket,
 }
 
@@ -160,6 +169,9 @@ impl Session {
             typing,
             closing: None,
             in_flight: VecDeque::new(),
+            awaiting: 0,
+            awaiting_bytes: 0,
+            request_bytes: 0,
             next_ticket: 1,
         }
     }
@@ -184,6 +196,7 @@ impl Session {
                 ticket: 0,
                 kind: Kind::Rooms,
                 reference: None,
+                bytes: 0,
                 reply: Some(frames),
             });
         }
@@ -222,14 +235,14 @@ impl Session {
                 self.emit(frames, out);
             }
             Answer::Later => {
-                if self.in_flight.len() >= MAX_IN_FLIGHT {
-                    info!("closing: too many requests waiting for answers");
-                    self.closing = Some(CloseReason::SlowConsumer);
-                }
+                let bytes = self.request_bytes;
+                self.awaiting += 1;
+                self.awaiting_bytes += bytes;
                 self.in_flight.push_back(InFlight {
                     ticket,
                     kind,
                     reference,
+                    bytes,
                     reply: None,
                 });
             }
@@ -931,6 +944,7 @@ impl Handler for Session {
     }
 
     fn on_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow {
+        self.request_bytes = text.len();
         let plain_line = match (self.me.is_some(), self.mode) {
             (true, mode) => mode == Mode::Plain,
             (false, _) => !protocol::looks_like_json_object(text),
@@ -1013,6 +1027,8 @@ impl Handler for Session {
             };
             let kind = std::mem::replace(&mut self.in_flight[pos].kind, Kind::Rooms);
             let reference = self.in_flight[pos].reference.take();
+            self.awaiting -= 1;
+            self.awaiting_bytes -= std::mem::take(&mut self.in_flight[pos].bytes);
             let frames = self.apply(&kind, reference.as_deref(), late.outcome);
             self.in_flight[pos].reply = Some(frames);
         }
@@ -1022,6 +1038,10 @@ impl Handler for Session {
 
     fn replies_waiting(&self) -> bool {
         self.in_flight.iter().any(|f| f.reply.is_some())
+    }
+
+    fn accepts_input(&self) -> bool {
+        self.awaiting < MAX_IN_FLIGHT && self.awaiting_bytes < MAX_IN_FLIGHT_BYTES
     }
 
     fn next_deadline(&self) -> Option<Instant> {

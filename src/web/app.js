@@ -45,6 +45,7 @@
     unauthorized: 'The server did not accept the token for that name.',
     forbidden: 'Only admins may do that.',
     unavailable: 'The server could not do that.',
+    unconfirmed: 'Not confirmed in time: it may have been sent. Check the conversation before sending it again.',
   };
   const errorText = (e) => `${ERRORS[e.code] || 'Error.'} (${clean(e.message)})`;
 

@@ -227,9 +227,11 @@ contract!(
         replies_keep_request_order_and_refs,
         requests_before_the_welcome_get_hello_required,
         ending_with_requests_pending_leaves_nothing_behind,
+        large_rooms_announce_joins_and_leaves_in_batches,
     ],
-    // A cluster announces every join and leave (docs/RELIABILITY.md).
-    single_node: [large_rooms_announce_joins_and_leaves_in_batches],
+    // Every broker keeps the whole contract now; a contract test for single-node brokers only
+    // (none today) goes here, with a reason.
+    single_node: [],
 );
 
 async fn server(backend: Backend) -> TestServer {

@@ -695,6 +695,15 @@ impl Proxy {
 }
 
 /// A token for `name` with `role`, signed with `secret` under the default rules, valid a minute.
+/// Waits (bounded) until `check` holds, polling: for what happens on a timer (expiry, sweeps).
+pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn token_for(secret: &str, name: &str, role: chatd::protocol::Role) -> String {
     let rules = chatd::auth::Rules::from_config(&chatd::config::AuthConfig::default());
     let secret = chatd::config::Secret::new(secret);
@@ -704,7 +713,7 @@ pub fn token_for(secret: &str, name: &str, role: chatd::protocol::Role) -> Strin
 /// Cluster settings for a node on `redis`: short lifetimes, so that tests of dead nodes finish in
 /// seconds.
 pub fn cluster_config(config: &mut Config, redis: &Redis) {
-    config.cluster.redis_url = redis.url.clone();
+    config.cluster.redis_url = chatd::config::RedisUrl::new(redis.url.clone());
     config.cluster.name_ttl_secs = 2;
     config.cluster.presence_ttl_secs = 2;
     config.cluster.heartbeat_secs = 1;
@@ -748,8 +757,15 @@ impl Redis {
 
     /// Starts one on `port` (a restart after [`Redis::kill`]).
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Starts one listening as `listen` says (`--port P`, or `--port 0 --tls-port P ...`), with
+    /// `extra` settings (a password, say).
+    pub fn start_with(port: u16, listen: &[&str]) -> Redis {
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -778,6 +794,27 @@ impl Redis {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Runs `redis-cli` against it with `input` on stdin (`-x` makes it the last argument: for
+    /// values longer than a command line may be).
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `redis-cli` against it.

@@ -6,6 +6,8 @@ mod browser;
 mod chat;
 mod chatctl;
 mod cluster;
+mod cluster_faults;
+mod cluster_load;
 mod hardening;
 mod helpers;
 mod hostile;

@@ -1054,7 +1054,9 @@ fn searches_have_a_budget_and_one_at_a_time() {
     let e = request(&mut alice, json!({"type": "history", "before": 1u64 << 63}));
     assert_eq!(e["code"], "bad_request", "{e}");
     assert!(e["message"].as_str().unwrap().contains("2^63"), "{e}");
-    // One search at a time per connection.
+    // One search at a time per connection (the first waits for the message said just before
+    // it to be committed, so it is still running when the second arrives).
+    alice.send(json!({"type": "say", "text": "one more alpha", "id": "m"}));
     alice.send(json!({"type": "search", "query": "alpha", "id": "s1"}));
     alice.send(json!({"type": "search", "query": "beta", "id": "s2"}));
     // Replies keep request order: the first search's answer, then the refusal of the second.

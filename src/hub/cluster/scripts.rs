@@ -2,117 +2,187 @@
 //! nodes do at once, Redis runs one script at a time, so a room's `seq`, its stream and the order
 //! its channel carries messages in agree, and a ghost is reaped (and announced) exactly once.
 //!
-//! Keys, under the configured prefix `P`:
-//! - `P:epoch`: the cluster's seq numbering; created by the first script that needs it, so a Redis
-//!   restarted empty starts a new one (and every room's seq starts again at 1).
+//! Keys, under the configured prefix `P` (`keys`):
 //! - `P:msgid`: message ids, cluster-wide.
-//! - `P:seq:{room}`, `P:stream:{room}` (entry id `{seq}-0`, capped at `history_size`).
+//! - Per room: `P:epoch:{room}` (its numbering; made by the first script that needs it, so a room
+//!   Redis forgot, or a Redis restarted empty, starts a new one), `P:seq:{room}`,
+//!   `P:stream:{room}` (entry id `{seq}-0`, field `e` the envelope; at most `history_size`
+//!   entries and `history_bytes` bytes, counted in `P:sbytes:{room}`). While a room has no member
+//!   these four expire after `room_ttl_secs`; a join makes them persistent again.
 //! - `P:members:{room}`: a sorted set of `node|conn|role|name`, scored by when the entry expires
-//!   unless its node refreshes it.
+//!   unless its node refreshes it; `P:names:{room}`: the same entries prefixed `lowername|`, all
+//!   scored 0, so the first page of members by name and the count come in O(log n) (never the
+//!   whole room: a crowd joining is O(n), not O(n²)).
+//! - `P:pres:{room}`: a large room's joins and leaves not yet announced (`+role|name`,
+//!   `-name`), in the order they happened, whichever node made them; `PRESENCE` turns them into
+//!   one `presence` event with the count at that moment. While it exists, every change in the
+//!   room goes into it (nothing overtakes a batch); it expires unless flushed.
 //! - `P:rooms`: a hash of the rooms that have members, each to the address that created it (empty
 //!   for the default room); `P:created`: rooms per creating address.
 //! - `P:name:{key}` (`protocol::name_key`): `node|conn|role|name`, with an expiry the owning node
 //!   refreshes. In open mode also `P:like:{look-alike}` (`protocol::look_alike`): `node|conn|name`
 //!   of the one name online that looks like that, refreshed the same way.
 
-/// Says something: the epoch (created if Redis lost it), the next message id and room seq, the
-/// stream entry and the publish, in one step.
+/// Says something: the room's epoch (made if Redis lost it), the next message id and room seq,
+/// the stream entry (trimming the oldest past either bound) and the publish, in one step.
 ///
-/// KEYS: epoch, msgid, seq, stream. ARGV: candidate epoch, stream cap, the envelope's tail
-/// (everything after the leading `{`), channel. Returns {id, seq, epoch}.
+/// KEYS: epoch, msgid, seq, stream, sbytes. ARGV: candidate epoch, most entries, most bytes, the
+/// envelope's tail (everything after the leading `{`), channel. Returns {id, seq, epoch}.
 pub(super) const SAY: &str = r#"
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[1]; redis.call('SET', KEYS[1], e) end
 local id = redis.call('INCR', KEYS[2])
 local seq = redis.call('INCR', KEYS[3])
-local env = '{"seq":' .. seq .. ',"id":' .. id .. ',"epoch":"' .. e .. '",' .. ARGV[3]
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', env)
-redis.call('PUBLISH', ARGV[4], env)
+local env = '{"seq":' .. seq .. ',"id":' .. id .. ',"epoch":"' .. e .. '",' .. ARGV[4]
+redis.call('XADD', KEYS[4], seq .. '-0', 'e', env)
+local bytes = redis.call('INCRBY', KEYS[5], #env)
+local count = redis.call('XLEN', KEYS[4])
+local most, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+while count > 1 and (count > most or bytes > most_bytes) do
+  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[4], first[1])
+  bytes = redis.call('DECRBY', KEYS[5], #first[2][2])
+  count = count - 1
+end
+redis.call('PUBLISH', ARGV[5], env)
 return {id, seq, e}
 "#;
 
-/// Joins a room: creates it within the caps, adds the member (announcing `joined` if new), and
-/// reads what the joiner sees: epoch, seq, live members and history (resumed after `since` when
-/// the stream still holds everything after it).
+/// Joins a room: creates it within the caps, adds the member (announcing `joined` unless the room
+/// is large enough for presence batches, or the member was there), and reads what the joiner
+/// sees: epoch, seq, the first page of members by name, their count, and history (resumed after
+/// `since` when the stream still holds everything after it).
 ///
-/// KEYS: members, rooms, seq, stream, epoch, created. ARGV: member, expiry, now, candidate epoch,
-/// history on join, channel, joined envelope, room, creator ('' = nobody's), max rooms, max rooms
-/// per creator (0: no cap), since (-1: no resume), the client's epoch, resume page, resume max, the joining
-/// node's channel, its marker (published first: the node's subscriber sees, in the one order Redis
-/// publishes in, which events came before the join, and so are in what it returns).
-/// Returns {epoch, seq, members, history (newest first unless exact), exact}, or {'', why}.
+/// KEYS: members, names, rooms, seq, stream, epoch, created, sbytes, pres. ARGV: 1 member, 2 expiry,
+/// 3 now, 4 candidate epoch, 5 history on join, 6 channel, 7 joined envelope, 8 room, 9 creator
+/// ('' = nobody's), 10 max rooms, 11 max rooms per creator (0: no cap), 12 since (-1: no resume),
+/// 13 the client's epoch, 14 resume page, 15 resume max, 16 the joining node's channel, 17 its
+/// marker (published first: the node's subscriber sees, in the one order Redis publishes in,
+/// which events came before the join, and so are in what it returns), 18 members per page,
+/// 19 the member's name in lower case, 20 batch joins past this many members (<= 0: always),
+/// 21 its presence entry (`+role|name`), 22 how long a batch waits at most (ms).
+/// Returns {epoch, seq, page, history (newest first unless exact), exact, count, batched}, or
+/// {'', why}.
 pub(super) const JOIN: &str = r#"
-local e = redis.call('GET', KEYS[5])
-if not e then e = ARGV[4]; redis.call('SET', KEYS[5], e) end
-if redis.call('HEXISTS', KEYS[2], ARGV[8]) == 0 then
+if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0 then
   if ARGV[9] ~= '' then
-    if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[10]) then return {'', 'full'} end
+    if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then return {'', 'full'} end
     local per = tonumber(ARGV[11])
-    if per > 0 and tonumber(redis.call('HGET', KEYS[6], ARGV[9]) or '0') >= per then
+    if per > 0 and tonumber(redis.call('HGET', KEYS[7], ARGV[9]) or '0') >= per then
       return {'', 'mine'}
     end
-    redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
+    redis.call('HINCRBY', KEYS[7], ARGV[9], 1)
   end
-  redis.call('HSET', KEYS[2], ARGV[8], ARGV[9])
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
 end
+local e = redis.call('GET', KEYS[6])
+if not e then e = ARGV[4]; redis.call('SET', KEYS[6], e) end
+for _, k in ipairs({KEYS[4], KEYS[5], KEYS[6], KEYS[8]}) do redis.call('PERSIST', k) end
 redis.call('PUBLISH', ARGV[16], ARGV[17])
+local before = redis.call('ZCARD', KEYS[1])
+local over = tonumber(ARGV[20])
+local batched = 0
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  if over <= 0 or before > over or redis.call('EXISTS', KEYS[9]) == 1 then
+    batched = 1
+    redis.call('RPUSH', KEYS[9], ARGV[21])
+    redis.call('PEXPIRE', KEYS[9], ARGV[22])
+  elseif ARGV[7] ~= '' then
+    redis.call('PUBLISH', ARGV[6], ARGV[7])
+  end
 end
-local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
+redis.call('ZADD', KEYS[2], 0, ARGV[19] .. '|' .. ARGV[1])
+local count = redis.call('ZCARD', KEYS[1])
+local page = redis.call('ZRANGE', KEYS[2], '-', '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[18]))
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 local since = tonumber(ARGV[12])
 if since >= 0 and ARGV[13] == e and since <= seq and seq - since <= tonumber(ARGV[15]) then
-  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+  local first = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', 1)
   local oldest = seq + 1
   if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
   if oldest <= since + 1 then
-    local hist = redis.call('XRANGE', KEYS[4], tostring(since + 1), '+', 'COUNT', ARGV[14])
-    return {e, seq, users, hist, 1}
+    local hist = redis.call('XRANGE', KEYS[5], tostring(since + 1), '+', 'COUNT', ARGV[14])
+    return {e, seq, page, hist, 1, count, batched}
   end
 end
-local hist = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[5])
-return {e, seq, users, hist, 0}
+local hist = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', ARGV[5])
+return {e, seq, page, hist, 0, count, batched}
 "#;
 
-/// Leaves a room, announcing `how` if the member was there, and forgets the room once nobody is
-/// in it (its seq and stream stay).
+/// Leaves a room, announcing `how` if the member was there (unless the room is large enough for
+/// presence batches), and forgets the room once nobody is in it: its seq, stream and epoch then
+/// expire after the room TTL.
 ///
-/// KEYS: members, rooms, created. ARGV: member, channel, envelope ('' = announce nothing), room.
-/// Returns 1 if the member was there.
+/// KEYS: members, names, rooms, created, seq, stream, epoch, sbytes, pres. ARGV: member,
+/// channel, envelope ('' = announce nothing), room, the member's names entry, batch leaves past
+/// this many members (<= 0: always), room TTL (seconds), presence entry (`-name`), how long a
+/// batch waits at most (ms). Returns {was there, batched}.
 pub(super) const LEAVE: &str = r#"
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
-if n == 1 and ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  local c = redis.call('HGET', KEYS[2], ARGV[4])
-  if c then
-    redis.call('HDEL', KEYS[2], ARGV[4])
-    if c ~= '' and redis.call('HINCRBY', KEYS[3], c, -1) <= 0 then redis.call('HDEL', KEYS[3], c) end
+redis.call('ZREM', KEYS[2], ARGV[5])
+local after = redis.call('ZCARD', KEYS[1])
+local batched = 0
+if n == 1 and ARGV[3] ~= '' then
+  local over = tonumber(ARGV[6])
+  if over <= 0 or after > over or redis.call('EXISTS', KEYS[9]) == 1 then
+    batched = 1
+    redis.call('RPUSH', KEYS[9], ARGV[8])
+    redis.call('PEXPIRE', KEYS[9], ARGV[9])
+  else
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
   end
 end
-return n
+if after == 0 then
+  redis.call('DEL', KEYS[9])
+  local c = redis.call('HGET', KEYS[3], ARGV[4])
+  if c then
+    redis.call('HDEL', KEYS[3], ARGV[4])
+    if c ~= '' and redis.call('HINCRBY', KEYS[4], c, -1) <= 0 then redis.call('HDEL', KEYS[4], c) end
+  end
+  for _, k in ipairs({KEYS[5], KEYS[6], KEYS[7], KEYS[8]}) do redis.call('EXPIRE', k, ARGV[7]) end
+end
+return {n, batched}
 "#;
 
-/// Removes every member whose node stopped refreshing it, and forgets rooms left empty. Whoever
-/// runs it first gets each ghost once, and announces it.
+/// Removes every member whose node stopped refreshing it, and forgets rooms left empty (their
+/// keys expire after the room TTL). Whoever runs it first gets each ghost once, and announces it:
+/// in a large room (or one with a batch waiting) the script adds the leave to the room's batch,
+/// and the node flushes it.
 ///
-/// KEYS: rooms, created. ARGV: now, key prefix. Returns {room, member, room, member, ...}.
+/// KEYS: rooms, created. ARGV: now, key prefix, room TTL (seconds), batch past this many members
+/// (<= 0: always), how long a batch waits at most (ms).
+/// Returns {room, member, batched (0/1), room, member, batched, ...}.
 pub(super) const REAP: &str = r#"
 local out = {}
 local rooms = redis.call('HGETALL', KEYS[1])
+local over = tonumber(ARGV[4])
 for i = 1, #rooms, 2 do
   local room, creator = rooms[i], rooms[i + 1]
   local key = ARGV[2] .. ':members:' .. room
+  local pres = ARGV[2] .. ':pres:' .. room
   local ghosts = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
   for _, g in ipairs(ghosts) do
     redis.call('ZREM', key, g)
+    local name = string.match(g, '^[^|]*|[^|]*|[^|]*|(.*)$') or ''
+    redis.call('ZREM', ARGV[2] .. ':names:' .. room, string.lower(name) .. '|' .. g)
+    local batched = 0
+    if over <= 0 or redis.call('ZCARD', key) > over or redis.call('EXISTS', pres) == 1 then
+      batched = 1
+      redis.call('RPUSH', pres, '-' .. name)
+      redis.call('PEXPIRE', pres, ARGV[5])
+    end
     out[#out + 1] = room
     out[#out + 1] = g
+    out[#out + 1] = batched
   end
   if redis.call('ZCARD', key) == 0 then
+    redis.call('DEL', pres)
     redis.call('HDEL', KEYS[1], room)
     if creator ~= '' and redis.call('HINCRBY', KEYS[2], creator, -1) <= 0 then
       redis.call('HDEL', KEYS[2], creator)
+    end
+    for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes'}) do
+      redis.call('EXPIRE', ARGV[2] .. ':' .. what .. ':' .. room, ARGV[3])
     end
   end
 end
@@ -130,21 +200,91 @@ end
 return out
 "#;
 
-/// Refreshes this node's name claims, re-asserting any Redis lost (a restart); returns the
-/// 1-based positions of the names someone else holds now. KEYS: names. ARGV: ttl ms, values.
-pub(super) const REFRESH_NAMES: &str = r#"
-local lost = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
-  if v == ARGV[i + 1] then
-    redis.call('PEXPIRE', k, ARGV[1])
-  elseif not v then
-    redis.call('SET', k, ARGV[i + 1], 'PX', ARGV[1])
+/// Announces a large room's batch: takes every change queued in `P:pres:{room}` (by any node),
+/// in order, and publishes one `presence` event: leaves and joins (a join and a leave of one
+/// name inside the batch cancel), a page of each, the rest counted, and the room's member count
+/// at this moment, which is exactly what applying every batch in order gives. Nothing to say:
+/// nothing published.
+///
+/// KEYS: pres, members. ARGV: the envelope up to its event (`{..."e":`), names per page, room,
+/// channel. Returns 1 if it published.
+pub(super) const PRESENCE: &str = r#"
+local changes = redis.call('LRANGE', KEYS[1], 0, -1)
+if #changes == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+local page = tonumber(ARGV[2])
+local joined, left, unlisted = {}, {}, 0
+for _, c in ipairs(changes) do
+  if string.sub(c, 1, 1) == '+' then
+    local role, name = string.match(c, '^%+([^|]*)|(.*)$')
+    if #joined < page then
+      joined[#joined + 1] = {name = name, role = role}
+    else
+      unlisted = unlisted + 1
+    end
   else
-    lost[#lost + 1] = i
+    local name = string.sub(c, 2)
+    local back = nil
+    for i, j in ipairs(joined) do
+      if j.name == name then back = i; break end
+    end
+    if back then
+      table.remove(joined, back)
+    elseif #left < page then
+      left[#left + 1] = name
+    else
+      unlisted = unlisted + 1
+    end
   end
 end
-return lost
+if #joined == 0 and #left == 0 and unlisted == 0 then return 0 end
+local e = {type = 'presence', room = ARGV[3], user_count = redis.call('ZCARD', KEYS[2])}
+if #joined > 0 then e.joined = joined end
+if #left > 0 then e.left = left end
+if unlisted > 0 then e.unlisted = unlisted end
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. cjson.encode(e) .. '}')
+return 1
+"#;
+
+/// A member of large rooms renamed: its joins still waiting in those rooms' batches are told
+/// under the new name. KEYS: the rooms' pres lists. ARGV: old entry (`+role|old`), new entry.
+pub(super) const PRESENCE_RENAME: &str = r#"
+for _, k in ipairs(KEYS) do
+  local changes = redis.call('LRANGE', k, 0, -1)
+  for i, c in ipairs(changes) do
+    if c == ARGV[1] then redis.call('LSET', k, i - 1, ARGV[2]) end
+  end
+end
+return 0
+"#;
+
+/// Refreshes this node's name claims, re-asserting any Redis lost (a restart), except those of
+/// a connection an admin kicked (whose node may have missed the order). Returns, for each claim
+/// not refreshed, `[kind, position (1-based), reason]`: kind 'lost' (someone else holds it) or
+/// 'kicked'. KEYS: names. ARGV: ttl ms, key prefix, values.
+pub(super) const REFRESH_NAMES: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  local mine = ARGV[i + 2]
+  local who = string.match(mine, '^([^|]*|[^|]*)|') or ''
+  local kicked = redis.call('GET', ARGV[2] .. ':kicked:' .. who)
+  local v = redis.call('GET', k)
+  if kicked then
+    if v == mine then redis.call('DEL', k) end
+    out[#out + 1] = 'kicked'
+    out[#out + 1] = tostring(i)
+    out[#out + 1] = kicked
+  elseif v == mine then
+    redis.call('PEXPIRE', k, ARGV[1])
+  elseif not v then
+    redis.call('SET', k, mine, 'PX', ARGV[1])
+  else
+    out[#out + 1] = 'lost'
+    out[#out + 1] = tostring(i)
+    out[#out + 1] = ''
+  end
+end
+return out
 "#;
 
 /// Claims a name (and, when `ARGV[2]` is not empty, its look-alike key) for one connection, both
@@ -177,14 +317,20 @@ return 0
 /// Kicks a member out of every room (publishing the `kicked` envelope, its room written in place
 /// of `@@ROOM@@`, to each room it was in) and frees its name.
 ///
-/// KEYS: rooms, created, name. ARGV: member (as its name claim holds it), key prefix, envelope.
-/// Returns how many rooms it was in.
+/// Leaves a tombstone (`kicked:{node|conn}`, holding the reason, for `ARGV[5]` ms) so that the
+/// member's node, should it miss the kick order, closes it at its next heartbeat instead of
+/// re-asserting its claims.
+///
+/// KEYS: rooms, created, name. ARGV: member (as its name claim holds it), key prefix, envelope,
+/// room TTL (seconds), tombstone TTL (ms), reason. Returns how many rooms it was in.
 pub(super) const KICK: &str = r#"
 local out = 0
+local name = string.match(ARGV[1], '^[^|]*|[^|]*|[^|]*|(.*)$') or ''
 for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
   local key = ARGV[2] .. ':members:' .. room
   if redis.call('ZREM', key, ARGV[1]) == 1 then
     out = out + 1
+    redis.call('ZREM', ARGV[2] .. ':names:' .. room, string.lower(name) .. '|' .. ARGV[1])
     local env = string.gsub(ARGV[3], '@@ROOM@@', function() return room end)
     redis.call('PUBLISH', ARGV[2] .. ':r:' .. room, env)
     if redis.call('ZCARD', key) == 0 then
@@ -193,9 +339,14 @@ for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
       if c and c ~= '' and redis.call('HINCRBY', KEYS[2], c, -1) <= 0 then
         redis.call('HDEL', KEYS[2], c)
       end
+      for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes'}) do
+        redis.call('EXPIRE', ARGV[2] .. ':' .. what .. ':' .. room, ARGV[4])
+      end
     end
   end
 end
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+local who = string.match(ARGV[1], '^([^|]*|[^|]*)|')
+if who then redis.call('SET', ARGV[2] .. ':kicked:' .. who, ARGV[6], 'PX', ARGV[5]) end
 return out
 "#;

@@ -1,0 +1,431 @@
+//! Names across the cluster: claiming one (hello, nick), freeing it, finding who holds it (PMs,
+//! typing to a user, kicks), and the fence a node sends itself to know it has delivered
+//! everything published before.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::envelope::Envelope;
+use super::link::{Done, Fail};
+use super::{Inner, Local, lock, parse_entry};
+use crate::hub::{ConnId, Member, Outcome, Receipt, Refusal, Resume, Ticket};
+use crate::protocol::{self, Role, ServerMsg, TypingState, b};
+
+impl Inner {
+    /// Claims `name` for `me` (its key, and in open mode its look-alike), or re-writes the claims
+    /// `me` holds on it. `Err(refusal)` if someone else holds it, or a name like it.
+    async fn claim(
+        &self,
+        me: &Member,
+        name: &str,
+    ) -> Result<Result<Vec<(String, String)>, Refusal>, Fail> {
+        let redis = &self.redis;
+        let key = redis.key("name", &protocol::name_key(name));
+        let value = self.entry(&me.renamed(name.into()));
+        let like = if self.settings.owned_names {
+            String::new()
+        } else {
+            redis.key("like", &protocol::look_alike(name))
+        };
+        let like_value = format!("{}|{}", self.me_id(me), name);
+        let mut conn = redis.conn().await?;
+        let held: String = redis
+            .scripts
+            .claim
+            .key(&key)
+            .key(if like.is_empty() { &key } else { &like })
+            .arg(&value)
+            .arg(if like.is_empty() { "" } else { &like_value })
+            .arg(self.settings.name_ttl_ms)
+            .arg(self.me_id(me))
+            .invoke_async(&mut conn)
+            .await?;
+        if held == "taken" {
+            return Ok(Err(Refusal::name_taken(name)));
+        }
+        if let Some(other) = held.strip_prefix("like|") {
+            return Ok(Err(Refusal::looks_like(name, other)));
+        }
+        let mut claims = vec![(key, value)];
+        if !like.is_empty() {
+            claims.push((like, like_value));
+        }
+        Ok(Ok(claims))
+    }
+
+    /// Who holds `name`: (node, conn, role, name as they spell it).
+    async fn owner(&self, name: &str) -> Result<Option<(String, ConnId, Role, String)>, Fail> {
+        let mut conn = self.redis.conn().await?;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.redis.key("name", &protocol::name_key(name)))
+            .query_async(&mut conn)
+            .await?;
+        Ok(value.and_then(|v| {
+            parse_entry(&v).map(|(n, c, r, name)| (n.to_string(), c, r, name.to_string()))
+        }))
+    }
+
+    pub(super) async fn hello(
+        &self,
+        me: &Member,
+        t: Ticket,
+        room: &str,
+        resume: Option<&Resume>,
+    ) -> Done {
+        let claims = match self.claim(me, me.name()).await? {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                me.answer(t, refusal.into());
+                return Ok(());
+            }
+        };
+        if let Some(mine) = lock(&self.local).members.get_mut(&me.conn()) {
+            mine.claims = claims;
+        }
+        // A hello never fails for lack of rooms: it lands in the default room instead.
+        if !self.join(me, t, room, resume, true).await? {
+            self.join(me, t, protocol::DEFAULT_ROOM, None, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Frees `me`'s name if it still holds it.
+    pub(super) async fn release(&self, me: &Member) -> Done {
+        let claims = lock(&self.local)
+            .members
+            .get_mut(&me.conn())
+            .map(|m| std::mem::take(&mut m.claims))
+            .unwrap_or_default();
+        self.release_claims(&claims).await
+    }
+
+    /// Frees `claims` where they still hold what this connection wrote.
+    async fn release_claims(&self, claims: &[(String, String)]) -> Done {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.redis.conn().await?;
+        for (key, value) in claims {
+            self.redis
+                .scripts
+                .release
+                .key(key)
+                .arg(value)
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A PM goes to the node that holds the recipient's name, and its ack waits until that
+    /// node has handed it to the recipient's connection: an acknowledged PM was delivered, as on
+    /// a single node (pub/sub alone may drop it). No answer by `deadline` (the recipient's node
+    /// died, or the channel dropped it): `unconfirmed`. The recipient had left that node
+    /// meanwhile: `no_such_user`.
+    pub(super) async fn pm(
+        &self,
+        me: &Member,
+        to: &str,
+        text: &str,
+        action: bool,
+        sent: &AtomicBool,
+        deadline: Instant,
+    ) -> Result<Outcome, Fail> {
+        let Some((node, conn_id, _, name)) = self.owner(to).await? else {
+            return Ok(Refusal::no_such_user(to).into());
+        };
+        let mut conn = self.redis.conn().await?;
+        let id: u64 = redis::cmd("INCR")
+            .arg(self.redis.global("msgid"))
+            .query_async(&mut conn)
+            .await?;
+        let ts: Arc<str> = protocol::timestamp().into();
+        let x = self.me_id(me);
+        let event = ServerMsg::Pm {
+            id,
+            ts: b(&ts),
+            from: b(me.name()),
+            role: me.role(),
+            to: b(&name),
+            text: b(text),
+            action,
+        };
+        let mut answer = self.awaited();
+        let mut env = Envelope::new(&x, event);
+        env.to = Some(conn_id);
+        env.confirm = Some(answer.n);
+        sent.store(true, Ordering::Relaxed);
+        self.redis
+            .publish(&self.redis.node_channel(&node), &env.json())
+            .await?;
+        // Answer before the op's own deadline, which would count it as Redis failing.
+        let margin = (self.settings.op_timeout / 8).min(Duration::from_millis(100));
+        let by = deadline.checked_sub(margin).unwrap_or(deadline);
+        Ok(
+            match tokio::time::timeout_at(by.into(), &mut answer.rx).await {
+                Ok(Ok(true)) => Outcome::Sent(Receipt {
+                    id,
+                    seq: None,
+                    ts,
+                    to: Some(name.into()),
+                }),
+                Ok(Ok(false)) => Refusal::no_such_user(to).into(),
+                _ => super::ops::unconfirmed(),
+            },
+        )
+    }
+
+    /// A PM reached this node for `to`: `delivered` tells the sender's node (named in `x`)
+    /// whether it was handed to that connection.
+    pub(super) fn confirm(self: &Arc<Self>, x: &str, n: u64, delivered: bool) {
+        let Some((node, _)) = x.rsplit_once('|') else {
+            return;
+        };
+        let channel = self.redis.node_channel(node);
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let mut env = Envelope::control("");
+            env.fence = Some(n);
+            env.absent = !delivered;
+            let _ = tokio::time::timeout(
+                inner.settings.op_timeout,
+                inner.redis.publish(&channel, &env.json()),
+            )
+            .await;
+        });
+    }
+
+    pub(super) async fn typing_to(
+        &self,
+        me: &Member,
+        to: &str,
+        state: TypingState,
+    ) -> Result<Outcome, Fail> {
+        Ok(match self.owner(to).await? {
+            None => Refusal::no_such_user(to).into(),
+            Some((node, conn, _, name)) => {
+                let x = self.me_id(me);
+                let event = ServerMsg::Typing {
+                    from: b(me.name()),
+                    room: None,
+                    to: Some(b(&name)),
+                    state,
+                };
+                let mut env = Envelope::new(&x, event);
+                env.to = Some(conn);
+                self.redis
+                    .publish(&self.redis.node_channel(&node), &env.json())
+                    .await?;
+                Outcome::Relayed
+            }
+        })
+    }
+
+    /// Takes `name` out of every room (`kicked` to those who stay) and frees the name, then
+    /// tells its node to close the connection. The reply waits until this node has delivered
+    /// the `kicked` events, so an admin in the room sees the kick before the ack.
+    pub(super) async fn kick(
+        &self,
+        me: &Member,
+        name: &str,
+        reason: &str,
+    ) -> Result<Outcome, Fail> {
+        let redis = &self.redis;
+        let key = redis.key("name", &protocol::name_key(name));
+        let mut conn = redis.conn().await?;
+        let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        let Some((node, target, target_name)) = value.as_deref().and_then(|v| {
+            parse_entry(v).map(|(n, c, _, name)| (n.to_string(), c, name.to_string()))
+        }) else {
+            return Ok(Refusal::no_such_user(name).into());
+        };
+        let x = format!("{node}|{target}");
+        let event = ServerMsg::Kicked {
+            room: b("@@ROOM@@"),
+            name: b(&target_name),
+            by: b(me.name()),
+            reason: b(reason),
+        };
+        let template = Envelope::new(&x, event).json();
+        redis
+            .scripts
+            .kick
+            .key(redis.global("rooms"))
+            .key(redis.global("created"))
+            .key(&key)
+            .arg(value.as_deref().unwrap_or_default())
+            .arg(redis.prefix())
+            .arg(template)
+            .arg(self.settings.room_ttl_secs)
+            .arg(self.kick_tombstone_ms())
+            .arg(reason)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        let mut order = Envelope::control(&x);
+        order.to = Some(target);
+        order.kick = Some((b(me.name()), b(reason)));
+        redis
+            .publish(&redis.node_channel(&node), &order.json())
+            .await?;
+        self.fence().await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Waits until this node's subscriber has delivered everything published before now.
+    /// Redis hands one subscriber its messages in publish order, whatever the channel.
+    pub(super) async fn fence(&self) -> Done {
+        let mut arrival = self.awaited();
+        let mut env = Envelope::control("");
+        env.fence = Some(arrival.n);
+        self.redis
+            .publish(&self.redis.node_channel(&self.node), &env.json())
+            .await?;
+        match (&mut arrival.rx).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Fail::Timeout),
+        }
+    }
+
+    /// A fence number to wait for; forgotten when the wait ends, however it ends.
+    fn awaited(&self) -> Awaited<'_> {
+        let n = self.next_fence.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.fences).insert(n, tx);
+        Awaited { inner: self, n, rx }
+    }
+
+    /// How long a kick's tombstone lasts: past two heartbeats of the target's node, after which
+    /// its claim would have expired anyway.
+    pub(super) fn kick_tombstone_ms(&self) -> u64 {
+        self.settings.name_ttl_ms.max(self.settings.heartbeat_ms) * 2
+    }
+
+    /// An admin (on any node) kicked `me`, which Redis no longer lists anywhere: forget it here
+    /// and close the connection.
+    pub(super) fn kicked(&self, me: &Member, reason: &str) {
+        let rooms = lock(&self.local)
+            .members
+            .get_mut(&me.conn())
+            .map(|m| {
+                m.claims.clear();
+                m.rooms.clone()
+            })
+            .unwrap_or_default();
+        for room in &rooms {
+            self.forget(me, room);
+        }
+        me.kick(reason.to_string());
+    }
+
+    pub(super) async fn nick(&self, me: &mut Member, t: Ticket, name: &str) -> Done {
+        let renamed = me.renamed(name.into());
+        // A change of case re-writes one's own claims; a new name must be free.
+        let claims = match self.claim(me, name).await? {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                me.answer(t, refusal.into());
+                return Ok(());
+            }
+        };
+        let old = lock(&self.local)
+            .members
+            .get_mut(&me.conn())
+            .map(|m| std::mem::take(&mut m.claims))
+            .unwrap_or_default();
+        let stale: Vec<_> = old
+            .into_iter()
+            .filter(|(k, _)| !claims.iter().any(|(nk, _)| nk == k))
+            .collect();
+        self.release_claims(&stale).await?;
+        let redis = &self.redis;
+        let mut conn = redis.conn().await?;
+        let rooms = {
+            let mut local = lock(&self.local);
+            let Local { members, rooms } = &mut *local;
+            let mine = members.get_mut(&me.conn());
+            let list = mine.as_ref().map(|m| m.rooms.clone()).unwrap_or_default();
+            if let Some(mine) = mine {
+                mine.member = renamed.clone();
+                mine.claims = claims;
+            }
+            for room in &list {
+                if let Some(here) = rooms.get_mut(room) {
+                    for m in here.members.iter_mut().filter(|m| m.conn() == me.conn()) {
+                        *m = renamed.clone();
+                    }
+                }
+            }
+            list
+        };
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.cmd("ZREM")
+                .arg(redis.key("members", room))
+                .arg(self.entry(me))
+                .ignore()
+                .cmd("ZREM")
+                .arg(redis.key("names", room))
+                .arg(self.names_entry(me))
+                .ignore()
+                .cmd("ZADD")
+                .arg(redis.key("members", room))
+                .arg(super::now_ms() + self.settings.presence_ttl_ms)
+                .arg(self.entry(&renamed))
+                .ignore()
+                .cmd("ZADD")
+                .arg(redis.key("names", room))
+                .arg(0)
+                .arg(self.names_entry(&renamed))
+                .ignore();
+        }
+        // A join still waiting in a large room's batch is told under the new name.
+        let mut rename = redis.scripts.presence_rename.prepare_invoke();
+        for room in &rooms {
+            rename.key(redis.key("pres", room));
+        }
+        rename
+            .arg(Self::joins_entry(me))
+            .arg(Self::joins_entry(&renamed));
+        if !rooms.is_empty() {
+            pipe.load_script(&redis.scripts.presence_rename)
+                .ignore()
+                .invoke_script(&rename)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        let x = self.me_id(me);
+        let mut env = Envelope::new(
+            &x,
+            ServerMsg::Renamed {
+                from: b(me.name()),
+                to: b(name),
+            },
+        );
+        env.rooms = rooms.iter().map(|r| b(r)).collect();
+        redis.publish(&redis.all_channel(), &env.json()).await?;
+        *me = renamed;
+        me.answer(
+            t,
+            Outcome::Renamed {
+                name: me.name().clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A fence or PM confirmation being waited for.
+struct Awaited<'a> {
+    inner: &'a Inner,
+    n: u64,
+    rx: oneshot::Receiver<bool>,
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.fences).remove(&self.n);
+    }
+}
