@@ -44,10 +44,15 @@ echo "-- the cluster profile: Redis, two nodes of one chat, a balancer that chec
 "$VENV/bin/python" - <<'PY'
 import json, re
 services = json.load(open("target/compose-cluster.json"))["services"]
-assert set(services) == {"chatd", "prometheus", "redis", "chatd-a", "chatd-b", "balancer", "prometheus-cluster"}, set(services)
+assert set(services) == {"chatd", "prometheus", "redis-secrets", "redis", "chatd-a", "chatd-b", "balancer", "prometheus-cluster"}, set(services)
 assert "--appendonly" in services["redis"]["command"], "the cluster's history is Redis's: keep AOF on"
+assert "--aclfile" in services["redis"]["command"], "the cluster's Redis needs passwords (docs/SECURITY.md)"
+assert not services["redis"].get("ports"), "the cluster's Redis is for the nodes only"
+acl = services["redis-secrets"]["entrypoint"][-1]
+assert "user chatd on" in acl and "~chatd:*" in acl and "-@dangerous" in acl, "the nodes' Redis user is restricted"
 a, b = services["chatd-a"]["environment"], services["chatd-b"]["environment"]
-assert a["CHATD_CLUSTER__REDIS_URL"] == b["CHATD_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
+assert a["CHATD_CLUSTER__REDIS_URL"] == b["CHATD_CLUSTER__REDIS_URL"] == "redis://chatd@redis:6379/0"
+assert a["CHATD_CLUSTER__REDIS_PASSWORD_FILE"].startswith("/run/chatd-redis/")
 assert a["CHATD_CLUSTER__NODE_ID"] != b["CHATD_CLUSTER__NODE_ID"]
 assert {k: v for k, v in a.items() if "NODE_ID" not in k} == {k: v for k, v in b.items() if "NODE_ID" not in k}
 cfg = open("deploy/haproxy.cfg").read()
@@ -65,11 +70,16 @@ for name, env in (("a", a), ("b", b)):
             f.write(f"{k}={v}\n")
 print("ok")
 PY
-# Each node's environment is a valid configuration for the binary.
+# Each node's environment is a valid configuration for the binary (with a stand-in for the
+# password file the redis-secrets service writes).
+SECRET_DIR=$(mktemp -d)
+echo stand-in > "$SECRET_DIR/redis-password"
 for node in a b; do
-  mapfile -t NODE_ENV < <(grep -v '^CHATD_CONFIG=' "target/compose-cluster-$node.env")
+  mapfile -t NODE_ENV < <(grep -v '^CHATD_CONFIG=' "target/compose-cluster-$node.env" \
+    | sed "s|=/run/chatd-redis/|=$SECRET_DIR/|")
   env -i PATH=/usr/bin:/bin "${NODE_ENV[@]}" CHATD_CONFIG=chat.toml "$CHATD" check-config >/dev/null
 done
+rm -r "$SECRET_DIR"
 if command -v haproxy >/dev/null; then
   haproxy -c -q -f deploy/haproxy.cfg
 fi

@@ -700,8 +700,16 @@ class Deploy:
         via = [Lines([chatctl, "--url", balancer, "--json", "connect", f"viewer{i}"]) for i in range(4)]
         for i, v in enumerate(via):
             v.wait_line(lambda l: '"welcome"' in l, f"viewer{i}'s welcome through the balancer")
-        members = p.compose("exec", "-T", "redis", "redis-cli", "ZRANGE", "chatd:members:lobby", "0", "-1",
+        members = p.compose("exec", "-T", "redis", "sh", "-c",
+                            "REDISCLI_AUTH=$(cat /acl/admin-password) redis-cli ZRANGE chatd:members:lobby 0 -1",
                             profiles=cluster).stdout.split()
+        log("  -- the cluster's Redis refuses anyone without the password")
+        refused = p.compose("exec", "-T", "redis", "redis-cli", "GET", "chatd:msgid", profiles=cluster, ok=False)
+        check("NOAUTH" in refused.stdout + refused.stderr, f"redis-cli without a password got {refused.stdout}")
+        as_node = p.compose("exec", "-T", "redis", "sh", "-c",
+                            "REDISCLI_AUTH=$(cat /acl/admin-password) redis-cli ACL DRYRUN chatd FLUSHALL",
+                            profiles=cluster).stdout
+        check("no permissions" in as_node, f"the nodes' user may FLUSHALL: {as_node}")
         nodes = {m.split("|")[0] for m in members if m.split("|")[-1].startswith("viewer")}
         check(nodes == {"chatd-a", "chatd-b"}, f"the balancer put the viewers on {nodes}")
         log("  -- Prometheus for the cluster scrapes both nodes")
@@ -751,7 +759,7 @@ class Deploy:
         p.compose("start", "chatd-a", profiles=cluster)
         p.wait_healthy("chatd-a")
 
-        log("  -- Redis stops: both nodes answer `unavailable`; it starts: both recover")
+        log("  -- Redis stops: both nodes answer `unavailable` (or `unconfirmed`); it starts: both recover")
         probes = {}
         for node in ("chatd-a", "chatd-b"):
             probes[node] = Lines([p.compose_bin, "-p", PROJECT, "-f", "docker-compose.yml", "-f", p.override.name,
@@ -761,7 +769,9 @@ class Deploy:
         p.compose("stop", "redis", profiles=cluster)
         for node, probe in probes.items():
             probe.send(f"while redis is away {node}")
-            probe.wait_line(lambda l: '"unavailable"' in l, f"`unavailable` on {node} while Redis is stopped", 30)
+            # `unconfirmed` when the line was already on its way to the Redis that went away.
+            probe.wait_line(lambda l: '"unavailable"' in l or '"unconfirmed"' in l,
+                            f"`unavailable` or `unconfirmed` on {node} while Redis is stopped", 30)
         p.compose("start", "redis", profiles=cluster)
         p.wait_healthy("chatd-a", "chatd-b", timeout=60)
         for node, probe in probes.items():
