@@ -16,11 +16,10 @@
 //!   connection whose requests wait (back-pressure), so the bound is a safety net, not a refusal
 //!   a client meets.
 
-use std::sync::Arc;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
 
 use super::envelope::Envelope;
 use super::link::{Done, Fail};
@@ -169,7 +168,10 @@ pub(super) async fn member_task(inner: Arc<Inner>, conn: ConnId) {
                 let mut bytes = 0;
                 while batch.len() < SAY_BATCH
                     && bytes < SAY_BATCH_BYTES
-                    && mine.queue.front().is_some_and(|q| matches!(q.op, Op::Say(..)))
+                    && mine
+                        .queue
+                        .front()
+                        .is_some_and(|q| matches!(q.op, Op::Say(..)))
                 {
                     let q = mine.queue.pop_front().expect("a say is at the front");
                     mine.queued_bytes -= q.op.cost();
