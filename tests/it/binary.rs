@@ -193,6 +193,26 @@ fn bad_config_exits_78_naming_the_key() {
     assert!(err.contains("/nonexistent/chat.toml"), "{err}");
 }
 
+/// A rule about one part of the configuration binds only when that part is used: a single node
+/// with 20 MB messages (the Autobahn run) is fine; the same limit in a cluster is refused,
+/// because the cluster keeps history in Redis within `cluster.history_bytes`.
+#[test]
+fn cluster_rules_bind_only_a_cluster() {
+    // What scripts/autobahn.sh sets for its "large" run.
+    let big = [
+        ("CHATD_LIMITS__MAX_MESSAGE_BYTES", "20000000"),
+        ("CHATD_LIMITS__OUTBOUND_QUEUE_BYTES", "80000000"),
+        ("CHATD_STORAGE__QUEUE_BYTES", "80000000"),
+    ];
+    let (code, out, err) = output(&["check-config"], &big);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mut cluster = big.to_vec();
+    cluster.push(("CHATD_CLUSTER__REDIS_URL", "redis://127.0.0.1:1/0"));
+    let (code, _, err) = output(&["check-config"], &cluster);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("cluster.history_bytes"), "{err}");
+}
+
 #[test]
 fn layers_apply_in_order() {
     let dir = tempfile::tempdir().unwrap();

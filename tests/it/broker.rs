@@ -192,46 +192,39 @@ impl Broker for LateBroker {
     }
 }
 
-/// Runs each test in `every` against every backend (the cluster broker on a Redis of its own,
-/// skipped where there is none), and each in `single_node` against the single-process ones.
+/// Runs each contract test against every backend (the cluster broker on a Redis of its own,
+/// marked ignored, with the reason, where redis-server is not installed).
 macro_rules! contract {
-    (every: [$($test:ident),* $(,)?], single_node: [$($single:ident),* $(,)?] $(,)?) => {
+    ($($test:ident),* $(,)?) => {
         mod local {
             $(#[tokio::test] async fn $test() { super::$test(super::Backend::Local).await })*
-            $(#[tokio::test] async fn $single() { super::$single(super::Backend::Local).await })*
         }
         mod late {
             $(#[tokio::test] async fn $test() { super::$test(super::Backend::Late).await })*
-            $(#[tokio::test] async fn $single() { super::$single(super::Backend::Late).await })*
         }
         mod redis {
-            $(#[tokio::test] async fn $test() {
-                if crate::helpers::redis_available() {
-                    super::$test(super::Backend::Redis).await
-                }
-            })*
+            $(
+                #[cfg_attr(chatd_no_redis, ignore = "needs redis-server (apt install redis-server)")]
+                #[tokio::test]
+                async fn $test() { super::$test(super::Backend::Redis).await }
+            )*
         }
     };
 }
 
 contract!(
-    every: [
-        names_are_unique_and_freed_on_disconnect,
-        rooms_presence_who_and_rooms,
-        say_assigns_seq_and_keeps_history,
-        private_messages,
-        typing_reaches_the_room_and_the_user,
-        admins_kick,
-        announce_reaches_everyone,
-        nick_renames_once_for_everyone_who_shares_a_room,
-        replies_keep_request_order_and_refs,
-        requests_before_the_welcome_get_hello_required,
-        ending_with_requests_pending_leaves_nothing_behind,
-        large_rooms_announce_joins_and_leaves_in_batches,
-    ],
-    // Every broker keeps the whole contract now; a contract test for single-node brokers only
-    // (none today) goes here, with a reason.
-    single_node: [],
+    names_are_unique_and_freed_on_disconnect,
+    rooms_presence_who_and_rooms,
+    say_assigns_seq_and_keeps_history,
+    private_messages,
+    typing_reaches_the_room_and_the_user,
+    admins_kick,
+    announce_reaches_everyone,
+    nick_renames_once_for_everyone_who_shares_a_room,
+    replies_keep_request_order_and_refs,
+    requests_before_the_welcome_get_hello_required,
+    ending_with_requests_pending_leaves_nothing_behind,
+    large_rooms_announce_joins_and_leaves_in_batches,
 );
 
 async fn server(backend: Backend) -> TestServer {

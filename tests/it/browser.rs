@@ -32,33 +32,6 @@ fn chromium() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
-/// Whether the browser tests can run here; if not, why (a failure when they are required).
-fn available() -> bool {
-    let missing = if Command::new("node")
-        .arg("--version")
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        Some("node is not installed")
-    } else if !chromium().exists() {
-        Some("Chromium is not installed (apt install chromium, or set CHROMIUM)")
-    } else if !browser_dir().join("node_modules/playwright-core").exists() {
-        Some("playwright-core is missing (npm ci --prefix tests/browser)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("CHATD_BROWSER_TESTS").as_deref() == Ok("required") => {
-            panic!("browser tests are required but {why}")
-        }
-        Some(why) => {
-            eprintln!("skipping the browser test: {why}");
-            false
-        }
-    }
-}
-
 /// The node process, killed with its browser (its process group) however the test ends.
 struct Node(Child);
 
@@ -203,21 +176,23 @@ fn page_url(addr: SocketAddr) -> String {
     format!("http://{addr}/")
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn two_people_chat_in_the_browser_beside_another_client() {
-    if !available() {
-        return;
-    }
     let d = Daemon::start(&[], &[]);
     let mut others = Others::new(d.addr);
     run("conversation", &page_url(d.addr), |r| others.answer(r));
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn history_shows_on_join_and_older_pages_load_on_scrolling_up() {
-    if !available() {
-        return;
-    }
     // Stored history (the default), so scrolling up reaches back past what memory keeps.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
@@ -241,21 +216,23 @@ fn history_shows_on_join_and_older_pages_load_on_scrolling_up() {
     });
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn what_others_send_is_shown_as_text_and_injected_script_is_blocked() {
-    if !available() {
-        return;
-    }
     let d = Daemon::start(&[], &[]);
     let mut others = Others::new(d.addr);
     run("hostile", &page_url(d.addr), |r| others.answer(r));
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
-    if !available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let env = [("CHATD_STORAGE__PATH", db.to_str().unwrap())];
@@ -287,11 +264,12 @@ fn the_page_reconnects_after_a_restart_and_shows_what_it_missed_once() {
 
 /// A crowd joins a large room (here: over 2 members) and some of it leaves: the page shows the
 /// batched `presence` notes and keeps its member list and count right.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn the_page_follows_a_crowd_in_a_large_room() {
-    if !available() {
-        return;
-    }
     let d = Daemon::start(
         &[],
         &[
@@ -316,11 +294,12 @@ fn the_page_follows_a_crowd_in_a_large_room() {
     });
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn in_token_mode_the_page_asks_for_the_token() {
-    if !available() {
-        return;
-    }
     let d = start_with(&token_env());
     run(
         "token",
@@ -329,11 +308,12 @@ fn in_token_mode_the_page_asks_for_the_token() {
     );
 }
 
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
 #[test]
 fn the_page_over_https_chats_over_wss_with_a_chatctl_user() {
-    if !available() {
-        return;
-    }
     let ca = Ca::new("chatd browser test CA");
     let files = tls_files(&ca);
     let d = start_with(&tls_env(&files));

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Client, Daemon, Redis, TestServer, eventually, http, metric, redis_available, token_for,
-};
+use crate::helpers::{Client, Daemon, Redis, TestServer, eventually, http, metric, token_for};
 use chatd::Config;
 
 /// `n` nodes on `redis`, named a, b, c…, without rate limits (the tests send in bursts).
@@ -55,11 +53,12 @@ fn names(who: &Value) -> Vec<String> {
 
 /// 1. Two senders on two nodes, 500 messages each, pipelined: receivers on three nodes see the
 /// same seq sequence 1..1000 in the same order, no gap, no duplicate.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_one_room_in_one_order() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 3).await;
     let mut receivers = Vec::new();
@@ -124,11 +123,12 @@ async fn three_nodes_deliver_one_room_in_one_order() {
 
 /// 3. Thirty clients on three nodes claim one name at once: exactly one wins. After a graceful
 /// disconnect the name is free at once on another node (the claim's TTL here is 30 s).
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_one_winner_across_nodes_and_freed_at_once() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes_with(&redis, 3, |c| {
         c.cluster.name_ttl_secs = 30;
@@ -176,11 +176,12 @@ async fn one_name_one_winner_across_nodes_and_freed_at_once() {
 
 /// 2 and 4. `who` on any node lists everyone; joins, leaves, PMs, typing, kicks and notices cross
 /// nodes; typing consumes no seq.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_pm_typing_kick_and_announce_cross_nodes() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -245,11 +246,12 @@ async fn presence_pm_typing_kick_and_announce_cross_nodes() {
 
 /// 2. An admin on one node kicks a user on another (the room hears it before the admin's ack,
 /// the user is closed with 1008), and an announce reaches every node.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kicks_and_announcements_cross_nodes() {
-    if !redis_available() {
-        return;
-    }
     use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
     const SECRET: &str = "cluster-test-secret-cluster-test-secret";
@@ -308,19 +310,21 @@ async fn kicks_and_announcements_cross_nodes() {
 /// `/healthz` 200, `/readyz` 503, `chatd_redis_up` 0. Redis back (empty): traffic resumes within
 /// heartbeat + 2 s, clients get `resync`, the next message is seq 1 under a new epoch, names and
 /// memberships are claimed again.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
-    if !redis_available() {
-        return;
-    }
     redis_outage(Duration::from_secs(1)).await;
 }
 
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_second_redis_outage_is_unavailable_then_resync_after_an_empty_restart() {
-    if !redis_available() {
-        return;
-    }
     redis_outage(Duration::from_secs(10)).await;
 }
 
@@ -414,11 +418,12 @@ async fn redis_outage(length: Duration) {
 
 /// 8. Pub/sub is at most once: when Redis drops a node's subscription while another node sends,
 /// the receivers still end with every seq exactly once (filled in from the room's stream).
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_lost_by_pubsub_are_filled_from_the_stream() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -462,11 +467,12 @@ async fn messages_lost_by_pubsub_are_filled_from_the_stream() {
 }
 
 /// 10. A client that reconnects to another node with `since` gets exactly what it missed.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_on_another_node_gets_exactly_what_was_missed() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     let mut alice = nodes[0].join("alice").await;
@@ -543,11 +549,12 @@ fn daemon(redis: &Redis, node: &str) -> Daemon {
 /// 5. SIGKILL a node: within TTL + sweep its users vanish from `who`, each room gets exactly one
 /// `left` per user, their names are free, and the other nodes chat on. SIGTERM a node: its users
 /// leave and their names are free at once, and its clients get close 1001.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_users_are_reaped_once_and_a_stopped_nodes_leave_at_once() {
-    if !redis_available() {
-        return;
-    }
     let redis = Redis::start();
     let mut a = daemon(&redis, "a");
     let mut b = daemon(&redis, "b");
@@ -641,11 +648,12 @@ async fn a_dead_nodes_users_are_reaped_once_and_a_stopped_nodes_leave_at_once() 
 
 /// 9. Clients that stop reading on one node are cut off by their byte budget; the node keeps
 /// reading Redis, so its other members and the other node get every message.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_do_not_stall_their_node() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes_with(&redis, 2, |c| {
         c.limits.rate_per_sec = 0.0;
@@ -689,11 +697,12 @@ async fn stalled_clients_do_not_stall_their_node() {
 
 /// 7, as a user sees it: chatctl on one node says so when Redis restarted empty, and carries on
 /// with the next message (seq 1 of the new epoch) from another node.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[test]
 fn chatctl_says_so_on_a_resync_and_carries_on() {
-    if !redis_available() {
-        return;
-    }
     let redis = Redis::start();
     let port = redis.port;
     let a = daemon(&redis, "a");
@@ -731,11 +740,12 @@ fn chatctl_says_so_on_a_resync_and_carries_on() {
 /// every node dropped and remade its subscription each second (`/readyz` 503 most of the time,
 /// `hello`s refused, PMs lost). Over three seconds of idling: `/readyz` always 200, no
 /// resubscription, and a hello right after start is welcomed.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_cluster_keeps_its_subscription_and_stays_ready() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2).await;
     // Welcomed (join asserts it) as soon as the node is up.

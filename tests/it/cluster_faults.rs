@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::helpers::{
     Client, Daemon, Redis, TestServer, chatd_command, eventually, free_port, http, metric,
-    redis_available, token_for,
+    token_for,
 };
 
 async fn nodes(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut chatd::Config)) -> Vec<TestServer> {
@@ -31,11 +31,12 @@ async fn nodes(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut chatd::Config)) 
 /// made; requests once waited for the ones before them, 4.1 s against a 1 s promise), and a
 /// message answered `unavailable` is never delivered afterwards (one once was, when the paused
 /// Redis carried out what it had been handed). What was handed to Redis is `unconfirmed`.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_paused_redis_unavailable_means_not_said() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2, |c| c.cluster.op_timeout_ms = 500).await;
     let mut alice = nodes[0].join("alice").await;
@@ -106,11 +107,12 @@ async fn under_a_paused_redis_unavailable_means_not_said() {
 /// subscription is down (20 of 400 acknowledged PMs were once never delivered), so a PM's ack
 /// waits until the recipient's node has handed it over; what it cannot confirm is
 /// `unconfirmed`, never a false `sent`.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_pm_in_a_cluster_was_delivered() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 2, |c| c.cluster.op_timeout_ms = 500).await;
     let mut alice = nodes[0].join("alice").await;
@@ -189,11 +191,12 @@ async fn an_acknowledged_pm_in_a_cluster_was_delivered() {
 /// down when it was published): that node's next heartbeat finds the kick's tombstone and
 /// closes the connection, where it used to re-claim the name and memberships, so the kicked
 /// user stayed, unseen by the admin.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kick_whose_order_was_lost_still_closes_the_user() {
-    if !redis_available() {
-        return;
-    }
     use chatd::protocol::Role;
     const SECRET: &str = "cluster-test-secret-cluster-test-secret";
     let redis = Redis::start();
@@ -260,11 +263,12 @@ async fn a_kick_whose_order_was_lost_still_closes_the_user() {
 /// 17. Redis's memory for a room is bounded in bytes (`cluster.history_bytes`), and an empty
 /// room's keys expire (`cluster.room_ttl_secs`; 500 rooms used once once left 1,000 keys
 /// forever).
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rooms_redis_memory_is_bounded_and_empty_rooms_are_forgotten() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 1, |c| {
         c.cluster.history_bytes = 2 * 65536;
@@ -319,11 +323,12 @@ async fn a_rooms_redis_memory_is_bounded_and_empty_rooms_are_forgotten() {
 /// 18. What arrives through Redis is checked: one envelope numbered far past the room (anyone
 /// who can publish to Redis could send it) once silenced the room for good; an envelope larger
 /// than any chat event is dropped. Both are counted.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_envelopes_cannot_silence_a_room_or_flood_a_node() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes(&redis, 1, |_| {}).await;
     let mut alice = nodes[0].join("alice").await;
@@ -368,11 +373,12 @@ async fn forged_envelopes_cannot_silence_a_room_or_flood_a_node() {
 
 /// 18. The Redis password never reaches output or logs (`print-config`, the startup line);
 /// `cluster.redis_password_file` logs in; a wrong password reads as Redis being away.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_password_stays_secret_and_logs_in() {
-    if !redis_available() {
-        return;
-    }
     let port = free_port();
     let redis = Arc::new(Redis::start_with(
         port,
@@ -424,11 +430,12 @@ async fn the_redis_password_stays_secret_and_logs_in() {
 
 /// 18. A Redis user restricted to the cluster's own keys and channels, without dangerous
 /// commands, is all a node needs (docs/SECURITY.md gives this ACL to operators).
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_acl_user_is_enough() {
-    if !redis_available() {
-        return;
-    }
     let port = free_port();
     let redis = Arc::new(Redis::start_with(
         port,
@@ -506,11 +513,12 @@ async fn a_restricted_acl_user_is_enough() {
 }
 
 /// 18. `rediss://`: a node speaks TLS to Redis, trusting the CA in `cluster.redis_ca_cert`.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_speaks_tls_to_redis() {
-    if !redis_available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let out = chatd_command()
         .args(["cert", "--host", "127.0.0.1", "--out"])

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Client, Redis, TestServer, redis_available};
+use crate::helpers::{Client, Redis, TestServer};
 use chatd::Config;
 
 async fn nodes_with(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut Config)) -> Vec<TestServer> {
@@ -42,11 +42,12 @@ async fn nodes_with(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut Config)) ->
 /// 2,000 clients connect to two nodes at once, everyone into `lobby`: every one is welcomed. (A
 /// join once read the room's whole member set inside Redis, so a crowd was O(n²) there, and 5 %
 /// to 27 % of the hellos of 1,000 got `unavailable`.)
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_connecting_to_two_nodes_is_welcomed_without_refusals() {
-    if !redis_available() {
-        return;
-    }
     const CROWD: usize = 2000;
     let started = std::time::Instant::now();
     let redis = Arc::new(Redis::start());
@@ -96,11 +97,12 @@ async fn a_crowd_connecting_to_two_nodes_is_welcomed_without_refusals() {
 /// A client pipelining 1,000 `say`s without waiting (no rate limit: a bot, a load test) gets 1,000
 /// acks, in order, and clients on both nodes get the 1,000 messages in order. (It once got 68 of
 /// 200 acked and `unavailable` for the rest, and with 1,000 was closed as a slow consumer.)
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_burst_is_acked_in_order_and_reaches_both_nodes() {
-    if !redis_available() {
-        return;
-    }
     const BURST: usize = 1000;
     let redis = Arc::new(Redis::start());
     let nodes = nodes_with(&redis, 2, |_| {}).await;
@@ -149,11 +151,12 @@ async fn a_pipelined_burst_is_acked_in_order_and_reaches_both_nodes() {
 /// no one hears single `joined`/`left` events, only `presence` (one batch per room per tick, from
 /// every node's changes), whose lists, applied in order, give the room, with each one's count
 /// exactly the members so far: on both nodes, while the crowd joins and leaves on both at once.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_in_a_large_room_is_batched_across_nodes() {
-    if !redis_available() {
-        return;
-    }
     let redis = Arc::new(Redis::start());
     let nodes = nodes_with(&redis, 2, |c| {
         c.limits.presence_batch_over = 5;

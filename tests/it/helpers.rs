@@ -721,26 +721,6 @@ pub fn cluster_config(config: &mut Config, redis: &Redis) {
     config.limits.presence_batch_ms = 200;
 }
 
-/// Whether a `redis-server` can be started here. Without one the cluster tests say so and pass,
-/// unless `CHATD_REDIS_TESTS=required` (as in CI, which installs Debian's `redis-server`).
-pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CHATD_REDIS_TESTS").as_deref() == Ok("required") {
-            panic!("the cluster tests are required but redis-server is not installed");
-        }
-        eprintln!(
-            "skipping a cluster test: redis-server is not installed (apt install redis-server)"
-        );
-    }
-    found
-}
-
 /// A `redis-server` of a test's own, on a free loopback port, without persistence; killed (by
 /// pid) when dropped.
 pub struct Redis {

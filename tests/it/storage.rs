@@ -113,6 +113,23 @@ fn messages_seq_and_ids_survive_a_graceful_restart() {
     assert!(!w["epoch"].as_str().unwrap().is_empty());
 }
 
+/// Waits (bounded) until the store has nothing uncommitted: `chatd_storage_queued` and
+/// `chatd_storage_lag_seconds` both 0.
+fn committed(d: &Daemon) {
+    let admin = d.admin.expect("an admin port");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = http(admin, "GET", "/metrics");
+        if metric(&m, "chatd_storage_queued") == 0.0
+            && metric(&m, "chatd_storage_lag_seconds") == 0.0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the store never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_kill_after_the_commit_interval_loses_nothing_acknowledged() {
     let db = db();
@@ -121,8 +138,9 @@ fn a_kill_after_the_commit_interval_loses_nothing_acknowledged() {
     for i in 1..=50 {
         say(&mut alice, "lobby", &format!("m{i}"));
     }
-    // The promise: at most the last commit interval of acknowledged messages can be lost.
-    std::thread::sleep(Duration::from_millis(300));
+    // The promise: what the store has committed (nothing uncommitted is waiting: it says so
+    // within a commit interval) survives a kill.
+    committed(&d);
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let d = daemon(&db.path, 0, &[]);
@@ -987,8 +1005,7 @@ fn a_locked_database_refuses_says_keeps_reads_answering_and_recovers() {
     for i in 1..=5 {
         say(&mut alice, "lobby", &format!("before {i}"));
     }
-    // Let them be committed.
-    std::thread::sleep(Duration::from_millis(400));
+    committed(&d);
     let locker = rusqlite::Connection::open(&db.path).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
