@@ -28,7 +28,7 @@ impl Session {
                 let r = Refusal::new(ErrorCode::HelloRequired, "wait for the welcome");
                 self.refuse(r, None, out);
             } else {
-                let joining = super::Joining {
+                let joining = super::requests::Joining {
                     room: None,
                     resume: None,
                 };
@@ -67,7 +67,11 @@ impl Session {
                 ),
             },
             "me" if !rest.is_empty() => self.say_plain(rest, true, out),
-            "nick" if !rest.is_empty() => self.nick(rest, None, out),
+            "nick" if !rest.is_empty() => {
+                if let Err(r) = self.nick(rest, &mut None, out) {
+                    self.refuse(r, None, out);
+                }
+            }
             _ => self.refuse(
                 Refusal::new(
                     ErrorCode::UnknownType,
@@ -88,7 +92,8 @@ impl Session {
             let r = Refusal::new(ErrorCode::NotInRoom, "you are not in a room");
             return self.refuse(r, None, out);
         }
-        if let Err(r) = super::check_text(text, self.chat.config.limits.max_message_bytes) {
+        if let Err(r) = super::requests::check_text(text, self.chat.config.limits.max_message_bytes)
+        {
             return self.refuse(r, None, out);
         }
         self.log_body(&room, text);

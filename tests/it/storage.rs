@@ -114,11 +114,13 @@ fn messages_seq_and_ids_survive_a_graceful_restart() {
 }
 
 /// Waits (bounded) until the store has nothing uncommitted: `chatd_storage_queued` and
-/// `chatd_storage_lag_seconds` both 0.
+/// `chatd_storage_lag_seconds` both 0 (the lag as of a `/readyz`, which measures it: a batch
+/// taken off the queue but not yet committed counts).
 fn committed(d: &Daemon) {
     let admin = d.admin.expect("an admin port");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        http(admin, "GET", "/readyz");
         let (_, m) = http(admin, "GET", "/metrics");
         if metric(&m, "chatd_storage_queued") == 0.0
             && metric(&m, "chatd_storage_lag_seconds") == 0.0

@@ -1,0 +1,428 @@
+//! Rooms in the local broker: the directory of users and rooms, each room's members and state,
+//! creating and evicting rooms under their caps, joining and leaving, and presence batches.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use super::LocalBroker;
+use crate::connection::mailbox::Class;
+use crate::hub::presence::PresenceBatch;
+use crate::hub::{Member, Refusal, Resume, RoomView, StoredMessage, lock, name_order};
+use crate::protocol::{self, ErrorCode, Role, ServerMsg, b};
+
+#[derive(Debug, Default)]
+pub(super) struct Directory {
+    /// Online users by `protocol::name_key`.
+    pub(super) users: HashMap<String, Member>,
+    /// The names online, by `protocol::look_alike`: a new name that looks like one of them is
+    /// refused (open mode), without making them one identity.
+    pub(super) looks: HashMap<String, Vec<Arc<str>>>,
+    /// Rooms with members or history, by normalised name.
+    pub(super) rooms: HashMap<Arc<str>, Arc<Room>>,
+    /// Rooms that still exist, by the address that created them.
+    pub(super) created_by: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+pub(super) struct Room {
+    pub(super) name: Arc<str>,
+    /// The address that created it (`None`: the default room, which always exists).
+    pub(super) creator: Option<IpAddr>,
+    pub(super) state: Mutex<RoomState>,
+}
+
+#[derive(Debug)]
+pub(super) struct RoomState {
+    pub(super) members: Vec<Member>,
+    /// Last join, leave or message: the least recently active empty room is evicted first.
+    pub(super) last_active: Instant,
+    pub(super) seq: u64,
+    /// Oldest first.
+    pub(super) history: VecDeque<Arc<StoredMessage>>,
+    /// What `history` costs (`message_cost`).
+    pub(super) history_bytes: usize,
+    /// The room's seq numbering: changes only when it restarts (a new room, or a reset store).
+    pub(super) epoch: Arc<str>,
+    /// Joins and leaves not yet announced (see `LocalBroker::batch`); the room is in
+    /// `presence_due`.
+    pub(super) batch: Option<Box<PresenceBatch>>,
+}
+
+impl Directory {
+    /// `member` is online under `key` (its `protocol::name_key`).
+    pub(super) fn add_user(&mut self, key: String, member: Member) {
+        self.looks
+            .entry(protocol::look_alike(&member.name))
+            .or_default()
+            .push(member.name.clone());
+        self.users.insert(key, member);
+    }
+
+    /// Takes the user under `key` offline.
+    pub(super) fn remove_user(&mut self, key: &str) -> Option<Member> {
+        let member = self.users.remove(key)?;
+        let looks = protocol::look_alike(&member.name);
+        if let Some(names) = self.looks.get_mut(&looks) {
+            if let Some(i) = names.iter().position(|n| *n == member.name) {
+                names.swap_remove(i);
+            }
+            if names.is_empty() {
+                self.looks.remove(&looks);
+            }
+        }
+        Some(member)
+    }
+
+    /// Someone else online whose name looks like `name` (not `name` itself, in any case).
+    pub(super) fn look_alike_of(&self, name: &str) -> Option<Arc<str>> {
+        let key = protocol::name_key(name);
+        self.looks
+            .get(&protocol::look_alike(name))?
+            .iter()
+            .find(|n| protocol::name_key(n) != key)
+            .cloned()
+    }
+
+    /// The empty room that has been idle longest, among those `creator` may evict (any, when
+    /// `None`); the default room is never a candidate.
+    pub(super) fn idle_room(&self, creator: Option<IpAddr>) -> Option<Arc<Room>> {
+        self.rooms
+            .values()
+            .filter(|room| room.creator.is_some() && (creator.is_none() || room.creator == creator))
+            .filter_map(|room| {
+                let state = lock(&room.state);
+                state
+                    .members
+                    .is_empty()
+                    .then(|| (state.last_active, room.clone()))
+            })
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, room)| room)
+    }
+
+    /// Forgets a room; its history goes with it.
+    pub(super) fn remove(&mut self, room: &Arc<Room>, broker: &LocalBroker) {
+        if !self
+            .rooms
+            .get(&room.name)
+            .is_some_and(|r| Arc::ptr_eq(r, room))
+        {
+            return;
+        }
+        self.rooms.remove(&room.name);
+        if let Some(ip) = room.creator
+            && let Some(n) = self.created_by.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.created_by.remove(&ip);
+            }
+        }
+        let mut state = lock(&room.state);
+        broker.forget_history(state.history_bytes, state.history.len());
+        state.history = VecDeque::new();
+        state.history_bytes = 0;
+    }
+
+    /// Forgets `room` if it is empty and has nothing worth keeping.
+    pub(super) fn forget_if_unused(&mut self, room: &Arc<Room>, broker: &LocalBroker) {
+        let unused = room.creator.is_some() && {
+            let state = lock(&room.state);
+            state.members.is_empty() && state.history.is_empty()
+        };
+        if unused {
+            self.remove(room, broker);
+        }
+    }
+}
+
+impl LocalBroker {
+    /// A room as it starts now: numbered on from where the store left it, if it has a record;
+    /// otherwise from 0 in the store's epoch (or a fresh one, without a store).
+    pub(super) fn new_room(&self, name: &str, creator: Option<IpAddr>) -> Room {
+        let (epoch, seq) = match self.store.as_ref().and_then(|s| s.mark(name)) {
+            Some(mark) => (mark.epoch, mark.last_seq),
+            None => (self.store_epoch.clone().unwrap_or_else(new_epoch), 0),
+        };
+        Room::new(name, creator, epoch, seq)
+    }
+
+    pub(super) fn room(&self, name: &str) -> Option<Arc<Room>> {
+        lock(&self.directory).rooms.get(name).cloned()
+    }
+
+    pub(super) fn gauges(&self, dir: &Directory) {
+        self.metrics.users_online.set(dir.users.len() as i64);
+        self.metrics.rooms.set(dir.rooms.len() as i64);
+        self.metrics
+            .history_bytes
+            .set(self.history_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// A new room `name`, created by `me`, within the caps: an idle empty room makes way at the
+    /// server's cap; at the address's cap, only one of its own idle empty rooms can.
+    pub(super) fn create_room(
+        &self,
+        dir: &mut Directory,
+        me: &Member,
+        name: &str,
+    ) -> Result<Arc<Room>, Refusal> {
+        let ip = me.ip;
+        let per_ip = self.limits.max_rooms_per_ip;
+        if per_ip > 0 && dir.created_by.get(&ip).copied().unwrap_or(0) >= per_ip {
+            match dir.idle_room(Some(ip)) {
+                Some(old) => dir.remove(&old, self),
+                None => {
+                    return Err(Refusal::new(
+                        ErrorCode::TooManyRooms,
+                        format!(
+                            "users from your address have created {} rooms, the most allowed",
+                            self.limits.max_rooms_per_ip
+                        ),
+                    ));
+                }
+            }
+        }
+        if dir.rooms.len() >= self.limits.max_rooms {
+            match dir.idle_room(None) {
+                Some(old) => dir.remove(&old, self),
+                None => return Err(Refusal::server_full()),
+            }
+        }
+        let room = Arc::new(self.new_room(name, Some(ip)));
+        dir.rooms.insert(room.name.clone(), room.clone());
+        *dir.created_by.entry(ip).or_default() += 1;
+        Ok(room)
+    }
+
+    pub(super) fn join_locked(
+        &self,
+        dir: &mut Directory,
+        me: &Member,
+        room: &str,
+        resume: Option<&Resume>,
+    ) -> Result<RoomView, Refusal> {
+        let room = match dir.rooms.get(room) {
+            Some(r) => r.clone(),
+            None => self.create_room(dir, me, room)?,
+        };
+        let mut state = lock(&room.state);
+        if !state.members.iter().any(|m| m.conn == me.conn) {
+            state.last_active = Instant::now();
+            if let Some(batch) = self.batch(&room, &mut state) {
+                batch.join(&me.name, me.role, self.limits.users_per_page);
+            } else {
+                let event = ServerMsg::Joined {
+                    room: b(&room.name),
+                    name: b(&me.name),
+                    role: me.role,
+                };
+                self.delivery
+                    .deliver(&state.members, &event, Class::Presence, None);
+            }
+            state.members.push(me.clone());
+        }
+        let on_join = |state: &RoomState| {
+            let skip = state
+                .history
+                .len()
+                .saturating_sub(self.limits.history_on_join);
+            state.history.iter().skip(skip).cloned().collect()
+        };
+        // Exactly what the client missed, when that is still known; otherwise the latest.
+        let (history, resumed, more) = match resume {
+            Some(r)
+                if *r.epoch == *state.epoch
+                    && r.since <= state.seq
+                    && state.seq - r.since <= self.limits.resume_max =>
+            {
+                let in_memory = state.history.front().map_or(state.seq + 1, |m| m.seq);
+                if in_memory <= r.since + 1 {
+                    let missed = state.history.iter().filter(|m| m.seq > r.since);
+                    (missed.cloned().collect(), Some(true), false)
+                } else if self.oldest_seq(&room.name, &state) <= r.since + 1 {
+                    // Stored, not in memory: the client pages forward with `history after`.
+                    (Vec::new(), Some(true), true)
+                } else {
+                    (on_join(&state), Some(false), false)
+                }
+            }
+            Some(_) => (on_join(&state), Some(false), false),
+            None => (on_join(&state), None, false),
+        };
+        let view = RoomView {
+            room: room.name.clone(),
+            users: state.first_users(self.limits.users_per_page),
+            user_count: state.members.len(),
+            history,
+            epoch: state.epoch.clone(),
+            seq: state.seq,
+            resumed,
+            more,
+        };
+        drop(state);
+        self.gauges(dir);
+        Ok(view)
+    }
+
+    /// Removes `me` from `room`, announcing `how` to those who stay; false if not a member.
+    pub(super) fn leave_locked(
+        &self,
+        dir: &mut Directory,
+        me: &Member,
+        room: &Arc<Room>,
+        how: &ServerMsg<'_>,
+        class: Class,
+    ) -> bool {
+        let mut state = lock(&room.state);
+        if !state.remove_member(me.conn) {
+            return false;
+        }
+        if state.members.is_empty() {
+            // An empty room with history stays, so people who come back can read it.
+            state.batch = None;
+            drop(state);
+            dir.forget_if_unused(room, self);
+            return true;
+        }
+        if matches!(how, ServerMsg::Left { .. })
+            && let Some(batch) = self.batch(room, &mut state)
+        {
+            batch.leave(&me.name, self.limits.users_per_page);
+            return true;
+        }
+        // A kick is told at once; a join still batched is taken back.
+        if let Some(batch) = &mut state.batch {
+            batch.take_back(&me.name);
+        }
+        self.delivery.deliver(&state.members, how, class, None);
+        true
+    }
+
+    /// The room's presence batch, started if the room is past `presence_batch_over`: `None`
+    /// means joins and leaves are told one by one. Once a batch holds something, everything
+    /// waits for it, so that members see changes in the order they happened.
+    pub(super) fn batch<'s>(
+        &self,
+        room: &Arc<Room>,
+        state: &'s mut RoomState,
+    ) -> Option<&'s mut PresenceBatch> {
+        let over = self.limits.presence_batch_over;
+        if state.batch.is_none() && over > 0 && state.members.len() <= over {
+            return None;
+        }
+        if state.batch.is_none() {
+            lock(&self.presence_due).push(Arc::downgrade(room));
+        }
+        Some(state.batch.get_or_insert_with(Box::default))
+    }
+
+    /// A room `me` may look into: `no_such_room` or `not_in_room` otherwise.
+    pub(super) fn visible_room(&self, me: &Member, room: &str) -> Result<Arc<Room>, Refusal> {
+        let Some(r) = self.room(room) else {
+            return Err(Refusal::new(
+                ErrorCode::NoSuchRoom,
+                format!("there is no room #{room}"),
+            ));
+        };
+        if !lock(&r.state).members.iter().any(|m| m.conn == me.conn) {
+            return Err(Refusal::not_in_room(room));
+        }
+        Ok(r)
+    }
+
+    /// Announces the presence batches gathered since the last tick (`Broker::tick`).
+    pub(super) fn announce_presence(&self) {
+        let due = std::mem::take(&mut *lock(&self.presence_due));
+        for room in due.iter().filter_map(Weak::upgrade) {
+            let mut state = lock(&room.state);
+            let Some(batch) = state.batch.take().filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            let event = ServerMsg::Presence {
+                room: b(&room.name),
+                joined: batch
+                    .joined
+                    .iter()
+                    .map(|(name, role)| protocol::UserInfo {
+                        name: b(name),
+                        role: *role,
+                    })
+                    .collect(),
+                left: batch.left.iter().map(|n| b(n)).collect(),
+                unlisted: batch.unlisted,
+                user_count: state.members.len(),
+            };
+            self.delivery
+                .deliver(&state.members, &event, Class::Presence, None);
+        }
+    }
+}
+
+/// The creator of rooms loaded from the store: no client's address.
+pub(super) const LOADED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// A fresh epoch for a room whose seq numbering starts now.
+pub(super) fn new_epoch() -> Arc<str> {
+    format!("{:016x}", fastrand::u64(..)).into()
+}
+
+impl Room {
+    pub(super) fn new(name: &str, creator: Option<IpAddr>, epoch: Arc<str>, seq: u64) -> Room {
+        Room {
+            name: name.into(),
+            creator,
+            state: Mutex::new(RoomState {
+                members: Vec::new(),
+                last_active: Instant::now(),
+                seq,
+                history: VecDeque::new(),
+                history_bytes: 0,
+                epoch,
+                batch: None,
+            }),
+        }
+    }
+}
+
+impl RoomState {
+    /// Removes a connection from the members (a leave or a kick); false if it was not one.
+    pub(super) fn remove_member(&mut self, conn: crate::hub::ConnId) -> bool {
+        let Some(pos) = self.members.iter().position(|m| m.conn == conn) else {
+            return false;
+        };
+        self.members.swap_remove(pos);
+        self.last_active = Instant::now();
+        true
+    }
+
+    /// The first `page` members by name, without sorting the whole room.
+    pub(super) fn first_users(&self, page: usize) -> Vec<(Arc<str>, Role)> {
+        let mut first: Vec<&Member> = self.members.iter().collect();
+        if first.len() > page {
+            first.select_nth_unstable_by(page, |a, b| name_order(&a.name, &b.name));
+            first.truncate(page);
+        }
+        let mut users: Vec<_> = first.iter().map(|m| (m.name.clone(), m.role)).collect();
+        sort_by_name(&mut users);
+        users
+    }
+
+    pub(super) fn user_list(&self) -> Vec<(Arc<str>, Role)> {
+        let mut users: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.role))
+            .collect();
+        sort_by_name(&mut users);
+        users
+    }
+}
+
+/// Case-insensitive name order without allocating a lowercase key per comparison.
+pub(crate) fn sort_by_name(users: &mut [(Arc<str>, Role)]) {
+    users.sort_unstable_by(|(a, _), (b, _)| name_order(a, b));
+}

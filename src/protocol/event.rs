@@ -1,0 +1,355 @@
+//! What the server sends: [`ServerMsg`] and its parts, encoded once per event ([`encode`]) and
+//! decoded by clients ([`decode`]).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::*;
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T18:51:42.123Z`.
+pub fn timestamp() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+/// A user as shown in lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserInfo<'a> {
+    /// Display name.
+    pub name: Cow<'a, str>,
+    /// Role.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// A room as shown by `rooms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomInfo<'a> {
+    /// Room name.
+    pub name: Cow<'a, str>,
+    /// Members now.
+    pub members: usize,
+}
+
+/// Facts about the server sent in `welcome`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo<'a> {
+    /// chatd version.
+    pub version: Cow<'a, str>,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+    /// Seconds between server pings (0: none).
+    pub ping_interval_secs: f64,
+    /// Requests per second the server sustains per connection (0: unlimited); beyond it
+    /// requests get `rate_limited`, and sustained abuse closes the connection.
+    #[serde(default)]
+    pub rate_per_sec: f64,
+    /// Requests a connection may send in a burst.
+    #[serde(default)]
+    pub rate_burst: u32,
+    /// Typing updates per second per connection, counted apart (0: unlimited).
+    #[serde(default)]
+    pub typing_rate_per_sec: f64,
+    /// Typing updates in a burst.
+    #[serde(default)]
+    pub typing_burst: u32,
+}
+
+/// A room message, live or from history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage<'a> {
+    /// Server-wide message number.
+    pub id: u64,
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// When the server accepted it (RFC 3339 UTC, milliseconds).
+    pub ts: Cow<'a, str>,
+    /// The room.
+    pub room: Cow<'a, str>,
+    /// The sender.
+    pub from: Cow<'a, str>,
+    /// The sender's role.
+    #[serde(default)]
+    pub role: Role,
+    /// The text.
+    pub text: Cow<'a, str>,
+    /// A `/me` emote.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub action: bool,
+}
+
+impl ChatMessage<'_> {
+    /// The same message borrowing from this one (no copies), e.g. to list stored messages.
+    pub fn borrowed(&self) -> ChatMessage<'_> {
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            ts: Cow::Borrowed(&self.ts),
+            room: Cow::Borrowed(&self.room),
+            from: Cow::Borrowed(&self.from),
+            role: self.role,
+            text: Cow::Borrowed(&self.text),
+            action: self.action,
+        }
+    }
+
+    /// An owned copy, to keep.
+    pub fn into_owned(self) -> ChatMessage<'static> {
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            ts: Cow::Owned(self.ts.into_owned()),
+            room: Cow::Owned(self.room.into_owned()),
+            from: Cow::Owned(self.from.into_owned()),
+            role: self.role,
+            text: Cow::Owned(self.text.into_owned()),
+            action: self.action,
+        }
+    }
+}
+
+/// Everything the server sends, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[allow(missing_docs)] // field meanings are documented in docs/PROTOCOL.md
+pub enum ServerMsg<'a> {
+    /// Reply to a successful `hello`.
+    Welcome {
+        name: Cow<'a, str>,
+        room: Cow<'a, str>,
+        /// The first page of members (sorted by name).
+        users: Vec<UserInfo<'a>>,
+        /// How many members the room has.
+        #[serde(default)]
+        user_count: usize,
+        /// `message` objects, oldest first.
+        history: Vec<ServerMsg<'a>>,
+        /// The room's seq numbering (changes only when it restarts).
+        #[serde(default)]
+        epoch: Cow<'a, str>,
+        /// The room's latest `seq`.
+        #[serde(default)]
+        seq: u64,
+        /// Whether `history` resumes exactly after the `since` asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        /// More of the resumed messages follow: `history` with `after`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        server: ServerInfo<'a>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `join`.
+    Room {
+        room: Cow<'a, str>,
+        users: Vec<UserInfo<'a>>,
+        #[serde(default)]
+        user_count: usize,
+        history: Vec<ServerMsg<'a>>,
+        #[serde(default)]
+        epoch: Cow<'a, str>,
+        #[serde(default)]
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `rooms`.
+    Rooms {
+        rooms: Vec<RoomInfo<'a>>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `who`.
+    Who {
+        room: Cow<'a, str>,
+        users: Vec<UserInfo<'a>>,
+        #[serde(default)]
+        user_count: usize,
+        /// More members follow: ask again with `after` set to the last name.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `history`.
+    History {
+        #[serde(default, skip_serializing_if = "str::is_empty")]
+        room: Cow<'a, str>,
+        /// For a private conversation: the other user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
+        messages: Vec<ServerMsg<'a>>,
+        /// Older messages exist: ask again with `before` set to the first `seq`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `search`: matches, newest first.
+    Search {
+        query: Cow<'a, str>,
+        messages: Vec<ServerMsg<'a>>,
+        /// Older matches exist: ask again with `before` set to the last `id`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `say`, `pm`, `leave`, `nick`, `kick` and `announce`.
+    Ack {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
+        /// The new name, for `nick`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Cow<'a, str>>,
+    },
+    /// A request failed.
+    Error {
+        code: ErrorCode,
+        message: Cow<'a, str>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// A room message.
+    Message(ChatMessage<'a>),
+    /// A private message.
+    Pm {
+        id: u64,
+        ts: Cow<'a, str>,
+        from: Cow<'a, str>,
+        #[serde(default)]
+        role: Role,
+        to: Cow<'a, str>,
+        text: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        action: bool,
+    },
+    /// Someone joined a room.
+    Joined {
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+        #[serde(default)]
+        role: Role,
+    },
+    /// Someone left a room.
+    Left {
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+    },
+    /// A large room's joins and leaves since the last one (instead of `joined`/`left` each):
+    /// apply `left`, then `joined`.
+    Presence {
+        room: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<UserInfo<'a>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<Cow<'a, str>>,
+        /// Joins and leaves not listed (past a page of each).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unlisted: usize,
+        user_count: usize,
+    },
+    /// Someone in one of your rooms changed their name (sent once, however many rooms you share).
+    Renamed {
+        from: Cow<'a, str>,
+        to: Cow<'a, str>,
+    },
+    /// An admin removed someone (sent instead of `left`).
+    Kicked {
+        room: Cow<'a, str>,
+        name: Cow<'a, str>,
+        by: Cow<'a, str>,
+        reason: Cow<'a, str>,
+    },
+    /// Someone's typing state changed.
+    Typing {
+        from: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Cow<'a, str>>,
+        state: TypingState,
+    },
+    /// A server-wide notice (shutdown, announcements).
+    Notice {
+        from: Cow<'a, str>,
+        text: Cow<'a, str>,
+    },
+    /// Messages in `room` may have been lost (a cluster's Redis restarted or dropped them): what
+    /// the client shows is no longer contiguous. Reload recent history; numbering is now `epoch`.
+    Resync {
+        room: Cow<'a, str>,
+        epoch: Cow<'a, str>,
+    },
+}
+
+impl ServerMsg<'_> {
+    /// The `ref` of a direct reply.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            ServerMsg::Welcome { reference, .. }
+            | ServerMsg::Room { reference, .. }
+            | ServerMsg::Rooms { reference, .. }
+            | ServerMsg::Who { reference, .. }
+            | ServerMsg::History { reference, .. }
+            | ServerMsg::Search { reference, .. }
+            | ServerMsg::Ack { reference, .. }
+            | ServerMsg::Error { reference, .. } => reference.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for a borrowed field.
+pub fn b(s: &str) -> Cow<'_, str> {
+    Cow::Borrowed(s)
+}
+
+/// Encodes a message once, into a frame payload that recipients share.
+pub fn encode(msg: &ServerMsg<'_>) -> Utf8Bytes {
+    // Serialising these types cannot fail: every map key is a string and no Serialize impl errors.
+    let json = serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}"));
+    Utf8Bytes::from(json)
+}
+
+/// How many bytes `s` takes as a JSON string, quotes included (what `encode` writes for it).
+pub fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// Appends a message's encoding to `buf` (a frame being built around it).
+pub fn encode_into(msg: &ServerMsg<'_>, buf: &mut Vec<u8>) {
+    // As for `encode`: writing these types into a Vec cannot fail.
+    let _ = serde_json::to_writer(buf, msg);
+}
+
+/// Decodes a frame from the server (clients). Unknown `type`s are an error: skip them.
+pub fn decode(text: &str) -> Result<ServerMsg<'static>, serde_json::Error> {
+    serde_json::from_str(text)
+}

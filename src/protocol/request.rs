@@ -1,0 +1,399 @@
+//! What clients send: [`ClientMsg`] in a [`Request`], parsed by [`parse_request`], whose errors
+//! name the field at fault.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// One request from a client, after validation of its shape (not of its meaning).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMsg {
+    /// Pick a name and join a first room.
+    Hello {
+        /// Requested name.
+        name: String,
+        /// First room; `lobby` when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// Signed token (required when the server runs with `auth.mode = "token"`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// Resume the room from after this `seq` (with `epoch`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// The room's `epoch` the `since` belongs to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
+    /// Join a room.
+    Join {
+        /// Room name as given.
+        room: String,
+        /// Resume the room from after this `seq` (with `epoch`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// The room's `epoch` the `since` belongs to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room name as given.
+        room: String,
+    },
+    /// Say something in a room.
+    Say {
+        /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// The message.
+        text: String,
+        /// A `/me` emote.
+        #[serde(skip_serializing_if = "is_false")]
+        action: bool,
+    },
+    /// Private message.
+    Pm {
+        /// Recipient name.
+        to: String,
+        /// The message.
+        text: String,
+        /// A `/me` emote.
+        #[serde(skip_serializing_if = "is_false")]
+        action: bool,
+    },
+    /// Typing indication for a room or a user.
+    Typing {
+        /// Where the typing happens.
+        #[serde(flatten)]
+        target: Target,
+        /// The new state.
+        state: TypingState,
+    },
+    /// List rooms.
+    Rooms,
+    /// List members of a room, a page at a time.
+    Who {
+        /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// Only members whose name sorts after this one (the last name of the previous page).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
+    /// Disconnect a user (admins only).
+    Kick {
+        /// Who.
+        name: String,
+        /// Why (shown to everyone; cut to fit a close frame for the kicked user).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A notice to everyone online (admins only).
+    Announce {
+        /// The notice.
+        text: String,
+    },
+    /// Change one's name.
+    Nick {
+        /// The new name.
+        name: String,
+    },
+    /// Page through a room's history (back with `before`, forward with `after`), or the private
+    /// conversation `with` someone.
+    History {
+        /// Room; the `hello` room when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// Only messages with `seq` below this (with `with`: message `id` below this).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// Only messages with `seq` above this, the oldest of them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// At most this many.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// The private conversation with this user instead of a room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<String>,
+    },
+    /// Full-text search in the rooms one is in (or one of them).
+    Search {
+        /// Words to find.
+        query: String,
+        /// Only this room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// At most this many.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Only messages with an `id` below this (paging back).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
+}
+
+impl ClientMsg {
+    /// Every request type, as [`ClientMsg::kind`] names it (the labels of
+    /// `chatd_messages_received_total`).
+    pub const KINDS: &'static [&'static str] = &[
+        "hello", "join", "leave", "say", "pm", "typing", "rooms", "who", "history", "kick",
+        "announce", "nick", "search",
+    ];
+
+    /// The request's `type`, as the wire names it (a bounded metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Leave { .. } => "leave",
+            ClientMsg::Say { .. } => "say",
+            ClientMsg::Pm { .. } => "pm",
+            ClientMsg::Typing { .. } => "typing",
+            ClientMsg::Rooms => "rooms",
+            ClientMsg::Who { .. } => "who",
+            ClientMsg::History { .. } => "history",
+            ClientMsg::Kick { .. } => "kick",
+            ClientMsg::Announce { .. } => "announce",
+            ClientMsg::Nick { .. } => "nick",
+            ClientMsg::Search { .. } => "search",
+        }
+    }
+}
+
+/// Where a typing indication is aimed: `"room": R` or `"to": U` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Target {
+    /// A room, by name as given.
+    #[serde(rename = "room")]
+    Room(String),
+    /// A user, by name as given.
+    #[serde(rename = "to")]
+    User(String),
+}
+
+/// A parsed request and its optional correlation id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    /// The client's `id`, returned as `ref` on direct replies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What was asked.
+    #[serde(flatten)]
+    pub msg: ClientMsg,
+}
+
+impl Request {
+    /// A request with an id.
+    pub fn new(id: impl Into<String>, msg: ClientMsg) -> Request {
+        Request {
+            id: Some(id.into()),
+            msg,
+        }
+    }
+
+    /// The request as a text frame's payload.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A request that could not be parsed, with what to tell the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    /// The client's `id`, when it could be read.
+    pub id: Option<String>,
+    /// The error code to send.
+    pub code: ErrorCode,
+    /// Human-readable explanation (about the client's input only).
+    pub message: String,
+}
+
+/// Every field any request may carry; which ones a type needs is checked after.
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    room: Option<String>,
+    text: Option<String>,
+    to: Option<String>,
+    state: Option<TypingState>,
+    action: Option<bool>,
+    before: Option<u64>,
+    limit: Option<usize>,
+    token: Option<String>,
+    reason: Option<String>,
+    after: Option<serde_json::Value>,
+    since: Option<u64>,
+    epoch: Option<String>,
+    with: Option<String>,
+    query: Option<String>,
+}
+
+/// Only the `id`, for answering requests that failed to parse as a whole.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+}
+
+/// Whether a text frame is a JSON object (and so a protocol request rather than a plain-text line).
+pub fn looks_like_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// Parses one text frame into a request.
+pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    let raw: RawRequest = serde_json::from_str(text).map_err(|e| {
+        let id = serde_json::from_str::<IdOnly>(text)
+            .ok()
+            .and_then(|r| r.id)
+            .filter(|id| id.len() <= MAX_ID_BYTES);
+        RequestError {
+            id,
+            code: ErrorCode::BadRequest,
+            message: format!("malformed request: {e}"),
+        }
+    })?;
+    let id = raw.id.clone();
+    if let Some(id) = &id
+        && id.len() > MAX_ID_BYTES
+    {
+        return Err(RequestError {
+            id: None,
+            code: ErrorCode::BadRequest,
+            message: format!("id is longer than {MAX_ID_BYTES} bytes"),
+        });
+    }
+    let fail = |code, message: String| RequestError {
+        id: id.clone(),
+        code,
+        message,
+    };
+    let Some(kind) = raw.kind.as_deref() else {
+        return Err(fail(ErrorCode::BadRequest, "missing field `type`".into()));
+    };
+    // Sequence numbers and ids stay below 2^63 (what databases store): a larger one names
+    // nothing, and is refused rather than silently matching nothing.
+    let after_seq = raw.after.as_ref().and_then(serde_json::Value::as_u64);
+    for (field, value) in [
+        ("since", raw.since),
+        ("before", raw.before),
+        ("after", after_seq),
+    ] {
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("`{field}` must be below 2^63"),
+            ));
+        }
+    }
+    let need = |field: Option<String>, name: &str| {
+        field.ok_or_else(|| {
+            fail(
+                ErrorCode::BadRequest,
+                format!("`{kind}` needs field `{name}`"),
+            )
+        })
+    };
+    let msg = match kind {
+        "hello" => ClientMsg::Hello {
+            name: need(raw.name, "name")?,
+            room: raw.room,
+            token: raw.token,
+            since: raw.since,
+            epoch: raw.epoch,
+        },
+        "kick" => ClientMsg::Kick {
+            name: need(raw.name, "name")?,
+            reason: raw.reason,
+        },
+        "announce" => ClientMsg::Announce {
+            text: need(raw.text, "text")?,
+        },
+        "nick" => ClientMsg::Nick {
+            name: need(raw.name, "name")?,
+        },
+        "join" => ClientMsg::Join {
+            room: need(raw.room, "room")?,
+            since: raw.since,
+            epoch: raw.epoch,
+        },
+        "leave" => ClientMsg::Leave {
+            room: need(raw.room, "room")?,
+        },
+        "say" => ClientMsg::Say {
+            room: raw.room,
+            text: need(raw.text, "text")?,
+            action: raw.action.unwrap_or(false),
+        },
+        "pm" => ClientMsg::Pm {
+            to: need(raw.to, "to")?,
+            text: need(raw.text, "text")?,
+            action: raw.action.unwrap_or(false),
+        },
+        "typing" => {
+            let target = match (raw.room, raw.to) {
+                (Some(room), None) => Target::Room(room),
+                (None, Some(to)) => Target::User(to),
+                _ => {
+                    return Err(fail(
+                        ErrorCode::BadRequest,
+                        "`typing` needs exactly one of `room` and `to`".into(),
+                    ));
+                }
+            };
+            let state = raw.state.ok_or_else(|| {
+                fail(ErrorCode::BadRequest, "`typing` needs field `state`".into())
+            })?;
+            ClientMsg::Typing { target, state }
+        }
+        "rooms" => ClientMsg::Rooms,
+        "who" => ClientMsg::Who {
+            room: raw.room,
+            after: match raw.after {
+                None => None,
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(_) => {
+                    return Err(fail(
+                        ErrorCode::BadRequest,
+                        "`who` field `after` must be a name".into(),
+                    ));
+                }
+            },
+        },
+        "history" => ClientMsg::History {
+            room: raw.room,
+            before: raw.before,
+            after: match raw.after {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    fail(
+                        ErrorCode::BadRequest,
+                        "`history` field `after` must be a seq".into(),
+                    )
+                })?),
+            },
+            limit: raw.limit,
+            with: raw.with,
+        },
+        "search" => ClientMsg::Search {
+            query: need(raw.query, "query")?,
+            room: raw.room,
+            limit: raw.limit,
+            before: raw.before,
+        },
+        other => {
+            let shown: String = other.chars().take(MAX_NAME_BYTES).collect();
+            return Err(fail(
+                ErrorCode::UnknownType,
+                format!("unknown request type {shown:?}"),
+            ));
+        }
+    };
+    Ok(Request { id, msg })
+}

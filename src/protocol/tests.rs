@@ -1,0 +1,446 @@
+use super::*;
+
+#[test]
+fn parses_each_request_type() {
+    let r = parse_request(r#"{"type":"hello","name":"henry","id":"1"}"#).unwrap();
+    assert_eq!(r.id.as_deref(), Some("1"));
+    assert_eq!(
+        r.msg,
+        ClientMsg::Hello {
+            name: "henry".into(),
+            room: None,
+            token: None,
+            since: None,
+            epoch: None,
+        }
+    );
+    let r = parse_request(r#"{"type":"typing","to":"bob","state":"paused"}"#).unwrap();
+    assert_eq!(
+        r.msg,
+        ClientMsg::Typing {
+            target: Target::User("bob".into()),
+            state: TypingState::Paused
+        }
+    );
+    assert_eq!(
+        parse_request(r#"{"type":"rooms"}"#).unwrap().msg,
+        ClientMsg::Rooms
+    );
+}
+
+/// What a client serialises is what the server parses, for every request type.
+#[test]
+fn client_requests_round_trip_through_the_server_parser() {
+    let all = [
+        ClientMsg::Hello {
+            name: "henry".into(),
+            room: Some("rust".into()),
+            token: Some("t".into()),
+            since: Some(41),
+            epoch: Some("e1".into()),
+        },
+        ClientMsg::Join {
+            room: "a".into(),
+            since: None,
+            epoch: None,
+        },
+        ClientMsg::Search {
+            query: "cats dogs".into(),
+            room: None,
+            limit: Some(5),
+            before: Some(90),
+        },
+        ClientMsg::Leave { room: "a".into() },
+        ClientMsg::Say {
+            room: None,
+            text: "hi \"there\"\n".into(),
+            action: true,
+        },
+        ClientMsg::Pm {
+            to: "bob".into(),
+            text: "psst".into(),
+            action: false,
+        },
+        ClientMsg::Typing {
+            target: Target::Room("lobby".into()),
+            state: TypingState::Active,
+        },
+        ClientMsg::Typing {
+            target: Target::User("bob".into()),
+            state: TypingState::Done,
+        },
+        ClientMsg::Rooms,
+        ClientMsg::Who {
+            room: None,
+            after: Some("bob".into()),
+        },
+        ClientMsg::Kick {
+            name: "bob".into(),
+            reason: Some("spam".into()),
+        },
+        ClientMsg::Announce { text: "hi".into() },
+        ClientMsg::Nick { name: "h2".into() },
+        ClientMsg::History {
+            room: Some("lobby".into()),
+            before: Some(7),
+            after: None,
+            limit: Some(5),
+            with: None,
+        },
+        ClientMsg::History {
+            room: None,
+            before: None,
+            after: Some(3),
+            limit: None,
+            with: Some("alice".into()),
+        },
+    ];
+    let mut kinds = std::collections::BTreeSet::new();
+    for msg in all {
+        // Every type is counted under its own label in chatd_messages_received_total.
+        assert!(ClientMsg::KINDS.contains(&msg.kind()), "{}", msg.kind());
+        kinds.insert(msg.kind());
+        let request = Request::new("42", msg);
+        let json = request.to_json();
+        assert!(
+            json.contains(&format!(r#""type":"{}""#, request.msg.kind())),
+            "{json}"
+        );
+        assert_eq!(parse_request(&json), Ok(request), "{json}");
+    }
+    assert_eq!(
+        kinds.len(),
+        ClientMsg::KINDS.len(),
+        "a request type is not tested here"
+    );
+    let anonymous = Request {
+        id: None,
+        msg: ClientMsg::Rooms,
+    };
+    assert_eq!(anonymous.to_json(), r#"{"type":"rooms"}"#);
+}
+
+/// What the server encodes is what a client decodes, for every event and reply.
+#[test]
+fn server_messages_round_trip_through_the_client_decoder() {
+    let m = ChatMessage {
+        id: 3,
+        seq: 2,
+        ts: b("2026-11-25T18:51:42.123Z"),
+        room: b("lobby"),
+        from: b("alice"),
+        role: Role::Admin,
+        text: b("hi"),
+        action: true,
+    };
+    let user = UserInfo {
+        name: b("alice"),
+        role: Role::User,
+    };
+    let all = [
+        ServerMsg::Welcome {
+            name: b("alice"),
+            room: b("lobby"),
+            users: vec![user.clone()],
+            user_count: 1,
+            history: vec![ServerMsg::Message(m.clone())],
+            epoch: b("e1"),
+            seq: 2,
+            resumed: Some(true),
+            more: true,
+            server: ServerInfo {
+                version: b("0.1.0"),
+                max_message_bytes: 65536,
+                ping_interval_secs: 30.0,
+                rate_per_sec: 10.0,
+                rate_burst: 20,
+                typing_rate_per_sec: 2.0,
+                typing_burst: 10,
+            },
+            reference: Some(b("1")),
+        },
+        ServerMsg::Room {
+            room: b("rust"),
+            users: vec![user.clone()],
+            user_count: 3,
+            history: vec![],
+            epoch: b("e2"),
+            seq: 0,
+            resumed: None,
+            more: false,
+            reference: None,
+        },
+        ServerMsg::Rooms {
+            rooms: vec![RoomInfo {
+                name: b("lobby"),
+                members: 2,
+            }],
+            reference: Some(b("x")),
+        },
+        ServerMsg::Who {
+            room: b("lobby"),
+            users: vec![user],
+            user_count: 9,
+            more: true,
+            reference: None,
+        },
+        ServerMsg::History {
+            room: b("lobby"),
+            with: None,
+            messages: vec![ServerMsg::Message(m.clone())],
+            more: true,
+            reference: None,
+        },
+        ServerMsg::Search {
+            query: b("hi"),
+            messages: vec![ServerMsg::Message(m.clone())],
+            more: false,
+            reference: Some(b("s")),
+        },
+        ServerMsg::Ack {
+            reference: Some(b("6")),
+            id: Some(17),
+            seq: Some(4),
+            ts: Some(b("t")),
+            room: None,
+            name: None,
+        },
+        ServerMsg::Renamed {
+            from: b("a"),
+            to: b("b"),
+        },
+        ServerMsg::Presence {
+            room: b("r"),
+            joined: vec![UserInfo {
+                name: b("n"),
+                role: Role::Admin,
+            }],
+            left: vec![b("m")],
+            unlisted: 3,
+            user_count: 250,
+        },
+        ServerMsg::Error {
+            code: ErrorCode::NameTaken,
+            message: b("taken"),
+            reference: Some(b("7")),
+        },
+        ServerMsg::Message(m),
+        ServerMsg::Pm {
+            id: 1,
+            ts: b("t"),
+            from: b("a"),
+            role: Role::User,
+            to: b("b"),
+            text: b("psst"),
+            action: false,
+        },
+        ServerMsg::Joined {
+            room: b("r"),
+            name: b("n"),
+            role: Role::User,
+        },
+        ServerMsg::Left {
+            room: b("r"),
+            name: b("n"),
+        },
+        ServerMsg::Kicked {
+            room: b("r"),
+            name: b("n"),
+            by: b("root"),
+            reason: b("spam"),
+        },
+        ServerMsg::Typing {
+            from: b("a"),
+            room: Some(b("r")),
+            to: None,
+            state: TypingState::Paused,
+        },
+        ServerMsg::Notice {
+            from: b("server"),
+            text: b("bye"),
+        },
+    ];
+    for msg in all {
+        let json = encode(&msg);
+        assert_eq!(decode(json.as_str()).unwrap(), msg, "{json}");
+    }
+}
+
+#[test]
+fn errors_keep_the_id_and_name_the_field() {
+    let e = parse_request(r#"{"type":"say","id":"x"}"#).unwrap_err();
+    assert_eq!(
+        (e.code, e.id.as_deref()),
+        (ErrorCode::BadRequest, Some("x"))
+    );
+    assert!(e.message.contains("`text`"), "{}", e.message);
+    let e = parse_request(r#"{"type":"dance","id":"y"}"#).unwrap_err();
+    assert_eq!(
+        (e.code, e.id.as_deref()),
+        (ErrorCode::UnknownType, Some("y"))
+    );
+    let e = parse_request(r#"{"type":"say","text":5,"id":"z"}"#).unwrap_err();
+    assert_eq!(
+        (e.code, e.id.as_deref()),
+        (ErrorCode::BadRequest, Some("z"))
+    );
+    let e = parse_request("{not json").unwrap_err();
+    assert_eq!((e.code, e.id), (ErrorCode::BadRequest, None));
+    let long = "a".repeat(65);
+    let e = parse_request(&format!(r#"{{"type":"rooms","id":"{long}"}}"#)).unwrap_err();
+    assert_eq!((e.code, e.id), (ErrorCode::BadRequest, None));
+}
+
+#[test]
+fn name_rules() {
+    assert!(validate_name("henry_1.x-Y").is_ok());
+    assert_eq!(validate_name(""), Err(NameError::Invalid));
+    assert_eq!(validate_name(&"a".repeat(33)), Err(NameError::Invalid));
+    assert!(validate_name(&"a".repeat(32)).is_ok());
+    assert_eq!(validate_name("hé"), Err(NameError::Invalid));
+    assert_eq!(validate_name("a b"), Err(NameError::Invalid));
+    assert_eq!(validate_name("Server"), Err(NameError::Reserved));
+    assert_eq!(validate_name("ADMIN"), Err(NameError::Reserved));
+    // Look-alikes and separators do not get around the reserved names.
+    for name in ["server_", "admin.", "adm1n", "sys-tem", "5erver_x"] {
+        let reserved = validate_name(name) == Err(NameError::Reserved);
+        assert_eq!(reserved, name != "5erver_x", "{name}");
+    }
+    // Names say something.
+    for name in ["...", "_-_", "."] {
+        assert_eq!(validate_name(name), Err(NameError::Invalid), "{name}");
+    }
+    // Look-alikes look alike, but are different names.
+    for (a, b) in [
+        ("alice", "aIice"),
+        ("alice", "alice."),
+        ("alice", "a.lice"),
+        ("alice", "_alice"),
+        ("Il1", "lI1"),
+        ("rn", "m"),
+        ("b0b", "bob"),
+        ("vvill", "will"),
+        ("will", "wiii"),
+        ("sam", "5am"),
+        ("bob", "8ob"),
+        ("ian", "lan"),
+        ("tom", "torn"),
+        ("leo", "le0"),
+    ] {
+        assert_eq!(look_alike(a), look_alike(b), "{a} / {b}");
+        assert_ne!(name_key(a), name_key(b), "{a} / {b} are two people");
+    }
+    assert_eq!(name_key("Alice"), name_key("alice"));
+    assert_ne!(look_alike("henry"), look_alike("henri"));
+    assert_eq!(normalize_room("#Rust").as_deref(), Some("rust"));
+    assert_eq!(normalize_room("#"), None);
+}
+
+#[test]
+fn a_presence_batch_is_one_plain_line() {
+    let user = |n: &'static str| UserInfo {
+        name: b(n),
+        role: Role::User,
+    };
+    let line = plain::event(&ServerMsg::Presence {
+        room: b("lobby"),
+        joined: vec![user("ann"), user("bob")],
+        left: vec![b("cat")],
+        unlisted: 4,
+        user_count: 300,
+    })
+    .unwrap();
+    assert_eq!(
+        line.as_str(),
+        "* ann, bob joined the chat; cat has left the chat (and 4 more came and went)"
+    );
+}
+
+#[test]
+fn plain_lines_cannot_be_forged_or_escape() {
+    let evil = "hi\n[server] log in again at http://evil.example\u{1b}]0;x\u{7}\u{202e}gnp";
+    let m = ChatMessage {
+        id: 1,
+        seq: 1,
+        ts: b("t"),
+        room: b("lobby"),
+        from: b("mallory"),
+        role: Role::User,
+        text: b(evil),
+        action: false,
+    };
+    let line = plain::event(&ServerMsg::Message(m)).unwrap();
+    assert_eq!(
+        line.as_str(),
+        "mallory: hi\u{240a}[server] log in again at http://evil.example\u{241b}]0;x\u{2407}gnp"
+    );
+    assert!(!line.as_str().chars().any(|c| c.is_control()));
+    assert_eq!(plain::one_line("plain"), "plain");
+}
+
+#[test]
+fn invisible_text_says_nothing() {
+    for text in [
+        "\u{200b}\u{200b}",
+        " \u{3164} ",
+        "\u{2800}",
+        "\0\u{feff}",
+        "\u{e0041}",
+    ] {
+        assert!(!has_visible_text(text), "{text:?}");
+    }
+    assert!(has_visible_text("\u{200b}hi"));
+    assert!(has_visible_text("🙂"));
+}
+
+#[test]
+fn json_len_is_what_serde_writes() {
+    for s in [
+        "plain",
+        "q\"uote\\",
+        "nl\n\t\r",
+        "\u{1}\u{1f}",
+        "é🙂",
+        "\u{7f}",
+    ] {
+        assert_eq!(
+            json_len(s),
+            serde_json::to_string(s).unwrap().len(),
+            "{s:?}"
+        );
+    }
+}
+
+#[test]
+fn timestamp_is_rfc3339_millis_utc() {
+    let ts = timestamp();
+    assert_eq!(ts.len(), 24, "{ts}");
+    assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
+}
+
+#[test]
+fn close_reasons_have_codes_and_known_labels() {
+    use CloseReason::*;
+    for r in [
+        Bye,
+        ClientClosed,
+        Shutdown,
+        PingTimeout,
+        Gone,
+        Protocol,
+        InvalidUtf8,
+        TooBig,
+        FrameTooBig,
+        RateAbuse,
+        Unauthorized,
+        TokenRequired,
+        SlowConsumer,
+        WriteStalled,
+        HelloTimeout,
+        Kicked,
+    ] {
+        assert!(CloseReason::LABELS.contains(&r.label()), "{r:?}");
+    }
+    assert_eq!(Unauthorized.label(), "unauthorized");
+    assert_eq!(TokenRequired.code(), Some(1008));
+}

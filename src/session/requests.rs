@@ -1,0 +1,564 @@
+//! Requests into broker calls: one function per request, each checking what the session can
+//! check itself (names, rooms it is in, text sizes, rate limits) before the broker is asked.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, info};
+
+use super::replies::error_frame;
+use super::typing::TypingTarget;
+use super::{Kind, Mode, Session};
+use crate::connection::Flow;
+use crate::hub::{Member, Page, Refusal, Resume};
+use crate::protocol::{
+    self, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
+};
+
+impl Session {
+    /// A request over the rate limit: refused, and counted toward closing the connection.
+    pub(super) fn rate_limited(
+        &mut self,
+        bucket: &'static str,
+        id: Option<&str>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Flow {
+        self.chat
+            .metrics
+            .rate_limited
+            .with_label_values(&[bucket])
+            .inc();
+        if !self.strikes.try_take() {
+            info!("closing: sustained rate limit abuse");
+            return Flow::Close(CloseReason::RateAbuse);
+        }
+        let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
+        self.refuse(refusal, id, out);
+        Flow::Continue
+    }
+
+    /// Carries out one parsed request: before the welcome only a `hello` is taken. Each request
+    /// either goes to the broker (taking `id` along for its reply) or is refused here.
+    pub(super) fn dispatch(&mut self, request: Request, out: &mut Vec<Utf8Bytes>) {
+        let Request { mut id, msg } = request;
+        if !self.welcomed {
+            return self.before_welcome(msg, id, out);
+        }
+        let Some(me) = self.me.clone() else { return };
+        let id_ = &mut id;
+        let result = match msg {
+            ClientMsg::Hello { .. } => Err(Refusal::new(
+                ErrorCode::AlreadyWelcomed,
+                format!("you are already {}", me.name()),
+            )),
+            ClientMsg::Join { room, since, epoch } => {
+                self.join(&room, resume(since, epoch), id_, out)
+            }
+            ClientMsg::Nick { name } => self.nick(&name, id_, out),
+            ClientMsg::Leave { room } => self.leave(&room, id_, out),
+            ClientMsg::Say { room, text, action } => {
+                self.say(room.as_deref(), &text, action, id_, out)
+            }
+            ClientMsg::Pm { to, text, action } => self.pm(&to, &text, action, id_, out),
+            ClientMsg::Typing { target, state } => self.typing(target, state, id_, out),
+            ClientMsg::Rooms => {
+                self.call(Kind::Rooms, id_.take(), out, |b, t, me| b.rooms(t, me));
+                Ok(())
+            }
+            ClientMsg::Who { room, after } => self.who(room.as_deref(), after, id_, out),
+            ClientMsg::History {
+                room,
+                before,
+                after,
+                limit,
+                with,
+            } => {
+                let max = self.chat.config.history.size.max(1);
+                let page = Page {
+                    before,
+                    after,
+                    limit: limit.unwrap_or(max).clamp(1, max),
+                };
+                match with {
+                    Some(with) => self.conversation(&with, page, id_, out),
+                    None => self.history(room.as_deref(), page, id_, out),
+                }
+            }
+            ClientMsg::Search {
+                query,
+                room,
+                limit,
+                before,
+            } => self.search(&query, room.as_deref(), limit, before, id_, out),
+            ClientMsg::Kick { name, reason } => {
+                require_admin(&me).and_then(|()| self.kick(&name, reason.as_deref(), id_, out))
+            }
+            ClientMsg::Announce { text } => {
+                require_admin(&me).and_then(|()| self.announce(&text, id_, out))
+            }
+        };
+        if let Err(r) = result {
+            self.refuse(r, id.as_deref(), out);
+        }
+    }
+
+    /// Before the welcome: a `hello` (once), or `hello_required`.
+    fn before_welcome(&mut self, msg: ClientMsg, id: Option<String>, out: &mut Vec<Utf8Bytes>) {
+        match msg {
+            ClientMsg::Hello {
+                name,
+                room,
+                token,
+                since,
+                epoch,
+            } if self.me.is_none() => match self.authenticate(&name, token.as_deref()) {
+                Ok(role) => {
+                    let resume = resume(since, epoch);
+                    let joining = Joining {
+                        room: room.as_deref(),
+                        resume: resume.as_ref(),
+                    };
+                    self.hello(&name, joining, Mode::Json, role, id, out)
+                }
+                Err(r) => self.refuse(r, id.as_deref(), out),
+            },
+            _ => self.refuse(hello_required(), id.as_deref(), out),
+        }
+    }
+
+    fn leave(&mut self, room: &str, id: &mut Option<String>, out: &mut Vec<Utf8Bytes>) -> Done {
+        let room = self.my_room(Some(room))?;
+        let target = TypingTarget::Room(room.clone());
+        if self.typing.end(&target) {
+            self.relay_typing(&target, TypingState::Done);
+        }
+        self.rooms.retain(|r| *r != room);
+        self.call(Kind::Leave, id.take(), out, |b, t, me| {
+            b.leave(t, me, &room)
+        });
+        Ok(())
+    }
+
+    fn say(
+        &mut self,
+        room: Option<&str>,
+        text: &str,
+        action: bool,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let room = self.my_room(room)?;
+        check_text(text, self.chat.config.limits.max_message_bytes)?;
+        self.typing.clear(&TypingTarget::Room(room.clone()));
+        self.log_body(&room, text);
+        self.call(Kind::Say, id.take(), out, |b, t, me| {
+            b.say(t, me, &room, text, action)
+        });
+        Ok(())
+    }
+
+    fn pm(
+        &mut self,
+        to: &str,
+        text: &str,
+        action: bool,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        check_text(text, self.chat.config.limits.max_message_bytes)?;
+        self.call(Kind::Pm, id.take(), out, |b, t, me| {
+            b.pm(t, me, to, text, action)
+        });
+        Ok(())
+    }
+
+    /// A typing state goes to the broker only when it changes what others see (the tracker
+    /// throttles repeats); a refusal clears it.
+    fn typing(
+        &mut self,
+        target: Target,
+        state: TypingState,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let target = match target {
+            Target::Room(room) => TypingTarget::Room(self.my_room(Some(&room))?),
+            Target::User(name) => TypingTarget::User(valid_user(&name)?.into()),
+        };
+        if let Some(relay) = self.typing.update(target.clone(), state, Instant::now()) {
+            self.call(Kind::Typing(target.clone()), id.take(), out, |b, t, me| {
+                b.typing(t, me, target.to(), relay)
+            });
+        }
+        Ok(())
+    }
+
+    fn who(
+        &mut self,
+        room: Option<&str>,
+        after: Option<String>,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let room = self.named_room(room)?;
+        let after = after.map(|a| a.chars().take(protocol::MAX_NAME_BYTES).collect());
+        self.call(Kind::Who { after }, id.take(), out, |b, t, me| {
+            b.who(t, me, &room)
+        });
+        Ok(())
+    }
+
+    /// A page of a private conversation (newest first, paging `before`).
+    fn conversation(
+        &mut self,
+        with: &str,
+        page: Page,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let with = valid_user(with)?;
+        let kind = Kind::History { forward: false };
+        self.call(kind, id.take(), out, |b, t, me| {
+            b.conversation(t, me, with, page.before, page.limit)
+        });
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        room: Option<&str>,
+        page: Page,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        if page.before.is_some() && page.after.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "history pages one way: give before or after, not both",
+            ));
+        }
+        let room = self.named_room(room)?;
+        let kind = Kind::History {
+            forward: page.after.is_some(),
+        };
+        self.call(kind, id.take(), out, |b, t, me| {
+            b.history(t, me, &room, page)
+        });
+        Ok(())
+    }
+
+    fn search(
+        &mut self,
+        query: &str,
+        room: Option<&str>,
+        limit: Option<usize>,
+        before: Option<u64>,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let query = query.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("a search needs 1 to {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+        if let Err(words) = protocol::search_words(query) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a search may have at most {} words (this one has {words}); every word must match",
+                    protocol::MAX_SEARCH_WORDS
+                ),
+            ));
+        }
+        // One search at a time per connection: searches share one thread on the server.
+        if self.slots.awaits(|k| matches!(k, Kind::Search)) {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "one search at a time: wait for the answer to the last one",
+            ));
+        }
+        let rooms = match room {
+            Some(room) => vec![self.my_room(Some(room))?],
+            None if self.rooms.is_empty() => {
+                return Err(Refusal::new(ErrorCode::NotInRoom, "you are in no room"));
+            }
+            None => self.rooms.clone(),
+        };
+        let limit = limit.unwrap_or(20).clamp(1, 100);
+        self.call(Kind::Search, id.take(), out, |b, t, me| {
+            b.search(t, me, &rooms, query, before, limit)
+        });
+        Ok(())
+    }
+
+    fn kick(
+        &mut self,
+        name: &str,
+        reason: Option<&str>,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let reason = reason
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .unwrap_or("no reason given");
+        let reason: String = reason.chars().take(200).collect();
+        let name = valid_user(name)?;
+        let kind = Kind::Kick {
+            name: name.to_string(),
+        };
+        self.call(kind, id.take(), out, |b, t, me| {
+            b.kick(t, me, name, &reason)
+        });
+        Ok(())
+    }
+
+    fn announce(&mut self, text: &str, id: &mut Option<String>, out: &mut Vec<Utf8Bytes>) -> Done {
+        check_text(text, self.chat.config.limits.max_message_bytes)?;
+        self.call(Kind::Announce, id.take(), out, |b, t, me| {
+            b.announce(t, me, text)
+        });
+        Ok(())
+    }
+
+    /// In token mode, the role a valid token grants `name`; a failure closes the connection (1008)
+    /// after the `unauthorized` error, and the name is not taken. In open mode everyone is a user.
+    fn authenticate(&mut self, name: &str, token: Option<&str>) -> Result<Role, Refusal> {
+        let Some(verifier) = &self.chat.auth else {
+            return Ok(Role::User);
+        };
+        verifier.verify(token, name).map_err(|e| {
+            let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
+            info!(user = %shown, error = %e, "hello refused: unauthorized");
+            self.closing = Some(CloseReason::Unauthorized);
+            Refusal::new(
+                ErrorCode::Unauthorized,
+                "a valid token for this name is required",
+            )
+        })
+    }
+
+    pub(super) fn hello(
+        &mut self,
+        name: &str,
+        joining: Joining<'_>,
+        mode: Mode,
+        role: Role,
+        reference: Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let refusal = name_refusal(name);
+        let requested = joining.room.unwrap_or(protocol::DEFAULT_ROOM);
+        let room = match (refusal, normalize_room(requested)) {
+            (None, Ok(room)) => room,
+            (Some(r), _) | (None, Err(r)) => {
+                let frame = match mode {
+                    Mode::Json => error_frame(r.code, &r.message, reference.as_deref()),
+                    Mode::Plain => format!("{}; send another name", r.message).into(),
+                };
+                return self.emit(vec![frame], out);
+            }
+        };
+        self.mode = mode;
+        self.me = Some(Member::new(
+            self.conn,
+            Arc::from(name),
+            role,
+            mode == Mode::Plain,
+            self.ip,
+            self.mailbox.clone(),
+        ));
+        self.rooms.push(room.clone());
+        let resume = joining.resume;
+        self.call(Kind::Hello, reference, out, |b, t, me| {
+            b.hello(t, me, &room, resume)
+        });
+    }
+
+    /// `nick`: names follow the hello's rules; in token mode names come from tokens.
+    pub(super) fn nick(
+        &mut self,
+        name: &str,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        if self.chat.auth.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "names come from tokens on this server",
+            ));
+        }
+        if let Some(r) = name_refusal(name) {
+            return Err(r);
+        }
+        self.call(Kind::Nick, id.take(), out, |b, t, me| b.nick(t, me, name));
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        room: &str,
+        resume: Option<Resume>,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let room = normalize_room(room)?;
+        let added = !self.rooms.contains(&room);
+        if added {
+            let cap = self.chat.config.limits.max_rooms_per_user;
+            if self.rooms.len() >= cap {
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!("you are in {} rooms, the most allowed", self.rooms.len()),
+                ));
+            }
+            self.rooms.push(room.clone());
+        }
+        let kind = Kind::Join {
+            room: room.clone(),
+            added,
+        };
+        self.call(kind, id.take(), out, |b, t, me| {
+            b.join(t, me, &room, resume.as_ref())
+        });
+        Ok(())
+    }
+
+    /// A room the client is in: `room` as given, or the hello room.
+    fn my_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
+        let name = self.named_room(room)?;
+        self.rooms
+            .iter()
+            .find(|r| r[..] == name[..])
+            .cloned()
+            .ok_or_else(|| Refusal::not_in_room(&name))
+    }
+
+    /// The room a request names (normalised), or the hello room.
+    fn named_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
+        match room {
+            Some(r) => normalize_room(r),
+            None => Ok(self.home.clone()),
+        }
+    }
+
+    /// Relays a typing state nobody asked about (expiry, leaving): no reply.
+    pub(super) fn relay_typing(&self, target: &TypingTarget, state: TypingState) {
+        if let Some(me) = &self.me {
+            let _ = self.broker().typing(0, me, target.to(), state);
+        }
+    }
+
+    pub(super) fn log_body(&self, room: &str, text: &str) {
+        if self.chat.config.log.message_bodies {
+            debug!(room, text, "message");
+        }
+    }
+}
+
+/// A request carried out (or handed to the broker), or refused here with this refusal.
+type Done = Result<(), Refusal>;
+
+/// A user name that could exist (otherwise: `no_such_user`, as for a name nobody has).
+fn valid_user(name: &str) -> Result<&str, Refusal> {
+    match protocol::validate_name(name) {
+        Err(NameError::Invalid) => Err(Refusal::no_such_user(name)),
+        _ => Ok(name),
+    }
+}
+
+/// Longest search query, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// Where a hello goes: its room, and what the client already has of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Joining<'a> {
+    pub room: Option<&'a str>,
+    pub resume: Option<&'a Resume>,
+}
+
+/// A resume request, when the client sent both halves.
+fn resume(since: Option<u64>, epoch: Option<String>) -> Option<Resume> {
+    Some(Resume {
+        since: since?,
+        epoch: epoch?,
+    })
+}
+
+/// Why a name may not be taken, if it may not.
+fn name_refusal(name: &str) -> Option<Refusal> {
+    match protocol::validate_name(name) {
+        Ok(()) => None,
+        Err(NameError::Invalid) => Some(Refusal::new(
+            ErrorCode::NameInvalid,
+            "names are 1-32 characters of A-Z a-z 0-9 _ . -",
+        )),
+        Err(NameError::Reserved) => Some(Refusal::new(
+            ErrorCode::NameInvalid,
+            format!("the name {name:?} is reserved"),
+        )),
+    }
+}
+
+pub(super) fn hello_required() -> Refusal {
+    Refusal::new(ErrorCode::HelloRequired, "say hello first")
+}
+
+fn normalize_room(room: &str) -> Result<Arc<str>, Refusal> {
+    protocol::normalize_room(room)
+        .map(Arc::from)
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::RoomInvalid,
+                "room names are 1-32 characters of A-Z a-z 0-9 _ . - (a leading # is ignored)",
+            )
+        })
+}
+
+fn require_admin(me: &Member) -> Result<(), Refusal> {
+    if me.role() == Role::Admin {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "only admins may do that",
+        ))
+    }
+}
+
+/// What an event carrying a text adds around it, at most: type, ids, seq, timestamp, a room and
+/// a name of 32 characters each, role, flags (about 230 bytes; rounded up).
+const TEXT_ENVELOPE: usize = 384;
+
+/// A text that may be said: something visible in it, and small enough that the event carrying it
+/// to others fits in the frames clients are promised (`max_message_bytes`). That is checked on the
+/// text as JSON encodes it: a request of 65,529 bytes of `\"` is 32,764 quotes, each two bytes
+/// again in the event.
+pub(super) fn check_text(text: &str, max_frame: usize) -> Result<(), Refusal> {
+    let encoded = protocol::json_len(text);
+    if encoded + TEXT_ENVELOPE > max_frame {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the text is {encoded} bytes once encoded (quotes, backslashes and control characters take two to six bytes each); at most {} fit in a message",
+                max_frame.saturating_sub(TEXT_ENVELOPE)
+            ),
+        ));
+    }
+    if text.trim().is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "text must not be empty",
+        ));
+    }
+    if !protocol::has_visible_text(text) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "text must have something visible in it",
+        ));
+    }
+    Ok(())
+}
