@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command};
-use crate::security::{Ca, SECRET, mint, start_with, tls_env, tls_files, token_env};
+use crate::security::{SECRET, mint, token_env};
+use crate::tls::{Ca, start_with, tls_env, tls_files};
 
 /// One browser at a time: Chromium is heavy on a 2-core machine, and the other tests run meanwhile.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
+mod bench;
 mod binary;
 mod broker;
 mod browser;
@@ -15,7 +16,10 @@ mod limits;
 mod ops;
 mod plain;
 mod proxied;
+mod redis_server;
 mod security;
 mod storage;
+mod storage_faults;
+mod tls;
 mod typing;
 mod web;

@@ -1,0 +1,40 @@
+use super::*;
+
+#[test]
+fn hand_encoded_frames_are_what_the_server_parses() {
+    use crate::protocol::{ClientMsg, parse_request};
+    let hello = parse_request(&hello_frame("b7", "bench3")).unwrap();
+    assert_eq!(
+        hello.msg,
+        ClientMsg::Hello {
+            name: "b7".into(),
+            room: Some("bench3".into()),
+            token: None,
+            since: None,
+            epoch: None,
+        }
+    );
+    let text = payload(3, 17, 123456, 100);
+    let say = parse_request(&say_frame("bench3", &text)).unwrap();
+    assert_eq!(
+        say.msg,
+        ClientMsg::Say {
+            room: Some("bench3".into()),
+            text,
+            action: false
+        }
+    );
+}
+
+#[test]
+fn payload_round_trips_inside_any_framing() {
+    let p = payload(3, 17, 123456, 100);
+    assert_eq!(p.len(), 100);
+    assert_eq!(parse_payload(&p), Some((3, 17, 123456)));
+    assert_eq!(parse_payload(&format!("b9: {p}")), Some((3, 17, 123456)));
+    assert_eq!(
+        parse_payload(&format!(r#"{{"type":"message","text":"{p}"}}"#)),
+        Some((3, 17, 123456))
+    );
+    assert_eq!(parse_payload("b12"), None);
+}

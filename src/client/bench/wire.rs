@@ -1,0 +1,135 @@
+//! What the bench says on the wire: hand-encoded frames, payloads that carry their sender,
+//! sequence number and send time, Socket.IO's framing, and the server process's RSS and CPU.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+use super::*;
+
+/// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
+/// server parses it as the protocol's hello).
+pub(super) fn hello_frame(name: &str, room: &str) -> String {
+    format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#)
+}
+
+/// A say, encoded by hand on the hot path: payloads are `~`, digits, `:` and `x`, which need no
+/// escaping (tested against the server's parser below).
+pub(super) fn say_frame(room: &str, text: &str) -> String {
+    format!(r#"{{"type":"say","room":"{room}","text":"{text}"}}"#)
+}
+
+/// `~sender:seq:sent_us~` padded with `x` to `size` bytes.
+pub(super) fn payload(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
+    let mut s = format!("~{sender}:{seq}:{sent_us}~");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// Client `i`'s connection, ready to chat: on its node, with hello answered (chatd), the name line
+/// sent (`name_line`) or Socket.IO's namespace joined.
+pub(super) async fn open(
+    i: usize,
+    opts: &BenchOptions,
+    name: &str,
+    room: &str,
+) -> anyhow::Result<Ws> {
+    let url = &opts.urls[i % opts.urls.len()];
+    if opts.socketio {
+        let url = format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            url.trim_end_matches('/')
+        );
+        let mut ws = connect(&url, opts.tls.clone()).await?;
+        socketio_join(&mut ws).await?;
+        return Ok(ws);
+    }
+    let mut ws = connect(url, opts.tls.clone()).await?;
+    if opts.raw {
+        if opts.name_line {
+            ws.send(Message::text(name)).await?;
+        }
+        return Ok(ws);
+    }
+    ws.send(Message::text(hello_frame(name, room))).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {
+                // A server at its room limits lands a hello in its default room instead.
+                anyhow::ensure!(
+                    t.contains(&format!(r#""room":"{room}""#)),
+                    "client {i} was not let into #{room} (the server's room limits?)"
+                );
+                return Ok(ws);
+            }
+            Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
+                anyhow::bail!("hello refused: {t}")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed during hello"),
+        }
+    }
+}
+
+/// Engine.IO's ping (the server's heartbeat) and the pong it wants back within its timeout.
+pub(super) const SOCKETIO_PING: &str = "2";
+pub(super) const SOCKETIO_PONG: &str = "3";
+
+/// Joins Socket.IO's default namespace (`40`) and waits until the server confirms it (`40{…}`),
+/// after its Engine.IO `open` packet (`0{…}`): from then on the socket gets the room's events.
+pub(super) async fn socketio_join(ws: &mut Ws) -> anyhow::Result<()> {
+    ws.send(Message::text("40")).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with("40") => return Ok(()),
+            Some(Ok(Message::Text(t))) if t.starts_with("44") => {
+                anyhow::bail!("Socket.IO refused the connection: {t}")
+            }
+            Some(Ok(Message::Text(t))) if t == SOCKETIO_PING => {
+                ws.send(Message::text(SOCKETIO_PONG)).await?
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed while joining Socket.IO's namespace"),
+        }
+    }
+}
+
+/// A Socket.IO event `m` carrying `text` (the payload needs no JSON escaping: `~`, digits, `:`,
+/// `x`).
+pub(super) fn socketio_event(text: &str) -> String {
+    format!(r#"42["m","{text}"]"#)
+}
+
+/// Finds the payload header anywhere in a frame (JSON, a plain `name: text` line, or raw).
+pub(super) fn parse_payload(frame: &str) -> Option<(usize, u64, u64)> {
+    let start = frame.find('~')? + 1;
+    let len = frame[start..].find('~')?;
+    let mut parts = frame[start..start + len].split(':');
+    let s = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let t = parts.next()?.parse().ok()?;
+    Some((s, seq, t))
+}
+
+pub(super) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds (Linux clock ticks are 100 Hz).
+pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
