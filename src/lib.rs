@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod server;
 pub(crate) mod session;
 pub mod store;
+pub(crate) mod sync;
 pub mod telemetry;
 pub mod web;
 

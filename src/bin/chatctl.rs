@@ -139,12 +139,14 @@ fn main() -> ExitCode {
                     alt_nick: !no_alt_nick,
                     bell,
                 };
+                // https://no-color.org: set and not empty.
+                let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
                 let interactive = !plain
                     && !json
                     && std::io::stdin().is_terminal()
                     && std::io::stdout().is_terminal();
                 if interactive {
-                    match Tui::new() {
+                    match Tui::new(no_color) {
                         Ok(mut tui) => chatd::client::connect(&ep, opts, &mut tui).await,
                         Err(e) => {
                             eprintln!("error: cannot use the terminal: {e}");
@@ -152,7 +154,7 @@ fn main() -> ExitCode {
                         }
                     }
                 } else {
-                    chatd::client::connect(&ep, opts, &mut Script::new(json)).await
+                    chatd::client::connect(&ep, opts, &mut Script::new(json, no_color)).await
                 }
             }
         }

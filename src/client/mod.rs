@@ -267,20 +267,12 @@ pub(crate) fn hello_failure(name: &str, e: &HelloError) -> (String, u8) {
                 ErrorCode::Unauthorized => format!(
                     "error: unauthorized: the server refused the token for \"{shown}\" ({message})"
                 ),
-                other => format!("error: {message} ({})", code_name(*other)),
+                other => format!("error: {message} ({})", other.wire_name()),
             };
             (line, EXIT_REFUSED)
         }
         HelloError::Failed(why) => (format!("error: {why}"), EXIT_CONNECT),
     }
-}
-
-/// An error code as it appears on the wire.
-pub fn code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

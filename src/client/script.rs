@@ -1,7 +1,7 @@
 //! The scripted frontend: lines from stdin, one line per event on stdout, notes and errors on
 //! stderr. Used when stdin is not a terminal, or with `--plain`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ pub struct Script {
 
 impl Script {
     /// Starts reading stdin. `json`: print every received frame raw instead of formatted lines.
-    pub fn new(json: bool) -> Script {
+    pub fn new(json: bool, no_color: bool) -> Script {
         let (tx, lines) = mpsc::channel(READ_AHEAD);
         tokio::spawn(async move {
             let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -35,7 +35,7 @@ impl Script {
         Script {
             lines,
             json,
-            color: use_color() && std::io::stdout().is_terminal(),
+            color: use_color(no_color),
         }
     }
 

@@ -37,9 +37,10 @@ const PASTE_ASK_LINES: usize = 3;
 const PASTE_MAX_LINES: usize = 1000;
 const PASTE_MAX_BYTES: usize = 1 << 20;
 
-/// Whether to colour output: on a terminal, unless `NO_COLOR` is set.
-pub fn use_color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+/// Whether to colour output: on a terminal, unless the user said no (`NO_COLOR`, which the
+/// binary reads: only `src/bin/` reads the environment).
+pub fn use_color(no_color: bool) -> bool {
+    std::io::stdout().is_terminal() && !no_color
 }
 
 /// A stable colour per name.
@@ -120,7 +121,7 @@ pub struct Tui {
 
 impl Tui {
     /// Takes over the terminal (raw mode, bracketed paste).
-    pub fn new() -> std::io::Result<Tui> {
+    pub fn new(no_color: bool) -> std::io::Result<Tui> {
         terminal::enable_raw_mode()?;
         let _ = execute!(std::io::stdout(), EnableBracketedPaste);
         let mut tui = Tui {
@@ -128,7 +129,7 @@ impl Tui {
             editor: Editor::new(),
             completer: Completer::default(),
             status: Status::default(),
-            color: use_color(),
+            color: use_color(no_color),
             rows: 1,
             confirm: None,
             queued: VecDeque::new(),

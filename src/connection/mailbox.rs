@@ -201,7 +201,7 @@ impl Mailbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Lets the server's flusher write queued frames straight to this plain socket.
@@ -572,7 +572,7 @@ pub struct Flusher {
 
 impl Flusher {
     fn mark(&self, mailbox: Arc<Mailbox>) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dirty = crate::sync::lock(&self.dirty);
         let first = dirty.is_empty();
         dirty.push(mailbox);
         drop(dirty);
@@ -586,10 +586,7 @@ impl Flusher {
         let mut batch = Vec::new();
         loop {
             self.notify.notified().await;
-            std::mem::swap(
-                &mut batch,
-                &mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()),
-            );
+            std::mem::swap(&mut batch, &mut *crate::sync::lock(&self.dirty));
             for (i, mailbox) in batch.drain(..).enumerate() {
                 mailbox.flush_direct();
                 if i % YIELD_EVERY == YIELD_EVERY - 1 {

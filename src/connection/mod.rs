@@ -77,12 +77,12 @@ impl TlsSlot {
 
     /// The configuration for the next handshake.
     fn config(&self) -> Arc<rustls::ServerConfig> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::read(&self.0).clone()
     }
 
     /// Uses `config` for every later handshake.
     pub(crate) fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *crate::sync::write(&self.0) = config;
     }
 }
 

@@ -36,15 +36,15 @@ impl Delivery {
     }
 
     /// Queues `event` to every member of `to` except `except`: the JSON encoding to JSON
-    /// sessions, the plain-text line (if the event has one) to plain ones. Returns how many frames
-    /// were queued.
+    /// sessions, the plain-text line (if the event has one) to plain ones, in the delivery class
+    /// the event's kind has ([`class_of`]). Returns how many frames were queued.
     pub(crate) fn deliver<'m>(
         &self,
         to: impl IntoIterator<Item = &'m Member>,
         event: &ServerMsg<'_>,
-        class: Class,
         except: Option<ConnId>,
     ) -> u64 {
+        let class = class_of(event);
         let mut json: Option<Frame> = None;
         let mut plain: Option<Option<Frame>> = None;
         let (mut queued, mut dropped) = (0, 0);
@@ -81,5 +81,18 @@ impl Delivery {
             lost.inc_by(dropped);
         }
         queued
+    }
+}
+
+/// How an event is treated when a recipient's queue fills: typing and presence (joins, leaves,
+/// renames) are dropped first; everything else (messages, kicks, notices, resyncs) never silently.
+fn class_of(event: &ServerMsg<'_>) -> Class {
+    match event {
+        ServerMsg::Typing { .. } => Class::Typing,
+        ServerMsg::Joined { .. }
+        | ServerMsg::Left { .. }
+        | ServerMsg::Presence { .. }
+        | ServerMsg::Renamed { .. } => Class::Presence,
+        _ => Class::Chat,
     }
 }

@@ -28,7 +28,7 @@ mod presence;
 
 use std::any::Any;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 pub use crate::store::Pm;
 pub use cluster::RedisBroker;
@@ -38,11 +38,7 @@ pub use local::{HubLimits, LocalBroker};
 use crate::connection::mailbox::Mailbox;
 use crate::protocol::{ChatMessage, ErrorCode, Role, TypingState};
 
-/// Takes a lock whatever a panicking holder left: every update under the brokers' locks is a
-/// single insert, remove or replace, so the data stays usable, and chat goes on.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::sync::lock;
 
 /// Identifies one connection for the life of the process.
 pub type ConnId = u64;

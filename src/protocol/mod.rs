@@ -66,6 +66,16 @@ pub enum ErrorCode {
     Unconfirmed,
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire (`name_taken`).
+    pub fn wire_name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
 /// A user's role, carried on messages and in user lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

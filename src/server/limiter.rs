@@ -72,7 +72,7 @@ impl ConnLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// A slot for one more connection from `ip`, or why not. Addresses count as

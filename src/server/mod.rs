@@ -289,38 +289,39 @@ impl Server {
             tls: _,
         } = self;
         info!(addr = %local_addr, "listening");
+        // The server's own tasks, each on a tracker that is waited for at the end: the beat and
+        // the flusher stop once every connection is done, the admin listener last (so `/readyz`
+        // says 503 until the store has closed).
         let admin_stop = CancellationToken::new();
-        let admin_task = admin.map(|l| {
+        let admin_task = TaskTracker::new();
+        if let Some(l) = admin {
             let broker = chat.broker.clone();
             let ready = admin::Ready {
                 draining: shutdown.clone(),
                 backends: Arc::new(move || broker.ready()),
             };
-            tokio::spawn(admin::serve(
-                l,
-                sockets.metrics.clone(),
-                ready,
-                admin_stop.clone(),
-            ))
-        });
+            let metrics = sockets.metrics.clone();
+            admin_task.spawn(admin::serve(l, metrics, ready, admin_stop.clone()));
+        }
+        let beat_stop = CancellationToken::new();
+        let background = TaskTracker::new();
         // Lives until every connection is done: their last frames may still go out through it.
-        let flusher = sockets
-            .flusher
-            .clone()
-            .map(|f| tokio::spawn(async move { f.run().await }));
+        if let Some(f) = sockets.flusher.clone() {
+            background.spawn(until(beat_stop.clone(), async move { f.run().await }));
+        }
         // Large rooms' batched joins and leaves go out on this beat.
-        let presence = {
+        {
             let broker = chat.broker.clone();
             let every = Duration::from_millis(chat.config.limits.presence_batch_ms);
-            tokio::spawn(async move {
+            background.spawn(until(beat_stop.clone(), async move {
                 let mut beat = tokio::time::interval(every);
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     beat.tick().await;
                     broker.tick();
                 }
-            })
-        };
+            }));
+        }
         let tracker = TaskTracker::new();
         let refusals = Arc::new(AtomicUsize::new(0));
         let mut backoff = Duration::from_millis(5);
@@ -421,18 +422,15 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
-        presence.abort();
-        if let Some(flusher) = flusher {
-            flusher.abort();
-            let _ = flusher.await;
-        }
+        beat_stop.cancel();
+        background.close();
+        background.wait().await;
         // Every connection is closed: what was accepted becomes durable.
         let broker = chat.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close()).await;
         admin_stop.cancel();
-        if let Some(task) = admin_task {
-            let _ = task.await;
-        }
+        admin_task.close();
+        admin_task.wait().await;
         report
     }
 }
@@ -468,6 +466,14 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Runs `work` until `stop` is cancelled (a task that would otherwise run forever).
+async fn until(stop: CancellationToken, work: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = work => {}
+    }
 }
 
 #[cfg(test)]

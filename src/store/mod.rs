@@ -36,6 +36,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::sync::lock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -322,10 +324,6 @@ struct Shared {
     metrics: StoreMetrics,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, QueueState> {
         lock(&self.queue)
@@ -358,11 +356,7 @@ impl Shared {
             if now >= deadline {
                 return;
             }
-            progress = self
-                .progressed
-                .wait_timeout(progress, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            progress = crate::sync::wait_timeout(&self.progressed, progress, deadline - now);
         }
     }
 

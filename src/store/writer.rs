@@ -100,11 +100,7 @@ impl Writer {
                     }
                 }
                 state.idle = true;
-                state = shared
-                    .work
-                    .wait_timeout(state, wait)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                state = crate::sync::wait_timeout(&shared.work, state, wait);
             }
             state.idle = false;
             let mut generation = state.queued - state.items.len() as u64;
@@ -125,11 +121,7 @@ impl Writer {
                             continue;
                         }
                     }
-                    state = shared
-                        .work
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    state = crate::sync::wait_timeout(&shared.work, state, deadline - now);
                 }
                 generation = state.queued - state.items.len() as u64;
                 state.in_flight_since = state.items.front().map(|w| w.queued);

@@ -438,7 +438,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         .load(Ordering::Acquire)
         .max(send_started_us);
     let send_secs = (last - send_started_us) as f64 / 1e6;
-    let hist = run.latencies.lock().unwrap_or_else(|p| p.into_inner());
+    let hist = crate::sync::lock(&run.latencies);
     let latency_us = if hist.is_empty() {
         Latency::default()
     } else {
@@ -485,7 +485,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         intervals: match reporter {
             Some(task) => {
                 task.abort();
-                std::mem::take(&mut *run.intervals.lock().unwrap_or_else(|p| p.into_inner()))
+                std::mem::take(&mut *crate::sync::lock(&run.intervals))
             }
             None => Vec::new(),
         },
@@ -689,8 +689,8 @@ fn flush(run: &Run, batch: &mut Vec<u64>) {
     if batch.is_empty() {
         return;
     }
-    let mut h = run.latencies.lock().unwrap_or_else(|p| p.into_inner());
-    let mut recent = run.recent.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = crate::sync::lock(&run.latencies);
+    let mut recent = crate::sync::lock(&run.recent);
     for v in batch.drain(..) {
         let _ = h.record(v);
         let _ = recent.record(v);
@@ -706,7 +706,7 @@ async fn report_intervals(run: Arc<Run>, every: Duration, pid: Option<u32>) {
         tick.tick().await;
         let now = run.received.load(Ordering::Acquire);
         let p99_us = {
-            let mut recent = run.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recent = crate::sync::lock(&run.recent);
             let p99 = if recent.is_empty() {
                 0
             } else {
@@ -735,9 +735,6 @@ async fn report_intervals(run: Arc<Run>, every: Duration, pid: Option<u32>) {
             report.rss_kib.map_or("-".to_string(), |r| r.to_string()),
             report.fds.map_or("-".to_string(), |f| f.to_string()),
         );
-        run.intervals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(report);
+        crate::sync::lock(&run.intervals).push(report);
     }
 }

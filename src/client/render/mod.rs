@@ -393,14 +393,7 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
         }
         ServerMsg::Error { code, message, .. } => one(Line::info(
             LineKind::Error,
-            format!(
-                "error: {} ({})",
-                sanitize(message),
-                serde_json::to_value(code)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
+            format!("error: {} ({})", sanitize(message), code.wire_name()),
         )),
         ServerMsg::Search {
             query, messages, ..

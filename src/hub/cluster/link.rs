@@ -161,11 +161,11 @@ impl Redis {
     }
 
     fn forget(&self) {
-        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::sync::write(&self.conn) = None;
     }
 
     fn current(&self) -> Option<MultiplexedConnection> {
-        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::read(&self.conn).clone()
     }
 
     pub async fn conn(&self) -> Result<MultiplexedConnection, Fail> {
@@ -186,7 +186,7 @@ impl Redis {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        *crate::sync::write(&self.conn) = Some(c.clone());
         Ok(c)
     }
 

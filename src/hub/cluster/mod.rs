@@ -44,9 +44,8 @@ use super::{
     TypingTo, lock, name_order,
 };
 use crate::config::{Config, ConfigError};
-use crate::connection::mailbox::Class;
 use crate::metrics::Metrics;
-use crate::protocol::{Role, ServerMsg, TypingState};
+use crate::protocol::{Role, TypingState};
 
 /// The cluster broker (see the module docs).
 #[derive(Debug)]
@@ -217,17 +216,6 @@ fn users_of<'a>(entries: impl Iterator<Item = &'a str>) -> Vec<(Arc<str>, Role)>
 fn except_conn(x: &str, node: &str) -> Option<ConnId> {
     let (n, conn) = x.rsplit_once('|')?;
     (n == node).then(|| conn.parse().ok()).flatten()
-}
-
-fn class_of(event: &ServerMsg<'_>) -> Class {
-    match event {
-        ServerMsg::Typing { .. } => Class::Typing,
-        ServerMsg::Joined { .. }
-        | ServerMsg::Left { .. }
-        | ServerMsg::Presence { .. }
-        | ServerMsg::Renamed { .. } => Class::Presence,
-        _ => Class::Chat,
-    }
 }
 
 /// A fresh epoch for a room whose numbering starts now.

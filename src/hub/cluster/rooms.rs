@@ -277,8 +277,7 @@ impl Inner {
                 continue;
             }
             if let Some(event) = &env.e {
-                self.delivery
-                    .deliver([me], event, super::class_of(event), None);
+                self.delivery.deliver([me], event, None);
             }
         }
         here.members.push(me.clone());

@@ -25,8 +25,7 @@ use tracing::warn;
 
 use super::envelope::Envelope;
 use super::link::{Fail, next_backoff};
-use super::{Entries, Here, Inner, Sub, class_of, entry_seq, except_conn, lock, now_ms};
-use crate::connection::mailbox::Class;
+use super::{Entries, Here, Inner, Sub, entry_seq, except_conn, lock, now_ms};
 use crate::hub::Member;
 use crate::protocol::{ServerMsg, b};
 
@@ -44,7 +43,7 @@ impl Inner {
             room: b(room),
             epoch: b(epoch),
         };
-        self.delivery.deliver(members, &event, Class::Chat, None);
+        self.delivery.deliver(members, &event, None);
     }
 
     fn dropped(&self, reason: &'static str) {
@@ -70,8 +69,7 @@ impl Inner {
             here.count = *user_count;
         }
         let except = except_conn(&env.x, &self.node);
-        self.delivery
-            .deliver(&here.members, event, class_of(event), except);
+        self.delivery.deliver(&here.members, event, except);
     }
 
     /// A message from a room's channel or stream, in seq order: delivered once, gaps filled
@@ -257,12 +255,8 @@ impl Inner {
             (Some(conn), None, Some(event)) => {
                 let mine = local.members.get(&conn);
                 if let Some(mine) = mine {
-                    self.delivery.deliver(
-                        [&mine.member],
-                        event,
-                        class_of(event),
-                        except_conn(&env.x, &self.node),
-                    );
+                    self.delivery
+                        .deliver([&mine.member], event, except_conn(&env.x, &self.node));
                 }
                 if let Some(n) = env.confirm {
                     self.confirm(&env.x, n, mine.is_some());
@@ -283,13 +277,11 @@ impl Inner {
                         }
                     }
                 }
-                self.delivery
-                    .deliver(audience, event, Class::Presence, None);
+                self.delivery.deliver(audience, event, None);
             }
             (None, _, Some(event)) => {
                 let named = local.members.values().filter(|m| !m.claims.is_empty());
-                self.delivery
-                    .deliver(named.map(|m| &m.member), event, class_of(event), None);
+                self.delivery.deliver(named.map(|m| &m.member), event, None);
             }
             _ => {}
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::rooms::{Room, RoomState};
-use super::{LocalBroker, now, unavailable};
+use super::{LocalBroker, now};
 use crate::hub::{Answer, Member, Outcome, Page, Refusal, RoomView, StoredMessage, Ticket, lock};
 use crate::protocol::ErrorCode;
 use crate::store::{self, message_cost};
@@ -22,7 +22,9 @@ impl LocalBroker {
         outcome: impl FnOnce(store::Found) -> Outcome + Send + 'static,
     ) -> Answer {
         let Some(store) = &self.store else {
-            return now(unavailable("history beyond memory needs storage.path"));
+            return now(Refusal::unavailable(
+                "history beyond memory needs storage.path",
+            ));
         };
         let me = me.clone();
         let search = matches!(query, store::Query::Search { .. });
@@ -35,7 +37,7 @@ impl LocalBroker {
                 )
                 .into(),
                 Err(store::ReadError::Failed(_)) => {
-                    unavailable("could not read the history; try again").into()
+                    Refusal::unavailable("could not read the history; try again").into()
                 }
             };
             me.answer(ticket, answer);
@@ -43,11 +45,13 @@ impl LocalBroker {
         if queued {
             Answer::Later
         } else if search {
-            now(unavailable(
+            now(Refusal::unavailable(
                 "the server is busy searching; try again in a moment",
             ))
         } else {
-            now(unavailable("the server is busy reading history; try again"))
+            now(Refusal::unavailable(
+                "the server is busy reading history; try again",
+            ))
         }
     }
 
@@ -193,7 +197,7 @@ impl LocalBroker {
                     messages: messages.into_iter().map(Arc::new).collect(),
                     more,
                 },
-                _ => unavailable("could not read the history; try again").into(),
+                _ => Refusal::unavailable("could not read the history; try again").into(),
             };
             (query, outcome)
         };
@@ -245,7 +249,7 @@ impl LocalBroker {
         limit: usize,
     ) -> Answer {
         if !self.limits.store_pms || self.store.is_none() {
-            return now(unavailable(
+            return now(Refusal::unavailable(
                 "private messages are not kept on this server (only with storage and tokens)",
             ));
         }
@@ -261,7 +265,7 @@ impl LocalBroker {
                 messages,
                 more,
             },
-            _ => unavailable("could not read the conversation; try again").into(),
+            _ => Refusal::unavailable("could not read the conversation; try again").into(),
         })
     }
 
@@ -276,7 +280,7 @@ impl LocalBroker {
         limit: usize,
     ) -> Answer {
         if self.store.is_none() {
-            return now(unavailable(
+            return now(Refusal::unavailable(
                 "search needs durable history (storage.path), which this server does not keep",
             ));
         }
@@ -293,7 +297,7 @@ impl LocalBroker {
                 messages: messages.into_iter().map(Arc::new).collect(),
                 more,
             },
-            _ => unavailable("could not search; try again").into(),
+            _ => Refusal::unavailable("could not search; try again").into(),
         })
     }
 }

@@ -23,7 +23,6 @@ use super::{
     lock,
 };
 use crate::config::{Config, ConfigError};
-use crate::connection::mailbox::Class;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
 
@@ -229,7 +228,7 @@ impl Broker for LocalBroker {
                 room: b(&r.name),
                 name: b(&me.name),
             };
-            self.leave_locked(&mut dir, me, &r, &event, Class::Presence)
+            self.leave_locked(&mut dir, me, &r, &event)
         });
         self.gauges(&dir);
         if left {
@@ -267,14 +266,13 @@ impl Broker for LocalBroker {
         if let Some(store) = &self.store
             && let Err(why) = store.append(message.clone(), state.epoch.clone())
         {
-            return now(unavailable(why.reason()));
+            return now(Refusal::unavailable(why.reason()));
         }
         state.seq = seq;
         state.last_active = Instant::now();
         self.delivery.deliver(
             &state.members,
             &ServerMsg::Message(message.borrowed()),
-            Class::Chat,
             Some(me.conn),
         );
         self.store(&mut state, message);
@@ -313,7 +311,7 @@ impl Broker for LocalBroker {
                 action,
             };
             if let Err(why) = store.append_pm(pm) {
-                return now(unavailable(why.reason()));
+                return now(Refusal::unavailable(why.reason()));
             }
         }
         let event = ServerMsg::Pm {
@@ -325,8 +323,7 @@ impl Broker for LocalBroker {
             text: b(text),
             action,
         };
-        self.delivery
-            .deliver([&target], &event, Class::Chat, Some(me.conn));
+        self.delivery.deliver([&target], &event, Some(me.conn));
         now(Outcome::Sent(Receipt {
             id,
             seq: None,
@@ -347,7 +344,7 @@ impl Broker for LocalBroker {
                     };
                     let members = lock(&r.state);
                     self.delivery
-                        .deliver(&members.members, &event, Class::Typing, Some(me.conn));
+                        .deliver(&members.members, &event, Some(me.conn));
                 }
                 now(Outcome::Relayed)
             }
@@ -365,8 +362,7 @@ impl Broker for LocalBroker {
                     to: Some(b(&target.name)),
                     state,
                 };
-                self.delivery
-                    .deliver([&target], &event, Class::Typing, Some(me.conn));
+                self.delivery.deliver([&target], &event, Some(me.conn));
                 now(Outcome::Relayed)
             }
         }
@@ -445,7 +441,7 @@ impl Broker for LocalBroker {
                 by: b(&me.name),
                 reason: b(reason),
             };
-            self.leave_locked(&mut dir, &target, &room, &event, Class::Chat);
+            self.leave_locked(&mut dir, &target, &room, &event);
         }
         self.gauges(&dir);
         drop(dir);
@@ -490,8 +486,7 @@ impl Broker for LocalBroker {
             from: b(&me.name),
             to: b(name),
         };
-        self.delivery
-            .deliver(&audience, &event, Class::Presence, None);
+        self.delivery.deliver(&audience, &event, None);
         now(Outcome::Renamed {
             name: renamed.name.clone(),
         })
@@ -503,8 +498,7 @@ impl Broker for LocalBroker {
             text: b(text),
         };
         let dir = lock(&self.directory);
-        self.delivery
-            .deliver(dir.users.values(), &event, Class::Chat, None);
+        self.delivery.deliver(dir.users.values(), &event, None);
         now(Outcome::Done)
     }
 
@@ -516,7 +510,7 @@ impl Broker for LocalBroker {
                     room: b(&room.name),
                     name: b(&me.name),
                 };
-                self.leave_locked(&mut dir, me, &room, &event, Class::Presence);
+                self.leave_locked(&mut dir, me, &room, &event);
             }
         }
         let key = protocol::name_key(&me.name);
@@ -525,8 +519,4 @@ impl Broker for LocalBroker {
         }
         self.gauges(&dir);
     }
-}
-
-pub(super) fn unavailable(why: &str) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, why)
 }

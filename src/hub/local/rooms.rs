@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use super::LocalBroker;
-use crate::connection::mailbox::Class;
 use crate::hub::presence::PresenceBatch;
 use crate::hub::{Member, Refusal, Resume, RoomView, StoredMessage, lock, name_order};
-use crate::protocol::{self, ErrorCode, Role, ServerMsg, b};
+use crate::protocol::{self, Role, ServerMsg, b};
 
 #[derive(Debug, Default)]
 pub(super) struct Directory {
@@ -176,13 +175,7 @@ impl LocalBroker {
             match dir.idle_room(Some(ip)) {
                 Some(old) => dir.remove(&old, self),
                 None => {
-                    return Err(Refusal::new(
-                        ErrorCode::TooManyRooms,
-                        format!(
-                            "users from your address have created {} rooms, the most allowed",
-                            self.limits.max_rooms_per_ip
-                        ),
-                    ));
+                    return Err(Refusal::too_many_rooms_created());
                 }
             }
         }
@@ -220,8 +213,7 @@ impl LocalBroker {
                     name: b(&me.name),
                     role: me.role,
                 };
-                self.delivery
-                    .deliver(&state.members, &event, Class::Presence, None);
+                self.delivery.deliver(&state.members, &event, None);
             }
             state.members.push(me.clone());
         }
@@ -275,7 +267,6 @@ impl LocalBroker {
         me: &Member,
         room: &Arc<Room>,
         how: &ServerMsg<'_>,
-        class: Class,
     ) -> bool {
         let mut state = lock(&room.state);
         if !state.remove_member(me.conn) {
@@ -298,7 +289,7 @@ impl LocalBroker {
         if let Some(batch) = &mut state.batch {
             batch.take_back(&me.name);
         }
-        self.delivery.deliver(&state.members, how, class, None);
+        self.delivery.deliver(&state.members, how, None);
         true
     }
 
@@ -323,10 +314,7 @@ impl LocalBroker {
     /// A room `me` may look into: `no_such_room` or `not_in_room` otherwise.
     pub(super) fn visible_room(&self, me: &Member, room: &str) -> Result<Arc<Room>, Refusal> {
         let Some(r) = self.room(room) else {
-            return Err(Refusal::new(
-                ErrorCode::NoSuchRoom,
-                format!("there is no room #{room}"),
-            ));
+            return Err(Refusal::no_such_room(room));
         };
         if !lock(&r.state).members.iter().any(|m| m.conn == me.conn) {
             return Err(Refusal::not_in_room(room));
@@ -356,8 +344,7 @@ impl LocalBroker {
                 unlisted: batch.unlisted,
                 user_count: state.members.len(),
             };
-            self.delivery
-                .deliver(&state.members, &event, Class::Presence, None);
+            self.delivery.deliver(&state.members, &event, None);
         }
     }
 }
