@@ -93,11 +93,10 @@ pub(super) async fn upgrade(
         if client != peer.ip() {
             tracing::Span::current().record("client", tracing::field::display(client));
         }
-        if let Err((status, label, why)) = held.admit(client) {
-            tracing::debug!(%client, why, "refusing connection");
-            let refusal = http::Refusal::new(status, label, format!("{why}\n"));
+        if let Err(refusal) = held.admit(client) {
+            tracing::debug!(%client, why = refusal.body.trim(), "refusing connection");
             answer(&mut transport, &refusal).await;
-            return Ok(Opened::Refused(label));
+            return Ok(Opened::Refused(refusal.label));
         }
     }
     let tls = sockets.tls.is_some();
@@ -262,7 +261,7 @@ fn host_is_not_a_name(host: &[u8]) -> bool {
 
 /// Answers a request over the connection limits with `status` and a one-line reason, then closes
 /// (bounded by the handshake timeout).
-pub(crate) async fn refuse(stream: TcpStream, sockets: &Sockets, status: u16, why: &'static str) {
+pub(crate) async fn refuse(stream: TcpStream, sockets: &Sockets, refusal: &http::Refusal) {
     let tls = sockets.tls.as_ref().map(|t| t.config());
     let _ = timeout(sockets.config.server.handshake_timeout(), async {
         let mut transport = match tls {
@@ -275,8 +274,7 @@ pub(crate) async fn refuse(stream: TcpStream, sockets: &Sockets, status: u16, wh
         };
         // Read the request first, so the refusal answers it.
         let _ = http::read_head(&mut transport).await;
-        let refusal = http::Refusal::new(status, "", format!("{why}\n"));
-        answer(&mut transport, &refusal).await;
+        answer(&mut transport, refusal).await;
         Some(())
     })
     .await;

@@ -7,6 +7,7 @@
 //! the peer sees. What frames mean is a [`Handler`]'s business (the chat session); this module
 //! never names the hub.
 
+mod echo;
 mod handshake;
 mod http;
 pub(crate) mod mailbox;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub(crate) use handshake::refuse;
+pub(crate) use http::Refusal as HttpRefusal;
 use mailbox::{Flusher, Mailbox};
 pub(crate) use tls::Handshakes;
 use transport::Transport;
@@ -103,7 +105,14 @@ pub(crate) trait Handler {
     /// A text frame.
     fn on_text(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow;
     /// A binary frame.
-    fn on_binary(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow;
+    fn on_binary(&mut self, data: &[u8], out: &mut Vec<Utf8Bytes>) -> Flow;
+    /// Whether frames the handler queues itself (not replies: the echo's binary frames) wait for
+    /// the next write.
+    fn has_own_frames(&self) -> bool {
+        false
+    }
+    /// Queues those frames into the mailbox, just before a flush.
+    fn queue_own_frames(&mut self) {}
     /// A ping (answered by the WebSocket layer; counted here).
     fn on_ping(&mut self) -> Flow;
     /// Control entries arrived in the mailbox (late answers).
@@ -153,14 +162,15 @@ pub(crate) trait Admission: Send {
     /// Whether the peer is a trusted proxy, so the connection waits to be counted under its
     /// client (the server decided this when it accepted it).
     fn proxied(&self) -> bool;
-    /// Counts the connection under `client`, or refuses it: (HTTP status, the `reason` label of
-    /// `chatd_connections_refused_total`, the line the client reads).
-    fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)>;
+    /// Counts the connection under `client`, or refuses it (503 or 429, with the `reason` label
+    /// of `chatd_connections_refused_total` and the line the client reads).
+    fn admit(&mut self, client: IpAddr) -> Result<(), HttpRefusal>;
 }
 
 /// Serves one accepted TCP connection from `peer` until it ends. The handler is made once the
 /// upgrade is done, from the connection's mailbox and the client's address (`peer`'s, or the
-/// one a trusted proxy gave). `held` is the connection's place in the server's limits.
+/// one a trusted proxy gave); on `diagnostics.echo_path` it is the [`echo::Echo`] instead.
+/// `held` is the connection's place in the server's limits.
 pub(crate) async fn serve<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -213,34 +223,27 @@ pub(crate) async fn serve<H: Handler>(
         limits.outbound_queue_bytes,
         sockets.metrics.bytes_sent.clone(),
     ));
+    let hello_deadline = accepted + handshake_timeout;
+    if echo {
+        return echo_connection(ws, mailbox, sockets, hello_deadline, &shutdown).await;
+    }
     // Built in place (no handler local): a local would keep its own slot in the task's state.
-    let mut conn = Connection {
-        ws,
-        handler: make(mailbox, client),
-        sockets,
-        hello_deadline: accepted + handshake_timeout,
-        last_heard: Instant::now(),
-        next_ping: None,
-        out: Vec::new(),
-        flush_due: false,
-        ping_due: false,
-        mail_waiting: false,
-        echo,
-        echoes: Vec::new(),
-    };
-    let mailbox = conn.handler.mailbox().clone();
-    conn.ws
-        .get_mut()
-        .attach(mailbox, conn.sockets.flusher.as_ref());
-    conn.next_ping = conn
-        .sockets
-        .config
-        .server
-        .ping_interval()
-        .map(|i| conn.last_heard + i);
+    let mut conn = Connection::start(ws, make(mailbox, client), sockets, hello_deadline);
     let end = conn.run(&shutdown).await;
     // Boxed: the close paths are large and run once, so they should not size every task.
     Box::pin(conn.finish(end)).await;
+}
+
+/// A diagnostic echo connection, boxed: it must not size every chat connection's task.
+fn echo_connection<'a>(
+    ws: Ws,
+    mailbox: Arc<Mailbox>,
+    sockets: Arc<Sockets>,
+    hello_deadline: Instant,
+    shutdown: &'a CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    let conn = Connection::start(ws, echo::Echo::new(mailbox), sockets, hello_deadline);
+    Box::pin(conn.serve(shutdown))
 }
 
 struct Connection<H> {
@@ -261,10 +264,6 @@ struct Connection<H> {
     ping_due: bool,
     /// The mailbox signalled during a write: handle it before waiting again.
     mail_waiting: bool,
-    /// A diagnostic echo connection (`diagnostics.echo_path`): every message comes straight back.
-    echo: bool,
-    /// Messages to echo, waiting to be written.
-    echoes: Vec<Message>,
 }
 
 fn step(flow: Flow) -> Result<(), End> {
@@ -275,6 +274,40 @@ fn step(flow: Flow) -> Result<(), End> {
 }
 
 impl<H: Handler> Connection<H> {
+    /// An upgraded connection with its handler, attached to its mailbox (and so to the flusher).
+    fn start(ws: Ws, handler: H, sockets: Arc<Sockets>, hello_deadline: Instant) -> Connection<H> {
+        let mut conn = Connection {
+            ws,
+            handler,
+            sockets,
+            hello_deadline,
+            last_heard: Instant::now(),
+            next_ping: None,
+            out: Vec::new(),
+            flush_due: false,
+            ping_due: false,
+            mail_waiting: false,
+        };
+        let mailbox = conn.handler.mailbox().clone();
+        conn.ws
+            .get_mut()
+            .attach(mailbox, conn.sockets.flusher.as_ref());
+        conn.next_ping = conn
+            .sockets
+            .config
+            .server
+            .ping_interval()
+            .map(|i| conn.last_heard + i);
+        conn
+    }
+
+    /// The loop, then the close.
+    async fn serve(mut self, shutdown: &CancellationToken) {
+        let end = self.run(shutdown).await;
+        // Boxed: the close paths are large and run once, so they should not size every task.
+        Box::pin(self.finish(end)).await;
+    }
+
     /// The loop: wait for one event, handle it synchronously, then write whatever it produced with
     /// a single flush. Keeping one write await point (timed by the loop's own timer) keeps every
     /// connection task small; see ARCHITECTURE.md.
@@ -306,7 +339,11 @@ impl<H: Handler> Connection<H> {
                 Event::Timer => self.on_timer(),
             };
             // What the step produced goes out before any close it asked for.
-            if self.ping_due || self.flush_due || !self.out.is_empty() || !self.echoes.is_empty() {
+            if self.ping_due
+                || self.flush_due
+                || !self.out.is_empty()
+                || self.handler.has_own_frames()
+            {
                 timer.as_mut().reset(Instant::now() + write_timeout);
                 // While a write waits for a full socket, a queue that overflows ends the
                 // connection at once; other mail is handled once the write is done.
@@ -335,7 +372,7 @@ impl<H: Handler> Connection<H> {
     /// The earliest time something must happen without any input.
     fn deadline(&self) -> Instant {
         let mut at = self.last_heard + IDLE;
-        if !self.handler.welcomed() && !self.echo {
+        if !self.handler.welcomed() {
             at = at.min(self.hello_deadline);
         }
         if let Some(ping) = self.next_ping {
@@ -379,10 +416,6 @@ impl<H: Handler> Connection<H> {
             Some(Err(e)) => return Err(End::Close(read_error(e))),
         };
         let flow = match message {
-            Message::Text(_) | Message::Binary(_) if self.echo => {
-                self.echoes.push(message);
-                Flow::Continue
-            }
             Message::Text(text) => {
                 let metrics = &self.sockets.metrics;
                 metrics.bytes_received.inc_by(text.len() as u64);
@@ -393,17 +426,17 @@ impl<H: Handler> Connection<H> {
                     .observe(started.elapsed().as_secs_f64());
                 flow
             }
-            Message::Binary(_) => self.handler.on_binary(&mut self.out),
+            Message::Binary(data) => self.handler.on_binary(&data, &mut self.out),
             Message::Close(_) => return Err(End::Close(CloseReason::ClientClosed)),
-            Message::Ping(_) if !self.echo => self.handler.on_ping(),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+            Message::Ping(_) => self.handler.on_ping(),
+            Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         };
         step(flow)
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
         let now = Instant::now();
-        if !self.handler.welcomed() && !self.echo && now >= self.hello_deadline {
+        if !self.handler.welcomed() && now >= self.hello_deadline {
             debug!("no hello within the handshake timeout");
             return Err(End::Close(CloseReason::HelloTimeout));
         }
@@ -421,7 +454,7 @@ impl<H: Handler> Connection<H> {
         Ok(())
     }
 
-    /// Feeds the due ping and the echoes, queues the handler's replies behind what the mailbox
+    /// Feeds the due ping and the handler's own frames, queues the handler's replies behind what the mailbox
     /// holds, then flushes once: the mailbox drains everything in as few writes as it can.
     async fn write_pending(&mut self) -> Result<(), End> {
         self.flush_due = false;
@@ -431,13 +464,8 @@ impl<H: Handler> Connection<H> {
         if std::mem::take(&mut self.ping_due) {
             mailbox.queue_frame(mailbox::OPCODE_PING, &[]);
         }
-        for echo in std::mem::take(&mut self.echoes) {
-            match echo {
-                Message::Text(t) => mailbox.queue_frame(mailbox::OPCODE_TEXT, t.as_bytes()),
-                Message::Binary(b) => mailbox.queue_frame(mailbox::OPCODE_BINARY, &b),
-                _ => {}
-            }
-        }
+        self.handler.queue_own_frames();
+        let mailbox = self.handler.mailbox();
         for frame in self.out.drain(..) {
             mailbox.reply(&frame);
         }

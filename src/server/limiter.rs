@@ -14,15 +14,10 @@ use crate::config::ServerConfig;
 /// Connect-rate buckets kept before idle (full) ones are pruned.
 const MAX_RATE_ENTRIES: usize = 4096;
 
-/// Why a connection was turned away, and with what HTTP status.
-pub(super) struct Refusal {
-    /// The `reason` label of `chatd_connections_refused_total`.
-    pub label: &'static str,
-    /// The one-line reason the client reads.
-    pub why: &'static str,
-    /// 503 or 429.
-    pub status: u16,
-}
+/// Why a connection was turned away: HTTP 503 or 429, the `reason` label of
+/// `chatd_connections_refused_total`, and the line the client reads. The same type the
+/// handshake answers its own refusals with.
+pub(super) use crate::connection::HttpRefusal as Refusal;
 
 /// Counts open connections, in total and per IP address.
 #[derive(Debug)]
@@ -89,11 +84,11 @@ impl ConnLimiter {
         let mut state = self.lock();
         let max_total = self.max_total.load(std::sync::atomic::Ordering::Relaxed);
         if max_total > 0 && state.total >= max_total {
-            return Err(Refusal {
-                label: "capacity",
-                why: "server at capacity: too many connections",
-                status: 503,
-            });
+            return Err(Refusal::new(
+                503,
+                "capacity",
+                "server at capacity: too many connections\n",
+            ));
         }
         state.total += 1;
         self.open_gauge.inc();
@@ -107,11 +102,11 @@ impl ConnLimiter {
     fn count(&self, ip: IpAddr) -> Result<(), Refusal> {
         let mut state = self.lock();
         if self.max_per_ip > 0 && state.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
-            return Err(Refusal {
-                label: "per_ip",
-                why: "too many connections from your address",
-                status: 503,
-            });
+            return Err(Refusal::new(
+                503,
+                "per_ip",
+                "too many connections from your address\n",
+            ));
         }
         if self.rate_per_sec > 0.0 {
             let now = Instant::now();
@@ -130,11 +125,11 @@ impl ConnLimiter {
                     .min(self.burst);
                 *last = now;
                 if *tokens < 1.0 {
-                    return Err(Refusal {
-                        label: "rate",
-                        why: "connecting too often from your address; slow down",
-                        status: 429,
-                    });
+                    return Err(Refusal::new(
+                        429,
+                        "rate",
+                        "connecting too often from your address; slow down\n",
+                    ));
                 }
                 *tokens -= 1.0;
             }
@@ -182,9 +177,8 @@ impl crate::connection::Admission for ConnSlot {
         self.ip.is_none()
     }
 
-    fn admit(&mut self, client: IpAddr) -> Result<(), (u16, &'static str, &'static str)> {
+    fn admit(&mut self, client: IpAddr) -> Result<(), Refusal> {
         self.place(client)
-            .map_err(|Refusal { label, why, status }| (status, label, why))
     }
 }
 

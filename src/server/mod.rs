@@ -30,7 +30,7 @@ use crate::hub::{Broker, LocalBroker};
 use crate::metrics::Metrics;
 use crate::session::typing::TypingTimings;
 use crate::session::{Chat, Session};
-use limiter::{ConnLimiter, ConnSlot, Refusal};
+use limiter::{ConnLimiter, ConnSlot};
 pub use tls::TlsReloader;
 
 /// Refusals (HTTP 503) answered at once; past this, extra connections are just closed.
@@ -380,18 +380,18 @@ impl Server {
                         stream, peer, slot, sockets, &chat, &shutdown,
                     ));
                 }
-                Err(Refusal { label, why, status }) => {
-                    debug!(%peer, why, "refusing connection");
+                Err(refusal) => {
+                    debug!(%peer, why = refusal.body.trim(), "refusing connection");
                     sockets
                         .metrics
                         .connections_refused
-                        .with_label_values(&[label])
+                        .with_label_values(&[refusal.label])
                         .inc();
                     if refusals.fetch_add(1, Ordering::Relaxed) < MAX_CONCURRENT_REFUSALS {
                         let refusals = refusals.clone();
                         let sockets = sockets.clone();
                         tracker.spawn(async move {
-                            connection::refuse(stream, &sockets, status, why).await;
+                            connection::refuse(stream, &sockets, &refusal).await;
                             refusals.fetch_sub(1, Ordering::Relaxed);
                         });
                     } else {

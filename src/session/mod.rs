@@ -250,7 +250,7 @@ impl Handler for Session {
     }
 
     /// Chat is text only: a binary frame gets an error (not a disconnect).
-    fn on_binary(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow {
+    fn on_binary(&mut self, _: &[u8], out: &mut Vec<Utf8Bytes>) -> Flow {
         self.chat.metrics.received("binary").inc();
         if !self.requests.try_take() {
             return self.rate_limited("request", None, out);
