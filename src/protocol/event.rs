@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::*;
+use super::{ErrorCode, Role, TypingState, is_false, is_zero};
 
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T18:51:42.123Z`.
 pub fn timestamp() -> String {

@@ -1,7 +1,7 @@
 //! Names and texts: which user and room names are valid, how names are keyed and compared
 //! (case, look-alikes), search words, visible text.
 
-use super::*;
+use super::{MAX_NAME_BYTES, RESERVED_NAMES};
 
 /// Why a name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{ErrorCode, MAX_ID_BYTES, MAX_NAME_BYTES, TypingState, is_false};
 
 /// One request from a client, after validation of its shape (not of its meaning).
 #[derive(Debug, Clone, PartialEq, Serialize)]

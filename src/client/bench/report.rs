@@ -1,6 +1,6 @@
 //! The bench's report in words.
 
-use super::*;
+use super::BenchReport;
 
 impl BenchReport {
     /// The human-readable summary.

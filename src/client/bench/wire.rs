@@ -8,7 +8,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-use super::*;
+use super::{BenchOptions, connect};
 
 /// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
 /// server parses it as the protocol's hello).

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::*;
+use super::{Chat, Frontend, HELD_BACK, MEMBERS_PER_ROOM, Outgoing, Pending};
 use crate::client::render::{self, Clock, Line, LineKind, message_line};
 use crate::protocol::{ChatMessage, ClientMsg, ServerMsg};
 

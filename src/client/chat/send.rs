@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::*;
+use super::Frontend;
 use crate::client::render::{self, Clock, Line, LineKind};
 use crate::client::{EXIT_CONNECT, EXIT_OK, EXIT_REFUSED, Endpoint, hello, hello_failure, open};
 use crate::protocol::{ClientMsg, Request, ServerMsg, decode};
