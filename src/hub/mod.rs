@@ -23,6 +23,7 @@
 
 mod cluster;
 mod delivery;
+mod limits;
 mod local;
 mod presence;
 
@@ -33,7 +34,8 @@ use std::sync::Arc;
 pub use crate::store::Pm;
 pub use cluster::RedisBroker;
 pub(crate) use delivery::Delivery;
-pub use local::{HubLimits, LocalBroker};
+pub use limits::HubLimits;
+pub use local::LocalBroker;
 
 use crate::connection::mailbox::Mailbox;
 use crate::protocol::{ChatMessage, ErrorCode, Role, TypingState};

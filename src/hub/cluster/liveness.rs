@@ -111,7 +111,7 @@ impl Inner {
             .arg(now_ms())
             .arg(redis.prefix())
             .arg(self.settings.room_ttl_secs)
-            .arg(self.settings.presence_batch_over as i64)
+            .arg(self.settings.hub.presence_batch_over as i64)
             .arg(super::rooms::PRESENCE_WAITS_MS)
             .invoke_async(&mut conn)
             .await?;

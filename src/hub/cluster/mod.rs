@@ -40,8 +40,8 @@ use tracing::info;
 use self::link::{Fail, Redis};
 use self::ops::{Op, Queued};
 use super::{
-    Answer, Broker, ConnId, Delivery, Member, Page, Refusal, Resume, StoredMessage, Ticket,
-    TypingTo, lock, name_order,
+    Answer, Broker, ConnId, Delivery, HubLimits, Member, Page, Refusal, Resume, StoredMessage,
+    Ticket, TypingTo, lock, name_order,
 };
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -90,18 +90,12 @@ struct Settings {
     name_ttl_ms: u64,
     presence_ttl_ms: u64,
     heartbeat_ms: u64,
+    /// Messages each room's Redis stream keeps (`cluster.history_size`), and their bytes.
     history_size: usize,
     history_bytes: usize,
     room_ttl_secs: u64,
-    on_join: usize,
-    resume_max: u64,
-    users_per_page: usize,
-    max_rooms: usize,
-    max_rooms_per_ip: usize,
-    /// Rooms with more members than this batch presence (0: every room).
-    presence_batch_over: usize,
-    /// Names come from tokens: no look-alike claims (see `protocol::look_alike`).
-    owned_names: bool,
+    /// The limits both brokers enforce (rooms, pages, resume, presence batching, owned names).
+    hub: HubLimits,
     /// The largest envelope any chat event makes; a larger one from Redis is dropped.
     max_envelope: usize,
 }
@@ -304,13 +298,7 @@ impl RedisBroker {
                 history_size: c.history_size,
                 history_bytes: c.history_bytes,
                 room_ttl_secs: c.room_ttl_secs,
-                on_join: config.history.on_join,
-                resume_max: config.history.resume_max,
-                users_per_page: config.limits.users_per_page,
-                max_rooms: config.limits.max_rooms,
-                max_rooms_per_ip: config.limits.max_rooms_per_ip,
-                presence_batch_over: config.limits.presence_batch_over,
-                owned_names: config.auth.mode == crate::config::AuthMode::Token,
+                hub: HubLimits::from_config(config),
                 max_envelope: 2 * config.limits.max_message_bytes + 16 * 1024,
             },
             tasks: TaskTracker::new(),

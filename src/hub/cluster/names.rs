@@ -25,7 +25,7 @@ impl Inner {
         let redis = &self.redis;
         let key = redis.key("name", &protocol::name_key(name));
         let value = self.entry(&me.renamed(name.into()));
-        let like = if self.settings.owned_names {
+        let like = if self.settings.hub.owned_names {
             String::new()
         } else {
             redis.key("like", &protocol::look_alike(name))

@@ -69,7 +69,7 @@ impl Inner {
             call.key(redis.key("pres", room))
                 .key(redis.key("members", room))
                 .arg(&head)
-                .arg(self.settings.users_per_page)
+                .arg(self.settings.hub.users_per_page)
                 .arg(&**room)
                 .arg(redis.room_channel(room));
             pipe.invoke_script(&call).ignore();
@@ -144,22 +144,22 @@ impl Inner {
             .arg(now + self.settings.presence_ttl_ms)
             .arg(now)
             .arg(super::new_epoch())
-            .arg(self.settings.on_join)
+            .arg(self.settings.hub.history_on_join)
             .arg(redis.room_channel(&room))
             .arg(if again { String::new() } else { joined })
             .arg(&*room)
             .arg(&creator)
-            .arg(self.settings.max_rooms)
-            .arg(self.settings.max_rooms_per_ip)
+            .arg(self.settings.hub.max_rooms)
+            .arg(self.settings.hub.max_rooms_per_ip)
             .arg(since)
             .arg(client_epoch)
-            .arg(self.settings.resume_max + 1)
-            .arg(self.settings.resume_max)
+            .arg(self.settings.hub.resume_max + 1)
+            .arg(self.settings.hub.resume_max)
             .arg(redis.node_channel(&self.node))
             .arg(marker)
-            .arg(self.settings.users_per_page)
+            .arg(self.settings.hub.users_per_page)
             .arg(me.name().to_ascii_lowercase())
-            .arg(self.settings.presence_batch_over as i64)
+            .arg(self.settings.hub.presence_batch_over as i64)
             .arg(Self::joins_entry(me))
             .arg(PRESENCE_WAITS_MS)
             .invoke_async(&mut conn)
@@ -192,8 +192,8 @@ impl Inner {
             .collect();
         let mut more = false;
         if exact {
-            if history.len() as u64 > self.settings.resume_max {
-                history.truncate(self.settings.resume_max as usize);
+            if history.len() as u64 > self.settings.hub.resume_max {
+                history.truncate(self.settings.hub.resume_max as usize);
                 more = true;
             }
         } else {
@@ -370,7 +370,7 @@ impl Inner {
             .arg(env)
             .arg(room)
             .arg(self.names_entry(me))
-            .arg(self.settings.presence_batch_over as i64)
+            .arg(self.settings.hub.presence_batch_over as i64)
             .arg(self.settings.room_ttl_secs)
             .arg(format!("-{}", me.name()))
             .arg(PRESENCE_WAITS_MS)
