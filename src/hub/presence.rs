@@ -57,3 +57,52 @@ impl PresenceBatch {
         self.joined.is_empty() && self.left.is_empty() && self.unlisted == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> Arc<str> {
+        Arc::from(n)
+    }
+
+    #[test]
+    fn a_join_and_a_leave_inside_one_batch_cancel() {
+        let mut b = PresenceBatch::default();
+        b.join(&name("ann"), Role::User, 10);
+        b.leave(&name("ann"), 10);
+        assert!(b.is_empty(), "nobody heard of ann: {b:?}");
+        b.leave(&name("bob"), 10);
+        assert_eq!(
+            b.left,
+            [name("bob")],
+            "a leave of someone announced earlier stays"
+        );
+    }
+
+    #[test]
+    fn past_a_page_changes_are_counted_not_listed() {
+        let mut b = PresenceBatch::default();
+        for n in ["a", "b", "c", "d"] {
+            b.join(&name(n), Role::User, 2);
+        }
+        assert_eq!(b.joined.len(), 2);
+        assert_eq!(b.unlisted, 2);
+        for n in ["w", "x", "y"] {
+            b.leave(&name(n), 2);
+        }
+        assert_eq!(b.left.len(), 2);
+        assert_eq!(b.unlisted, 3);
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn a_rename_follows_a_join_still_in_the_batch() {
+        let mut b = PresenceBatch::default();
+        b.join(&name("ann"), Role::Admin, 10);
+        b.renamed("ann", &name("anna"));
+        assert_eq!(b.joined, [(name("anna"), Role::Admin)]);
+        assert!(b.take_back("anna"));
+        assert!(!b.take_back("anna"), "taken back once");
+    }
+}
