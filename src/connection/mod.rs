@@ -454,18 +454,17 @@ impl<H: Handler> Connection<H> {
         Ok(())
     }
 
-    /// Feeds the due ping and the handler's own frames, queues the handler's replies behind what the mailbox
+    /// Feeds the handler's own frames and the due ping, queues the handler's replies behind what the mailbox
     /// holds, then flushes once: the mailbox drains everything in as few writes as it can.
     async fn write_pending(&mut self) -> Result<(), End> {
         self.flush_due = false;
         // Frames are queued synchronously (framed here, not by tungstenite): the only await is
         // the flush, which keeps this future, and so every connection task, small.
+        self.handler.queue_own_frames();
         let mailbox = self.handler.mailbox();
         if std::mem::take(&mut self.ping_due) {
             mailbox.queue_frame(mailbox::OPCODE_PING, &[]);
         }
-        self.handler.queue_own_frames();
-        let mailbox = self.handler.mailbox();
         for frame in self.out.drain(..) {
             mailbox.reply(&frame);
         }

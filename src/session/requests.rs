@@ -46,27 +46,26 @@ impl Session {
             return self.before_welcome(msg, id, out);
         }
         let Some(me) = self.me.clone() else { return };
-        let id_ = &mut id;
         let result = match msg {
             ClientMsg::Hello { .. } => Err(Refusal::new(
                 ErrorCode::AlreadyWelcomed,
                 format!("you are already {}", me.name()),
             )),
             ClientMsg::Join { room, since, epoch } => {
-                self.join(&room, resume(since, epoch), id_, out)
+                self.join(&room, resume(since, epoch), &mut id, out)
             }
-            ClientMsg::Nick { name } => self.nick(&name, id_, out),
-            ClientMsg::Leave { room } => self.leave(&room, id_, out),
+            ClientMsg::Nick { name } => self.nick(&name, &mut id, out),
+            ClientMsg::Leave { room } => self.leave(&room, &mut id, out),
             ClientMsg::Say { room, text, action } => {
-                self.say(room.as_deref(), &text, action, id_, out)
+                self.say(room.as_deref(), &text, action, &mut id, out)
             }
-            ClientMsg::Pm { to, text, action } => self.pm(&to, &text, action, id_, out),
-            ClientMsg::Typing { target, state } => self.typing(target, state, id_, out),
+            ClientMsg::Pm { to, text, action } => self.pm(&to, &text, action, &mut id, out),
+            ClientMsg::Typing { target, state } => self.typing(target, state, &mut id, out),
             ClientMsg::Rooms => {
-                self.call(Kind::Rooms, id_.take(), out, |b, t, me| b.rooms(t, me));
+                self.call(Kind::Rooms, id.take(), out, |b, t, me| b.rooms(t, me));
                 Ok(())
             }
-            ClientMsg::Who { room, after } => self.who(room.as_deref(), after, id_, out),
+            ClientMsg::Who { room, after } => self.who(room.as_deref(), after, &mut id, out),
             ClientMsg::History {
                 room,
                 before,
@@ -81,8 +80,8 @@ impl Session {
                     limit: limit.unwrap_or(max).clamp(1, max),
                 };
                 match with {
-                    Some(with) => self.conversation(&with, page, id_, out),
-                    None => self.history(room.as_deref(), page, id_, out),
+                    Some(with) => self.conversation(&with, page, &mut id, out),
+                    None => self.history(room.as_deref(), page, &mut id, out),
                 }
             }
             ClientMsg::Search {
@@ -90,12 +89,12 @@ impl Session {
                 room,
                 limit,
                 before,
-            } => self.search(&query, room.as_deref(), limit, before, id_, out),
+            } => self.search(&query, room.as_deref(), limit, before, &mut id, out),
             ClientMsg::Kick { name, reason } => {
-                require_admin(&me).and_then(|()| self.kick(&name, reason.as_deref(), id_, out))
+                require_admin(&me).and_then(|()| self.kick(&name, reason.as_deref(), &mut id, out))
             }
             ClientMsg::Announce { text } => {
-                require_admin(&me).and_then(|()| self.announce(&text, id_, out))
+                require_admin(&me).and_then(|()| self.announce(&text, &mut id, out))
             }
         };
         if let Err(r) = result {

@@ -54,6 +54,27 @@ fn give_back(db: &Connection) {
 /// Pages moved per vacuum step (1 MiB at 4 KiB pages).
 const VACUUM_STEP: u32 = 256;
 
+/// Runs `chunk` (one delete of at most [`PRUNE_CHUNK`] rows) until it deletes fewer, emptying the
+/// WAL after each and adding to `deleted`: true when done, false when `budget` ran out first.
+fn in_chunks(
+    db: &Connection,
+    budget: Instant,
+    deleted: &mut usize,
+    mut chunk: impl FnMut() -> rusqlite::Result<usize>,
+) -> rusqlite::Result<bool> {
+    loop {
+        let n = chunk()?;
+        *deleted += n;
+        truncate_wal(db);
+        if (n as i64) < PRUNE_CHUNK {
+            return Ok(true);
+        }
+        if Instant::now() >= budget {
+            return Ok(false);
+        }
+    }
+}
+
 /// Folds the WAL into the database and empties it: each chunk of deletes passes through it, and
 /// without this it keeps the size of the largest burst.
 fn truncate_wal(db: &Connection) {
@@ -115,32 +136,18 @@ pub(super) fn prune(db: &Connection, shared: &Shared) -> bool {
              (SELECT seq FROM messages WHERE room_id = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",
         )?;
         for (id, (_, seq)) in &cuts {
-            loop {
-                let n = delete.execute(params![id, seq, PRUNE_CHUNK])?;
-                deleted += n;
-                truncate_wal(db);
-                if (n as i64) < PRUNE_CHUNK {
-                    break;
-                }
-                if Instant::now() >= budget {
-                    return Ok(true);
-                }
+            let chunk = || delete.execute(params![id, seq, PRUNE_CHUNK]);
+            if !in_chunks(db, budget, &mut deleted, chunk)? {
+                return Ok(true);
             }
         }
         if let Some(cutoff) = &cutoff {
             let mut delete = db.prepare_cached(
                 "DELETE FROM pms WHERE id IN (SELECT id FROM pms WHERE ts < ?1 LIMIT ?2)",
             )?;
-            loop {
-                let n = delete.execute(params![cutoff, PRUNE_CHUNK])?;
-                deleted += n;
-                truncate_wal(db);
-                if (n as i64) < PRUNE_CHUNK {
-                    break;
-                }
-                if Instant::now() >= budget {
-                    return Ok(true);
-                }
+            let chunk = || delete.execute(params![cutoff, PRUNE_CHUNK]);
+            if !in_chunks(db, budget, &mut deleted, chunk)? {
+                return Ok(true);
             }
         }
         Ok(false)

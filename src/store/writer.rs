@@ -8,14 +8,14 @@
 //! pieces first (what fits in a nearly full database goes in); meanwhile new messages are refused.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use rusqlite::{Connection, params};
 use tracing::{error, info, warn};
 
-use super::{BATCH, Op, RETRY, Shared, Write, lock, pm_pair, prune, role_name};
+use super::{BATCH, Op, QueueState, RETRY, Shared, Write, lock, pm_pair, prune, role_name};
 
 /// Messages indexed for search per transaction: the indexer runs between commits, so this
 /// bounds how long a commit can wait for it (about 15 ms).
@@ -74,6 +74,23 @@ impl Writer {
         }
     }
 
+    /// While the writer would otherwise wait: indexes one chunk with the queue unlocked (when
+    /// writes succeed), and relocks it. True when it indexed something, so the caller looks at the
+    /// queue again before sleeping.
+    fn index_unlocked<'a>(
+        &self,
+        shared: &'a Shared,
+        db: &mut Connection,
+        state: MutexGuard<'a, QueueState>,
+    ) -> (MutexGuard<'a, QueueState>, bool) {
+        if !shared.writes_ok.load(Ordering::Relaxed) {
+            return (state, false);
+        }
+        drop(state);
+        let indexed = self.index_some(db);
+        (shared.queue(), indexed)
+    }
+
     /// Waits for work (indexing meanwhile), gathers a batch for up to one commit interval,
     /// commits it; prunes when due. Returns once the store is closed and everything is written.
     pub(super) fn run(self, mut db: Connection) {
@@ -91,13 +108,10 @@ impl Writer {
                 if wait.is_zero() {
                     break;
                 }
-                if shared.writes_ok.load(Ordering::Relaxed) {
-                    drop(state);
-                    let indexed = self.index_some(&mut db);
-                    state = shared.queue();
-                    if indexed {
-                        continue;
-                    }
+                let indexed;
+                (state, indexed) = self.index_unlocked(&shared, &mut db, state);
+                if indexed {
+                    continue;
                 }
                 state.idle = true;
                 state = crate::sync::wait_timeout(&shared.work, state, wait);
@@ -113,13 +127,10 @@ impl Writer {
                     if state.items.len() >= BATCH || state.closed || now >= deadline {
                         break;
                     }
-                    if shared.writes_ok.load(Ordering::Relaxed) {
-                        drop(state);
-                        let indexed = self.index_some(&mut db);
-                        state = shared.queue();
-                        if indexed {
-                            continue;
-                        }
+                    let indexed;
+                    (state, indexed) = self.index_unlocked(&shared, &mut db, state);
+                    if indexed {
+                        continue;
                     }
                     state = crate::sync::wait_timeout(&shared.work, state, deadline - now);
                 }

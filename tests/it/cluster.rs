@@ -17,7 +17,11 @@ async fn nodes(redis: &Arc<Redis>, n: usize) -> Vec<TestServer> {
 }
 
 /// `n` nodes on `redis`, named a, b, c…, each configured by `edit`.
-async fn nodes_with(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut Config)) -> Vec<TestServer> {
+pub(crate) async fn nodes_with(
+    redis: &Arc<Redis>,
+    n: usize,
+    edit: impl Fn(&mut Config),
+) -> Vec<TestServer> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(

@@ -12,19 +12,13 @@ use crate::helpers::{
     token_for,
 };
 
+/// `n` nodes (see `cluster::nodes_with`) without rate limits, then `edit`.
 async fn nodes(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut chatd::Config)) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(
-            TestServer::node(redis, |c| {
-                c.cluster.node_id = format!("{}", (b'a' + i as u8) as char);
-                c.limits.rate_per_sec = 0.0;
-                edit(c);
-            })
-            .await,
-        );
-    }
-    out
+    crate::cluster::nodes_with(redis, n, |c| {
+        c.limits.rate_per_sec = 0.0;
+        edit(c);
+    })
+    .await
 }
 
 /// 16. Under a paused Redis, every request is answered within its deadline (from when it was

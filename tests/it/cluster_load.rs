@@ -11,32 +11,27 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::{Client, Redis, TestServer};
 use chatd::Config;
 
+/// `n` nodes (see `cluster::nodes_with`) for crowds: the product's membership lifetimes and
+/// no connection or rate caps, then `edit`.
 async fn nodes_with(redis: &Arc<Redis>, n: usize, edit: impl Fn(&mut Config)) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(
-            TestServer::node(redis, |c| {
-                c.cluster.node_id = format!("{}", (b'a' + i as u8) as char);
-                // Unoptimised test builds of two nodes and 2,000 clients share two cores here:
-                // a deadline for that (the release binary's crowds, under the default 1 s, are
-                // measured in BENCHMARKS.md, "Cluster under load").
-                c.cluster.op_timeout_ms = 10_000;
-                // The product's membership lifetimes (the test helpers' 2 s, refreshed every
-                // second, are for tests of reaping).
-                c.cluster.presence_ttl_secs = 30;
-                c.cluster.name_ttl_secs = 30;
-                c.cluster.heartbeat_secs = 10;
-                c.limits.rate_per_sec = 0.0;
-                c.server.connect_rate_per_ip = 0.0;
-                c.server.max_connections_per_ip = 0;
-                c.server.max_connections = 0;
-                c.limits.max_rooms_per_ip = 0;
-                edit(c);
-            })
-            .await,
-        );
-    }
-    out
+    crate::cluster::nodes_with(redis, n, |c| {
+        // Unoptimised test builds of two nodes and 2,000 clients share two cores here: a
+        // deadline for that (the release binary's crowds, under the default 1 s, are measured
+        // in BENCHMARKS.md, "Cluster under load").
+        c.cluster.op_timeout_ms = 10_000;
+        // The product's membership lifetimes (the test helpers' 2 s, refreshed every second,
+        // are for tests of reaping).
+        c.cluster.presence_ttl_secs = 30;
+        c.cluster.name_ttl_secs = 30;
+        c.cluster.heartbeat_secs = 10;
+        c.limits.rate_per_sec = 0.0;
+        c.server.connect_rate_per_ip = 0.0;
+        c.server.max_connections_per_ip = 0;
+        c.server.max_connections = 0;
+        c.limits.max_rooms_per_ip = 0;
+        edit(c);
+    })
+    .await
 }
 
 /// 2,000 clients connect to two nodes at once, everyone into `lobby`: every one is welcomed. (A

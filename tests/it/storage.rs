@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command, chatd_command, http, metric};
+use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command, http, metric};
 
 pub(crate) struct Db {
     _dir: tempfile::TempDir,
@@ -369,15 +369,7 @@ fn private_conversations_are_kept_when_names_are_owned() {
         ("CHATD_AUTH__SECRET", SECRET),
     ];
     let d = daemon(&db.path, 0, &token_env);
-    let mint = |name: &str| {
-        let out = chatd_command()
-            .args(["token", name])
-            .env("CHATD_AUTH__MODE", "token")
-            .env("CHATD_AUTH__SECRET", SECRET)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let mint = |name: &str| crate::security::mint(&[name], SECRET);
     let (mut alice, _) = hello(&d, "alice", json!({"token": mint("alice")}));
     let (mut bob, _) = hello(&d, "bob", json!({"token": mint("bob")}));
     for i in 1..=3 {

@@ -235,15 +235,7 @@ fn look_alike_accounts_are_separate_people() {
         ("CHATD_AUTH__SECRET", SECRET),
     ];
     let d = daemon(&db.path, 0, &token_env);
-    let mint = |name: &str| {
-        let out = chatd_command()
-            .args(["token", name])
-            .env("CHATD_AUTH__MODE", "token")
-            .env("CHATD_AUTH__SECRET", SECRET)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let mint = |name: &str| crate::security::mint(&[name], SECRET);
     let (mut bob, _) = hello(&d, "bob", json!({"token": mint("bob")}));
     let (mut ian, w) = hello(&d, "ian", json!({"token": mint("ian")}));
     assert_eq!(w["type"], "welcome", "{w}");
