@@ -16,7 +16,7 @@ mod explain;
 mod secret;
 mod validate;
 
-pub use secret::{MIN_SECRET_BYTES, RedisUrl, Secret};
+pub use secret::{MIN_SECRET_BYTES, Secret, SecretUrl};
 pub use validate::{check_log_filter, parse_ttl};
 
 /// Environment variables with the `CHATD_` prefix that are not configuration keys.
@@ -110,6 +110,11 @@ pub struct StorageConfig {
     /// The SQLite database file, relative to the working directory; empty keeps history in memory
     /// only (lost on restart).
     pub path: String,
+    /// A PostgreSQL database (`postgres://user@host:5432/chatd`) instead of the file: what a
+    /// cluster keeps durable state in (a cluster never uses `path`). The password is never shown.
+    pub url: SecretUrl,
+    /// A file holding the PostgreSQL password (its first line), instead of putting it in `url`.
+    pub password_file: String,
     /// Longest time an accepted message waits to be committed (what a crash can lose).
     pub commit_interval_ms: u64,
     /// Messages older than this many days are deleted; 0 keeps them forever.
@@ -132,6 +137,8 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: "chatd.db".into(),
+            url: SecretUrl::default(),
+            password_file: String::new(),
             commit_interval_ms: 100,
             retention_days: 0,
             max_messages_per_room: 0,
@@ -149,7 +156,7 @@ impl Default for StorageConfig {
 pub struct ClusterConfig {
     /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS) or `unix://…`; empty runs a
     /// single node (names, rooms and history in this process). Its password is never printed.
-    pub redis_url: RedisUrl,
+    pub redis_url: SecretUrl,
     /// A file holding the Redis password, instead of writing it into `redis_url` (an ACL
     /// user's name stays in the URL); read at start.
     pub redis_password_file: String,
@@ -180,7 +187,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            redis_url: RedisUrl::default(),
+            redis_url: SecretUrl::default(),
             redis_password_file: String::new(),
             redis_ca_cert: String::new(),
             node_id: String::new(),

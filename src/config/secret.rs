@@ -1,18 +1,18 @@
-//! Values that must not be shown: a token secret and a Redis URL with a password. Their
+//! Values that must not be shown: a token secret, and a Redis or PostgreSQL URL with a password. Their
 //! `Debug`, `Display` and serialisation (`print-config`, logs) write `***`.
 
 use serde::{Deserialize, Serialize};
 
-/// A Redis URL whose password (`redis://user:password@host`) is never shown: `Debug`, `Display`
+/// A Redis or PostgreSQL URL whose password (`redis://user:password@host`) is never shown: `Debug`, `Display`
 /// and serialisation (`print-config`) write `***` in its place.
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
-pub struct RedisUrl(String);
+pub struct SecretUrl(String);
 
-impl RedisUrl {
+impl SecretUrl {
     /// A URL.
-    pub fn new(url: impl Into<String>) -> RedisUrl {
-        RedisUrl(url.into())
+    pub fn new(url: impl Into<String>) -> SecretUrl {
+        SecretUrl(url.into())
     }
 
     /// The URL itself, password included: for connecting, never for output.
@@ -20,7 +20,7 @@ impl RedisUrl {
         &self.0
     }
 
-    /// Whether no URL is set (a single node).
+    /// Whether no URL is set.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -44,19 +44,19 @@ impl RedisUrl {
     }
 }
 
-impl std::fmt::Debug for RedisUrl {
+impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.redacted())
     }
 }
 
-impl std::fmt::Display for RedisUrl {
+impl std::fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
     }
 }
 
-impl Serialize for RedisUrl {
+impl Serialize for SecretUrl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.redacted())
     }

@@ -259,7 +259,23 @@ fn storage(st: &StorageConfig, l: &LimitsConfig) -> Checked {
         ));
     }
     secs("storage.prune_interval_secs", st.prune_interval_secs, false)?;
-    within("storage.search_budget_ms", st.search_budget_ms, 1..=60_000)
+    within("storage.search_budget_ms", st.search_budget_ms, 1..=60_000)?;
+    let url = st.url.expose();
+    if !url.is_empty() {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "storage.url",
+                "must start with postgres:// or postgresql:// (or be empty: storage.path is used)",
+            ));
+        }
+        if let Err(e) = url.parse::<postgres::Config>() {
+            return Err(invalid(
+                "storage.url",
+                format!("is not a PostgreSQL URL: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn log(log: &LogConfig) -> Checked {
@@ -371,7 +387,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RedisUrl, Secret};
+    use crate::config::{Secret, SecretUrl};
 
     /// The key a check refuses, or `None` when it passes.
     fn refused(result: Checked) -> Option<&'static str> {
@@ -535,11 +551,16 @@ mod tests {
             ..StorageConfig::default()
         };
         assert_eq!(refused(storage(&st, &l)), Some("storage.queue_bytes"));
-        let st = StorageConfig {
+        let mut st = StorageConfig {
             search_budget_ms: 0,
             ..StorageConfig::default()
         };
         assert_eq!(refused(storage(&st, &l)), Some("storage.search_budget_ms"));
+        st.search_budget_ms = 250;
+        st.url = crate::config::SecretUrl::new("mysql://db/chatd");
+        assert_eq!(refused(storage(&st, &l)), Some("storage.url"));
+        st.url = crate::config::SecretUrl::new("postgres://chatd:pw@db:5432/chatd");
+        assert_eq!(refused(storage(&st, &l)), None);
         let lg = LogConfig {
             level: "infoo".into(),
             ..LogConfig::default()
@@ -558,12 +579,12 @@ mod tests {
         let single = ClusterConfig::default();
         assert_eq!(refused(cluster(&single, &l)), None);
         let c = ClusterConfig {
-            redis_url: RedisUrl::new("redis://127.0.0.1/0"),
+            redis_url: SecretUrl::new("redis://127.0.0.1/0"),
             ..ClusterConfig::default()
         };
         assert_eq!(refused(cluster(&c, &l)), Some("cluster.history_bytes"));
         let c = ClusterConfig {
-            redis_url: RedisUrl::new("http://redis"),
+            redis_url: SecretUrl::new("http://redis"),
             ..ClusterConfig::default()
         };
         assert_eq!(

@@ -23,6 +23,7 @@
 
 mod cluster;
 mod delivery;
+mod durable;
 mod limits;
 mod local;
 mod presence;

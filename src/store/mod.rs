@@ -1,5 +1,8 @@
-//! Durable history: every accepted message (and, when names are owned, every PM) in an embedded
-//! SQLite database (`storage.path`), written by one thread in batches, read by two others.
+//! Durable state: every accepted message (and, when names are owned, every PM) in a database,
+//! written by one thread in batches, read by two others. The database is SQLite's embedded file
+//! (`storage.path`, `sqlite`) or a PostgreSQL server (`storage.url`, `postgres`, which several
+//! nodes of a cluster share); both keep the one contract this module states, and the store's
+//! threads reach them only through [`writer::WriteDb`] and [`read::ReadDb`].
 //!
 //! - **Writes never run on the chat thread and never make a publisher wait**: [`Store::append`]
 //!   queues a message and returns; the writer (`writer`) commits one transaction per
@@ -23,20 +26,17 @@
 //! - A pruner (`prune`, in the writer, every `storage.prune_interval_secs`) enforces
 //!   `retention_days` and `max_messages_per_room` and gives the space back.
 //!
-//! `open` opens, checks and migrates the file (refusing one that is not chatd's, or damaged) and
-//! loads what chat needs in memory; `schema` holds the tables (docs/STORAGE.md).
+//! Each database's module opens, checks and migrates it (refusing one that is not chatd's, or
+//! damaged) and loads what chat needs in memory; docs/STORAGE.md describes both schemas.
 
-mod open;
-mod prune;
+mod postgres;
+mod queue;
 mod read;
-mod schema;
+mod sqlite;
 mod writer;
 
-#[cfg(test)]
-mod tests;
-
-use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -47,11 +47,12 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntGauge};
 use tracing::warn;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SecretUrl};
 use crate::metrics::Metrics;
 use crate::protocol::{ChatMessage, Role};
 
-pub use open::{check, create_at_version};
+pub use queue::Refused;
+use queue::{Op, Progress, QueueState, Write};
 pub use read::{Found, Query, ReadError};
 
 /// A stored room message.
@@ -93,6 +94,15 @@ pub struct Pm {
     pub text: String,
     /// `/me`.
     pub action: bool,
+}
+
+/// A message a cluster numbered (see [`Store::append_admitted`]).
+#[derive(Debug)]
+pub enum Admitted {
+    /// A room message, with its room's epoch.
+    Message(Arc<Message>, Arc<str>),
+    /// A private message.
+    Pm(Pm),
 }
 
 /// A room as it was when chatd stopped.
@@ -137,11 +147,33 @@ pub struct Loaded {
     pub epoch: String,
 }
 
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// An SQLite file (`storage.path`).
+    File(PathBuf),
+    /// A PostgreSQL database (`storage.url`), and the file its password is in
+    /// (`storage.password_file`), if not in the URL.
+    Postgres(SecretUrl, Option<PathBuf>),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::File(path) => write!(f, "{}", path.display()),
+            Place::Postgres(url, _) => write!(f, "{url}"),
+        }
+    }
+}
+
 /// `[storage]` settings.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    /// The database file.
-    pub path: PathBuf,
+    /// The database.
+    pub place: Place,
+    /// Numbering is the cluster's (Redis gives out ids and seqs): the store neither loads rooms
+    /// nor renumbers after an unclean stop, and several nodes share the database.
+    pub shared: bool,
     /// Longest time an accepted message waits to be committed.
     pub commit_interval: Duration,
     /// Messages older than this are pruned (`None`: kept forever).
@@ -165,14 +197,23 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
-    /// The settings a configuration makes, or `None` when history is kept in memory only.
+    /// The settings a configuration makes, or `None` when history is kept in memory only. A
+    /// cluster keeps durable state only in PostgreSQL (`storage.url`); a single node in the file
+    /// at `storage.path` unless `storage.url` is set.
     pub fn from_config(config: &Config) -> Option<StoreSettings> {
         let s = &config.storage;
-        if s.path.is_empty() {
+        let shared = !config.cluster.redis_url.is_empty();
+        let place = if !s.url.is_empty() {
+            let file = (!s.password_file.is_empty()).then(|| PathBuf::from(&s.password_file));
+            Place::Postgres(s.url.clone(), file)
+        } else if !s.path.is_empty() && !shared {
+            Place::File(PathBuf::from(&s.path))
+        } else {
             return None;
-        }
+        };
         Some(StoreSettings {
-            path: PathBuf::from(&s.path),
+            place,
+            shared,
             commit_interval: Duration::from_millis(s.commit_interval_ms),
             retention: (s.retention_days > 0)
                 .then(|| Duration::from_secs(s.retention_days * 86_400)),
@@ -198,107 +239,49 @@ impl StoreSettings {
     fn read_wait(&self) -> Duration {
         self.max_lag() * 2
     }
-}
 
-/// Why a message was not queued: the `say` is refused (`unavailable`), and may be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `storage.queue_bytes` of messages already wait for the writer.
-    Full,
-    /// The writer is behind by more than it may be (a burst, a slow or frozen disk).
-    Behind,
-    /// Writes fail (a full disk, `storage.max_db_bytes`, an I/O error) and are being retried.
-    Failing,
-    /// The store is closing.
-    Closed,
-}
-
-impl Refused {
-    /// What the client is told.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refused::Full | Refused::Behind => {
-                "the server cannot store messages fast enough right now; try again"
-            }
-            Refused::Failing => {
-                "the server cannot store messages right now (its storage is failing); try again later"
-            }
-            Refused::Closed => "the server is shutting down",
+    /// The config key that names the database (for errors).
+    fn key(&self) -> &'static str {
+        match self.place {
+            Place::File(_) => "storage.path",
+            Place::Postgres(..) => "storage.url",
         }
     }
 }
 
-/// An operation for the writer, with when it was queued.
-struct Write {
-    op: Op,
-    queued: Instant,
+/// The most message ids a store can have handed out and not committed when it stops uncleanly:
+/// the queue's bytes at the least a write costs, plus a batch in the writer's hands. A
+/// numbering that restarts after an unclean stop skips this many.
+fn uncommitted_bound(settings: &StoreSettings) -> u64 {
+    (settings.queue_bytes / MIN_WRITE_BYTES + BATCH) as u64
 }
 
-enum Op {
-    Message {
-        msg: Arc<Message>,
-        epoch: Arc<str>,
-    },
-    Pm(Box<Pm>),
-    /// Commit everything before this, mark the database clean, then answer (a graceful stop).
-    Flush(std::sync::mpsc::SyncSender<()>),
+/// An opened, checked and loaded database: a hold on it for each store thread.
+struct Opened {
+    writer: Box<dyn writer::WriteDb>,
+    reader: Box<dyn read::ReadDb>,
+    searcher: Box<dyn read::ReadDb>,
+    loaded: Loaded,
+    marks: HashMap<String, Mark>,
+    unindexed: u64,
 }
 
-impl Write {
-    fn bytes(&self) -> usize {
-        match &self.op {
-            Op::Message { msg, .. } => msg.text.len() + msg.from.len() + MIN_WRITE_BYTES,
-            Op::Pm(pm) => pm.text.len() + pm.from.len() + pm.to.len() + MIN_WRITE_BYTES,
-            Op::Flush(_) => 0,
-        }
+/// Checks the database a configuration names without changing anything (`chatd check-config`):
+/// an SQLite file must be a regular file, a chatd database this binary can read, and undamaged
+/// (a missing one must be creatable); a PostgreSQL database must answer, and not be newer than
+/// this chatd.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    match StoreSettings::from_config(config).map(|s| s.place) {
+        None => Ok(()),
+        Some(Place::File(path)) => sqlite::check(&path),
+        Some(Place::Postgres(url, password)) => postgres::check(&url, password.as_deref()),
     }
 }
 
-/// The writer's queue: bounded in bytes, so a burst of large messages cannot grow it without end.
-#[derive(Default)]
-struct QueueState {
-    items: VecDeque<Write>,
-    bytes: usize,
-    closed: bool,
-    /// Writes queued so far (the generation of the last one); reads wait for their generation.
-    queued: u64,
-    /// When the oldest write the writer holds (taken, not yet committed) was queued.
-    in_flight_since: Option<Instant>,
-    /// Writes the writer holds.
-    in_flight: usize,
-    /// Since when the writer has been inside one commit (a frozen disk keeps it there).
-    busy_since: Option<Instant>,
-    /// The writer sleeps until there is work: the next push wakes it. While it gathers a batch
-    /// it is not woken per message (a futex wake per `say` would cost the chat thread more than
-    /// queuing does), only when a full batch waits.
-    idle: bool,
-}
-
-impl QueueState {
-    /// Whether a push just made must wake the writer.
-    fn wake(&mut self) -> bool {
-        let wake = self.idle || self.items.len() == BATCH;
-        self.idle = false;
-        wake
-    }
-
-    /// How long the oldest uncommitted write has waited.
-    fn lag(&self, now: Instant) -> Duration {
-        let oldest = match (self.in_flight_since, self.items.front()) {
-            (Some(a), Some(w)) => a.min(w.queued),
-            (Some(a), None) => a,
-            (None, Some(w)) => w.queued,
-            (None, None) => return Duration::ZERO,
-        };
-        now.saturating_duration_since(oldest)
-    }
-}
-
-/// What the writer has made durable, for reads that must see what was written before them.
-#[derive(Default)]
-struct Progress {
-    /// The generation of the last committed write.
-    committed: u64,
+/// For tests of migrations: creates an SQLite database at an older schema version.
+#[doc(hidden)]
+pub fn create_at_version(path: &Path, version: u32) -> Result<(), String> {
+    sqlite::create_at_version(path, version)
 }
 
 /// Counters the store keeps.
@@ -394,7 +377,10 @@ impl Store {
         settings: StoreSettings,
         metrics: &Metrics,
     ) -> Result<(Store, Loaded), ConfigError> {
-        let opened = open::open(&settings)?;
+        let opened = match &settings.place {
+            Place::File(path) => sqlite::open(path, &settings)?,
+            Place::Postgres(url, password) => postgres::open(url, password.as_deref(), &settings)?,
+        };
         let store_metrics = StoreMetrics {
             errors: metrics.storage_errors.clone(),
             rejected: metrics.storage_rejected.clone(),
@@ -422,7 +408,7 @@ impl Store {
                     f()
                 })
                 .map_err(|e| ConfigError::Invalid {
-                    key: "storage.path",
+                    key: settings.key(),
                     reason: format!("cannot start the {name} thread: {e}"),
                 })
         };
@@ -456,7 +442,45 @@ impl Store {
         ))
     }
 
+    /// Why a write of `bytes` would be refused now, if it would be.
+    fn refusal(&self, state: &QueueState, bytes: usize, now: Instant) -> Option<Refused> {
+        let shared = &self.shared;
+        if state.closed {
+            Some(Refused::Closed)
+        } else if !shared.writes_ok.load(Ordering::Relaxed) {
+            Some(Refused::Failing)
+        } else if state.bytes + bytes > shared.settings.queue_bytes {
+            Some(Refused::Full)
+        } else if !shared.keeping_up(state, now) {
+            Some(Refused::Behind)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a message of `text_bytes` would be queued now: a cluster asks before Redis
+    /// numbers and delivers a message, and refuses the `say` if not, so what it acknowledges is
+    /// stored. The append that follows ([`Store::append_admitted`]) is not refused for size: the
+    /// queue may pass `storage.queue_bytes` by what was admitted at the same moment (bounded by
+    /// the members' own queues).
+    pub fn admits(&self, text_bytes: usize) -> Result<(), Refused> {
+        let state = self.shared.queue();
+        match self.refusal(&state, text_bytes + MIN_WRITE_BYTES, Instant::now()) {
+            Some(why) => {
+                drop(state);
+                self.shared.metrics.rejected.inc();
+                Err(why)
+            }
+            None => Ok(()),
+        }
+    }
+
     fn push(&self, op: Op) -> Result<(), Refused> {
+        self.push_checked(op, true)
+    }
+
+    /// Queues `op`; with `check`, only within the queue's bounds (else only while open).
+    fn push_checked(&self, op: Op, check: bool) -> Result<(), Refused> {
         let write = Write {
             op,
             queued: Instant::now(),
@@ -464,16 +488,10 @@ impl Store {
         let bytes = write.bytes();
         let shared = &self.shared;
         let mut state = shared.queue();
-        let refused = if state.closed {
-            Some(Refused::Closed)
-        } else if !shared.writes_ok.load(Ordering::Relaxed) {
-            Some(Refused::Failing)
-        } else if state.bytes + bytes > shared.settings.queue_bytes {
-            Some(Refused::Full)
-        } else if !shared.keeping_up(&state, write.queued) {
-            Some(Refused::Behind)
-        } else {
-            None
+        let refused = match self.refusal(&state, bytes, write.queued) {
+            Some(Refused::Closed) => Some(Refused::Closed),
+            Some(why) if check => Some(why),
+            _ => None,
         };
         if let Some(why) = refused {
             drop(state);
@@ -519,6 +537,16 @@ impl Store {
         self.push(Op::Pm(Box::new(pm)))
     }
 
+    /// Queues a message (or PM) the cluster numbered and delivered after [`Store::admits`] said
+    /// yes; refused only when the store is closing. No mark is kept: the numbering is Redis's.
+    pub fn append_admitted(&self, message: Admitted) -> Result<(), Refused> {
+        let op = match message {
+            Admitted::Message(msg, epoch) => Op::Message { msg, epoch },
+            Admitted::Pm(pm) => Op::Pm(Box::new(pm)),
+        };
+        self.push_checked(op, false)
+    }
+
     /// Answers `query` on a reader thread (searches on their own), once every write queued before
     /// it is committed (or its wait ran out): `reply` gets the result there. False if too many
     /// reads of its kind are waiting (the caller answers `unavailable`).
@@ -549,6 +577,12 @@ impl Store {
         self.shared
             .wait_for(generation, false, Instant::now() + limit);
         lock(&self.shared.progress).committed >= generation
+    }
+
+    /// How far a cluster's numbering skips when Redis restarted empty: what eight nodes
+    /// configured like this one can hold numbered and not yet committed.
+    pub fn restart_gap(&self) -> u64 {
+        8 * uncommitted_bound(&self.shared.settings)
     }
 
     /// Whether the store can do its work (`/readyz`): writes succeed and keep up.
@@ -645,18 +679,23 @@ fn role_of(name: &str) -> Role {
     }
 }
 
-/// A `messages` row (id, seq, ts, sender, role, text, action) in `room`.
-fn message_row(r: &rusqlite::Row<'_>, room: &str) -> rusqlite::Result<Message> {
-    Ok(ChatMessage {
-        id: r.get(0)?,
-        seq: r.get(1)?,
-        ts: r.get::<_, String>(2)?.into(),
-        room: room.to_string().into(),
-        from: r.get::<_, String>(3)?.into(),
-        role: role_of(&r.get::<_, String>(4)?),
-        text: r.get::<_, String>(5)?.into(),
-        action: r.get(6)?,
-    })
+/// A fresh epoch for a numbering that starts now.
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Rows deleted per statement while pruning: small transactions, so writes interleave.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Before the pruner deletes up to seq `cut` of each room (by name), the rooms' marks move past
+/// it, so no resume is promised a message that is being deleted.
+fn advance_marks<'a>(shared: &Shared, cuts: impl Iterator<Item = &'a (String, u64)>) {
+    let mut marks = lock(&shared.marks);
+    for (name, seq) in cuts {
+        if let Some(mark) = marks.get_mut(name) {
+            mark.first_seq = mark.first_seq.max(seq + 1);
+        }
+    }
 }
 
 /// Messages with a `ts` before this are past retention.

@@ -1,7 +1,7 @@
-//! Reads: typed requests ([`Query`]) answered on a reader thread, each with its own connection.
-//! History and conversations go to one thread, searches to another, so a costly search never
-//! delays someone's history; a search also runs under a time budget (SQLite's progress handler
-//! stops it) and is answered [`ReadError::TooBroad`] past it.
+//! Reads: typed requests ([`Query`]) answered on a reader thread, each with its own connection
+//! ([`ReadDb`]: SQLite's or PostgreSQL's). History and conversations go to one thread, searches to
+//! another, so a costly search never delays someone's history; a search also runs under a time
+//! budget and is answered [`ReadError::TooBroad`] past it.
 //!
 //! Every read first waits for the writes queued before it to be committed (so it sees every
 //! acknowledged message), at most until its deadline: with a failing or frozen writer it then
@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
-
-use super::{Message, Pm, Shared, message_row, role_of};
+use super::{Mark, Message, Pm, Shared};
 
 /// What a reader is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +47,12 @@ pub enum Query {
         /// At most this many.
         limit: usize,
     },
+    /// Where `room`'s numbering stands in the database, and the next message id: what a cluster
+    /// seeds Redis with when Redis has lost them, and how far back a resume can reach.
+    Mark {
+        /// Normalised room name.
+        room: String,
+    },
 }
 
 impl Query {
@@ -66,6 +70,9 @@ pub enum Found {
     Pms(Vec<Pm>, bool),
     /// Search results, newest first.
     Search(Vec<Message>, bool),
+    /// The room's mark (`None`: the database never stored a message of it), and the next
+    /// message id.
+    Mark(Option<Mark>, u64),
 }
 
 /// Why a read found nothing to answer with.
@@ -74,7 +81,7 @@ pub enum ReadError {
     /// A search that would take longer than its budget (`storage.search_budget_ms`).
     #[error("the search matches too much to finish in time")]
     TooBroad,
-    /// The database refused (logged; the client sees `unavailable`).
+    /// The database refused or cannot be reached (logged; the client sees `unavailable`).
     #[error("{0}")]
     Failed(String),
 }
@@ -89,198 +96,58 @@ pub(super) struct Job {
     pub reply: Box<dyn FnOnce(Result<Found, ReadError>) + Send>,
 }
 
+/// A reader thread's hold on the database.
+pub(super) trait ReadDb: Send {
+    /// Answers `query`; a search stops after `budget` (when given) with [`ReadError::TooBroad`].
+    fn answer(&mut self, query: &Query, budget: Option<Duration>) -> Result<Found, ReadError>;
+}
+
 /// One reader thread's world.
 pub(super) struct Reader {
     shared: Arc<Shared>,
-    db: Connection,
+    db: Box<dyn ReadDb>,
     /// For searches: how long one may run.
     budget: Option<Duration>,
 }
 
 impl Reader {
-    pub(super) fn new(shared: Arc<Shared>, db: Connection, budget: Option<Duration>) -> Reader {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        db: Box<dyn ReadDb>,
+        budget: Option<Duration>,
+    ) -> Reader {
         Reader { shared, db, budget }
     }
 
     /// Answers jobs until the store is dropped.
-    pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
+    pub(super) fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         for job in jobs {
             self.shared
                 .wait_for(job.generation, job.query.is_search(), job.deadline);
-            let result = self.answer(&job.query);
+            let result = self.db.answer(&job.query, self.budget);
             if let Err(ReadError::Failed(e)) = &result {
                 tracing::warn!(error = %e, "storage: a read failed");
             }
             (job.reply)(result);
         }
     }
-
-    fn answer(&self, query: &Query) -> Result<Found, ReadError> {
-        let failed = |e: rusqlite::Error| ReadError::Failed(e.to_string());
-        match query {
-            Query::Page {
-                room,
-                before,
-                after,
-                limit,
-            } => page(&self.db, room, *before, *after, *limit)
-                .map(|(m, more)| Found::Page(m, more))
-                .map_err(failed),
-            Query::Pms {
-                pair,
-                before,
-                limit,
-            } => pms(&self.db, pair, *before, *limit)
-                .map(|(m, more)| Found::Pms(m, more))
-                .map_err(failed),
-            Query::Search {
-                rooms,
-                query,
-                before,
-                limit,
-            } => {
-                if let Some(budget) = self.budget {
-                    let started = Instant::now();
-                    // A connection this thread owns: it cannot fail.
-                    let _ = self
-                        .db
-                        .progress_handler(1_000, Some(move || started.elapsed() > budget));
-                }
-                let result = search(&self.db, rooms, query, *before, *limit);
-                let _ = self.db.progress_handler(0, None::<fn() -> bool>);
-                match result {
-                    Ok((m, more)) => Ok(Found::Search(m, more)),
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.code == rusqlite::ErrorCode::OperationInterrupted =>
-                    {
-                        Err(ReadError::TooBroad)
-                    }
-                    Err(e) => Err(failed(e)),
-                }
-            }
-        }
-    }
 }
 
-/// A seq or id bound as SQLite takes it (the protocol keeps them below 2^63).
-fn bound(v: Option<u64>) -> i64 {
+/// A seq or id bound as the databases take it (the protocol keeps them below 2^63).
+pub(super) fn bound(v: Option<u64>) -> i64 {
     v.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// Up to `limit` messages of `room`, oldest first: those with `seq < before` (the newest of
-/// them), or with `seq > after` (the oldest of them). The flag says more exist that way.
-fn page(
-    db: &Connection,
-    room: &str,
-    before: Option<u64>,
-    after: Option<u64>,
-    limit: usize,
-) -> rusqlite::Result<(Vec<Message>, bool)> {
-    let fetch = limit as i64 + 1;
-    let mut rows: Vec<Message> = match after {
-        Some(after) => db
-            .prepare_cached(
-                "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action
-                 FROM messages m JOIN rooms r ON r.id = m.room_id
-                 WHERE r.name = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3",
-            )?
-            .query_map(params![room, bound(Some(after)), fetch], |r| {
-                message_row(r, room)
-            })?
-            .collect::<Result<_, _>>()?,
-        None => {
-            let mut rows: Vec<Message> = db
-                .prepare_cached(
-                    "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action
-                     FROM messages m JOIN rooms r ON r.id = m.room_id
-                     WHERE r.name = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3",
-                )?
-                .query_map(params![room, bound(before), fetch], |r| {
-                    message_row(r, room)
-                })?
-                .collect::<Result<_, _>>()?;
-            rows.reverse();
-            rows
-        }
-    };
+/// Trims a page read one past `limit`, oldest first: the flag says more exist in the direction
+/// paged (`forward`: newer).
+pub(super) fn trim<T>(mut rows: Vec<T>, limit: usize, forward: bool) -> (Vec<T>, bool) {
     let more = rows.len() > limit;
     if more {
-        if after.is_some() {
+        if forward {
             rows.truncate(limit);
         } else {
-            rows.remove(0);
+            rows.drain(..rows.len() - limit);
         }
     }
-    Ok((rows, more))
-}
-
-/// Full-text search in `rooms`, newest first, ids below `before`. The query's words are
-/// matched as words (all of them), never as FTS syntax.
-fn search(
-    db: &Connection,
-    rooms: &[String],
-    query: &str,
-    before: Option<u64>,
-    limit: usize,
-) -> rusqlite::Result<(Vec<Message>, bool)> {
-    // Each word is quoted, so nothing in a query is FTS syntax, and none is a phrase (the index
-    // keeps no positions). The session refused queries with too many words.
-    let terms: Vec<String> = crate::protocol::search_words(query)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| format!("\"{w}\""))
-        .collect();
-    if terms.is_empty() || rooms.is_empty() {
-        return Ok((Vec::new(), false));
-    }
-    let placeholders = vec!["?"; rooms.len()].join(", ");
-    let sql = format!(
-        "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action, r.name
-         FROM messages_fts f JOIN messages m ON m.id = f.rowid JOIN rooms r ON r.id = m.room_id
-         WHERE messages_fts MATCH ? AND m.id < ? AND r.name IN ({placeholders})
-         ORDER BY m.id DESC LIMIT ?"
-    );
-    let mut args: Vec<rusqlite::types::Value> = vec![terms.join(" ").into(), bound(before).into()];
-    args.extend(rooms.iter().map(|r| r.clone().into()));
-    args.push((limit as i64 + 1).into());
-    let mut stmt = db.prepare(&sql)?;
-    let mut rows: Vec<Message> = stmt
-        .query_map(rusqlite::params_from_iter(args), |r| {
-            let room: String = r.get(7)?;
-            message_row(r, &room)
-        })?
-        .collect::<Result<_, _>>()?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    Ok((rows, more))
-}
-
-/// The conversation between two users, oldest first, ids below `before`.
-fn pms(
-    db: &Connection,
-    pair: &str,
-    before: Option<u64>,
-    limit: usize,
-) -> rusqlite::Result<(Vec<Pm>, bool)> {
-    let mut rows: Vec<Pm> = db
-        .prepare_cached(
-            "SELECT id, ts, sender, recipient, role, text, action FROM pms
-             WHERE pair = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
-        )?
-        .query_map(params![pair, bound(before), limit as i64 + 1], |r| {
-            Ok(Pm {
-                id: r.get(0)?,
-                ts: r.get(1)?,
-                from: r.get(2)?,
-                to: r.get(3)?,
-                role: role_of(&r.get::<_, String>(4)?),
-                text: r.get(5)?,
-                action: r.get(6)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    rows.reverse();
-    Ok((rows, more))
+    (rows, more)
 }

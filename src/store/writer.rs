@@ -7,19 +7,45 @@
 //! wait for). A commit that fails keeps its batch and tries again every second, trying smaller
 //! pieces first (what fits in a nearly full database goes in); meanwhile new messages are refused.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
 use tracing::{error, info, warn};
 
-use super::{BATCH, Op, QueueState, RETRY, Shared, Write, lock, pm_pair, prune, role_name};
+use super::{BATCH, Op, QueueState, RETRY, Shared, Write, lock};
 
-/// Messages indexed for search per transaction: the indexer runs between commits, so this
-/// bounds how long a commit can wait for it (about 15 ms).
-const INDEX_CHUNK: i64 = 500;
+/// The writer thread's hold on the database: what SQLite and PostgreSQL each do.
+pub(super) trait WriteDb: Send {
+    /// Writes `batch` in one transaction; the number of room messages it adds to the search
+    /// index's backlog (0 for a database that indexes as it writes).
+    fn commit(&mut self, batch: &[Write]) -> Result<u64, String>;
+    /// Indexes some stored messages for search: how many (0: none waited).
+    fn index_some(&mut self) -> Result<u64, String> {
+        Ok(0)
+    }
+    /// A commit failed: forget what was cached about the database (room ids), and reconnect if
+    /// the connection is gone.
+    fn forget(&mut self);
+    /// The last act of a graceful stop: nothing acknowledged is missing.
+    fn mark_clean(&mut self) -> Result<(), String>;
+    /// Deletes what retention and the per-room cap no longer keep, for at most `budget`; true
+    /// when more is left.
+    fn prune(&mut self, shared: &Shared, budget: Duration) -> bool;
+}
+
+/// Longest the pruner holds the writer in one go; it carries on after the next batch.
+const PRUNE_BUDGET: Duration = Duration::from_millis(200);
+
+/// When the pruner runs next: at once (after the next batch) if it left work, else in an
+/// interval.
+fn next_prune(more: bool, shared: &Shared) -> Instant {
+    if more {
+        Instant::now()
+    } else {
+        Instant::now() + shared.settings.prune_interval
+    }
+}
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -30,40 +56,20 @@ impl Writer {
         Writer { shared }
     }
 
-    /// Indexes up to [`INDEX_CHUNK`] stored messages for search; false when none was waiting
-    /// (or indexing failed: it is tried again after the next commit).
-    fn index_some(&self, db: &mut Connection) -> bool {
+    /// Indexes some stored messages for search; false when none was waiting (or indexing failed:
+    /// it is tried again after the next commit).
+    fn index_some(&self, db: &mut dyn WriteDb) -> bool {
         let shared = &self.shared;
         if shared.unindexed.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let indexed = (|| -> rusqlite::Result<usize> {
-            let tx = db.transaction()?;
-            // Every pending id has its message (deleting a message deletes its pending row).
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO messages_fts (rowid, text)
-                 SELECT m.id, m.text FROM fts_pending p JOIN messages m ON m.id = p.id
-                 ORDER BY p.id LIMIT ?1",
-                )?
-                .execute([INDEX_CHUNK])?;
-            tx.prepare_cached(
-                "DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)",
-            )?
-            .execute([INDEX_CHUNK])?;
-            tx.commit()?;
-            Ok(n)
-        })();
-        match indexed {
+        match db.index_some() {
             Ok(0) => {
                 shared.set_unindexed(0);
                 false
             }
             Ok(n) => {
-                let left = shared
-                    .unindexed
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(n as u64);
+                let left = shared.unindexed.load(Ordering::Relaxed).saturating_sub(n);
                 shared.set_unindexed(left);
                 true
             }
@@ -80,7 +86,7 @@ impl Writer {
     fn index_unlocked<'a>(
         &self,
         shared: &'a Shared,
-        db: &mut Connection,
+        db: &mut dyn WriteDb,
         state: MutexGuard<'a, QueueState>,
     ) -> (MutexGuard<'a, QueueState>, bool) {
         if !shared.writes_ok.load(Ordering::Relaxed) {
@@ -93,10 +99,10 @@ impl Writer {
 
     /// Waits for work (indexing meanwhile), gathers a batch for up to one commit interval,
     /// commits it; prunes when due. Returns once the store is closed and everything is written.
-    pub(super) fn run(self, mut db: Connection) {
+    pub(super) fn run(self, mut db: Box<dyn WriteDb>) {
         let shared = self.shared.clone();
         let s = &shared.settings;
-        let mut rooms: HashMap<String, i64> = HashMap::new();
+        let db = &mut *db;
         // The first run is at startup: what retention no longer keeps goes at once.
         let mut next_prune = Instant::now();
         loop {
@@ -109,7 +115,7 @@ impl Writer {
                     break;
                 }
                 let indexed;
-                (state, indexed) = self.index_unlocked(&shared, &mut db, state);
+                (state, indexed) = self.index_unlocked(&shared, db, state);
                 if indexed {
                     continue;
                 }
@@ -128,7 +134,7 @@ impl Writer {
                         break;
                     }
                     let indexed;
-                    (state, indexed) = self.index_unlocked(&shared, &mut db, state);
+                    (state, indexed) = self.index_unlocked(&shared, db, state);
                     if indexed {
                         continue;
                     }
@@ -150,9 +156,9 @@ impl Writer {
             shared.metrics.queued.set(state.items.len() as i64);
             let closed = state.closed && state.items.is_empty();
             drop(state);
-            self.commit_batch(&mut db, batch, generation, &mut rooms, &mut next_prune);
+            self.commit_batch(db, batch, generation, &mut next_prune);
             if Instant::now() >= next_prune {
-                next_prune = prune::next_after(prune::prune(&db, &shared), s);
+                next_prune = next_prune_after(db, &shared);
             }
             if closed {
                 return;
@@ -164,10 +170,9 @@ impl Writer {
     /// commit keeps its batch and tries again: nothing accepted is dropped while chatd runs.
     fn commit_batch(
         &self,
-        db: &mut Connection,
+        db: &mut dyn WriteDb,
         mut batch: Vec<Write>,
         generation: u64,
-        rooms: &mut HashMap<String, i64>,
         next_prune: &mut Instant,
     ) {
         let shared = &self.shared;
@@ -177,7 +182,7 @@ impl Writer {
         while !batch.is_empty() {
             let n = chunk.min(batch.len());
             shared.queue().busy_since = Some(Instant::now());
-            let result = commit(db, &batch[..n], rooms);
+            let result = db.commit(&batch[..n]);
             shared.queue().busy_since = None;
             match result {
                 Ok(stored) => {
@@ -186,7 +191,7 @@ impl Writer {
                     }
                     failing = false;
                     shared.writes_ok.store(true, Ordering::Relaxed);
-                    let unindexed = shared.unindexed.load(Ordering::Relaxed) + stored as u64;
+                    let unindexed = shared.unindexed.load(Ordering::Relaxed) + stored;
                     shared.set_unindexed(unindexed);
                     let done: Vec<Write> = batch.drain(..n).collect();
                     let mut state = shared.queue();
@@ -204,7 +209,7 @@ impl Writer {
                     for write in done {
                         if let Op::Flush(answer) = write.op {
                             // The last batch of a graceful stop: nothing is missing.
-                            if let Err(e) = mark_clean(db) {
+                            if let Err(e) = db.mark_clean() {
                                 warn!(error = %e, "storage: could not mark the database as cleanly stopped");
                             }
                             let _ = answer.send(());
@@ -213,20 +218,20 @@ impl Writer {
                 }
                 Err(e) => {
                     shared.metrics.errors.inc();
-                    rooms.clear();
+                    db.forget();
                     if n > 1 {
                         chunk = n / 2;
                         continue;
                     }
                     if shared.writes_ok.swap(false, Ordering::Relaxed) {
-                        error!(error = %e, path = %s.path.display(), "storage: cannot write; new messages are refused and the written-off batch is retried every second; /readyz is 503 meanwhile");
+                        error!(error = %e, store = %s.place, "storage: cannot write; new messages are refused and the written-off batch is retried every second; /readyz is 503 meanwhile");
                     }
                     failing = true;
                     std::thread::sleep(RETRY);
                     chunk = batch.len();
                     // Pruning may be what frees the space.
                     if Instant::now() >= *next_prune {
-                        *next_prune = prune::next_after(prune::prune(db, shared), s);
+                        *next_prune = next_prune_after(db, shared);
                     }
                 }
             }
@@ -234,96 +239,8 @@ impl Writer {
     }
 }
 
-/// The last run stopped cleanly: nothing acknowledged is missing, so the next start keeps every
-/// room's numbering.
-/// The WAL is folded into the file too, so the database rests in one file.
-fn mark_clean(db: &Connection) -> rusqlite::Result<()> {
-    db.execute("DELETE FROM meta WHERE key = 'running'", [])?;
-    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-}
-
-/// Writes `batch` in one transaction; the number of room messages written.
-fn commit(
-    db: &mut Connection,
-    batch: &[Write],
-    rooms: &mut HashMap<String, i64>,
-) -> rusqlite::Result<usize> {
-    let tx = db.transaction()?;
-    let mut max_id = 0u64;
-    let mut stored = 0;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO messages (id, room_id, seq, ts, sender, role, text, action)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut insert_pm = tx.prepare_cached(
-            "INSERT OR IGNORE INTO pms (id, pair, ts, sender, recipient, role, text, action)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut last_seqs: HashMap<i64, u64> = HashMap::new();
-        for write in batch {
-            match &write.op {
-                Op::Message { msg, epoch } => {
-                    let room_id = match rooms.get(&*msg.room) {
-                        Some(id) => *id,
-                        None => {
-                            tx.execute(
-                                "INSERT OR IGNORE INTO rooms (name, epoch) VALUES (?1, ?2)",
-                                params![&*msg.room, &**epoch],
-                            )?;
-                            let id: i64 = tx.query_row(
-                                "SELECT id FROM rooms WHERE name = ?1",
-                                [&*msg.room],
-                                |r| r.get(0),
-                            )?;
-                            rooms.insert(msg.room.to_string(), id);
-                            id
-                        }
-                    };
-                    insert.execute(params![
-                        msg.id,
-                        room_id,
-                        msg.seq,
-                        &*msg.ts,
-                        &*msg.from,
-                        role_name(msg.role),
-                        &*msg.text,
-                        msg.action
-                    ])?;
-                    stored += 1;
-                    let last = last_seqs.entry(room_id).or_default();
-                    *last = (*last).max(msg.seq);
-                    max_id = max_id.max(msg.id);
-                }
-                Op::Pm(pm) => {
-                    insert_pm.execute(params![
-                        pm.id,
-                        pm_pair(&pm.from, &pm.to),
-                        &pm.ts,
-                        &pm.from,
-                        &pm.to,
-                        role_name(pm.role),
-                        &pm.text,
-                        pm.action
-                    ])?;
-                    max_id = max_id.max(pm.id);
-                }
-                Op::Flush(_) => {}
-            }
-        }
-        let mut bump =
-            tx.prepare_cached("UPDATE rooms SET last_seq = MAX(last_seq, ?2) WHERE id = ?1")?;
-        for (room, seq) in last_seqs {
-            bump.execute(params![room, seq])?;
-        }
-    }
-    if max_id > 0 {
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('next_id', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(?1 AS INTEGER))",
-            [(max_id + 1).to_string()],
-        )?;
-    }
-    tx.commit()?;
-    Ok(stored)
+/// Prunes (for at most [`PRUNE_BUDGET`]) and says when to next.
+fn next_prune_after(db: &mut dyn WriteDb, shared: &Shared) -> Instant {
+    let more = db.prune(shared, PRUNE_BUDGET);
+    next_prune(more, shared)
 }

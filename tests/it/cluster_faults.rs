@@ -402,7 +402,7 @@ async fn the_redis_password_stays_secret_and_logs_in() {
     let file = dir.path().join("redis-password");
     std::fs::write(&file, "s3cret-pw\n").unwrap();
     let with_file = TestServer::node(&redis, |c| {
-        c.cluster.redis_url = chatd::config::RedisUrl::new(format!("redis://127.0.0.1:{port}/0"));
+        c.cluster.redis_url = chatd::config::SecretUrl::new(format!("redis://127.0.0.1:{port}/0"));
         c.cluster.redis_password_file = file.display().to_string();
     })
     .await;
@@ -413,7 +413,7 @@ async fn the_redis_password_stays_secret_and_logs_in() {
     assert_eq!(ack["type"], "ack", "{ack}");
     std::fs::write(&file, "wrong\n").unwrap();
     let wrong = TestServer::node(&redis, |c| {
-        c.cluster.redis_url = chatd::config::RedisUrl::new(format!("redis://127.0.0.1:{port}/0"));
+        c.cluster.redis_url = chatd::config::SecretUrl::new(format!("redis://127.0.0.1:{port}/0"));
         c.cluster.redis_password_file = file.display().to_string();
     })
     .await;
@@ -464,7 +464,7 @@ async fn a_restricted_acl_user_is_enough() {
             TestServer::node(&redis, |c| {
                 c.cluster.node_id = id.into();
                 c.cluster.redis_url =
-                    chatd::config::RedisUrl::new(format!("redis://chatd@127.0.0.1:{port}/0"));
+                    chatd::config::SecretUrl::new(format!("redis://chatd@127.0.0.1:{port}/0"));
                 c.cluster.redis_password_file = file.display().to_string();
             })
             .await
@@ -540,7 +540,7 @@ async fn a_node_speaks_tls_to_redis() {
         ],
     ));
     let node = TestServer::node(&redis, |c| {
-        c.cluster.redis_url = chatd::config::RedisUrl::new(format!("rediss://127.0.0.1:{port}/0"));
+        c.cluster.redis_url = chatd::config::SecretUrl::new(format!("rediss://127.0.0.1:{port}/0"));
         c.cluster.redis_ca_cert = path("ca.pem");
     })
     .await;

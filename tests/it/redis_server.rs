@@ -12,7 +12,7 @@ use crate::helpers::WAIT;
 /// Cluster settings for a node on `redis`: short lifetimes, so that tests of dead nodes finish in
 /// seconds.
 pub fn cluster_config(config: &mut Config, redis: &Redis) {
-    config.cluster.redis_url = chatd::config::RedisUrl::new(redis.url.clone());
+    config.cluster.redis_url = chatd::config::SecretUrl::new(redis.url.clone());
     config.cluster.name_ttl_secs = 2;
     config.cluster.presence_ttl_secs = 2;
     config.cluster.heartbeat_secs = 1;

@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 pub(super) enum Fail {
     Redis(redis::RedisError),
     Timeout,
+    /// The durable store could not answer (Redis is not to blame).
+    Store(String),
 }
 
 impl std::fmt::Display for Fail {
@@ -23,6 +25,7 @@ impl std::fmt::Display for Fail {
         match self {
             Fail::Redis(e) => write!(f, "{e}"),
             Fail::Timeout => write!(f, "no answer within cluster.op_timeout_ms"),
+            Fail::Store(e) => write!(f, "the store: {e}"),
         }
     }
 }
@@ -49,6 +52,8 @@ pub(super) struct Scripts {
     pub claim: redis::Script,
     pub presence: redis::Script,
     pub presence_rename: redis::Script,
+    pub next_id: redis::Script,
+    pub seed: redis::Script,
 }
 
 impl Scripts {
@@ -66,6 +71,8 @@ impl Scripts {
             claim: script(scripts::CLAIM),
             presence: script(scripts::PRESENCE),
             presence_rename: script(scripts::PRESENCE_RENAME),
+            next_id: script(scripts::NEXT_ID),
+            seed: script(scripts::SEED),
         }
     }
 }
@@ -147,6 +154,10 @@ impl Redis {
 
     /// Redis failed: count it down, and make the next call reconnect.
     pub async fn down(&self, fail: &Fail, op: &str) {
+        if let Fail::Store(e) = fail {
+            tracing::debug!(op, error = %e, "cluster: the store could not answer");
+            return;
+        }
         self.metrics.redis_failures.with_label_values(&[op]).inc();
         if self.up.load(Ordering::Relaxed) {
             warn!(op, error = %fail, "cluster: Redis did not answer; requests get `unavailable`");

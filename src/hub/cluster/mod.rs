@@ -25,6 +25,7 @@ mod names;
 mod ops;
 mod rooms;
 mod scripts;
+mod stored;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -41,11 +42,12 @@ use self::link::{Fail, Redis};
 use self::ops::{Op, Queued};
 use super::{
     Answer, Broker, ConnId, Delivery, HubLimits, Member, Page, Refusal, Resume, StoredMessage,
-    Ticket, TypingTo, lock, name_order,
+    Ticket, TypingTo, durable, lock, name_order,
 };
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::protocol::{Role, TypingState};
+use crate::store::{Store, StoreSettings};
 
 /// The cluster broker (see the module docs).
 #[derive(Debug)]
@@ -82,6 +84,10 @@ struct Inner {
     /// delivered, false if the recipient was not there.
     fences: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     next_fence: AtomicU64,
+    /// The durable store every node shares (`storage.url`), if the cluster has one.
+    store: Option<Arc<Store>>,
+    /// How far a numbering Redis lost skips when seeded (`Store::restart_gap`).
+    seed_gap: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +283,16 @@ impl RedisBroker {
             c.node_id.as_str().into()
         };
         info!(node = %node, redis = %c.redis_url, "cluster node");
+        let store = match StoreSettings::from_config(config) {
+            Some(settings) => Some(Arc::new(Store::open(settings, metrics)?.0)),
+            None => {
+                tracing::warn!(
+                    "cluster without storage.url: history is what Redis streams hold (cluster.history_size per room), and search and private-message history answer `unavailable`; set storage.url to a PostgreSQL database to keep everything"
+                );
+                None
+            }
+        };
+        let seed_gap = store.as_ref().map_or(0, |s| s.restart_gap());
         let (subs, rx) = mpsc::channel(1024);
         let inner = Arc::new(Inner {
             node,
@@ -311,6 +327,8 @@ impl RedisBroker {
             idle: tokio::sync::Notify::new(),
             fences: Mutex::new(HashMap::new()),
             next_fence: AtomicU64::new(1),
+            store,
+            seed_gap,
         });
         inner.tasks.spawn(subscriber::subscriber(inner.clone(), rx));
         Ok(RedisBroker { inner })
@@ -413,24 +431,47 @@ impl Broker for RedisBroker {
         self.queue(me, Op::History(t, room.into(), page))
     }
 
-    fn conversation(&self, _: Ticket, _: &Member, _: &str, _: Option<u64>, _: usize) -> Answer {
-        Answer::Now(Refusal::unavailable("private messages are not kept in a cluster").into())
+    fn conversation(
+        &self,
+        t: Ticket,
+        me: &Member,
+        with: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Answer {
+        let inner = &self.inner;
+        let store = inner
+            .store
+            .as_deref()
+            .filter(|_| inner.settings.hub.store_pms);
+        if store.is_none() {
+            return Answer::Now(
+                Refusal::unavailable(
+                    "private messages are kept in a cluster only with storage.url and tokens",
+                )
+                .into(),
+            );
+        }
+        durable::conversation(store, t, me, with, before, limit)
     }
 
     fn search(
         &self,
-        _: Ticket,
-        _: &Member,
-        _: &[Arc<str>],
-        _: &str,
-        _: Option<u64>,
-        _: usize,
+        t: Ticket,
+        me: &Member,
+        rooms: &[Arc<str>],
+        query: &str,
+        before: Option<u64>,
+        limit: usize,
     ) -> Answer {
-        Answer::Now(
-            Refusal::unavailable(
-                "search needs durable history on one node; a cluster keeps history in Redis, which cannot search it",
-            )
-            .into(),
+        durable::search(
+            self.inner.store.as_deref(),
+            t,
+            me,
+            rooms,
+            query,
+            before,
+            limit,
         )
     }
 
@@ -451,7 +492,7 @@ impl Broker for RedisBroker {
     }
 
     fn ready(&self) -> bool {
-        self.inner.redis.ready()
+        self.inner.redis.ready() && self.inner.store.as_ref().is_none_or(|s| s.healthy())
     }
 
     fn tick(&self) {
@@ -505,5 +546,8 @@ impl Broker for RedisBroker {
             inner.tasks.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
         });
+        if let Some(store) = &self.inner.store {
+            store.close(Duration::from_secs(10));
+        }
     }
 }

@@ -13,6 +13,7 @@ use super::link::{Done, Fail};
 use super::{Inner, Local, lock, parse_entry};
 use crate::hub::{ConnId, Member, Outcome, Receipt, Refusal, Resume, Ticket};
 use crate::protocol::{self, Role, ServerMsg, TypingState, b};
+use crate::store::{Admitted, Pm};
 
 impl Inner {
     /// Claims `name` for `me` (its key, and in open mode its look-alike), or re-writes the claims
@@ -137,11 +138,29 @@ impl Inner {
         let Some((node, conn_id, _, name)) = self.owner(to).await? else {
             return Ok(Refusal::no_such_user(to).into());
         };
+        let keep = self.settings.hub.store_pms && self.store.is_some();
+        if keep && let Err(refusal) = self.admits(text.len() + me.name().len() + name.len()) {
+            return Ok(refusal.into());
+        }
         let mut conn = self.redis.conn().await?;
-        let id: u64 = redis::cmd("INCR")
-            .arg(self.redis.global("msgid"))
-            .query_async(&mut conn)
-            .await?;
+        let mut id = 0;
+        for _ in 0..2 {
+            id = self
+                .redis
+                .scripts
+                .next_id
+                .key(self.redis.global("msgid"))
+                .arg(self.durable())
+                .invoke_async(&mut conn)
+                .await?;
+            if id != 0 {
+                break;
+            }
+            self.seed(None).await?;
+        }
+        if id == 0 {
+            return Err(Fail::Store("the numbering could not be seeded".into()));
+        }
         let ts: Arc<str> = protocol::timestamp().into();
         let x = self.me_id(me);
         let event = ServerMsg::Pm {
@@ -166,12 +185,25 @@ impl Inner {
         let by = deadline.checked_sub(margin).unwrap_or(deadline);
         Ok(
             match tokio::time::timeout_at(by.into(), &mut answer.rx).await {
-                Ok(Ok(true)) => Outcome::Sent(Receipt {
-                    id,
-                    seq: None,
-                    ts,
-                    to: Some(name.into()),
-                }),
+                Ok(Ok(true)) => {
+                    if keep {
+                        self.keep(Admitted::Pm(Pm {
+                            id,
+                            ts: ts.to_string(),
+                            from: me.name().to_string(),
+                            to: name.clone(),
+                            role: me.role(),
+                            text: text.to_string(),
+                            action,
+                        }));
+                    }
+                    Outcome::Sent(Receipt {
+                        id,
+                        seq: None,
+                        ts,
+                        to: Some(name.into()),
+                    })
+                }
                 Ok(Ok(false)) => Refusal::no_such_user(to).into(),
                 _ => super::ops::unconfirmed(),
             },

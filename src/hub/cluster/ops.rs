@@ -26,6 +26,7 @@ use super::link::{Done, Fail};
 use super::{Inner, Mine, lock};
 use crate::hub::{ConnId, Member, Outcome, Page, Receipt, Refusal, Resume, Ticket};
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
+use crate::store::Admitted;
 
 /// Operations one member may have queued (the session waits at 64; this leaves room for the
 /// ones without replies: typing relays, the disconnect).
@@ -323,16 +324,19 @@ impl Inner {
             answer_all(unavailable, &batch);
             return;
         }
-        // Refusals first (not in the room, checked here as each says it), then the rest.
+        // Refusals first (not in the room, checked here as each says it; the store cannot take
+        // it), then the rest.
         let mut to_send = Vec::with_capacity(batch.len());
         for q in batch {
-            let Op::Say(ticket, room, _, _) = &q.op else {
+            let Op::Say(ticket, room, text, _) = &q.op else {
                 continue;
             };
-            if self.is_in(&q.member, room) {
-                to_send.push(q);
-            } else {
+            if !self.is_in(&q.member, room) {
                 q.member.answer(*ticket, Refusal::not_in_room(room).into());
+            } else if let Err(refusal) = self.admits(text.len() + q.member.name().len()) {
+                q.member.answer(*ticket, refusal.into());
+            } else {
+                to_send.push(q);
             }
         }
         if to_send.is_empty() {
@@ -341,7 +345,7 @@ impl Inner {
         let sent = AtomicBool::new(false);
         let started = Instant::now();
         let result =
-            tokio::time::timeout_at(deadline.into(), self.say_pipeline(&to_send, &sent)).await;
+            tokio::time::timeout_at(deadline.into(), self.say_seeded(&to_send, &sent)).await;
         self.metrics
             .redis_op_seconds
             .with_label_values(&["say"])
@@ -376,8 +380,63 @@ impl Inner {
         }
     }
 
-    /// One pipeline of say scripts; the receipts in order.
-    async fn say_pipeline(&self, says: &[Queued], sent: &AtomicBool) -> Result<Vec<Receipt>, Fail> {
+    /// The say scripts for `says`, seeding the numbering first where Redis lost it (then those
+    /// run again); each numbered message goes to the store. The receipts in order.
+    async fn say_seeded(&self, says: &[Queued], sent: &AtomicBool) -> Result<Vec<Receipt>, Fail> {
+        let all: Vec<&Queued> = says.iter().collect();
+        let mut numbered = self.say_pipeline(&all, sent).await?;
+        let unseeded: Vec<usize> = (0..numbered.len())
+            .filter(|&i| numbered[i].0.id == 0)
+            .collect();
+        if !unseeded.is_empty() {
+            let mut rooms: Vec<&str> = unseeded
+                .iter()
+                .filter_map(|&i| match &says[i].op {
+                    Op::Say(_, room, ..) => Some(&**room),
+                    _ => None,
+                })
+                .collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            for room in rooms {
+                self.seed(Some(room)).await?;
+            }
+            let again: Vec<&Queued> = unseeded.iter().map(|&i| &says[i]).collect();
+            let retried = self.say_pipeline(&again, sent).await?;
+            for (i, r) in unseeded.into_iter().zip(retried) {
+                numbered[i] = r;
+            }
+        }
+        let mut receipts = Vec::with_capacity(numbered.len());
+        for (q, (receipt, epoch)) in says.iter().zip(numbered) {
+            if receipt.id == 0 {
+                return Err(Fail::Store("the numbering could not be seeded".into()));
+            }
+            if let Op::Say(_, room, text, action) = &q.op {
+                let msg = ChatMessage {
+                    id: receipt.id,
+                    seq: receipt.seq.unwrap_or_default(),
+                    ts: receipt.ts.to_string().into(),
+                    room: room.to_string().into(),
+                    from: q.member.name().to_string().into(),
+                    role: q.member.role(),
+                    text: text.to_string().into(),
+                    action: *action,
+                };
+                self.keep(Admitted::Message(Arc::new(msg), epoch.into()));
+            }
+            receipts.push(receipt);
+        }
+        Ok(receipts)
+    }
+
+    /// One pipeline of say scripts; the receipts in order, with the room's epoch (id 0: the
+    /// numbering must be seeded first).
+    async fn say_pipeline(
+        &self,
+        says: &[&Queued],
+        sent: &AtomicBool,
+    ) -> Result<Vec<(Receipt, String)>, Fail> {
         let redis = &self.redis;
         let mut pipe = redis::pipe();
         pipe.load_script(&redis.scripts.say).ignore();
@@ -409,7 +468,8 @@ impl Inner {
                 .arg(self.settings.history_size)
                 .arg(self.settings.history_bytes)
                 .arg(&env[1..])
-                .arg(redis.room_channel(room));
+                .arg(redis.room_channel(room))
+                .arg(self.durable());
             pipe.invoke_script(&call);
             stamps.push(ts);
         }
@@ -419,11 +479,14 @@ impl Inner {
         Ok(replies
             .into_iter()
             .zip(stamps)
-            .map(|((id, seq, _epoch), ts)| Receipt {
-                id,
-                seq: Some(seq),
-                ts,
-                to: None,
+            .map(|((id, seq, epoch), ts)| {
+                let receipt = Receipt {
+                    id,
+                    seq: Some(seq),
+                    ts,
+                    to: None,
+                };
+                (receipt, epoch)
             })
             .collect())
     }

@@ -128,42 +128,52 @@ impl Inner {
         let marker = marker.json();
         let now = now_ms();
         let mut conn = redis.conn().await?;
-        let reply: Vec<redis::Value> = redis
-            .scripts
-            .join
-            .key(redis.key("members", &room))
-            .key(redis.key("names", &room))
-            .key(redis.global("rooms"))
-            .key(redis.key("seq", &room))
-            .key(redis.key("stream", &room))
-            .key(redis.key("epoch", &room))
-            .key(redis.global("created"))
-            .key(redis.key("sbytes", &room))
-            .key(redis.key("pres", &room))
-            .arg(self.entry(me))
-            .arg(now + self.settings.presence_ttl_ms)
-            .arg(now)
-            .arg(super::new_epoch())
-            .arg(self.settings.hub.history_on_join)
-            .arg(redis.room_channel(&room))
-            .arg(if again { String::new() } else { joined })
-            .arg(&*room)
-            .arg(&creator)
-            .arg(self.settings.hub.max_rooms)
-            .arg(self.settings.hub.max_rooms_per_ip)
-            .arg(since)
-            .arg(client_epoch)
-            .arg(self.settings.hub.resume_max + 1)
-            .arg(self.settings.hub.resume_max)
-            .arg(redis.node_channel(&self.node))
-            .arg(marker)
-            .arg(self.settings.hub.users_per_page)
-            .arg(me.name().to_ascii_lowercase())
-            .arg(self.settings.hub.presence_batch_over as i64)
-            .arg(Self::joins_entry(me))
-            .arg(PRESENCE_WAITS_MS)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut seeded = false;
+        let reply = loop {
+            let reply: Vec<redis::Value> = redis
+                .scripts
+                .join
+                .key(redis.key("members", &room))
+                .key(redis.key("names", &room))
+                .key(redis.global("rooms"))
+                .key(redis.key("seq", &room))
+                .key(redis.key("stream", &room))
+                .key(redis.key("epoch", &room))
+                .key(redis.global("created"))
+                .key(redis.key("sbytes", &room))
+                .key(redis.key("pres", &room))
+                .arg(self.entry(me))
+                .arg(now + self.settings.presence_ttl_ms)
+                .arg(now)
+                .arg(super::new_epoch())
+                .arg(self.settings.hub.history_on_join)
+                .arg(redis.room_channel(&room))
+                .arg(if again { "" } else { joined.as_str() })
+                .arg(&*room)
+                .arg(&creator)
+                .arg(self.settings.hub.max_rooms)
+                .arg(self.settings.hub.max_rooms_per_ip)
+                .arg(since)
+                .arg(client_epoch)
+                .arg(self.settings.hub.resume_max + 1)
+                .arg(self.settings.hub.resume_max)
+                .arg(redis.node_channel(&self.node))
+                .arg(&marker)
+                .arg(self.settings.hub.users_per_page)
+                .arg(me.name().to_ascii_lowercase())
+                .arg(self.settings.hub.presence_batch_over as i64)
+                .arg(Self::joins_entry(me))
+                .arg(PRESENCE_WAITS_MS)
+                .arg(self.durable())
+                .invoke_async(&mut conn)
+                .await?;
+            if !seeded && value_at::<String>(&reply, 1).as_deref() == Some("seed") {
+                self.seed(Some(&room)).await?;
+                seeded = true;
+                continue;
+            }
+            break reply;
+        };
         let epoch: String = value_at(&reply, 0).unwrap_or_default();
         if epoch.is_empty() {
             let why: String = value_at(&reply, 1).unwrap_or_default();
@@ -199,6 +209,31 @@ impl Inner {
         } else {
             history.reverse();
         }
+        let resumed = match resume {
+            Some(r) if !exact => {
+                // Past the stream: resumed if the store reaches back to it (the client pages
+                // forward with `history after`), else the latest, topped up from the store.
+                let reachable = *r.epoch == *epoch
+                    && r.since <= seq
+                    && seq - r.since <= self.settings.hub.resume_max
+                    && self
+                        .stored_from(&room)
+                        .await?
+                        .is_some_and(|f| f <= r.since + 1);
+                if reachable {
+                    history.clear();
+                    more = true;
+                } else {
+                    self.top_up(&room, &mut history).await?;
+                }
+                Some(reachable)
+            }
+            Some(_) => Some(true),
+            None => {
+                self.top_up(&room, &mut history).await?;
+                None
+            }
+        };
         let last_seq = history.last().map_or(seq, |m| m.seq.max(seq));
         let users = super::users_of(
             page.iter()
@@ -211,7 +246,7 @@ impl Inner {
             history,
             epoch: epoch.as_str().into(),
             seq: last_seq,
-            resumed: resume.map(|_| exact),
+            resumed,
             more,
         };
         let outcome = if hello {
@@ -502,13 +537,17 @@ impl Inner {
             entries.reverse();
         }
         let max = self.settings.max_envelope;
+        let mut messages: Vec<Arc<StoredMessage>> = entries
+            .iter()
+            .filter_map(|(_, f)| super::stored(f, max))
+            .map(Arc::new)
+            .collect();
+        let mut more = more;
+        self.continue_page(room, &page, &mut messages, &mut more)
+            .await?;
         Ok(Outcome::History {
             room: room.into(),
-            messages: entries
-                .iter()
-                .filter_map(|(_, f)| super::stored(f, max))
-                .map(Arc::new)
-                .collect(),
+            messages,
             more,
         })
     }

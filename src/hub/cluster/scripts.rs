@@ -27,9 +27,12 @@
 /// the stream entry (trimming the oldest past either bound) and the publish, in one step.
 ///
 /// KEYS: epoch, msgid, seq, stream, sbytes. ARGV: candidate epoch, most entries, most bytes, the
-/// envelope's tail (everything after the leading `{`), channel. Returns {id, seq, epoch}.
+/// envelope's tail (everything after the leading `{`), channel, durable ('1': the numbering
+/// continues from the store, so a lost epoch or id counter is seeded first). Returns
+/// {id, seq, epoch}, or {0, 0, ''} when it must be seeded ([`SEED`]) and nothing was done.
 pub(super) const SAY: &str = r#"
 local e = redis.call('GET', KEYS[1])
+if ARGV[6] == '1' and (not e or redis.call('EXISTS', KEYS[2]) == 0) then return {0, 0, ''} end
 if not e then e = ARGV[1]; redis.call('SET', KEYS[1], e) end
 local id = redis.call('INCR', KEYS[2])
 local seq = redis.call('INCR', KEYS[3])
@@ -60,10 +63,11 @@ return {id, seq, e}
 /// marker (published first: the node's subscriber sees, in the one order Redis publishes in,
 /// which events came before the join, and so are in what it returns), 18 members per page,
 /// 19 the member's name in lower case, 20 batch joins past this many members (<= 0: always),
-/// 21 its presence entry (`+role|name`), 22 how long a batch waits at most (ms).
-/// Returns {epoch, seq, page, history (newest first unless exact), exact, count, batched}, or
-/// {'', why}.
+/// 21 its presence entry (`+role|name`), 22 how long a batch waits at most (ms), 23 durable
+/// (as for [`SAY`]). Returns {epoch, seq, page, history (newest first unless exact), exact,
+/// count, batched}, or {'', why} (`seed`: seed first; nothing was done).
 pub(super) const JOIN: &str = r#"
+if ARGV[23] == '1' and redis.call('EXISTS', KEYS[6]) == 0 then return {'', 'seed'} end
 if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0 then
   if ARGV[9] ~= '' then
     if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[10]) then return {'', 'full'} end
@@ -107,6 +111,34 @@ if since >= 0 and ARGV[13] == e and since <= seq and seq - since <= tonumber(ARG
 end
 local hist = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', ARGV[5])
 return {e, seq, page, hist, 0, count, batched}
+"#;
+
+/// A message id for a PM. KEYS: msgid. ARGV: durable (as for [`SAY`]). Returns the id, or 0 when
+/// the counter must be seeded first.
+pub(super) const NEXT_ID: &str = r#"
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('INCR', KEYS[1])
+"#;
+
+/// Seeds what Redis lost from the store, so numbers carry on from what is stored and none is
+/// given out twice: a room's epoch (a new one: resuming clients reload) and seq, and the id
+/// counter. When the id counter is gone too, Redis restarted empty and nodes may hold messages
+/// numbered past what is stored: both then skip `gap`. An idle room that expired had its
+/// messages committed long before (it was empty for `room_ttl_secs`).
+///
+/// KEYS: epoch, seq, msgid. ARGV: new epoch ('' = no room), the room's stored last seq, the next
+/// stored id, gap. Returns 1.
+pub(super) const SEED: &str = r#"
+local lost = redis.call('EXISTS', KEYS[3]) == 0
+local gap = 0
+if lost then gap = tonumber(ARGV[4]) end
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  local floor = tonumber(ARGV[2]) + gap
+  if tonumber(redis.call('GET', KEYS[2]) or '0') < floor then redis.call('SET', KEYS[2], floor) end
+end
+if lost then redis.call('SET', KEYS[3], tonumber(ARGV[3]) - 1 + gap) end
+return 1
 "#;
 
 /// Leaves a room, announcing `how` if the member was there (unless the room is large enough for

@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 
 use super::rooms::{Room, RoomState};
 use super::{LocalBroker, now};
-use crate::hub::{Answer, Member, Outcome, Page, Refusal, RoomView, StoredMessage, Ticket, lock};
-use crate::protocol::ErrorCode;
+use crate::hub::{
+    Answer, Member, Outcome, Page, Refusal, RoomView, StoredMessage, Ticket, durable, lock,
+};
 use crate::store::{self, message_cost};
 
 impl LocalBroker {
-    /// Answers late from a store reader: `query` runs there, and `outcome` makes what it found
-    /// into the outcome that goes to `me`.
+    /// Answers late from a store reader (see [`durable::read_later`]).
     pub(super) fn read_later(
         &self,
         ticket: Ticket,
@@ -21,38 +21,7 @@ impl LocalBroker {
         query: store::Query,
         outcome: impl FnOnce(store::Found) -> Outcome + Send + 'static,
     ) -> Answer {
-        let Some(store) = &self.store else {
-            return now(Refusal::unavailable(
-                "history beyond memory needs storage.path",
-            ));
-        };
-        let me = me.clone();
-        let search = matches!(query, store::Query::Search { .. });
-        let queued = store.read(query, move |result| {
-            let answer = match result {
-                Ok(found) => outcome(found),
-                Err(store::ReadError::TooBroad) => Refusal::new(
-                    ErrorCode::BadRequest,
-                    "that search matches too much to finish in time; add words, or search one room",
-                )
-                .into(),
-                Err(store::ReadError::Failed(_)) => {
-                    Refusal::unavailable("could not read the history; try again").into()
-                }
-            };
-            me.answer(ticket, answer);
-        });
-        if queued {
-            Answer::Later
-        } else if search {
-            now(Refusal::unavailable(
-                "the server is busy searching; try again in a moment",
-            ))
-        } else {
-            now(Refusal::unavailable(
-                "the server is busy reading history; try again",
-            ))
-        }
+        durable::read_later(self.store.as_deref(), ticket, me, query, outcome)
     }
 
     /// Answers a join with `view`, first topping its history up from the store when memory holds
@@ -248,25 +217,8 @@ impl LocalBroker {
         before: Option<u64>,
         limit: usize,
     ) -> Answer {
-        if !self.limits.store_pms || self.store.is_none() {
-            return now(Refusal::unavailable(
-                "private messages are not kept on this server (only with storage and tokens)",
-            ));
-        }
-        let query = store::Query::Pms {
-            pair: store::pm_pair(&me.name, with),
-            before,
-            limit,
-        };
-        let with: Arc<str> = with.into();
-        self.read_later(ticket, me, query, move |found| match found {
-            store::Found::Pms(messages, more) => Outcome::Conversation {
-                with,
-                messages,
-                more,
-            },
-            _ => Refusal::unavailable("could not read the conversation; try again").into(),
-        })
+        let store = self.store.as_deref().filter(|_| self.limits.store_pms);
+        durable::conversation(store, ticket, me, with, before, limit)
     }
 
     /// `Broker::search`, on the store.
@@ -279,25 +231,14 @@ impl LocalBroker {
         before: Option<u64>,
         limit: usize,
     ) -> Answer {
-        if self.store.is_none() {
-            return now(Refusal::unavailable(
-                "search needs durable history (storage.path), which this server does not keep",
-            ));
-        }
-        let asked: Arc<str> = query.into();
-        let query = store::Query::Search {
-            rooms: rooms.iter().map(|r| r.to_string()).collect(),
-            query: query.to_string(),
+        durable::search(
+            self.store.as_deref(),
+            ticket,
+            me,
+            rooms,
+            query,
             before,
             limit,
-        };
-        self.read_later(ticket, me, query, move |found| match found {
-            store::Found::Search(messages, more) => Outcome::Found {
-                query: asked,
-                messages: messages.into_iter().map(Arc::new).collect(),
-                more,
-            },
-            _ => Refusal::unavailable("could not search; try again").into(),
-        })
+        )
     }
 }

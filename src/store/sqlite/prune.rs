@@ -12,17 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tracing::{info, warn};
 
-use super::{Shared, StoreSettings, lock, retention_cutoff};
-
-/// When the pruner runs next: at once (after the next batch) if it left work, else in an
-/// interval.
-pub(super) fn next_after(more: bool, s: &StoreSettings) -> Instant {
-    if more {
-        Instant::now()
-    } else {
-        Instant::now() + s.prune_interval
-    }
-}
+use crate::store::{Shared, advance_marks, retention_cutoff};
 
 /// After a prune that deleted something: the WAL is truncated (it grew by every deleted page),
 /// and free pages go back to the file system (a database made with `auto_vacuum = INCREMENTAL`;
@@ -83,19 +73,16 @@ fn truncate_wal(db: &Connection) {
     }
 }
 
-/// Rows deleted per statement while pruning: small transactions, so writes interleave.
-const PRUNE_CHUNK: i64 = 5_000;
-/// Longest the pruner holds the writer in one go; it carries on after the next batch.
-const PRUNE_BUDGET: Duration = Duration::from_millis(200);
+use crate::store::PRUNE_CHUNK;
 
 /// Deletes what retention and the per-room cap no longer keep, oldest first, in small chunks and
-/// for at most [`PRUNE_BUDGET`]; true when more is left (the writer calls again soon). A room's
+/// for at most `budget`; true when more is left (the writer calls again soon). A room's
 /// mark moves past what is about to go *before* it goes, so no resume is promised a message
 /// that is being deleted.
-pub(super) fn prune(db: &Connection, shared: &Shared) -> bool {
+pub(super) fn prune(db: &Connection, shared: &Shared, budget: Duration) -> bool {
     let s = &shared.settings;
-    let (marks, unindexed) = (&shared.marks, &shared.unindexed);
-    let budget = Instant::now() + PRUNE_BUDGET;
+    let unindexed = &shared.unindexed;
+    let budget = Instant::now() + budget;
     let mut deleted = 0;
     let result = (|| -> rusqlite::Result<bool> {
         // Per room, the last seq to delete.
@@ -123,14 +110,7 @@ pub(super) fn prune(db: &Connection, shared: &Shared) -> bool {
                 cut.1 = cut.1.max(seq);
             }
         }
-        {
-            let mut marks = lock(marks);
-            for (name, seq) in cuts.values() {
-                if let Some(mark) = marks.get_mut(name) {
-                    mark.first_seq = mark.first_seq.max(seq + 1);
-                }
-            }
-        }
+        advance_marks(shared, cuts.values());
         let mut delete = db.prepare_cached(
             "DELETE FROM messages WHERE room_id = ?1 AND seq IN
              (SELECT seq FROM messages WHERE room_id = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",

@@ -1,5 +1,6 @@
-//! Opening the database: checked before anything is trusted (a regular file, chatd's own, not
-//! damaged), migrated, told whether the last stop was clean, and loaded.
+//! The SQLite store (`storage.path`): one file, written by the writer thread, read by two
+//! read-only connections. Opening checks it before anything is trusted (a regular file, chatd's
+//! own, not damaged), migrates it, notes whether the last stop was clean, and loads it.
 //!
 //! An unclean stop (a kill, a crash, power loss, or a graceful stop whose last write failed) may
 //! have lost messages that were acknowledged, delivered and numbered but not committed. Their
@@ -14,28 +15,23 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::schema;
 use super::{
-    BATCH, Loaded, LoadedRoom, MIN_WRITE_BYTES, Mark, Message, StoreSettings, kept, message_cost,
-    message_row, retention_cutoff,
+    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, kept, message_cost, retention_cutoff,
+    role_of, uncommitted_bound,
 };
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
+use crate::protocol::ChatMessage;
+
+mod prune;
+mod read;
+mod schema;
+mod write;
 
 /// `PRAGMA application_id` of a chatd database ("chat"): a SQLite file with another id belongs
 /// to another program, and chatd leaves it alone.
 pub(super) const APPLICATION_ID: i32 = 0x6368_6174;
 /// The longest the integrity check at startup may take; a larger database is checked that far.
 const QUICK_CHECK_BUDGET: Duration = Duration::from_secs(10);
-
-/// An opened, checked and loaded database: a connection for each store thread.
-pub(super) struct Opened {
-    pub writer: Connection,
-    pub reader: Connection,
-    pub searcher: Connection,
-    pub loaded: Loaded,
-    pub marks: HashMap<String, Mark>,
-    pub unindexed: u64,
-}
 
 /// The error an unusable `storage.path` becomes: it names the key and the file.
 fn path_error(path: &Path, reason: impl Into<String>) -> ConfigError {
@@ -74,8 +70,12 @@ fn check_kind(path: &Path) -> Result<bool, ConfigError> {
     }
 }
 
-fn connection(settings: &StoreSettings, flags: OpenFlags) -> rusqlite::Result<Connection> {
-    let db = Connection::open_with_flags(&settings.path, flags)?;
+fn connection(
+    path: &Path,
+    settings: &StoreSettings,
+    flags: OpenFlags,
+) -> rusqlite::Result<Connection> {
+    let db = Connection::open_with_flags(path, flags)?;
     db.busy_timeout(Duration::from_secs(5))?;
     // A new database gives pruned space back to the file system (`prune::give_back`): chosen
     // before anything (WAL included) writes its first page, or it cannot be chosen at all.
@@ -156,8 +156,7 @@ fn integrity(db: &Connection, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
-pub(super) fn open(settings: &StoreSettings) -> Result<Opened, ConfigError> {
-    let path = &settings.path;
+pub(super) fn open(path: &Path, settings: &StoreSettings) -> Result<Opened, ConfigError> {
     let existed = check_kind(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -172,7 +171,7 @@ pub(super) fn open(settings: &StoreSettings) -> Result<Opened, ConfigError> {
             .map_err(|why| path_error(path, why))?;
         integrity(&probe, path)?;
     }
-    let mut writer = connection(settings, flags).map_err(err)?;
+    let mut writer = connection(path, settings, flags).map_err(err)?;
     let found = schema::migrate_to(&mut writer, schema::VERSION).map_err(|e| match e {
         schema::SchemaError::Newer { .. } => path_error(path, e.to_string()),
         schema::SchemaError::Sqlite(e) => err(e),
@@ -194,8 +193,8 @@ pub(super) fn open(settings: &StoreSettings) -> Result<Opened, ConfigError> {
         "storage loaded"
     );
     let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let reader = connection(settings, read_only).map_err(err)?;
-    let searcher = connection(settings, read_only).map_err(err)?;
+    let reader = connection(path, settings, read_only).map_err(err)?;
+    let searcher = connection(path, settings, read_only).map_err(err)?;
     let marks = load_marks(&writer, settings).map_err(err)?;
     let unindexed: u64 = writer
         .query_row("SELECT count(*) FROM fts_pending", [], |r| r.get(0))
@@ -207,9 +206,9 @@ pub(super) fn open(settings: &StoreSettings) -> Result<Opened, ConfigError> {
         );
     }
     Ok(Opened {
-        writer,
-        reader,
-        searcher,
+        writer: Box::new(write::Writer::new(writer)),
+        reader: Box::new(read::Reader(reader)),
+        searcher: Box::new(read::Reader(searcher)),
         loaded,
         marks,
         unindexed,
@@ -223,7 +222,7 @@ fn begin_run(db: &mut Connection, settings: &StoreSettings) -> rusqlite::Result<
     let tx = db.transaction()?;
     tx.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
-        [new_epoch()],
+        [super::new_epoch()],
     )?;
     let unclean = tx
         .query_row("SELECT 1 FROM meta WHERE key = 'running'", [], |_| Ok(()))
@@ -232,7 +231,7 @@ fn begin_run(db: &mut Connection, settings: &StoreSettings) -> rusqlite::Result<
     if unclean {
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'epoch'",
-            [new_epoch()],
+            [super::new_epoch()],
         )?;
         // Each room its own new epoch (randomblob runs once per row).
         tx.execute("UPDATE rooms SET epoch = lower(hex(randomblob(8)))", [])?;
@@ -244,9 +243,7 @@ fn begin_run(db: &mut Connection, settings: &StoreSettings) -> rusqlite::Result<
             [],
             |r| r.get(0),
         )?;
-        // At most this many writes can have waited uncommitted: the queue's bytes at the least a
-        // write costs, plus a batch in the writer's hands.
-        let skip = (settings.queue_bytes / MIN_WRITE_BYTES + BATCH) as u64;
+        let skip = uncommitted_bound(settings);
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('next_id', ?1)
              ON CONFLICT (key) DO UPDATE SET value = ?1",
@@ -260,11 +257,6 @@ fn begin_run(db: &mut Connection, settings: &StoreSettings) -> rusqlite::Result<
     )?;
     tx.commit()?;
     Ok(unclean)
-}
-
-/// A fresh epoch for a numbering that starts now.
-fn new_epoch() -> String {
-    format!("{:016x}", fastrand::u64(..))
 }
 
 /// Loads every room's epoch, last seq, oldest stored seq and most recent messages.
@@ -360,11 +352,7 @@ fn load_marks(db: &Connection, s: &StoreSettings) -> rusqlite::Result<HashMap<St
 /// Checks `storage.path` without changing anything (for `chatd check-config`): an existing file
 /// must be a regular file, a chatd database this binary can read, and undamaged; a missing one
 /// must be creatable.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
-    let Some(settings) = StoreSettings::from_config(config) else {
-        return Ok(());
-    };
-    let path = &settings.path;
+pub(super) fn check(path: &Path) -> Result<(), ConfigError> {
     if check_kind(path)? {
         let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| path_error(path, sqlite_reason(&e)))?;
@@ -393,10 +381,23 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// For tests of migrations: creates a database at an older schema version.
-#[doc(hidden)]
-pub fn create_at_version(path: &Path, version: u32) -> Result<(), String> {
+pub(super) fn create_at_version(path: &Path, version: u32) -> Result<(), String> {
     let mut db = Connection::open(path).map_err(|e| e.to_string())?;
     schema::migrate_to(&mut db, version)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// A `messages` row (id, seq, ts, sender, role, text, action) in `room`.
+fn message_row(r: &rusqlite::Row<'_>, room: &str) -> rusqlite::Result<Message> {
+    Ok(ChatMessage {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        ts: r.get::<_, String>(2)?.into(),
+        room: room.to_string().into(),
+        from: r.get::<_, String>(3)?.into(),
+        role: role_of(&r.get::<_, String>(4)?),
+        text: r.get::<_, String>(5)?.into(),
+        action: r.get(6)?,
+    })
 }

@@ -1,0 +1,120 @@
+//! The PostgreSQL schema and its migrations: numbered steps, the version in `chatd_schema`, each
+//! step in a transaction under an advisory lock (two nodes starting at once migrate once).
+//! docs/STORAGE.md describes each table.
+
+use postgres::Client;
+
+/// The schema this binary writes.
+pub(super) const VERSION: i32 = 1;
+
+/// The advisory lock migrations hold (a transaction's).
+const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
+
+/// Each step takes the schema from the version before it to its own.
+const STEPS: &[(i32, &str)] = &[(
+    1,
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE rooms (
+        id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name     TEXT NOT NULL UNIQUE,   -- normalised room name
+        epoch    TEXT NOT NULL,          -- changes only when the room's seq restarts
+        last_seq BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        id      BIGINT PRIMARY KEY,      -- the message id clients see (server- or cluster-wide)
+        room_id BIGINT NOT NULL REFERENCES rooms(id),
+        seq     BIGINT NOT NULL,         -- per room, from 1
+        ts      TEXT NOT NULL,           -- RFC 3339 UTC, milliseconds
+        sender  TEXT NOT NULL,
+        role    TEXT NOT NULL,           -- 'user' or 'admin'
+        text    TEXT NOT NULL,
+        action  BOOLEAN NOT NULL DEFAULT false,
+        -- Search: the words of the text, kept by PostgreSQL as each row is written.
+        words   TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED,
+        UNIQUE (room_id, seq)
+    );
+    CREATE INDEX messages_ts ON messages (ts);
+    CREATE INDEX messages_words ON messages USING GIN (words);
+    CREATE TABLE pms (
+        id        BIGINT PRIMARY KEY,    -- the message id (shared with messages)
+        pair      TEXT NOT NULL,         -- the two names' identity keys, sorted, joined by a space
+        ts        TEXT NOT NULL,
+        sender    TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        role      TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        action    BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX pms_pair ON pms (pair, id);
+    CREATE INDEX pms_ts ON pms (ts);
+    ",
+)];
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SchemaError {
+    /// Written by a newer chatd.
+    #[error(
+        "the database has chatd schema version {found}, newer than this chatd knows ({VERSION}); run a newer chatd"
+    )]
+    Newer { found: i32 },
+    /// Tables of another program, and no chatd schema.
+    #[error(
+        "not a chatd database: it holds another program's tables ({0}); give chatd a database of its own"
+    )]
+    Foreign(String),
+    /// PostgreSQL refused.
+    #[error("{0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+/// The schema version the database has (0: none yet), refusing one that belongs to another
+/// program. Reads only.
+pub(super) fn version(db: &mut impl postgres::GenericClient) -> Result<i32, SchemaError> {
+    let tables: Vec<String> = db
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()
+             ORDER BY tablename",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if tables.iter().any(|t| t == "chatd_schema") {
+        let found: Option<i32> = db
+            .query_opt("SELECT max(version) FROM chatd_schema", &[])?
+            .and_then(|r| r.get(0));
+        return Ok(found.unwrap_or(0));
+    }
+    if tables.is_empty() {
+        return Ok(0);
+    }
+    let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+    Err(SchemaError::Foreign(shown.join(", ")))
+}
+
+/// Brings the schema to [`VERSION`]; the version found.
+pub(super) fn migrate(db: &mut Client) -> Result<i32, SchemaError> {
+    let mut tx = db.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let found = version(&mut tx)?;
+    if found > VERSION {
+        return Err(SchemaError::Newer { found });
+    }
+    if found == 0 {
+        tx.batch_execute("CREATE TABLE chatd_schema (version INTEGER NOT NULL)")?;
+    }
+    for (version, sql) in STEPS {
+        if *version <= found {
+            continue;
+        }
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO chatd_schema (version) VALUES ($1)", &[version])?;
+    }
+    tx.commit()?;
+    Ok(found)
+}

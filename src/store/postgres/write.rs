@@ -1,0 +1,282 @@
+//! PostgreSQL's writes: a batch is one transaction of a few statements whatever its size (rows go
+//! in as arrays, `unnest`ed), so a commit costs a handful of round trips. Search needs no second
+//! pass: the `words` column is computed as each row is written.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use postgres::Transaction;
+use tracing::{error, info};
+
+use super::{Conn, reason};
+use crate::store::writer::WriteDb;
+use crate::store::{
+    Op, PRUNE_CHUNK, Shared, Write, advance_marks, pm_pair, retention_cutoff, role_name,
+};
+
+/// The writer thread's connection, and the ids of the rooms it has written to.
+pub(in crate::store) struct Writer {
+    conn: Conn,
+    rooms: HashMap<String, i64>,
+}
+
+impl Writer {
+    pub(super) fn new(conn: Conn) -> Writer {
+        Writer {
+            conn,
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl WriteDb for Writer {
+    fn commit(&mut self, batch: &[Write]) -> Result<u64, String> {
+        let db = self.conn.client()?;
+        let mut tx = db.transaction().map_err(|e| reason(&e))?;
+        commit(&mut tx, batch, &mut self.rooms).map_err(|e| reason(&e))?;
+        tx.commit().map_err(|e| reason(&e))?;
+        Ok(0)
+    }
+
+    fn forget(&mut self) {
+        self.rooms.clear();
+        self.conn.check();
+    }
+
+    fn mark_clean(&mut self) -> Result<(), String> {
+        let db = self.conn.client()?;
+        db.execute("DELETE FROM meta WHERE key = 'running'", &[])
+            .map(|_| ())
+            .map_err(|e| reason(&e))
+    }
+
+    fn prune(&mut self, shared: &Shared, budget: Duration) -> bool {
+        let budget = Instant::now() + budget;
+        let mut deleted = 0;
+        let result = match self.conn.client() {
+            Ok(db) => prune(db, shared, budget, &mut deleted).map_err(|e| reason(&e)),
+            Err(e) => Err(e),
+        };
+        if deleted > 0 {
+            info!(deleted, "storage: pruned old messages");
+        }
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "storage: pruning failed");
+            self.conn.check();
+            false
+        })
+    }
+}
+
+/// Writes `batch` into `tx`: rooms first (made if new), then the messages and PMs as arrays, then
+/// the rooms' last seqs and the next id.
+fn commit(
+    tx: &mut Transaction<'_>,
+    batch: &[Write],
+    rooms: &mut HashMap<String, i64>,
+) -> Result<(), postgres::Error> {
+    let mut new_rooms: Vec<(String, String)> = Vec::new();
+    for write in batch {
+        if let Op::Message { msg, epoch } = &write.op
+            && !rooms.contains_key(&*msg.room)
+            && !new_rooms.iter().any(|(n, _)| **n == *msg.room)
+        {
+            new_rooms.push((msg.room.to_string(), epoch.to_string()));
+        }
+    }
+    if !new_rooms.is_empty() {
+        let (names, epochs): (Vec<String>, Vec<String>) = new_rooms.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO rooms (name, epoch) SELECT * FROM unnest($1::text[], $2::text[])
+             ON CONFLICT (name) DO NOTHING",
+            &[&names, &epochs],
+        )?;
+        for row in tx.query("SELECT id, name FROM rooms WHERE name = ANY($1)", &[&names])? {
+            rooms.insert(row.get(1), row.get(0));
+        }
+    }
+    let mut m = Columns::default();
+    let mut p = Columns::default();
+    let mut pairs = Vec::new();
+    let mut recipients = Vec::new();
+    let mut last_seqs: HashMap<i64, i64> = HashMap::new();
+    let mut max_id = 0i64;
+    for write in batch {
+        match &write.op {
+            Op::Message { msg, .. } => {
+                let room = rooms[&*msg.room];
+                let seq = msg.seq as i64;
+                m.push(msg.id, &msg.ts, &msg.from, msg.role, &msg.text, msg.action);
+                m.rooms.push(room);
+                m.seqs.push(seq);
+                let last = last_seqs.entry(room).or_default();
+                *last = (*last).max(seq);
+                max_id = max_id.max(msg.id as i64);
+            }
+            Op::Pm(pm) => {
+                p.push(pm.id, &pm.ts, &pm.from, pm.role, &pm.text, pm.action);
+                pairs.push(pm_pair(&pm.from, &pm.to));
+                recipients.push(pm.to.clone());
+                max_id = max_id.max(pm.id as i64);
+            }
+            Op::Flush(_) => {}
+        }
+    }
+    if !m.ids.is_empty() {
+        let stored = tx.execute(
+            "INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                  $5::text[], $6::text[], $7::text[], $8::bool[])
+             ON CONFLICT DO NOTHING",
+            &[
+                &m.ids, &m.rooms, &m.seqs, &m.ts, &m.senders, &m.roles, &m.texts, &m.actions,
+            ],
+        )?;
+        lost(m.ids.len(), stored, "messages");
+        let (ids, seqs): (Vec<i64>, Vec<i64>) = last_seqs.into_iter().unzip();
+        tx.execute(
+            "UPDATE rooms r SET last_seq = GREATEST(r.last_seq, v.seq)
+             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE r.id = v.id",
+            &[&ids, &seqs],
+        )?;
+    }
+    if !p.ids.is_empty() {
+        let stored = tx.execute(
+            "INSERT INTO pms (id, pair, ts, sender, recipient, role, text, action)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                  $5::text[], $6::text[], $7::text[], $8::bool[])
+             ON CONFLICT DO NOTHING",
+            &[
+                &p.ids,
+                &pairs,
+                &p.ts,
+                &p.senders,
+                &recipients,
+                &p.roles,
+                &p.texts,
+                &p.actions,
+            ],
+        )?;
+        lost(p.ids.len(), stored, "private messages");
+    }
+    if max_id > 0 {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_id', $1)
+             ON CONFLICT (key) DO UPDATE
+             SET value = GREATEST(meta.value::bigint, EXCLUDED.value::bigint)::text",
+            &[&(max_id + 1).to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Rows whose id (or room and seq) was already taken are skipped, not allowed to fail the batch:
+/// that happens only if two numberings overlapped (a cluster's Redis reseeded below a node's
+/// uncommitted messages), and is said loudly.
+fn lost(written: usize, stored: u64, what: &str) {
+    if (stored as usize) < written {
+        error!(
+            skipped = written - stored as usize,
+            "storage: {what} were not stored because their numbers were already taken (two numberings overlapped)"
+        );
+    }
+}
+
+/// A batch's rows, column by column.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<i64>,
+    rooms: Vec<i64>,
+    seqs: Vec<i64>,
+    ts: Vec<String>,
+    senders: Vec<String>,
+    roles: Vec<&'static str>,
+    texts: Vec<String>,
+    actions: Vec<bool>,
+}
+
+impl Columns {
+    fn push(
+        &mut self,
+        id: u64,
+        ts: &str,
+        from: &str,
+        role: crate::protocol::Role,
+        text: &str,
+        action: bool,
+    ) {
+        self.ids.push(id as i64);
+        self.ts.push(ts.to_string());
+        self.senders.push(from.to_string());
+        self.roles.push(role_name(role));
+        self.texts.push(text.to_string());
+        self.actions.push(action);
+    }
+}
+
+/// As SQLite's pruner: what retention and the per-room cap no longer keep, oldest first, in
+/// chunks, until `budget`; true when more is left. Several nodes may prune at once: deleting
+/// twice deletes once.
+fn prune(
+    db: &mut postgres::Client,
+    shared: &Shared,
+    budget: Instant,
+    deleted: &mut u64,
+) -> Result<bool, postgres::Error> {
+    let s = &shared.settings;
+    let mut cuts: HashMap<i64, (String, u64)> = HashMap::new();
+    let cutoff = retention_cutoff(s);
+    if let Some(cutoff) = &cutoff {
+        for r in db.query(
+            "SELECT m.room_id, r.name, MAX(m.seq) FROM messages m JOIN rooms r ON r.id = m.room_id
+             WHERE m.ts < $1 GROUP BY m.room_id, r.name",
+            &[cutoff],
+        )? {
+            cuts.insert(r.get(0), (r.get(1), r.get::<_, i64>(2) as u64));
+        }
+    }
+    if s.max_messages_per_room > 0 {
+        let keep = s.max_messages_per_room as i64;
+        for r in db.query(
+            "SELECT id, name, last_seq - $1 FROM rooms WHERE last_seq > $1
+             AND EXISTS (SELECT 1 FROM messages WHERE room_id = rooms.id AND seq <= last_seq - $1)",
+            &[&keep],
+        )? {
+            let cut = cuts.entry(r.get(0)).or_insert((r.get(1), 0));
+            cut.1 = cut.1.max(r.get::<_, i64>(2) as u64);
+        }
+    }
+    advance_marks(shared, cuts.values());
+    for (id, (_, seq)) in &cuts {
+        loop {
+            let n = db.execute(
+                "DELETE FROM messages WHERE id IN
+                 (SELECT id FROM messages WHERE room_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3)",
+                &[id, &(*seq as i64), &PRUNE_CHUNK],
+            )?;
+            *deleted += n;
+            if (n as i64) < PRUNE_CHUNK {
+                break;
+            }
+            if Instant::now() >= budget {
+                return Ok(true);
+            }
+        }
+    }
+    if let Some(cutoff) = &cutoff {
+        loop {
+            let n = db.execute(
+                "DELETE FROM pms WHERE id IN (SELECT id FROM pms WHERE ts < $1 LIMIT $2)",
+                &[cutoff, &PRUNE_CHUNK],
+            )?;
+            *deleted += n;
+            if (n as i64) < PRUNE_CHUNK {
+                break;
+            }
+            if Instant::now() >= budget {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,165 @@
+//! SQLite's writes: a batch in one transaction (rooms' ids cached), the search index filled
+//! between commits in chunks (`fts_pending`), and the clean mark a graceful stop leaves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+
+use crate::store::writer::WriteDb;
+use crate::store::{Op, Shared, Write, pm_pair, role_name};
+
+/// Messages indexed for search per transaction: the indexer runs between commits, so this
+/// bounds how long a commit can wait for it (about 15 ms).
+const INDEX_CHUNK: i64 = 500;
+
+/// The writer thread's connection, and the ids of the rooms it has written to.
+pub(in crate::store) struct Writer {
+    pub db: Connection,
+    rooms: HashMap<String, i64>,
+}
+
+impl Writer {
+    pub(super) fn new(db: Connection) -> Writer {
+        Writer {
+            db,
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl WriteDb for Writer {
+    fn commit(&mut self, batch: &[Write]) -> Result<u64, String> {
+        commit(&mut self.db, batch, &mut self.rooms)
+            .map(|n| n as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    fn index_some(&mut self) -> Result<u64, String> {
+        let db = &mut self.db;
+        let indexed = (|| -> rusqlite::Result<usize> {
+            let tx = db.transaction()?;
+            // Every pending id has its message (deleting a message deletes its pending row).
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO messages_fts (rowid, text)
+                 SELECT m.id, m.text FROM fts_pending p JOIN messages m ON m.id = p.id
+                 ORDER BY p.id LIMIT ?1",
+                )?
+                .execute([INDEX_CHUNK])?;
+            tx.prepare_cached(
+                "DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)",
+            )?
+            .execute([INDEX_CHUNK])?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        indexed.map(|n| n as u64).map_err(|e| e.to_string())
+    }
+
+    fn forget(&mut self) {
+        self.rooms.clear();
+    }
+
+    fn mark_clean(&mut self) -> Result<(), String> {
+        mark_clean(&self.db).map_err(|e| e.to_string())
+    }
+
+    fn prune(&mut self, shared: &Shared, budget: Duration) -> bool {
+        super::prune::prune(&self.db, shared, budget)
+    }
+}
+
+/// The last run stopped cleanly: nothing acknowledged is missing, so the next start keeps every
+/// room's numbering.
+/// The WAL is folded into the file too, so the database rests in one file.
+fn mark_clean(db: &Connection) -> rusqlite::Result<()> {
+    db.execute("DELETE FROM meta WHERE key = 'running'", [])?;
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+}
+
+/// Writes `batch` in one transaction; the number of room messages written.
+fn commit(
+    db: &mut Connection,
+    batch: &[Write],
+    rooms: &mut HashMap<String, i64>,
+) -> rusqlite::Result<usize> {
+    let tx = db.transaction()?;
+    let mut max_id = 0u64;
+    let mut stored = 0;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO messages (id, room_id, seq, ts, sender, role, text, action)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut insert_pm = tx.prepare_cached(
+            "INSERT OR IGNORE INTO pms (id, pair, ts, sender, recipient, role, text, action)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut last_seqs: HashMap<i64, u64> = HashMap::new();
+        for write in batch {
+            match &write.op {
+                Op::Message { msg, epoch } => {
+                    let room_id = match rooms.get(&*msg.room) {
+                        Some(id) => *id,
+                        None => {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO rooms (name, epoch) VALUES (?1, ?2)",
+                                params![&*msg.room, &**epoch],
+                            )?;
+                            let id: i64 = tx.query_row(
+                                "SELECT id FROM rooms WHERE name = ?1",
+                                [&*msg.room],
+                                |r| r.get(0),
+                            )?;
+                            rooms.insert(msg.room.to_string(), id);
+                            id
+                        }
+                    };
+                    insert.execute(params![
+                        msg.id,
+                        room_id,
+                        msg.seq,
+                        &*msg.ts,
+                        &*msg.from,
+                        role_name(msg.role),
+                        &*msg.text,
+                        msg.action
+                    ])?;
+                    stored += 1;
+                    let last = last_seqs.entry(room_id).or_default();
+                    *last = (*last).max(msg.seq);
+                    max_id = max_id.max(msg.id);
+                }
+                Op::Pm(pm) => {
+                    insert_pm.execute(params![
+                        pm.id,
+                        pm_pair(&pm.from, &pm.to),
+                        &pm.ts,
+                        &pm.from,
+                        &pm.to,
+                        role_name(pm.role),
+                        &pm.text,
+                        pm.action
+                    ])?;
+                    max_id = max_id.max(pm.id);
+                }
+                Op::Flush(_) => {}
+            }
+        }
+        let mut bump =
+            tx.prepare_cached("UPDATE rooms SET last_seq = MAX(last_seq, ?2) WHERE id = ?1")?;
+        for (room, seq) in last_seqs {
+            bump.execute(params![room, seq])?;
+        }
+    }
+    if max_id > 0 {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_id', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(?1 AS INTEGER))",
+            [(max_id + 1).to_string()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(stored)
+}
