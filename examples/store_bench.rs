@@ -3,6 +3,9 @@
 //!
 //!     cargo run --release --example store_bench -- PATH MESSAGES ROOMS [TEXT_BYTES]
 //!
+//! PATH may be a PostgreSQL URL (`postgres://…`): the same benchmark against that store (its
+//! size on disk is then what PostgreSQL reports for chatd's tables).
+//!
 //! Appends MESSAGES messages spread over ROOMS rooms through `Store::append` (as the broker does,
 //! waiting whenever the queue is full), closes the store (everything committed), and prints one
 //! JSON line. `scripts/bench-store.py` runs it.
@@ -53,8 +56,13 @@ fn main() {
     let messages: u64 = args[2].parse().expect("MESSAGES");
     let rooms: u64 = args[3].parse().expect("ROOMS");
     let size: usize = args.get(4).map_or(100, |s| s.parse().expect("TEXT_BYTES"));
+    let postgres = path.starts_with("postgres://") || path.starts_with("postgresql://");
     let mut config = Config::default();
-    config.storage.path = path.clone();
+    if postgres {
+        config.storage.url = chatd::config::SecretUrl::new(path.clone());
+    } else {
+        config.storage.path = path.clone();
+    }
     let settings = StoreSettings::from_config(&config).expect("a path");
     let metrics = Metrics::new();
     let (store, loaded) = Store::open(settings, &metrics).expect("open the database");
@@ -113,15 +121,26 @@ fn main() {
     let index_cpu = thread_cpu("chatd-store-wri") - writer_cpu;
     store.close(Duration::from_secs(600));
     drop(store);
-    // The file as it rests: the write-ahead log folded in.
-    rusqlite::Connection::open(path)
-        .and_then(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
-        .expect("checkpoint");
-    let bytes: u64 = ["", "-wal"]
-        .iter()
-        .filter_map(|s| std::fs::metadata(format!("{path}{s}")).ok())
-        .map(|m| m.len())
-        .sum();
+    let bytes = if postgres {
+        let mut db = postgres::Client::connect(path, postgres::NoTls).expect("connect");
+        let row = db
+            .query_one(
+                "SELECT (pg_total_relation_size('messages') + pg_total_relation_size('rooms'))::bigint",
+                &[],
+            )
+            .expect("sizes");
+        row.get::<_, i64>(0) as u64
+    } else {
+        // The file as it rests: the write-ahead log folded in.
+        rusqlite::Connection::open(path)
+            .and_then(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
+            .expect("checkpoint");
+        ["", "-wal"]
+            .iter()
+            .filter_map(|s| std::fs::metadata(format!("{path}{s}")).ok())
+            .map(|m| m.len())
+            .sum()
+    };
     println!(
         "{{\"messages\":{messages},\"rooms\":{rooms},\"text_bytes\":{size},\"secs\":{:.3},\"queued_secs\":{:.3},\
          \"messages_per_sec\":{:.0},\"writer_cpu_secs\":{writer_cpu:.2},\"writer_us_per_message\":{:.2},\

@@ -35,6 +35,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
 PEER = ROOT.parent / "shared" / "peers" / "socketio-redis"
+# --storage-url: the nodes' PostgreSQL (an empty schema each start).
+STORAGE_URL = None
+
+
+def psql():
+    """Debian keeps psql in a versioned directory (and links it onto the PATH)."""
+    import glob
+    import shutil
+    return shutil.which("psql") or sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
 
 
 def free_port():
@@ -95,6 +104,9 @@ class Cluster:
 
     def start(self, nodes, binary):
         kind = self.kind
+        if STORAGE_URL and kind == "chatd":
+            subprocess.run([psql(), STORAGE_URL, "-qc", "DROP SCHEMA public CASCADE; CREATE SCHEMA public"],
+                           check=True, capture_output=True)
         self.dir = tempfile.mkdtemp(prefix="bench-cluster-")
         self.redis_port = free_port() if nodes else None
         if nodes:
@@ -114,6 +126,8 @@ class Cluster:
                 if nodes:
                     env.update(CHATD_CLUSTER__REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/",
                                CHATD_CLUSTER__NODE_ID=chr(ord("a") + i))
+                if STORAGE_URL:
+                    env.update(CHATD_STORAGE__URL=STORAGE_URL)
                 self.spawn([str(binary), "--port", str(port)], env=env)
                 self.admins.append(admin)
             else:
@@ -325,7 +339,10 @@ def main():
     p.add_argument("--busy", action="store_true")
     p.add_argument("--only", choices=["chatd", "socketio"])
     p.add_argument("--baseline", help="another chatd binary, measured as chatd-base")
+    p.add_argument("--storage-url", help="the nodes keep everything in this PostgreSQL (emptied first)")
     args = p.parse_args()
+    global STORAGE_URL
+    STORAGE_URL = args.storage_url
     raise_nofile()
     if not (BIN / "chatd").exists():
         raise SystemExit("cargo build --release --bins first")

@@ -55,7 +55,7 @@ CASES = {
 }
 # Cases only servers speaking chatd's protocol can run.
 ACK_CASES = ("ack100", "ack1000")
-PROTOCOL_SERVERS = ("chatd", "chatd-base", "chatd-memory")
+PROTOCOL_SERVERS = ("chatd", "chatd-base", "chatd-memory", "chatd-postgres")
 # Connection rate: 1,000 clients connect (and, for chatd, say hello) and nothing is sent.
 CONNECT = ["--clients", "1000", "--senders", "1", "--messages", "0"]
 # chatd's users join rooms, and every join is announced to the room: "rooms of 10" spreads them over
@@ -64,6 +64,13 @@ CONNECT_ROOMS = ["--rooms", "100"]
 TLS_PEERS = {"node-ws-tls": "node-ws", "uws-js-tls": "uws-js"}
 # --pin: the server on CPU 0 and the load generator on CPU 1, so they never share a core.
 PIN = False
+
+
+def psql():
+    """Debian keeps psql in a versioned directory (and links it onto the PATH)."""
+    import glob
+    import shutil
+    return shutil.which("psql") or sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
 
 
 def free_port():
@@ -94,7 +101,7 @@ class Server:
 
     @property
     def raw_args(self):
-        if self.name in ("chatd", "chatd-base", "chatd-memory"):
+        if self.name in PROTOCOL_SERVERS:
             return []
         if self.name == "chatd-plain":
             return ["--raw", "--name-line"]
@@ -120,6 +127,12 @@ class Server:
             # Each run its own database (the default keeps history on disk), removed at stop.
             self.scratch = tempfile.mkdtemp(prefix="chatd-bench-")
             env["CHATD_STORAGE__PATH"] = "" if self.name == "chatd-memory" else os.path.join(self.scratch, "chatd.db")
+            if self.name == "chatd-postgres":
+                # $BENCH_POSTGRES_URL: a database of its own, emptied before each run.
+                url = os.environ["BENCH_POSTGRES_URL"]
+                subprocess.run([psql(), url, "-qc", "DROP SCHEMA public CASCADE; CREATE SCHEMA public"], check=True,
+                               capture_output=True)
+                env["CHATD_STORAGE__URL"] = url
         else:
             cmd = ["bash", os.path.join(PEERS_DIR, self.name, "start.sh"), str(self.port)]
         # Run from a scratch directory: chatd reads ./chat.toml when present, and a benchmark must

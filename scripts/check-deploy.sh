@@ -38,21 +38,28 @@ assert chatd["environment"]["CHATD_TLS__LISTEN"] == "0.0.0.0:8443"
 PY
 echo "ok"
 
-echo "-- the cluster profile: Redis, two nodes of one chat, a balancer that checks /readyz"
+echo "-- the cluster profile: Redis, PostgreSQL, two nodes of one chat, a balancer that checks /readyz"
 "$VENV/bin/docker-compose" --profile cluster config -q
 "$VENV/bin/docker-compose" --profile cluster config --format json > target/compose-cluster.json
 "$VENV/bin/python" - <<'PY'
 import json, re
 services = json.load(open("target/compose-cluster.json"))["services"]
-assert set(services) == {"chatd", "prometheus", "redis-secrets", "redis", "chatd-a", "chatd-b", "balancer", "prometheus-cluster"}, set(services)
+assert set(services) == {"chatd", "prometheus", "cluster-secrets", "redis", "postgres", "chatd-a", "chatd-b", "balancer", "prometheus-cluster"}, set(services)
 assert "--appendonly" in services["redis"]["command"], "the cluster's history is Redis's: keep AOF on"
 assert "--aclfile" in services["redis"]["command"], "the cluster's Redis needs passwords (docs/SECURITY.md)"
 assert not services["redis"].get("ports"), "the cluster's Redis is for the nodes only"
-acl = services["redis-secrets"]["entrypoint"][-1]
+acl = services["cluster-secrets"]["entrypoint"][-1]
 assert "user chatd on" in acl and "~chatd:*" in acl and "-@dangerous" in acl, "the nodes' Redis user is restricted"
 a, b = services["chatd-a"]["environment"], services["chatd-b"]["environment"]
 assert a["CHATD_CLUSTER__REDIS_URL"] == b["CHATD_CLUSTER__REDIS_URL"] == "redis://chatd@redis:6379/0"
-assert a["CHATD_CLUSTER__REDIS_PASSWORD_FILE"].startswith("/run/chatd-redis/")
+assert a["CHATD_CLUSTER__REDIS_PASSWORD_FILE"].startswith("/run/chatd-secrets/")
+assert a["CHATD_STORAGE__URL"] == b["CHATD_STORAGE__URL"] == "postgres://chatd@postgres:5432/chatd", "both nodes keep everything in one PostgreSQL"
+assert a["CHATD_STORAGE__PASSWORD_FILE"].startswith("/run/chatd-secrets/")
+pg = services["postgres"]
+assert not pg.get("ports"), "the cluster's PostgreSQL is for the nodes only"
+assert any(v["target"] == "/var/lib/postgresql/data" and v["type"] == "volume" for v in pg["volumes"]), "PostgreSQL keeps its data in a named volume"
+assert "pg_isready" in " ".join(pg["healthcheck"]["test"]), "PostgreSQL has a health check"
+assert services["chatd-a"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 assert a["CHATD_CLUSTER__NODE_ID"] != b["CHATD_CLUSTER__NODE_ID"]
 assert {k: v for k, v in a.items() if "NODE_ID" not in k} == {k: v for k, v in b.items() if "NODE_ID" not in k}
 cfg = open("deploy/haproxy.cfg").read()
@@ -71,12 +78,13 @@ for name, env in (("a", a), ("b", b)):
 print("ok")
 PY
 # Each node's environment is a valid configuration for the binary (with a stand-in for the
-# password file the redis-secrets service writes).
+# password file the cluster-secrets service writes). Without the storage URL: check-config
+# connects to PostgreSQL, which runs only in the deployment test (scripts/deploy-test.py).
 SECRET_DIR=$(mktemp -d)
 echo stand-in > "$SECRET_DIR/redis-password"
 for node in a b; do
-  mapfile -t NODE_ENV < <(grep -v '^CHATD_CONFIG=' "target/compose-cluster-$node.env" \
-    | sed "s|=/run/chatd-redis/|=$SECRET_DIR/|")
+  mapfile -t NODE_ENV < <(grep -v '^CHATD_CONFIG=\|^CHATD_STORAGE__' "target/compose-cluster-$node.env" \
+    | sed "s|=/run/chatd-secrets/|=$SECRET_DIR/|")
   env -i PATH=/usr/bin:/bin "${NODE_ENV[@]}" CHATD_CONFIG=chat.toml "$CHATD" check-config >/dev/null
 done
 rm -r "$SECRET_DIR"

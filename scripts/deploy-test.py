@@ -251,7 +251,7 @@ class Deploy:
         log("  -- up with the cluster profile: both nodes healthy")
         started = time.monotonic()
         p.compose("up", "-d", profiles=cluster)
-        p.wait_healthy("chatd-a", "chatd-b", "redis")
+        p.wait_healthy("chatd-a", "chatd-b", "redis", "postgres")
         self.figures["cluster healthy after up"] = f"{time.monotonic() - started:.0f} s"
         balancer = f"ws://127.0.0.1:{p.port('balancer', 8100)}"
         chatctl = str(self.host_chatctl())
@@ -265,6 +265,13 @@ class Deploy:
                         profiles=cluster, timeout=60)
         check("across the nodes" in out.stdout, f"chatctl on chatd-a printed {out.stdout} {out.stderr}")
         on_b.wait_line(lambda l: "across the nodes" in l, "the line from chatd-a on chatd-b")
+
+        def stored(where):
+            out = p.compose("exec", "-T", "postgres", "psql", "-U", "chatd", "-d", "chatd", "-Atc",
+                            f"SELECT count(*) FROM messages WHERE {where}", profiles=cluster)
+            return int(out.stdout.strip() or 0)
+        log("  -- what chatd-a acknowledged is in the cluster's PostgreSQL")
+        wait_for("the line from chatd-a in PostgreSQL", lambda: stored("text = 'across the nodes'") == 1, 30, 0.5)
 
         log("  -- the balancer routes clients to ready nodes")
         via = [Lines([chatctl, "--url", balancer, "--json", "connect", f"viewer{i}"]) for i in range(4)]
@@ -314,6 +321,8 @@ class Deploy:
             check(not dups, f"viewer{i} got these twice: {dups}")
             check(got == want, f"viewer{i} got them out of order: {got}")
         self.figures["resumed after docker compose kill chatd-a"] = f"{time.monotonic() - killed:.1f} s"
+        log("  -- every acknowledged line of the counter is stored, none twice")
+        wait_for("n1..n60 in PostgreSQL", lambda: stored("text ~ '^n[0-9]+$'") == total, 30, 0.5)
 
         log("  -- ChatdDown fires for the killed node")
         def alert():

@@ -34,6 +34,7 @@ STANDIN_TAGS = {
     "rust": "rust:1.95-slim-bookworm",
     "distroless-cc": "gcr.io/distroless/cc-debian12:nonroot",
     "redis": "redis:7.2",
+    "postgres": "postgres:15",
     "haproxy": "haproxy:2.8",
     "prometheus": "prom/prometheus:v2.53.2",
     "systemd-host": "chatd-test/systemd-host:bookworm",
