@@ -125,7 +125,9 @@ fn main() {
         let mut db = postgres::Client::connect(path, postgres::NoTls).expect("connect");
         let row = db
             .query_one(
-                "SELECT (pg_total_relation_size('messages') + pg_total_relation_size('rooms'))::bigint",
+                "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = current_schema() AND c.relkind = 'r'",
                 &[],
             )
             .expect("sizes");

@@ -307,6 +307,8 @@ struct Shared {
     marks: Marks,
     /// Stored messages not yet in the search index.
     unindexed: AtomicU64,
+    /// Searches waiting for the index to catch up (the writer then indexes at once).
+    searches_waiting: std::sync::atomic::AtomicUsize,
     metrics: StoreMetrics,
 }
 
@@ -329,6 +331,16 @@ impl Shared {
     /// Waits until the writes up to `generation` are committed (and, for a search, indexed unless
     /// the index is far behind), or until `deadline`: then the read sees what is committed.
     fn wait_for(&self, generation: u64, search: bool, deadline: Instant) {
+        if search {
+            self.searches_waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wait_until(generation, search, deadline);
+        if search {
+            self.searches_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn wait_until(&self, generation: u64, search: bool, deadline: Instant) {
         let mut progress = lock(&self.progress);
         loop {
             let indexed = !search || {
@@ -397,6 +409,7 @@ impl Store {
             writes_ok: AtomicBool::new(true),
             marks: Mutex::new(opened.marks),
             unindexed: AtomicU64::new(opened.unindexed),
+            searches_waiting: std::sync::atomic::AtomicUsize::new(0),
             metrics: store_metrics,
             settings: settings.clone(),
         });

@@ -24,6 +24,11 @@ pub(super) trait WriteDb: Send {
     fn index_some(&mut self) -> Result<u64, String> {
         Ok(0)
     }
+    /// While a batch gathers, index only once this many messages wait for it (or a search waits
+    /// for them); below it indexing waits for a pause in the writes. 0: always.
+    fn index_backlog(&self) -> u64 {
+        0
+    }
     /// A commit failed: forget what was cached about the database (room ids), and reconnect if
     /// the connection is gone.
     fn forget(&mut self);
@@ -133,10 +138,14 @@ impl Writer {
                     if state.items.len() >= BATCH || state.closed || now >= deadline {
                         break;
                     }
-                    let indexed;
-                    (state, indexed) = self.index_unlocked(&shared, db, state);
-                    if indexed {
-                        continue;
+                    let eager = shared.unindexed.load(Ordering::Relaxed) >= db.index_backlog()
+                        || shared.searches_waiting.load(Ordering::Relaxed) > 0;
+                    if eager {
+                        let indexed;
+                        (state, indexed) = self.index_unlocked(&shared, db, state);
+                        if indexed {
+                            continue;
+                        }
                     }
                     state = crate::sync::wait_timeout(&shared.work, state, deadline - now);
                 }

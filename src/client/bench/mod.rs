@@ -174,6 +174,16 @@ pub enum Credit {
     Ack,
 }
 
+/// Counts `n` deliveries as settled (received, or refused and never coming); the one that settles
+/// the last wakes the run.
+fn settle(run: &Run, n: u64, batch: &mut Vec<u64>) {
+    let before = run.settled.fetch_add(n, Ordering::AcqRel);
+    if before < run.expected && before + n >= run.expected {
+        flush(run, batch);
+        run.all_received.notify_one();
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -191,8 +201,13 @@ pub struct BenchReport {
     pub expected: u64,
     /// Deliveries received.
     pub received: u64,
-    /// Messages that arrived out of order or with gaps.
+    /// Messages that arrived out of order or with gaps (a refused message leaves a gap).
     pub out_of_order: u64,
+    /// Messages the server refused (an error reply to the `say`, such as `unavailable` when its
+    /// storage cannot keep up): never delivered, and not waited for.
+    pub refused: u64,
+    /// The deliveries those refused messages would have made.
+    pub refused_deliveries: u64,
     /// Seconds from the first send to the last delivery.
     pub send_secs: f64,
     /// Deliveries per second over the send phase.
@@ -275,6 +290,10 @@ struct Run {
     received: AtomicU64,
     expected: u64,
     out_of_order: AtomicU64,
+    /// Messages refused, and deliveries received or never coming (refused): the run ends when
+    /// this reaches `expected`.
+    refused: AtomicU64,
+    settled: AtomicU64,
     all_received: Notify,
     go: tokio::sync::watch::Receiver<bool>,
     latencies: Mutex<Histogram<u64>>,
@@ -340,6 +359,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         received: AtomicU64::new(0),
         expected,
         out_of_order: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
         all_received: Notify::new(),
         go,
         latencies: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
@@ -473,6 +494,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         expected,
         received,
         out_of_order: run.out_of_order.load(Ordering::Acquire),
+        refused: run.refused.load(Ordering::Acquire),
+        refused_deliveries: run.settled.load(Ordering::Acquire).saturating_sub(received),
         send_secs,
         deliveries_per_sec: if send_secs > 0.0 {
             received as f64 / send_secs
@@ -633,6 +656,21 @@ async fn client(
                     run.acks[sender.unwrap_or_default()].fetch_add(1, Ordering::AcqRel);
                     continue;
                 }
+                if !run.raw && started && sender.is_some() && text.starts_with(r#"{"type":"error""#) {
+                    // A refused `say`: it answers the message (its credit comes back) and its
+                    // deliveries will never come.
+                    let s = sender.unwrap_or_default();
+                    run.acks[s].fetch_add(1, Ordering::AcqRel);
+                    run.refused.fetch_add(1, Ordering::AcqRel);
+                    let st = &run.senders[s];
+                    let d = st.delivered.fetch_add(st.recipients, Ordering::AcqRel) + st.recipients;
+                    if d >= st.want.load(Ordering::Acquire) {
+                        st.want.store(u64::MAX, Ordering::Release);
+                        st.wake.notify_one();
+                    }
+                    settle(&run, st.recipients, &mut batch);
+                    continue;
+                }
                 if run.raw && !started && text.starts_with("Welcome, ") {
                     run.welcomed.fetch_add(1, Ordering::AcqRel);
                     continue;
@@ -660,10 +698,8 @@ async fn client(
                         st.wake.notify_one();
                     }
                     run.last_delivery_us.fetch_max(now_us, Ordering::AcqRel);
-                    if run.received.fetch_add(1, Ordering::AcqRel) + 1 == run.expected {
-                        flush(&run, &mut batch);
-                        run.all_received.notify_one();
-                    }
+                    run.received.fetch_add(1, Ordering::AcqRel);
+                    settle(&run, 1, &mut batch);
                     // Flush stragglers when this client is likely done.
                     if expected_seq.iter().all(|&e| e as usize == opts.messages) {
                         flush(&run, &mut batch);

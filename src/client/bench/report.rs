@@ -8,7 +8,7 @@ impl BenchReport {
         let mut out = format!(
             "clients {} in {} room(s), senders {}\n\
              connect      {:.3} s ({:.0} handshakes+hello/s)\n\
-             deliveries   {} of {} expected ({} lost, {} out of order)\n\
+             deliveries   {} of {} expected ({} lost, {} out of order, {} messages refused)\n\
              throughput   {:.0} deliveries/s over {:.3} s\n\
              latency      p50 {} us, p90 {} us, p99 {} us, max {} us\n",
             self.clients,
@@ -18,8 +18,9 @@ impl BenchReport {
             self.handshakes_per_sec,
             self.received,
             self.expected,
-            self.expected.saturating_sub(self.received),
+            self.lost(),
             self.out_of_order,
+            self.refused,
             self.deliveries_per_sec,
             self.send_secs,
             self.latency_us.p50,
@@ -44,9 +45,10 @@ impl BenchReport {
         out
     }
 
-    /// Deliveries that never arrived.
+    /// Deliveries that never arrived (those of refused messages were never coming).
     pub fn lost(&self) -> u64 {
-        self.expected.saturating_sub(self.received)
+        self.expected
+            .saturating_sub(self.received + self.refused_deliveries)
     }
 
     /// What went wrong, if anything: an unclean shutdown (with `until_close`) or lost deliveries.

@@ -209,6 +209,10 @@ fn open_here(
     } else {
         load_marks(db, settings).map_err(err)?
     };
+    let unindexed = db
+        .query_one("SELECT count(*) FROM words_pending", &[])
+        .map_err(err)?
+        .get::<_, i64>(0) as u64;
     info!(store = %url, rooms = loaded.rooms.len(), shared = settings.shared, "storage loaded");
     if unclean {
         warn!(
@@ -224,7 +228,7 @@ fn open_here(
         searcher: Box::new(read::Reader(searcher)),
         loaded,
         marks,
-        unindexed: 0,
+        unindexed,
     })
 }
 

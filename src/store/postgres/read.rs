@@ -1,4 +1,4 @@
-//! PostgreSQL's answers to reads. Search matches the `words` column (GIN-indexed) against
+//! PostgreSQL's answers to reads. Search matches `message_words` (GIN-indexed) against
 //! `websearch_to_tsquery` of the words the user typed, joined by spaces: every word must be
 //! there, and nothing the user typed is query syntax (the session passes only letters and
 //! digits, and that function never fails on its input anyway). A search runs on a connection
@@ -113,10 +113,11 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
             let rows = db
                 .query(
                     &format!(
-                        "SELECT {COLUMNS}, r.name FROM messages m JOIN rooms r ON r.id = m.room_id
-                         WHERE m.words @@ websearch_to_tsquery('simple', $1) AND m.id < $2
+                        "SELECT {COLUMNS}, r.name FROM message_words w
+                         JOIN messages m ON m.id = w.id JOIN rooms r ON r.id = m.room_id
+                         WHERE w.words @@ websearch_to_tsquery('simple', $1) AND w.id < $2
                            AND r.name = ANY($3)
-                         ORDER BY m.id DESC LIMIT $4"
+                         ORDER BY w.id DESC LIMIT $4"
                     ),
                     &[
                         &words.join(" "),

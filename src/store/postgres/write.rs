@@ -1,6 +1,9 @@
 //! PostgreSQL's writes: a batch is one transaction of a few statements whatever its size (rows go
-//! in as arrays, `unnest`ed), so a commit costs a handful of round trips. Search needs no second
-//! pass: the `words` column is computed as each row is written.
+//! in as arrays, `unnest`ed), so a commit costs a handful of round trips. As in SQLite, search
+//! indexing is the writer's second job, between commits: a commit notes new messages in
+//! `words_pending`, and [`WriteDb::index_some`] moves a chunk of them into `message_words` (their
+//! `tsvector`s, GIN-indexed), which costs four times what storing them does. Cluster nodes index
+//! side by side (`SKIP LOCKED`): each takes chunks the others are not taking.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +16,13 @@ use crate::store::writer::WriteDb;
 use crate::store::{
     Op, PRUNE_CHUNK, Shared, Write, advance_marks, pm_pair, retention_cutoff, role_name,
 };
+
+/// Messages indexed for search per statement (about 10 ms of PostgreSQL's time).
+const INDEX_CHUNK: i64 = 500;
+/// Indexing waits for a pause in the writes until this many messages wait for it (or a search
+/// does): a burst is stored first (indexing costs PostgreSQL four times what storing does, on
+/// cores the chat may share), and indexed as soon as it ends.
+const INDEX_BACKLOG: u64 = 10_000;
 
 /// The writer thread's connection, and the ids of the rooms it has written to.
 pub(in crate::store) struct Writer {
@@ -33,9 +43,31 @@ impl WriteDb for Writer {
     fn commit(&mut self, batch: &[Write]) -> Result<u64, String> {
         let db = self.conn.client()?;
         let mut tx = db.transaction().map_err(|e| reason(&e))?;
-        commit(&mut tx, batch, &mut self.rooms).map_err(|e| reason(&e))?;
+        let stored = commit(&mut tx, batch, &mut self.rooms).map_err(|e| reason(&e))?;
         tx.commit().map_err(|e| reason(&e))?;
-        Ok(0)
+        Ok(stored)
+    }
+
+    fn index_some(&mut self) -> Result<u64, String> {
+        let db = self.conn.client()?;
+        let indexed = db.execute(
+            "WITH taken AS (
+                 DELETE FROM words_pending WHERE id IN
+                     (SELECT id FROM words_pending ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id)
+             INSERT INTO message_words (id, words)
+             SELECT m.id, to_tsvector('simple', m.text) FROM messages m JOIN taken t ON t.id = m.id
+             ON CONFLICT DO NOTHING",
+            &[&INDEX_CHUNK],
+        );
+        indexed.map_err(|e| {
+            self.conn.check();
+            reason(&e)
+        })
+    }
+
+    fn index_backlog(&self) -> u64 {
+        INDEX_BACKLOG
     }
 
     fn forget(&mut self) {
@@ -68,13 +100,13 @@ impl WriteDb for Writer {
     }
 }
 
-/// Writes `batch` into `tx`: rooms first (made if new), then the messages and PMs as arrays, then
-/// the rooms' last seqs and the next id.
+/// Writes `batch` into `tx`: rooms first (made if new), then the messages (noted for indexing)
+/// and PMs as arrays, then the rooms' last seqs and the next id. The number of messages stored.
 fn commit(
     tx: &mut Transaction<'_>,
     batch: &[Write],
     rooms: &mut HashMap<String, i64>,
-) -> Result<(), postgres::Error> {
+) -> Result<u64, postgres::Error> {
     let mut new_rooms: Vec<(String, String)> = Vec::new();
     for write in batch {
         if let Op::Message { msg, epoch } = &write.op
@@ -122,17 +154,27 @@ fn commit(
             Op::Flush(_) => {}
         }
     }
+    let mut stored = 0;
     if !m.ids.is_empty() {
-        let stored = tx.execute(
-            "INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
-                                  $5::text[], $6::text[], $7::text[], $8::bool[])
-             ON CONFLICT DO NOTHING",
-            &[
-                &m.ids, &m.rooms, &m.seqs, &m.ts, &m.senders, &m.roles, &m.texts, &m.actions,
-            ],
-        )?;
+        let ids: Vec<i64> = tx
+            .query(
+                "INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                      $5::text[], $6::text[], $7::text[], $8::bool[])
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[
+                    &m.ids, &m.rooms, &m.seqs, &m.ts, &m.senders, &m.roles, &m.texts, &m.actions,
+                ],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        stored = ids.len() as u64;
         lost(m.ids.len(), stored, "messages");
+        tx.execute(
+            "INSERT INTO words_pending (id) SELECT unnest($1::bigint[])",
+            &[&ids],
+        )?;
         let (ids, seqs): (Vec<i64>, Vec<i64>) = last_seqs.into_iter().unzip();
         tx.execute(
             "UPDATE rooms r SET last_seq = GREATEST(r.last_seq, v.seq)
@@ -167,7 +209,7 @@ fn commit(
             &[&(max_id + 1).to_string()],
         )?;
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Rows whose id (or room and seq) was already taken are skipped, not allowed to fail the batch:
@@ -249,11 +291,19 @@ fn prune(
     advance_marks(shared, cuts.values());
     for (id, (_, seq)) in &cuts {
         loop {
-            let n = db.execute(
-                "DELETE FROM messages WHERE id IN
-                 (SELECT id FROM messages WHERE room_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3)",
-                &[id, &(*seq as i64), &PRUNE_CHUNK],
-            )?;
+            let n = db
+                .query_one(
+                    "WITH gone AS (
+                         DELETE FROM messages WHERE id IN
+                             (SELECT id FROM messages WHERE room_id = $1 AND seq <= $2
+                              ORDER BY seq LIMIT $3)
+                         RETURNING id),
+                     words AS (DELETE FROM message_words WHERE id IN (SELECT id FROM gone)),
+                     pending AS (DELETE FROM words_pending WHERE id IN (SELECT id FROM gone))
+                     SELECT count(*) FROM gone",
+                    &[id, &(*seq as i64), &PRUNE_CHUNK],
+                )?
+                .get::<_, i64>(0) as u64;
             *deleted += n;
             if (n as i64) < PRUNE_CHUNK {
                 break;
