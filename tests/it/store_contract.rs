@@ -93,6 +93,7 @@ contract!(
     marks_say_where_a_room_stands,
     pruning_keeps_each_rooms_newest,
     an_unclean_stop_renumbers,
+    a_full_queue_refuses_and_loses_nothing_accepted,
 );
 
 fn message(id: u64, seq: u64, room: &str, text: &str) -> Arc<Message> {
@@ -372,6 +373,31 @@ fn an_unclean_stop_renumbers(db: &Db) {
         page(&store, None, None, 10).0,
         [1, 2, 3],
         "nothing committed is lost"
+    );
+    store.close(Duration::from_secs(10));
+}
+
+fn a_full_queue_refuses_and_loses_nothing_accepted(db: &Db) {
+    let mut settings = db.settings();
+    settings.queue_bytes = 64 * 1024;
+    let (store, loaded) = Store::open(settings, &Metrics::new()).unwrap();
+    let text = "x".repeat(4096);
+    let (mut accepted, mut refused) = (0u64, 0);
+    for i in 0..2_000u64 {
+        let msg = message(loaded.next_id + i, accepted + 1, "lobby", &text);
+        match store.append(msg, loaded.epoch.as_str().into()) {
+            Ok(()) => accepted += 1,
+            Err(Refused::Full | Refused::Behind) => refused += 1,
+            Err(other) => panic!("refused for another reason: {other:?}"),
+        }
+    }
+    assert!(refused > 0, "64 KiB cannot hold 2,000 × 4 KiB at once");
+    assert!(store.sync(Duration::from_secs(30)));
+    let (seqs, _) = page(&store, None, None, 2_000);
+    assert_eq!(
+        seqs,
+        (1..=accepted).collect::<Vec<_>>(),
+        "every accepted message is stored"
     );
     store.close(Duration::from_secs(10));
 }

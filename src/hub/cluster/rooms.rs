@@ -218,19 +218,19 @@ impl Inner {
                     && seq - r.since <= self.settings.hub.resume_max
                     && self
                         .stored_from(&room)
-                        .await?
+                        .await
                         .is_some_and(|f| f <= r.since + 1);
                 if reachable {
                     history.clear();
                     more = true;
                 } else {
-                    self.top_up(&room, &mut history).await?;
+                    self.top_up(&room, &mut history, seq).await;
                 }
                 Some(reachable)
             }
             Some(_) => Some(true),
             None => {
-                self.top_up(&room, &mut history).await?;
+                self.top_up(&room, &mut history, seq).await;
                 None
             }
         };

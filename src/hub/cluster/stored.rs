@@ -71,40 +71,34 @@ impl Inner {
         Ok(())
     }
 
-    /// The oldest seq of `room` the store holds, if any (none without a store).
-    pub(super) async fn stored_from(&self, room: &str) -> Result<Option<u64>, Fail> {
-        if self.store.is_none() {
-            return Ok(None);
-        }
-        match self.ask(Query::Mark { room: room.into() }).await? {
-            Found::Mark(Some(mark), _) if mark.first_seq <= mark.last_seq => {
-                Ok(Some(mark.first_seq))
+    /// The oldest seq of `room` the store holds, if any (none without a store, or when the store
+    /// cannot say now: a join is never refused for it, it is just not resumed).
+    pub(super) async fn stored_from(&self, room: &str) -> Option<u64> {
+        self.store.as_ref()?;
+        match self.ask(Query::Mark { room: room.into() }).await {
+            Ok(Found::Mark(Some(mark), _)) if mark.first_seq <= mark.last_seq => {
+                Some(mark.first_seq)
             }
-            _ => Ok(None),
+            _ => None,
         }
     }
 
-    /// Fills a joiner's history up to `history.on_join` from the store when the stream held
-    /// fewer (Redis restarted, or trimmed by bytes).
-    pub(super) async fn top_up(
-        &self,
-        room: &str,
-        history: &mut Vec<Arc<StoredMessage>>,
-    ) -> Result<(), Fail> {
+    /// Fills a joiner's history up to `history.on_join` from the store when the stream holds
+    /// fewer and older messages exist (Redis restarted, or the stream was trimmed by bytes). Best
+    /// effort: a busy or failing store leaves the stream's history as it is, never the join
+    /// refused (a crowd joining a quiet room must not queue a read each).
+    pub(super) async fn top_up(&self, room: &str, history: &mut Vec<Arc<StoredMessage>>, seq: u64) {
         let want = self.settings.hub.history_on_join;
-        if self.store.is_none() || history.len() >= want {
-            return Ok(());
+        let oldest = history.first().map_or(seq + 1, |m| m.seq);
+        if self.store.is_none() || history.len() >= want || oldest <= 1 {
+            return;
         }
-        let (older, _) = self
-            .page(
-                room,
-                history.first().map(|m| m.seq),
-                None,
-                want - history.len(),
-            )
-            .await?;
-        history.splice(0..0, older);
-        Ok(())
+        if let Ok((older, _)) = self
+            .page(room, Some(oldest), None, want - history.len())
+            .await
+        {
+            history.splice(0..0, older);
+        }
     }
 
     /// A page of `room` from the store, oldest first, and whether more exist that way.
