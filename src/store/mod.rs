@@ -692,6 +692,21 @@ fn role_of(name: &str) -> Role {
     }
 }
 
+/// Drops the oldest of `messages` (oldest first) until the rest cost at most `bytes`
+/// ([`message_cost`]): what a room warms its memory with at startup.
+fn keep_newest(messages: &mut Vec<Message>, bytes: usize) {
+    let mut total = 0;
+    let keep = messages
+        .iter()
+        .rev()
+        .take_while(|m| {
+            total += message_cost(m);
+            total <= bytes
+        })
+        .count();
+    messages.drain(..messages.len() - keep);
+}
+
 /// A fresh epoch for a numbering that starts now.
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))

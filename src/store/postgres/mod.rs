@@ -26,7 +26,7 @@ use postgres::{Client, NoTls};
 use tracing::{info, warn};
 
 use super::{
-    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, kept, message_cost, retention_cutoff,
+    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, keep_newest, kept, retention_cutoff,
     role_of, uncommitted_bound,
 };
 use crate::config::{ConfigError, SecretUrl};
@@ -312,16 +312,7 @@ fn load(db: &mut Client, s: &StoreSettings) -> Result<Loaded, postgres::Error> {
             .map(|r| message_row(r, &name))
             .collect();
         messages.reverse();
-        let mut bytes = 0;
-        let keep = messages
-            .iter()
-            .rev()
-            .take_while(|m| {
-                bytes += message_cost(m);
-                bytes <= s.recent_bytes_per_room
-            })
-            .count();
-        messages.drain(..messages.len() - keep);
+        keep_newest(&mut messages, s.recent_bytes_per_room);
         rooms.push(LoadedRoom {
             first_seq: first.map_or(last_seq + 1, |f| f as u64),
             name,

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tracing::{info, warn};
 
 use super::{
-    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, kept, message_cost, retention_cutoff,
+    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, keep_newest, kept, retention_cutoff,
     role_of, uncommitted_bound,
 };
 use crate::config::ConfigError;
@@ -296,17 +296,7 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
             })?
             .collect::<Result<_, _>>()?;
         messages.reverse();
-        // Within the per-room byte bound too, newest kept.
-        let mut bytes = 0;
-        let keep = messages
-            .iter()
-            .rev()
-            .take_while(|m| {
-                bytes += message_cost(m);
-                bytes <= s.recent_bytes_per_room
-            })
-            .count();
-        messages.drain(..messages.len() - keep);
+        keep_newest(&mut messages, s.recent_bytes_per_room);
         rooms.push(LoadedRoom {
             first_seq: first.unwrap_or(last_seq + 1),
             name,
