@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Daemon, Redis, SyncClient, chatd_command, code_and_stderr, free_port};
+use crate::helpers::{
+    Daemon, Redis, SyncClient, chatd_command, code_and_stderr, free_port, http, metric,
+};
 use crate::postgres_server::Postgres;
 use crate::storage::{hello, request, say, seqs, texts};
 
@@ -310,5 +312,73 @@ fn a_single_node_keeps_everything_in_postgres() {
             !err.contains("hunter2"),
             "the password is never shown: {err}"
         );
+    }
+}
+
+/// PostgreSQL going away under a running node: `say` is refused `unavailable` (never acked and
+/// lost), `/readyz` is 503 and the failures are counted; when it is back the node recovers by
+/// itself, and every acknowledged message is stored.
+#[cfg_attr(
+    chatd_no_postgres,
+    ignore = "needs PostgreSQL (apt install postgresql)"
+)]
+#[test]
+fn a_node_rides_out_a_postgres_outage() {
+    let mut pg = Postgres::start();
+    let env = [
+        ("CHATD_STORAGE__URL", pg.url.as_str()),
+        ("CHATD_LIMITS__RATE_PER_SEC", "0"),
+        ("CHATD_ADMIN__LISTEN", "127.0.0.1:0"),
+    ];
+    let d = Daemon::start(&[], &env);
+    let admin = d.admin.expect("an admin listener");
+    let mut alice = SyncClient::join(d.addr, "alice");
+    let mut acked = vec![say(&mut alice, "lobby", "before")["seq"].as_u64().unwrap()];
+    pg.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        assert!(
+            Instant::now() < deadline,
+            "says are refused while PostgreSQL is gone"
+        );
+        let reply = say(&mut alice, "lobby", "during");
+        if reply["type"] != "ack" {
+            break reply;
+        }
+        acked.push(reply["seq"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert_eq!(http(admin, "GET", "/readyz").0, 503);
+    assert!(
+        metric(
+            &http(admin, "GET", "/metrics").1,
+            "chatd_storage_errors_total"
+        ) >= 1.0
+    );
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(admin, "GET", "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "ready again by itself");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ack = say(&mut alice, "lobby", "after");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    acked.push(ack["seq"].as_u64().unwrap());
+    let want: Vec<String> = acked.iter().map(u64::to_string).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = pg.sql(
+            "chatd",
+            "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM messages",
+        );
+        if stored == want.join(",") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged {want:?}, stored {stored}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
