@@ -115,6 +115,9 @@ pub struct StorageConfig {
     pub url: SecretUrl,
     /// A file holding the PostgreSQL password (its first line), instead of putting it in `url`.
     pub password_file: String,
+    /// PEM CA certificate(s) PostgreSQL's certificate must chain to when `url` asks for TLS
+    /// (`sslmode=require`); empty: the system's roots.
+    pub ca_cert: String,
     /// Longest time an accepted message waits to be committed (what a crash can lose).
     pub commit_interval_ms: u64,
     /// Messages older than this many days are deleted; 0 keeps them forever.
@@ -139,6 +142,7 @@ impl Default for StorageConfig {
             path: "chatd.db".into(),
             url: SecretUrl::default(),
             password_file: String::new(),
+            ca_cert: String::new(),
             commit_interval_ms: 100,
             retention_days: 0,
             max_messages_per_room: 0,

@@ -152,16 +152,26 @@ pub struct Loaded {
 pub enum Place {
     /// An SQLite file (`storage.path`).
     File(PathBuf),
-    /// A PostgreSQL database (`storage.url`), and the file its password is in
-    /// (`storage.password_file`), if not in the URL.
-    Postgres(SecretUrl, Option<PathBuf>),
+    /// A PostgreSQL database (`storage.url`).
+    Postgres(PostgresPlace),
+}
+
+/// Where a PostgreSQL database is, and what connecting to it needs.
+#[derive(Debug, Clone)]
+pub struct PostgresPlace {
+    /// `storage.url`.
+    pub url: SecretUrl,
+    /// `storage.password_file`, when the password is not in the URL.
+    pub password_file: Option<PathBuf>,
+    /// `storage.ca_cert`, for TLS (`sslmode=require`) with a private CA.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Place::File(path) => write!(f, "{}", path.display()),
-            Place::Postgres(url, _) => write!(f, "{url}"),
+            Place::Postgres(pg) => write!(f, "{}", pg.url),
         }
     }
 }
@@ -204,8 +214,12 @@ impl StoreSettings {
         let s = &config.storage;
         let shared = !config.cluster.redis_url.is_empty();
         let place = if !s.url.is_empty() {
-            let file = (!s.password_file.is_empty()).then(|| PathBuf::from(&s.password_file));
-            Place::Postgres(s.url.clone(), file)
+            let file = |f: &String| (!f.is_empty()).then(|| PathBuf::from(f));
+            Place::Postgres(PostgresPlace {
+                url: s.url.clone(),
+                password_file: file(&s.password_file),
+                ca_cert: file(&s.ca_cert),
+            })
         } else if !s.path.is_empty() && !shared {
             Place::File(PathBuf::from(&s.path))
         } else {
@@ -274,7 +288,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
     match StoreSettings::from_config(config).map(|s| s.place) {
         None => Ok(()),
         Some(Place::File(path)) => sqlite::check(&path),
-        Some(Place::Postgres(url, password)) => postgres::check(&url, password.as_deref()),
+        Some(Place::Postgres(pg)) => postgres::check(&pg),
     }
 }
 
@@ -391,7 +405,7 @@ impl Store {
     ) -> Result<(Store, Loaded), ConfigError> {
         let opened = match &settings.place {
             Place::File(path) => sqlite::open(path, &settings)?,
-            Place::Postgres(url, password) => postgres::open(url, password.as_deref(), &settings)?,
+            Place::Postgres(pg) => postgres::open(pg, &settings)?,
         };
         let store_metrics = StoreMetrics {
             errors: metrics.storage_errors.clone(),

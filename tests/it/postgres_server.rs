@@ -65,6 +65,8 @@ fn command(program: &Path) -> Command {
 pub struct Postgres {
     child: Child,
     data: PathBuf,
+    /// `-c name=value` settings beyond the defaults.
+    settings: Vec<String>,
     pub port: u16,
     /// `postgres://chatd@127.0.0.1:{port}/chatd`.
     pub url: String,
@@ -73,7 +75,7 @@ pub struct Postgres {
 
 /// Runs `postgres` on `data` and `port` (its socket beside the data) until it accepts
 /// connections.
-fn serve(data: &Path, port: u16) -> Child {
+fn serve(data: &Path, port: u16, settings: &[String]) -> Child {
     let mut child = command(&bin_dir().join("postgres"))
         .arg("-D")
         .arg(data)
@@ -89,6 +91,7 @@ fn serve(data: &Path, port: u16) -> Child {
             "-c",
             "max_connections=200",
         ])
+        .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -111,7 +114,14 @@ impl Postgres {
     /// Initialises a cluster and starts its server; the database `chatd` (owned by superuser
     /// `chatd`, no password on loopback) is there when this returns.
     pub fn start() -> Postgres {
+        Postgres::start_with(|_| Vec::new())
+    }
+
+    /// [`Postgres::start`] with `-c` settings; `settings` gets the server's directory (for files
+    /// it should read: they are the server's own there).
+    pub fn start_with(settings: impl FnOnce(&Path) -> Vec<String>) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
         if is_root() {
             Command::new("chown")
                 .args(["postgres:postgres", &dir.path().display().to_string()])
@@ -135,11 +145,18 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir.path().display().to_string()])
+                .status()
+                .unwrap();
+        }
         let port = free_port();
-        let child = serve(&data, port);
+        let child = serve(&data, port, &settings);
         let pg = Postgres {
             child,
             data,
+            settings,
             port,
             url: format!("postgres://chatd@127.0.0.1:{port}/chatd"),
             _dir: dir,
@@ -151,7 +168,7 @@ impl Postgres {
     /// Starts it again on its data and port, after [`Postgres::kill`].
     pub fn restart(&mut self) {
         self.kill();
-        self.child = serve(&self.data, self.port);
+        self.child = serve(&self.data, self.port, &self.settings);
     }
 
     /// Runs `sql` in `database` with psql; its output (tuples only).

@@ -511,3 +511,69 @@ fn cluster_nodes_share_a_database_a_single_node_may_not() {
     a.close(Duration::from_secs(10));
     b.close(Duration::from_secs(10));
 }
+
+/// `sslmode=require`: TLS, verified against `storage.ca_cert`; without that CA (the system's roots
+/// do not know it) the store is refused, naming the key, never connecting in the clear instead.
+#[test]
+#[cfg_attr(
+    chatd_no_postgres,
+    ignore = "needs PostgreSQL (apt install postgresql)"
+)]
+fn postgres_over_tls_is_verified() {
+    let certs = tempfile::tempdir().unwrap();
+    let out = crate::helpers::chatd_command()
+        .args(["cert", "--host", "127.0.0.1", "--out"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pg = Postgres::start_with(|dir| {
+        for f in ["cert.pem", "key.pem"] {
+            std::fs::copy(certs.path().join(f), dir.join(f)).unwrap();
+        }
+        let key = dir.join("key.pem");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", dir.join("cert.pem").display()),
+            format!("ssl_key_file={}", key.display()),
+        ]
+    });
+    let mut config = Config::default();
+    config.storage.url = SecretUrl::new(format!("{}?sslmode=require", pg.url));
+    let e = Store::open(
+        StoreSettings::from_config(&config).unwrap(),
+        &Metrics::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("storage.url"), "{e}");
+    config.storage.ca_cert = certs.path().join("ca.pem").display().to_string();
+    let (store, loaded) = Store::open(
+        StoreSettings::from_config(&config).unwrap(),
+        &Metrics::new(),
+    )
+    .unwrap();
+    say(
+        &store,
+        &loaded.epoch,
+        "lobby",
+        loaded.next_id,
+        1,
+        &["over tls"],
+    );
+    assert_eq!(page(&store, None, None, 10).0, [1]);
+    let connections = |ssl: bool| {
+        pg.sql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'chatd' AND s.ssl = {ssl}"
+            ),
+        )
+    };
+    assert_ne!(connections(true), "0", "the store speaks TLS");
+    assert_eq!(connections(false), "0", "and nothing in the clear");
+    store.close(Duration::from_secs(10));
+}

@@ -19,15 +19,19 @@ mod schema;
 mod write;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use postgres::config::SslMode;
 use postgres::{Client, NoTls};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
 use super::{
-    Loaded, LoadedRoom, Mark, Message, Opened, StoreSettings, keep_newest, kept, retention_cutoff,
-    role_of, uncommitted_bound,
+    Loaded, LoadedRoom, Mark, Message, Opened, PostgresPlace, StoreSettings, keep_newest, kept,
+    retention_cutoff, role_of, uncommitted_bound,
 };
 use crate::config::{ConfigError, SecretUrl};
 use crate::protocol::ChatMessage;
@@ -65,21 +69,26 @@ fn reason(e: &postgres::Error) -> String {
 /// when it is closed, and runs the thread's setup (its timeout, its lock).
 pub(super) struct Conn {
     config: postgres::Config,
+    /// TLS, when the URL asks for it.
+    tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
     /// Set on every new connection: `SET` statements, and for the writer its lock.
     setup: String,
 }
 
-/// Where to connect: the URL, with the password from `storage.password_file` when one is named.
+/// Where to connect: the URL, with the password from `storage.password_file` when one is named,
+/// and TLS when the URL asks for it (`sslmode=require`): verified against `storage.ca_cert`, or
+/// the system's roots. Otherwise the connection is plain (`prefer`, the default, does not try
+/// TLS: a server's certificate chatd cannot verify is no better than none).
 fn connect_config(
-    url: &SecretUrl,
-    password: Option<&Path>,
-) -> Result<postgres::Config, ConfigError> {
-    let mut config: postgres::Config = url
+    pg: &PostgresPlace,
+) -> Result<(postgres::Config, Option<MakeRustlsConnect>), ConfigError> {
+    let mut config: postgres::Config = pg
+        .url
         .expose()
         .parse()
         .map_err(|e| url_error(format!("is not a PostgreSQL URL: {e}")))?;
-    if let Some(file) = password {
+    if let Some(file) = &pg.password_file {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError::File {
             key: "storage.password_file",
             path: file.display().to_string(),
@@ -87,17 +96,56 @@ fn connect_config(
         })?;
         config.password(text.lines().next().unwrap_or_default());
     }
-    Ok(config)
+    if config.get_ssl_mode() != SslMode::Require {
+        config.ssl_mode(SslMode::Disable);
+        return Ok((config, None));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &pg.ca_cert {
+        Some(path) => {
+            let bad = |e: String| ConfigError::File {
+                key: "storage.ca_cert",
+                path: path.display().to_string(),
+                reason: e,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                let cert = cert.map_err(|e| bad(e.to_string()))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(url_error(
+            "sslmode=require, and no root certificate to verify PostgreSQL's with: set storage.ca_cert",
+        ));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| url_error(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok((config, Some(MakeRustlsConnect::new(tls))))
 }
 
 impl Conn {
-    fn new(mut config: postgres::Config, setup: String) -> Conn {
+    fn new(
+        (mut config, tls): (postgres::Config, Option<MakeRustlsConnect>),
+        setup: String,
+    ) -> Conn {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("chatd");
         Conn {
             config,
+            tls,
             client: None,
             setup,
         }
@@ -109,10 +157,11 @@ impl Conn {
             self.client = None;
         }
         if self.client.is_none() {
-            let mut client = self
-                .config
-                .connect(NoTls)
-                .map_err(|e| format!("cannot connect: {}", reason(&e)))?;
+            let connected = match &self.tls {
+                Some(tls) => self.config.connect(tls.clone()),
+                None => self.config.connect(NoTls),
+            };
+            let mut client = connected.map_err(|e| format!("cannot connect: {}", reason(&e)))?;
             client.batch_execute(&self.setup).map_err(|e| reason(&e))?;
             self.client = Some(client);
         }
@@ -142,18 +191,14 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-pub(super) fn open(
-    url: &SecretUrl,
-    password: Option<&Path>,
-    settings: &StoreSettings,
-) -> Result<Opened, ConfigError> {
-    let config = connect_config(url, password)?;
-    off_runtime(|| open_here(url, config, settings))
+pub(super) fn open(pg: &PostgresPlace, settings: &StoreSettings) -> Result<Opened, ConfigError> {
+    let config = connect_config(pg)?;
+    off_runtime(|| open_here(&pg.url, config, settings))
 }
 
 fn open_here(
     url: &SecretUrl,
-    config: postgres::Config,
+    config: (postgres::Config, Option<MakeRustlsConnect>),
     settings: &StoreSettings,
 ) -> Result<Opened, ConfigError> {
     let lock = if settings.shared {
@@ -358,8 +403,9 @@ fn load_marks(
 }
 
 /// `chatd check-config`: the database answers, and holds nothing newer or foreign.
-pub(super) fn check(url: &SecretUrl, password: Option<&Path>) -> Result<(), ConfigError> {
-    let config = connect_config(url, password)?;
+pub(super) fn check(pg: &PostgresPlace) -> Result<(), ConfigError> {
+    let url = &pg.url;
+    let config = connect_config(pg)?;
     off_runtime(|| {
         let mut conn = Conn::new(config, timeout_setup(STATEMENT_TIMEOUT));
         let db = conn
