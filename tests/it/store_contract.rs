@@ -121,7 +121,7 @@ fn say(store: &Store, epoch: &str, room: &str, first_id: u64, first_seq: u64, te
             )
             .expect("queued");
     }
-    assert!(store.sync(Duration::from_secs(10)), "committed");
+    assert!(store.sync(Duration::from_secs(30)), "committed");
 }
 
 /// Runs `query` on the store's readers and waits for what it found.
@@ -130,7 +130,7 @@ fn read(store: &Store, query: Query) -> Found {
     assert!(store.read(query, move |found| {
         let _ = tx.send(found);
     }));
-    rx.recv_timeout(Duration::from_secs(10))
+    rx.recv_timeout(Duration::from_secs(30))
         .expect("an answer")
         .expect("found")
 }
@@ -184,7 +184,7 @@ fn pages_go_both_ways_and_numbering_survives_a_restart(db: &Db) {
         assert_eq!(page(&store, None, Some(0), 5), ((1..=5).collect(), true));
         let mark = store.mark("lobby").expect("the room is known");
         assert_eq!((mark.first_seq, mark.last_seq), (1, 30));
-        store.close(Duration::from_secs(10));
+        store.close(Duration::from_secs(30));
         (loaded.epoch, loaded.next_id + 30)
     };
     let (store, loaded) = db.open();
@@ -196,7 +196,7 @@ fn pages_go_both_ways_and_numbering_survives_a_restart(db: &Db) {
     assert_eq!(room.recent.len(), Config::default().history.size.min(30));
     assert_eq!(room.recent.last().unwrap().text, "m30");
     assert!(loaded.next_id >= next, "ids go on from where they were");
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
@@ -219,7 +219,7 @@ fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
     store
         .append_pm(pm(id + 3, "Ann", "bob", "still there?"))
         .unwrap();
-    assert!(store.sync(Duration::from_secs(10)));
+    assert!(store.sync(Duration::from_secs(30)));
     let query = |before| Query::Pms {
         pair: pm_pair("BOB", "ann"),
         before,
@@ -240,7 +240,7 @@ fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
         ("ann", "Bob")
     );
     assert!(!more);
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn search_matches_every_word_and_any_input_is_safe(db: &Db) {
@@ -295,7 +295,7 @@ fn search_matches_every_word_and_any_input_is_safe(db: &Db) {
     let long: String = "&!:*\"()|<-> ".repeat(350);
     assert!(long.len() >= 4096);
     assert!(search(&store, &["lobby"], &long, None).is_empty());
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn marks_say_where_a_room_stands(db: &Db) {
@@ -329,7 +329,7 @@ fn marks_say_where_a_room_stands(db: &Db) {
         panic!("not a mark")
     };
     assert!(none.is_none());
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn pruning_keeps_each_rooms_newest(db: &Db) {
@@ -340,13 +340,13 @@ fn pruning_keeps_each_rooms_newest(db: &Db) {
     let texts: Vec<String> = (1..=20).map(|i| format!("m{i}")).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     say(&store, &loaded.epoch, "lobby", loaded.next_id, 1, &texts);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while page(&store, None, None, 50).0 != (16..=20).collect::<Vec<_>>() {
         assert!(Instant::now() < deadline, "pruned to the newest 5");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(store.first_seq("lobby"), Some(16), "the mark moved with it");
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn an_unclean_stop_renumbers(db: &Db) {
@@ -374,7 +374,7 @@ fn an_unclean_stop_renumbers(db: &Db) {
         [1, 2, 3],
         "nothing committed is lost"
     );
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 fn a_full_queue_refuses_and_loses_nothing_accepted(db: &Db) {
@@ -399,7 +399,7 @@ fn a_full_queue_refuses_and_loses_nothing_accepted(db: &Db) {
         (1..=accepted).collect::<Vec<_>>(),
         "every accepted message is stored"
     );
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 /// PostgreSQL that is not there at start: refused, naming the key (chatd exits 78).
@@ -468,14 +468,14 @@ fn a_lost_postgres_refuses_writes_then_recovers() {
         assert!(Instant::now() < deadline, "the store recovers by itself");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(store.sync(Duration::from_secs(10)));
+    assert!(store.sync(Duration::from_secs(30)));
     let (seqs, _) = page(&store, None, None, 100);
     assert_eq!(
         seqs,
         (1..seq).collect::<Vec<_>>(),
         "every accepted message is stored"
     );
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
 
 /// Cluster nodes share one database: each writes what it numbered and reads what the others
@@ -503,13 +503,13 @@ fn cluster_nodes_share_a_database_a_single_node_may_not() {
             ))
             .unwrap();
     }
-    assert!(a.sync(Duration::from_secs(10)) && b.sync(Duration::from_secs(10)));
+    assert!(a.sync(Duration::from_secs(30)) && b.sync(Duration::from_secs(30)));
     assert_eq!(page(&b, None, None, 10).0, [1, 2, 3]);
     assert_eq!(search(&a, &["lobby"], "shared", None).len(), 3);
     let e = Store::open(db.settings(), &Metrics::new()).unwrap_err();
     assert!(e.to_string().contains("another chatd"), "{e}");
-    a.close(Duration::from_secs(10));
-    b.close(Duration::from_secs(10));
+    a.close(Duration::from_secs(30));
+    b.close(Duration::from_secs(30));
 }
 
 /// `sslmode=require`: TLS, verified against `storage.ca_cert`; without that CA (the system's roots
@@ -575,5 +575,5 @@ fn postgres_over_tls_is_verified() {
     };
     assert_ne!(connections(true), "0", "the store speaks TLS");
     assert_eq!(connections(false), "0", "and nothing in the clear");
-    store.close(Duration::from_secs(10));
+    store.close(Duration::from_secs(30));
 }
