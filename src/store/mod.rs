@@ -427,11 +427,17 @@ impl Store {
             metrics: store_metrics,
             settings: settings.clone(),
         });
+        // SQLite's threads do the database's work themselves: they yield to chat. PostgreSQL's
+        // do little (about 1 µs a message) but wait on the server several times a commit, and a
+        // lowered priority would add a scheduling delay to each of those waits.
+        let nice = matches!(settings.place, Place::File(_));
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    background_priority();
+                    if nice {
+                        background_priority();
+                    }
                     f()
                 })
                 .map_err(|e| ConfigError::Invalid {
@@ -679,7 +685,7 @@ pub fn pm_pair(a: &str, b: &str) -> String {
     }
 }
 
-/// The store's threads run at a lower priority than the chat (nice 10): when they compete for a
+/// SQLite's store threads run at a lower priority than the chat (nice 10): when they compete for a
 /// core, a waking connection preempts a commit or an indexing chunk at once, so the disk adds
 /// throughput cost but not latency to chat. Their work is batched and queued, so running later
 /// costs nothing but delay. Where the call is not allowed (a seccomp filter), they run as they
