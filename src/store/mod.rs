@@ -278,6 +278,8 @@ struct Opened {
     loaded: Loaded,
     marks: HashMap<String, Mark>,
     unindexed: u64,
+    /// The last stop was not clean (the store renumbered).
+    unclean: bool,
 }
 
 /// Checks the database a configuration names without changing anything (`chatd check-config`):
@@ -407,6 +409,12 @@ impl Store {
             Place::File(path) => sqlite::open(path, &settings)?,
             Place::Postgres(pg) => postgres::open(pg, &settings)?,
         };
+        if opened.unclean {
+            warn!(
+                store = %settings.place,
+                "storage: the last stop was not clean: messages acknowledged in its last moments may be lost; every room's numbering starts a new epoch (resuming clients reload), and message ids skip ahead"
+            );
+        }
         let store_metrics = StoreMetrics {
             errors: metrics.storage_errors.clone(),
             rejected: metrics.storage_rejected.clone(),

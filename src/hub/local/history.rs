@@ -207,38 +207,4 @@ impl LocalBroker {
             }
         }
     }
-
-    /// `Broker::conversation`: a page of stored private messages.
-    pub(super) fn conversation_page(
-        &self,
-        ticket: Ticket,
-        me: &Member,
-        with: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Answer {
-        let store = self.store.as_deref().filter(|_| self.limits.store_pms);
-        durable::conversation(store, ticket, me, with, before, limit)
-    }
-
-    /// `Broker::search`, on the store.
-    pub(super) fn find(
-        &self,
-        ticket: Ticket,
-        me: &Member,
-        rooms: &[Arc<str>],
-        query: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Answer {
-        durable::search(
-            self.store.as_deref(),
-            ticket,
-            me,
-            rooms,
-            query,
-            before,
-            limit,
-        )
-    }
 }

@@ -353,7 +353,8 @@ impl Broker for LocalBroker {
         before: Option<u64>,
         limit: usize,
     ) -> Answer {
-        self.conversation_page(ticket, me, with, before, limit)
+        let store = self.store.as_deref().filter(|_| self.limits.store_pms);
+        crate::hub::durable::conversation(store, ticket, me, with, before, limit)
     }
 
     fn search(
@@ -365,7 +366,15 @@ impl Broker for LocalBroker {
         before: Option<u64>,
         limit: usize,
     ) -> Answer {
-        self.find(ticket, me, rooms, query, before, limit)
+        crate::hub::durable::search(
+            self.store.as_deref(),
+            ticket,
+            me,
+            rooms,
+            query,
+            before,
+            limit,
+        )
     }
 
     fn ready(&self) -> bool {

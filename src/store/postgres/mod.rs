@@ -27,7 +27,7 @@ use postgres::{Client, NoTls};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{
     Loaded, LoadedRoom, Mark, Message, Opened, PostgresPlace, StoreSettings, keep_newest, kept,
@@ -259,12 +259,6 @@ fn open_here(
         .map_err(err)?
         .get::<_, i64>(0) as u64;
     info!(store = %url, rooms = loaded.rooms.len(), shared = settings.shared, "storage loaded");
-    if unclean {
-        warn!(
-            store = %url,
-            "storage: the last stop was not clean: messages acknowledged in its last moments may be lost; every room's numbering starts a new epoch (resuming clients reload), and message ids skip ahead"
-        );
-    }
     let reader = Conn::new(config.clone(), timeout_setup(STATEMENT_TIMEOUT));
     let searcher = Conn::new(config, timeout_setup(settings.search_budget));
     Ok(Opened {
@@ -274,6 +268,7 @@ fn open_here(
         loaded,
         marks,
         unindexed,
+        unclean,
     })
 }
 

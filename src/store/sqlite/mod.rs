@@ -199,12 +199,6 @@ pub(super) fn open(path: &Path, settings: &StoreSettings) -> Result<Opened, Conf
     let unindexed: u64 = writer
         .query_row("SELECT count(*) FROM fts_pending", [], |r| r.get(0))
         .map_err(err)?;
-    if unclean {
-        warn!(
-            path = %path.display(),
-            "storage: the last stop was not clean: messages acknowledged in its last moments may be lost; every room's numbering starts a new epoch (resuming clients reload), and message ids skip ahead"
-        );
-    }
     Ok(Opened {
         writer: Box::new(write::Writer::new(writer)),
         reader: Box::new(read::Reader(reader)),
@@ -212,6 +206,7 @@ pub(super) fn open(path: &Path, settings: &StoreSettings) -> Result<Opened, Conf
         loaded,
         marks,
         unindexed,
+        unclean,
     })
 }
 
