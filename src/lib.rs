@@ -6,6 +6,7 @@
 //! the broker, as a connection handler), `server` (where they meet), `store` (durable history),
 //! `web` (the browser client it serves) and `client` (chatctl).
 
+pub mod accounts;
 pub mod addr;
 pub mod auth;
 pub mod client;

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     /// Requests refused by rate limits, by kind (`request`, `typing`).
     pub rate_limited: IntCounterVec,
+    /// Sign-ins and registrations in accounts mode, by result.
+    pub sign_ins: IntCounterVec,
     /// Rooms that exist now.
     pub rooms: IntGauge,
     /// Users online now.
@@ -91,6 +93,15 @@ pub struct Metrics {
 /// Label values of `chatd_messages_received_total`: request types, then the other kinds of frame.
 /// Other than requests: plain-text lines, frames that are not a valid request, binary frames.
 const RECEIVED_OTHER: [&str; 3] = ["plain", "invalid", "binary"];
+/// `chatd_sign_ins_total`'s results.
+pub const SIGN_IN_RESULTS: [&str; 6] = [
+    "ok",
+    "registered",
+    "unauthorized",
+    "refused",
+    "rate_limited",
+    "unavailable",
+];
 
 impl Metrics {
     /// Registers every metric (and the process collector) in a fresh registry.
@@ -207,6 +218,11 @@ impl Metrics {
                 "chatd_rate_limited_total",
                 "Requests refused by rate limits, by kind.",
                 &["kind"],
+            ),
+            sign_ins: counter_vec(
+                "chatd_sign_ins_total",
+                "Sign-ins and registrations (accounts mode), by result.",
+                &["result"],
             ),
             rooms: gauge("chatd_rooms", "Rooms that exist now."),
             users_online: gauge(
@@ -345,6 +361,9 @@ impl Metrics {
         }
         for kind in ["request", "typing", "ping"] {
             metrics.rate_limited.with_label_values(&[kind]);
+        }
+        for result in SIGN_IN_RESULTS {
+            metrics.sign_ins.with_label_values(&[result]);
         }
         for reason in HANDSHAKE_FAILURES {
             metrics.handshake_failures.with_label_values(&[reason]);

@@ -25,6 +25,9 @@ const EXIT_FORCED: i32 = 130;
 ///
 /// Exit codes: 0 clean shutdown, 1 runtime failure (e.g. the port is taken), 2 bad command line,
 /// 78 invalid configuration, 130 forced shutdown by a second signal.
+#[path = "chatd/accounts.rs"]
+mod accounts;
+
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -89,6 +92,20 @@ enum Command {
         /// /etc/chatd/secret that systemd hands the service with LoadCredential=).
         #[arg(long)]
         secret_file: Option<PathBuf>,
+    },
+    /// Manage accounts (auth.mode = "accounts") on the configured store, while chatd runs or not.
+    User {
+        #[command(subcommand)]
+        command: accounts::UserCommand,
+    },
+    /// Mint an invite code for registration (auth.registration = "invite"); prints only the code.
+    Invite {
+        /// How many accounts it may make.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: 7d, 12h, 15m.
+        #[arg(long, default_value = "7d")]
+        ttl: String,
     },
     /// Tell the running chatd with process id PID to re-read its TLS certificate and key
     /// (SIGHUP, without a `kill` binary): systemd's ExecReload.
@@ -197,6 +214,8 @@ fn main() -> ExitCode {
         Command::Token {
             name, role, ttl, ..
         } => mint_token(&config, &name, role, &ttl),
+        Command::User { command } => accounts::user(&config, command),
+        Command::Invite { uses, ttl } => accounts::invite(&config, uses, &ttl),
         Command::Run { .. } => match run(config, sources.file_in_use()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fatal::Config(e)) => config_error(&e),

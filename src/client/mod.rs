@@ -211,6 +211,7 @@ pub(crate) async fn hello(
             name: name.to_string(),
             room: Some(room.to_string()),
             token: ep.token.clone(),
+            password: None,
             since: resume.map(|(since, _)| since),
             epoch: resume.map(|(_, epoch)| epoch.to_string()),
         },

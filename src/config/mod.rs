@@ -245,8 +245,26 @@ impl TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `open` (first come, first served) or `token` (a signed HS256 JWT per hello).
+    /// `open` (first come, first served), `token` (a signed HS256 JWT per hello) or `accounts`
+    /// (names owned by a password; tokens too when a secret is set).
     pub mode: AuthMode,
+    /// In `accounts` mode, who may register: `open` (anyone), `invite` (with a code from
+    /// `chatd invite`) or `closed` (only `chatd user add`).
+    pub registration: Registration,
+    /// The shortest password accepted, in characters.
+    pub password_min_chars: usize,
+    /// Argon2id's memory cost per hash, in KiB (19456: OWASP's minimum for Argon2id).
+    pub argon2_memory_kib: u32,
+    /// Argon2id's passes over that memory.
+    pub argon2_iterations: u32,
+    /// Threads that hash and check passwords (never the chat's threads).
+    pub hash_threads: usize,
+    /// Failed sign-ins allowed per account name in 10 minutes (refilled evenly).
+    pub login_failures_per_name: u32,
+    /// Failed sign-ins allowed per client address in 10 minutes (refilled evenly).
+    pub login_failures_per_address: u32,
+    /// Registrations allowed per client address in an hour (refilled evenly).
+    pub registrations_per_address: u32,
     /// HMAC secret for tokens (at least 32 bytes). Never logged or printed.
     pub secret: Secret,
     /// File holding the secret instead (trailing newline ignored).
@@ -264,6 +282,14 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             mode: AuthMode::Open,
+            registration: Registration::Open,
+            password_min_chars: 8,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            hash_threads: 1,
+            login_failures_per_name: 10,
+            login_failures_per_address: 30,
+            registrations_per_address: 5,
             secret: Secret::default(),
             secret_file: String::new(),
             max_ttl: "90d".into(),
@@ -282,6 +308,29 @@ pub enum AuthMode {
     Open,
     /// Only the name a valid token was issued for.
     Token,
+    /// Names owned by accounts: a password (or a token, when a secret is set) per hello.
+    Accounts,
+}
+
+impl AuthMode {
+    /// Names belong to someone: a hello proves it (a token or a password), and no look-alike
+    /// check is needed.
+    pub fn owned_names(self) -> bool {
+        self != AuthMode::Open
+    }
+}
+
+/// Who may register an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone.
+    #[default]
+    Open,
+    /// With an invite code (`chatd invite`).
+    Invite,
+    /// Nobody: accounts are made with `chatd user add`.
+    Closed,
 }
 
 /// `[admin]`: where `/metrics`, `/healthz` and `/readyz` are served.
@@ -546,7 +595,12 @@ pub enum Rotation {
 }
 
 impl AuthConfig {
-    /// The token secret, from `auth.secret` or `auth.secret_file`.
+    /// A token secret is configured (`auth.secret` or `auth.secret_file`).
+    pub fn has_secret(&self) -> bool {
+        !self.secret.is_empty() || !self.secret_file.is_empty()
+    }
+
+    /// The token secret: `auth.secret`, or the file `auth.secret_file` names.
     pub fn load_secret(&self) -> Result<Secret, ConfigError> {
         if !self.secret.is_empty() {
             return Ok(self.secret.clone());

@@ -20,6 +20,7 @@ impl Config {
         diagnostics(&self.diagnostics)?;
         tls(&self.tls)?;
         auth(&self.auth)?;
+        accounts(self)?;
         admin(&self.admin)?;
         history(&self.history)?;
         storage(&self.storage, &self.limits)?;
@@ -215,6 +216,39 @@ fn auth(a: &AuthConfig) -> Checked {
         return Err(invalid(
             "auth.secret",
             format!("must be at least {MIN_SECRET_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Accounts mode: where accounts are kept, and what hashing them costs.
+fn accounts(c: &Config) -> Checked {
+    let a = &c.auth;
+    within(
+        "auth.password_min_chars",
+        a.password_min_chars as u64,
+        1..=256,
+    )?;
+    within(
+        "auth.argon2_memory_kib",
+        a.argon2_memory_kib.into(),
+        64..=4_194_304,
+    )?;
+    within("auth.argon2_iterations", a.argon2_iterations.into(), 1..=64)?;
+    within("auth.hash_threads", a.hash_threads as u64, 1..=64)?;
+    if a.mode != AuthMode::Accounts {
+        return Ok(());
+    }
+    let s = &c.storage;
+    let kept = !s.url.is_empty() || (!s.path.is_empty() && c.cluster.redis_url.is_empty());
+    if !kept {
+        return Err(invalid(
+            "auth.mode",
+            if c.cluster.redis_url.is_empty() {
+                "accounts need a store: set storage.path (or storage.url)"
+            } else {
+                "a cluster keeps accounts in PostgreSQL: set storage.url"
+            },
         ));
     }
     Ok(())
@@ -531,6 +565,22 @@ mod tests {
             ..token
         };
         assert_eq!(refused(super::auth(&ttl)), Some("auth.max_ttl"));
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Accounts;
+        c.storage.path = String::new();
+        assert_eq!(refused(accounts(&c)), Some("auth.mode"));
+        c.storage.path = "chat.db".into();
+        assert_eq!(refused(accounts(&c)), None);
+        c.cluster.redis_url = crate::config::SecretUrl::new("redis://127.0.0.1:6379");
+        assert_eq!(
+            refused(accounts(&c)),
+            Some("auth.mode"),
+            "a cluster needs PostgreSQL"
+        );
+        c.storage.url = crate::config::SecretUrl::new("postgres://db/chatd");
+        assert_eq!(refused(accounts(&c)), None);
+        c.auth.argon2_memory_kib = 8;
+        assert_eq!(refused(accounts(&c)), Some("auth.argon2_memory_kib"));
         let a = AdminConfig {
             listen: "localhost:8002".into(),
         };

@@ -43,7 +43,7 @@ impl HubLimits {
             max_rooms_per_ip: config.limits.max_rooms_per_ip,
             resume_max: config.history.resume_max,
             store_pms: config.auth.mode == crate::config::AuthMode::Token,
-            owned_names: config.auth.mode == crate::config::AuthMode::Token,
+            owned_names: config.auth.mode.owned_names(),
             users_per_page: config.limits.users_per_page,
             presence_batch_over: config.limits.presence_batch_over,
         }

@@ -213,6 +213,14 @@ pub enum Outcome {
     },
     /// Done, nothing to report (kick, announce).
     Done,
+    /// Not a broker's: the accounts service signed the caller in as `name` (the session then
+    /// says hello to the broker).
+    SignedIn {
+        /// The account's name, as its owner spells it.
+        name: Arc<str>,
+        /// Its role.
+        role: Role,
+    },
     /// Refused: the client sees this error.
     Refused(Refusal),
 }

@@ -19,12 +19,28 @@ pub enum ClientMsg {
         /// Signed token (required when the server runs with `auth.mode = "token"`).
         #[serde(skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// The account's password (`auth.mode = "accounts"`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<Password>,
         /// Resume the room from after this `seq` (with `epoch`).
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
         /// The room's `epoch` the `since` belongs to.
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+    },
+    /// Make an account and sign in as it (`auth.mode = "accounts"`): a hello for a new name.
+    Register {
+        /// The name wanted.
+        name: String,
+        /// Its password.
+        password: Password,
+        /// An invite code, where registration needs one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        invite: Option<String>,
+        /// First room; `lobby` when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
     },
     /// Join a room.
     Join {
@@ -139,14 +155,15 @@ impl ClientMsg {
     /// Every request type, as [`ClientMsg::kind`] names it (the labels of
     /// `chatd_messages_received_total`).
     pub const KINDS: &'static [&'static str] = &[
-        "hello", "join", "leave", "say", "pm", "typing", "rooms", "who", "history", "kick",
-        "announce", "nick", "search",
+        "hello", "register", "join", "leave", "say", "pm", "typing", "rooms", "who", "history",
+        "kick", "announce", "nick", "search",
     ];
 
     /// The request's `type`, as the wire names it (a bounded metric label).
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Register { .. } => "register",
             ClientMsg::Join { .. } => "join",
             ClientMsg::Leave { .. } => "leave",
             ClientMsg::Say { .. } => "say",
@@ -160,6 +177,17 @@ impl ClientMsg {
             ClientMsg::Nick { .. } => "nick",
             ClientMsg::Search { .. } => "search",
         }
+    }
+}
+
+/// A password on its way to the server: never shown by `Debug`, so no log line can hold it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -227,6 +255,8 @@ struct RawRequest {
     before: Option<u64>,
     limit: Option<usize>,
     token: Option<String>,
+    password: Option<Password>,
+    invite: Option<String>,
     reason: Option<String>,
     after: Option<serde_json::Value>,
     since: Option<u64>,
@@ -305,8 +335,20 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             name: need(raw.name, "name")?,
             room: raw.room,
             token: raw.token,
+            password: raw.password,
             since: raw.since,
             epoch: raw.epoch,
+        },
+        "register" => ClientMsg::Register {
+            name: need(raw.name, "name")?,
+            password: raw.password.ok_or_else(|| {
+                fail(
+                    ErrorCode::BadRequest,
+                    "`register` needs field `password`".into(),
+                )
+            })?,
+            invite: raw.invite,
+            room: raw.room,
         },
         "kick" => ClientMsg::Kick {
             name: need(raw.name, "name")?,

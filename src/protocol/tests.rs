@@ -1,6 +1,16 @@
 use super::*;
 
 #[test]
+fn a_password_never_shows_in_debug_output() {
+    let r = parse_request(r#"{"type":"hello","name":"h","password":"s3cret words"}"#).unwrap();
+    let shown = format!("{r:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+    let e = parse_request(r#"{"type":"register","name":"h"}"#).unwrap_err();
+    assert!(e.message.contains("password"), "{}", e.message);
+}
+
+#[test]
 fn parses_each_request_type() {
     let r = parse_request(r#"{"type":"hello","name":"henry","id":"1"}"#).unwrap();
     assert_eq!(r.id.as_deref(), Some("1"));
@@ -10,6 +20,7 @@ fn parses_each_request_type() {
             name: "henry".into(),
             room: None,
             token: None,
+            password: None,
             since: None,
             epoch: None,
         }
@@ -36,8 +47,15 @@ fn client_requests_round_trip_through_the_server_parser() {
             name: "henry".into(),
             room: Some("rust".into()),
             token: Some("t".into()),
+            password: Some(Password("hunter2 hunter2".into())),
             since: Some(41),
             epoch: Some("e1".into()),
+        },
+        ClientMsg::Register {
+            name: "henry".into(),
+            password: Password("correct horse".into()),
+            invite: Some("c0de".into()),
+            room: None,
         },
         ClientMsg::Join {
             room: "a".into(),

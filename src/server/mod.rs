@@ -80,7 +80,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     if config.tls.enabled() {
         tls::load_server_config(&config.tls)?;
     }
-    if config.auth.mode == AuthMode::Token {
+    if config.auth.mode == AuthMode::Token || config.auth.has_secret() {
         config.auth.load_secret()?;
     }
     let cluster = &config.cluster;
@@ -184,13 +184,17 @@ impl Server {
         } else {
             (None, None)
         };
+        // Accounts mode takes tokens too when a secret is set: the token's `sub` is the account.
         let auth = match config.auth.mode {
-            AuthMode::Token => Some(Verifier::new(
-                &config.auth.load_secret().map_err(invalid)?,
-                &crate::auth::Rules::from_config(&config.auth),
-            )),
-            AuthMode::Open => None,
+            AuthMode::Token | AuthMode::Accounts if config.auth.has_secret() => {
+                Some(Verifier::new(
+                    &config.auth.load_secret().map_err(invalid)?,
+                    &crate::auth::Rules::from_config(&config.auth),
+                ))
+            }
+            _ => None,
         };
+        let accounts = crate::accounts::Accounts::start(&config, &metrics)?;
         let typing = TypingTimings {
             throttle: Duration::from_secs_f64(limits.typing_throttle_secs),
             active_expiry: Duration::from_secs_f64(limits.typing_active_secs),
@@ -231,6 +235,7 @@ impl Server {
                 config,
                 metrics,
                 auth,
+                accounts,
                 typing,
             }),
             limiter,
@@ -427,7 +432,14 @@ impl Server {
         background.wait().await;
         // Every connection is closed: what was accepted becomes durable.
         let broker = chat.broker.clone();
-        let _ = tokio::task::spawn_blocking(move || broker.close()).await;
+        let accounts = chat.accounts.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            broker.close();
+            if let Some(accounts) = accounts {
+                accounts.close();
+            }
+        })
+        .await;
         admin_stop.cancel();
         admin_task.close();
         admin_task.wait().await;

@@ -13,6 +13,7 @@ mod plain;
 pub(crate) mod rate;
 mod replies;
 mod requests;
+mod sign_in;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -47,8 +48,10 @@ pub(crate) struct Chat {
     pub config: Arc<Config>,
     /// What is counted, for `/metrics`.
     pub metrics: Metrics,
-    /// Token verification, in `auth.mode = "token"`.
+    /// Token verification, in `auth.mode = "token"` (and in accounts mode with a secret).
     pub auth: Option<Verifier>,
+    /// Passwords and registration, in `auth.mode = "accounts"`.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// The typing relay periods.
     pub typing: TypingTimings,
 }
@@ -64,6 +67,11 @@ enum Mode {
 #[derive(Debug)]
 enum Kind {
     Hello,
+    /// A password on its way to the accounts service; then a hello to `room`.
+    SignIn {
+        room: Arc<str>,
+        resume: Option<crate::hub::Resume>,
+    },
     /// `added`: the room was not in the session's list before this join.
     Join {
         room: Arc<str>,
@@ -100,6 +108,8 @@ pub(crate) struct Session {
     me: Option<Member>,
     /// The hello's outcome was a welcome.
     welcomed: bool,
+    /// A password is being checked (or an account made): another hello waits for it.
+    signing_in: bool,
     mode: Mode,
     /// The room given at hello: the default for `say`, `who` and `history`.
     home: Arc<str>,
@@ -137,6 +147,7 @@ impl Session {
             mailbox,
             me: None,
             welcomed: false,
+            signing_in: false,
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),
             rooms: Vec::new(),
@@ -287,6 +298,10 @@ impl Handler for Session {
             let Some(answered) = self.slots.answered(late.ticket) else {
                 continue; // an answer nobody waits for (a relay, a duplicate)
             };
+            if matches!(answered.kind, Kind::SignIn { .. }) {
+                self.signed_in(answered, late.outcome);
+                continue;
+            }
             let frames = self.apply(&answered.kind, answered.reference.as_deref(), late.outcome);
             self.slots.fill(answered, frames);
         }

@@ -11,6 +11,9 @@ use crate::protocol::{CloseReason, ErrorCode, Role};
 const TOKEN_REQUIRED: &str = "this server requires a signed token: connect with a client that \
 sends a JSON hello with a token (chatctl connect NAME --token TOKEN)";
 
+const ACCOUNT_REQUIRED: &str = "this server has accounts: connect with a client that signs \
+in with a password (chatctl connect NAME --password-file FILE, or the chat page)";
+
 impl Session {
     /// A line from a plain-text client: its name until welcomed, then chat and `/` commands.
     pub(super) fn handle_line(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow {
@@ -19,6 +22,10 @@ impl Session {
         }
         let line = text.trim();
         if !self.welcomed {
+            if self.chat.accounts.is_some() {
+                out.push(ACCOUNT_REQUIRED.into());
+                return Flow::Close(CloseReason::TokenRequired);
+            }
             if self.chat.auth.is_some() {
                 out.push(TOKEN_REQUIRED.into());
                 return Flow::Close(CloseReason::TokenRequired);

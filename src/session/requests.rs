@@ -47,7 +47,7 @@ impl Session {
         }
         let Some(me) = self.me.clone() else { return };
         let result = match msg {
-            ClientMsg::Hello { .. } => Err(Refusal::new(
+            ClientMsg::Hello { .. } | ClientMsg::Register { .. } => Err(Refusal::new(
                 ErrorCode::AlreadyWelcomed,
                 format!("you are already {}", me.name()),
             )),
@@ -107,21 +107,51 @@ impl Session {
         match msg {
             ClientMsg::Hello {
                 name,
+                password: Some(password),
+                room,
+                token: None,
+                since,
+                epoch,
+            } if self.me.is_none() && !self.signing_in => {
+                let request = crate::accounts::Request::SignIn {
+                    name,
+                    password: password.0,
+                };
+                self.sign_in(request, room.as_deref(), resume(since, epoch), id, out);
+            }
+            ClientMsg::Register {
+                name,
+                password,
+                invite,
+                room,
+            } if self.me.is_none() && !self.signing_in => {
+                let request = crate::accounts::Request::Register {
+                    name,
+                    password: password.0,
+                    invite,
+                };
+                self.sign_in(request, room.as_deref(), None, id, out);
+            }
+            ClientMsg::Hello {
+                name,
                 room,
                 token,
                 since,
                 epoch,
-            } if self.me.is_none() => match self.authenticate(&name, token.as_deref()) {
-                Ok(role) => {
-                    let resume = resume(since, epoch);
-                    let joining = Joining {
-                        room: room.as_deref(),
-                        resume: resume.as_ref(),
-                    };
-                    self.hello(&name, joining, Mode::Json, role, id, out)
+                ..
+            } if self.me.is_none() && !self.signing_in => {
+                match self.authenticate(&name, token.as_deref()) {
+                    Ok(role) => {
+                        let resume = resume(since, epoch);
+                        let joining = Joining {
+                            room: room.as_deref(),
+                            resume: resume.as_ref(),
+                        };
+                        self.hello(&name, joining, Mode::Json, role, id, out)
+                    }
+                    Err(r) => self.refuse(r, id.as_deref(), out),
                 }
-                Err(r) => self.refuse(r, id.as_deref(), out),
-            },
+            }
             _ => self.refuse(hello_required(), id.as_deref(), out),
         }
     }
@@ -326,8 +356,16 @@ impl Session {
     /// In token mode, the role a valid token grants `name`; a failure closes the connection (1008)
     /// after the `unauthorized` error, and the name is not taken. In open mode everyone is a user.
     fn authenticate(&mut self, name: &str, token: Option<&str>) -> Result<Role, Refusal> {
-        let Some(verifier) = &self.chat.auth else {
-            return Ok(Role::User);
+        let accounts = self.chat.accounts.is_some();
+        let verifier = match &self.chat.auth {
+            Some(verifier) if token.is_some() || !accounts => verifier,
+            _ if accounts => {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthorized,
+                    "this server has accounts: sign in with your password, or register",
+                ));
+            }
+            _ => return Ok(Role::User),
         };
         verifier.verify(token, name).map_err(|e| {
             let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
@@ -384,10 +422,10 @@ impl Session {
         id: &mut Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) -> Done {
-        if self.chat.auth.is_some() {
+        if self.chat.config.auth.mode.owned_names() {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
-                "names come from tokens on this server",
+                "names are owned on this server (tokens or accounts)",
             ));
         }
         if let Some(r) = name_refusal(name) {
@@ -488,7 +526,7 @@ fn resume(since: Option<u64>, epoch: Option<String>) -> Option<Resume> {
 }
 
 /// Why a name may not be taken, if it may not.
-fn name_refusal(name: &str) -> Option<Refusal> {
+pub(super) fn name_refusal(name: &str) -> Option<Refusal> {
     match protocol::validate_name(name) {
         Ok(()) => None,
         Err(NameError::Invalid) => Some(Refusal::new(
@@ -506,7 +544,7 @@ pub(super) fn hello_required() -> Refusal {
     Refusal::new(ErrorCode::HelloRequired, "say hello first")
 }
 
-fn normalize_room(room: &str) -> Result<Arc<str>, Refusal> {
+pub(super) fn normalize_room(room: &str) -> Result<Arc<str>, Refusal> {
     protocol::normalize_room(room)
         .map(Arc::from)
         .ok_or_else(|| {

@@ -34,7 +34,7 @@ enum Slot {
 /// A request whose outcome has arrived, taken out of its slot to be turned into a reply.
 #[derive(Debug)]
 pub(super) struct Answered {
-    at: usize,
+    pub at: usize,
     pub kind: Kind,
     pub reference: Option<String>,
 }
@@ -104,6 +104,24 @@ impl Slots {
     /// The reply to an answered request.
     pub(super) fn fill(&mut self, answered: Answered, frames: Vec<Utf8Bytes>) {
         self.queue[answered.at] = Slot::Ready(frames);
+    }
+
+    /// The request at `at` (answered) waits again, for another outcome: a sign-in that now says
+    /// hello to the broker keeps its place.
+    pub(super) fn rewait(
+        &mut self,
+        at: usize,
+        ticket: Ticket,
+        kind: Kind,
+        reference: Option<String>,
+    ) {
+        self.waiting += 1;
+        self.queue[at] = Slot::Waiting {
+            ticket,
+            kind,
+            reference,
+            bytes: 0,
+        };
     }
 
     /// Sends every reply at the front of the queue that is ready.

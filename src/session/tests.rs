@@ -140,6 +140,7 @@ impl Harness {
             config: Arc::new(config),
             metrics,
             auth: None,
+            accounts: None,
             typing: TypingTimings::default(),
         });
         let session = new_session(&chat, 1);

@@ -29,6 +29,7 @@
 //! Each database's module opens, checks and migrates it (refusing one that is not chatd's, or
 //! damaged) and loads what chat needs in memory; docs/STORAGE.md describes both schemas.
 
+pub mod accounts;
 mod postgres;
 mod queue;
 mod read;
@@ -698,7 +699,7 @@ pub fn pm_pair(a: &str, b: &str) -> String {
 /// throughput cost but not latency to chat. Their work is batched and queued, so running later
 /// costs nothing but delay. Where the call is not allowed (a seccomp filter), they run as they
 /// are.
-fn background_priority() {
+pub(crate) fn background_priority() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
         tracing::debug!(error = %e, "storage: cannot lower the store threads' priority");

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
+mod accounts;
 mod bench;
 mod binary;
 mod broker;

@@ -94,6 +94,7 @@ contract!(
     pruning_keeps_each_rooms_newest,
     an_unclean_stop_renumbers,
     a_full_queue_refuses_and_loses_nothing_accepted,
+    accounts_are_kept_and_invites_spent,
 );
 
 fn message(id: u64, seq: u64, room: &str, text: &str) -> Arc<Message> {
@@ -576,4 +577,92 @@ fn postgres_over_tls_is_verified() {
     assert_ne!(connections(true), "0", "the store speaks TLS");
     assert_eq!(connections(false), "0", "and nothing in the clear");
     store.close(Duration::from_secs(30));
+}
+
+/// Accounts: one owner per name (whatever its case), invites spent once and only while valid,
+/// changes kept; a second connection (`chatd user` while chatd runs) writes beside the store.
+fn accounts_are_kept_and_invites_spent(db: &Db) {
+    use chatd::store::accounts::{self, Account, Change, Created};
+    let (store, _) = db.open();
+    let mut a = accounts::open(&db.settings()).expect("accounts open beside the store");
+    let henry = Account {
+        name: "Henry".into(),
+        hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        role: Role::User,
+        disabled: false,
+    };
+    assert_eq!(a.find("henry").unwrap(), None);
+    assert_eq!(
+        a.create("henry", &henry, None, 0).unwrap(),
+        Created::Created
+    );
+    assert_eq!(a.find("henry").unwrap().as_ref(), Some(&henry));
+    let other = Account {
+        name: "HENRY".into(),
+        ..henry.clone()
+    };
+    assert_eq!(a.create("henry", &other, None, 0).unwrap(), Created::Taken);
+    assert_eq!(
+        a.find("henry").unwrap().unwrap().name,
+        "Henry",
+        "the first owner keeps it"
+    );
+
+    let now = 1_000_000;
+    a.add_invite("twice", 2, now + 60_000).unwrap();
+    a.add_invite("stale", 5, now - 1).unwrap();
+    let with = |name: &str| Account {
+        name: name.into(),
+        ..henry.clone()
+    };
+    assert_eq!(
+        a.create("ann", &with("ann"), Some("nope"), now).unwrap(),
+        Created::BadInvite
+    );
+    assert_eq!(
+        a.create("ann", &with("ann"), Some("stale"), now).unwrap(),
+        Created::BadInvite,
+        "an expired invite"
+    );
+    assert_eq!(
+        a.find("ann").unwrap(),
+        None,
+        "nothing made without a valid invite"
+    );
+    assert_eq!(
+        a.create("henry", &with("henry"), Some("twice"), now)
+            .unwrap(),
+        Created::Taken
+    );
+    for name in ["ann", "bob"] {
+        assert_eq!(
+            a.create(name, &with(name), Some("twice"), now).unwrap(),
+            Created::Created,
+            "a taken name did not spend a use"
+        );
+    }
+    assert_eq!(
+        a.create("cy", &with("cy"), Some("twice"), now).unwrap(),
+        Created::BadInvite,
+        "used up"
+    );
+    assert_eq!(a.count().unwrap(), 3);
+
+    assert!(a.update("ann", &Change::Role(Role::Admin)).unwrap());
+    assert!(a.update("ann", &Change::Disabled(true)).unwrap());
+    assert!(a.update("ann", &Change::Password("$new".into())).unwrap());
+    assert!(!a.update("nobody", &Change::Disabled(true)).unwrap());
+    drop(a);
+    store.close(Duration::from_secs(10));
+    drop(store);
+
+    let (store, _) = db.open();
+    let mut a = accounts::open(&db.settings()).expect("reopened");
+    let ann = a.find("ann").unwrap().expect("kept across a restart");
+    assert_eq!(
+        (ann.role, ann.disabled, ann.hash.as_str()),
+        (Role::Admin, true, "$new")
+    );
+    assert_eq!(a.count().unwrap(), 3);
+    store.close(Duration::from_secs(10));
 }

@@ -10,6 +10,7 @@ fn hand_encoded_frames_are_what_the_server_parses() {
             name: "b7".into(),
             room: Some("bench3".into()),
             token: None,
+            password: None,
             since: None,
             epoch: None,
         }

@@ -14,6 +14,7 @@
 //!   (then "too broad"), everything else under [`STATEMENT_TIMEOUT`], so a stuck server shows as a
 //!   failing store rather than a hung thread.
 
+mod accounts;
 mod read;
 mod schema;
 mod write;
@@ -189,6 +190,18 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// The accounts in the database `pg` names, on a connection of their own (made on first use, on
+/// the thread that uses it: the synchronous client may not be made inside the server's runtime).
+pub(super) fn accounts(
+    pg: &PostgresPlace,
+) -> Result<Box<dyn super::accounts::AccountsDb>, ConfigError> {
+    let conn = Conn::new(connect_config(pg)?, timeout_setup(STATEMENT_TIMEOUT));
+    Ok(Box::new(accounts::Accounts {
+        conn,
+        migrated: false,
+    }))
 }
 
 pub(super) fn open(pg: &PostgresPlace, settings: &StoreSettings) -> Result<Opened, ConfigError> {

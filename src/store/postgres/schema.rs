@@ -5,15 +5,16 @@
 use postgres::Client;
 
 /// The schema this binary writes.
-pub(super) const VERSION: i32 = 1;
+pub(super) const VERSION: i32 = 2;
 
 /// The advisory lock migrations hold (a transaction's).
 const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
 
 /// Each step takes the schema from the version before it to its own.
-const STEPS: &[(i32, &str)] = &[(
-    1,
-    "
+const STEPS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -61,7 +62,28 @@ const STEPS: &[(i32, &str)] = &[(
     CREATE INDEX pms_pair ON pms (pair, id);
     CREATE INDEX pms_ts ON pms (ts);
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- Accounts (auth.mode = 'accounts'): names owned by a password.
+    CREATE TABLE accounts (
+        key      TEXT PRIMARY KEY,       -- the name's identity key (lower case)
+        name     TEXT NOT NULL,          -- as its owner spells it
+        hash     TEXT NOT NULL,          -- Argon2id, PHC string; never the password
+        role     TEXT NOT NULL DEFAULT 'user',
+        disabled BOOLEAN NOT NULL DEFAULT false,
+        created  TEXT NOT NULL           -- RFC 3339 UTC
+    );
+    -- Invites registration may require: only a hash of each code is kept.
+    CREATE TABLE invites (
+        hash       TEXT PRIMARY KEY,     -- SHA-256 of the code, hex
+        uses_left  INTEGER NOT NULL,
+        expires_ms BIGINT NOT NULL       -- Unix milliseconds
+    );
+    ",
+    ),
+];
 
 /// Why the database cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ use super::{
 use crate::config::ConfigError;
 use crate::protocol::ChatMessage;
 
+mod accounts;
 mod prune;
 mod read;
 mod schema;
@@ -363,6 +364,31 @@ pub(super) fn check(path: &Path) -> Result<(), ConfigError> {
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| path_error(path, format!("cannot create it in {}: {e}", dir.display())))
+}
+
+/// The accounts in the file at `path`: checked like the store's (chatd's, undamaged) and
+/// migrated, on a connection of their own.
+pub(super) fn accounts(
+    path: &Path,
+    settings: &StoreSettings,
+) -> Result<Box<dyn super::accounts::AccountsDb>, ConfigError> {
+    let err = |e: rusqlite::Error| path_error(path, sqlite_reason(&e));
+    if check_kind(path)? {
+        let probe =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        owner(&probe)
+            .map_err(err)?
+            .map_err(|why| path_error(path, why))?;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut db = connection(path, settings, flags).map_err(err)?;
+    schema::migrate_to(&mut db, schema::VERSION).map_err(|e| match e {
+        schema::SchemaError::Newer { .. } => path_error(path, e.to_string()),
+        schema::SchemaError::Sqlite(e) => err(e),
+    })?;
+    Ok(Box::new(accounts::Accounts(db)))
 }
 
 /// For tests of migrations: creates a database at an older schema version.

@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -79,6 +79,26 @@ const STEPS: &[(u32, &str)] = &[
         UPDATE pms SET pair = CASE
             WHEN lower(sender) <= lower(recipient) THEN lower(sender) || ' ' || lower(recipient)
             ELSE lower(recipient) || ' ' || lower(sender) END;
+        ",
+    ),
+    (
+        4,
+        "
+        -- Accounts (auth.mode = \"accounts\"): names owned by a password.
+        CREATE TABLE accounts (
+            key      TEXT PRIMARY KEY,       -- the name's identity key (lower case)
+            name     TEXT NOT NULL,          -- as its owner spells it
+            hash     TEXT NOT NULL,          -- Argon2id, PHC string; never the password
+            role     TEXT NOT NULL DEFAULT 'user',
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created  TEXT NOT NULL           -- RFC 3339 UTC
+        );
+        -- Invites registration may require: only a hash of each code is kept.
+        CREATE TABLE invites (
+            hash       TEXT PRIMARY KEY,     -- SHA-256 of the code, hex
+            uses_left  INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL      -- Unix milliseconds
+        );
         ",
     ),
 ];

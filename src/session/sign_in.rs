@@ -1,0 +1,136 @@
+//! Signing in with a password and registering (`auth.mode = "accounts"`). The password goes to
+//! the accounts service's threads (`crate::accounts`), never checked on the chat thread; its
+//! answer comes back through the mailbox like a broker's late outcome, in the hello's place among
+//! the replies, and a signed-in account then says hello to the broker under its own name.
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::slots::Answered;
+use super::{Kind, Mode, Session};
+use crate::accounts::{Denied, Request};
+use crate::hub::{Answer, Late, Member, Outcome, Refusal, Resume};
+use crate::protocol::{self, ErrorCode};
+
+impl Session {
+    /// Hands a sign-in or a registration to the accounts service; the hello's reply waits for
+    /// its answer.
+    pub(super) fn sign_in(
+        &mut self,
+        request: Request,
+        room: Option<&str>,
+        resume: Option<Resume>,
+        id: Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let Some(accounts) = self.chat.accounts.clone() else {
+            let r = Refusal::new(
+                ErrorCode::Forbidden,
+                "this server has no accounts: say hello with a name (or a token)",
+            );
+            return self.refuse(r, id.as_deref(), out);
+        };
+        let name = match &request {
+            Request::SignIn { name, .. } | Request::Register { name, .. } => name.clone(),
+        };
+        if let Request::Register { .. } = &request
+            && let Some(r) = super::requests::name_refusal(&name)
+        {
+            return self.refuse(r, id.as_deref(), out);
+        }
+        let room = match super::requests::normalize_room(room.unwrap_or(protocol::DEFAULT_ROOM)) {
+            Ok(room) => room,
+            Err(r) => return self.refuse(r, id.as_deref(), out),
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mailbox = self.mailbox.clone();
+        let asked = name.clone();
+        let reply = Box::new(move |result: Result<crate::accounts::SignedIn, Denied>| {
+            let outcome = match result {
+                Ok(signed) => Outcome::SignedIn {
+                    name: signed.name.into(),
+                    role: signed.role,
+                },
+                Err(denied) => Outcome::Refused(refusal(&denied, &asked)),
+            };
+            // A connection gone meanwhile needs nothing undone: an account it made stays.
+            mailbox.push_control(Box::new(Late { ticket, outcome }));
+        });
+        match accounts.submit(request, self.ip, reply) {
+            Ok(()) => {
+                self.signing_in = true;
+                let kind = Kind::SignIn { room, resume };
+                self.slots.wait(ticket, kind, id, self.request_bytes);
+            }
+            Err(denied) => self.refuse(refusal(&denied, &name), id.as_deref(), out),
+        }
+    }
+
+    /// The accounts service answered: a signed-in account says hello to the broker (its reply
+    /// keeps the sign-in's place), a refusal is the reply.
+    pub(super) fn signed_in(&mut self, answered: Answered, outcome: Outcome) {
+        self.signing_in = false;
+        let Answered {
+            at,
+            kind,
+            reference,
+        } = answered;
+        let Kind::SignIn { room, resume } = kind else {
+            return;
+        };
+        let (name, role) = match outcome {
+            Outcome::SignedIn { name, role } => (name, role),
+            Outcome::Refused(r) => {
+                let frame = self.error(&r, reference.as_deref());
+                let answered = Answered {
+                    at,
+                    kind: Kind::Hello,
+                    reference,
+                };
+                return self.slots.fill(answered, vec![frame]);
+            }
+            _ => return,
+        };
+        self.mode = Mode::Json;
+        let me = Member::new(self.conn, name, role, false, self.ip, self.mailbox.clone());
+        self.me = Some(me.clone());
+        self.rooms.push(room.clone());
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let answer = self.chat.broker.hello(ticket, &me, &room, resume.as_ref());
+        match answer {
+            Answer::Now(outcome) => {
+                let frames = self.apply(&Kind::Hello, reference.as_deref(), outcome);
+                let answered = Answered {
+                    at,
+                    kind: Kind::Hello,
+                    reference,
+                };
+                self.slots.fill(answered, frames);
+            }
+            Answer::Later => self.slots.rewait(at, ticket, Kind::Hello, reference),
+        }
+    }
+}
+
+/// What the client is told when the accounts service says no.
+fn refusal(denied: &Denied, name: &str) -> Refusal {
+    match denied {
+        Denied::Unauthorized => Refusal::new(ErrorCode::Unauthorized, "wrong name or password"),
+        Denied::RateLimited(wait) => Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many attempts; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        ),
+        Denied::Unavailable => Refusal::unavailable("accounts are busy; try again in a moment"),
+        Denied::Taken => Refusal::name_taken(name),
+        Denied::BadInvite => Refusal::new(
+            ErrorCode::Forbidden,
+            "that invite is unknown, used up or expired",
+        ),
+        Denied::Closed(why) => Refusal::new(ErrorCode::Forbidden, *why),
+        Denied::BadPassword(why) => Refusal::new(ErrorCode::BadRequest, why.clone()),
+    }
+}

@@ -1,0 +1,122 @@
+//! Accounts in the SQLite file: a connection of their own (WAL lets it write beside the store's
+//! writer; `chatd user` uses one while chatd runs).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::super::accounts::{Account, AccountsDb, Change, Created, DbError, role_text};
+use super::super::role_of;
+
+/// The accounts of one SQLite file.
+pub(in crate::store) struct Accounts(pub(super) Connection);
+
+fn text(e: rusqlite::Error) -> DbError {
+    super::sqlite_reason(&e)
+}
+
+impl AccountsDb for Accounts {
+    fn find(&mut self, key: &str) -> Result<Option<Account>, DbError> {
+        self.0
+            .query_row(
+                "SELECT name, hash, role, disabled FROM accounts WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok(Account {
+                        name: r.get(0)?,
+                        hash: r.get(1)?,
+                        role: role_of(&r.get::<_, String>(2)?),
+                        disabled: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(text)
+    }
+
+    fn create(
+        &mut self,
+        key: &str,
+        account: &Account,
+        invite: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Created, DbError> {
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(text)?;
+        let taken = tx
+            .query_row("SELECT 1 FROM accounts WHERE key = ?1", [key], |_| Ok(()))
+            .optional()
+            .map_err(text)?
+            .is_some();
+        if taken {
+            return Ok(Created::Taken);
+        }
+        if let Some(hash) = invite {
+            let spent = tx
+                .execute(
+                    "UPDATE invites SET uses_left = uses_left - 1
+                     WHERE hash = ?1 AND uses_left > 0 AND expires_ms > ?2",
+                    params![hash, now_ms],
+                )
+                .map_err(text)?;
+            if spent == 0 {
+                return Ok(Created::BadInvite);
+            }
+            tx.execute(
+                "DELETE FROM invites WHERE uses_left <= 0 OR expires_ms <= ?1",
+                [now_ms],
+            )
+            .map_err(text)?;
+        }
+        tx.execute(
+            "INSERT INTO accounts (key, name, hash, role, disabled, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                key,
+                account.name,
+                account.hash,
+                role_text(account.role),
+                account.disabled,
+                crate::protocol::timestamp()
+            ],
+        )
+        .map_err(text)?;
+        tx.commit().map_err(text)?;
+        Ok(Created::Created)
+    }
+
+    fn update(&mut self, key: &str, change: &Change) -> Result<bool, DbError> {
+        let changed = match change {
+            Change::Password(hash) => self.0.execute(
+                "UPDATE accounts SET hash = ?2 WHERE key = ?1",
+                params![key, hash],
+            ),
+            Change::Role(role) => self.0.execute(
+                "UPDATE accounts SET role = ?2 WHERE key = ?1",
+                params![key, role_text(*role)],
+            ),
+            Change::Disabled(disabled) => self.0.execute(
+                "UPDATE accounts SET disabled = ?2 WHERE key = ?1",
+                params![key, disabled],
+            ),
+        }
+        .map_err(text)?;
+        Ok(changed == 1)
+    }
+
+    fn add_invite(&mut self, hash: &str, uses: u32, expires_ms: i64) -> Result<(), DbError> {
+        self.0
+            .execute(
+                "INSERT INTO invites (hash, uses_left, expires_ms) VALUES (?1, ?2, ?3)",
+                params![hash, uses, expires_ms],
+            )
+            .map_err(text)?;
+        Ok(())
+    }
+
+    fn count(&mut self) -> Result<u64, DbError> {
+        self.0
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+            .map_err(text)
+    }
+}

@@ -1,0 +1,458 @@
+//! Accounts mode (`auth.mode = "accounts"`): registering and signing in with a password, on both
+//! stores and both brokers; what a wrong password, an unknown name, a disabled account or a flood
+//! of attempts gets; invites; `chatd user` and `chatd invite` on the store of a running server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Client, TestServer, chatd_command, code_and_stderr, metric};
+use crate::postgres_server::Postgres;
+use crate::redis_server::Redis;
+use chatd::accounts::admin::Admin;
+use chatd::config::{AuthMode, Registration};
+use chatd::store::accounts::Change;
+
+/// Accounts mode on an SQLite file in `dir`, with Argon2 cheap enough for a debug build.
+fn accounts_config(config: &mut chatd::Config, dir: &tempfile::TempDir) {
+    config.auth.mode = AuthMode::Accounts;
+    config.auth.argon2_memory_kib = 64;
+    config.auth.argon2_iterations = 1;
+    config.storage.path = dir.path().join("chat.db").display().to_string();
+}
+
+async fn server(
+    edit: impl FnOnce(&mut chatd::Config),
+) -> (TestServer, tempfile::TempDir, chatd::Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kept = None;
+    let server = TestServer::with(|c| {
+        accounts_config(c, &dir);
+        edit(c);
+        kept = Some(c.clone());
+    })
+    .await;
+    (server, dir, kept.unwrap())
+}
+
+async fn register(addr: std::net::SocketAddr, name: &str, password: &str) -> (Client, Value) {
+    let mut c = Client::connect(addr).await;
+    let reply = c
+        .request(json!({"type": "register", "name": name, "password": password}))
+        .await;
+    (c, reply)
+}
+
+async fn sign_in(addr: std::net::SocketAddr, name: &str, password: &str) -> (Client, Value) {
+    let mut c = Client::connect(addr).await;
+    let reply = c
+        .request(json!({"type": "hello", "name": name, "password": password}))
+        .await;
+    (c, reply)
+}
+
+/// Signs in once the account's last connection has gone (the server sees it close a moment after
+/// the client does): the welcome.
+async fn sign_in_once_free(addr: std::net::SocketAddr, name: &str, password: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, w) = sign_in(addr, name, password).await;
+        if w["type"] == "welcome" {
+            return w;
+        }
+        assert_eq!(w["code"], "name_taken", "{w}");
+        assert!(std::time::Instant::now() < deadline, "{w}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_registered_account_signs_in_again_and_nobody_else_can() {
+    let (server, _dir, _) = server(|_| {}).await;
+    let (mut alice, w) = register(server.addr, "Alice", "correct horse").await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(w["name"], "Alice");
+    let said = alice.request(json!({"type": "say", "text": "first"})).await;
+    assert_eq!(said["type"], "ack", "{said}");
+    let renamed = alice.request(json!({"type": "nick", "name": "eve"})).await;
+    assert_eq!(renamed["code"], "forbidden", "names are owned: {renamed}");
+    drop(alice);
+
+    // The same name in another case is the same account.
+    let (_, w) = register(server.addr, "alice", "another password").await;
+    assert_eq!(w["code"], "name_taken", "{w}");
+
+    // A wrong password and a name with no account read the same.
+    let (mut c, wrong) = sign_in(server.addr, "alice", "correct horsE").await;
+    assert_eq!(wrong["code"], "unauthorized", "{wrong}");
+    let nobody = c
+        .request(json!({"type": "hello", "name": "nobody", "password": "correct horse"}))
+        .await;
+    assert_eq!(nobody["code"], wrong["code"]);
+    assert_eq!(nobody["message"], wrong["message"]);
+    // Without a password or a token: told how to sign in, and the connection stays.
+    let bare = c.request(json!({"type": "hello", "name": "alice"})).await;
+    assert_eq!(bare["code"], "unauthorized", "{bare}");
+    assert!(
+        bare["message"].as_str().unwrap().contains("password"),
+        "{bare}"
+    );
+    // The right one, on the same connection, after the failures.
+    let w = c
+        .request(
+            json!({"type": "hello", "name": "ALICE", "password": "correct horse", "room": "ops"}),
+        )
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(w["name"], "Alice", "the account's own spelling");
+    assert_eq!(w["room"], "ops");
+    assert_eq!(w["users"][0]["role"], "user");
+
+    // A plain-text client cannot sign in: it is told how, and closed.
+    let mut plain = Client::connect(server.addr).await;
+    plain.send_text("alice").await;
+    let line = plain.recv_line().await;
+    assert!(line.contains("password"), "{line}");
+    assert_eq!(plain.closed().await.0, 1008);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn registration_can_need_an_invite_or_be_closed() {
+    let (server, _dir, config) = server(|c| c.auth.registration = Registration::Invite).await;
+    let (mut c, none) = register(server.addr, "ann", "long enough").await;
+    assert_eq!(none["code"], "forbidden", "{none}");
+    assert!(
+        none["message"].as_str().unwrap().contains("invite"),
+        "{none}"
+    );
+    let bad = c
+        .request(
+            json!({"type": "register", "name": "ann", "password": "long enough", "invite": "0123"}),
+        )
+        .await;
+    assert_eq!(bad["code"], "forbidden", "{bad}");
+
+    let code = Admin::open(&config)
+        .unwrap()
+        .invite(1, Duration::from_secs(3600))
+        .unwrap();
+    let w = c
+        .request(
+            json!({"type": "register", "name": "ann", "password": "long enough", "invite": code}),
+        )
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let (_, used) = {
+        let mut c = Client::connect(server.addr).await;
+        let r = c
+            .request(json!({"type": "register", "name": "bob", "password": "long enough", "invite": code}))
+            .await;
+        (c, r)
+    };
+    assert_eq!(
+        used["code"], "forbidden",
+        "an invite for one is used up: {used}"
+    );
+    server.stop().await;
+
+    let (server, _dir, _) = server_closed().await;
+    let (_, closed) = register(server.addr, "ann", "long enough").await;
+    assert_eq!(closed["code"], "forbidden", "{closed}");
+    assert!(
+        closed["message"].as_str().unwrap().contains("closed"),
+        "{closed}"
+    );
+    server.stop().await;
+}
+
+async fn server_closed() -> (TestServer, tempfile::TempDir, chatd::Config) {
+    server(|c| c.auth.registration = Registration::Closed).await
+}
+
+/// Failed sign-ins are limited per name (the right password then waits too) and per address;
+/// another account is not locked out by them.
+#[tokio::test]
+async fn failed_sign_ins_are_limited_per_name() {
+    let (server, _dir, config) = server(|c| {
+        c.auth.login_failures_per_name = 3;
+        c.limits.rate_per_sec = 0.0;
+    })
+    .await;
+    let mut admin = Admin::open(&config).unwrap();
+    admin
+        .add("carol", "carol's password", chatd::protocol::Role::User)
+        .unwrap();
+    admin
+        .add("dave", "dave's password", chatd::protocol::Role::User)
+        .unwrap();
+    let mut c = Client::connect(server.addr).await;
+    for _ in 0..3 {
+        let r = c
+            .request(json!({"type": "hello", "name": "carol", "password": "guess guess"}))
+            .await;
+        assert_eq!(r["code"], "unauthorized", "{r}");
+    }
+    let limited = c
+        .request(json!({"type": "hello", "name": "carol", "password": "carol's password"}))
+        .await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert!(
+        limited["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again in"),
+        "{limited}"
+    );
+    let (_, dave) = sign_in(server.addr, "dave", "dave's password").await;
+    assert_eq!(
+        dave["type"], "welcome",
+        "another account still signs in: {dave}"
+    );
+    let admin_addr = server.admin.unwrap();
+    let exposition =
+        tokio::task::spawn_blocking(move || crate::helpers::http(admin_addr, "GET", "/metrics").1)
+            .await
+            .unwrap();
+    assert_eq!(
+        metric(
+            &exposition,
+            r#"chatd_sign_ins_total{result="unauthorized"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &exposition,
+            r#"chatd_sign_ins_total{result="rate_limited"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&exposition, r#"chatd_sign_ins_total{result="ok"}"#),
+        1.0
+    );
+    server.stop().await;
+}
+
+/// Hostile input: huge and short passwords, a flood of registrations from one address (a few
+/// accounts at most, the rest refused at once, chat unaffected), a disabled account.
+#[tokio::test]
+async fn hostile_passwords_and_a_registration_flood_are_bounded() {
+    let (server, _dir, config) = server(|c| c.limits.rate_per_sec = 0.0).await;
+    let mut talker = Client::connect(server.addr).await;
+    let w = talker
+        .request(json!({"type": "register", "name": "talker", "password": "talker password", "room": "quiet"}))
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+
+    let mut c = Client::connect(server.addr).await;
+    let huge = "p".repeat(10_000);
+    let r = c
+        .request(json!({"type": "hello", "name": "talker", "password": huge}))
+        .await;
+    assert_eq!(r["code"], "unauthorized", "{r}");
+    let r = c
+        .request(json!({"type": "register", "name": "big", "password": huge}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    let r = c
+        .request(json!({"type": "register", "name": "small", "password": "short"}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("at least 8"), "{r}");
+    let r = c
+        .request(json!({"type": "register", "name": "no way!", "password": "long enough"}))
+        .await;
+    assert_eq!(r["code"], "name_invalid", "{r}");
+
+    // 10,000 registrations from one address, four connections at a time.
+    let mut floods = Vec::new();
+    for k in 0..4 {
+        let addr = server.addr;
+        floods.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut codes = std::collections::BTreeMap::<String, usize>::new();
+            for i in 0..2_500 {
+                let name = format!("bot{k}x{i}");
+                let r = c
+                    .request(json!({"type": "register", "name": name, "password": "bot password"}))
+                    .await;
+                let code = r["code"]
+                    .as_str()
+                    .or(r["type"].as_str())
+                    .unwrap()
+                    .to_string();
+                if code == "welcome" {
+                    c = Client::connect(addr).await;
+                }
+                *codes.entry(code).or_default() += 1;
+            }
+            codes
+        }));
+        // Chat goes on meanwhile.
+        let said = talker
+            .request(json!({"type": "say", "text": format!("still here {k}")}))
+            .await;
+        assert_eq!(said["type"], "ack", "{said}");
+    }
+    let mut total = std::collections::BTreeMap::<String, usize>::new();
+    for f in floods {
+        for (code, n) in f.await.unwrap() {
+            *total.entry(code).or_default() += n;
+        }
+    }
+    // Five registrations an hour per address (the talker was one).
+    assert!(total.get("welcome").copied().unwrap_or(0) <= 4, "{total:?}");
+    assert!(
+        total.get("rate_limited").copied().unwrap_or(0) >= 9_990,
+        "{total:?}"
+    );
+    assert_eq!(total.values().sum::<usize>(), 10_000, "{total:?}");
+
+    // A disabled account cannot sign in; enabled again, it can.
+    let mut admin = Admin::open(&config).unwrap();
+    admin.change("talker", Change::Disabled(true)).unwrap();
+    let (_, r) = sign_in(server.addr, "talker", "talker password").await;
+    assert_eq!(r["code"], "unauthorized", "{r}");
+    admin.change("talker", Change::Disabled(false)).unwrap();
+    admin
+        .change("talker", Change::Role(chatd::protocol::Role::Admin))
+        .unwrap();
+    talker.ws.close(None).await.ok();
+    drop(talker);
+    let r = sign_in_once_free(server.addr, "talker", "talker password").await;
+    assert_eq!(
+        r["users"][0]["role"], "admin",
+        "the role is the account's: {r}"
+    );
+    server.stop().await;
+}
+
+/// Accounts mode with a token secret takes tokens too (the token's `sub` is the account).
+#[tokio::test]
+async fn accounts_mode_takes_tokens_when_a_secret_is_set() {
+    const SECRET: &str = "accounts-and-tokens-secret-0123456789abcdef";
+    let (server, _dir, _) = server(|c| c.auth.secret = chatd::config::Secret::new(SECRET)).await;
+    let token = crate::helpers::token_for(SECRET, "robot", chatd::protocol::Role::User);
+    let mut c = Client::connect(server.addr).await;
+    let w = c
+        .request(json!({"type": "hello", "name": "robot", "token": token}))
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    server.stop().await;
+}
+
+/// A cluster keeps accounts in its PostgreSQL: registered on one node, signed in on another.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+#[cfg_attr(
+    chatd_no_postgres,
+    ignore = "needs PostgreSQL (apt install postgresql)"
+)]
+#[tokio::test]
+async fn cluster_nodes_share_accounts_through_postgresql() {
+    let redis = Arc::new(Redis::start());
+    let pg = Postgres::start();
+    let edit = |c: &mut chatd::Config| {
+        c.auth.mode = AuthMode::Accounts;
+        c.auth.argon2_memory_kib = 64;
+        c.auth.argon2_iterations = 1;
+        c.storage.url = chatd::config::SecretUrl::new(pg.url.clone());
+    };
+    let a = TestServer::node(&redis, edit).await;
+    let b = TestServer::node(&redis, edit).await;
+    let (mut on_a, w) = register(a.addr, "nina", "nina's password").await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let (_, taken) = register(b.addr, "NINA", "other password").await;
+    assert_eq!(taken["code"], "name_taken", "{taken}");
+    on_a.ws.close(None).await.ok();
+    drop(on_a);
+    sign_in_once_free(b.addr, "nina", "nina's password").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `chatd user` and `chatd invite`, the real binary, on a store a running chatd uses.
+#[tokio::test]
+async fn chatd_user_and_invite_work_beside_a_running_server() {
+    let (server, dir, config) = server(|_| {}).await;
+    let db = config.storage.path.clone();
+    let run = |args: &[&str], stdin: &str| {
+        let mut cmd = chatd_command();
+        cmd.args(args)
+            .env("CHATD_AUTH__MODE", "accounts")
+            .env("CHATD_STORAGE__PATH", &db)
+            .env("CHATD_AUTH__ARGON2_MEMORY_KIB", "64")
+            .env("CHATD_AUTH__ARGON2_ITERATIONS", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _, err) = run(
+        &["user", "add", "root", "--role", "admin"],
+        "root password\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["user", "add", "Root"], "another one\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("exists"), "{err}");
+    let (code, _, err) = run(&["user", "add", "tiny"], "short\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("at least 8"), "{err}");
+    let (code, _, err) = run(&["user", "add", "bad name"], "whatever long\n");
+    assert_eq!(code, Some(2), "{err}");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "from a file\n").unwrap();
+    let (code, _, err) = run(
+        &[
+            "user",
+            "passwd",
+            "root",
+            "--password-file",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["user", "disable", "nobody"], "");
+    assert_eq!(code, Some(1), "{err}");
+
+    let (_, w) = sign_in(server.addr, "root", "from a file").await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(w["users"][0]["role"], "admin");
+
+    let (code, invite, err) = run(&["invite", "--uses", "2", "--ttl", "1h"], "");
+    assert_eq!(code, Some(0), "{err}");
+    let invite = invite.trim();
+    assert_eq!(invite.len(), 30, "{invite}");
+    let mut c = Client::connect(server.addr).await;
+    let r = c
+        .request(json!({"type": "register", "name": "guest", "password": "guest password", "invite": invite}))
+        .await;
+    assert_eq!(
+        r["type"], "welcome",
+        "an invite works in open registration too: {r}"
+    );
+    let (code, _, err) = run(&["invite", "--ttl", "soon"], "");
+    assert_eq!(code, Some(2), "{err}");
+    server.stop().await;
+    let _ = code_and_stderr;
+}
