@@ -37,6 +37,19 @@ struct Cli {
     /// Read the token from this file instead (keeps it out of `ps`).
     #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// Sign in to an account (servers in accounts mode) with the password in the first line of
+    /// this file.
+    #[arg(
+        long,
+        env = "CHATD_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE",
+        conflicts_with_all = ["token", "token_file"]
+    )]
+    password_file: Option<PathBuf>,
+    /// Sign in to an account, asking for the password on the terminal (not echoed).
+    #[arg(long, global = true, conflicts_with_all = ["token", "token_file", "password_file"])]
+    ask_password: bool,
     /// Print every raw JSON event (connect) or the report as JSON (bench).
     #[arg(long, global = true)]
     json: bool,
@@ -65,6 +78,12 @@ enum Command {
         /// Ring the terminal bell when someone mentions you or sends you a PM.
         #[arg(long)]
         bell: bool,
+        /// Make the account NAME (with --password-file or --ask-password) and sign in to it.
+        #[arg(long)]
+        register: bool,
+        /// The invite code, where registering needs one.
+        #[arg(long, requires = "register")]
+        invite: Option<String>,
     },
     /// Connect, say one message (to a room, or privately with --to), wait for its ack, exit.
     Send {
@@ -109,13 +128,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONNECT);
         }
     };
-    let ep = match endpoint(&cli) {
+    let mut ep = match endpoint(&cli) {
         Ok(ep) => ep,
         Err((e, code)) => {
             eprintln!("error: {e}");
             return ExitCode::from(code);
         }
     };
+    if let Command::Connect {
+        register: true,
+        invite,
+        ..
+    } = &cli.command
+    {
+        if ep.password.is_none() {
+            eprintln!("error: --register needs a password: --password-file FILE or --ask-password");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        ep.register = Some(invite.clone());
+    }
     let json = cli.json;
     let code = runtime.block_on(async {
         match cli.command {
@@ -132,6 +163,7 @@ fn main() -> ExitCode {
                 plain,
                 no_alt_nick,
                 bell,
+                ..
             } => {
                 let opts = Options {
                     name,
@@ -195,10 +227,31 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, (String, u8)> {
         ),
         None => cli.token.clone(),
     };
+    let password = match (&cli.password_file, cli.ask_password) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.lines().next().unwrap_or_default().to_string())
+                .map_err(|e| {
+                    (
+                        format!("--password-file {}: {e}", path.display()),
+                        EXIT_USAGE,
+                    )
+                })?,
+        ),
+        (None, true) => Some(chatd::client::password::ask("password: ").map_err(|e| {
+            (
+                format!("--ask-password: {e}; use --password-file FILE"),
+                EXIT_USAGE,
+            )
+        })?),
+        (None, false) => None,
+    };
     Ok(Endpoint {
         url: cli.url.clone(),
         tls,
         token,
+        password,
+        register: None,
     })
 }
 

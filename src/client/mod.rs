@@ -16,6 +16,7 @@ pub mod complete;
 pub mod editor;
 pub mod input;
 pub mod pace;
+pub mod password;
 pub mod render;
 pub mod script;
 pub mod tls;
@@ -58,6 +59,19 @@ pub struct Endpoint {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Token for servers in token mode.
     pub token: Option<String>,
+    /// The account's password, for servers in accounts mode.
+    pub password: Option<String>,
+    /// Register the account (with this invite, if any) instead of signing in; once registered,
+    /// reconnects sign in.
+    pub register: Option<Option<String>>,
+}
+
+impl Endpoint {
+    /// The name is the user's own (a token or an account vouches for it): never swap it for
+    /// another when it is taken.
+    pub fn owns_name(&self) -> bool {
+        self.token.is_some() || self.password.is_some()
+    }
 }
 
 /// Exponential back-off with full jitter: attempt n waits a random time in `[0, min(cap, base·2ⁿ)]`.
@@ -205,17 +219,28 @@ pub(crate) async fn hello(
     room: &str,
     resume: Option<(u64, &str)>,
 ) -> Result<ServerMsg<'static>, HelloError> {
-    let request = Request::new(
-        "hello",
-        ClientMsg::Hello {
+    let password = ep.password.clone().map(crate::protocol::Password);
+    let msg = match (&ep.register, password) {
+        (Some(invite), Some(password)) => ClientMsg::Register {
+            name: name.to_string(),
+            password,
+            invite: invite.clone(),
+            room: Some(room.to_string()),
+        },
+        (_, password) => ClientMsg::Hello {
             name: name.to_string(),
             room: Some(room.to_string()),
-            token: ep.token.clone(),
-            password: None,
+            token: if password.is_some() {
+                None
+            } else {
+                ep.token.clone()
+            },
+            password,
             since: resume.map(|(since, _)| since),
             epoch: resume.map(|(_, epoch)| epoch.to_string()),
         },
-    );
+    };
+    let request = Request::new("hello", msg);
     ws.send(Message::text(request.to_json()))
         .await
         .map_err(|e| HelloError::Failed(e.to_string()))?;
@@ -256,12 +281,21 @@ pub(crate) async fn hello(
 }
 
 /// The line (and exit code) for a hello that failed.
-pub(crate) fn hello_failure(name: &str, e: &HelloError) -> (String, u8) {
+pub(crate) fn hello_failure(ep: &Endpoint, name: &str, e: &HelloError) -> (String, u8) {
     match e {
         HelloError::Refused { code, message } => {
             let shown = sanitize(name);
             let line = match code {
+                ErrorCode::NameTaken if ep.register.is_some() => {
+                    format!("error: the account \"{shown}\" exists already")
+                }
+                ErrorCode::NameTaken if ep.owns_name() => format!(
+                    "error: \"{shown}\" is online already on another connection (this server allows one at a time)"
+                ),
                 ErrorCode::NameTaken => format!("error: name \"{shown}\" is taken"),
+                ErrorCode::Unauthorized if ep.password.is_some() => {
+                    format!("error: unauthorized: {message}")
+                }
                 ErrorCode::NameInvalid => {
                     format!("error: name \"{shown}\" is not allowed: {message}")
                 }

@@ -7,7 +7,7 @@
 
   // ---- state -------------------------------------------------------------------------------
   const st = {
-    ws: null, name: '', wanted: '', token: '', home: 'lobby', server: null, online: false,
+    ws: null, name: '', wanted: '', token: '', password: '', register: false, invite: '', home: 'lobby', server: null, online: false,
     welcomed: false, stopped: false, attempt: 0, retry: null, altTries: 0, restarting: false,
     convs: new Map(), current: null, replies: new Map(), nextId: 1,
     outbox: [], pumpTimer: null, pace: new Bucket(0, 1), typingPace: new Bucket(0, 1),
@@ -48,7 +48,7 @@
     if (st.pumpTimer) return;
     while (st.outbox.length && st.ws && st.ws.readyState === WebSocket.OPEN) {
       const first = st.outbox[0];
-      if (first.type !== 'hello' && !st.welcomed) return;
+      if (first.type !== 'hello' && first.type !== 'register' && !st.welcomed) return;
       const wait = st.pace.take();
       if (wait) { st.pumpTimer = setTimeout(() => { st.pumpTimer = null; pump(); }, wait); return; }
       st.outbox.shift();
@@ -512,12 +512,27 @@
     const home = st.convs.get(roomKey(st.home));
     const msg = { type: 'hello', name: st.wanted, room: st.home };
     if (st.token) msg.token = st.token;
-    if (home && home.epoch !== null) { msg.since = home.lastSeq; msg.epoch = home.epoch; }
+    else if (st.password) msg.password = st.password;
+    if (st.register && st.password) {
+      // Registered once; reconnects sign in to the account it made.
+      msg.type = 'register';
+      if (st.invite) msg.invite = st.invite;
+    } else if (home && home.epoch !== null) { msg.since = home.lastSeq; msg.epoch = home.epoch; }
     // Hello goes first, ahead of anything queued while offline.
     const id = `w${st.nextId++}`;
     msg.id = id;
     st.replies.set(id, (r) => {
-      if (r.type === 'welcome') return onWelcome(r);
+      if (r.type === 'welcome') { st.register = false; return onWelcome(r); }
+      if (r.code === 'name_taken' && st.everWelcomed && (st.token || st.password)) {
+        // Our own name, still held by the connection that dropped: the server lets it go once it
+        // notices. Ask again on this connection (backing off) rather than take another name.
+        const delay = Math.round(Math.random() * Math.min(10000, 500 * 2 ** st.attempt));
+        st.attempt += 1;
+        setStatus(`Your previous connection is still open on the server; trying again in ${(delay / 1000).toFixed(1)} s…`, true);
+        const ws = st.ws;
+        st.retry = setTimeout(() => { if (st.ws === ws) hello(); }, delay);
+        return;
+      }
       if (r.code === 'name_taken' && st.everWelcomed && st.altTries < 3) {
         // Probably our own stale session: carry on under an alternative name, as chatctl does.
         st.altTries += 1;
@@ -525,7 +540,8 @@
         noteHere(`The name was taken; trying ${st.wanted}.`);
         return hello();
       }
-      failLogin(errorText(r), r.code);
+      const wrong = r.code === 'unauthorized' && st.password && !st.token;
+      failLogin(wrong ? `Wrong name or password. (${clean(r.message)})` : errorText(r), r.code);
     });
     st.outbox.unshift(msg);
     pump();
@@ -535,7 +551,7 @@
     st.stopped = true;
     if (st.ws) st.ws.close(1000);
     $('login-error').textContent = text;
-    if (code === 'unauthorized') $('login-more').open = true;
+    if (code === 'unauthorized' && !st.password) $('login-more').open = true;
     $('login-go').disabled = false;
     $('login-name').focus();
   }
@@ -749,12 +765,26 @@
     }
     st.wanted = name;
     st.token = $('login-token').value.trim();
+    st.password = $('login-password').value;
+    st.register = $('login-register').checked;
+    st.invite = $('login-invite').value.trim();
+    if (st.register && !st.password) {
+      $('login-error').textContent = 'Choose a password for the new account.';
+      $('login-password').focus();
+      return;
+    }
     st.home = ($('login-room').value.replace(/^#/, '').trim().toLowerCase()) || 'lobby';
     st.stopped = false;
     st.attempt = 0;
     $('login-error').textContent = '';
     $('login-go').disabled = true;
     connect();
+  });
+  $('login-register').addEventListener('change', () => {
+    const on = $('login-register').checked;
+    $('login-invite-row').hidden = !on;
+    $('login-password').autocomplete = on ? 'new-password' : 'current-password';
+    $('login-go').textContent = on ? 'Create account and join' : 'Join chat';
   });
   $('login-name').focus();
 })();

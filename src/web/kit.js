@@ -44,8 +44,8 @@ const chatdKit = (() => {
     rate_limited: 'Slow down: the server limits how fast you can send.',
     bad_request: 'The server could not accept that.',
     unknown_type: 'The server does not know that request.',
-    unauthorized: 'The server did not accept the token for that name.',
-    forbidden: 'Only admins may do that.',
+    unauthorized: 'Not signed in: wrong name or password, or a token the server did not accept.',
+    forbidden: 'Not allowed.',
     unavailable: 'The server could not do that.',
     unconfirmed: 'Not confirmed in time: it may have been sent. Check the conversation before sending it again.',
   };

@@ -374,7 +374,7 @@ const scenarios = {
     const page = await visit('tokenuser');
     await page.getByLabel('Name').fill('tokenuser');
     await page.getByRole('button', { name: 'Join chat' }).click();
-    await page.getByRole('alert').filter({ hasText: 'did not accept the token' }).waitFor({ timeout: WAIT });
+    await page.getByRole('alert').filter({ hasText: 'token the server did not accept' }).waitFor({ timeout: WAIT });
     // The token field is shown (it was folded away), and the form still works.
     await page.getByLabel('Token').waitFor({ timeout: WAIT });
     const { token } = await ask({ op: 'token', name: 'tokenuser' });
@@ -383,6 +383,33 @@ const scenarios = {
     await page.getByRole('status').filter({ hasText: 'Connected as tokenuser' }).waitFor({ timeout: WAIT });
     await write(page, 'signed in with a token');
     await sent(page, 'signed in with a token');
+    noProblems(page, /WebSocket connection to .* failed/);
+  },
+
+  /** Accounts: register from the form, chat, reload, a wrong password, then sign in again. */
+  async accounts() {
+    const page = await visit('ann');
+    await page.getByLabel('Name').fill('ann');
+    await page.getByLabel('Password').fill('ann password');
+    await page.getByLabel('Create this account').check();
+    await page.getByRole('button', { name: 'Create account and join' }).click();
+    await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    await write(page, 'hello as an account');
+    await sent(page, 'hello as an account');
+    await page.screenshot({ path: `${SHOTS}/accounts-registered.png` });
+
+    await page.reload();
+    await page.getByLabel('Name').fill('ann');
+    await page.getByLabel('Password').fill('not the password');
+    await page.getByRole('button', { name: 'Join chat' }).click();
+    await page.getByRole('alert').filter({ hasText: 'Wrong name or password' }).waitFor({ timeout: WAIT });
+    await page.screenshot({ path: `${SHOTS}/accounts-wrong-password.png` });
+    await page.getByLabel('Password').fill('ann password');
+    await page.getByRole('button', { name: 'Join chat' }).click();
+    await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    await see(page, 'hello as an account');
+    const { heard } = await ask({ op: 'signed_in', name: 'ann' });
+    check(heard, 'another client saw ann in the lobby');
     noProblems(page, /WebSocket connection to .* failed/);
   },
 

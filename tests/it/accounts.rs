@@ -456,3 +456,57 @@ async fn chatd_user_and_invite_work_beside_a_running_server() {
     server.stop().await;
     let _ = code_and_stderr;
 }
+
+/// chatctl registers once, signs in on every reconnect, and keeps its own name: after a network
+/// drop the server still holds the dead connection for a while, and chatctl waits for it to let
+/// go instead of becoming `henry2`.
+#[test]
+fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
+    use crate::helpers::{Daemon, Proc, Proxy, chatctl_command};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = [
+        ("CHATD_AUTH__MODE", "accounts"),
+        ("CHATD_STORAGE__PATH", db.as_str()),
+        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64"),
+        ("CHATD_AUTH__ARGON2_ITERATIONS", "1"),
+        ("CHATD_SERVER__PING_INTERVAL_SECS", "1"),
+    ];
+    let d = Daemon::start(&[], &env);
+    let proxy = Proxy::to(d.addr);
+    let password = dir.path().join("password");
+    std::fs::write(&password, "henry's password\n").unwrap();
+    let chatctl = |extra: &[&str]| {
+        let mut cmd = chatctl_command();
+        cmd.args(["--url", &format!("ws://{}", proxy.addr)])
+            .args(["--password-file", password.to_str().unwrap()])
+            .args(["connect", "henry"])
+            .args(extra);
+        Proc::spawn(cmd)
+    };
+    let mut henry = chatctl(&["--register"]);
+    henry.expect_out("welcome, henry!");
+    henry.write_line("/join dev");
+    henry.expect_out("you are in #dev with: henry");
+    proxy.cut();
+    henry.expect_err("reconnected to ws://");
+    henry.expect_out("welcome, henry! you are in #lobby");
+    henry.expect_out("you are in #dev with: henry");
+    henry.write_line("still me");
+    henry.expect_out("#dev <henry> still me");
+    henry.close_stdin();
+    assert_eq!(henry.wait_exit(), Some(0));
+
+    // Registering again: the account exists.
+    let mut again = chatctl(&["--register"]);
+    again.expect_err("error: the account \"henry\" exists already");
+    assert_eq!(again.wait_exit(), Some(1));
+    // A wrong password.
+    std::fs::write(&password, "not the password\n").unwrap();
+    let mut wrong = chatctl(&[]);
+    wrong.expect_err("error: unauthorized: wrong name or password");
+    assert_eq!(wrong.wait_exit(), Some(1));
+    // --register without a password is a usage error.
+    let (code, err) = code_and_stderr(chatctl_command().args(["connect", "x", "--register"]));
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -309,6 +309,38 @@ fn in_token_mode_the_page_asks_for_the_token() {
     );
 }
 
+/// Accounts mode: the page registers, chats, and after a reload signs in again (a wrong password
+/// first); another client signed in to its own account sees the page's user online.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
+#[test]
+fn in_accounts_mode_the_page_registers_and_signs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = [
+        ("CHATD_AUTH__MODE", "accounts".to_string()),
+        ("CHATD_STORAGE__PATH", db),
+        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".to_string()),
+        ("CHATD_AUTH__ARGON2_ITERATIONS", "1".to_string()),
+    ];
+    let d = start_with(&env);
+    let mut register = SyncClient::connect(d.addr);
+    register.send(json!({"type": "register", "name": "watcher", "password": "watcher password"}));
+    let w = register.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+    assert_eq!(w["type"], "welcome", "{w}");
+    run("accounts", &page_url(d.addr), |r| {
+        let name = r["name"].as_str().unwrap_or("");
+        register.send(json!({"type": "who", "room": "lobby", "id": "who"}));
+        let who = register.recv_until(|v| v["ref"] == "who");
+        let heard = who["users"]
+            .as_array()
+            .is_some_and(|us| us.iter().any(|u| u["name"] == name));
+        json!({ "heard": heard })
+    });
+}
+
 #[cfg_attr(
     chatd_no_browser,
     ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"

@@ -551,13 +551,18 @@ pub struct SyncClient {
 }
 
 impl SyncClient {
-    pub fn join(addr: SocketAddr, name: &str) -> SyncClient {
+    /// Connected, nothing said yet.
+    pub fn connect(addr: SocketAddr) -> SyncClient {
         let (ws, _) =
             tokio_tungstenite::tungstenite::connect(format!("ws://{addr}/")).expect("connect");
         if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(WAIT)).unwrap();
         }
-        let mut c = SyncClient { ws };
+        SyncClient { ws }
+    }
+
+    pub fn join(addr: SocketAddr, name: &str) -> SyncClient {
+        let mut c = SyncClient::connect(addr);
         c.send(json!({"type": "hello", "name": name}));
         let w = c.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
         assert_eq!(w["type"], "welcome", "{w}");

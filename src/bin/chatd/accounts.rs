@@ -1,7 +1,7 @@
 //! `chatd user` and `chatd invite`: accounts managed offline, on the store the configuration
 //! names (SQLite's file or PostgreSQL), whether chatd runs or not.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -79,27 +79,14 @@ fn password(file: Option<&Path>) -> Result<String, String> {
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         return Ok(text.lines().next().unwrap_or_default().to_string());
     }
-    let stdin = std::io::stdin();
-    let terminal = stdin.is_terminal();
-    let mut line = String::new();
-    if terminal {
-        eprint!("password: ");
-        let _ = std::io::stderr().flush();
-        let fd = rustix::stdio::stdin();
-        let saved = rustix::termios::tcgetattr(fd).map_err(|e| e.to_string())?;
-        let mut quiet = saved.clone();
-        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
-        let _ = rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &quiet);
-        let read = stdin.lock().read_line(&mut line);
-        let _ = rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &saved);
-        eprintln!();
-        read.map_err(|e| e.to_string())?;
-    } else {
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+    if std::io::stdin().is_terminal() {
+        return chatd::client::password::ask("password: ");
     }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 

@@ -194,6 +194,8 @@ const HELD_BACK: usize = 2000;
 
 /// `chatctl connect`: chats until the user is done; returns the exit code.
 pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u8 {
+    // Registering happens once: reconnects sign in to the account it made.
+    let mut ep = ep.clone();
     let room = room_key(&opts.room);
     let mut chat = Chat {
         nick: opts.name.clone(),
@@ -220,6 +222,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
     let mut connected_once = false;
     loop {
+        let ep = &mut ep;
         let mut ws = match open(ep).await {
             Ok(ws) => ws,
             Err(e) if !connected_once => {
@@ -241,8 +244,23 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
                 }
                 continue;
             }
+            // Our own name, still held by the connection that dropped: the server lets it go
+            // once it notices (a missed ping), so wait for that rather than take another name.
+            Err(HelloError::Refused {
+                code: ErrorCode::NameTaken,
+                ..
+            }) if connected_once && ep.owns_name() => {
+                let why = format!(
+                    "{} is still held by the connection that dropped; the server frees it when it notices",
+                    chat.nick
+                );
+                if !chat.wait_to_retry(ui, &mut backoff, &why).await {
+                    return chat.exit_code();
+                }
+                continue;
+            }
             Err(e) => {
-                let (line, code) = hello_failure(&chat.nick, &e);
+                let (line, code) = hello_failure(ep, &chat.nick, &e);
                 ui.note(Line::info(LineKind::Error, line));
                 return code;
             }
@@ -255,6 +273,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
             ));
         }
         connected_once = true;
+        ep.register = None;
         backoff.reset();
         chat.welcomed(&welcome, ui);
         let end = chat.converse(&mut ws, ui).await;
@@ -350,7 +369,7 @@ impl Chat {
                 Err(HelloError::Refused {
                     code: ErrorCode::NameTaken,
                     ..
-                }) if self.opts.alt_nick && tries < ALT_NICK_TRIES => {
+                }) if self.opts.alt_nick && !ep.owns_name() && tries < ALT_NICK_TRIES => {
                     tries += 1;
                     let next = alt_nick(&self.nick);
                     self.note(

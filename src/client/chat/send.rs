@@ -28,7 +28,7 @@ pub async fn send(
     };
     let room = room.unwrap_or_else(|| crate::protocol::DEFAULT_ROOM.into());
     if let Err(e) = hello(&mut ws, ep, name, &room, None).await {
-        let (line, code) = hello_failure(name, &e);
+        let (line, code) = hello_failure(ep, name, &e);
         ui.note(Line::info(LineKind::Error, line));
         return code;
     }
