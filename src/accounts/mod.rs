@@ -14,8 +14,10 @@
 mod password;
 mod throttle;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,6 +65,8 @@ pub struct SignedIn {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The rooms it is a member of, in the order it joined them.
+    pub rooms: Vec<String>,
 }
 
 /// Why a request was refused.
@@ -100,19 +104,50 @@ struct Throttle {
     registrations: Table<IpAddr>,
 }
 
+/// Joins and leaves of rooms not yet written, by (account key, room): the last one of each
+/// counts. Bounded: past [`MAX_NOTES`], joins are refused (`unavailable`) until a write empties it.
+#[derive(Debug, Default)]
+struct Notes {
+    changes: HashMap<(String, String), bool>,
+    /// When they were last written.
+    written: Option<Instant>,
+}
+
+/// Membership changes that may wait to be written.
+pub const MAX_NOTES: usize = 10_000;
+/// How often waiting membership changes are written.
+const WRITE_EVERY: Duration = Duration::from_millis(500);
+
 /// What the hashing threads share.
 struct Work {
     hasher: Hasher,
-    db: Mutex<Box<dyn AccountsDb>>,
-    throttle: Arc<Mutex<Throttle>>,
+    /// Taken (and dropped) by the last thread to stop: a PostgreSQL client must not be dropped
+    /// inside the server's runtime.
+    db: Mutex<Option<Box<dyn AccountsDb>>>,
+    throttle: Mutex<Throttle>,
+    notes: Mutex<Notes>,
+    max_rooms: usize,
+    /// Hashing threads still running: the last to stop drops the connection.
+    running: AtomicUsize,
     metrics: Metrics,
+}
+
+/// Runs `f` on the accounts' connection (an error once the service has stopped).
+fn with_db<T>(
+    work: &Work,
+    f: impl FnOnce(&mut dyn AccountsDb) -> Result<T, String>,
+) -> Result<T, String> {
+    match lock(&work.db).as_mut() {
+        Some(db) => f(db.as_mut()),
+        None => Err("the accounts service has stopped".into()),
+    }
 }
 
 /// The accounts service: one per server, in accounts mode.
 pub struct Accounts {
     jobs: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    throttle: Arc<Mutex<Throttle>>,
+    work: Arc<Work>,
     registration: Registration,
     min_chars: usize,
     metrics: Metrics,
@@ -155,7 +190,7 @@ impl Accounts {
         let a = &config.auth;
         let db = crate::store::accounts::open(&settings(config)?)?;
         let ten_minutes = Duration::from_secs(600);
-        let throttle = Arc::new(Mutex::new(Throttle {
+        let throttle = Mutex::new(Throttle {
             names: Table::new(Rate {
                 burst: a.login_failures_per_name,
                 period: ten_minutes,
@@ -168,11 +203,14 @@ impl Accounts {
                 burst: a.registrations_per_address,
                 period: Duration::from_secs(3600),
             }),
-        }));
+        });
         let work = Arc::new(Work {
             hasher: hasher(config)?,
-            db: Mutex::new(db),
-            throttle: throttle.clone(),
+            db: Mutex::new(Some(db)),
+            throttle,
+            notes: Mutex::new(Notes::default()),
+            max_rooms: config.limits.max_rooms_per_user,
+            running: AtomicUsize::new(a.hash_threads.max(1)),
             metrics: metrics.clone(),
         });
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
@@ -192,7 +230,7 @@ impl Accounts {
         Ok(Some(Arc::new(Accounts {
             jobs: Mutex::new(Some(jobs)),
             threads: Mutex::new(threads),
-            throttle,
+            work,
             registration: a.registration,
             min_chars: a.password_min_chars,
             metrics: metrics.clone(),
@@ -225,7 +263,7 @@ impl Accounts {
 
     fn admit(&self, request: &Request, ip: IpAddr) -> Result<(), Denied> {
         let now = Instant::now();
-        let mut throttle = lock(&self.throttle);
+        let mut throttle = lock(&self.work.throttle);
         match request {
             Request::SignIn { name, password } => {
                 if password.len() > MAX_PASSWORD_BYTES {
@@ -262,13 +300,73 @@ impl Accounts {
         }
     }
 
-    /// Stops the hashing threads once the requests already queued are answered.
+    /// Whether a join by an account can be recorded now (joins are refused while
+    /// [`MAX_NOTES`] changes wait to be written).
+    pub fn can_note_join(&self) -> bool {
+        lock(&self.work.notes).changes.len() < MAX_NOTES
+    }
+
+    /// Records that the account `key` joined (`true`) or left `room`: written within
+    /// [`WRITE_EVERY`], and listed at its next sign-in. A disconnect is not a leave.
+    pub fn note(&self, key: &str, room: &str, joined: bool) {
+        lock(&self.work.notes)
+            .changes
+            .insert((key.to_string(), room.to_string()), joined);
+    }
+
+    /// Stops the hashing threads once the requests already queued are answered; the last one
+    /// writes the membership changes still waiting.
     pub fn close(&self) {
         lock(&self.jobs).take();
         for thread in std::mem::take(&mut *lock(&self.threads)) {
             let _ = thread.join();
         }
     }
+}
+
+/// Writes the membership changes waiting, if it is time (or `now`). On failure they wait for the
+/// next try (newer changes of the same rooms win).
+fn write_notes(work: &Work, now: bool) {
+    let changes = {
+        let mut notes = lock(&work.notes);
+        let due = notes.written.is_none_or(|at| at.elapsed() >= WRITE_EVERY);
+        if notes.changes.is_empty() || !(due || now) {
+            return;
+        }
+        notes.written = Some(Instant::now());
+        std::mem::take(&mut notes.changes)
+    };
+    let list: Vec<(String, String, bool)> = changes
+        .iter()
+        .map(|((k, r), joined)| (k.clone(), r.clone(), *joined))
+        .collect();
+    if let Err(e) = with_db(work, |db| db.memberships(&list)) {
+        warn!(error = %e, changes = list.len(), "accounts: cannot write memberships; trying again");
+        let mut notes = lock(&work.notes);
+        for (key, joined) in changes {
+            notes.changes.entry(key).or_insert(joined);
+        }
+    }
+}
+
+/// The rooms `key`'s account is a member of: what is stored, with the changes not yet written.
+fn rooms_of(work: &Work, key: &str) -> Result<Vec<String>, String> {
+    let mut rooms = with_db(work, |db| db.rooms(key, work.max_rooms))?;
+    let notes = lock(&work.notes);
+    for ((k, room), joined) in &notes.changes {
+        if k != key {
+            continue;
+        }
+        match (*joined, rooms.iter().position(|r| r == room)) {
+            (true, None) => rooms.push(room.clone()),
+            (false, Some(i)) => {
+                rooms.remove(i);
+            }
+            _ => {}
+        }
+    }
+    rooms.truncate(work.max_rooms);
+    Ok(rooms)
 }
 
 /// A password a new account (or `chatd user passwd`) may have: at least `min_chars`
@@ -295,9 +393,18 @@ fn result_label(denied: &Denied) -> &'static str {
 
 fn run(work: &Work, queue: &Mutex<Receiver<Job>>) {
     loop {
-        let job = match lock(queue).recv() {
+        write_notes(work, false);
+        let job = match lock(queue).recv_timeout(WRITE_EVERY) {
             Ok(job) => job,
-            Err(_) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Closing: what waits is written, and the connection ends on this thread.
+                write_notes(work, true);
+                if work.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    lock(&work.db).take();
+                }
+                return;
+            }
         };
         let result = match job.request {
             Request::SignIn { name, password } => sign_in(work, &name, &password, job.ip),
@@ -322,7 +429,7 @@ fn shown(name: &str) -> String {
 
 fn sign_in(work: &Work, name: &str, password: &str, ip: IpAddr) -> Result<SignedIn, Denied> {
     let key = protocol::name_key(name);
-    let found = lock(&work.db).find(&key).map_err(|e| {
+    let found = with_db(work, |db| db.find(&key)).map_err(|e| {
         warn!(error = %e, "accounts: cannot read the account");
         Denied::Unavailable
     })?;
@@ -331,10 +438,15 @@ fn sign_in(work: &Work, name: &str, password: &str, ip: IpAddr) -> Result<Signed
         .verify(password, found.as_ref().map(|a| a.hash.as_str()));
     match found {
         Some(account) if matches && !account.disabled => {
-            info!(user = %account.name, "signed in");
+            let rooms = rooms_of(work, &key).map_err(|e| {
+                warn!(error = %e, "accounts: cannot read memberships");
+                Denied::Unavailable
+            })?;
+            info!(user = %account.name, rooms = rooms.len(), "signed in");
             Ok(SignedIn {
                 name: account.name,
                 role: account.role,
+                rooms,
             })
         }
         other => {
@@ -365,7 +477,10 @@ fn register(
         Denied::Unavailable
     };
     // A name with an owner costs no hashing.
-    if lock(&work.db).find(&key).map_err(unavailable)?.is_some() {
+    if with_db(work, |db| db.find(&key))
+        .map_err(unavailable)?
+        .is_some()
+    {
         return Err(Denied::Taken);
     }
     let hash = work.hasher.hash(password).map_err(unavailable)?;
@@ -376,15 +491,17 @@ fn register(
         disabled: false,
     };
     let invite = invite.map(invite_hash);
-    let created = lock(&work.db)
-        .create(&key, &account, invite.as_deref(), now_ms())
-        .map_err(unavailable)?;
+    let created = with_db(work, |db| {
+        db.create(&key, &account, invite.as_deref(), now_ms())
+    })
+    .map_err(unavailable)?;
     match created {
         Created::Created => {
             info!(user = %name, "account registered");
             Ok(SignedIn {
                 name: account.name,
                 role: account.role,
+                rooms: Vec::new(),
             })
         }
         Created::Taken => Err(Denied::Taken),

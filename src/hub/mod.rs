@@ -220,6 +220,8 @@ pub enum Outcome {
         name: Arc<str>,
         /// Its role.
         role: Role,
+        /// The rooms it is a member of.
+        rooms: Vec<Arc<str>>,
     },
     /// Refused: the client sees this error.
     Refused(Refusal),

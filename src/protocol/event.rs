@@ -28,6 +28,14 @@ pub struct UserInfo<'a> {
     pub role: Role,
 }
 
+/// A room an account is a member of, as `welcome` lists them (accounts mode): the client joins
+/// each (resuming where it was).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership<'a> {
+    /// The room.
+    pub room: Cow<'a, str>,
+}
+
 /// A room as shown by `rooms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomInfo<'a> {
@@ -142,6 +150,9 @@ pub enum ServerMsg<'a> {
         /// More of the resumed messages follow: `history` with `after`.
         #[serde(default, skip_serializing_if = "is_false")]
         more: bool,
+        /// The rooms the account is a member of (accounts mode), the hello's among them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rooms: Vec<Membership<'a>>,
         server: ServerInfo<'a>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,

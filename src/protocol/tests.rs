@@ -166,6 +166,7 @@ fn server_messages_round_trip_through_the_client_decoder() {
             seq: 2,
             resumed: Some(true),
             more: true,
+            rooms: Vec::new(),
             server: ServerInfo {
                 version: b("0.1.0"),
                 max_message_bytes: 65536,

@@ -110,6 +110,8 @@ pub(crate) struct Session {
     welcomed: bool,
     /// A password is being checked (or an account made): another hello waits for it.
     signing_in: bool,
+    /// The rooms the account is a member of, for the welcome (accounts mode).
+    memberships: Vec<Arc<str>>,
     mode: Mode,
     /// The room given at hello: the default for `say`, `who` and `history`.
     home: Arc<str>,
@@ -148,6 +150,7 @@ impl Session {
             me: None,
             welcomed: false,
             signing_in: false,
+            memberships: Vec::new(),
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),
             rooms: Vec::new(),
@@ -164,6 +167,13 @@ impl Session {
 
     fn broker(&self) -> &dyn Broker {
         &*self.chat.broker
+    }
+
+    /// Records that this session's account joined or left `room` (accounts mode).
+    fn note_membership(&self, room: &str, joined: bool) {
+        if let (Some(accounts), Some(me)) = (&self.chat.accounts, &self.me) {
+            accounts.note(&protocol::name_key(me.name()), room, joined);
+        }
     }
 
     fn flow(&self) -> Flow {

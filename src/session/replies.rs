@@ -35,6 +35,7 @@ impl Session {
             }
             (Kind::Join { .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
+                self.note_membership(&view.room, true);
                 let (users, history, more) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
@@ -56,6 +57,7 @@ impl Session {
             }
             (Kind::Leave, Outcome::Left { room }) => {
                 debug!(%room, "left room");
+                self.note_membership(&room, false);
                 ack(reference, None, Some(&room))
             }
             (Kind::Say | Kind::Pm, Outcome::Sent(receipt)) => {
@@ -290,8 +292,9 @@ impl Session {
             };
             return format!("Welcome, {name}! {}{more}", protocol::plain::online(&names)).into();
         }
-        let config = &self.chat.config;
         let (users, history, more) = self.fit_view(&view);
+        let rooms = self.membership_list(&view.room);
+        let config = &self.chat.config;
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
             room: b(&view.room),
@@ -302,6 +305,7 @@ impl Session {
             seq: view.seq,
             resumed: view.resumed,
             more,
+            rooms,
             server: ServerInfo {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,
@@ -313,6 +317,27 @@ impl Session {
             },
             reference: reference.map(b),
         })
+    }
+}
+
+impl Session {
+    /// The welcome's list of memberships (accounts mode): the stored ones, and the hello's room,
+    /// which the account is now a member of too.
+    fn membership_list(&mut self, home: &Arc<str>) -> Vec<protocol::Membership<'static>> {
+        if self.chat.accounts.is_none() {
+            return Vec::new();
+        }
+        self.note_membership(home, true);
+        let mut rooms = std::mem::take(&mut self.memberships);
+        if !rooms.contains(home) {
+            rooms.insert(0, home.clone());
+        }
+        rooms
+            .iter()
+            .map(|room| protocol::Membership {
+                room: Cow::Owned(room.to_string()),
+            })
+            .collect()
     }
 }
 

@@ -444,6 +444,14 @@ impl Session {
     ) -> Done {
         let room = normalize_room(room)?;
         let added = !self.rooms.contains(&room);
+        if added
+            && let Some(accounts) = &self.chat.accounts
+            && !accounts.can_note_join()
+        {
+            return Err(Refusal::unavailable(
+                "the server cannot record room memberships right now; try again",
+            ));
+        }
         if added {
             let cap = self.chat.config.limits.max_rooms_per_user;
             if self.rooms.len() >= cap {

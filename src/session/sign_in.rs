@@ -50,6 +50,7 @@ impl Session {
                 Ok(signed) => Outcome::SignedIn {
                     name: signed.name.into(),
                     role: signed.role,
+                    rooms: signed.rooms.into_iter().map(Into::into).collect(),
                 },
                 Err(denied) => Outcome::Refused(refusal(&denied, &asked)),
             };
@@ -79,7 +80,10 @@ impl Session {
             return;
         };
         let (name, role) = match outcome {
-            Outcome::SignedIn { name, role } => (name, role),
+            Outcome::SignedIn { name, role, rooms } => {
+                self.memberships = rooms;
+                (name, role)
+            }
             Outcome::Refused(r) => {
                 let frame = self.error(&r, reference.as_deref());
                 let answered = Answered {

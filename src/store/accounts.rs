@@ -60,6 +60,11 @@ pub trait AccountsDb: Send {
     fn add_invite(&mut self, hash: &str, uses: u32, expires_ms: i64) -> Result<(), DbError>;
     /// How many accounts exist.
     fn count(&mut self) -> Result<u64, DbError>;
+    /// The rooms `key`'s account is a member of, in the order it joined them, at most `limit`.
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError>;
+    /// Records joins (`true`) and leaves (`false`) of rooms by accounts, in one transaction, in
+    /// order (a join and a leave of one room: the last wins).
+    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError>;
 }
 
 /// One change to an account.

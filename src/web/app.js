@@ -383,6 +383,13 @@
       if (c.epoch !== null) { j.since = c.lastSeq; j.epoch = c.epoch; }
       send(j, (r) => { if (r.type === 'room') applyView(r); else note(c, errorText(r), 'error'); });
     }
+    // The account's other rooms, kept by the server (joined on another device, or before a
+    // reload): joined here too.
+    const kept = (w.rooms || []).map((m) => clean(m.room)).slice(0, 100);
+    for (const name of kept) {
+      if (!name || roomKey(name) === home.key || st.convs.has(roomKey(name))) continue;
+      send({ type: 'join', room: name }, (r) => { if (r.type === 'room') applyView(r); });
+    }
     st.outbox.push(...queued);
     send({ type: 'rooms' }, (r) => {
       if (r.type !== 'rooms') return;
@@ -526,7 +533,7 @@
       if (r.code === 'name_taken' && st.everWelcomed && (st.token || st.password)) {
         // Our own name, still held by the connection that dropped: the server lets it go once it
         // notices. Ask again on this connection (backing off) rather than take another name.
-        const delay = Math.round(Math.random() * Math.min(10000, 500 * 2 ** st.attempt));
+        const delay = Math.round(Math.random() * Math.min(3000, 500 * 2 ** st.attempt));
         st.attempt += 1;
         setStatus(`Your previous connection is still open on the server; trying again in ${(delay / 1000).toFixed(1)} s…`, true);
         const ws = st.ws;

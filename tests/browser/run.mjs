@@ -396,6 +396,9 @@ const scenarios = {
     await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
     await write(page, 'hello as an account');
     await sent(page, 'hello as an account');
+    await write(page, '/join dev');
+    const rooms = page.getByRole('list', { name: 'Rooms' });
+    await rooms.getByText('#dev').waitFor({ timeout: WAIT });
     await page.screenshot({ path: `${SHOTS}/accounts-registered.png` });
 
     await page.reload();
@@ -407,6 +410,9 @@ const scenarios = {
     await page.getByLabel('Password').fill('ann password');
     await page.getByRole('button', { name: 'Join chat' }).click();
     await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    // The account's rooms come back after the reload: the server kept them.
+    await rooms.getByText('#dev').waitFor({ timeout: WAIT });
+    await rooms.getByText('#lobby').click();
     await see(page, 'hello as an account');
     const { heard } = await ask({ op: 'signed_in', name: 'ann' });
     check(heard, 'another client saw ann in the lobby');

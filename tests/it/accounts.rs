@@ -369,9 +369,25 @@ async fn cluster_nodes_share_accounts_through_postgresql() {
     assert_eq!(w["type"], "welcome", "{w}");
     let (_, taken) = register(b.addr, "NINA", "other password").await;
     assert_eq!(taken["code"], "name_taken", "{taken}");
+    let r = on_a.request(json!({"type": "join", "room": "dev"})).await;
+    assert_eq!(r["type"], "room", "{r}");
     on_a.ws.close(None).await.ok();
     drop(on_a);
-    sign_in_once_free(b.addr, "nina", "nina's password").await;
+    // Node a writes memberships within half a second, and frees the name once it has seen the
+    // connection go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Client::connect(b.addr).await;
+        let w = c
+            .request(json!({"type": "hello", "name": "nina", "password": "nina's password"}))
+            .await;
+        if w["type"] == "welcome" && listed(&w) == ["dev", "lobby"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{w}");
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.stop().await;
     b.stop().await;
 }
@@ -501,6 +517,12 @@ fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
     let mut again = chatctl(&["--register"]);
     again.expect_err("error: the account \"henry\" exists already");
     assert_eq!(again.wait_exit(), Some(1));
+    // Another run (another device, or tomorrow): the account's rooms come back by themselves.
+    let mut later = chatctl(&[]);
+    later.expect_out("welcome, henry!");
+    later.expect_out("you are in #dev with: henry");
+    later.close_stdin();
+    assert_eq!(later.wait_exit(), Some(0));
     // A wrong password.
     std::fs::write(&password, "not the password\n").unwrap();
     let mut wrong = chatctl(&[]);
@@ -509,4 +531,54 @@ fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
     // --register without a password is a usage error.
     let (code, err) = code_and_stderr(chatctl_command().args(["connect", "x", "--register"]));
     assert_eq!(code, Some(2), "{err}");
+}
+
+fn listed(welcome: &Value) -> Vec<String> {
+    let mut rooms: Vec<String> = welcome["rooms"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| r["room"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    rooms.sort();
+    rooms
+}
+
+/// Rooms joined stay joined: a disconnect is not a leave, `welcome` lists the account's rooms
+/// after a reconnect and after a restart, and a `leave` forgets one.
+#[tokio::test]
+async fn memberships_survive_disconnects_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with(|c| accounts_config(c, &dir)).await;
+    let (mut ann, w) = register(server.addr, "ann", "ann's password").await;
+    assert_eq!(listed(&w), ["lobby"], "{w}");
+    for room in ["dev", "ops"] {
+        let r = ann.request(json!({"type": "join", "room": room})).await;
+        assert_eq!(r["type"], "room", "{r}");
+    }
+    ann.ws.close(None).await.ok();
+    drop(ann);
+    let w = sign_in_once_free(server.addr, "ann", "ann's password").await;
+    assert_eq!(listed(&w), ["dev", "lobby", "ops"], "{w}");
+    server.stop().await;
+
+    // A restart (the membership writes are flushed on the way down).
+    let server = TestServer::with(|c| accounts_config(c, &dir)).await;
+    let (mut ann, w) = sign_in(server.addr, "ann", "ann's password").await;
+    assert_eq!(listed(&w), ["dev", "lobby", "ops"], "{w}");
+    let r = ann.request(json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(r["type"], "room", "{r}");
+    let r = ann.request(json!({"type": "leave", "room": "ops"})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    ann.ws.close(None).await.ok();
+    drop(ann);
+    let w = sign_in_once_free(server.addr, "ann", "ann's password").await;
+    assert_eq!(
+        listed(&w),
+        ["dev", "lobby"],
+        "a leave forgets the room: {w}"
+    );
+    server.stop().await;
 }

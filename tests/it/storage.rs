@@ -437,7 +437,11 @@ fn a_database_from_the_previous_schema_is_migrated() {
     let version: u32 = file
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4, "migrated to the current schema");
+    let accounts: u32 = file
+        .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(accounts, 0, "version 4's tables exist");
     let app: i32 = file
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .unwrap();

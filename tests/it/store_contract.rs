@@ -664,5 +664,39 @@ fn accounts_are_kept_and_invites_spent(db: &Db) {
         (Role::Admin, true, "$new")
     );
     assert_eq!(a.count().unwrap(), 3);
+
+    // Memberships: joins and leaves in order, listed in the order joined, at most a limit.
+    assert!(a.rooms("ann", 10).unwrap().is_empty());
+    let change = |room: &str, joined: bool| ("ann".to_string(), room.to_string(), joined);
+    a.memberships(&[
+        change("dev", true),
+        change("ops", true),
+        change("lobby", true),
+    ])
+    .unwrap();
+    a.memberships(&[change("ops", false), change("dev", true)])
+        .unwrap();
+    let mut rooms = a.rooms("ann", 10).unwrap();
+    rooms.sort();
+    assert_eq!(
+        rooms,
+        ["dev", "lobby"],
+        "a leave removes, a second join changes nothing"
+    );
+    assert_eq!(a.rooms("ann", 1).unwrap().len(), 1, "bounded");
+    assert!(
+        a.rooms("bob", 10).unwrap().is_empty(),
+        "each account its own"
+    );
+    drop(a);
+    store.close(Duration::from_secs(10));
+    drop(store);
+    let (store, _) = db.open();
+    let mut a = accounts::open(&db.settings()).unwrap();
+    assert_eq!(
+        a.rooms("ann", 10).unwrap().len(),
+        2,
+        "kept across a restart"
+    );
     store.close(Duration::from_secs(10));
 }

@@ -220,6 +220,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         opts,
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
+    let mut held = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
     let mut connected_once = false;
     loop {
         let ep = &mut ep;
@@ -254,7 +255,8 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
                     "{} is still held by the connection that dropped; the server frees it when it notices",
                     chat.nick
                 );
-                if !chat.wait_to_retry(ui, &mut backoff, &why).await {
+                // The server lets go within two ping intervals: retry steadily, not ever later.
+                if !chat.wait_to_retry(ui, &mut held, &why).await {
                     return chat.exit_code();
                 }
                 continue;
@@ -275,6 +277,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         connected_once = true;
         ep.register = None;
         backoff.reset();
+        held.reset();
         chat.welcomed(&welcome, ui);
         let end = chat.converse(&mut ws, ui).await;
         chat.connected = false;
@@ -389,7 +392,13 @@ impl Chat {
         self.connected = true;
         self.typing.clear();
         ui.typing_reset();
-        if let ServerMsg::Welcome { server, room, .. } = welcome {
+        if let ServerMsg::Welcome {
+            server,
+            room,
+            rooms,
+            ..
+        } = welcome
+        {
             let ServerInfo {
                 rate_per_sec,
                 rate_burst,
@@ -403,6 +412,13 @@ impl Chat {
                 self.current = Some(room.to_string());
             }
             self.rooms[0] = room.to_string();
+            // The account's rooms, kept by the server: joined on this device too.
+            for member in rooms {
+                let key = room_key(&member.room);
+                if !self.rooms.contains(&key) {
+                    self.rooms.push(key);
+                }
+            }
         }
         self.on_event(welcome, &welcome_json(welcome), ui);
         // Rejoin the other rooms first, before anything the user queued, from where we were.

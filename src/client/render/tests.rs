@@ -120,6 +120,7 @@ fn history_from_another_day_shows_its_date() {
         seq: 1,
         resumed: None,
         more: false,
+        rooms: Vec::new(),
         history: vec![ServerMsg::Message(ChatMessage {
             id: 1,
             seq: 1,

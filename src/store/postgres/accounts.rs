@@ -133,4 +133,37 @@ impl AccountsDb for Accounts {
             .get(0);
         Ok(n as u64)
     }
+
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.with(|db| {
+            db.query(
+                "SELECT room FROM memberships WHERE account = $1 ORDER BY joined, room LIMIT $2",
+                &[&key, &limit],
+            )
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError> {
+        let now = crate::protocol::timestamp();
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            for (account, room, joined) in changes {
+                if *joined {
+                    tx.execute(
+                        "INSERT INTO memberships (account, room, joined) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                        &[account, room, &now],
+                    )?;
+                } else {
+                    tx.execute(
+                        "DELETE FROM memberships WHERE account = $1 AND room = $2",
+                        &[account, room],
+                    )?;
+                }
+            }
+            tx.commit()
+        })
+    }
 }

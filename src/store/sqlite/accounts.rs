@@ -119,4 +119,37 @@ impl AccountsDb for Accounts {
             .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
             .map_err(text)
     }
+
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError> {
+        let mut statement = self
+            .0
+            .prepare_cached(
+                "SELECT room FROM memberships WHERE account = ?1 ORDER BY joined, room LIMIT ?2",
+            )
+            .map_err(text)?;
+        let rows = statement
+            .query_map(params![key, limit as i64], |r| r.get(0))
+            .map_err(text)?;
+        rows.collect::<Result<_, _>>().map_err(text)
+    }
+
+    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError> {
+        let tx = self.0.transaction().map_err(text)?;
+        let now = crate::protocol::timestamp();
+        for (account, room, joined) in changes {
+            if *joined {
+                tx.execute(
+                    "INSERT OR IGNORE INTO memberships (account, room, joined) VALUES (?1, ?2, ?3)",
+                    params![account, room, now],
+                )
+            } else {
+                tx.execute(
+                    "DELETE FROM memberships WHERE account = ?1 AND room = ?2",
+                    params![account, room],
+                )
+            }
+            .map_err(text)?;
+        }
+        tx.commit().map_err(text)
+    }
 }

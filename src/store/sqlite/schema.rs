@@ -99,6 +99,13 @@ const STEPS: &[(u32, &str)] = &[
             uses_left  INTEGER NOT NULL,
             expires_ms INTEGER NOT NULL      -- Unix milliseconds
         );
+        -- The rooms an account has joined and not left: kept across disconnects and restarts.
+        CREATE TABLE memberships (
+            account TEXT NOT NULL,           -- accounts.key
+            room    TEXT NOT NULL,           -- normalised room name
+            joined  TEXT NOT NULL,           -- RFC 3339 UTC
+            PRIMARY KEY (account, room)
+        ) WITHOUT ROWID;
         ",
     ),
 ];
