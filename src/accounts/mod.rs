@@ -11,10 +11,11 @@
 //!   (`throttle`, tables bounded in entries), before any hashing is queued;
 //! - at most [`QUEUE`] requests wait for the hashing threads; past that, `unavailable`.
 
+pub mod admin;
 mod password;
+mod rooms;
 mod throttle;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -28,7 +29,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, Registration};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Role};
-use crate::store::accounts::{Account, AccountsDb, Change, Created};
+use crate::store::accounts::{Account, AccountsDb, Created};
 use crate::sync::lock;
 pub(crate) use password::Hasher;
 pub use password::MAX_PASSWORD_BYTES;
@@ -56,6 +57,39 @@ pub enum Request {
         /// An invite code (`auth.registration = "invite"`).
         invite: Option<String>,
     },
+    /// The signed-in account `name` has read `room` up to `seq`.
+    Read {
+        /// The account's name.
+        name: String,
+        /// The room.
+        room: String,
+        /// The seq read up to.
+        seq: u64,
+    },
+}
+
+/// What a request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// Signed in (or registered).
+    SignedIn(SignedIn),
+    /// A room's read state after a `read`.
+    Read(RoomState),
+}
+
+/// One room of an account: its read marker and what is unread past it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomState {
+    /// The room.
+    pub room: String,
+    /// The last seq read (moves only forward).
+    pub read: u64,
+    /// Messages by others past it (at most 999).
+    pub unread: u64,
+    /// Those that mention the account (`@name`).
+    pub mentions: u64,
+    /// The room's last stored seq.
+    pub head: u64,
 }
 
 /// A signed-in account.
@@ -66,7 +100,7 @@ pub struct SignedIn {
     /// Its role.
     pub role: Role,
     /// The rooms it is a member of, in the order it joined them.
-    pub rooms: Vec<String>,
+    pub rooms: Vec<RoomState>,
 }
 
 /// Why a request was refused.
@@ -86,10 +120,12 @@ pub enum Denied {
     Closed(&'static str),
     /// The password is too short or too long.
     BadPassword(String),
+    /// `read`: the account is not a member of the room.
+    NotMember,
 }
 
 /// Where an answer goes: called once, on a hashing thread.
-pub type Reply = Box<dyn FnOnce(Result<SignedIn, Denied>) + Send>;
+pub type Reply = Box<dyn FnOnce(Result<Done, Denied>) + Send>;
 
 struct Job {
     request: Request,
@@ -104,20 +140,6 @@ struct Throttle {
     registrations: Table<IpAddr>,
 }
 
-/// Joins and leaves of rooms not yet written, by (account key, room): the last one of each
-/// counts. Bounded: past [`MAX_NOTES`], joins are refused (`unavailable`) until a write empties it.
-#[derive(Debug, Default)]
-struct Notes {
-    changes: HashMap<(String, String), bool>,
-    /// When they were last written.
-    written: Option<Instant>,
-}
-
-/// Membership changes that may wait to be written.
-pub const MAX_NOTES: usize = 10_000;
-/// How often waiting membership changes are written.
-const WRITE_EVERY: Duration = Duration::from_millis(500);
-
 /// What the hashing threads share.
 struct Work {
     hasher: Hasher,
@@ -125,8 +147,12 @@ struct Work {
     /// inside the server's runtime.
     db: Mutex<Option<Box<dyn AccountsDb>>>,
     throttle: Mutex<Throttle>,
-    notes: Mutex<Notes>,
+    notes: Mutex<rooms::Notes>,
     max_rooms: usize,
+    /// How long a count waits for the store to commit what was acknowledged before it.
+    commit_wait: Duration,
+    /// The broker's store: counts wait for its commits.
+    store: Option<Arc<crate::store::Store>>,
     /// Hashing threads still running: the last to stop drops the connection.
     running: AtomicUsize,
     metrics: Metrics,
@@ -183,7 +209,11 @@ fn settings(config: &Config) -> Result<crate::store::StoreSettings, ConfigError>
 impl Accounts {
     /// The service, in accounts mode (`None` otherwise): its threads started, its connection to
     /// the store opened.
-    pub fn start(config: &Config, metrics: &Metrics) -> Result<Option<Arc<Accounts>>, ConfigError> {
+    pub fn start(
+        config: &Config,
+        metrics: &Metrics,
+        store: Option<Arc<crate::store::Store>>,
+    ) -> Result<Option<Arc<Accounts>>, ConfigError> {
         if config.auth.mode != crate::config::AuthMode::Accounts {
             return Ok(None);
         }
@@ -208,8 +238,10 @@ impl Accounts {
             hasher: hasher(config)?,
             db: Mutex::new(Some(db)),
             throttle,
-            notes: Mutex::new(Notes::default()),
+            notes: Mutex::new(rooms::Notes::default()),
             max_rooms: config.limits.max_rooms_per_user,
+            commit_wait: Duration::from_millis(config.storage.commit_interval_ms.max(50) * 4),
+            store,
             running: AtomicUsize::new(a.hash_threads.max(1)),
             metrics: metrics.clone(),
         });
@@ -297,21 +329,42 @@ impl Accounts {
                 throttle.registrations.take(&ip, now);
                 Ok(())
             }
+            Request::Read { .. } => Ok(()),
         }
     }
 
     /// Whether a join by an account can be recorded now (joins are refused while
-    /// [`MAX_NOTES`] changes wait to be written).
+    /// [`rooms::MAX_NOTES`] changes wait to be written).
     pub fn can_note_join(&self) -> bool {
-        lock(&self.work.notes).changes.len() < MAX_NOTES
+        rooms::has_room(&self.work)
     }
 
-    /// Records that the account `key` joined (`true`) or left `room`: written within
-    /// [`WRITE_EVERY`], and listed at its next sign-in. A disconnect is not a leave.
-    pub fn note(&self, key: &str, room: &str, joined: bool) {
-        lock(&self.work.notes)
-            .changes
-            .insert((key.to_string(), room.to_string()), joined);
+    /// Records that the account `key` joined `room` when it was at `seq` (a new membership's
+    /// marker starts there): written within half a second, listed at its next sign-in.
+    pub fn note_join(&self, key: &str, room: &str, seq: u64) {
+        let change = rooms::Change {
+            joined: Some(rooms::Joined::At(seq)),
+            read: None,
+        };
+        rooms::note(&self.work, key, room, change);
+    }
+
+    /// Records that the account `key` left `room` (a disconnect is not a leave).
+    pub fn note_leave(&self, key: &str, room: &str) {
+        let change = rooms::Change {
+            joined: Some(rooms::Joined::Left),
+            read: None,
+        };
+        rooms::note(&self.work, key, room, change);
+    }
+
+    /// Records that the account `key` has read `room` up to `seq` (it said something there).
+    pub fn note_read(&self, key: &str, room: &str, seq: u64) {
+        let change = rooms::Change {
+            joined: None,
+            read: Some(seq),
+        };
+        rooms::note(&self.work, key, room, change);
     }
 
     /// Stops the hashing threads once the requests already queued are answered; the last one
@@ -322,51 +375,6 @@ impl Accounts {
             let _ = thread.join();
         }
     }
-}
-
-/// Writes the membership changes waiting, if it is time (or `now`). On failure they wait for the
-/// next try (newer changes of the same rooms win).
-fn write_notes(work: &Work, now: bool) {
-    let changes = {
-        let mut notes = lock(&work.notes);
-        let due = notes.written.is_none_or(|at| at.elapsed() >= WRITE_EVERY);
-        if notes.changes.is_empty() || !(due || now) {
-            return;
-        }
-        notes.written = Some(Instant::now());
-        std::mem::take(&mut notes.changes)
-    };
-    let list: Vec<(String, String, bool)> = changes
-        .iter()
-        .map(|((k, r), joined)| (k.clone(), r.clone(), *joined))
-        .collect();
-    if let Err(e) = with_db(work, |db| db.memberships(&list)) {
-        warn!(error = %e, changes = list.len(), "accounts: cannot write memberships; trying again");
-        let mut notes = lock(&work.notes);
-        for (key, joined) in changes {
-            notes.changes.entry(key).or_insert(joined);
-        }
-    }
-}
-
-/// The rooms `key`'s account is a member of: what is stored, with the changes not yet written.
-fn rooms_of(work: &Work, key: &str) -> Result<Vec<String>, String> {
-    let mut rooms = with_db(work, |db| db.rooms(key, work.max_rooms))?;
-    let notes = lock(&work.notes);
-    for ((k, room), joined) in &notes.changes {
-        if k != key {
-            continue;
-        }
-        match (*joined, rooms.iter().position(|r| r == room)) {
-            (true, None) => rooms.push(room.clone()),
-            (false, Some(i)) => {
-                rooms.remove(i);
-            }
-            _ => {}
-        }
-    }
-    rooms.truncate(work.max_rooms);
-    Ok(rooms)
 }
 
 /// A password a new account (or `chatd user passwd`) may have: at least `min_chars`
@@ -393,29 +401,39 @@ fn result_label(denied: &Denied) -> &'static str {
 
 fn run(work: &Work, queue: &Mutex<Receiver<Job>>) {
     loop {
-        write_notes(work, false);
-        let job = match lock(queue).recv_timeout(WRITE_EVERY) {
+        rooms::write_notes(work, false);
+        let job = match lock(queue).recv_timeout(rooms::WRITE_EVERY) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => {
                 // Closing: what waits is written, and the connection ends on this thread.
-                write_notes(work, true);
+                rooms::write_notes(work, true);
                 if work.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                     lock(&work.db).take();
                 }
                 return;
             }
         };
-        let result = match job.request {
-            Request::SignIn { name, password } => sign_in(work, &name, &password, job.ip),
+        let (result, ok) = match job.request {
+            Request::SignIn { name, password } => (
+                sign_in(work, &name, &password, job.ip).map(Done::SignedIn),
+                "ok",
+            ),
             Request::Register {
                 name,
                 password,
                 invite,
-            } => register(work, &name, &password, invite.as_deref()),
+            } => (
+                register(work, &name, &password, invite.as_deref()).map(Done::SignedIn),
+                "registered",
+            ),
+            Request::Read { name, room, seq } => {
+                (job.reply)(rooms::read(work, &name, &room, seq).map(Done::Read));
+                continue;
+            }
         };
         let label = match &result {
-            Ok(_) => "ok",
+            Ok(_) => ok,
             Err(denied) => result_label(denied),
         };
         work.metrics.sign_ins.with_label_values(&[label]).inc();
@@ -438,7 +456,7 @@ fn sign_in(work: &Work, name: &str, password: &str, ip: IpAddr) -> Result<Signed
         .verify(password, found.as_ref().map(|a| a.hash.as_str()));
     match found {
         Some(account) if matches && !account.disabled => {
-            let rooms = rooms_of(work, &key).map_err(|e| {
+            let rooms = rooms::states(work, &key, &account.name).map_err(|e| {
                 warn!(error = %e, "accounts: cannot read memberships");
                 Denied::Unavailable
             })?;
@@ -510,7 +528,7 @@ fn register(
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -522,79 +540,4 @@ fn invite_hash(code: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Managing accounts offline (`chatd user`, `chatd invite`), on the store the configuration
-/// names, while chatd runs or not.
-pub mod admin {
-    use super::*;
-
-    /// A handle on the configured store's accounts.
-    pub struct Admin {
-        db: Box<dyn AccountsDb>,
-        hasher: Hasher,
-        min_chars: usize,
-    }
-
-    impl Admin {
-        /// Opens the accounts of the store `config` names.
-        pub fn open(config: &Config) -> Result<Admin, ConfigError> {
-            Ok(Admin {
-                db: crate::store::accounts::open(&settings(config)?)?,
-                hasher: hasher(config)?,
-                min_chars: config.auth.password_min_chars,
-            })
-        }
-
-        /// Makes the account `name` (a valid name) with `password` and `role`.
-        pub fn add(&mut self, name: &str, password: &str, role: Role) -> Result<(), String> {
-            check_password(password, self.min_chars)?;
-            let account = Account {
-                name: name.to_string(),
-                hash: self.hasher.hash(password)?,
-                role,
-                disabled: false,
-            };
-            match self
-                .db
-                .create(&protocol::name_key(name), &account, None, now_ms())?
-            {
-                Created::Created => Ok(()),
-                _ => Err(format!("the account {name:?} exists already")),
-            }
-        }
-
-        /// Applies `change` to `name`'s account.
-        pub fn change(&mut self, name: &str, change: Change) -> Result<(), String> {
-            if self.db.update(&protocol::name_key(name), &change)? {
-                Ok(())
-            } else {
-                Err(format!("there is no account {name:?}"))
-            }
-        }
-
-        /// A new password for `name`.
-        pub fn passwd(&mut self, name: &str, password: &str) -> Result<(), String> {
-            check_password(password, self.min_chars)?;
-            let hash = self.hasher.hash(password)?;
-            self.change(name, Change::Password(hash))
-        }
-
-        /// A new invite good for `uses` registrations within `ttl`; the code, shown once.
-        pub fn invite(&mut self, uses: u32, ttl: Duration) -> Result<String, String> {
-            use argon2::password_hash::rand_core::{OsRng, RngCore};
-            let mut bytes = [0u8; 15];
-            OsRng.fill_bytes(&mut bytes);
-            let code: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let expires =
-                now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-            self.db.add_invite(&invite_hash(&code), uses, expires)?;
-            Ok(code)
-        }
-
-        /// The account `name`, if there is one.
-        pub fn find(&mut self, name: &str) -> Result<Option<Account>, String> {
-            self.db.find(&protocol::name_key(name))
-        }
-    }
 }

@@ -220,9 +220,11 @@ pub enum Outcome {
         name: Arc<str>,
         /// Its role.
         role: Role,
-        /// The rooms it is a member of.
-        rooms: Vec<Arc<str>>,
+        /// The rooms it is a member of, with what is unread in each.
+        rooms: Vec<crate::protocol::Membership<'static>>,
     },
+    /// Not a broker's: the accounts service moved a read marker (`read`).
+    ReadState(crate::protocol::Membership<'static>),
     /// Refused: the client sees this error.
     Refused(Refusal),
 }
@@ -429,6 +431,11 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// The connection ended: leave `rooms` (announcing `left`) and free the name if `me` holds it.
     /// Called once per connection that said hello (or tried to), after its other calls.
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]);
+    /// The durable store the broker keeps history in, if any (the accounts service reads unread
+    /// counts beside it, and waits for its commits).
+    fn store(&self) -> Option<Arc<crate::store::Store>> {
+        None
+    }
     /// Whether the broker can do its work (`/readyz`): its backends answer.
     fn ready(&self) -> bool {
         true

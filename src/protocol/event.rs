@@ -34,6 +34,18 @@ pub struct UserInfo<'a> {
 pub struct Membership<'a> {
     /// The room.
     pub room: Cow<'a, str>,
+    /// The room's last stored seq.
+    #[serde(default)]
+    pub seq: u64,
+    /// The last seq the account has read there.
+    #[serde(default)]
+    pub read: u64,
+    /// Messages by others past `read` (at most 999).
+    #[serde(default)]
+    pub unread: u64,
+    /// Those of them that mention the account (`@name`).
+    #[serde(default)]
+    pub mentions: u64,
 }
 
 /// A room as shown by `rooms`.
@@ -232,6 +244,13 @@ pub enum ServerMsg<'a> {
         /// The new name, for `nick`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<Cow<'a, str>>,
+        /// For `read`: the marker now, and what is unread past it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mentions: Option<u64>,
     },
     /// A request failed.
     Error {

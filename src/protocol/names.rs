@@ -107,3 +107,33 @@ pub fn normalize_room(room: &str) -> Option<String> {
     check_chars(bare)?;
     Some(bare.to_ascii_lowercase())
 }
+
+/// Whether `text` mentions `name` as `@name` (case-insensitively), not as the start of a longer
+/// name: what counts as a mention in a room's unread state.
+pub fn mentions_at(text: &str, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let is_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+    let lower = text.to_ascii_lowercase();
+    let wanted = format!("@{}", name.to_ascii_lowercase());
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&wanted) {
+        let start = from + i;
+        let end = start + wanted.len();
+        let rest = &lower[end..];
+        // `@ann.` ends a sentence; `@ann.b` is someone else.
+        let after = rest.chars().next().is_none_or(|c| {
+            !is_name(c) && (c != '.' || !rest[1..].starts_with(|d: char| is_name(d) || d == '.'))
+        });
+        let before = lower[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_name(c) && c != '.');
+        if after && before {
+            return true;
+        }
+        from = start + 1;
+    }
+    false
+}

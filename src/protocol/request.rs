@@ -42,6 +42,13 @@ pub enum ClientMsg {
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
     },
+    /// The sender has read `room` up to `seq` (accounts mode): its marker moves forward.
+    Read {
+        /// The room.
+        room: String,
+        /// The last seq read.
+        seq: u64,
+    },
     /// Join a room.
     Join {
         /// Room name as given.
@@ -155,8 +162,8 @@ impl ClientMsg {
     /// Every request type, as [`ClientMsg::kind`] names it (the labels of
     /// `chatd_messages_received_total`).
     pub const KINDS: &'static [&'static str] = &[
-        "hello", "register", "join", "leave", "say", "pm", "typing", "rooms", "who", "history",
-        "kick", "announce", "nick", "search",
+        "hello", "register", "read", "join", "leave", "say", "pm", "typing", "rooms", "who",
+        "history", "kick", "announce", "nick", "search",
     ];
 
     /// The request's `type`, as the wire names it (a bounded metric label).
@@ -164,6 +171,7 @@ impl ClientMsg {
         match self {
             ClientMsg::Hello { .. } => "hello",
             ClientMsg::Register { .. } => "register",
+            ClientMsg::Read { .. } => "read",
             ClientMsg::Join { .. } => "join",
             ClientMsg::Leave { .. } => "leave",
             ClientMsg::Say { .. } => "say",
@@ -260,6 +268,7 @@ struct RawRequest {
     reason: Option<String>,
     after: Option<serde_json::Value>,
     since: Option<u64>,
+    seq: Option<u64>,
     epoch: Option<String>,
     with: Option<String>,
     query: Option<String>,
@@ -312,6 +321,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     let after_seq = raw.after.as_ref().and_then(serde_json::Value::as_u64);
     for (field, value) in [
         ("since", raw.since),
+        ("seq", raw.seq),
         ("before", raw.before),
         ("after", after_seq),
     ] {
@@ -338,6 +348,12 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             password: raw.password,
             since: raw.since,
             epoch: raw.epoch,
+        },
+        "read" => ClientMsg::Read {
+            room: need(raw.room, "room")?,
+            seq: raw
+                .seq
+                .ok_or_else(|| fail(ErrorCode::BadRequest, "`read` needs field `seq`".into()))?,
         },
         "register" => ClientMsg::Register {
             name: need(raw.name, "name")?,

@@ -51,6 +51,10 @@ fn client_requests_round_trip_through_the_server_parser() {
             since: Some(41),
             epoch: Some("e1".into()),
         },
+        ClientMsg::Read {
+            room: "lobby".into(),
+            seq: 812,
+        },
         ClientMsg::Register {
             name: "henry".into(),
             password: Password("correct horse".into()),
@@ -223,6 +227,9 @@ fn server_messages_round_trip_through_the_client_decoder() {
             ts: Some(b("t")),
             room: None,
             name: None,
+            read: None,
+            unread: None,
+            mentions: None,
         },
         ServerMsg::Renamed {
             from: b("a"),
@@ -462,4 +469,18 @@ fn close_reasons_have_codes_and_known_labels() {
     }
     assert_eq!(Unauthorized.label(), "unauthorized");
     assert_eq!(TokenRequired.code(), Some(1008));
+}
+
+#[test]
+fn mentions_are_at_names_at_a_word_boundary() {
+    use super::mentions_at;
+    assert!(mentions_at("hi @Ann, look", "ann"));
+    assert!(mentions_at("@ann", "Ann"));
+    assert!(mentions_at("thanks @ann.", "ann"));
+    assert!(!mentions_at("hi ann", "ann"), "only @name");
+    assert!(!mentions_at("@anna here", "ann"));
+    assert!(!mentions_at("@ann.b here", "ann"));
+    assert!(!mentions_at("mail me@ann", "ann"));
+    assert!(mentions_at("me@ann @ann", "ann"), "a later one counts");
+    assert!(mentions_at("@a_b!", "a_b"));
 }

@@ -194,7 +194,7 @@ impl Server {
             }
             _ => None,
         };
-        let accounts = crate::accounts::Accounts::start(&config, &metrics)?;
+        let accounts = crate::accounts::Accounts::start(&config, &metrics, broker.store())?;
         let typing = TypingTimings {
             throttle: Duration::from_secs_f64(limits.typing_throttle_secs),
             active_expiry: Duration::from_secs_f64(limits.typing_active_secs),

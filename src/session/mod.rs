@@ -78,8 +78,11 @@ enum Kind {
         added: bool,
     },
     Leave,
-    Say,
+    /// `say` in this room.
+    Say(Arc<str>),
     Pm,
+    /// `read` (answered by the accounts service).
+    Read,
     Typing(TypingTarget),
     Who {
         after: Option<String>,
@@ -111,7 +114,7 @@ pub(crate) struct Session {
     /// A password is being checked (or an account made): another hello waits for it.
     signing_in: bool,
     /// The rooms the account is a member of, for the welcome (accounts mode).
-    memberships: Vec<Arc<str>>,
+    memberships: Vec<protocol::Membership<'static>>,
     mode: Mode,
     /// The room given at hello: the default for `say`, `who` and `history`.
     home: Arc<str>,
@@ -169,11 +172,10 @@ impl Session {
         &*self.chat.broker
     }
 
-    /// Records that this session's account joined or left `room` (accounts mode).
-    fn note_membership(&self, room: &str, joined: bool) {
-        if let (Some(accounts), Some(me)) = (&self.chat.accounts, &self.me) {
-            accounts.note(&protocol::name_key(me.name()), room, joined);
-        }
+    /// The accounts service and this session's account key (accounts mode, after hello).
+    fn account(&self) -> Option<(&crate::accounts::Accounts, String)> {
+        let accounts = self.chat.accounts.as_deref()?;
+        Some((accounts, protocol::name_key(self.me.as_ref()?.name())))
     }
 
     fn flow(&self) -> Flow {

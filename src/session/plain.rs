@@ -104,7 +104,7 @@ impl Session {
             return self.refuse(r, None, out);
         }
         self.log_body(&room, text);
-        self.call(Kind::Say, None, out, |b, t, me| {
+        self.call(Kind::Say(room.clone()), None, out, |b, t, me| {
             b.say(t, me, &room, text, action)
         });
     }

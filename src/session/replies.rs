@@ -35,7 +35,9 @@ impl Session {
             }
             (Kind::Join { .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
-                self.note_membership(&view.room, true);
+                if let Some((accounts, key)) = self.account() {
+                    accounts.note_join(&key, &view.room, view.seq);
+                }
                 let (users, history, more) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
@@ -57,10 +59,33 @@ impl Session {
             }
             (Kind::Leave, Outcome::Left { room }) => {
                 debug!(%room, "left room");
-                self.note_membership(&room, false);
+                if let Some((accounts, key)) = self.account() {
+                    accounts.note_leave(&key, &room);
+                }
                 ack(reference, None, Some(&room))
             }
-            (Kind::Say | Kind::Pm, Outcome::Sent(receipt)) => {
+            (Kind::Say(room), Outcome::Sent(receipt)) => {
+                // Saying something reads the room up to it.
+                if let (Some((accounts, key)), Some(seq)) = (self.account(), receipt.seq) {
+                    accounts.note_read(&key, room, seq);
+                }
+                if !json {
+                    return Vec::new();
+                }
+                ack(reference, Some(&receipt), None)
+            }
+            (Kind::Read, Outcome::ReadState(state)) => protocol::encode(&ServerMsg::Ack {
+                reference: reference.map(b),
+                id: None,
+                seq: None,
+                ts: None,
+                room: Some(b(&state.room)),
+                name: None,
+                read: Some(state.read),
+                unread: Some(state.unread),
+                mentions: Some(state.mentions),
+            }),
+            (Kind::Pm, Outcome::Sent(receipt)) => {
                 if let Some(to) = &receipt.to {
                     self.typing.clear(&TypingTarget::User(to.clone()));
                 }
@@ -217,6 +242,9 @@ impl Session {
                     ts: None,
                     room: None,
                     name: Some(b(&name)),
+                    read: None,
+                    unread: None,
+                    mentions: None,
                 })
             }
             (Kind::Announce, Outcome::Done) => {
@@ -293,7 +321,7 @@ impl Session {
             return format!("Welcome, {name}! {}{more}", protocol::plain::online(&names)).into();
         }
         let (users, history, more) = self.fit_view(&view);
-        let rooms = self.membership_list(&view.room);
+        let rooms = self.membership_list(&view);
         let config = &self.chat.config;
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
@@ -321,23 +349,31 @@ impl Session {
 }
 
 impl Session {
-    /// The welcome's list of memberships (accounts mode): the stored ones, and the hello's room,
-    /// which the account is now a member of too.
-    fn membership_list(&mut self, home: &Arc<str>) -> Vec<protocol::Membership<'static>> {
-        if self.chat.accounts.is_none() {
+    /// The welcome's list of memberships (accounts mode): the hello's room first (a new
+    /// membership when it was not listed, read up to where it is now), then the others.
+    fn membership_list(&mut self, view: &RoomView) -> Vec<protocol::Membership<'static>> {
+        let Some((accounts, key)) = self.account() else {
             return Vec::new();
-        }
-        self.note_membership(home, true);
+        };
+        accounts.note_join(&key, &view.room, view.seq);
         let mut rooms = std::mem::take(&mut self.memberships);
-        if !rooms.contains(home) {
-            rooms.insert(0, home.clone());
+        match rooms.iter().position(|m| *m.room == *view.room) {
+            Some(at) => {
+                let home = rooms.remove(at);
+                rooms.insert(0, home);
+            }
+            None => rooms.insert(
+                0,
+                protocol::Membership {
+                    room: Cow::Owned(view.room.to_string()),
+                    seq: view.seq,
+                    read: view.seq,
+                    unread: 0,
+                    mentions: 0,
+                },
+            ),
         }
         rooms
-            .iter()
-            .map(|room| protocol::Membership {
-                room: Cow::Owned(room.to_string()),
-            })
-            .collect()
     }
 }
 
@@ -375,6 +411,9 @@ pub(super) fn ack(
         ts: receipt.map(|r| b(&r.ts)),
         room: room.map(b),
         name: None,
+        read: None,
+        unread: None,
+        mentions: None,
     })
 }
 

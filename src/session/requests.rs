@@ -55,6 +55,7 @@ impl Session {
                 self.join(&room, resume(since, epoch), &mut id, out)
             }
             ClientMsg::Nick { name } => self.nick(&name, &mut id, out),
+            ClientMsg::Read { room, seq } => self.read(&room, seq, &mut id, out),
             ClientMsg::Leave { room } => self.leave(&room, &mut id, out),
             ClientMsg::Say { room, text, action } => {
                 self.say(room.as_deref(), &text, action, &mut id, out)
@@ -181,7 +182,7 @@ impl Session {
         check_text(text, self.chat.config.limits.max_message_bytes)?;
         self.typing.clear(&TypingTarget::Room(room.clone()));
         self.log_body(&room, text);
-        self.call(Kind::Say, id.take(), out, |b, t, me| {
+        self.call(Kind::Say(room.clone()), id.take(), out, |b, t, me| {
             b.say(t, me, &room, text, action)
         });
         Ok(())

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::slots::Answered;
 use super::{Kind, Mode, Session};
-use crate::accounts::{Denied, Request};
+use crate::accounts::{Denied, Done, Reply, Request, RoomState};
 use crate::hub::{Answer, Late, Member, Outcome, Refusal, Resume};
 use crate::protocol::{self, ErrorCode};
 
@@ -30,7 +30,9 @@ impl Session {
             return self.refuse(r, id.as_deref(), out);
         };
         let name = match &request {
-            Request::SignIn { name, .. } | Request::Register { name, .. } => name.clone(),
+            Request::SignIn { name, .. }
+            | Request::Register { name, .. }
+            | Request::Read { name, .. } => name.clone(),
         };
         if let Request::Register { .. } = &request
             && let Some(r) = super::requests::name_refusal(&name)
@@ -45,18 +47,7 @@ impl Session {
         self.next_ticket += 1;
         let mailbox = self.mailbox.clone();
         let asked = name.clone();
-        let reply = Box::new(move |result: Result<crate::accounts::SignedIn, Denied>| {
-            let outcome = match result {
-                Ok(signed) => Outcome::SignedIn {
-                    name: signed.name.into(),
-                    role: signed.role,
-                    rooms: signed.rooms.into_iter().map(Into::into).collect(),
-                },
-                Err(denied) => Outcome::Refused(refusal(&denied, &asked)),
-            };
-            // A connection gone meanwhile needs nothing undone: an account it made stays.
-            mailbox.push_control(Box::new(Late { ticket, outcome }));
-        });
+        let reply = late(mailbox, ticket, asked);
         match accounts.submit(request, self.ip, reply) {
             Ok(()) => {
                 self.signing_in = true;
@@ -64,6 +55,46 @@ impl Session {
                 self.slots.wait(ticket, kind, id, self.request_bytes);
             }
             Err(denied) => self.refuse(refusal(&denied, &name), id.as_deref(), out),
+        }
+    }
+
+    /// `read`: the account has read `room` up to `seq`. Answered by the accounts service with
+    /// the marker and what is unread past it.
+    pub(super) fn read(
+        &mut self,
+        room: &str,
+        seq: u64,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Result<(), Refusal> {
+        let (Some(accounts), Some(me)) = (self.chat.accounts.clone(), self.me.clone()) else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "read markers are kept for accounts (auth.mode = \"accounts\")",
+            ));
+        };
+        let room = super::requests::normalize_room(room)?;
+        if !self.rooms.contains(&room) {
+            return Err(Refusal::not_in_room(&room));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let reply = late(self.mailbox.clone(), ticket, room.to_string());
+        let request = Request::Read {
+            name: me.name().to_string(),
+            room: room.to_string(),
+            seq,
+        };
+        match accounts.submit(request, self.ip, reply) {
+            Ok(()) => {
+                self.slots
+                    .wait(ticket, Kind::Read, id.take(), self.request_bytes);
+                Ok(())
+            }
+            Err(denied) => {
+                let _ = out;
+                Err(refusal(&denied, &room))
+            }
         }
     }
 
@@ -117,6 +148,37 @@ impl Session {
     }
 }
 
+/// Where the accounts service's answer to `ticket` goes: this session's mailbox, as a late
+/// outcome. A connection gone meanwhile needs nothing undone (an account it made stays).
+fn late(
+    mailbox: std::sync::Arc<crate::connection::mailbox::Mailbox>,
+    ticket: crate::hub::Ticket,
+    about: String,
+) -> Reply {
+    Box::new(move |result: Result<Done, Denied>| {
+        let outcome = match result {
+            Ok(Done::SignedIn(signed)) => Outcome::SignedIn {
+                name: signed.name.into(),
+                role: signed.role,
+                rooms: signed.rooms.into_iter().map(membership).collect(),
+            },
+            Ok(Done::Read(state)) => Outcome::ReadState(membership(state)),
+            Err(denied) => Outcome::Refused(refusal(&denied, &about)),
+        };
+        mailbox.push_control(Box::new(Late { ticket, outcome }));
+    })
+}
+
+fn membership(state: RoomState) -> protocol::Membership<'static> {
+    protocol::Membership {
+        room: state.room.into(),
+        seq: state.head,
+        read: state.read,
+        unread: state.unread,
+        mentions: state.mentions,
+    }
+}
+
 /// What the client is told when the accounts service says no.
 fn refusal(denied: &Denied, name: &str) -> Refusal {
     match denied {
@@ -136,5 +198,6 @@ fn refusal(denied: &Denied, name: &str) -> Refusal {
         ),
         Denied::Closed(why) => Refusal::new(ErrorCode::Forbidden, *why),
         Denied::BadPassword(why) => Refusal::new(ErrorCode::BadRequest, why.clone()),
+        Denied::NotMember => Refusal::not_in_room(name),
     }
 }

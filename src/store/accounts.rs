@@ -60,11 +60,57 @@ pub trait AccountsDb: Send {
     fn add_invite(&mut self, hash: &str, uses: u32, expires_ms: i64) -> Result<(), DbError>;
     /// How many accounts exist.
     fn count(&mut self) -> Result<u64, DbError>;
-    /// The rooms `key`'s account is a member of, in the order it joined them, at most `limit`.
-    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError>;
-    /// Records joins (`true`) and leaves (`false`) of rooms by accounts, in one transaction, in
-    /// order (a join and a leave of one room: the last wins).
-    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError>;
+    /// The rooms `key`'s account is a member of, in the order it joined them, at most `limit`,
+    /// each with its read marker.
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<(String, u64)>, DbError>;
+    /// Records what changed in accounts' memberships, in one transaction: joins, leaves, and
+    /// read markers (which only move forward).
+    fn memberships(&mut self, changes: &[Noted]) -> Result<(), DbError>;
+    /// What `room` holds past `read` that someone other than `key` said: the room's last stored
+    /// seq, and up to [`UNREAD_CAP`] messages past `read`, with their texts where they contain
+    /// `@`-`name` (case-insensitively; the caller checks the word boundary).
+    fn unread(&mut self, key: &str, name: &str, room: &str, read: u64) -> Result<Unread, DbError>;
+}
+
+/// The most unread messages counted (a client shows "999+").
+pub const UNREAD_CAP: u64 = 999;
+
+/// A change to one account's membership of one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noted {
+    /// The account (`accounts.key`).
+    pub account: String,
+    /// The room.
+    pub room: String,
+    /// Joined (`Some(Some(seq))`: a new membership's marker starts at `seq`; an existing one
+    /// keeps its own) or left (`Some(None)`).
+    pub joined: Option<Option<u64>>,
+    /// Read up to this seq (the stored marker moves only forward).
+    pub read: Option<u64>,
+}
+
+/// What [`AccountsDb::unread`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unread {
+    /// The room's last stored seq (0: nothing stored).
+    pub head: u64,
+    /// Messages by others past the marker, at most [`UNREAD_CAP`].
+    pub count: u64,
+    /// The texts of those that contain the `@`-name, at most [`UNREAD_CAP`].
+    pub mentioning: Vec<String>,
+}
+
+/// `name` as a LIKE pattern for `@name` anywhere, with `\` escaping LIKE's wildcards.
+pub(super) fn mention_pattern(name: &str) -> String {
+    let mut pattern = String::from("%@");
+    for c in name.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// One change to an account.

@@ -613,7 +613,8 @@ impl Store {
     }
 
     /// Waits (at most `limit`) until every write queued so far is committed; false on timeout.
-    /// For tools and tests: chat never waits for the disk.
+    /// For tools, tests and the accounts threads (an unread count taken after it sees every
+    /// message acknowledged before): chat never waits for the disk.
     pub fn sync(&self, limit: Duration) -> bool {
         let generation = self.shared.queue().queued;
         self.shared

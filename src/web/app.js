@@ -1,5 +1,5 @@
-// chatd's browser client, part 2 of 2: the protocol of docs/PROTOCOL.md over one WebSocket to
-// this origin (part 1, kit.js, has the text and time helpers).
+// chatd's browser client, part 3 of 3: the protocol of docs/PROTOCOL.md over one WebSocket to
+// this origin (part 1, kit.js, has the text and time helpers; part 2, unread.js, what is unread).
 // Everything anyone else wrote is inserted as text (textContent, Text nodes), never as HTML.
 // (Strict mode: kit.js's 'use strict' opens the script.)
 (() => {
@@ -141,6 +141,7 @@
     c.typing.delete(clean(m.from));
     if (st.current === c.key) renderTyping();
     if (live && clean(m.from) !== st.name) notice(c, m, mention);
+    if (live) markRead(c);
   }
   /** Older messages, oldest first, put before everything shown. */
   function prepend(c, messages) {
@@ -177,32 +178,12 @@
     if (c) note(c, text, cls); else $('login-error').textContent = text;
   }
 
-  // ---- unread, mentions, notifications -----------------------------------------------------
-  function notice(c, m, mention) {
-    const away = document.hidden || st.current !== c.key;
-    if (away) {
-      c.unread += 1;
-      c.mention = c.mention || mention || c.kind === 'pm';
-      renderRooms();
-      updateTitle();
-    }
-    if ((mention || c.kind === 'pm') && document.hidden && 'Notification' in window
-      && Notification.permission === 'granted') {
-      const where = c.kind === 'room' ? ` in #${c.name}` : '';
-      try { new Notification(`${clean(m.from)}${where}`, { body: clean(m.text), tag: c.key }); } catch (_) { /* not allowed here */ }
-    }
-  }
-  function updateTitle() {
-    let unread = 0;
-    for (const c of st.convs.values()) unread += c.unread;
-    const here = currentConv();
-    const base = here ? `${here.kind === 'room' ? '#' : '@'}${here.name} · chatd` : 'chatd';
-    document.title = unread ? `(${unread}) ${base}` : base;
-  }
+  // ---- unread, mentions, notifications (unread.js) ----------------------------------------
+  const { notice, markRead, updateTitle, keptRooms } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) {
       const c = currentConv();
-      if (c) { c.unread = 0; c.mention = false; renderRooms(); }
+      if (c) { c.unread = 0; c.mention = false; renderRooms(); markRead(c); }
       updateTitle();
     }
   });
@@ -286,6 +267,7 @@
     $('message').placeholder = c.kind === 'room' ? `Message #${c.name}` : `Message ${c.name}`;
     renderRooms(); renderMembers(); renderTyping(); updateOlder(); updateTitle();
     toBottom();
+    markRead(c);
     if (c.kind === 'pm' && !c.asked) { c.asked = true; loadOlder(c, true); }
   }
 
@@ -383,13 +365,12 @@
       if (c.epoch !== null) { j.since = c.lastSeq; j.epoch = c.epoch; }
       send(j, (r) => { if (r.type === 'room') applyView(r); else note(c, errorText(r), 'error'); });
     }
-    // The account's other rooms, kept by the server (joined on another device, or before a
-    // reload): joined here too.
-    const kept = (w.rooms || []).map((m) => clean(m.room)).slice(0, 100);
-    for (const name of kept) {
-      if (!name || roomKey(name) === home.key || st.convs.has(roomKey(name))) continue;
+    // The account's rooms, kept by the server (joined on another device, or before a reload):
+    // joined here too, with the server's unread counts.
+    for (const name of keptRooms(w, (key, name) => conv(key, 'room', name), home.key)) {
       send({ type: 'join', room: name }, (r) => { if (r.type === 'room') applyView(r); });
     }
+    renderRooms(); updateTitle();
     st.outbox.push(...queued);
     send({ type: 'rooms' }, (r) => {
       if (r.type !== 'rooms') return;
@@ -740,7 +721,11 @@
   $('leave').addEventListener('click', () => { const c = currentConv(); if (c) leave(c); });
   $('search-form').addEventListener('submit', (e) => { e.preventDefault(); search($('search-input').value); });
   $('results-close').addEventListener('click', () => { $('results').hidden = true; $('search-input').focus(); });
-  scroller.addEventListener('scroll', () => { const c = currentConv(); if (c && scroller.scrollTop < 60) loadOlder(c); });
+  scroller.addEventListener('scroll', () => {
+    const c = currentConv();
+    if (c && scroller.scrollTop < 60) loadOlder(c);
+    if (c) markRead(c);
+  });
 
   function closePanes() {
     for (const [pane, btn] of [['rooms-pane', 'toggle-rooms'], ['members-pane', 'toggle-members']]) {

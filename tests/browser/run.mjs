@@ -389,10 +389,13 @@ const scenarios = {
   /** Accounts: register from the form, chat, reload, a wrong password, then sign in again. */
   async accounts() {
     const page = await visit('ann');
-    await page.getByLabel('Name').fill('ann');
-    await page.getByLabel('Password').fill('ann password');
+    const signIn = async (password, label = 'Join chat') => {
+      await page.getByLabel('Name').fill('ann');
+      await page.getByLabel('Password').fill(password);
+      await page.getByRole('button', { name: label }).click();
+    };
     await page.getByLabel('Create this account').check();
-    await page.getByRole('button', { name: 'Create account and join' }).click();
+    await signIn('ann password', 'Create account and join');
     await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
     await write(page, 'hello as an account');
     await sent(page, 'hello as an account');
@@ -401,21 +404,31 @@ const scenarios = {
     await rooms.getByText('#dev').waitFor({ timeout: WAIT });
     await page.screenshot({ path: `${SHOTS}/accounts-registered.png` });
 
+    // Away (the page reloaded, not signed in): someone mentions ann in #dev.
     await page.reload();
-    await page.getByLabel('Name').fill('ann');
-    await page.getByLabel('Password').fill('not the password');
-    await page.getByRole('button', { name: 'Join chat' }).click();
+    const { said } = await ask({ op: 'say_in_dev', text: '@ann while you were away' });
+    check(said, 'the other client said it');
+    await signIn('not the password');
     await page.getByRole('alert').filter({ hasText: 'Wrong name or password' }).waitFor({ timeout: WAIT });
     await page.screenshot({ path: `${SHOTS}/accounts-wrong-password.png` });
-    await page.getByLabel('Password').fill('ann password');
-    await page.getByRole('button', { name: 'Join chat' }).click();
+    await signIn('ann password');
     await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
-    // The account's rooms come back after the reload: the server kept them.
-    await rooms.getByText('#dev').waitFor({ timeout: WAIT });
-    await rooms.getByText('#lobby').click();
+    // The account's rooms come back after the reload, with what is unread, kept by the server.
+    await conversation(page, '#dev').getByLabel('1 unread, mentions you').waitFor({ timeout: WAIT });
+    await page.screenshot({ path: `${SHOTS}/accounts-unread.png` });
     await see(page, 'hello as an account');
     const { heard } = await ask({ op: 'signed_in', name: 'ann' });
     check(heard, 'another client saw ann in the lobby');
+    // Reading #dev on the page clears it on the server: after another reload, no badge.
+    await conversation(page, '#dev').click();
+    await see(page, 'while you were away');
+    const { read } = await ask({ op: 'read_by', name: 'ann', room: 'dev' });
+    check(read, 'the server has ann\'s marker at the mention');
+    await page.reload();
+    await signIn('ann password');
+    await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    await rooms.getByText('#dev').waitFor({ timeout: WAIT });
+    await count(conversation(page, '#dev').getByLabel(/unread/), 0, 'no badge once read');
     noProblems(page, /WebSocket connection to .* failed/);
   },
 

@@ -321,7 +321,7 @@ fn in_accounts_mode_the_page_registers_and_signs_in() {
     let db = dir.path().join("chat.db").display().to_string();
     let env = [
         ("CHATD_AUTH__MODE", "accounts".to_string()),
-        ("CHATD_STORAGE__PATH", db),
+        ("CHATD_STORAGE__PATH", db.clone()),
         ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".to_string()),
         ("CHATD_AUTH__ARGON2_ITERATIONS", "1".to_string()),
     ];
@@ -330,14 +330,42 @@ fn in_accounts_mode_the_page_registers_and_signs_in() {
     register.send(json!({"type": "register", "name": "watcher", "password": "watcher password"}));
     let w = register.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
     assert_eq!(w["type"], "welcome", "{w}");
-    run("accounts", &page_url(d.addr), |r| {
-        let name = r["name"].as_str().unwrap_or("");
-        register.send(json!({"type": "who", "room": "lobby", "id": "who"}));
-        let who = register.recv_until(|v| v["ref"] == "who");
-        let heard = who["users"]
-            .as_array()
-            .is_some_and(|us| us.iter().any(|u| u["name"] == name));
-        json!({ "heard": heard })
+    let file = db.clone();
+    run("accounts", &page_url(d.addr), |r| match r["op"].as_str() {
+        Some("say_in_dev") => {
+            register.send(json!({"type": "join", "room": "dev", "id": "j"}));
+            register.recv_until(|v| v["ref"] == "j");
+            register.send(json!({"type": "say", "room": "dev", "text": r["text"], "id": "s"}));
+            let ack = register.recv_until(|v| v["ref"] == "s");
+            json!({ "said": ack["type"] == "ack" })
+        }
+        Some("read_by") => {
+            // Markers are written within half a second.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let db = rusqlite::Connection::open(&file).unwrap();
+                let read: Option<i64> = db
+                    .query_row(
+                        "SELECT read_seq FROM memberships WHERE account = ?1 AND room = ?2",
+                        [r["name"].as_str().unwrap(), r["room"].as_str().unwrap()],
+                        |row| row.get(0),
+                    )
+                    .ok();
+                if read >= Some(1) || std::time::Instant::now() > deadline {
+                    return json!({ "read": read >= Some(1) });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        _ => {
+            let name = r["name"].as_str().unwrap_or("");
+            register.send(json!({"type": "who", "room": "lobby", "id": "who"}));
+            let who = register.recv_until(|v| v["ref"] == "who");
+            let heard = who["users"]
+                .as_array()
+                .is_some_and(|us| us.iter().any(|u| u["name"] == name));
+            json!({ "heard": heard })
+        }
     });
 }
 

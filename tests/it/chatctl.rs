@@ -201,12 +201,12 @@ fn reconnects_after_a_server_restart_and_rejoins_rooms() {
 }
 
 /// tmux on a private socket, so tests never touch a user's sessions.
-struct Tmux {
-    socket: String,
+pub(crate) struct Tmux {
+    pub(crate) socket: String,
 }
 
 impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket])
             .args(args)
@@ -218,7 +218,7 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "chat"])
     }
     /// Polls the screen until `pred` holds (bounded).
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let screen = self.screen();
@@ -232,7 +232,7 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         self.run(&[&["send-keys", "-t", "chat"], keys].concat());
     }
 }

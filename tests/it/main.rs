@@ -6,7 +6,7 @@ mod binary;
 mod broker;
 mod browser;
 mod chat;
-mod chatctl;
+pub(crate) mod chatctl;
 mod cluster;
 mod cluster_faults;
 mod cluster_load;

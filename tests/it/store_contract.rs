@@ -582,7 +582,7 @@ fn postgres_over_tls_is_verified() {
 /// Accounts: one owner per name (whatever its case), invites spent once and only while valid,
 /// changes kept; a second connection (`chatd user` while chatd runs) writes beside the store.
 fn accounts_are_kept_and_invites_spent(db: &Db) {
-    use chatd::store::accounts::{self, Account, Change, Created};
+    use chatd::store::accounts::{self, Account, Change, Created, Noted};
     let (store, _) = db.open();
     let mut a = accounts::open(&db.settings()).expect("accounts open beside the store");
     let henry = Account {
@@ -665,28 +665,79 @@ fn accounts_are_kept_and_invites_spent(db: &Db) {
     );
     assert_eq!(a.count().unwrap(), 3);
 
-    // Memberships: joins and leaves in order, listed in the order joined, at most a limit.
+    // Memberships: joins and leaves in order, listed in the order joined, at most a limit; a
+    // new membership's marker starts where the room was, and only moves forward.
     assert!(a.rooms("ann", 10).unwrap().is_empty());
-    let change = |room: &str, joined: bool| ("ann".to_string(), room.to_string(), joined);
+    let noted = |room: &str, joined: Option<Option<u64>>, read: Option<u64>| Noted {
+        account: "ann".into(),
+        room: room.into(),
+        joined,
+        read,
+    };
     a.memberships(&[
-        change("dev", true),
-        change("ops", true),
-        change("lobby", true),
+        noted("dev", Some(Some(5)), None),
+        noted("ops", Some(Some(0)), None),
+        noted("lobby", Some(Some(0)), Some(3)),
     ])
     .unwrap();
-    a.memberships(&[change("ops", false), change("dev", true)])
-        .unwrap();
+    a.memberships(&[
+        noted("ops", Some(None), None),
+        noted("dev", Some(Some(9)), Some(2)),
+    ])
+    .unwrap();
     let mut rooms = a.rooms("ann", 10).unwrap();
     rooms.sort();
     assert_eq!(
         rooms,
-        ["dev", "lobby"],
-        "a leave removes, a second join changes nothing"
+        [("dev".to_string(), 5), ("lobby".to_string(), 3)],
+        "a leave removes; a second join keeps the marker, which never moves back"
     );
     assert_eq!(a.rooms("ann", 1).unwrap().len(), 1, "bounded");
     assert!(
         a.rooms("bob", 10).unwrap().is_empty(),
         "each account its own"
+    );
+
+    // What is unread past a marker: others' messages, and those that mention `@bob`.
+    say(
+        &store,
+        "e1",
+        "talk",
+        100,
+        1,
+        &[
+            "hi all",
+            "@bob look",
+            "@Bob: again",
+            "@bobby no",
+            "mail@bob no",
+            "@bob_ no",
+        ],
+    );
+    let u = a.unread("bob", "bob", "talk", 0).unwrap();
+    assert_eq!((u.head, u.count), (6, 6));
+    let mentions = u
+        .mentioning
+        .iter()
+        .filter(|t| chatd::protocol::mentions_at(t, "bob"))
+        .count();
+    assert_eq!(mentions, 2, "{:?}", u.mentioning);
+    let u = a.unread("bob", "bob", "talk", 2).unwrap();
+    assert_eq!(u.count, 4);
+    assert_eq!(
+        a.unread("ann", "ann", "talk", 0).unwrap().count,
+        0,
+        "one's own lines"
+    );
+    assert_eq!(
+        a.unread("bob", "bob", "nowhere", 0).unwrap(),
+        Default::default()
+    );
+    let u = a.unread("bob", "b_b", "talk", 0).unwrap();
+    assert!(
+        u.mentioning.is_empty(),
+        "`_` is not a wildcard: {:?}",
+        u.mentioning
     );
     drop(a);
     store.close(Duration::from_secs(10));

@@ -14,6 +14,8 @@ impl Chat {
         let clock = Clock::now();
         let answered = msg.reference().and_then(|r| self.pending.remove(r));
         match (msg, answered) {
+            // A read marker chatctl moved itself: nothing to show.
+            (ServerMsg::Ack { .. } | ServerMsg::Error { .. }, Some(Pending::Read)) => return,
             (ServerMsg::Ack { ts, name, seq, .. }, Some(p)) => {
                 if let Some(line) = self.own_line(&p, LineKind::Own, ts.as_deref())
                     && !json
@@ -312,6 +314,9 @@ impl Chat {
         }
         if mentioned && self.opts.bell {
             ui.bell();
+        }
+        if self.current.as_deref() == Some(&m.room) {
+            self.mark_read(&m.room, false);
         }
         if !json {
             ui.show(message_line(

@@ -17,12 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 use super::complete::Known;
 use super::input::{self, Input, parse_input, request_for, room_key};
 use super::pace::Pacer;
-use super::render::{Clock, Line, LineKind, TypingView, message_line, sanitize};
+use super::render::{Clock, Line, LineKind, TypingView, sanitize};
 use super::{
     Backoff, EXIT_CONNECT, EXIT_OK, EXIT_REFUSED, Endpoint, HelloError, Ws, hello, hello_failure,
     is_terminal_close, open,
 };
 mod events;
+mod own;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -31,7 +32,7 @@ use events::welcome_json;
 pub use send::send;
 
 use crate::protocol::{
-    ChatMessage, ClientMsg, ErrorCode, Request, ServerInfo, ServerMsg, TypingState, b, decode,
+    ChatMessage, ClientMsg, ErrorCode, Request, ServerInfo, ServerMsg, TypingState, decode,
 };
 
 /// Lines that may wait to be sent; past this, scripted input waits and typed lines are refused.
@@ -40,6 +41,8 @@ const OUTBOX_LINES: usize = 1000;
 const OUTBOX_BYTES: usize = 1 << 20;
 /// Alternative names tried when the name is taken.
 const ALT_NICK_TRIES: usize = 5;
+/// How often a `read` is sent for the room on screen while messages arrive.
+const READ_EVERY: Duration = Duration::from_secs(2);
 /// Members remembered per room, for completion.
 const MEMBERS_PER_ROOM: usize = 2000;
 
@@ -142,6 +145,8 @@ enum Pending {
     },
     /// A join chatctl sends itself after a reconnect.
     Rejoin,
+    /// A `read` chatctl sends itself for the room on screen (accounts mode).
+    Read,
     /// A page of messages missed in `room` while away (`history` with `after`).
     CatchUp {
         room: String,
@@ -170,6 +175,10 @@ struct Chat {
     members: HashMap<String, Vec<String>>,
     known_rooms: Vec<String>,
     unread: Vec<(String, usize, bool)>,
+    /// The server keeps read markers (its welcome listed the account's rooms).
+    keeps_read: bool,
+    /// The last `read` sent per room: the seq, and when.
+    read_sent: HashMap<String, (u64, Instant)>,
     /// Sent, not yet answered, by request id.
     pending: HashMap<String, Pending>,
     /// Waiting to be sent, in order.
@@ -204,6 +213,8 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         members: HashMap::new(),
         known_rooms: Vec::new(),
         unread: Vec::new(),
+        keeps_read: false,
+        read_sent: HashMap::new(),
         pending: HashMap::new(),
         outbox: VecDeque::new(),
         outbox_bytes: 0,
@@ -412,9 +423,18 @@ impl Chat {
                 self.current = Some(room.to_string());
             }
             self.rooms[0] = room.to_string();
-            // The account's rooms, kept by the server: joined on this device too.
+            // The account's rooms, kept by the server with what is unread in each: joined on this
+            // device too, their counts in the status row.
+            self.keeps_read = !rooms.is_empty();
             for member in rooms {
                 let key = room_key(&member.room);
+                if member.unread > 0
+                    && self.current.as_deref() != Some(&key)
+                    && !self.unread.iter().any(|(r, _, _)| *r == key)
+                {
+                    let count = member.unread.min(999) as usize;
+                    self.unread.push((key.clone(), count, member.mentions > 0));
+                }
                 if !self.rooms.contains(&key) {
                     self.rooms.push(key);
                 }
@@ -476,13 +496,42 @@ impl Chat {
         }
     }
 
+    /// Tells the server (accounts mode) that `room`, on screen, is read up to the last message
+    /// seen there: at once when asked to (a switch of room), else at most every 2 s.
+    fn mark_read(&mut self, room: &str, now: bool) {
+        if !self.keeps_read || !self.connected {
+            return;
+        }
+        let Some((_, seq)) = self.seen.get(room) else {
+            return;
+        };
+        let seq = *seq;
+        let due = self
+            .read_sent
+            .get(room)
+            .is_none_or(|(sent, at)| seq > *sent && (now || at.elapsed() >= READ_EVERY));
+        if !due || seq == 0 {
+            return;
+        }
+        self.read_sent
+            .insert(room.to_string(), (seq, Instant::now()));
+        self.outbox.push_back(Outgoing {
+            msg: ClientMsg::Read {
+                room: room.to_string(),
+                seq,
+            },
+            pending: Pending::Read,
+            bytes: 0,
+        });
+    }
+
     /// Requests sent and never answered are counted as failures (they may or may not have been
     /// carried out).
     fn lost_pending(&mut self, ui: &mut impl Frontend) {
         let unanswered = self
             .pending
             .values()
-            .filter(|p| !matches!(p, Pending::Rejoin))
+            .filter(|p| !matches!(p, Pending::Rejoin | Pending::Read))
             .count();
         if unanswered > 0 {
             self.note(
@@ -493,95 +542,6 @@ impl Chat {
             self.errors += unanswered;
         }
         self.pending.clear();
-    }
-
-    fn status(&self) -> Status {
-        let mut pending: Vec<Line> = self
-            .pending_lines()
-            .into_iter()
-            .map(|(l, _)| l)
-            .take(3)
-            .collect();
-        let shown = pending.len();
-        let waiting = self.pending.len() + self.outbox.len();
-        if waiting > shown && shown > 0 {
-            pending.push(Line::info(
-                LineKind::Pending,
-                format!("… and {} more", waiting - shown),
-            ));
-        }
-        let nicks = self
-            .current
-            .as_ref()
-            .and_then(|r| self.members.get(r))
-            .cloned()
-            .unwrap_or_default();
-        let mut rooms = self.known_rooms.clone();
-        rooms.extend(self.rooms.iter().cloned());
-        Status {
-            room: self.current.clone(),
-            typing: self
-                .current
-                .as_deref()
-                .map(|r| self.typing.status(r))
-                .unwrap_or_default(),
-            activity: self.unread.clone(),
-            queued: self.outbox.len(),
-            pending,
-            known: Known { nicks, rooms },
-            connected: self.connected,
-        }
-    }
-
-    /// Own lines not yet acknowledged: sent ones first, then queued ones.
-    fn pending_lines(&self) -> Vec<(Line, u64)> {
-        let mut sent: Vec<(u64, &Pending)> = self
-            .pending
-            .iter()
-            .map(|(id, p)| (id.parse().unwrap_or(0), p))
-            .collect();
-        sent.sort_by_key(|(id, _)| *id);
-        let queued = self.outbox.iter().map(|o| (u64::MAX, &o.pending));
-        sent.into_iter()
-            .chain(queued)
-            .filter_map(|(id, p)| self.own_line(p, LineKind::Pending, None).map(|l| (l, id)))
-            .collect()
-    }
-
-    /// How one of our own lines reads: `<henry> hi`, `* henry waves`, `[pm to alice] psst`.
-    fn own_line(&self, p: &Pending, kind: LineKind, ts: Option<&str>) -> Option<Line> {
-        let clock = Clock::now();
-        let time = match kind {
-            LineKind::Pending => "  …     ".to_string(),
-            _ => clock.stamp(ts),
-        };
-        Some(match p {
-            Pending::Say { room, text, action } => {
-                let m = ChatMessage {
-                    id: 0,
-                    seq: 0,
-                    ts: b(ts.unwrap_or("")),
-                    room: b(room),
-                    from: b(&self.nick),
-                    role: Default::default(),
-                    text: b(text),
-                    action: *action,
-                };
-                let mut line = message_line(&m, &clock, kind, &self.nick);
-                // message_line stamps with the message's time; pending lines have none yet.
-                if let Some(rest) = line.prefix.find(" #").map(|i| line.prefix[i..].to_string()) {
-                    line.prefix = format!("{time}{rest}");
-                }
-                line
-            }
-            Pending::Pm { to, text } => Line::new(
-                kind,
-                format!("{time} [pm to {}] ", sanitize(to)),
-                None,
-                sanitize(text),
-            ),
-            _ => return None,
-        })
     }
 
     /// One conversation, until the user is done or the connection ends.
@@ -718,7 +678,8 @@ impl Chat {
                 if self.rooms.contains(&r) {
                     self.unread.retain(|(room, _, _)| *room != r);
                     self.note(ui, LineKind::Info, format!("now talking in #{r}"));
-                    self.current = Some(r);
+                    self.current = Some(r.clone());
+                    self.mark_read(&r, true);
                 } else {
                     self.note(
                         ui,

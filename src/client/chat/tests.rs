@@ -34,6 +34,8 @@ fn chat() -> Chat {
         members: HashMap::new(),
         known_rooms: Vec::new(),
         unread: Vec::new(),
+        keeps_read: false,
+        read_sent: HashMap::new(),
         pending: HashMap::new(),
         outbox: VecDeque::new(),
         outbox_bytes: 0,

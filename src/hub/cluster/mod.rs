@@ -495,6 +495,10 @@ impl Broker for RedisBroker {
         self.inner.redis.ready() && self.inner.store.as_ref().is_none_or(|s| s.healthy())
     }
 
+    fn store(&self) -> Option<Arc<Store>> {
+        self.inner.store.clone()
+    }
+
     fn tick(&self) {
         self.flush_presence();
         let inner = &self.inner;

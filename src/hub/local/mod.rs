@@ -381,6 +381,10 @@ impl Broker for LocalBroker {
         self.store.as_ref().is_none_or(|s| s.healthy())
     }
 
+    fn store(&self) -> Option<Arc<Store>> {
+        self.store.clone()
+    }
+
     fn close(&self) {
         if let Some(store) = &self.store {
             store.close(std::time::Duration::from_secs(10));

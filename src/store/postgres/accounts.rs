@@ -3,7 +3,10 @@
 
 use postgres::Client;
 
-use super::super::accounts::{Account, AccountsDb, Change, Created, DbError, role_text};
+use super::super::accounts::{
+    Account, AccountsDb, Change, Created, DbError, Noted, UNREAD_CAP, Unread, mention_pattern,
+    role_text,
+};
 use super::super::role_of;
 use super::{Conn, reason, schema};
 
@@ -134,36 +137,90 @@ impl AccountsDb for Accounts {
         Ok(n as u64)
     }
 
-    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError> {
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<(String, u64)>, DbError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.with(|db| {
             db.query(
-                "SELECT room FROM memberships WHERE account = $1 ORDER BY joined, room LIMIT $2",
+                "SELECT room, read_seq FROM memberships WHERE account = $1
+                 ORDER BY joined, room LIMIT $2",
                 &[&key, &limit],
             )
         })?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
     }
 
-    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError> {
+    fn memberships(&mut self, changes: &[Noted]) -> Result<(), DbError> {
         let now = crate::protocol::timestamp();
         self.with(|db| {
             let mut tx = db.transaction()?;
-            for (account, room, joined) in changes {
-                if *joined {
+            for n in changes {
+                match n.joined {
+                    Some(Some(start)) => {
+                        tx.execute(
+                            "INSERT INTO memberships (account, room, joined, read_seq)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[&n.account, &n.room, &now, &(start as i64)],
+                        )?;
+                    }
+                    Some(None) => {
+                        tx.execute(
+                            "DELETE FROM memberships WHERE account = $1 AND room = $2",
+                            &[&n.account, &n.room],
+                        )?;
+                    }
+                    None => {}
+                }
+                if let Some(read) = n.read {
                     tx.execute(
-                        "INSERT INTO memberships (account, room, joined) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                        &[account, room, &now],
-                    )?;
-                } else {
-                    tx.execute(
-                        "DELETE FROM memberships WHERE account = $1 AND room = $2",
-                        &[account, room],
+                        "UPDATE memberships SET read_seq = GREATEST(read_seq, $3)
+                         WHERE account = $1 AND room = $2",
+                        &[&n.account, &n.room, &(read as i64)],
                     )?;
                 }
             }
             tx.commit()
+        })
+    }
+
+    fn unread(&mut self, key: &str, name: &str, room: &str, read: u64) -> Result<Unread, DbError> {
+        let read = read.min(i64::MAX as u64) as i64;
+        let cap = UNREAD_CAP as i64;
+        let pattern = mention_pattern(name);
+        self.with(|db| {
+            let Some(row) = db.query_opt("SELECT id FROM rooms WHERE name = $1", &[&room])? else {
+                return Ok(Unread::default());
+            };
+            let room_id: i64 = row.get(0);
+            let head: i64 = db
+                .query_one(
+                    "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1",
+                    &[&room_id],
+                )?
+                .get(0);
+            let count: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages
+                     WHERE room_id = $1 AND seq > $2 AND lower(sender) <> $3 LIMIT $4) AS past",
+                    &[&room_id, &read, &key, &cap],
+                )?
+                .get(0);
+            let mentioning = db
+                .query(
+                    "SELECT text FROM messages WHERE room_id = $1 AND seq > $2
+                     AND lower(sender) <> $3 AND lower(text) LIKE $4 LIMIT $5",
+                    &[&room_id, &read, &key, &pattern, &cap],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok(Unread {
+                head: head as u64,
+                count: count as u64,
+                mentioning,
+            })
         })
     }
 }

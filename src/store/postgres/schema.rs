@@ -86,6 +86,7 @@ const STEPS: &[(i32, &str)] = &[
         account TEXT NOT NULL,           -- accounts.key
         room    TEXT NOT NULL,           -- normalised room name
         joined  TEXT NOT NULL,           -- RFC 3339 UTC
+        read_seq BIGINT NOT NULL DEFAULT 0, -- the last seq the account has read (moves forward)
         PRIMARY KEY (account, room)
     );
     ",

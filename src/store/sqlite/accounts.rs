@@ -3,7 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::super::accounts::{Account, AccountsDb, Change, Created, DbError, role_text};
+use super::super::accounts::{
+    Account, AccountsDb, Change, Created, DbError, Noted, UNREAD_CAP, Unread, mention_pattern,
+    role_text,
+};
 use super::super::role_of;
 
 /// The accounts of one SQLite file.
@@ -120,36 +123,92 @@ impl AccountsDb for Accounts {
             .map_err(text)
     }
 
-    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<String>, DbError> {
+    fn rooms(&mut self, key: &str, limit: usize) -> Result<Vec<(String, u64)>, DbError> {
         let mut statement = self
             .0
             .prepare_cached(
-                "SELECT room FROM memberships WHERE account = ?1 ORDER BY joined, room LIMIT ?2",
+                "SELECT room, read_seq FROM memberships WHERE account = ?1
+                 ORDER BY joined, room LIMIT ?2",
             )
             .map_err(text)?;
         let rows = statement
-            .query_map(params![key, limit as i64], |r| r.get(0))
+            .query_map(params![key, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(text)?;
         rows.collect::<Result<_, _>>().map_err(text)
     }
 
-    fn memberships(&mut self, changes: &[(String, String, bool)]) -> Result<(), DbError> {
+    fn memberships(&mut self, changes: &[Noted]) -> Result<(), DbError> {
         let tx = self.0.transaction().map_err(text)?;
         let now = crate::protocol::timestamp();
-        for (account, room, joined) in changes {
-            if *joined {
-                tx.execute(
-                    "INSERT OR IGNORE INTO memberships (account, room, joined) VALUES (?1, ?2, ?3)",
-                    params![account, room, now],
-                )
-            } else {
-                tx.execute(
+        for n in changes {
+            match n.joined {
+                Some(Some(start)) => tx.execute(
+                    "INSERT OR IGNORE INTO memberships (account, room, joined, read_seq)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![n.account, n.room, now, start as i64],
+                ),
+                Some(None) => tx.execute(
                     "DELETE FROM memberships WHERE account = ?1 AND room = ?2",
-                    params![account, room],
-                )
+                    params![n.account, n.room],
+                ),
+                None => Ok(0),
             }
             .map_err(text)?;
+            if let Some(read) = n.read {
+                tx.execute(
+                    "UPDATE memberships SET read_seq = max(read_seq, ?3)
+                     WHERE account = ?1 AND room = ?2",
+                    params![n.account, n.room, read as i64],
+                )
+                .map_err(text)?;
+            }
         }
         tx.commit().map_err(text)
+    }
+
+    fn unread(&mut self, key: &str, name: &str, room: &str, read: u64) -> Result<Unread, DbError> {
+        let db = &self.0;
+        let Some(room_id): Option<i64> = db
+            .query_row("SELECT id FROM rooms WHERE name = ?1", [room], |r| r.get(0))
+            .optional()
+            .map_err(text)?
+        else {
+            return Ok(Unread::default());
+        };
+        let head: i64 = db
+            .query_row(
+                "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = ?1",
+                [room_id],
+                |r| r.get(0),
+            )
+            .map_err(text)?;
+        let read = read.min(i64::MAX as u64) as i64;
+        let count: i64 = db
+            .query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM messages
+                 WHERE room_id = ?1 AND seq > ?2 AND lower(sender) <> ?3 LIMIT ?4)",
+                params![room_id, read, key, UNREAD_CAP as i64],
+                |r| r.get(0),
+            )
+            .map_err(text)?;
+        let mut statement = db
+            .prepare_cached(
+                "SELECT text FROM messages WHERE room_id = ?1 AND seq > ?2
+                 AND lower(sender) <> ?3 AND text LIKE ?4 ESCAPE '\\' LIMIT ?5",
+            )
+            .map_err(text)?;
+        let mentioning = statement
+            .query_map(
+                params![room_id, read, key, mention_pattern(name), UNREAD_CAP as i64],
+                |r| r.get(0),
+            )
+            .map_err(text)?
+            .collect::<Result<_, _>>()
+            .map_err(text)?;
+        Ok(Unread {
+            head: head as u64,
+            count: count as u64,
+            mentioning,
+        })
     }
 }

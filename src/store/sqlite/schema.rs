@@ -104,6 +104,7 @@ const STEPS: &[(u32, &str)] = &[
             account TEXT NOT NULL,           -- accounts.key
             room    TEXT NOT NULL,           -- normalised room name
             joined  TEXT NOT NULL,           -- RFC 3339 UTC
+            read_seq INTEGER NOT NULL DEFAULT 0, -- the last seq the account has read (moves forward)
             PRIMARY KEY (account, room)
         ) WITHOUT ROWID;
         ",

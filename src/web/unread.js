@@ -1,0 +1,75 @@
+// chatd's browser client, part 2 of 3 (web/mod.rs joins them into the page's one script): what
+// is unread. Counts and mentions per conversation, the title and notifications; and with
+// accounts, the read markers the server keeps: the welcome's counts, and `read` sent for a room
+// once it has been seen.
+const chatdUnread = ({ st, send, nearBottom, currentConv, renderRooms }) => {
+  const { clean } = chatdKit;
+
+  /** A live message arrived in `c`: counted while it is not in view; a notification if asked. */
+  function notice(c, m, mention) {
+    const away = document.hidden || st.current !== c.key;
+    if (away) {
+      c.unread += 1;
+      c.mention = c.mention || mention || c.kind === 'pm';
+      renderRooms();
+      updateTitle();
+    }
+    if ((mention || c.kind === 'pm') && document.hidden && 'Notification' in window
+      && Notification.permission === 'granted') {
+      const where = c.kind === 'room' ? ` in #${c.name}` : '';
+      try { new Notification(`${clean(m.from)}${where}`, { body: clean(m.text), tag: c.key }); } catch (_) { /* not allowed here */ }
+    }
+  }
+
+  /**
+   * Tells the server (accounts mode) how far a room has been read: when it is on screen,
+   * scrolled to the end and the page visible; at most once a second per room.
+   */
+  function markRead(c) {
+    if (!st.keepsRead || c.kind !== 'room' || !st.welcomed) return;
+    if (document.hidden || st.current !== c.key || !nearBottom()) return;
+    if (c.lastSeq <= (c.readSent || 0) || c.readTimer) return;
+    c.readTimer = setTimeout(() => {
+      c.readTimer = null;
+      if (c.lastSeq <= (c.readSent || 0) || !st.welcomed) return;
+      c.readSent = c.lastSeq;
+      send({ type: 'read', room: c.name, seq: c.lastSeq }, () => {});
+    }, c.readSent ? 1000 : 0);
+  }
+
+  function updateTitle() {
+    let unread = 0;
+    for (const c of st.convs.values()) unread += c.unread;
+    const here = currentConv();
+    const base = here ? `${here.kind === 'room' ? '#' : '@'}${here.name} · chatd` : 'chatd';
+    document.title = unread ? `(${unread}) ${base}` : base;
+  }
+
+  /**
+   * The welcome's rooms (accounts mode), kept by the server with what is unread in each: their
+   * conversations (made by `room(key, name)`) take the server's counts; returns the names of
+   * those not here yet, to join (not `homeKey`, the hello's).
+   */
+  function keptRooms(w, room, homeKey) {
+    st.keepsRead = Array.isArray(w.rooms) && w.rooms.length > 0;
+    const join = [];
+    for (const m of (w.rooms || []).slice(0, 100)) {
+      const name = clean(m.room);
+      if (!name) continue;
+      const key = `room:${name}`;
+      const known = st.convs.has(key);
+      const c = room(key, name);
+      c.readSent = Math.max(c.readSent || 0, m.read || 0);
+      if (key !== st.current && !known) {
+        c.unread = Math.min(m.unread || 0, 999);
+        c.mention = (m.mentions || 0) > 0;
+      }
+      if (key !== homeKey && !known) join.push(name);
+    }
+    renderRooms();
+    updateTitle();
+    return join;
+  }
+
+  return { notice, markRead, updateTitle, keptRooms };
+};
