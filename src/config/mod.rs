@@ -265,6 +265,8 @@ pub struct AuthConfig {
     pub login_failures_per_address: u32,
     /// Registrations allowed per client address in an hour (refilled evenly).
     pub registrations_per_address: u32,
+    /// Connections one account (or token holder) may have at once (tokens and accounts modes).
+    pub max_sessions_per_user: usize,
     /// HMAC secret for tokens (at least 32 bytes). Never logged or printed.
     pub secret: Secret,
     /// File holding the secret instead (trailing newline ignored).
@@ -290,6 +292,7 @@ impl Default for AuthConfig {
             login_failures_per_name: 10,
             login_failures_per_address: 30,
             registrations_per_address: 5,
+            max_sessions_per_user: 8,
             secret: Secret::default(),
             secret_file: String::new(),
             max_ttl: "90d".into(),

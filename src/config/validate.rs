@@ -236,6 +236,11 @@ fn accounts(c: &Config) -> Checked {
     )?;
     within("auth.argon2_iterations", a.argon2_iterations.into(), 1..=64)?;
     within("auth.hash_threads", a.hash_threads as u64, 1..=64)?;
+    within(
+        "auth.max_sessions_per_user",
+        a.max_sessions_per_user as u64,
+        1..=64,
+    )?;
     if a.mode != AuthMode::Accounts {
         return Ok(());
     }

@@ -20,11 +20,14 @@ pub struct HubLimits {
     pub max_rooms_per_ip: usize,
     /// Messages a resuming client may be behind by.
     pub resume_max: u64,
-    /// Keep private messages too (names are owned: token mode).
+    /// Keep private messages too (names are owned: tokens or accounts).
     pub store_pms: bool,
-    /// Names are owned (token mode): a name is whoever the token says, and look-alikes of
-    /// online names are not refused (they are other accounts).
+    /// Names are owned (tokens or accounts): a name is whoever the token or password says, and
+    /// look-alikes of online names are not refused (they are other accounts).
     pub owned_names: bool,
+    /// Connections one user may have at once: `auth.max_sessions_per_user` where names are
+    /// owned, one in open mode.
+    pub max_sessions: usize,
     /// Members listed in a view, and names listed per `presence` batch.
     pub users_per_page: usize,
     /// Rooms with more members than this batch their joins and leaves (0: every room).
@@ -42,8 +45,13 @@ impl HubLimits {
             max_rooms: config.limits.max_rooms,
             max_rooms_per_ip: config.limits.max_rooms_per_ip,
             resume_max: config.history.resume_max,
-            store_pms: config.auth.mode == crate::config::AuthMode::Token,
+            store_pms: config.auth.mode.owned_names(),
             owned_names: config.auth.mode.owned_names(),
+            max_sessions: if config.auth.mode.owned_names() {
+                config.auth.max_sessions_per_user.max(1)
+            } else {
+                1
+            },
             users_per_page: config.limits.users_per_page,
             presence_batch_over: config.limits.presence_batch_over,
         }

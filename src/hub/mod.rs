@@ -245,6 +245,8 @@ pub struct RoomView {
     pub epoch: Arc<str>,
     /// The room's latest seq.
     pub seq: u64,
+    /// For a `hello`: the user's connections now, this one included (1 in open mode).
+    pub sessions: usize,
     /// Whether `history` resumes exactly after the `since` asked for (`None`: none asked).
     pub resumed: Option<bool>,
     /// More resumed messages exist than `history` holds (page with `after`).
@@ -308,6 +310,16 @@ impl Refusal {
         Refusal::new(
             ErrorCode::NoSuchUser,
             format!("nobody called {shown:?} is online"),
+        )
+    }
+
+    /// `too_many_sessions`: the user has `max` connections already.
+    pub fn too_many_sessions(max: usize) -> Refusal {
+        Refusal::new(
+            ErrorCode::TooManySessions,
+            format!(
+                "you are connected {max} times already (the most this server allows); close one first"
+            ),
         )
     }
 

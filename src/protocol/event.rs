@@ -165,6 +165,10 @@ pub enum ServerMsg<'a> {
         /// The rooms the account is a member of (accounts mode), the hello's among them.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         rooms: Vec<Membership<'a>>,
+        /// The user's connections now, this one included (tokens and accounts: one person may
+        /// be connected several times; open mode: 1).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sessions: usize,
         server: ServerInfo<'a>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,

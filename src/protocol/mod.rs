@@ -64,6 +64,8 @@ pub enum ErrorCode {
     /// A message was handed on but its acceptance was not confirmed in time (a cluster's Redis
     /// slowed down): it may have been said. Check the history before sending it again.
     Unconfirmed,
+    /// The account already has `auth.max_sessions_per_user` connections (none was closed).
+    TooManySessions,
 }
 
 impl ErrorCode {

@@ -171,6 +171,7 @@ fn server_messages_round_trip_through_the_client_decoder() {
             resumed: Some(true),
             more: true,
             rooms: Vec::new(),
+            sessions: 0,
             server: ServerInfo {
                 version: b("0.1.0"),
                 max_message_bytes: 65536,

@@ -334,6 +334,7 @@ impl Session {
             resumed: view.resumed,
             more,
             rooms,
+            sessions: view.sessions,
             server: ServerInfo {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,

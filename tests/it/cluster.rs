@@ -529,7 +529,7 @@ async fn resuming_on_another_node_gets_exactly_what_was_missed() {
 }
 
 /// The environment that makes the real binary a cluster node on `redis`, called `node`.
-fn node_env(redis: &Redis, node: &str) -> Vec<(String, String)> {
+pub(crate) fn node_env(redis: &Redis, node: &str) -> Vec<(String, String)> {
     [
         ("CHATD_CLUSTER__REDIS_URL", redis.url.as_str()),
         ("CHATD_CLUSTER__NODE_ID", node),

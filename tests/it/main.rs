@@ -21,6 +21,7 @@ mod postgres_server;
 mod proxied;
 mod redis_server;
 mod security;
+mod sessions;
 mod storage;
 mod storage_faults;
 mod store_contract;

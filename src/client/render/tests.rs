@@ -121,6 +121,7 @@ fn history_from_another_day_shows_its_date() {
         resumed: None,
         more: false,
         rooms: Vec::new(),
+        sessions: 0,
         history: vec![ServerMsg::Message(ChatMessage {
             id: 1,
             seq: 1,

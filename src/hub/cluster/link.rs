@@ -54,6 +54,8 @@ pub(super) struct Scripts {
     pub presence_rename: redis::Script,
     pub next_id: redis::Script,
     pub seed: redis::Script,
+    pub claim_session: redis::Script,
+    pub members: redis::Script,
 }
 
 impl Scripts {
@@ -73,6 +75,8 @@ impl Scripts {
             presence_rename: script(scripts::PRESENCE_RENAME),
             next_id: script(scripts::NEXT_ID),
             seed: script(scripts::SEED),
+            claim_session: script(scripts::CLAIM_SESSION),
+            members: script(scripts::MEMBERS),
         }
     }
 }

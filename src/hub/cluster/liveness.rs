@@ -31,7 +31,13 @@ impl Inner {
             let mut memberships = Vec::new();
             for (room, here) in &local.rooms {
                 for m in &here.members {
-                    memberships.push((m.conn(), room.clone(), self.entry(m), self.names_entry(m)));
+                    memberships.push((
+                        m.conn(),
+                        room.clone(),
+                        self.entry(m),
+                        m.name().to_ascii_lowercase(),
+                        self.names_entry(m),
+                    ));
                 }
             }
             (claims, memberships)
@@ -42,7 +48,10 @@ impl Inner {
         let mut kicked = HashMap::new();
         for chunk in claims.chunks(CHUNK) {
             let mut call = redis.scripts.refresh.prepare_invoke();
-            call.arg(self.settings.name_ttl_ms).arg(redis.prefix());
+            call.arg(self.settings.name_ttl_ms)
+                .arg(redis.prefix())
+                .arg(now_ms())
+                .arg(self.settings.hub.max_sessions);
             for (_, key, value) in chunk {
                 call.key(key).arg(value);
             }
@@ -83,25 +92,12 @@ impl Inner {
         }
         let expiry = now_ms() + self.settings.presence_ttl_ms;
         for chunk in memberships.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
-            for (_, room, entry, names_entry) in chunk {
-                pipe.cmd("ZADD")
-                    .arg(redis.key("members", room))
-                    .arg(expiry)
-                    .arg(entry)
-                    .ignore()
-                    .cmd("ZADD")
-                    .arg(redis.key("names", room))
-                    .arg(0)
-                    .arg(names_entry)
-                    .ignore()
-                    .cmd("HSETNX")
-                    .arg(redis.global("rooms"))
-                    .arg(&**room)
-                    .arg("")
-                    .ignore();
+            let mut call = redis.scripts.members.prepare_invoke();
+            call.arg(redis.prefix()).arg(expiry);
+            for (_, room, entry, lower, names_entry) in chunk {
+                call.arg(&**room).arg(entry).arg(lower).arg(names_entry);
             }
-            pipe.query_async::<()>(&mut conn).await?;
+            call.invoke_async::<i64>(&mut conn).await?;
         }
         let ghosts: Vec<String> = redis
             .scripts

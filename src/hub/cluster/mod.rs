@@ -124,6 +124,8 @@ struct Mine {
     /// The claims this connection holds in Redis, as (key, value): its name, and in open mode
     /// its look-alike (empty until its hello took the name).
     claims: Vec<(String, String)>,
+    /// The user's connections cluster-wide when its hello claimed the name (for the welcome).
+    sessions: usize,
     rooms: Vec<Arc<str>>,
 }
 
@@ -203,12 +205,14 @@ fn stored(fields: &[String], max: usize) -> Option<StoredMessage> {
     envelope::Envelope::parse(fields.get(1)?, max)?.message()
 }
 
-/// Members as entries name them, sorted by name.
+/// Users as entries name them, sorted by name, once each (a user may be there on several
+/// connections).
 fn users_of<'a>(entries: impl Iterator<Item = &'a str>) -> Vec<(Arc<str>, Role)> {
     let mut users: Vec<(Arc<str>, Role)> = entries
         .filter_map(|e| parse_entry(e).map(|(_, _, role, name)| (name.into(), role)))
         .collect();
     users.sort_unstable_by(|(a, _), (b, _)| name_order(a, b));
+    users.dedup_by(|b, a| a.0.eq_ignore_ascii_case(&b.0));
     users
 }
 

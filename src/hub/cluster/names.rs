@@ -17,29 +17,47 @@ use crate::store::{Admitted, Pm};
 
 impl Inner {
     /// Claims `name` for `me` (its key, and in open mode its look-alike), or re-writes the claims
-    /// `me` holds on it. `Err(refusal)` if someone else holds it, or a name like it.
+    /// `me` holds on it. With tokens or accounts, one more connection of the user (at most
+    /// `auth.max_sessions_per_user`). The claims, and the user's connections now; or the refusal
+    /// (someone else holds it, or a name like it, or the user's connections are full).
     async fn claim(
         &self,
         me: &Member,
         name: &str,
-    ) -> Result<Result<Vec<(String, String)>, Refusal>, Fail> {
+    ) -> Result<Result<(Vec<(String, String)>, usize), Refusal>, Fail> {
         let redis = &self.redis;
-        let key = redis.key("name", &protocol::name_key(name));
         let value = self.entry(&me.renamed(name.into()));
-        let like = if self.settings.hub.owned_names {
-            String::new()
-        } else {
-            redis.key("like", &protocol::look_alike(name))
-        };
+        if self.settings.hub.owned_names {
+            let key = redis.key("sess", &protocol::name_key(name));
+            let mut conn = redis.conn().await?;
+            let count: usize = redis
+                .scripts
+                .claim_session
+                .key(&key)
+                .arg(&value)
+                .arg(self.settings.name_ttl_ms)
+                .arg(super::now_ms())
+                .arg(self.settings.hub.max_sessions)
+                .invoke_async(&mut conn)
+                .await?;
+            if count == 0 {
+                return Ok(Err(Refusal::too_many_sessions(
+                    self.settings.hub.max_sessions,
+                )));
+            }
+            return Ok(Ok((vec![(key, value)], count)));
+        }
+        let key = redis.key("name", &protocol::name_key(name));
+        let like = redis.key("like", &protocol::look_alike(name));
         let like_value = format!("{}|{}", self.me_id(me), name);
         let mut conn = redis.conn().await?;
         let held: String = redis
             .scripts
             .claim
             .key(&key)
-            .key(if like.is_empty() { &key } else { &like })
+            .key(&like)
             .arg(&value)
-            .arg(if like.is_empty() { "" } else { &like_value })
+            .arg(&like_value)
             .arg(self.settings.name_ttl_ms)
             .arg(self.me_id(me))
             .invoke_async(&mut conn)
@@ -50,23 +68,35 @@ impl Inner {
         if let Some(other) = held.strip_prefix("like|") {
             return Ok(Err(Refusal::looks_like(name, other)));
         }
-        let mut claims = vec![(key, value)];
-        if !like.is_empty() {
-            claims.push((like, like_value));
-        }
-        Ok(Ok(claims))
+        Ok(Ok((vec![(key, value), (like, like_value)], 1)))
     }
 
-    /// Who holds `name`: (node, conn, role, name as they spell it).
-    async fn owner(&self, name: &str) -> Result<Option<(String, ConnId, Role, String)>, Fail> {
-        let mut conn = self.redis.conn().await?;
-        let value: Option<String> = redis::cmd("GET")
-            .arg(self.redis.key("name", &protocol::name_key(name)))
-            .query_async(&mut conn)
-            .await?;
-        Ok(value.and_then(|v| {
-            parse_entry(&v).map(|(n, c, r, name)| (n.to_string(), c, r, name.to_string()))
-        }))
+    /// Who is connected as `name`: each connection as (node, conn, role, name as they spell
+    /// it), oldest first (one in open mode).
+    async fn owners(&self, name: &str) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
+        let redis = &self.redis;
+        let mut conn = redis.conn().await?;
+        let key = protocol::name_key(name);
+        let values: Vec<String> = if self.settings.hub.owned_names {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(redis.key("sess", &key))
+                .arg(super::now_ms())
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await?
+        } else {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(redis.key("name", &key))
+                .query_async(&mut conn)
+                .await?;
+            value.into_iter().collect()
+        };
+        Ok(values
+            .iter()
+            .filter_map(|v| {
+                parse_entry(v).map(|(n, c, r, name)| (n.to_string(), c, r, name.to_string()))
+            })
+            .collect())
     }
 
     pub(super) async fn hello(
@@ -76,8 +106,8 @@ impl Inner {
         room: &str,
         resume: Option<&Resume>,
     ) -> Done {
-        let claims = match self.claim(me, me.name()).await? {
-            Ok(claims) => claims,
+        let (claims, sessions) = match self.claim(me, me.name()).await? {
+            Ok(claimed) => claimed,
             Err(refusal) => {
                 me.answer(t, refusal.into());
                 return Ok(());
@@ -85,6 +115,7 @@ impl Inner {
         };
         if let Some(mine) = lock(&self.local).members.get_mut(&me.conn()) {
             mine.claims = claims;
+            mine.sessions = sessions;
         }
         // A hello never fails for lack of rooms: it lands in the default room instead.
         if !self.join(me, t, room, resume, true).await? {
@@ -121,11 +152,11 @@ impl Inner {
         Ok(())
     }
 
-    /// A PM goes to the node that holds the recipient's name, and its ack waits until that
-    /// node has handed it to the recipient's connection: an acknowledged PM was delivered, as on
-    /// a single node (pub/sub alone may drop it). No answer by `deadline` (the recipient's node
-    /// died, or the channel dropped it): `unconfirmed`. The recipient had left that node
-    /// meanwhile: `no_such_user`.
+    /// A PM goes to every node that holds a connection of the recipient (and of the sender, for
+    /// their copy), and its ack waits until the recipient's nodes have handed it over: an
+    /// acknowledged PM was delivered, as on a single node (pub/sub alone may drop it), to at
+    /// least one of their connections. No answer by `deadline` (their nodes died, or the channel
+    /// dropped it): `unconfirmed`. The recipient had left meanwhile: `no_such_user`.
     pub(super) async fn pm(
         &self,
         me: &Member,
@@ -135,8 +166,18 @@ impl Inner {
         sent: &AtomicBool,
         deadline: Instant,
     ) -> Result<Outcome, Fail> {
-        let Some((node, conn_id, _, name)) = self.owner(to).await? else {
+        let targets = self.owners(to).await?;
+        let Some((_, _, _, name)) = targets.first().cloned() else {
             return Ok(Refusal::no_such_user(to).into());
+        };
+        let mine: Vec<_> = if self.settings.hub.owned_names {
+            self.owners(me.name())
+                .await?
+                .into_iter()
+                .filter(|(node, conn, ..)| !(*node == *self.node && *conn == me.conn()))
+                .collect()
+        } else {
+            Vec::new()
         };
         let keep = self.settings.hub.store_pms && self.store.is_some();
         if keep && let Err(refusal) = self.admits(text.len() + me.name().len() + name.len()) {
@@ -172,42 +213,66 @@ impl Inner {
             text: b(text),
             action,
         };
-        let mut answer = self.awaited();
-        let mut env = Envelope::new(&x, event);
-        env.to = Some(conn_id);
-        env.confirm = Some(answer.n);
+        let mut answers = Vec::new();
         sent.store(true, Ordering::Relaxed);
-        self.redis
-            .publish(&self.redis.node_channel(&node), &env.json())
-            .await?;
+        let mut pipe = redis::pipe();
+        for (node, conn_id, ..) in &targets {
+            let answer = self.awaited();
+            let mut env = Envelope::new(&x, event.clone());
+            env.to = Some(*conn_id);
+            env.confirm = Some(answer.n);
+            answers.push(answer);
+            pipe.cmd("PUBLISH")
+                .arg(self.redis.node_channel(node))
+                .arg(env.json())
+                .ignore();
+        }
+        for (node, conn_id, ..) in &mine {
+            let mut env = Envelope::new(&x, event.clone());
+            env.to = Some(*conn_id);
+            pipe.cmd("PUBLISH")
+                .arg(self.redis.node_channel(node))
+                .arg(env.json())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
         // Answer before the op's own deadline, which would count it as Redis failing.
         let margin = (self.settings.op_timeout / 8).min(Duration::from_millis(100));
         let by = deadline.checked_sub(margin).unwrap_or(deadline);
-        Ok(
-            match tokio::time::timeout_at(by.into(), &mut answer.rx).await {
-                Ok(Ok(true)) => {
-                    if keep {
-                        self.keep(Admitted::Pm(Pm {
-                            id,
-                            ts: ts.to_string(),
-                            from: me.name().to_string(),
-                            to: name.clone(),
-                            role: me.role(),
-                            text: text.to_string(),
-                            action,
-                        }));
-                    }
-                    Outcome::Sent(Receipt {
-                        id,
-                        seq: None,
-                        ts,
-                        to: Some(name.into()),
-                    })
+        let delivered = async {
+            let mut any = None;
+            for answer in &mut answers {
+                match (&mut answer.rx).await {
+                    Ok(true) => return Some(true),
+                    Ok(false) => any = any.or(Some(false)),
+                    Err(_) => {}
                 }
-                Ok(Ok(false)) => Refusal::no_such_user(to).into(),
-                _ => super::ops::unconfirmed(),
-            },
-        )
+            }
+            any
+        };
+        Ok(match tokio::time::timeout_at(by.into(), delivered).await {
+            Ok(Some(true)) => {
+                if keep {
+                    self.keep(Admitted::Pm(Pm {
+                        id,
+                        ts: ts.to_string(),
+                        from: me.name().to_string(),
+                        to: name.clone(),
+                        role: me.role(),
+                        text: text.to_string(),
+                        action,
+                    }));
+                }
+                Outcome::Sent(Receipt {
+                    id,
+                    seq: None,
+                    ts,
+                    to: Some(name.into()),
+                })
+            }
+            Ok(Some(false)) => Refusal::no_such_user(to).into(),
+            _ => super::ops::unconfirmed(),
+        })
     }
 
     /// A PM reached this node for `to`: `delivered` tells the sender's node (named in `x`)
@@ -236,29 +301,38 @@ impl Inner {
         to: &str,
         state: TypingState,
     ) -> Result<Outcome, Fail> {
-        Ok(match self.owner(to).await? {
-            None => Refusal::no_such_user(to).into(),
-            Some((node, conn, _, name)) => {
-                let x = self.me_id(me);
-                let event = ServerMsg::Typing {
-                    from: b(me.name()),
-                    room: None,
-                    to: Some(b(&name)),
-                    state,
-                };
-                let mut env = Envelope::new(&x, event);
-                env.to = Some(conn);
-                self.redis
-                    .publish(&self.redis.node_channel(&node), &env.json())
-                    .await?;
-                Outcome::Relayed
-            }
-        })
+        let targets = self.owners(to).await?;
+        let Some((_, _, _, name)) = targets.first().cloned() else {
+            return Ok(Refusal::no_such_user(to).into());
+        };
+        let x = self.me_id(me);
+        let event = ServerMsg::Typing {
+            from: b(me.name()),
+            room: None,
+            to: Some(b(&name)),
+            state,
+        };
+        let mut pipe = redis::pipe();
+        for (node, conn, ..) in targets
+            .iter()
+            .filter(|t| !t.3.eq_ignore_ascii_case(me.name()))
+        {
+            let mut env = Envelope::new(&x, event.clone());
+            env.to = Some(*conn);
+            pipe.cmd("PUBLISH")
+                .arg(self.redis.node_channel(node))
+                .arg(env.json())
+                .ignore();
+        }
+        let mut conn = self.redis.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(Outcome::Relayed)
     }
 
-    /// Takes `name` out of every room (`kicked` to those who stay) and frees the name, then
-    /// tells its node to close the connection. The reply waits until this node has delivered
-    /// the `kicked` events, so an admin in the room sees the kick before the ack.
+    /// Takes `name` out of every room, every connection of theirs (`kicked` to those who stay)
+    /// and frees the name, then tells their nodes to close the connections. The reply waits
+    /// until this node has delivered the `kicked` events, so an admin in the room sees the kick
+    /// before the ack.
     pub(super) async fn kick(
         &self,
         me: &Member,
@@ -266,13 +340,14 @@ impl Inner {
         reason: &str,
     ) -> Result<Outcome, Fail> {
         let redis = &self.redis;
-        let key = redis.key("name", &protocol::name_key(name));
-        let mut conn = redis.conn().await?;
-        let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        let Some((node, target, target_name)) = value.as_deref().and_then(|v| {
-            parse_entry(v).map(|(n, c, _, name)| (n.to_string(), c, name.to_string()))
-        }) else {
+        let targets = self.owners(name).await?;
+        let Some((node, target, _, target_name)) = targets.first().cloned() else {
             return Ok(Refusal::no_such_user(name).into());
+        };
+        let key = if self.settings.hub.owned_names {
+            redis.key("sess", &protocol::name_key(name))
+        } else {
+            redis.key("name", &protocol::name_key(name))
         };
         let x = format!("{node}|{target}");
         let event = ServerMsg::Kicked {
@@ -282,26 +357,33 @@ impl Inner {
             reason: b(reason),
         };
         let template = Envelope::new(&x, event).json();
-        redis
-            .scripts
-            .kick
-            .key(redis.global("rooms"))
+        let mut call = redis.scripts.kick.prepare_invoke();
+        call.key(redis.global("rooms"))
             .key(redis.global("created"))
             .key(&key)
-            .arg(value.as_deref().unwrap_or_default())
+            .arg(target_name.to_ascii_lowercase())
             .arg(redis.prefix())
             .arg(template)
             .arg(self.settings.room_ttl_secs)
             .arg(self.kick_tombstone_ms())
-            .arg(reason)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
-        let mut order = Envelope::control(&x);
-        order.to = Some(target);
-        order.kick = Some((b(me.name()), b(reason)));
-        redis
-            .publish(&redis.node_channel(&node), &order.json())
-            .await?;
+            .arg(reason);
+        for (node, conn, role, name) in &targets {
+            call.arg(format!("{node}|{conn}|{}|{name}", super::role_char(*role)));
+        }
+        let mut conn = redis.conn().await?;
+        call.invoke_async::<i64>(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for (node, target, ..) in &targets {
+            let x = format!("{node}|{target}");
+            let mut order = Envelope::control(&x);
+            order.to = Some(*target);
+            order.kick = Some((b(me.name()), b(reason)));
+            pipe.cmd("PUBLISH")
+                .arg(redis.node_channel(node))
+                .arg(order.json())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
         self.fence().await?;
         Ok(Outcome::Done)
     }
@@ -356,7 +438,7 @@ impl Inner {
         let renamed = me.renamed(name.into());
         // A change of case re-writes one's own claims; a new name must be free.
         let claims = match self.claim(me, name).await? {
-            Ok(claims) => claims,
+            Ok((claims, _)) => claims,
             Err(refusal) => {
                 me.answer(t, refusal.into());
                 return Ok(());
@@ -411,6 +493,16 @@ impl Inner {
                 .arg(redis.key("names", room))
                 .arg(0)
                 .arg(self.names_entry(&renamed))
+                .ignore()
+                // Open mode (the only one with `nick`): one connection per user.
+                .cmd("HDEL")
+                .arg(redis.key("ucount", room))
+                .arg(me.name().to_ascii_lowercase())
+                .ignore()
+                .cmd("HSET")
+                .arg(redis.key("ucount", room))
+                .arg(name.to_ascii_lowercase())
+                .arg(1)
                 .ignore();
         }
         // A join still waiting in a large room's batch is told under the new name.

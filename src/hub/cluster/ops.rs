@@ -216,6 +216,7 @@ impl Inner {
             queued_bytes: 0,
             running: false,
             claims: Vec::new(),
+            sessions: 1,
             rooms: Vec::new(),
         });
         if !always && (mine.queue.len() >= QUEUE || mine.queued_bytes + cost > QUEUE_BYTES) {

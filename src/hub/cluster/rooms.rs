@@ -36,9 +36,15 @@ impl Inner {
             .is_some_and(|m| m.rooms.iter().any(|r| &**r == room))
     }
 
-    /// `me`'s entry in a room's lex-ordered set: its lower-case name first.
+    /// `me`'s user's entry in a room's lex-ordered set of users: the lower-case name first (no
+    /// node or connection: one entry per user however many connections are there).
     pub(super) fn names_entry(&self, me: &Member) -> String {
-        format!("{}|{}", me.name().to_ascii_lowercase(), self.entry(me))
+        format!(
+            "{}|-|0|{}|{}",
+            me.name().to_ascii_lowercase(),
+            super::role_char(me.role()),
+            me.name()
+        )
     }
 
     /// A room's presence entry for a join (`+role|name`).
@@ -67,7 +73,7 @@ impl Inner {
         for room in rooms {
             let mut call = redis.scripts.presence.prepare_invoke();
             call.key(redis.key("pres", room))
-                .key(redis.key("members", room))
+                .key(redis.key("names", room))
                 .arg(&head)
                 .arg(self.settings.hub.users_per_page)
                 .arg(&**room)
@@ -142,6 +148,7 @@ impl Inner {
                 .key(redis.global("created"))
                 .key(redis.key("sbytes", &room))
                 .key(redis.key("pres", &room))
+                .key(redis.key("ucount", &room))
                 .arg(self.entry(me))
                 .arg(now + self.settings.presence_ttl_ms)
                 .arg(now)
@@ -165,6 +172,7 @@ impl Inner {
                 .arg(Self::joins_entry(me))
                 .arg(PRESENCE_WAITS_MS)
                 .arg(self.durable())
+                .arg(self.names_entry(me))
                 .invoke_async(&mut conn)
                 .await?;
             if !seeded && value_at::<String>(&reply, 1).as_deref() == Some("seed") {
@@ -246,6 +254,10 @@ impl Inner {
             history,
             epoch: epoch.as_str().into(),
             seq: last_seq,
+            sessions: lock(&self.local)
+                .members
+                .get(&me.conn())
+                .map_or(1, |m| m.sessions),
             resumed,
             more,
         };
@@ -400,11 +412,12 @@ impl Inner {
             .key(redis.key("epoch", room))
             .key(redis.key("sbytes", room))
             .key(redis.key("pres", room))
+            .key(redis.key("ucount", room))
             .arg(self.entry(me))
             .arg(redis.room_channel(room))
             .arg(env)
             .arg(room)
-            .arg(self.names_entry(me))
+            .arg(me.name().to_ascii_lowercase())
             .arg(self.settings.hub.presence_batch_over as i64)
             .arg(self.settings.room_ttl_secs)
             .arg(format!("-{}", me.name()))

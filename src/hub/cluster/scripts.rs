@@ -9,19 +9,25 @@
 //!   `P:stream:{room}` (entry id `{seq}-0`, field `e` the envelope; at most `history_size`
 //!   entries and `history_bytes` bytes, counted in `P:sbytes:{room}`). While a room has no member
 //!   these four expire after `room_ttl_secs`; a join makes them persistent again.
-//! - `P:members:{room}`: a sorted set of `node|conn|role|name`, scored by when the entry expires
-//!   unless its node refreshes it; `P:names:{room}`: the same entries prefixed `lowername|`, all
-//!   scored 0, so the first page of members by name and the count come in O(log n) (never the
-//!   whole room: a crowd joining is O(n), not O(n²)).
+//! - `P:members:{room}`: a sorted set of `node|conn|role|name`, one per connection, scored by
+//!   when the entry expires unless its node refreshes it; `P:ucount:{room}`: a hash of each
+//!   user's connections in the room, by lower-case name (with tokens or accounts a user may be
+//!   there on several); `P:names:{room}`: one entry per *user*, `lowername|-|0|role|name`, all
+//!   scored 0, so the first page of users by name and their count come in O(log n) (never the
+//!   whole room: a crowd joining is O(n), not O(n²)). A user joins (`joined` is told) with their
+//!   first connection and leaves with their last.
 //! - `P:pres:{room}`: a large room's joins and leaves not yet announced (`+role|name`,
 //!   `-name`), in the order they happened, whichever node made them; `PRESENCE` turns them into
 //!   one `presence` event with the count at that moment. While it exists, every change in the
 //!   room goes into it (nothing overtakes a batch); it expires unless flushed.
 //! - `P:rooms`: a hash of the rooms that have members, each to the address that created it (empty
 //!   for the default room); `P:created`: rooms per creating address.
-//! - `P:name:{key}` (`protocol::name_key`): `node|conn|role|name`, with an expiry the owning node
-//!   refreshes. In open mode also `P:like:{look-alike}` (`protocol::look_alike`): `node|conn|name`
-//!   of the one name online that looks like that, refreshed the same way.
+//! - `P:name:{key}` (`protocol::name_key`, open mode): `node|conn|role|name`, with an expiry the
+//!   owning node refreshes; also `P:like:{look-alike}` (`protocol::look_alike`): `node|conn|name`
+//!   of the one name online that looks like that, refreshed the same way. With tokens or
+//!   accounts, `P:sess:{key}` instead: a sorted set of the user's connections (`node|conn|role|
+//!   name`), each scored by when it expires unless its node refreshes it, at most
+//!   `auth.max_sessions_per_user` live ones.
 
 /// Says something: the room's epoch (made if Redis lost it), the next message id and room seq,
 /// the stream entry (trimming the oldest past either bound) and the publish, in one step.
@@ -64,8 +70,9 @@ return {id, seq, e}
 /// which events came before the join, and so are in what it returns), 18 members per page,
 /// 19 the member's name in lower case, 20 batch joins past this many members (<= 0: always),
 /// 21 its presence entry (`+role|name`), 22 how long a batch waits at most (ms), 23 durable
-/// (as for [`SAY`]). Returns {epoch, seq, page, history (newest first unless exact), exact,
-/// count, batched}, or {'', why} (`seed`: seed first; nothing was done).
+/// (as for [`SAY`]), 24 the user's entry in `names`. KEYS[10]: ucount. A user's second
+/// connection joins without a `joined`. Returns {epoch, seq, page, history (newest first unless
+/// exact), exact, count (users), batched}, or {'', why} (`seed`: seed first; nothing was done).
 pub(super) const JOIN: &str = r#"
 if ARGV[23] == '1' and redis.call('EXISTS', KEYS[6]) == 0 then return {'', 'seed'} end
 if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0 then
@@ -83,10 +90,12 @@ local e = redis.call('GET', KEYS[6])
 if not e then e = ARGV[4]; redis.call('SET', KEYS[6], e) end
 for _, k in ipairs({KEYS[4], KEYS[5], KEYS[6], KEYS[8]}) do redis.call('PERSIST', k) end
 redis.call('PUBLISH', ARGV[16], ARGV[17])
-local before = redis.call('ZCARD', KEYS[1])
+local before = redis.call('ZCARD', KEYS[2])
 local over = tonumber(ARGV[20])
 local batched = 0
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1
+  and redis.call('HINCRBY', KEYS[10], ARGV[19], 1) == 1 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[24])
   if over <= 0 or before > over or redis.call('EXISTS', KEYS[9]) == 1 then
     batched = 1
     redis.call('RPUSH', KEYS[9], ARGV[21])
@@ -95,8 +104,7 @@ if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
     redis.call('PUBLISH', ARGV[6], ARGV[7])
   end
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[19] .. '|' .. ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
+local count = redis.call('ZCARD', KEYS[2])
 local page = redis.call('ZRANGE', KEYS[2], '-', '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[18]))
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 local since = tonumber(ARGV[12])
@@ -145,16 +153,22 @@ return 1
 /// presence batches), and forgets the room once nobody is in it: its seq, stream and epoch then
 /// expire after the room TTL.
 ///
-/// KEYS: members, names, rooms, created, seq, stream, epoch, sbytes, pres. ARGV: member,
-/// channel, envelope ('' = announce nothing), room, the member's names entry, batch leaves past
-/// this many members (<= 0: always), room TTL (seconds), presence entry (`-name`), how long a
-/// batch waits at most (ms). Returns {was there, batched}.
+/// KEYS: members, names, rooms, created, seq, stream, epoch, sbytes, pres, ucount. ARGV:
+/// member, channel, envelope ('' = announce nothing), room, the member's name in lower case,
+/// batch leaves past this many members (<= 0: always), room TTL (seconds), presence entry
+/// (`-name`), how long a batch waits at most (ms). The user leaves (`left` is told) with their
+/// last connection. Returns {was there, batched}.
 pub(super) const LEAVE: &str = r#"
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[5])
-local after = redis.call('ZCARD', KEYS[1])
+local gone = 0
+if n == 1 and redis.call('HINCRBY', KEYS[10], ARGV[5], -1) <= 0 then
+  redis.call('HDEL', KEYS[10], ARGV[5])
+  redis.call('ZREMRANGEBYLEX', KEYS[2], '[' .. ARGV[5] .. '|', '[' .. ARGV[5] .. '|\255')
+  gone = 1
+end
+local after = redis.call('ZCARD', KEYS[2])
 local batched = 0
-if n == 1 and ARGV[3] ~= '' then
+if gone == 1 and ARGV[3] ~= '' then
   local over = tonumber(ARGV[6])
   if over <= 0 or after > over or redis.call('EXISTS', KEYS[9]) == 1 then
     batched = 1
@@ -164,8 +178,8 @@ if n == 1 and ARGV[3] ~= '' then
     redis.call('PUBLISH', ARGV[2], ARGV[3])
   end
 end
-if after == 0 then
-  redis.call('DEL', KEYS[9])
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[9], KEYS[10])
   local c = redis.call('HGET', KEYS[3], ARGV[4])
   if c then
     redis.call('HDEL', KEYS[3], ARGV[4])
@@ -192,23 +206,30 @@ for i = 1, #rooms, 2 do
   local room, creator = rooms[i], rooms[i + 1]
   local key = ARGV[2] .. ':members:' .. room
   local pres = ARGV[2] .. ':pres:' .. room
+  local names = ARGV[2] .. ':names:' .. room
+  local ucount = ARGV[2] .. ':ucount:' .. room
   local ghosts = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
   for _, g in ipairs(ghosts) do
     redis.call('ZREM', key, g)
     local name = string.match(g, '^[^|]*|[^|]*|[^|]*|(.*)$') or ''
-    redis.call('ZREM', ARGV[2] .. ':names:' .. room, string.lower(name) .. '|' .. g)
-    local batched = 0
-    if over <= 0 or redis.call('ZCARD', key) > over or redis.call('EXISTS', pres) == 1 then
-      batched = 1
-      redis.call('RPUSH', pres, '-' .. name)
-      redis.call('PEXPIRE', pres, ARGV[5])
+    local lower = string.lower(name)
+    -- The user leaves with their last connection.
+    if redis.call('HINCRBY', ucount, lower, -1) <= 0 then
+      redis.call('HDEL', ucount, lower)
+      redis.call('ZREMRANGEBYLEX', names, '[' .. lower .. '|', '[' .. lower .. '|\255')
+      local batched = 0
+      if over <= 0 or redis.call('ZCARD', names) > over or redis.call('EXISTS', pres) == 1 then
+        batched = 1
+        redis.call('RPUSH', pres, '-' .. name)
+        redis.call('PEXPIRE', pres, ARGV[5])
+      end
+      out[#out + 1] = room
+      out[#out + 1] = g
+      out[#out + 1] = batched
     end
-    out[#out + 1] = room
-    out[#out + 1] = g
-    out[#out + 1] = batched
   end
   if redis.call('ZCARD', key) == 0 then
-    redis.call('DEL', pres)
+    redis.call('DEL', pres, ucount)
     redis.call('HDEL', KEYS[1], room)
     if creator ~= '' and redis.call('HINCRBY', KEYS[2], creator, -1) <= 0 then
       redis.call('HDEL', KEYS[2], creator)
@@ -221,13 +242,13 @@ end
 return out
 "#;
 
-/// Every room with members, and how many are live. KEYS: rooms. ARGV: now, key prefix.
-/// Returns {room, count, room, count, ...}.
+/// Every room with members, and how many users are in each. KEYS: rooms. ARGV: now, key
+/// prefix. Returns {room, count, room, count, ...}.
 pub(super) const ROOMS: &str = r#"
 local out = {}
 for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
   out[#out + 1] = room
-  out[#out + 1] = redis.call('ZCOUNT', ARGV[2] .. ':members:' .. room, ARGV[1], '+inf')
+  out[#out + 1] = redis.call('ZCARD', ARGV[2] .. ':names:' .. room)
 end
 return out
 "#;
@@ -238,8 +259,8 @@ return out
 /// at this moment, which is exactly what applying every batch in order gives. Nothing to say:
 /// nothing published.
 ///
-/// KEYS: pres, members. ARGV: the envelope up to its event (`{..."e":`), names per page, room,
-/// channel. Returns 1 if it published.
+/// KEYS: pres, names (one entry per user: the count is of users). ARGV: the envelope up to its
+/// event (`{..."e":`), names per page, room, channel. Returns 1 if it published.
 pub(super) const PRESENCE: &str = r#"
 local changes = redis.call('LRANGE', KEYS[1], 0, -1)
 if #changes == 0 then return 0 end
@@ -291,32 +312,89 @@ return 0
 "#;
 
 /// Refreshes this node's name claims, re-asserting any Redis lost (a restart), except those of
-/// a connection an admin kicked (whose node may have missed the order). Returns, for each claim
-/// not refreshed, `[kind, position (1-based), reason]`: kind 'lost' (someone else holds it) or
-/// 'kicked'. KEYS: names. ARGV: ttl ms, key prefix, values.
+/// a connection an admin kicked (whose node may have missed the order). A claim on a `:sess:`
+/// key is one connection in a user's sorted set of them (tokens, accounts), re-asserted only
+/// while the user has fewer than the most allowed. Returns, for each claim not refreshed,
+/// `[kind, position (1-based), reason]`: kind 'lost' (someone else holds it, or the user's
+/// connections are full) or 'kicked'. KEYS: names. ARGV: ttl ms, key prefix, now (ms), the most
+/// connections per user, values.
 pub(super) const REFRESH_NAMES: &str = r#"
 local out = {}
+local ttl, now, most = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i, k in ipairs(KEYS) do
-  local mine = ARGV[i + 2]
+  local mine = ARGV[i + 4]
   local who = string.match(mine, '^([^|]*|[^|]*)|') or ''
   local kicked = redis.call('GET', ARGV[2] .. ':kicked:' .. who)
-  local v = redis.call('GET', k)
+  local lost = false
+  if string.find(k, ':sess:', 1, true) then
+    if kicked then
+      redis.call('ZREM', k, mine)
+    elseif redis.call('ZSCORE', k, mine) then
+      redis.call('ZADD', k, now + ttl, mine)
+      redis.call('PEXPIRE', k, ttl)
+    else
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+      if redis.call('ZCARD', k) < most then
+        redis.call('ZADD', k, now + ttl, mine)
+        redis.call('PEXPIRE', k, ttl)
+      else
+        lost = true
+      end
+    end
+  else
+    local v = redis.call('GET', k)
+    if kicked then
+      if v == mine then redis.call('DEL', k) end
+    elseif v == mine then
+      redis.call('PEXPIRE', k, ttl)
+    elseif not v then
+      redis.call('SET', k, mine, 'PX', ttl)
+    else
+      lost = true
+    end
+  end
   if kicked then
-    if v == mine then redis.call('DEL', k) end
     out[#out + 1] = 'kicked'
     out[#out + 1] = tostring(i)
     out[#out + 1] = kicked
-  elseif v == mine then
-    redis.call('PEXPIRE', k, ARGV[1])
-  elseif not v then
-    redis.call('SET', k, mine, 'PX', ARGV[1])
-  else
+  elseif lost then
     out[#out + 1] = 'lost'
     out[#out + 1] = tostring(i)
     out[#out + 1] = ''
   end
 end
 return out
+"#;
+
+/// Claims one more connection of a user whose name is owned (tokens, accounts): the user's
+/// sorted set of live connections, at most `ARGV[4]` of them (the expired are dropped first).
+/// KEYS: sess. ARGV: entry (`node|conn|role|name`), ttl ms, now (ms), the most. Returns the
+/// user's live connections with this one, or 0 when they are `ARGV[4]` already (nothing done).
+pub(super) const CLAIM_SESSION: &str = r#"
+local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+  and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+/// Re-writes every connection in the rooms of a node's heartbeat: scores refreshed; an entry
+/// Redis lost (a restart) is added again, and with it the user's count and names entry.
+/// ARGV: key prefix, expiry, then per membership: room, entry, lower-case name, names entry.
+pub(super) const MEMBERS: &str = r#"
+for i = 3, #ARGV, 4 do
+  local room, entry, lower, user = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('ZADD', ARGV[1] .. ':members:' .. room, ARGV[2], entry) == 1 then
+    redis.call('HINCRBY', ARGV[1] .. ':ucount:' .. room, lower, 1)
+    redis.call('ZADD', ARGV[1] .. ':names:' .. room, 0, user)
+  end
+  redis.call('HSETNX', ARGV[1] .. ':rooms', room, '')
+end
+return 0
 "#;
 
 /// Claims a name (and, when `ARGV[2]` is not empty, its look-alike key) for one connection, both
@@ -340,34 +418,42 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 'ok'
 "#;
 
-/// Frees a name if this connection still holds it. KEYS: name. ARGV: value.
+/// Frees a name if this connection still holds it (on a `:sess:` key: this connection of the
+/// user). KEYS: name. ARGV: value.
 pub(super) const RELEASE: &str = r#"
+if string.find(KEYS[1], ':sess:', 1, true) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
-/// Kicks a member out of every room (publishing the `kicked` envelope, its room written in place
-/// of `@@ROOM@@`, to each room it was in) and frees its name.
+/// Kicks a user out of every room, every connection of theirs (publishing the `kicked`
+/// envelope, its room written in place of `@@ROOM@@`, once to each room they were in), and frees
+/// the name.
 ///
-/// Leaves a tombstone (`kicked:{node|conn}`, holding the reason, for `ARGV[5]` ms) so that the
-/// member's node, should it miss the kick order, closes it at its next heartbeat instead of
-/// re-asserting its claims.
+/// Leaves a tombstone per connection (`kicked:{node|conn}`, holding the reason, for `ARGV[5]`
+/// ms) so that a member's node, should it miss the kick order, closes it at its next heartbeat
+/// instead of re-asserting its claims.
 ///
-/// KEYS: rooms, created, name. ARGV: member (as its name claim holds it), key prefix, envelope,
-/// room TTL (seconds), tombstone TTL (ms), reason. Returns how many rooms it was in.
+/// KEYS: rooms, created, name (open mode's claim, or the user's `:sess:` set). ARGV: the name in
+/// lower case, key prefix, envelope, room TTL (seconds), tombstone TTL (ms), reason, then each
+/// connection's entry. Returns how many rooms they were in.
 pub(super) const KICK: &str = r#"
 local out = 0
-local name = string.match(ARGV[1], '^[^|]*|[^|]*|[^|]*|(.*)$') or ''
+local lower = ARGV[1]
 for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
   local key = ARGV[2] .. ':members:' .. room
-  if redis.call('ZREM', key, ARGV[1]) == 1 then
+  local removed = 0
+  for i = 7, #ARGV do removed = removed + redis.call('ZREM', key, ARGV[i]) end
+  if removed > 0 then
     out = out + 1
-    redis.call('ZREM', ARGV[2] .. ':names:' .. room, string.lower(name) .. '|' .. ARGV[1])
+    redis.call('HDEL', ARGV[2] .. ':ucount:' .. room, lower)
+    redis.call('ZREMRANGEBYLEX', ARGV[2] .. ':names:' .. room, '[' .. lower .. '|', '[' .. lower .. '|\255')
     local env = string.gsub(ARGV[3], '@@ROOM@@', function() return room end)
     redis.call('PUBLISH', ARGV[2] .. ':r:' .. room, env)
     if redis.call('ZCARD', key) == 0 then
       local c = redis.call('HGET', KEYS[1], room)
       redis.call('HDEL', KEYS[1], room)
+      redis.call('DEL', ARGV[2] .. ':ucount:' .. room)
       if c and c ~= '' and redis.call('HINCRBY', KEYS[2], c, -1) <= 0 then
         redis.call('HDEL', KEYS[2], c)
       end
@@ -377,8 +463,14 @@ for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
     end
   end
 end
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
-local who = string.match(ARGV[1], '^([^|]*|[^|]*)|')
-if who then redis.call('SET', ARGV[2] .. ':kicked:' .. who, ARGV[6], 'PX', ARGV[5]) end
+for i = 7, #ARGV do
+  if string.find(KEYS[3], ':sess:', 1, true) then
+    redis.call('ZREM', KEYS[3], ARGV[i])
+  elseif redis.call('GET', KEYS[3]) == ARGV[i] then
+    redis.call('DEL', KEYS[3])
+  end
+  local who = string.match(ARGV[i], '^([^|]*|[^|]*)|')
+  if who then redis.call('SET', ARGV[2] .. ':kicked:' .. who, ARGV[6], 'PX', ARGV[5]) end
+end
 return out
 "#;

@@ -69,6 +69,15 @@ impl Inner {
             here.count = *user_count;
         }
         let except = except_conn(&env.x, &self.node);
+        if let ServerMsg::Typing { from, .. } = event {
+            // Never to the typer's own other connections.
+            let others = here
+                .members
+                .iter()
+                .filter(|m| !m.name().eq_ignore_ascii_case(from));
+            self.delivery.deliver(others, event, except);
+            return;
+        }
         self.delivery.deliver(&here.members, event, except);
     }
 

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use super::{
-    Answer, Broker, Delivery, HubLimits, Member, Outcome, Page, Receipt, Refusal, Resume, Ticket,
-    TypingTo, lock,
+    Answer, Broker, ConnId, Delivery, HubLimits, Member, Outcome, Page, Receipt, Refusal, Resume,
+    Ticket, TypingTo, lock,
 };
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -137,8 +137,12 @@ impl Broker for LocalBroker {
     fn hello(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
         let mut dir = lock(&self.directory);
         let key = protocol::name_key(&me.name);
-        if dir.users.contains_key(&key) {
+        let sessions = dir.users.get(&key).map_or(0, Vec::len);
+        if sessions > 0 && !self.limits.owned_names {
             return now(Refusal::name_taken(&me.name));
+        }
+        if sessions >= self.limits.max_sessions {
+            return now(Refusal::too_many_sessions(self.limits.max_sessions));
         }
         // Where names are owned (tokens), the token decided who this is; elsewhere a name that
         // would pass for someone online is refused.
@@ -243,13 +247,25 @@ impl Broker for LocalBroker {
     }
 
     fn pm(&self, _: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
-        let target = lock(&self.directory)
-            .users
-            .get(&protocol::name_key(to))
-            .cloned();
-        let Some(target) = target else {
+        // Every connection of the recipient, and the sender's other ones (their copy).
+        let (targets, mine) = {
+            let dir = lock(&self.directory);
+            let targets = dir
+                .users
+                .get(&protocol::name_key(to))
+                .cloned()
+                .unwrap_or_default();
+            let mine: Vec<Member> = dir
+                .users
+                .get(&protocol::name_key(&me.name))
+                .map(|s| s.iter().filter(|m| m.conn != me.conn).cloned().collect())
+                .unwrap_or_default();
+            (targets, mine)
+        };
+        let Some(target) = targets.first() else {
             return now(Refusal::no_such_user(to));
         };
+        let to_name = target.name.clone();
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
         let ts: Arc<str> = protocol::timestamp().into();
         if self.limits.store_pms
@@ -259,7 +275,7 @@ impl Broker for LocalBroker {
                 id,
                 ts: ts.to_string(),
                 from: me.name.to_string(),
-                to: target.name.to_string(),
+                to: to_name.to_string(),
                 role: me.role,
                 text: text.to_string(),
                 action,
@@ -273,16 +289,17 @@ impl Broker for LocalBroker {
             ts: b(&ts),
             from: b(&me.name),
             role: me.role,
-            to: b(&target.name),
+            to: b(&to_name),
             text: b(text),
             action,
         };
-        self.delivery.deliver([&target], &event, Some(me.conn));
+        self.delivery
+            .deliver(targets.iter().chain(&mine), &event, Some(me.conn));
         now(Outcome::Sent(Receipt {
             id,
             seq: None,
             ts,
-            to: Some(target.name.clone()),
+            to: Some(to_name),
         }))
     }
 
@@ -297,17 +314,22 @@ impl Broker for LocalBroker {
                         state,
                     };
                     let members = lock(&r.state);
-                    self.delivery
-                        .deliver(&members.members, &event, Some(me.conn));
+                    // Never to one's own other connections.
+                    let others = members
+                        .members
+                        .iter()
+                        .filter(|m| !m.name.eq_ignore_ascii_case(&me.name));
+                    self.delivery.deliver(others, &event, Some(me.conn));
                 }
                 now(Outcome::Relayed)
             }
             TypingTo::User(name) => {
-                let target = lock(&self.directory)
+                let targets = lock(&self.directory)
                     .users
                     .get(&protocol::name_key(name))
-                    .cloned();
-                let Some(target) = target else {
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(target) = targets.first() else {
                     return now(Refusal::no_such_user(name));
                 };
                 let event = ServerMsg::Typing {
@@ -316,7 +338,10 @@ impl Broker for LocalBroker {
                     to: Some(b(&target.name)),
                     state,
                 };
-                self.delivery.deliver([&target], &event, Some(me.conn));
+                let others = targets
+                    .iter()
+                    .filter(|m| !m.name.eq_ignore_ascii_case(&me.name));
+                self.delivery.deliver(others, &event, Some(me.conn));
                 now(Outcome::Relayed)
             }
         }
@@ -334,7 +359,7 @@ impl Broker for LocalBroker {
         let mut rooms: Vec<_> = dir
             .rooms
             .values()
-            .map(|r| (r.name.clone(), lock(&r.state).members.len()))
+            .map(|r| (r.name.clone(), lock(&r.state).user_count()))
             .collect();
         drop(dir);
         rooms.sort();
@@ -397,29 +422,58 @@ impl Broker for LocalBroker {
 
     fn kick(&self, _: Ticket, me: &Member, name: &str, reason: &str) -> Answer {
         let mut dir = lock(&self.directory);
-        let Some(target) = dir.remove_user(&protocol::name_key(name)) else {
+        let targets = dir.remove_user(&protocol::name_key(name));
+        let Some(target) = targets.first().cloned() else {
             return now(Refusal::no_such_user(name));
         };
+        let conns: Vec<ConnId> = targets.iter().map(|m| m.conn).collect();
         let rooms: Vec<Arc<Room>> = dir.rooms.values().cloned().collect();
         for room in rooms {
+            // Every connection out of the room, one `kicked` to those who stay.
+            let mut state = lock(&room.state);
+            let before = state.members.len();
+            state.members.retain(|m| !conns.contains(&m.conn));
+            let removed = before - state.members.len();
+            if removed == 0 {
+                continue;
+            }
+            state.extra -= removed - 1;
+            state.last_active = Instant::now();
+            if let Some(batch) = &mut state.batch {
+                batch.take_back(&target.name);
+            }
             let event = ServerMsg::Kicked {
                 room: b(&room.name),
                 name: b(&target.name),
                 by: b(&me.name),
                 reason: b(reason),
             };
-            self.leave_locked(&mut dir, &target, &room, &event);
+            self.delivery.deliver(&state.members, &event, None);
+            let empty = state.members.is_empty();
+            if empty {
+                state.batch = None;
+            }
+            drop(state);
+            if empty {
+                dir.forget_if_unused(&room, self);
+            }
         }
         self.gauges(&dir);
         drop(dir);
-        target.kick(reason.to_string());
+        for session in targets {
+            session.kick(reason.to_string());
+        }
         now(Outcome::Done)
     }
 
     fn nick(&self, _: Ticket, me: &Member, name: &str) -> Answer {
         let mut dir = lock(&self.directory);
         let (old, new) = (protocol::name_key(&me.name), protocol::name_key(name));
-        if dir.users.get(&new).is_some_and(|m| m.conn != me.conn) {
+        if dir
+            .users
+            .get(&new)
+            .is_some_and(|s| s.iter().any(|m| m.conn != me.conn))
+        {
             return now(Refusal::name_taken(name));
         }
         if let Some(other) = dir
@@ -429,7 +483,7 @@ impl Broker for LocalBroker {
             return now(Refusal::looks_like(name, &other));
         }
         let renamed = me.renamed(name.into());
-        dir.remove_user(&old);
+        dir.remove_session(&old, me.conn);
         dir.add_user(new, renamed.clone());
         // Everyone who shares a room hears it once.
         let mut audience: Vec<Member> = Vec::new();
@@ -465,7 +519,8 @@ impl Broker for LocalBroker {
             text: b(text),
         };
         let dir = lock(&self.directory);
-        self.delivery.deliver(dir.users.values(), &event, None);
+        self.delivery
+            .deliver(dir.users.values().flatten(), &event, None);
         now(Outcome::Done)
     }
 
@@ -480,10 +535,7 @@ impl Broker for LocalBroker {
                 self.leave_locked(&mut dir, me, &room, &event);
             }
         }
-        let key = protocol::name_key(&me.name);
-        if dir.users.get(&key).is_some_and(|m| m.conn == me.conn) {
-            dir.remove_user(&key);
-        }
+        dir.remove_session(&protocol::name_key(&me.name), me.conn);
         self.gauges(&dir);
     }
 }

@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use super::LocalBroker;
 use crate::hub::presence::PresenceBatch;
-use crate::hub::{Member, Refusal, Resume, RoomView, StoredMessage, lock, name_order};
+use crate::hub::{ConnId, Member, Refusal, Resume, RoomView, StoredMessage, lock, name_order};
 use crate::protocol::{self, Role, ServerMsg, b};
 
 #[derive(Debug, Default)]
 pub(super) struct Directory {
-    /// Online users by `protocol::name_key`.
-    pub(super) users: HashMap<String, Member>,
+    /// Online users by `protocol::name_key`: each user's connections (one in open mode; with
+    /// tokens or accounts up to `auth.max_sessions_per_user`), oldest first.
+    pub(super) users: HashMap<String, Vec<Member>>,
     /// The names online, by `protocol::look_alike`: a new name that looks like one of them is
     /// refused (open mode), without making them one identity.
     pub(super) looks: HashMap<String, Vec<Arc<str>>>,
@@ -48,31 +49,71 @@ pub(super) struct RoomState {
     /// Joins and leaves not yet announced (see `LocalBroker::batch`); the room is in
     /// `presence_due`.
     pub(super) batch: Option<Box<PresenceBatch>>,
+    /// Members that are a second (third …) connection of a user already in the room: the room
+    /// has `members.len() - extra` users.
+    pub(super) extra: usize,
 }
 
 impl Directory {
-    /// `member` is online under `key` (its `protocol::name_key`).
+    /// `member` is online under `key` (its `protocol::name_key`): a user, or another connection
+    /// of one.
     pub(super) fn add_user(&mut self, key: String, member: Member) {
-        self.looks
-            .entry(protocol::look_alike(&member.name))
-            .or_default()
-            .push(member.name.clone());
-        self.users.insert(key, member);
+        let sessions = self.users.entry(key).or_default();
+        if sessions.is_empty() {
+            self.looks
+                .entry(protocol::look_alike(&member.name))
+                .or_default()
+                .push(member.name.clone());
+        }
+        sessions.push(member);
     }
 
-    /// Takes the user under `key` offline.
-    pub(super) fn remove_user(&mut self, key: &str) -> Option<Member> {
-        let member = self.users.remove(key)?;
-        let looks = protocol::look_alike(&member.name);
+    /// Takes the connection `conn` of the user under `key` offline; the user goes offline with
+    /// their last one.
+    pub(super) fn remove_session(&mut self, key: &str, conn: ConnId) -> Option<Member> {
+        let sessions = self.users.get_mut(key)?;
+        let at = sessions.iter().position(|m| m.conn == conn)?;
+        let member = sessions.remove(at);
+        if sessions.is_empty() {
+            self.users.remove(key);
+            self.forget_look(&member.name);
+        }
+        Some(member)
+    }
+
+    /// Takes the user under `key` offline, every connection of theirs.
+    pub(super) fn remove_user(&mut self, key: &str) -> Vec<Member> {
+        let sessions = self.users.remove(key).unwrap_or_default();
+        if let Some(first) = sessions.first() {
+            self.forget_look(&first.name.clone());
+        }
+        sessions
+    }
+
+    fn forget_look(&mut self, name: &Arc<str>) {
+        let looks = protocol::look_alike(name);
         if let Some(names) = self.looks.get_mut(&looks) {
-            if let Some(i) = names.iter().position(|n| *n == member.name) {
+            if let Some(i) = names.iter().position(|n| n == name) {
                 names.swap_remove(i);
             }
             if names.is_empty() {
                 self.looks.remove(&looks);
             }
         }
-        Some(member)
+    }
+
+    /// The other connections of `me`'s user (none in open mode).
+    pub(super) fn others(&self, me: &Member) -> Vec<ConnId> {
+        self.users
+            .get(&protocol::name_key(&me.name))
+            .map(|sessions| {
+                sessions
+                    .iter()
+                    .map(|m| m.conn)
+                    .filter(|c| *c != me.conn)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Someone else online whose name looks like `name` (not `name` itself, in any case).
@@ -202,10 +243,14 @@ impl LocalBroker {
             Some(r) => r.clone(),
             None => self.create_room(dir, me, room)?,
         };
+        let others = dir.others(me);
         let mut state = lock(&room.state);
         if !state.members.iter().any(|m| m.conn == me.conn) {
             state.last_active = Instant::now();
-            if let Some(batch) = self.batch(&room, &mut state) {
+            if state.has_any(&others) {
+                // Another connection of this user is here: not news to the others.
+                state.extra += 1;
+            } else if let Some(batch) = self.batch(&room, &mut state) {
                 batch.join(&me.name, me.role, self.limits.users_per_page);
             } else {
                 let event = ServerMsg::Joined {
@@ -248,10 +293,11 @@ impl LocalBroker {
         let view = RoomView {
             room: room.name.clone(),
             users: state.first_users(self.limits.users_per_page),
-            user_count: state.members.len(),
+            user_count: state.user_count(),
             history,
             epoch: state.epoch.clone(),
             seq: state.seq,
+            sessions: others.len() + 1,
             resumed,
             more,
         };
@@ -268,9 +314,15 @@ impl LocalBroker {
         room: &Arc<Room>,
         how: &ServerMsg<'_>,
     ) -> bool {
+        let others = dir.others(me);
         let mut state = lock(&room.state);
         if !state.remove_member(me.conn) {
             return false;
+        }
+        if state.has_any(&others) {
+            // The user is still here on another connection.
+            state.extra -= 1;
+            return true;
         }
         if state.members.is_empty() {
             // An empty room with history stays, so people who come back can read it.
@@ -342,7 +394,7 @@ impl LocalBroker {
                     .collect(),
                 left: batch.left.iter().map(|n| b(n)).collect(),
                 unlisted: batch.unlisted,
-                user_count: state.members.len(),
+                user_count: state.user_count(),
             };
             self.delivery.deliver(&state.members, &event, None);
         }
@@ -370,6 +422,7 @@ impl Room {
                 history_bytes: 0,
                 epoch,
                 batch: None,
+                extra: 0,
             }),
         }
     }
@@ -386,15 +439,29 @@ impl RoomState {
         true
     }
 
-    /// The first `page` members by name, without sorting the whole room.
+    /// The users in the room (a user connected twice counts once).
+    pub(super) fn user_count(&self) -> usize {
+        self.members.len() - self.extra
+    }
+
+    /// Whether any of `conns` is a member.
+    pub(super) fn has_any(&self, conns: &[ConnId]) -> bool {
+        !conns.is_empty() && self.members.iter().any(|m| conns.contains(&m.conn))
+    }
+
+    /// The first `page` users by name, without sorting the whole room.
     pub(super) fn first_users(&self, page: usize) -> Vec<(Arc<str>, Role)> {
         let mut first: Vec<&Member> = self.members.iter().collect();
-        if first.len() > page {
-            first.select_nth_unstable_by(page, |a, b| name_order(&a.name, &b.name));
-            first.truncate(page);
+        // Enough members to hold `page` users, however many connections some have.
+        let enough = page + self.extra;
+        if first.len() > enough {
+            first.select_nth_unstable_by(enough, |a, b| name_order(&a.name, &b.name));
+            first.truncate(enough);
         }
         let mut users: Vec<_> = first.iter().map(|m| (m.name.clone(), m.role)).collect();
         sort_by_name(&mut users);
+        dedup_users(&mut users);
+        users.truncate(page);
         users
     }
 
@@ -405,8 +472,14 @@ impl RoomState {
             .map(|m| (m.name.clone(), m.role))
             .collect();
         sort_by_name(&mut users);
+        dedup_users(&mut users);
         users
     }
+}
+
+/// One entry per user in a list sorted by name (a user's connections sort together).
+fn dedup_users(users: &mut Vec<(Arc<str>, Role)>) {
+    users.dedup_by(|b, a| a.0.eq_ignore_ascii_case(&b.0));
 }
 
 /// Case-insensitive name order without allocating a lowercase key per comparison.
