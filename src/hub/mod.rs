@@ -39,7 +39,7 @@ pub use limits::HubLimits;
 pub use local::LocalBroker;
 
 use crate::connection::mailbox::Mailbox;
-use crate::protocol::{ChatMessage, ErrorCode, Role, TypingState};
+use crate::protocol::{ChatMessage, ErrorCode, Role, ServerMsg, TypingState};
 
 pub(crate) use crate::sync::lock;
 
@@ -440,6 +440,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn nick(&self, ticket: Ticket, me: &Member, name: &str) -> Answer;
     /// A `notice` from `me` to everyone online. `Done`. Only admins get here.
     fn announce(&self, ticket: Ticket, me: &Member, text: &str) -> Answer;
+    /// Hands `event` to `me`'s user's other connections (with tokens or accounts a user may have
+    /// several): what one device did that the others should show (a read marker, a membership).
+    /// Best effort, in order with `me`'s other calls; no answer.
+    fn to_own(&self, me: &Member, event: ServerMsg<'static>);
     /// The connection ended: leave `rooms` (announcing `left`) and free the name if `me` holds it.
     /// Called once per connection that said hello (or tried to), after its other calls.
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]);

@@ -323,6 +323,20 @@ pub enum ServerMsg<'a> {
         to: Option<Cow<'a, str>>,
         state: TypingState,
     },
+    /// The account read `room` on another of its connections (accounts mode): the marker and
+    /// what is unread past it now.
+    Read {
+        room: Cow<'a, str>,
+        read: u64,
+        unread: u64,
+        mentions: u64,
+    },
+    /// The account joined or left `room` on another of its connections (accounts mode).
+    Membership {
+        room: Cow<'a, str>,
+        /// `joined` or `left`.
+        state: Cow<'a, str>,
+    },
     /// A server-wide notice (shutdown, announcements).
     Notice {
         from: Cow<'a, str>,

@@ -172,6 +172,13 @@ impl Session {
         &*self.chat.broker
     }
 
+    /// Hands `event` to this user's other connections (through the broker).
+    fn tell_own(&self, event: ServerMsg<'static>) {
+        if let Some(me) = &self.me {
+            self.chat.broker.to_own(me, event);
+        }
+    }
+
     /// The accounts service and this session's account key (accounts mode, after hello).
     fn account(&self) -> Option<(&crate::accounts::Accounts, String)> {
         let accounts = self.chat.accounts.as_deref()?;

@@ -33,10 +33,16 @@ impl Session {
                     format!("{}; send another name", r.message).into()
                 }
             }
-            (Kind::Join { .. }, Outcome::Joined(view)) => {
+            (Kind::Join { added, .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
                 if let Some((accounts, key)) = self.account() {
                     accounts.note_join(&key, &view.room, view.seq);
+                    if *added {
+                        self.tell_own(ServerMsg::Membership {
+                            room: view.room.to_string().into(),
+                            state: "joined".into(),
+                        });
+                    }
                 }
                 let (users, history, more) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
@@ -61,6 +67,10 @@ impl Session {
                 debug!(%room, "left room");
                 if let Some((accounts, key)) = self.account() {
                     accounts.note_leave(&key, &room);
+                    self.tell_own(ServerMsg::Membership {
+                        room: room.to_string().into(),
+                        state: "left".into(),
+                    });
                 }
                 ack(reference, None, Some(&room))
             }
@@ -74,17 +84,26 @@ impl Session {
                 }
                 ack(reference, Some(&receipt), None)
             }
-            (Kind::Read, Outcome::ReadState(state)) => protocol::encode(&ServerMsg::Ack {
-                reference: reference.map(b),
-                id: None,
-                seq: None,
-                ts: None,
-                room: Some(b(&state.room)),
-                name: None,
-                read: Some(state.read),
-                unread: Some(state.unread),
-                mentions: Some(state.mentions),
-            }),
+            (Kind::Read, Outcome::ReadState(state)) => {
+                // The user's other connections show the same counts.
+                self.tell_own(ServerMsg::Read {
+                    room: state.room.to_string().into(),
+                    read: state.read,
+                    unread: state.unread,
+                    mentions: state.mentions,
+                });
+                protocol::encode(&ServerMsg::Ack {
+                    reference: reference.map(b),
+                    id: None,
+                    seq: None,
+                    ts: None,
+                    room: Some(b(&state.room)),
+                    name: None,
+                    read: Some(state.read),
+                    unread: Some(state.unread),
+                    mentions: Some(state.mentions),
+                })
+            }
             (Kind::Pm, Outcome::Sent(receipt)) => {
                 if let Some(to) = &receipt.to {
                     self.typing.clear(&TypingTarget::User(to.clone()));

@@ -116,6 +116,9 @@ impl Broker for Scripted {
     fn announce(&self, t: Ticket, me: &Member, text: &str) -> Answer {
         self.script(t, me, self.inner.announce(t, me, text))
     }
+    fn to_own(&self, me: &Member, event: crate::protocol::ServerMsg<'static>) {
+        self.inner.to_own(me, event)
+    }
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]) {
         self.inner.disconnect(me, rooms)
     }

@@ -179,7 +179,7 @@
   }
 
   // ---- unread, mentions, notifications (unread.js) ----------------------------------------
-  const { notice, markRead, updateTitle, keptRooms } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
+  const { notice, markRead, syncRead, updateTitle, keptRooms } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) {
       const c = currentConv();
@@ -463,6 +463,14 @@
           if (r.type !== 'history') return;
           for (const x of r.messages || []) showMessage(c, x, { live: false, inOrder: true });
         });
+        break;
+      }
+      case 'read': case 'membership': {
+        // Another device of this account read a room, or joined or left one: the same here.
+        const name = clean(m.room); const c = st.convs.get(roomKey(name));
+        if (m.type === 'read') syncRead(c, m);
+        else if (m.state === 'joined' && !c) send({ type: 'join', room: name }, (r) => { if (r.type === 'room') applyView(r); });
+        else if (m.state === 'left' && c) leave(c);
         break;
       }
       case 'error': noteHere(errorText(m), 'error'); break;

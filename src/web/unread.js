@@ -37,6 +37,18 @@ const chatdUnread = ({ st, send, nearBottom, currentConv, renderRooms }) => {
     }, c.readSent ? 1000 : 0);
   }
 
+  /** Another device of the account read `c` (a `read` event): the same counts here. */
+  function syncRead(c, m) {
+    if (!c) return;
+    c.readSent = Math.max(c.readSent || 0, m.read || 0);
+    if (st.current !== c.key || document.hidden) {
+      c.unread = Math.min(m.unread || 0, 999);
+      c.mention = (m.mentions || 0) > 0;
+    }
+    renderRooms();
+    updateTitle();
+  }
+
   function updateTitle() {
     let unread = 0;
     for (const c of st.convs.values()) unread += c.unread;
@@ -71,5 +83,5 @@ const chatdUnread = ({ st, send, nearBottom, currentConv, renderRooms }) => {
     return join;
   }
 
-  return { notice, markRead, updateTitle, keptRooms };
+  return { notice, markRead, syncRead, updateTitle, keptRooms };
 };

@@ -432,6 +432,40 @@ const scenarios = {
     noProblems(page, /WebSocket connection to .* failed/);
   },
 
+  /**
+   * Two devices of one account (two pages): both signed in at once; a room joined on one is
+   * joined on the other; a mention read on one clears the badge on the other, and a reload of
+   * the other keeps it cleared (the server has the marker).
+   */
+  async twoDevices() {
+    const signIn = async (page) => {
+      await page.getByLabel('Name').fill('ann');
+      await page.getByLabel('Password').fill('ann password');
+      await page.getByRole('button', { name: 'Join chat' }).click();
+      await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    };
+    const laptop = await visit('laptop');
+    await signIn(laptop);
+    const phone = await visit('phone', { viewport: { width: 1024, height: 700 } });
+    await signIn(phone);
+    await write(laptop, '/join dev');
+    await laptop.getByRole('heading', { name: '#dev' }).waitFor({ timeout: WAIT });
+    // The phone joins #dev too, told by the server; it stays on #lobby.
+    await conversation(phone, '#dev').waitFor({ timeout: WAIT });
+    const { said } = await ask({ op: 'say_in_dev', text: '@ann deploy done' });
+    check(said, 'the other client said it');
+    await see(laptop, 'deploy done');
+    // The laptop shows #dev: it read the mention, so the phone's badge goes.
+    await conversation(phone, '#dev').getByLabel(/unread/).waitFor({ state: 'detached', timeout: WAIT });
+    await phone.screenshot({ path: `${SHOTS}/two-devices-phone.png` });
+    await phone.reload();
+    await signIn(phone);
+    await conversation(phone, '#dev').waitFor({ timeout: WAIT });
+    await count(conversation(phone, '#dev').getByLabel(/unread/), 0, 'still read after a reload');
+    noProblems(laptop);
+    noProblems(phone, /WebSocket connection to .* failed/);
+  },
+
   /** The page over https connects over wss:// to the same origin. */
   async tls() {
     const page = await open('secure', { https: true });

@@ -369,8 +369,28 @@ async fn cluster_nodes_share_accounts_through_postgresql() {
     assert_eq!(w["type"], "welcome", "{w}");
     let (_, taken) = register(b.addr, "NINA", "other password").await;
     assert_eq!(taken["code"], "name_taken", "{taken}");
+    // Her second device, on the other node: told of what the first does.
+    let (mut on_b, w) = sign_in(b.addr, "nina", "nina's password").await;
+    assert_eq!(
+        (&w["type"], &w["sessions"]),
+        (&json!("welcome"), &json!(2)),
+        "{w}"
+    );
     let r = on_a.request(json!({"type": "join", "room": "dev"})).await;
     assert_eq!(r["type"], "room", "{r}");
+    let m = on_b.find(|v| v["type"] == "membership").await;
+    assert_eq!(
+        (&m["room"], &m["state"]),
+        (&json!("dev"), &json!("joined")),
+        "{m}"
+    );
+    let r = on_a
+        .request(json!({"type": "read", "room": "lobby", "seq": 0}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(on_b.find(|v| v["type"] == "read").await["room"], "lobby");
+    on_b.ws.close(None).await.ok();
+    drop(on_b);
     on_a.ws.close(None).await.ok();
     drop(on_a);
     // Someone on node b mentions her while she is away: kept in PostgreSQL.
@@ -796,4 +816,77 @@ fn chatctl_shows_unread_counts_from_the_server_and_reads_the_room_on_screen() {
     }
     tmux.keys(&["C-d"]);
     tmux.wait_for("a clean exit", |s| s.contains("EXIT=0"));
+}
+
+/// Two devices of one account: each hears the other's lines; a `read` on one reaches the other
+/// (`{"type":"read",...}`, counts and all); joining or leaving a room on one tells the other
+/// (`membership`); the others see the account once.
+#[tokio::test]
+async fn two_devices_of_one_account_share_read_state_and_rooms() {
+    let (server, _dir, _) = server(|c| c.limits.rate_per_sec = 0.0).await;
+    let (mut phone, w) = register(server.addr, "ann", "ann's password").await;
+    assert_eq!(w["sessions"], 1, "{w}");
+    let (mut laptop, w) = sign_in(server.addr, "ann", "ann's password").await;
+    assert_eq!(
+        (&w["type"], &w["sessions"]),
+        (&json!("welcome"), &json!(2)),
+        "{w}"
+    );
+    let (mut bob, w) = register(server.addr, "bob", "bob's password").await;
+    assert_eq!(names_of(&w["users"]), ["ann", "bob"], "ann once: {w}");
+    for text in ["hello @ann", "anyone?"] {
+        let r = bob.request(json!({"type": "say", "text": text})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    for c in [&mut phone, &mut laptop] {
+        c.find(|v| v["type"] == "message" && v["text"] == "anyone?")
+            .await;
+    }
+    let r = phone
+        .request(json!({"type": "read", "room": "lobby", "seq": 1}))
+        .await;
+    assert_eq!(
+        (&r["unread"], &r["mentions"]),
+        (&json!(1), &json!(0)),
+        "{r}"
+    );
+    let seen = laptop.find(|v| v["type"] == "read").await;
+    assert_eq!(
+        seen,
+        json!({"type": "read", "room": "lobby", "read": 1, "unread": 1, "mentions": 0})
+    );
+    let r = phone
+        .request(json!({"type": "read", "room": "lobby", "seq": 2}))
+        .await;
+    assert_eq!(r["unread"], 0, "{r}");
+    let seen = laptop.find(|v| v["type"] == "read").await;
+    assert_eq!(
+        (&seen["read"], &seen["unread"]),
+        (&json!(2), &json!(0)),
+        "also at 0"
+    );
+
+    let r = phone.request(json!({"type": "join", "room": "dev"})).await;
+    assert_eq!(r["type"], "room", "{r}");
+    let m = laptop.find(|v| v["type"] == "membership").await;
+    assert_eq!(
+        m,
+        json!({"type": "membership", "room": "dev", "state": "joined"})
+    );
+    let r = phone.request(json!({"type": "leave", "room": "dev"})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let m = laptop.find(|v| v["type"] == "membership").await;
+    assert_eq!(m["state"], "left", "{m}");
+    // Bob never saw a second `joined` for ann, nor her reads.
+    let r = bob.request(json!({"type": "who"})).await;
+    assert_eq!(names_of(&r["users"]), ["ann", "bob"], "{r}");
+    server.stop().await;
+}
+
+fn names_of(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect()
 }

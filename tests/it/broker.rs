@@ -184,6 +184,11 @@ impl Broker for LateBroker {
         let text = text.to_string();
         self.later(t, me, move |b, me| b.announce(t, me, &text))
     }
+    fn to_own(&self, me: &Member, event: chatd::protocol::ServerMsg<'static>) {
+        let me = me.clone();
+        let job: Job = Box::new(move |broker| broker.to_own(&me, event));
+        let _ = self.jobs.try_send(job);
+    }
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]) {
         let (me, rooms) = (me.clone(), rooms.to_vec());
         let job: Job = Box::new(move |broker| broker.disconnect(&me, &rooms));

@@ -369,6 +369,40 @@ fn in_accounts_mode_the_page_registers_and_signs_in() {
     });
 }
 
+/// Accounts mode: two pages of one account at once share rooms and read state.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
+#[test]
+fn two_pages_of_one_account_share_rooms_and_read_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = [
+        ("CHATD_AUTH__MODE", "accounts".to_string()),
+        ("CHATD_STORAGE__PATH", db),
+        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".to_string()),
+        ("CHATD_AUTH__ARGON2_ITERATIONS", "1".to_string()),
+    ];
+    let d = start_with(&env);
+    for name in ["ann", "bob"] {
+        let mut c = SyncClient::connect(d.addr);
+        c.send(json!({"type": "register", "name": name, "password": format!("{name} password")}));
+        let w = c.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+        assert_eq!(w["type"], "welcome", "{w}");
+    }
+    let mut bob = SyncClient::connect(d.addr);
+    bob.send(json!({"type": "hello", "name": "bob", "password": "bob password"}));
+    bob.recv_until(|v| v["type"] == "welcome");
+    run("twoDevices", &page_url(d.addr), |r| {
+        bob.send(json!({"type": "join", "room": "dev", "id": "j"}));
+        bob.recv_until(|v| v["ref"] == "j");
+        bob.send(json!({"type": "say", "room": "dev", "text": r["text"], "id": "s"}));
+        let ack = bob.recv_until(|v| v["ref"] == "s");
+        json!({ "said": ack["type"] == "ack" })
+    });
+}
+
 #[cfg_attr(
     chatd_no_browser,
     ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"

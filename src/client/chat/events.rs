@@ -193,6 +193,47 @@ impl Chat {
                     }
                 }
             }
+            ServerMsg::Read {
+                room,
+                unread,
+                mentions,
+                ..
+            } => {
+                // Read on another device: the same counts here.
+                let room = room.to_string();
+                self.unread.retain(|(r, _, _)| *r != room);
+                if *unread > 0 && self.current.as_deref() != Some(&room) {
+                    let count = (*unread).min(999) as usize;
+                    self.unread.push((room, count, *mentions > 0));
+                }
+            }
+            ServerMsg::Membership { room, state } => {
+                // Joined or left on another device: the account's rooms are the same here.
+                let room = super::room_key(room);
+                let here = self.rooms.contains(&room);
+                if state == "joined" && !here {
+                    self.rooms.push(room.clone());
+                    self.outbox.push_back(Outgoing {
+                        msg: ClientMsg::Join {
+                            room,
+                            since: None,
+                            epoch: None,
+                        },
+                        pending: Pending::Rejoin,
+                        bytes: 0,
+                    });
+                } else if state == "left" && here {
+                    self.rooms.retain(|r| *r != room);
+                    if self.current.as_deref() == Some(&room) {
+                        self.current = self.rooms.first().cloned();
+                    }
+                    self.outbox.push_back(Outgoing {
+                        msg: ClientMsg::Leave { room: room.clone() },
+                        pending: Pending::Leave { room },
+                        bytes: 0,
+                    });
+                }
+            }
             ServerMsg::Resync { room, epoch } => {
                 // What is on screen may have holes: number afresh, and show the recent history
                 // (after the line saying so).

@@ -331,6 +331,19 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
                 sanitize(room)
             ),
         )),
+        ServerMsg::Membership { room, state } => one(Line::info(
+            LineKind::Info,
+            format!(
+                "{now} -!- {} #{} on another device",
+                if state == "left" {
+                    "you left"
+                } else {
+                    "you joined"
+                },
+                sanitize(room)
+            ),
+        )),
+        ServerMsg::Read { .. } => Vec::new(),
         ServerMsg::Notice { from, text } => one(Line::new(
             LineKind::Notice,
             format!("{now} -!- notice from "),

@@ -491,6 +491,10 @@ impl Broker for RedisBroker {
         self.queue(me, Op::Announce(t, text.into()))
     }
 
+    fn to_own(&self, me: &Member, event: crate::protocol::ServerMsg<'static>) {
+        self.queue(me, Op::ToOwn(Box::new(event)));
+    }
+
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]) {
         self.queue(me, Op::Disconnect(rooms.to_vec()));
     }

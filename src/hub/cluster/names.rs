@@ -329,6 +329,33 @@ impl Inner {
         Ok(Outcome::Relayed)
     }
 
+    /// Hands `event` to `me`'s user's other connections, on whichever nodes they are.
+    pub(super) async fn to_own(&self, me: &Member, event: ServerMsg<'static>) -> Done {
+        if !self.settings.hub.owned_names {
+            return Ok(());
+        }
+        let x = self.me_id(me);
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (node, conn, ..) in self.owners(me.name()).await? {
+            if *node == *self.node && conn == me.conn() {
+                continue;
+            }
+            let mut env = Envelope::new(&x, event.clone());
+            env.to = Some(conn);
+            pipe.cmd("PUBLISH")
+                .arg(self.redis.node_channel(&node))
+                .arg(env.json())
+                .ignore();
+            any = true;
+        }
+        if any {
+            let mut conn = self.redis.conn().await?;
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
     /// Takes `name` out of every room, every connection of theirs (`kicked` to those who stay)
     /// and frees the name, then tells their nodes to close the connections. The reply waits
     /// until this node has delivered the `kicked` events, so an admin in the room sees the kick

@@ -56,6 +56,8 @@ pub(super) enum Op {
     /// Another node's admin kicked this member.
     Kicked(String),
     Disconnect(Vec<Arc<str>>),
+    /// An event for the user's other connections (`Broker::to_own`).
+    ToOwn(Box<ServerMsg<'static>>),
 }
 
 impl Op {
@@ -75,7 +77,7 @@ impl Op {
             | Kick(t, ..)
             | Nick(t, ..)
             | Announce(t, ..) => Some(*t),
-            Kicked(..) | Disconnect(..) => None,
+            Kicked(..) | Disconnect(..) | ToOwn(..) => None,
         }
     }
 
@@ -106,6 +108,7 @@ impl Op {
             Nick(..) => "nick",
             Announce(..) => "announce",
             Disconnect(..) => "disconnect",
+            ToOwn(..) => "own",
         }
     }
 
@@ -584,6 +587,7 @@ impl Inner {
                 me.answer(t, Outcome::Done);
                 Ok(())
             }
+            Op::ToOwn(event) => self.to_own(me, *event).await,
             Op::Disconnect(rooms) => {
                 // The name first: whoever sees the `left` may take it at once.
                 self.release(me).await?;

@@ -524,6 +524,15 @@ impl Broker for LocalBroker {
         now(Outcome::Done)
     }
 
+    fn to_own(&self, me: &Member, event: ServerMsg<'static>) {
+        let mine: Vec<Member> = lock(&self.directory)
+            .users
+            .get(&protocol::name_key(&me.name))
+            .map(|s| s.iter().filter(|m| m.conn != me.conn).cloned().collect())
+            .unwrap_or_default();
+        self.delivery.deliver(&mine, &event, None);
+    }
+
     fn disconnect(&self, me: &Member, rooms: &[Arc<str>]) {
         let mut dir = lock(&self.directory);
         for name in rooms {
