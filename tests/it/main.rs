@@ -1,6 +1,6 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
-mod accounts;
+pub(crate) mod accounts;
 mod bench;
 mod binary;
 mod broker;
@@ -19,6 +19,7 @@ mod ops;
 mod plain;
 mod postgres_server;
 mod proxied;
+mod read_state;
 mod redis_server;
 mod security;
 mod sessions;
