@@ -48,6 +48,7 @@ const chatdKit = (() => {
     forbidden: 'Not allowed.',
     unavailable: 'The server could not do that.',
     unconfirmed: 'Not confirmed in time: it may have been sent. Check the conversation before sending it again.',
+    too_many_sessions: 'You are connected from too many places at once; close one first.',
   };
   const errorText = (e) => `${ERRORS[e.code] || 'Error.'} (${clean(e.message)})`;
 
