@@ -57,6 +57,13 @@ pub enum Request {
         /// An invite code (`auth.registration = "invite"`).
         invite: Option<String>,
     },
+    /// A token vouched for `name` (with `role`): its rooms and read state, for the welcome.
+    Resume {
+        /// The name the token is for.
+        name: String,
+        /// The role the token grants.
+        role: Role,
+    },
     /// The signed-in account `name` has read `room` up to `seq`.
     Read {
         /// The account's name.
@@ -176,6 +183,8 @@ pub struct Accounts {
     work: Arc<Work>,
     registration: Registration,
     min_chars: usize,
+    /// Accounts mode (passwords, registration); false in token mode.
+    passwords: bool,
     metrics: Metrics,
 }
 
@@ -214,7 +223,12 @@ impl Accounts {
         metrics: &Metrics,
         store: Option<Arc<crate::store::Store>>,
     ) -> Result<Option<Arc<Accounts>>, ConfigError> {
-        if config.auth.mode != crate::config::AuthMode::Accounts {
+        // Accounts mode; and token mode with a store: a token's `sub` is an account too, whose
+        // rooms and read state are kept the same way (no passwords, no registration).
+        let passwords = config.auth.mode == crate::config::AuthMode::Accounts;
+        let kept = crate::store::StoreSettings::from_config(config).is_some();
+        let tokens = config.auth.mode == crate::config::AuthMode::Token;
+        if !(passwords || tokens && kept) {
             return Ok(None);
         }
         let a = &config.auth;
@@ -265,6 +279,7 @@ impl Accounts {
             work,
             registration: a.registration,
             min_chars: a.password_min_chars,
+            passwords,
             metrics: metrics.clone(),
         })))
     }
@@ -295,6 +310,11 @@ impl Accounts {
 
     fn admit(&self, request: &Request, ip: IpAddr) -> Result<(), Denied> {
         let now = Instant::now();
+        if !self.passwords && matches!(request, Request::SignIn { .. } | Request::Register { .. }) {
+            return Err(Denied::Closed(
+                "this server gives names with tokens: say hello with one",
+            ));
+        }
         let mut throttle = lock(&self.work.throttle);
         match request {
             Request::SignIn { name, password } => {
@@ -329,7 +349,7 @@ impl Accounts {
                 throttle.registrations.take(&ip, now);
                 Ok(())
             }
-            Request::Read { .. } => Ok(()),
+            Request::Read { .. } | Request::Resume { .. } => Ok(()),
         }
     }
 
@@ -429,6 +449,16 @@ fn run(work: &Work, queue: &Mutex<Receiver<Job>>) {
             ),
             Request::Read { name, room, seq } => {
                 (job.reply)(rooms::read(work, &name, &room, seq).map(Done::Read));
+                continue;
+            }
+            Request::Resume { name, role } => {
+                // A store that cannot answer costs the welcome its rooms, not the hello.
+                let key = protocol::name_key(&name);
+                let rooms = rooms::states(work, &key, &name).unwrap_or_else(|e| {
+                    warn!(error = %e, "accounts: cannot read memberships");
+                    Vec::new()
+                });
+                (job.reply)(Ok(Done::SignedIn(SignedIn { name, role, rooms })));
                 continue;
             }
         };

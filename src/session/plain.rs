@@ -22,7 +22,7 @@ impl Session {
         }
         let line = text.trim();
         if !self.welcomed {
-            if self.chat.accounts.is_some() {
+            if self.chat.config.auth.mode == crate::config::AuthMode::Accounts {
                 out.push(ACCOUNT_REQUIRED.into());
                 return Flow::Close(CloseReason::TokenRequired);
             }

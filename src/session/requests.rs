@@ -142,6 +142,11 @@ impl Session {
                 ..
             } if self.me.is_none() && !self.signing_in => {
                 match self.authenticate(&name, token.as_deref()) {
+                    // A token's account: its rooms and read state first (with a store).
+                    Ok(role) if self.chat.accounts.is_some() => {
+                        let request = crate::accounts::Request::Resume { name, role };
+                        self.sign_in(request, room.as_deref(), resume(since, epoch), id, out);
+                    }
                     Ok(role) => {
                         let resume = resume(since, epoch);
                         let joining = Joining {
@@ -357,7 +362,7 @@ impl Session {
     /// In token mode, the role a valid token grants `name`; a failure closes the connection (1008)
     /// after the `unauthorized` error, and the name is not taken. In open mode everyone is a user.
     fn authenticate(&mut self, name: &str, token: Option<&str>) -> Result<Role, Refusal> {
-        let accounts = self.chat.accounts.is_some();
+        let accounts = self.chat.config.auth.mode == crate::config::AuthMode::Accounts;
         let verifier = match &self.chat.auth {
             Some(verifier) if token.is_some() || !accounts => verifier,
             _ if accounts => {

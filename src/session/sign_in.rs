@@ -32,9 +32,10 @@ impl Session {
         let name = match &request {
             Request::SignIn { name, .. }
             | Request::Register { name, .. }
+            | Request::Resume { name, .. }
             | Request::Read { name, .. } => name.clone(),
         };
-        if let Request::Register { .. } = &request
+        if let Request::Register { .. } | Request::Resume { .. } = &request
             && let Some(r) = super::requests::name_refusal(&name)
         {
             return self.refuse(r, id.as_deref(), out);

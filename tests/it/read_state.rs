@@ -336,3 +336,60 @@ fn names_of(list: &Value) -> Vec<&str> {
         .map(|u| u["name"].as_str().unwrap())
         .collect()
 }
+
+/// Token mode with a store: a token's subject is an account too, with rooms that stay joined and
+/// read markers; registering or a password is refused (names come from tokens).
+#[tokio::test]
+async fn with_tokens_and_a_store_rooms_and_read_state_are_kept_too() {
+    use crate::helpers::{Client, token_for};
+    use chatd::config::{AuthMode, Secret};
+    use chatd::protocol::Role;
+    const SECRET: &str = "read-state-token-secret-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let server = TestServer::with(|c| {
+        c.auth.mode = AuthMode::Token;
+        c.auth.secret = Secret::new(SECRET);
+        c.storage.path = db.clone();
+    })
+    .await;
+    let hello = |name: &str| {
+        let token = token_for(SECRET, name, Role::User);
+        json!({"type": "hello", "name": name, "token": token})
+    };
+    let mut kim = Client::connect(server.addr).await;
+    let w = kim.request(hello("kim")).await;
+    assert_eq!(listed(&w), ["lobby"], "{w}");
+    let r = kim.request(json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(r["type"], "room", "{r}");
+    let r = kim
+        .request(json!({"type": "register", "name": "kim", "password": "long enough"}))
+        .await;
+    assert_eq!(r["code"], "already_welcomed", "{r}");
+    let mut other = Client::connect(server.addr).await;
+    let r = other
+        .request(json!({"type": "register", "name": "zed", "password": "long enough"}))
+        .await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let mut lee = Client::connect(server.addr).await;
+    assert_eq!(lee.request(hello("lee")).await["type"], "welcome");
+    let r = lee.request(json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(r["type"], "room", "{r}");
+    let r = lee
+        .request(json!({"type": "say", "room": "ops", "text": "@kim ping"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    kim.ws.close(None).await.ok();
+    drop(kim);
+    // A new connection (the token is the same account): the rooms and what is unread.
+    let mut again = Client::connect(server.addr).await;
+    let w = again.request(hello("kim")).await;
+    assert_eq!(listed(&w), ["lobby", "ops"], "{w}");
+    let ops = room_state(&w, "ops");
+    assert_eq!(
+        (&ops["unread"], &ops["mentions"]),
+        (&json!(1), &json!(1)),
+        "{w}"
+    );
+    server.stop().await;
+}
