@@ -344,6 +344,8 @@
     st.altTries = 0;
     st.restarting = false;
     setStatus(`Connected as ${st.name}`);
+    // Under another name because ours was taken (our own dropped connection): ask for it back.
+    clearInterval(st.reclaim); if (st.asked && st.name !== st.asked) st.reclaim = setInterval(reclaim, 5000);
     $('me-name').textContent = st.name;
     localStorage.setItem('chatd.name', st.wanted);
     const home = applyView(w);
@@ -488,6 +490,13 @@
   }
 
   // ---- the connection ----------------------------------------------------------------------
+  function reclaim() {
+    if (st.welcomed) send({ type: 'nick', name: st.asked }, (r) => {
+      if (r.type !== 'ack' || !r.name) return;
+      clearInterval(st.reclaim); st.name = clean(r.name); st.wanted = st.asked;
+      setStatus(`Connected as ${st.name}`); $('me-name').textContent = st.name;
+      noteHere(`${st.name} is free again: you are ${st.name}.`);
+    }); }
   function setStatus(text, offline = false) {
     const s = $('status');
     s.textContent = text;
@@ -763,7 +772,7 @@
       $('login-name').focus();
       return;
     }
-    st.wanted = name;
+    st.wanted = name; st.asked = name;
     st.token = $('login-token').value.trim();
     st.password = $('login-password').value;
     st.register = $('login-register').checked;

@@ -628,3 +628,23 @@ fn version_and_token_file() {
         "{err}"
     );
 }
+
+/// The name comes back: after a drop chatctl went on as `henry2`; once the server lets the old
+/// connection go (two ping intervals), chatctl asks for `henry` again and is henry.
+#[test]
+fn a_fallback_name_is_given_back_once_the_name_is_free() {
+    let d = Daemon::start(&[], &[("CHATD_SERVER__PING_INTERVAL_SECS", "1")]);
+    let proxy = crate::helpers::Proxy::to(d.addr);
+    let mut cmd = chatctl_command();
+    cmd.args(["--url", &format!("ws://{}", proxy.addr), "connect", "henry"]);
+    let mut henry = Proc::spawn(cmd);
+    henry.expect_out("welcome, henry!");
+    proxy.cut();
+    henry.expect_err("the name henry is taken; trying henry2");
+    henry.expect_out("welcome, henry2!");
+    henry.expect_err("henry is free again: you are henry");
+    henry.write_line("back");
+    henry.expect_out("#lobby <henry> back");
+    henry.close_stdin();
+    assert_eq!(henry.wait_exit(), Some(0));
+}

@@ -71,6 +71,10 @@ pub struct BenchOptions {
     pub until_close: bool,
     /// Print a line (and keep a record) every this often during the send phase.
     pub report_every: Option<Duration>,
+    /// Token mode: each hello carries a token minted from this secret.
+    pub secret: Option<crate::config::Secret>,
+    /// Consecutive clients that are one user (with tokens).
+    pub sessions_per_user: usize,
 }
 
 /// `chatctl bench`'s arguments.
@@ -130,6 +134,12 @@ pub struct BenchArgs {
     /// During the send phase, print deliveries, p99 and server RSS/fds every this many seconds.
     #[arg(long, value_name = "SECS")]
     pub report_every: Option<f64>,
+    /// Token mode: sign each hello with a token minted from the secret in this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// With --secret-file, this many clients in a row are one user (several connections each).
+    #[arg(long, default_value_t = 1, requires = "secret_file")]
+    pub sessions_per_user: usize,
 }
 
 impl BenchArgs {
@@ -155,6 +165,11 @@ impl BenchArgs {
             timeout: Duration::from_secs_f64(self.duration),
             connect_concurrency: 64,
             until_close: self.until_close,
+            secret: self.secret_file.map(|f| {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                crate::config::Secret::new(text.trim_end_matches(['\r', '\n']))
+            }),
+            sessions_per_user: self.sessions_per_user.max(1),
             report_every: self
                 .report_every
                 .filter(|s| *s > 0.0)
@@ -558,7 +573,7 @@ async fn client(
     all_connected: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let room = format!("bench{}", i % opts.rooms);
-    let name = format!("b{i}");
+    let name = format!("b{}", i / opts.sessions_per_user.max(1));
     let mut ws = {
         let _permit = gate.acquire().await?;
         open(i, &opts, &name, &room).await?

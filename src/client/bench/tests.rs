@@ -3,7 +3,7 @@ use super::*;
 #[test]
 fn hand_encoded_frames_are_what_the_server_parses() {
     use crate::protocol::{ClientMsg, parse_request};
-    let hello = parse_request(&hello_frame("b7", "bench3")).unwrap();
+    let hello = parse_request(&hello_frame("b7", "bench3", None)).unwrap();
     assert_eq!(
         hello.msg,
         ClientMsg::Hello {
@@ -15,6 +15,8 @@ fn hand_encoded_frames_are_what_the_server_parses() {
             epoch: None,
         }
     );
+    let signed = parse_request(&hello_frame("b7", "bench3", Some("a.b-c_d"))).unwrap();
+    assert!(matches!(signed.msg, ClientMsg::Hello { token: Some(t), .. } if t == "a.b-c_d"));
     let text = payload(3, 17, 123456, 100);
     let say = parse_request(&say_frame("bench3", &text)).unwrap();
     assert_eq!(

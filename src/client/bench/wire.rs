@@ -12,8 +12,13 @@ use super::{BenchOptions, connect};
 
 /// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
 /// server parses it as the protocol's hello).
-pub(super) fn hello_frame(name: &str, room: &str) -> String {
-    format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#)
+pub(super) fn hello_frame(name: &str, room: &str, token: Option<&str>) -> String {
+    match token {
+        Some(token) => {
+            format!(r#"{{"type":"hello","name":"{name}","room":"{room}","token":"{token}"}}"#)
+        }
+        None => format!(r#"{{"type":"hello","name":"{name}","room":"{room}"}}"#),
+    }
 }
 
 /// A say, encoded by hand on the hot path: payloads are `~`, digits, `:` and `x`, which need no
@@ -56,7 +61,17 @@ pub(super) async fn open(
         }
         return Ok(ws);
     }
-    ws.send(Message::text(hello_frame(name, room))).await?;
+    let token = match &opts.secret {
+        Some(secret) => {
+            let rules = crate::auth::Rules::from_config(&crate::config::AuthConfig::default());
+            let ttl = std::time::Duration::from_secs(3600);
+            let role = crate::protocol::Role::User;
+            Some(crate::auth::mint(secret, name, role, ttl, &rules).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    ws.send(Message::text(hello_frame(name, room, token.as_deref())))
+        .await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.contains(r#""type":"welcome""#) => {

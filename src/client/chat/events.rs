@@ -14,8 +14,24 @@ impl Chat {
         let clock = Clock::now();
         let answered = msg.reference().and_then(|r| self.pending.remove(r));
         match (msg, answered) {
-            // A read marker chatctl moved itself: nothing to show.
-            (ServerMsg::Ack { .. } | ServerMsg::Error { .. }, Some(Pending::Read)) => return,
+            // A read marker chatctl moved itself, or a name still taken: nothing to show.
+            (ServerMsg::Ack { .. } | ServerMsg::Error { .. }, Some(Pending::Read))
+            | (ServerMsg::Error { .. }, Some(Pending::Reclaim)) => return,
+            (
+                ServerMsg::Ack {
+                    name: Some(name), ..
+                },
+                Some(Pending::Reclaim),
+            ) => {
+                self.nick = name.to_string();
+                self.reclaim_at = None;
+                self.note(
+                    ui,
+                    LineKind::Info,
+                    format!("{name} is free again: you are {name}"),
+                );
+                return;
+            }
             (ServerMsg::Ack { ts, name, seq, .. }, Some(p)) => {
                 if let Some(line) = self.own_line(&p, LineKind::Own, ts.as_deref())
                     && !json

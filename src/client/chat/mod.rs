@@ -41,6 +41,8 @@ const OUTBOX_LINES: usize = 1000;
 const OUTBOX_BYTES: usize = 1 << 20;
 /// Alternative names tried when the name is taken.
 const ALT_NICK_TRIES: usize = 5;
+/// How often chatctl asks for its name back while going by another.
+const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 /// How often a `read` is sent for the room on screen while messages arrive.
 const READ_EVERY: Duration = Duration::from_secs(2);
 /// Members remembered per room, for completion.
@@ -147,6 +149,8 @@ enum Pending {
     Rejoin,
     /// A `read` chatctl sends itself for the room on screen (accounts mode).
     Read,
+    /// A `nick` back to the name asked for, once it is free again (open mode).
+    Reclaim,
     /// A page of messages missed in `room` while away (`history` with `after`).
     CatchUp {
         room: String,
@@ -179,6 +183,8 @@ struct Chat {
     keeps_read: bool,
     /// The last `read` sent per room: the seq, and when.
     read_sent: HashMap<String, (u64, Instant)>,
+    /// Going by another name than the one asked for (it was taken): when to ask for it again.
+    reclaim_at: Option<Instant>,
     /// Sent, not yet answered, by request id.
     pending: HashMap<String, Pending>,
     /// Waiting to be sent, in order.
@@ -215,6 +221,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         unread: Vec::new(),
         keeps_read: false,
         read_sent: HashMap::new(),
+        reclaim_at: None,
         pending: HashMap::new(),
         outbox: VecDeque::new(),
         outbox_bytes: 0,
@@ -441,6 +448,9 @@ impl Chat {
             }
         }
         self.on_event(welcome, &welcome_json(welcome), ui);
+        // Under another name because ours was taken (our own dropped connection, say): ask for
+        // it back now and then, once the server has let it go.
+        self.reclaim_at = (self.nick != self.opts.name).then(|| Instant::now() + RECLAIM_EVERY);
         // Rejoin the other rooms first, before anything the user queued, from where we were.
         for room in self.rooms.iter().skip(1).rev() {
             let seen = self.seen.get(room);
@@ -531,7 +541,7 @@ impl Chat {
         let unanswered = self
             .pending
             .values()
-            .filter(|p| !matches!(p, Pending::Rejoin | Pending::Read))
+            .filter(|p| !matches!(p, Pending::Rejoin | Pending::Read | Pending::Reclaim))
             .count();
         if unanswered > 0 {
             self.note(
@@ -558,6 +568,7 @@ impl Chat {
             let full = self.outbox.len() >= OUTBOX_LINES || self.outbox_bytes >= OUTBOX_BYTES;
             let read_input = !(self.eof || full && ui.may_wait());
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let reclaim = self.reclaim_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 ev = ui.next_input(), if read_input => match ev {
                     UiEvent::Eof => self.eof = true,
@@ -606,6 +617,14 @@ impl Chat {
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or(far)), if expiry.is_some() => {
                     self.typing.expire(Instant::now());
+                }
+                _ = tokio::time::sleep_until(reclaim.unwrap_or(far)), if reclaim.is_some() => {
+                    self.reclaim_at = Some(Instant::now() + RECLAIM_EVERY);
+                    self.outbox.push_back(Outgoing {
+                        msg: ClientMsg::Nick { name: self.opts.name.clone() },
+                        pending: Pending::Reclaim,
+                        bytes: 0,
+                    });
                 }
             }
             ui.update(&self.status());

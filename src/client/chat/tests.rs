@@ -36,6 +36,7 @@ fn chat() -> Chat {
         unread: Vec::new(),
         keeps_read: false,
         read_sent: HashMap::new(),
+        reclaim_at: None,
         pending: HashMap::new(),
         outbox: VecDeque::new(),
         outbox_bytes: 0,
