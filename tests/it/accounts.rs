@@ -37,16 +37,26 @@ pub(crate) async fn server(
     (server, dir, kept.unwrap())
 }
 
-pub(crate) async fn register(
+/// A new connection's `register` (or, with `kind` "hello", its sign-in), and the reply.
+async fn with_password(
     addr: std::net::SocketAddr,
+    kind: &str,
     name: &str,
     password: &str,
 ) -> (Client, Value) {
     let mut c = Client::connect(addr).await;
     let reply = c
-        .request(json!({"type": "register", "name": name, "password": password}))
+        .request(json!({"type": kind, "name": name, "password": password}))
         .await;
     (c, reply)
+}
+
+pub(crate) async fn register(
+    addr: std::net::SocketAddr,
+    name: &str,
+    password: &str,
+) -> (Client, Value) {
+    with_password(addr, "register", name, password).await
 }
 
 pub(crate) async fn sign_in(
@@ -54,11 +64,18 @@ pub(crate) async fn sign_in(
     name: &str,
     password: &str,
 ) -> (Client, Value) {
-    let mut c = Client::connect(addr).await;
-    let reply = c
-        .request(json!({"type": "hello", "name": name, "password": password}))
-        .await;
-    (c, reply)
+    with_password(addr, "hello", name, password).await
+}
+
+/// The environment of a real chatd in accounts mode on the SQLite file `db`, with Argon2 cheap
+/// enough for a debug build.
+pub(crate) fn accounts_env(db: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHATD_AUTH__MODE", "accounts".into()),
+        ("CHATD_STORAGE__PATH", db.into()),
+        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".into()),
+        ("CHATD_AUTH__ARGON2_ITERATIONS", "1".into()),
+    ]
 }
 
 /// Signs in once the account's last connection has gone (the server sees it close a moment after
@@ -444,10 +461,7 @@ async fn chatd_user_and_invite_work_beside_a_running_server() {
     let run = |args: &[&str], stdin: &str| {
         let mut cmd = chatd_command();
         cmd.args(args)
-            .env("CHATD_AUTH__MODE", "accounts")
-            .env("CHATD_STORAGE__PATH", &db)
-            .env("CHATD_AUTH__ARGON2_MEMORY_KIB", "64")
-            .env("CHATD_AUTH__ARGON2_ITERATIONS", "1")
+            .envs(accounts_env(&db))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -525,13 +539,9 @@ fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
     use crate::helpers::{Daemon, Proc, Proxy, chatctl_command};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db").display().to_string();
-    let env = [
-        ("CHATD_AUTH__MODE", "accounts"),
-        ("CHATD_STORAGE__PATH", db.as_str()),
-        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64"),
-        ("CHATD_AUTH__ARGON2_ITERATIONS", "1"),
-        ("CHATD_SERVER__PING_INTERVAL_SECS", "1"),
-    ];
+    let mut env = accounts_env(&db);
+    env.push(("CHATD_SERVER__PING_INTERVAL_SECS", "1".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let d = Daemon::start(&[], &env);
     let proxy = Proxy::to(d.addr);
     let password = dir.path().join("password");

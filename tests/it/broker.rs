@@ -198,7 +198,8 @@ impl Broker for LateBroker {
 }
 
 /// Runs each contract test against every backend (the cluster broker on a Redis of its own,
-/// marked ignored, with the reason, where redis-server is not installed).
+/// marked ignored, with the reason, where redis-server is not installed). Other modules use it
+/// too (`sessions`): the tests are `async fn(Backend)` beside the invocation.
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod local {

@@ -319,13 +319,7 @@ fn in_token_mode_the_page_asks_for_the_token() {
 fn in_accounts_mode_the_page_registers_and_signs_in() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db").display().to_string();
-    let env = [
-        ("CHATD_AUTH__MODE", "accounts".to_string()),
-        ("CHATD_STORAGE__PATH", db.clone()),
-        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".to_string()),
-        ("CHATD_AUTH__ARGON2_ITERATIONS", "1".to_string()),
-    ];
-    let d = start_with(&env);
+    let d = start_with(&crate::accounts::accounts_env(&db));
     let mut register = SyncClient::connect(d.addr);
     register.send(json!({"type": "register", "name": "watcher", "password": "watcher password"}));
     let w = register.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
@@ -378,13 +372,7 @@ fn in_accounts_mode_the_page_registers_and_signs_in() {
 fn two_pages_of_one_account_share_rooms_and_read_state() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db").display().to_string();
-    let env = [
-        ("CHATD_AUTH__MODE", "accounts".to_string()),
-        ("CHATD_STORAGE__PATH", db),
-        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64".to_string()),
-        ("CHATD_AUTH__ARGON2_ITERATIONS", "1".to_string()),
-    ];
-    let d = start_with(&env);
+    let d = start_with(&crate::accounts::accounts_env(&db));
     for name in ["ann", "bob"] {
         let mut c = SyncClient::connect(d.addr);
         c.send(json!({"type": "register", "name": name, "password": format!("{name} password")}));

@@ -206,6 +206,21 @@ pub(crate) struct Tmux {
 }
 
 impl Tmux {
+    /// A 100×20 terminal running `cmd` (a shell line), as session `chat`.
+    pub(crate) fn start(&self, cmd: &str) {
+        self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "20",
+            cmd,
+        ]);
+    }
+
     pub(crate) fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket])
@@ -266,17 +281,7 @@ fn interactive_prompt_survives_incoming_messages_and_sends_typing() {
         env!("CARGO_BIN_EXE_chatctl"),
         d.addr
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &cmd,
-    ]);
+    tmux.start(&cmd);
     tmux.wait_for("the welcome", |s| s.contains("welcome, henry!"));
     assert_eq!(alice.recv_until(|v| v["type"] == "joined")["name"], "henry");
 

@@ -3,6 +3,7 @@
 pub(crate) mod accounts;
 mod bench;
 mod binary;
+#[macro_use]
 mod broker;
 mod browser;
 mod chat;

@@ -187,12 +187,8 @@ fn chatctl_shows_unread_counts_from_the_server_and_reads_the_room_on_screen() {
     use crate::helpers::{Daemon, SyncClient};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db").display().to_string();
-    let env = [
-        ("CHATD_AUTH__MODE", "accounts"),
-        ("CHATD_STORAGE__PATH", db.as_str()),
-        ("CHATD_AUTH__ARGON2_MEMORY_KIB", "64"),
-        ("CHATD_AUTH__ARGON2_ITERATIONS", "1"),
-    ];
+    let env = crate::accounts::accounts_env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let d = Daemon::start(&[], &env);
     let account = |name: &str, register: bool| {
         let mut c = SyncClient::connect(d.addr);
@@ -228,17 +224,7 @@ fn chatctl_shows_unread_counts_from_the_server_and_reads_the_room_on_screen() {
         d.addr,
         password.display()
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "20",
-        &cmd,
-    ]);
+    tmux.start(&cmd);
     tmux.wait_for("the unread counts", |s| s.contains("Act: #dev(2!)"));
     tmux.keys(&["/room dev", "Enter"]);
     tmux.wait_for("the switch", |s| s.contains("now talking in #dev"));

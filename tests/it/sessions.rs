@@ -12,24 +12,6 @@ use chatd::protocol::Role;
 
 const SECRET: &str = "sessions-test-secret-0123456789abcdef0123";
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test] async fn $test() { super::$test(super::Backend::Local).await })*
-        }
-        mod late {
-            $(#[tokio::test] async fn $test() { super::$test(super::Backend::Late).await })*
-        }
-        mod redis {
-            $(
-                #[cfg_attr(chatd_no_redis, ignore = "needs redis-server (apt install redis-server)")]
-                #[tokio::test]
-                async fn $test() { super::$test(super::Backend::Redis).await }
-            )*
-        }
-    };
-}
-
 contract!(
     two_connections_of_one_user_are_one_person,
     past_the_most_connections_a_hello_is_refused,
