@@ -9,7 +9,9 @@
 //!   Argon2 check and get the same `unauthorized`;
 //! - failed sign-ins are limited per account name and per address, registrations per address
 //!   (`throttle`, tables bounded in entries), before any hashing is queued;
-//! - at most [`QUEUE`] requests wait for the hashing threads; past that, `unavailable`.
+//! - at most [`QUEUE`] requests wait for the hashing threads (and as many for the store to
+//!   commit what was acknowledged before them, so that counts include it); past that,
+//!   `unavailable` (a token's hello goes on without its rooms instead).
 
 pub mod admin;
 mod password;
@@ -138,7 +140,15 @@ struct Job {
     request: Request,
     ip: IpAddr,
     reply: Reply,
+    /// The store's mark when the job was asked for: it runs once that is committed (or
+    /// [`COMMIT_WAIT`] has passed), so counts include what was acknowledged before it.
+    after: Option<u64>,
+    /// When it was asked for.
+    at: Instant,
 }
+
+/// How long a job waits at most for the store to commit what came before it.
+const COMMIT_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Throttle {
@@ -156,9 +166,7 @@ struct Work {
     throttle: Mutex<Throttle>,
     notes: Mutex<rooms::Notes>,
     max_rooms: usize,
-    /// How long a count waits for the store to commit what was acknowledged before it.
-    commit_wait: Duration,
-    /// The broker's store: counts wait for its commits.
+    /// The broker's store: how far past what is stored a seq someone saw can be.
     store: Option<Arc<crate::store::Store>>,
     /// Hashing threads still running: the last to stop drops the connection.
     running: AtomicUsize,
@@ -254,7 +262,6 @@ impl Accounts {
             throttle,
             notes: Mutex::new(rooms::Notes::default()),
             max_rooms: config.limits.max_rooms_per_user,
-            commit_wait: Duration::from_millis(config.storage.commit_interval_ms.max(50) * 4),
             store,
             running: AtomicUsize::new(a.hash_threads.max(1)),
             metrics: metrics.clone(),
@@ -289,17 +296,28 @@ impl Accounts {
     /// name or address is over its limits, or too many requests wait.
     pub fn submit(&self, request: Request, ip: IpAddr, reply: Reply) -> Result<(), Denied> {
         let ip = crate::addr::address_key(ip);
+        let counted = matches!(request, Request::SignIn { .. } | Request::Register { .. });
         let result = self.admit(&request, ip).and_then(|()| {
             let jobs = lock(&self.jobs);
             let Some(jobs) = jobs.as_ref() else {
                 return Err(Denied::Unavailable);
             };
-            jobs.try_send(Job { request, ip, reply })
-                .map_err(|e| match e {
-                    TrySendError::Full(_) | TrySendError::Disconnected(_) => Denied::Unavailable,
-                })
+            let after = self.work.store.as_ref().map(|s| s.queued_mark());
+            let at = Instant::now();
+            jobs.try_send(Job {
+                request,
+                ip,
+                reply,
+                after,
+                at,
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(_) | TrySendError::Disconnected(_) => Denied::Unavailable,
+            })
         });
-        if let Err(denied) = &result {
+        if let Err(denied) = &result
+            && counted
+        {
             self.metrics
                 .sign_ins
                 .with_label_values(&[result_label(denied)])
@@ -420,55 +438,93 @@ fn result_label(denied: &Denied) -> &'static str {
 }
 
 fn run(work: &Work, queue: &Mutex<Receiver<Job>>) {
+    // Jobs waiting for the store to commit what came before them, oldest first: held here, so
+    // the thread goes on with others meanwhile.
+    let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     loop {
         rooms::write_notes(work, false);
-        let job = match lock(queue).recv_timeout(rooms::WRITE_EVERY) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => {
-                // Closing: what waits is written, and the connection ends on this thread.
-                rooms::write_notes(work, true);
-                if work.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    lock(&work.db).take();
+        let ready = |job: &Job| {
+            job.at.elapsed() >= COMMIT_WAIT
+                || match (&work.store, job.after) {
+                    (Some(store), Some(mark)) => store.committed_past(mark),
+                    _ => true,
                 }
-                return;
+        };
+        let job = if waiting.front().is_some_and(ready) {
+            waiting.pop_front()
+        } else if waiting.len() >= QUEUE {
+            // As many wait here as may wait in the queue: the queue fills, and refuses, first.
+            std::thread::sleep(Duration::from_millis(5));
+            None
+        } else {
+            let wait = if waiting.is_empty() {
+                rooms::WRITE_EVERY
+            } else {
+                Duration::from_millis(5)
+            };
+            match lock(queue).recv_timeout(wait) {
+                Ok(job) if ready(&job) => Some(job),
+                Ok(job) => {
+                    waiting.push_back(job);
+                    None
+                }
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Closing: what waits is answered, what is noted written, and the
+                    // connection ends on this thread.
+                    for job in waiting.drain(..) {
+                        serve(work, job);
+                    }
+                    rooms::write_notes(work, true);
+                    if work.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        lock(&work.db).take();
+                    }
+                    return;
+                }
             }
         };
-        let (result, ok) = match job.request {
-            Request::SignIn { name, password } => (
-                sign_in(work, &name, &password, job.ip).map(Done::SignedIn),
-                "ok",
-            ),
-            Request::Register {
-                name,
-                password,
-                invite,
-            } => (
-                register(work, &name, &password, invite.as_deref()).map(Done::SignedIn),
-                "registered",
-            ),
-            Request::Read { name, room, seq } => {
-                (job.reply)(rooms::read(work, &name, &room, seq).map(Done::Read));
-                continue;
-            }
-            Request::Resume { name, role } => {
-                // A store that cannot answer costs the welcome its rooms, not the hello.
-                let key = protocol::name_key(&name);
-                let rooms = rooms::states(work, &key, &name).unwrap_or_else(|e| {
-                    warn!(error = %e, "accounts: cannot read memberships");
-                    Vec::new()
-                });
-                (job.reply)(Ok(Done::SignedIn(SignedIn { name, role, rooms })));
-                continue;
-            }
-        };
-        let label = match &result {
-            Ok(_) => ok,
-            Err(denied) => result_label(denied),
-        };
-        work.metrics.sign_ins.with_label_values(&[label]).inc();
-        (job.reply)(result);
+        if let Some(job) = job {
+            serve(work, job);
+        }
     }
+}
+
+/// Carries out one job and answers it.
+fn serve(work: &Work, job: Job) {
+    let (result, ok) = match job.request {
+        Request::SignIn { name, password } => (
+            sign_in(work, &name, &password, job.ip).map(Done::SignedIn),
+            "ok",
+        ),
+        Request::Register {
+            name,
+            password,
+            invite,
+        } => (
+            register(work, &name, &password, invite.as_deref()).map(Done::SignedIn),
+            "registered",
+        ),
+        Request::Read { name, room, seq } => {
+            (job.reply)(rooms::read(work, &name, &room, seq).map(Done::Read));
+            return;
+        }
+        Request::Resume { name, role } => {
+            // A store that cannot answer costs the welcome its rooms, not the hello.
+            let key = protocol::name_key(&name);
+            let rooms = rooms::states(work, &key, &name).unwrap_or_else(|e| {
+                warn!(error = %e, "accounts: cannot read memberships");
+                Vec::new()
+            });
+            (job.reply)(Ok(Done::SignedIn(SignedIn { name, role, rooms })));
+            return;
+        }
+    };
+    let label = match &result {
+        Ok(_) => ok,
+        Err(denied) => result_label(denied),
+    };
+    work.metrics.sign_ins.with_label_values(&[label]).inc();
+    (job.reply)(result);
 }
 
 fn shown(name: &str) -> String {

@@ -161,17 +161,9 @@ fn state(work: &Work, key: &str, name: &str, room: &str, read: u64) -> Result<Ro
     })
 }
 
-/// Waits (a little) until the store has committed every message acknowledged so far, so that
-/// counts include them.
-fn caught_up(work: &Work) {
-    if let Some(store) = &work.store {
-        store.sync(work.commit_wait);
-    }
-}
-
-/// Every room of the account, with what is unread in each (a sign-in).
+/// Every room of the account, with what is unread in each (a sign-in), counted once the store
+/// has committed what was acknowledged before the request (the job waited for that).
 pub(super) fn states(work: &Work, key: &str, name: &str) -> Result<Vec<RoomState>, String> {
-    caught_up(work);
     memberships(work, key)?
         .into_iter()
         .map(|(room, read)| state(work, key, name, &room, read))
@@ -193,9 +185,8 @@ pub(super) fn read(work: &Work, name: &str, room: &str, seq: u64) -> Result<Room
     };
     let mut read = (*marker).max(seq);
     if read > *marker {
-        // What the client saw is committed once the store has caught up; past the head, the
-        // marker stops at it.
-        caught_up(work);
+        // The job waited (without holding this thread) until what was acknowledged before it
+        // was committed: past the room's last stored message, the marker stops there.
         let head = with_db(work, |db| db.unread(&key, name, room, i64::MAX as u64))
             .map_err(unavailable)?
             .head;

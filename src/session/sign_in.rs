@@ -49,11 +49,25 @@ impl Session {
         let mailbox = self.mailbox.clone();
         let asked = name.clone();
         let reply = late(mailbox, ticket, asked);
+        let token = match &request {
+            Request::Resume { role, .. } => Some(*role),
+            _ => None,
+        };
         match accounts.submit(request, self.ip, reply) {
             Ok(()) => {
                 self.signing_in = true;
                 let kind = Kind::SignIn { room, resume };
                 self.slots.wait(ticket, kind, id, self.request_bytes);
+            }
+            // A token vouched for the name already: too busy to list its rooms is no reason to
+            // refuse it (a crowd reconnecting at once), so it is welcomed without them.
+            Err(_) if token.is_some() => {
+                let joining = super::requests::Joining {
+                    room: Some(&room),
+                    resume: resume.as_ref(),
+                };
+                let role = token.unwrap_or_default();
+                self.hello(&name, joining, Mode::Json, role, id, out);
             }
             Err(denied) => self.refuse(refusal(&denied, &name), id.as_deref(), out),
         }

@@ -622,6 +622,20 @@ impl Store {
         lock(&self.shared.progress).committed >= generation
     }
 
+    /// A mark of everything queued so far: [`Store::committed_past`] says when it is all
+    /// committed. For readers beside the store that must see what was acknowledged before them
+    /// without blocking on it (the accounts service).
+    pub fn queued_mark(&self) -> u64 {
+        self.shared.queue().queued
+    }
+
+    /// Whether everything queued up to `mark` is committed (or writes fail: then it never will
+    /// be, and waiting is pointless).
+    pub fn committed_past(&self, mark: u64) -> bool {
+        lock(&self.shared.progress).committed >= mark
+            || !self.shared.writes_ok.load(Ordering::Relaxed)
+    }
+
     /// How far a cluster's numbering skips when Redis restarted empty: what eight nodes
     /// configured like this one can hold numbered and not yet committed.
     pub fn restart_gap(&self) -> u64 {

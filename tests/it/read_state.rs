@@ -379,3 +379,39 @@ async fn with_tokens_and_a_store_rooms_and_read_state_are_kept_too() {
     );
     server.stop().await;
 }
+
+/// A crowd of token holders connecting at once (a restart, say) is welcomed whole: past what the
+/// accounts service can list rooms for at once, a token's hello goes on without the list rather
+/// than be refused.
+#[tokio::test]
+async fn a_crowd_of_token_holders_is_welcomed_even_past_the_accounts_queue() {
+    use crate::helpers::{Client, token_for};
+    use chatd::config::{AuthMode, Secret};
+    use chatd::protocol::Role;
+    const SECRET: &str = "crowd-token-secret-0123456789abcdef012345";
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let server = TestServer::with(|c| {
+        c.auth.mode = AuthMode::Token;
+        c.auth.secret = Secret::new(SECRET);
+        c.storage.path = db.clone();
+        c.server.connect_rate_per_ip = 0.0;
+        c.server.max_connections_per_ip = 0;
+        c.limits.presence_batch_over = 50;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..300 {
+        let mut c = Client::connect(server.addr).await;
+        let name = format!("crowd{i}");
+        let token = token_for(SECRET, &name, Role::User);
+        c.send(json!({"type": "hello", "name": name, "token": token, "id": "h"}))
+            .await;
+        clients.push(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let w = c.find(|v| v["ref"] == "h").await;
+        assert_eq!(w["type"], "welcome", "crowd{i}: {w}");
+    }
+    server.stop().await;
+}
