@@ -183,19 +183,21 @@ pub(super) fn read(work: &Work, name: &str, room: &str, seq: u64) -> Result<Room
     let Some((_, marker)) = rooms.iter().find(|(r, _)| r == room) else {
         return Err(Denied::NotMember);
     };
-    let mut read = (*marker).max(seq);
-    if read > *marker {
+    let marker = *marker;
+    let read = marker.max(seq);
+    let mut state = state(work, &key, name, room, read).map_err(unavailable)?;
+    if read > state.head && read > marker {
         // The job waited (without holding this thread) until what was acknowledged before it
         // was committed: past the room's last stored message, the marker stops there.
-        let head = with_db(work, |db| db.unread(&key, name, room, i64::MAX as u64))
-            .map_err(unavailable)?
-            .head;
-        read = read.min(head).max(*marker);
+        let cut = state.head.max(marker);
+        state = self::state(work, &key, name, room, cut).map_err(unavailable)?;
+    }
+    if state.read > marker {
         let change = Change {
             joined: None,
-            read: Some(read),
+            read: Some(state.read),
         };
         note(work, &key, room, change);
     }
-    state(work, &key, name, room, read).map_err(unavailable)
+    Ok(state)
 }

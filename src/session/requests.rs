@@ -405,20 +405,25 @@ impl Session {
                 return self.emit(vec![frame], out);
             }
         };
+        self.take_name(name.into(), role, mode, &room);
+        let resume = joining.resume;
+        self.call(Kind::Hello, reference, out, |b, t, me| {
+            b.hello(t, me, &room, resume)
+        });
+    }
+
+    /// The connection is `name` from now on (its hello goes to the broker next), in `room`.
+    pub(super) fn take_name(&mut self, name: Arc<str>, role: Role, mode: Mode, room: &Arc<str>) {
         self.mode = mode;
         self.me = Some(Member::new(
             self.conn,
-            Arc::from(name),
+            name,
             role,
             mode == Mode::Plain,
             self.ip,
             self.mailbox.clone(),
         ));
         self.rooms.push(room.clone());
-        let resume = joining.resume;
-        self.call(Kind::Hello, reference, out, |b, t, me| {
-            b.hello(t, me, &room, resume)
-        });
     }
 
     /// `nick`: names follow the hello's rules; in token mode names come from tokens.

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::slots::Answered;
 use super::{Kind, Mode, Session};
 use crate::accounts::{Denied, Done, Reply, Request, RoomState};
-use crate::hub::{Answer, Late, Member, Outcome, Refusal, Resume};
+use crate::hub::{Answer, Late, Outcome, Refusal, Resume};
 use crate::protocol::{self, ErrorCode};
 
 impl Session {
@@ -141,13 +141,11 @@ impl Session {
             }
             _ => return,
         };
-        self.mode = Mode::Json;
-        let me = Member::new(self.conn, name, role, false, self.ip, self.mailbox.clone());
-        self.me = Some(me.clone());
-        self.rooms.push(room.clone());
+        self.take_name(name, role, Mode::Json, &room);
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let answer = self.chat.broker.hello(ticket, &me, &room, resume.as_ref());
+        let Some(me) = &self.me else { return };
+        let answer = self.chat.broker.hello(ticket, me, &room, resume.as_ref());
         match answer {
             Answer::Now(outcome) => {
                 let frames = self.apply(&Kind::Hello, reference.as_deref(), outcome);

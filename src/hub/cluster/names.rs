@@ -170,15 +170,7 @@ impl Inner {
         let Some((_, _, _, name)) = targets.first().cloned() else {
             return Ok(Refusal::no_such_user(to).into());
         };
-        let mine: Vec<_> = if self.settings.hub.owned_names {
-            self.owners(me.name())
-                .await?
-                .into_iter()
-                .filter(|(node, conn, ..)| !(*node == *self.node && *conn == me.conn()))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mine = self.own_others(me).await?;
         let keep = self.settings.hub.store_pms && self.store.is_some();
         if keep && let Err(refusal) = self.admits(text.len() + me.name().len() + name.len()) {
             return Ok(refusal.into());
@@ -227,14 +219,7 @@ impl Inner {
                 .arg(env.json())
                 .ignore();
         }
-        for (node, conn_id, ..) in &mine {
-            let mut env = Envelope::new(&x, event.clone());
-            env.to = Some(*conn_id);
-            pipe.cmd("PUBLISH")
-                .arg(self.redis.node_channel(node))
-                .arg(env.json())
-                .ignore();
-        }
+        self.publish_to(&mut pipe, &x, &event, &mine);
         pipe.query_async::<()>(&mut conn).await?;
         // Answer before the op's own deadline, which would count it as Redis failing.
         let margin = (self.settings.op_timeout / 8).min(Duration::from_millis(100));
@@ -313,17 +298,11 @@ impl Inner {
             state,
         };
         let mut pipe = redis::pipe();
-        for (node, conn, ..) in targets
-            .iter()
+        let others: Vec<_> = targets
+            .into_iter()
             .filter(|t| !t.3.eq_ignore_ascii_case(me.name()))
-        {
-            let mut env = Envelope::new(&x, event.clone());
-            env.to = Some(*conn);
-            pipe.cmd("PUBLISH")
-                .arg(self.redis.node_channel(node))
-                .arg(env.json())
-                .ignore();
-        }
+            .collect();
+        self.publish_to(&mut pipe, &x, &event, &others);
         let mut conn = self.redis.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
         Ok(Outcome::Relayed)
@@ -331,29 +310,43 @@ impl Inner {
 
     /// Hands `event` to `me`'s user's other connections, on whichever nodes they are.
     pub(super) async fn to_own(&self, me: &Member, event: ServerMsg<'static>) -> Done {
-        if !self.settings.hub.owned_names {
+        let mine = self.own_others(me).await?;
+        if mine.is_empty() {
             return Ok(());
         }
-        let x = self.me_id(me);
         let mut pipe = redis::pipe();
-        let mut any = false;
-        for (node, conn, ..) in self.owners(me.name()).await? {
-            if *node == *self.node && conn == me.conn() {
-                continue;
-            }
-            let mut env = Envelope::new(&x, event.clone());
-            env.to = Some(conn);
+        self.publish_to(&mut pipe, &self.me_id(me), &event, &mine);
+        let mut conn = self.redis.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// `me`'s user's other connections (none in open mode, where a name has one).
+    async fn own_others(&self, me: &Member) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
+        if !self.settings.hub.owned_names {
+            return Ok(Vec::new());
+        }
+        let mut all = self.owners(me.name()).await?;
+        all.retain(|(node, conn, ..)| !(*node == *self.node && *conn == me.conn()));
+        Ok(all)
+    }
+
+    /// Queues in `pipe` one envelope of `event` (from `x`) for each of `conns`, to its node.
+    fn publish_to(
+        &self,
+        pipe: &mut redis::Pipeline,
+        x: &str,
+        event: &ServerMsg<'_>,
+        conns: &[(String, ConnId, Role, String)],
+    ) {
+        for (node, conn, ..) in conns {
+            let mut env = Envelope::new(x, event.clone());
+            env.to = Some(*conn);
             pipe.cmd("PUBLISH")
-                .arg(self.redis.node_channel(&node))
+                .arg(self.redis.node_channel(node))
                 .arg(env.json())
                 .ignore();
-            any = true;
         }
-        if any {
-            let mut conn = self.redis.conn().await?;
-            pipe.query_async::<()>(&mut conn).await?;
-        }
-        Ok(())
     }
 
     /// Takes `name` out of every room, every connection of theirs (`kicked` to those who stay)

@@ -69,7 +69,9 @@ impl Inner {
             here.count = *user_count;
         }
         let except = except_conn(&env.x, &self.node);
-        if let ServerMsg::Typing { from, .. } = event {
+        if let ServerMsg::Typing { from, .. } = event
+            && self.settings.hub.owned_names
+        {
             // Never to the typer's own other connections.
             let others = here
                 .members

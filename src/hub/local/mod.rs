@@ -250,17 +250,7 @@ impl Broker for LocalBroker {
         // Every connection of the recipient, and the sender's other ones (their copy).
         let (targets, mine) = {
             let dir = lock(&self.directory);
-            let targets = dir
-                .users
-                .get(&protocol::name_key(to))
-                .cloned()
-                .unwrap_or_default();
-            let mine: Vec<Member> = dir
-                .users
-                .get(&protocol::name_key(&me.name))
-                .map(|s| s.iter().filter(|m| m.conn != me.conn).cloned().collect())
-                .unwrap_or_default();
-            (targets, mine)
+            (dir.sessions(to).to_vec(), dir.other_sessions(me))
         };
         let Some(target) = targets.first() else {
             return now(Refusal::no_such_user(to));
@@ -314,21 +304,18 @@ impl Broker for LocalBroker {
                         state,
                     };
                     let members = lock(&r.state);
-                    // Never to one's own other connections.
+                    // Never to one's own other connections (open mode has none: no compare).
+                    let owned = self.limits.owned_names;
                     let others = members
                         .members
                         .iter()
-                        .filter(|m| !m.name.eq_ignore_ascii_case(&me.name));
+                        .filter(|m| !owned || !m.name.eq_ignore_ascii_case(&me.name));
                     self.delivery.deliver(others, &event, Some(me.conn));
                 }
                 now(Outcome::Relayed)
             }
             TypingTo::User(name) => {
-                let targets = lock(&self.directory)
-                    .users
-                    .get(&protocol::name_key(name))
-                    .cloned()
-                    .unwrap_or_default();
+                let targets = lock(&self.directory).sessions(name).to_vec();
                 let Some(target) = targets.first() else {
                     return now(Refusal::no_such_user(name));
                 };
@@ -525,11 +512,7 @@ impl Broker for LocalBroker {
     }
 
     fn to_own(&self, me: &Member, event: ServerMsg<'static>) {
-        let mine: Vec<Member> = lock(&self.directory)
-            .users
-            .get(&protocol::name_key(&me.name))
-            .map(|s| s.iter().filter(|m| m.conn != me.conn).cloned().collect())
-            .unwrap_or_default();
+        let mine = lock(&self.directory).other_sessions(me);
         self.delivery.deliver(&mine, &event, None);
     }
 

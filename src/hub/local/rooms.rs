@@ -102,18 +102,26 @@ impl Directory {
         }
     }
 
-    /// The other connections of `me`'s user (none in open mode).
-    pub(super) fn others(&self, me: &Member) -> Vec<ConnId> {
+    /// The connections of the user called `name`, oldest first (none: not online).
+    pub(super) fn sessions(&self, name: &str) -> &[Member] {
         self.users
-            .get(&protocol::name_key(&me.name))
-            .map(|sessions| {
-                sessions
-                    .iter()
-                    .map(|m| m.conn)
-                    .filter(|c| *c != me.conn)
-                    .collect()
-            })
-            .unwrap_or_default()
+            .get(&protocol::name_key(name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The other connections of `me`'s user (none in open mode).
+    pub(super) fn other_sessions(&self, me: &Member) -> Vec<Member> {
+        let all = self.sessions(&me.name);
+        all.iter().filter(|m| m.conn != me.conn).cloned().collect()
+    }
+
+    /// The other connections of `me`'s user, by id.
+    pub(super) fn others(&self, me: &Member) -> Vec<ConnId> {
+        let all = self.sessions(&me.name);
+        all.iter()
+            .map(|m| m.conn)
+            .filter(|c| *c != me.conn)
+            .collect()
     }
 
     /// Someone else online whose name looks like `name` (not `name` itself, in any case).
