@@ -206,9 +206,11 @@ pub(crate) struct Tmux {
 }
 
 impl Tmux {
-    /// A 100×20 terminal running `cmd` (a shell line), as session `chat`.
-    pub(crate) fn start(&self, cmd: &str) {
-        self.run(&[
+    /// A terminal 100 columns wide and `rows` high running `cmd` (a shell line), as session
+    /// `chat`.
+    pub(crate) fn start(&self, rows: u16, cmd: &str) {
+        let rows = rows.to_string();
+        let args = [
             "new-session",
             "-d",
             "-s",
@@ -216,9 +218,10 @@ impl Tmux {
             "-x",
             "100",
             "-y",
-            "20",
+            &rows,
             cmd,
-        ]);
+        ];
+        self.run(&args);
     }
 
     pub(crate) fn run(&self, args: &[&str]) -> String {
@@ -281,7 +284,7 @@ fn interactive_prompt_survives_incoming_messages_and_sends_typing() {
         env!("CARGO_BIN_EXE_chatctl"),
         d.addr
     );
-    tmux.start(&cmd);
+    tmux.start(20, &cmd);
     tmux.wait_for("the welcome", |s| s.contains("welcome, henry!"));
     assert_eq!(alice.recv_until(|v| v["type"] == "joined")["name"], "henry");
 
@@ -560,17 +563,7 @@ fn interactive_own_lines_paste_check_and_completion() {
         env!("CARGO_BIN_EXE_chatctl"),
         d.addr
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "chat",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &cmd,
-    ]);
+    tmux.start(30, &cmd);
     tmux.wait_for("the welcome", |s| s.contains("welcome, henry!"));
 
     tmux.keys(&["hello there", "Enter"]);

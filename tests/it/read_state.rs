@@ -224,7 +224,7 @@ fn chatctl_shows_unread_counts_from_the_server_and_reads_the_room_on_screen() {
         d.addr,
         password.display()
     );
-    tmux.start(&cmd);
+    tmux.start(20, &cmd);
     tmux.wait_for("the unread counts", |s| s.contains("Act: #dev(2!)"));
     tmux.keys(&["/room dev", "Enter"]);
     tmux.wait_for("the switch", |s| s.contains("now talking in #dev"));
@@ -323,22 +323,29 @@ fn names_of(list: &Value) -> Vec<&str> {
         .collect()
 }
 
+const SECRET: &str = "read-state-token-secret-0123456789abcdef";
+
+/// Token mode (signed with [`SECRET`]) on an SQLite file in a directory of its own.
+async fn token_server(edit: impl FnOnce(&mut chatd::Config)) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let server = TestServer::with(|c| {
+        c.auth.mode = chatd::config::AuthMode::Token;
+        c.auth.secret = chatd::config::Secret::new(SECRET);
+        c.storage.path = db;
+        edit(c);
+    })
+    .await;
+    (server, dir)
+}
+
 /// Token mode with a store: a token's subject is an account too, with rooms that stay joined and
 /// read markers; registering or a password is refused (names come from tokens).
 #[tokio::test]
 async fn with_tokens_and_a_store_rooms_and_read_state_are_kept_too() {
     use crate::helpers::{Client, token_for};
-    use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
-    const SECRET: &str = "read-state-token-secret-0123456789abcdef";
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db").display().to_string();
-    let server = TestServer::with(|c| {
-        c.auth.mode = AuthMode::Token;
-        c.auth.secret = Secret::new(SECRET);
-        c.storage.path = db.clone();
-    })
-    .await;
+    let (server, _dir) = token_server(|_| {}).await;
     let hello = |name: &str| {
         let token = token_for(SECRET, name, Role::User);
         json!({"type": "hello", "name": name, "token": token})
@@ -386,15 +393,8 @@ async fn with_tokens_and_a_store_rooms_and_read_state_are_kept_too() {
 #[tokio::test]
 async fn a_crowd_of_token_holders_is_welcomed_even_past_the_accounts_queue() {
     use crate::helpers::{Client, token_for};
-    use chatd::config::{AuthMode, Secret};
     use chatd::protocol::Role;
-    const SECRET: &str = "crowd-token-secret-0123456789abcdef012345";
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("chat.db").display().to_string();
-    let server = TestServer::with(|c| {
-        c.auth.mode = AuthMode::Token;
-        c.auth.secret = Secret::new(SECRET);
-        c.storage.path = db.clone();
+    let (server, _dir) = token_server(|c| {
         c.server.connect_rate_per_ip = 0.0;
         c.server.max_connections_per_ip = 0;
         c.limits.presence_batch_over = 50;
