@@ -97,6 +97,8 @@ pub struct RoomState {
     pub unread: u64,
     /// Those that mention the account (`@name`).
     pub mentions: u64,
+    /// The room's numbering as stored (empty: nothing stored).
+    pub epoch: String,
     /// The room's last stored seq.
     pub head: u64,
 }

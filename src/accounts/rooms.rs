@@ -144,6 +144,7 @@ fn memberships(work: &Work, key: &str) -> Result<Vec<(String, u64)>, String> {
 /// A room's state for the account `key` (called `name`) with its marker at `read`.
 fn state(work: &Work, key: &str, name: &str, room: &str, read: u64) -> Result<RoomState, String> {
     let Unread {
+        epoch,
         head,
         count,
         mentioning,
@@ -157,6 +158,7 @@ fn state(work: &Work, key: &str, name: &str, room: &str, read: u64) -> Result<Ro
         read,
         unread: count,
         mentions,
+        epoch,
         head,
     })
 }

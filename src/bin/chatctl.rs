@@ -50,6 +50,9 @@ struct Cli {
     /// Sign in to an account, asking for the password on the terminal (not echoed).
     #[arg(long, global = true, conflicts_with_all = ["token", "token_file", "password_file"])]
     ask_password: bool,
+    /// What this connection is called in `/sessions` (servers with tokens or accounts).
+    #[arg(long, global = true, default_value = "chatctl", value_name = "NAME")]
+    device: String,
     /// Print every raw JSON event (connect) or the report as JSON (bench).
     #[arg(long, global = true)]
     json: bool,
@@ -62,7 +65,7 @@ enum Command {
     /// Join the chat as NAME. Interactive on a terminal; otherwise reads lines from stdin, sends
     /// them paced under the server's rate (commands work), prints events one per line, and exits
     /// once stdin closes and every line has been answered. Commands: /msg NAME text, /me action, /join ROOM, /leave [ROOM], /room ROOM, /rooms,
-    /// /who [ROOM], /history [N], /nick NAME, /help, /exit.
+    /// /who [ROOM], /history [N], /nick NAME, /sessions, /logout ID, /help, /exit.
     Connect {
         /// Your name: 1-32 of A-Z a-z 0-9 _ . -
         name: String,
@@ -252,6 +255,7 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, (String, u8)> {
         token,
         password,
         register: None,
+        device: Some(cli.device.clone()).filter(|d| !d.is_empty()),
     })
 }
 

@@ -46,6 +46,10 @@ pub enum Input {
     Nick(String),
     /// `/search words`.
     Search(String),
+    /// `/sessions`: one's connections.
+    Sessions,
+    /// `/logout ID`: close one of them.
+    Logout(String),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -70,6 +74,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("/history", "[N]", "the last N messages of the current room"),
     ("/nick", "NAME", "change your name"),
     ("/search", "words", "find messages in your rooms"),
+    ("/sessions", "", "your connections (tokens, accounts)"),
+    ("/logout", "ID", "close one of your connections"),
     ("/kick", "NAME [why]", "disconnect a user (admins)"),
     ("/announce", "text", "a notice to everyone online (admins)"),
     ("/help", "", "this help"),
@@ -145,6 +151,11 @@ pub fn parse_input(line: &str) -> Input {
             _ => Input::Hint("usage: /nick NAME".into()),
         },
         "search" => arg.map_or_else(|| Input::Hint("usage: /search words".into()), Input::Search),
+        "sessions" => Input::Sessions,
+        "logout" => match arg {
+            Some(id) if !id.contains(char::is_whitespace) => Input::Logout(id),
+            _ => Input::Hint("usage: /logout ID (see /sessions)".into()),
+        },
         "help" | "?" => Input::Help,
         "exit" | "quit" => Input::Exit,
         _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
@@ -200,6 +211,10 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
             room: None,
             limit: Some(20),
             before: None,
+        },
+        Input::Sessions => ClientMsg::Sessions,
+        Input::Logout(id) => ClientMsg::Logout {
+            session: id.clone(),
         },
         Input::Empty | Input::Room(_) | Input::Help | Input::Exit | Input::Hint(_) => return None,
     })
@@ -276,6 +291,9 @@ mod tests {
         assert!(matches!(parse_input("/dance"), Input::Hint(h) if h.contains("/help")));
         assert_eq!(parse_input("/nick henry2"), Input::Nick("henry2".into()));
         assert!(matches!(parse_input("/nick"), Input::Hint(_)));
+        assert_eq!(parse_input("/sessions"), Input::Sessions);
+        assert_eq!(parse_input("/logout 17"), Input::Logout("17".into()));
+        assert!(matches!(parse_input("/logout"), Input::Hint(_)));
     }
 
     #[test]

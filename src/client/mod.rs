@@ -64,6 +64,8 @@ pub struct Endpoint {
     /// Register the account (with this invite, if any) instead of signing in; once registered,
     /// reconnects sign in.
     pub register: Option<Option<String>>,
+    /// What `sessions` calls this connection.
+    pub device: Option<String>,
 }
 
 impl Endpoint {
@@ -226,6 +228,7 @@ pub(crate) async fn hello(
             password,
             invite: invite.clone(),
             room: Some(room.to_string()),
+            device: ep.device.clone(),
         },
         (_, password) => ClientMsg::Hello {
             name: name.to_string(),
@@ -238,6 +241,7 @@ pub(crate) async fn hello(
             password,
             since: resume.map(|(since, _)| since),
             epoch: resume.map(|(_, epoch)| epoch.to_string()),
+            device: ep.device.clone(),
         },
     };
     let request = Request::new("hello", msg);

@@ -134,6 +134,8 @@ struct State {
     closed: bool,
     /// An admin kicked this client, with this reason.
     kicked: Option<String>,
+    /// The user closed this connection from another (`logout`).
+    logged_out: bool,
     /// Entries for the connection's own task (late answers to its requests), opaque here.
     controls: Controls,
     /// While late answers wait for the connection's task: frames from this index on were queued
@@ -181,6 +183,8 @@ pub struct Signals {
     pub failed: bool,
     /// The client was kicked, with this reason: close it (1008) after what is queued.
     pub kicked: Option<String>,
+    /// The user logged this connection out from another: close it (1008).
+    pub logged_out: bool,
     /// Frames wait in the queue: the connection task must flush them.
     pub queued: bool,
     /// Control entries wait: the connection task must take them.
@@ -389,6 +393,7 @@ impl Mailbox {
             overflowed: state.overflowed,
             failed: state.failed,
             kicked: state.kicked.take(),
+            logged_out: state.logged_out,
             queued: !state.queue.is_empty(),
             controls: !state.controls.0.is_empty(),
         }
@@ -446,6 +451,17 @@ impl Mailbox {
     pub fn kick(&self, reason: String) {
         self.lock().kicked = Some(reason);
         self.notify.notify_one();
+    }
+
+    /// Tells the connection to close as logged out once it has written what is queued.
+    pub fn log_out(&self) {
+        self.lock().logged_out = true;
+        self.notify.notify_one();
+    }
+
+    /// Whether the connection was logged out (it is closing).
+    pub fn logged_out(&self) -> bool {
+        self.lock().logged_out
     }
 
     /// Refuses all further frames but keeps what is queued: the connection is closing, and only its

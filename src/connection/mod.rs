@@ -404,6 +404,7 @@ impl<H: Handler> Connection<H> {
         }
         match signals.kicked {
             Some(reason) => Err(End::Kicked(reason)),
+            None if signals.logged_out => Err(End::Close(CloseReason::LoggedOut)),
             None => Ok(()),
         }
     }

@@ -62,6 +62,31 @@ pub struct Member {
     /// The client's address, as per-address budgets count it (`addr::address_key`).
     ip: IpAddr,
     mailbox: Arc<Mailbox>,
+    /// What `sessions` shows of this connection (tokens and accounts).
+    about: Option<Arc<About>>,
+}
+
+/// What `sessions` shows of a connection besides its id: the device it named at `hello`, and
+/// when that was.
+#[derive(Debug)]
+pub struct About {
+    /// At most 32 characters.
+    pub device: Option<Arc<str>>,
+    /// A timestamp (`protocol::timestamp`).
+    pub since: Arc<str>,
+}
+
+/// One of a user's connections, as `sessions` lists it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// Its id (the local broker's connection number; a cluster's `node|conn`).
+    pub id: String,
+    /// The device it named.
+    pub device: Option<Arc<str>>,
+    /// When it said hello (empty when a cluster's Redis lost it).
+    pub since: Arc<str>,
+    /// The connection asking.
+    pub current: bool,
 }
 
 impl Member {
@@ -80,7 +105,40 @@ impl Member {
             plain,
             ip: crate::addr::address_key(ip),
             mailbox,
+            about: None,
         }
+    }
+
+    /// The same member, described for `sessions`.
+    pub(crate) fn with_about(mut self, about: About) -> Member {
+        self.about = Some(Arc::new(about));
+        self
+    }
+
+    /// What `sessions` shows of it.
+    pub fn about(&self) -> Option<&About> {
+        self.about.as_deref()
+    }
+
+    /// How `sessions` shows this connection, named `id`.
+    pub(crate) fn view(&self, id: String, current: bool) -> SessionView {
+        let about = self.about();
+        SessionView {
+            id,
+            device: about.and_then(|a| a.device.clone()),
+            since: about.map_or_else(|| "".into(), |a| a.since.clone()),
+            current,
+        }
+    }
+
+    /// Closes the connection as logged out (1008), after what is queued for it.
+    pub(crate) fn log_out(&self) {
+        self.mailbox.log_out();
+    }
+
+    /// Whether it was logged out (closing: `sessions` no longer lists it).
+    pub(crate) fn logged_out(&self) -> bool {
+        self.mailbox.logged_out()
     }
 
     /// The connection.
@@ -211,6 +269,8 @@ pub enum Outcome {
         /// The new name.
         name: Arc<str>,
     },
+    /// The user's connections, oldest first.
+    Sessions(Vec<SessionView>),
     /// Done, nothing to report (kick, announce).
     Done,
     /// Not a broker's: the accounts service signed the caller in as `name` (the session then
@@ -310,6 +370,15 @@ impl Refusal {
         Refusal::new(
             ErrorCode::NoSuchUser,
             format!("nobody called {shown:?} is online"),
+        )
+    }
+
+    /// `not_found`: `logout` of a session the user does not have.
+    pub fn no_such_session(id: &str) -> Refusal {
+        let shown: String = id.chars().take(64).collect();
+        Refusal::new(
+            ErrorCode::NotFound,
+            format!("you have no session {shown:?} (see `sessions`)"),
         )
     }
 
@@ -440,6 +509,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn nick(&self, ticket: Ticket, me: &Member, name: &str) -> Answer;
     /// A `notice` from `me` to everyone online. `Done`. Only admins get here.
     fn announce(&self, ticket: Ticket, me: &Member, text: &str) -> Answer;
+    /// `me`'s user's connections, oldest first: `Sessions`.
+    fn sessions(&self, ticket: Ticket, me: &Member) -> Answer;
+    /// Closes `me`'s user's connection `session` (1008 `logged out`), `me` itself included:
+    /// `Done`, or `not_found`.
+    fn logout(&self, ticket: Ticket, me: &Member, session: &str) -> Answer;
+    /// How `sessions` and `logout` name `me`.
+    fn session_id(&self, me: &Member) -> String {
+        me.conn().to_string()
+    }
     /// Hands `event` to `me`'s user's other connections (with tokens or accounts a user may have
     /// several): what one device did that the others should show (a read marker, a membership).
     /// Best effort, in order with `me`'s other calls; no answer.

@@ -36,6 +36,8 @@ pub enum CloseReason {
     HelloTimeout,
     /// An admin kicked the user (1008, `kicked: <reason>`).
     Kicked,
+    /// The user closed this connection from another (`logout`; 1008, `logged out`).
+    LoggedOut,
 }
 
 impl CloseReason {
@@ -47,9 +49,8 @@ impl CloseReason {
             Shutdown | PingTimeout => Some(1001),
             Protocol => Some(1002),
             InvalidUtf8 => Some(1007),
-            RateAbuse | Unauthorized | TokenRequired | SlowConsumer | HelloTimeout | Kicked => {
-                Some(1008)
-            }
+            RateAbuse | Unauthorized | TokenRequired | SlowConsumer | HelloTimeout | Kicked
+            | LoggedOut => Some(1008),
             TooBig | FrameTooBig => Some(1009),
             ClientClosed | Gone | WriteStalled => None,
         }
@@ -73,6 +74,7 @@ impl CloseReason {
             SlowConsumer => "slow consumer: outbound queue full",
             HelloTimeout => "handshake timeout: no hello",
             Kicked => "kicked",
+            LoggedOut => "logged out",
         }
     }
 
@@ -92,6 +94,7 @@ impl CloseReason {
             SlowConsumer | WriteStalled => "slow_consumer",
             HelloTimeout => "hello_timeout",
             Kicked => "kicked",
+            LoggedOut => "logged_out",
         }
     }
 
@@ -109,5 +112,6 @@ impl CloseReason {
         "slow_consumer",
         "hello_timeout",
         "kicked",
+        "logged_out",
     ];
 }

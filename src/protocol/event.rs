@@ -34,6 +34,9 @@ pub struct UserInfo<'a> {
 pub struct Membership<'a> {
     /// The room.
     pub room: Cow<'a, str>,
+    /// The room's numbering (as in `room`), when the server knows it at `hello`.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub epoch: Cow<'a, str>,
     /// The room's last stored seq.
     #[serde(default)]
     pub seq: u64,
@@ -46,6 +49,22 @@ pub struct Membership<'a> {
     /// Those of them that mention the account (`@name`).
     #[serde(default)]
     pub mentions: u64,
+}
+
+/// One of the user's connections, as `sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo<'a> {
+    /// Its id (what `logout` takes).
+    pub session: Cow<'a, str>,
+    /// What the client called it at `hello`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Cow<'a, str>>,
+    /// When it said hello.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub since: Cow<'a, str>,
+    /// The connection asking.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub current: bool,
 }
 
 /// A room as shown by `rooms`.
@@ -169,6 +188,9 @@ pub enum ServerMsg<'a> {
         /// be connected several times; open mode: 1).
         #[serde(default, skip_serializing_if = "is_zero")]
         sessions: usize,
+        /// This connection, as `sessions` and `logout` name it (tokens and accounts).
+        #[serde(default, skip_serializing_if = "str::is_empty")]
+        session: Cow<'a, str>,
         server: ServerInfo<'a>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
@@ -194,6 +216,12 @@ pub enum ServerMsg<'a> {
     /// Reply to `rooms`.
     Rooms {
         rooms: Vec<RoomInfo<'a>>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `sessions`: the user's connections, oldest first.
+    Sessions {
+        sessions: Vec<SessionInfo<'a>>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
@@ -358,6 +386,7 @@ impl ServerMsg<'_> {
             | ServerMsg::Room { reference, .. }
             | ServerMsg::Rooms { reference, .. }
             | ServerMsg::Who { reference, .. }
+            | ServerMsg::Sessions { reference, .. }
             | ServerMsg::History { reference, .. }
             | ServerMsg::Search { reference, .. }
             | ServerMsg::Ack { reference, .. }

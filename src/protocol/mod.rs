@@ -66,6 +66,8 @@ pub enum ErrorCode {
     Unconfirmed,
     /// The account already has `auth.max_sessions_per_user` connections (none was closed).
     TooManySessions,
+    /// The thing named (a session to log out) does not exist, or is not the sender's.
+    NotFound,
 }
 
 impl ErrorCode {

@@ -28,6 +28,10 @@ pub enum ClientMsg {
         /// The room's `epoch` the `since` belongs to.
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// What the connection is ("phone", "laptop"; at most 32 characters), shown in
+        /// `sessions`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
     },
     /// Make an account and sign in as it (`auth.mode = "accounts"`): a hello for a new name.
     Register {
@@ -41,6 +45,16 @@ pub enum ClientMsg {
         /// First room; `lobby` when absent.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// As for `hello`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// List the user's connections (tokens and accounts).
+    Sessions,
+    /// Close one of the user's connections (`session` from `sessions` or a `welcome`).
+    Logout {
+        /// The connection.
+        session: String,
     },
     /// The sender has read `room` up to `seq` (accounts mode): its marker moves forward.
     Read {
@@ -163,7 +177,7 @@ impl ClientMsg {
     /// `chatd_messages_received_total`).
     pub const KINDS: &'static [&'static str] = &[
         "hello", "register", "read", "join", "leave", "say", "pm", "typing", "rooms", "who",
-        "history", "kick", "announce", "nick", "search",
+        "history", "kick", "announce", "nick", "search", "sessions", "logout",
     ];
 
     /// The request's `type`, as the wire names it (a bounded metric label).
@@ -184,6 +198,8 @@ impl ClientMsg {
             ClientMsg::Announce { .. } => "announce",
             ClientMsg::Nick { .. } => "nick",
             ClientMsg::Search { .. } => "search",
+            ClientMsg::Sessions => "sessions",
+            ClientMsg::Logout { .. } => "logout",
         }
     }
 }
@@ -272,6 +288,8 @@ struct RawRequest {
     epoch: Option<String>,
     with: Option<String>,
     query: Option<String>,
+    device: Option<String>,
+    session: Option<String>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -348,6 +366,11 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             password: raw.password,
             since: raw.since,
             epoch: raw.epoch,
+            device: raw.device,
+        },
+        "sessions" => ClientMsg::Sessions,
+        "logout" => ClientMsg::Logout {
+            session: need(raw.session, "session")?,
         },
         "read" => ClientMsg::Read {
             room: need(raw.room, "room")?,
@@ -365,6 +388,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             })?,
             invite: raw.invite,
             room: raw.room,
+            device: raw.device,
         },
         "kick" => ClientMsg::Kick {
             name: need(raw.name, "name")?,

@@ -23,6 +23,7 @@ fn parses_each_request_type() {
             password: None,
             since: None,
             epoch: None,
+            device: None,
         }
     );
     let r = parse_request(r#"{"type":"typing","to":"bob","state":"paused"}"#).unwrap();
@@ -50,6 +51,7 @@ fn client_requests_round_trip_through_the_server_parser() {
             password: Some(Password("hunter2 hunter2".into())),
             since: Some(41),
             epoch: Some("e1".into()),
+            device: Some("phone".into()),
         },
         ClientMsg::Read {
             room: "lobby".into(),
@@ -60,6 +62,11 @@ fn client_requests_round_trip_through_the_server_parser() {
             password: Password("correct horse".into()),
             invite: Some("c0de".into()),
             room: None,
+            device: None,
+        },
+        ClientMsg::Sessions,
+        ClientMsg::Logout {
+            session: "node-1|17".into(),
         },
         ClientMsg::Join {
             room: "a".into(),
@@ -171,7 +178,8 @@ fn server_messages_round_trip_through_the_client_decoder() {
             resumed: Some(true),
             more: true,
             rooms: Vec::new(),
-            sessions: 0,
+            sessions: 2,
+            session: b("n1|7"),
             server: ServerInfo {
                 version: b("0.1.0"),
                 max_message_bytes: 65536,
@@ -182,6 +190,15 @@ fn server_messages_round_trip_through_the_client_decoder() {
                 typing_burst: 10,
             },
             reference: Some(b("1")),
+        },
+        ServerMsg::Sessions {
+            sessions: vec![crate::protocol::SessionInfo {
+                session: b("n1|7"),
+                device: Some(b("phone")),
+                since: b("2026-12-07T06:00:00.000Z"),
+                current: true,
+            }],
+            reference: None,
         },
         ServerMsg::Room {
             room: b("rust"),
@@ -465,6 +482,7 @@ fn close_reasons_have_codes_and_known_labels() {
         WriteStalled,
         HelloTimeout,
         Kicked,
+        LoggedOut,
     ] {
         assert!(CloseReason::LABELS.contains(&r.label()), "{r:?}");
     }

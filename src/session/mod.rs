@@ -99,6 +99,8 @@ enum Kind {
     },
     Announce,
     Nick,
+    Sessions,
+    Logout,
 }
 
 /// One connection's chat state.
@@ -113,6 +115,8 @@ pub(crate) struct Session {
     welcomed: bool,
     /// A password is being checked (or an account made): another hello waits for it.
     signing_in: bool,
+    /// What the hello called this connection (tokens and accounts), until the name is taken.
+    device: Option<Arc<str>>,
     /// The rooms the account is a member of, for the welcome (accounts mode).
     memberships: Vec<protocol::Membership<'static>>,
     mode: Mode,
@@ -153,6 +157,7 @@ impl Session {
             me: None,
             welcomed: false,
             signing_in: false,
+            device: None,
             memberships: Vec::new(),
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),

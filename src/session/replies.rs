@@ -270,6 +270,26 @@ impl Session {
                 info!("announcement sent");
                 ack(reference, None, None)
             }
+            (Kind::Sessions, Outcome::Sessions(list)) => {
+                // At most `auth.max_sessions_per_user` (and a cluster's few stale), each small.
+                let sessions = list
+                    .iter()
+                    .map(|s| protocol::SessionInfo {
+                        session: b(&s.id),
+                        device: s.device.as_deref().map(b),
+                        since: b(&s.since),
+                        current: s.current,
+                    })
+                    .collect();
+                protocol::encode(&ServerMsg::Sessions {
+                    sessions,
+                    reference: reference.map(b),
+                })
+            }
+            (Kind::Logout, Outcome::Done) => {
+                info!("session logged out");
+                ack(reference, None, None)
+            }
             (_, Outcome::Refused(r)) => self.error(&r, reference),
             (kind, outcome) => {
                 // A broker answered with the wrong kind of outcome: a bug, not the client's fault.
@@ -341,6 +361,10 @@ impl Session {
         }
         let (users, history, more) = self.fit_view(&view);
         let rooms = self.membership_list(&view);
+        let session = match &self.me {
+            Some(me) if self.chat.config.auth.mode.owned_names() => self.chat.broker.session_id(me),
+            _ => String::new(),
+        };
         let config = &self.chat.config;
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
@@ -354,6 +378,7 @@ impl Session {
             more,
             rooms,
             sessions: view.sessions,
+            session: session.into(),
             server: ServerInfo {
                 version: b(env!("CARGO_PKG_VERSION")),
                 max_message_bytes: config.limits.max_message_bytes,
@@ -379,13 +404,15 @@ impl Session {
         let mut rooms = std::mem::take(&mut self.memberships);
         match rooms.iter().position(|m| *m.room == *view.room) {
             Some(at) => {
-                let home = rooms.remove(at);
+                let mut home = rooms.remove(at);
+                home.epoch = Cow::Owned(view.epoch.to_string());
                 rooms.insert(0, home);
             }
             None => rooms.insert(
                 0,
                 protocol::Membership {
                     room: Cow::Owned(view.room.to_string()),
+                    epoch: Cow::Owned(view.epoch.to_string()),
                     seq: view.seq,
                     read: view.seq,
                     unread: 0,

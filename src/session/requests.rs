@@ -11,7 +11,7 @@ use super::replies::error_frame;
 use super::typing::TypingTarget;
 use super::{Kind, Mode, Session};
 use crate::connection::Flow;
-use crate::hub::{Member, Page, Refusal, Resume};
+use crate::hub::{About, Member, Page, Refusal, Resume};
 use crate::protocol::{
     self, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
 };
@@ -97,6 +97,8 @@ impl Session {
             ClientMsg::Announce { text } => {
                 require_admin(&me).and_then(|()| self.announce(&text, &mut id, out))
             }
+            ClientMsg::Sessions => self.sessions(&mut id, out),
+            ClientMsg::Logout { session } => self.logout(&session, &mut id, out),
         };
         if let Err(r) = result {
             self.refuse(r, id.as_deref(), out);
@@ -105,6 +107,15 @@ impl Session {
 
     /// Before the welcome: a `hello` (once), or `hello_required`.
     fn before_welcome(&mut self, msg: ClientMsg, id: Option<String>, out: &mut Vec<Utf8Bytes>) {
+        if let ClientMsg::Hello { device, .. } | ClientMsg::Register { device, .. } = &msg
+            && self.me.is_none()
+            && !self.signing_in
+        {
+            match device.as_deref().map(valid_device).transpose() {
+                Ok(device) => self.device = device.filter(|d| !d.is_empty()),
+                Err(r) => return self.refuse(r, id.as_deref(), out),
+            }
+        }
         match msg {
             ClientMsg::Hello {
                 name,
@@ -113,6 +124,7 @@ impl Session {
                 token: None,
                 since,
                 epoch,
+                ..
             } if self.me.is_none() && !self.signing_in => {
                 let request = crate::accounts::Request::SignIn {
                     name,
@@ -125,6 +137,7 @@ impl Session {
                 password,
                 invite,
                 room,
+                ..
             } if self.me.is_none() && !self.signing_in => {
                 let request = crate::accounts::Request::Register {
                     name,
@@ -160,6 +173,21 @@ impl Session {
             }
             _ => self.refuse(hello_required(), id.as_deref(), out),
         }
+    }
+
+    /// `sessions` and `logout`: only where a user may have several connections.
+    fn sessions(&mut self, id: &mut Option<String>, out: &mut Vec<Utf8Bytes>) -> Done {
+        require_owned(&self.chat)?;
+        self.call(Kind::Sessions, id.take(), out, |b, t, me| b.sessions(t, me));
+        Ok(())
+    }
+
+    fn logout(&mut self, session: &str, id: &mut Option<String>, out: &mut Vec<Utf8Bytes>) -> Done {
+        require_owned(&self.chat)?;
+        self.call(Kind::Logout, id.take(), out, |b, t, me| {
+            b.logout(t, me, session)
+        });
+        Ok(())
     }
 
     fn leave(&mut self, room: &str, id: &mut Option<String>, out: &mut Vec<Utf8Bytes>) -> Done {
@@ -415,14 +443,21 @@ impl Session {
     /// The connection is `name` from now on (its hello goes to the broker next), in `room`.
     pub(super) fn take_name(&mut self, name: Arc<str>, role: Role, mode: Mode, room: &Arc<str>) {
         self.mode = mode;
-        self.me = Some(Member::new(
+        let mut me = Member::new(
             self.conn,
             name,
             role,
             mode == Mode::Plain,
             self.ip,
             self.mailbox.clone(),
-        ));
+        );
+        if self.chat.config.auth.mode.owned_names() {
+            me = me.with_about(About {
+                device: self.device.take(),
+                since: protocol::timestamp().into(),
+            });
+        }
+        self.me = Some(me);
         self.rooms.push(room.clone());
     }
 
@@ -618,3 +653,32 @@ pub(super) fn check_text(text: &str, max_frame: usize) -> Result<(), Refusal> {
     }
     Ok(())
 }
+
+/// `sessions` and `logout` mean something only where names are owned (tokens, accounts).
+fn require_owned(chat: &super::Chat) -> Done {
+    if chat.config.auth.mode.owned_names() {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "a name has one connection on this server (open mode)",
+        ))
+    }
+}
+
+/// A `device` as the client named it: at most 32 characters, no control characters.
+fn valid_device(device: &str) -> Result<Arc<str>, Refusal> {
+    let device = device.trim();
+    if device.chars().count() > MAX_DEVICE_CHARS || device.chars().any(char::is_control) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "`device` is at most {MAX_DEVICE_CHARS} characters, none of them control characters"
+            ),
+        ));
+    }
+    Ok(device.into())
+}
+
+/// The longest `device` a `hello` may carry.
+const MAX_DEVICE_CHARS: usize = 32;

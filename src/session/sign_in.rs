@@ -185,6 +185,7 @@ fn late(
 fn membership(state: RoomState) -> protocol::Membership<'static> {
     protocol::Membership {
         room: state.room.into(),
+        epoch: state.epoch.into(),
         seq: state.head,
         read: state.read,
         unread: state.unread,

@@ -116,6 +116,12 @@ impl Broker for Scripted {
     fn announce(&self, t: Ticket, me: &Member, text: &str) -> Answer {
         self.script(t, me, self.inner.announce(t, me, text))
     }
+    fn sessions(&self, t: Ticket, me: &Member) -> Answer {
+        self.script(t, me, self.inner.sessions(t, me))
+    }
+    fn logout(&self, t: Ticket, me: &Member, session: &str) -> Answer {
+        self.script(t, me, self.inner.logout(t, me, session))
+    }
     fn to_own(&self, me: &Member, event: crate::protocol::ServerMsg<'static>) {
         self.inner.to_own(me, event)
     }

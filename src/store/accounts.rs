@@ -92,6 +92,8 @@ pub struct Noted {
 /// What [`AccountsDb::unread`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unread {
+    /// The room's numbering, as the store knows it (empty: the room has none stored).
+    pub epoch: String,
     /// The room's last stored seq (0: nothing stored).
     pub head: u64,
     /// Messages by others past the marker, at most [`UNREAD_CAP`].

@@ -154,6 +154,13 @@ impl Broker for LateBroker {
             b.search(t, me, &rooms, &query, before, n)
         })
     }
+    fn sessions(&self, t: Ticket, me: &Member) -> Answer {
+        self.later(t, me, move |b, me| b.sessions(t, me))
+    }
+    fn logout(&self, t: Ticket, me: &Member, session: &str) -> Answer {
+        let session = session.to_string();
+        self.later(t, me, move |b, me| b.logout(t, me, &session))
+    }
     fn ready(&self) -> bool {
         self.inner.ready()
     }

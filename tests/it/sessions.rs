@@ -16,6 +16,7 @@ contract!(
     two_connections_of_one_user_are_one_person,
     past_the_most_connections_a_hello_is_refused,
     a_kick_closes_every_connection_of_the_user,
+    sessions_are_listed_and_one_is_logged_out_from_another,
 );
 
 async fn server(backend: Backend, most: usize) -> TestServer {
@@ -181,6 +182,80 @@ async fn a_kick_closes_every_connection_of_the_user(backend: Backend) {
     server.stop().await;
 }
 
+async fn sessions_are_listed_and_one_is_logged_out_from_another(backend: Backend) {
+    let server = server(backend, 8).await;
+    let device = |name: &str, device: &str| {
+        let token = token_for(SECRET, name, Role::User);
+        json!({"type": "hello", "name": name, "token": token, "device": device})
+    };
+    let mut phone = Client::connect(server.addr).await;
+    let w = phone.request(device("ann", "phone")).await;
+    let phone_id = w["session"]
+        .as_str()
+        .expect("welcome names the session")
+        .to_string();
+    let mut laptop = Client::connect(server.addr).await;
+    let w = laptop.request(device("ann", "laptop")).await;
+    let laptop_id = w["session"].as_str().unwrap().to_string();
+    assert_ne!(phone_id, laptop_id);
+
+    let list = laptop.request(json!({"type": "sessions"})).await;
+    assert_eq!(list["type"], "sessions", "{list}");
+    let shown: Vec<(&str, &str, bool)> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["since"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
+            (
+                s["session"].as_str().unwrap(),
+                s["device"].as_str().unwrap(),
+                s["current"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [(&*phone_id, "phone", false), (&*laptop_id, "laptop", true)],
+        "oldest first, the asking one marked: {list}"
+    );
+
+    // Someone else cannot name ann's sessions; an unknown one is not found.
+    let mut bob = Client::connect(server.addr).await;
+    let token = token_for(SECRET, "bob", Role::User);
+    let w = bob
+        .request(json!({"type": "hello", "name": "bob", "token": token, "room": "elsewhere"}))
+        .await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let e = bob
+        .request(json!({"type": "logout", "session": phone_id}))
+        .await;
+    assert_eq!(e["code"], "not_found", "{e}");
+    let e = laptop
+        .request(json!({"type": "logout", "session": "nope"}))
+        .await;
+    assert_eq!(e["code"], "not_found", "{e}");
+
+    // The laptop logs the phone out: it closes with 1008, the laptop stays.
+    let ack = laptop
+        .request(json!({"type": "logout", "session": phone_id}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(phone.closed().await, (1008, "logged out".to_string()));
+    let list = laptop.request(json!({"type": "sessions"})).await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1, "{list}");
+    let ack = laptop
+        .request(json!({"type": "say", "text": "still here"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    // A device name is short and printable.
+    let mut long = Client::connect(server.addr).await;
+    let e = long.request(device("ann", &"x".repeat(33))).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    server.stop().await;
+}
+
 /// Across nodes: one user on two nodes is one person to a third; a PM reaches both; when the
 /// node holding one connection dies, its ghost is reaped without a `left` (the user is still on
 /// the other node), and the user leaves with the last connection.
@@ -237,6 +312,35 @@ async fn one_user_on_two_nodes_is_one_person_and_outlives_a_dead_node() {
         "no second `joined`"
     );
     assert_eq!(on_a.expect("message").await["text"], "from b");
+
+    // A third connection, on node b: listed from node a, and logged out from there.
+    let mut tablet = Client::connect(b.addr).await;
+    let token = token_for(SECRET, "ann", Role::User);
+    let w = tablet
+        .request(json!({"type": "hello", "name": "ann", "token": token, "device": "tablet"}))
+        .await;
+    let tablet_id = w["session"].as_str().unwrap().to_string();
+    let list = on_a.request(json!({"type": "sessions"})).await;
+    let devices: Vec<&Value> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["device"])
+        .collect();
+    assert_eq!(devices.len(), 3, "{list}");
+    assert!(
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["session"] == *tablet_id && s["device"] == "tablet"),
+        "{list}"
+    );
+    let ack = on_a
+        .request(json!({"type": "logout", "session": tablet_id}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(tablet.closed().await, (1008, "logged out".to_string()));
 
     // Node b dies: its connection of ann is a ghost, reaped (TTL 2 s + a sweep) without `left`.
     b.signal("KILL");

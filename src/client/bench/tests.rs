@@ -13,6 +13,7 @@ fn hand_encoded_frames_are_what_the_server_parses() {
             password: None,
             since: None,
             epoch: None,
+            device: None,
         }
     );
     let signed = parse_request(&hello_frame("b7", "bench3", Some("a.b-c_d"))).unwrap();

@@ -404,6 +404,35 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
                 format!("{now} -!- rooms: {}", rooms.join(", ")),
             ))
         }
+        ServerMsg::Sessions { sessions, .. } => {
+            let mut lines = vec![Line::info(
+                LineKind::Info,
+                format!(
+                    "{now} -!- you are connected {} (/logout ID closes one):",
+                    match sessions.len() {
+                        1 => "once".to_string(),
+                        n => format!("{n} times"),
+                    }
+                ),
+            )];
+            lines.extend(sessions.iter().map(|s| {
+                let since = if s.since.is_empty() {
+                    String::new()
+                } else {
+                    format!(" since {}", clock.stamp(Some(&s.since)))
+                };
+                Line::info(
+                    LineKind::Info,
+                    format!(
+                        "{now} -!-   {}  {}{since}{}",
+                        sanitize(&s.session),
+                        sanitize(s.device.as_deref().unwrap_or("(no device name)")),
+                        if s.current { "  (this one)" } else { "" }
+                    ),
+                )
+            }));
+            lines
+        }
         ServerMsg::Error { code, message, .. } => one(Line::info(
             LineKind::Error,
             format!("error: {} ({})", sanitize(message), code.wire_name()),

@@ -122,6 +122,7 @@ fn history_from_another_day_shows_its_date() {
         more: false,
         rooms: Vec::new(),
         sessions: 0,
+        session: b(""),
         history: vec![ServerMsg::Message(ChatMessage {
             id: 1,
             seq: 1,

@@ -44,6 +44,9 @@ pub(super) struct Envelope<'a> {
     /// A kick for `to`: by whom, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kick: Option<(Cow<'a, str>, Cow<'a, str>)>,
+    /// A logout for `to`, whose user's key this is (a node obeys only for that user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<ServerMsg<'a>>,
     /// A marker a node sends itself: everything published before it has been delivered. Also
@@ -88,6 +91,7 @@ impl<'a> Envelope<'a> {
             to: None,
             rooms: Vec::new(),
             kick: None,
+            logout: None,
             e: None,
             fence: None,
             absent: false,

@@ -55,6 +55,7 @@ pub(super) struct Scripts {
     pub next_id: redis::Script,
     pub seed: redis::Script,
     pub claim_session: redis::Script,
+    pub log_out: redis::Script,
     pub members: redis::Script,
 }
 
@@ -76,6 +77,7 @@ impl Scripts {
             next_id: script(scripts::NEXT_ID),
             seed: script(scripts::SEED),
             claim_session: script(scripts::CLAIM_SESSION),
+            log_out: script(scripts::LOG_OUT),
             members: script(scripts::MEMBERS),
         }
     }

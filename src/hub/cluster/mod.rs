@@ -435,6 +435,18 @@ impl Broker for RedisBroker {
         self.queue(me, Op::History(t, room.into(), page))
     }
 
+    fn sessions(&self, t: Ticket, me: &Member) -> Answer {
+        self.queue(me, Op::Sessions(t))
+    }
+
+    fn logout(&self, t: Ticket, me: &Member, session: &str) -> Answer {
+        self.queue(me, Op::Logout(t, session.into()))
+    }
+
+    fn session_id(&self, me: &Member) -> String {
+        self.inner.me_id(me)
+    }
+
     fn conversation(
         &self,
         t: Ticket,

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::envelope::Envelope;
 use super::link::{Done, Fail};
 use super::{Inner, Local, lock, parse_entry};
-use crate::hub::{ConnId, Member, Outcome, Receipt, Refusal, Resume, Ticket};
+use crate::hub::{ConnId, Member, Outcome, Receipt, Refusal, Resume, SessionView, Ticket};
 use crate::protocol::{self, Role, ServerMsg, TypingState, b};
 use crate::store::{Admitted, Pm};
 
@@ -29,15 +29,24 @@ impl Inner {
         let value = self.entry(&me.renamed(name.into()));
         if self.settings.hub.owned_names {
             let key = redis.key("sess", &protocol::name_key(name));
+            let about = me.about();
+            let info = format!(
+                "{}|{}",
+                about.map_or("", |a| &a.since),
+                about.and_then(|a| a.device.as_deref()).unwrap_or("")
+            );
             let mut conn = redis.conn().await?;
             let count: usize = redis
                 .scripts
                 .claim_session
                 .key(&key)
+                .key(redis.key("sinfo", &protocol::name_key(name)))
                 .arg(&value)
                 .arg(self.settings.name_ttl_ms)
                 .arg(super::now_ms())
                 .arg(self.settings.hub.max_sessions)
+                .arg(self.me_id(me))
+                .arg(info)
                 .invoke_async(&mut conn)
                 .await?;
             if count == 0 {
@@ -319,6 +328,73 @@ impl Inner {
         let mut conn = self.redis.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// `me`'s user's live connections, oldest first, as `sessions` lists them.
+    pub(super) async fn sessions(&self, me: &Member) -> Result<Outcome, Fail> {
+        let all = self.owners(me.name()).await?;
+        let ids: Vec<String> = all.iter().map(|(n, c, ..)| format!("{n}|{c}")).collect();
+        let infos: Vec<Option<String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let mut conn = self.redis.conn().await?;
+            redis::cmd("HMGET")
+                .arg(self.redis.key("sinfo", &protocol::name_key(me.name())))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?
+        };
+        let current = self.me_id(me);
+        let mut list: Vec<SessionView> = ids
+            .into_iter()
+            .zip(infos.into_iter().chain(std::iter::repeat(None)))
+            .map(|(id, info)| {
+                let info = info.unwrap_or_default();
+                let (since, device) = info.split_once('|').unwrap_or(("", ""));
+                SessionView {
+                    current: id == current,
+                    id,
+                    device: (!device.is_empty()).then(|| device.into()),
+                    since: since.into(),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.since.cmp(&b.since));
+        Ok(Outcome::Sessions(list))
+    }
+
+    /// Closes `me`'s user's connection `session`, on whichever node holds it: an order on that
+    /// node's channel, obeyed only for a connection of the same user.
+    pub(super) async fn logout(&self, me: &Member, session: &str) -> Result<Outcome, Fail> {
+        let all = self.owners(me.name()).await?;
+        let Some((node, conn_id, ..)) = all
+            .into_iter()
+            .find(|(n, c, ..)| session.split_once('|') == Some((n.as_str(), &c.to_string())))
+        else {
+            return Ok(Refusal::no_such_session(session).into());
+        };
+        let key = protocol::name_key(me.name());
+        let mut conn = self.redis.conn().await?;
+        let removed: i64 = self
+            .redis
+            .scripts
+            .log_out
+            .key(self.redis.key("sess", &key))
+            .key(self.redis.key("sinfo", &key))
+            .arg(format!("{node}|{conn_id}"))
+            .invoke_async(&mut conn)
+            .await?;
+        if removed == 0 {
+            return Ok(Refusal::no_such_session(session).into());
+        }
+        let x = self.me_id(me);
+        let mut env = Envelope::control(&x);
+        env.to = Some(conn_id);
+        env.logout = Some(key.into());
+        self.redis
+            .publish(&self.redis.node_channel(&node), &env.json())
+            .await?;
+        Ok(Outcome::Done)
     }
 
     /// `me`'s user's other connections (none in open mode, where a name has one).

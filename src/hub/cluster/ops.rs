@@ -53,6 +53,8 @@ pub(super) enum Op {
     Kick(Ticket, String, String),
     Nick(Ticket, String),
     Announce(Ticket, String),
+    Sessions(Ticket),
+    Logout(Ticket, String),
     /// Another node's admin kicked this member.
     Kicked(String),
     Disconnect(Vec<Arc<str>>),
@@ -76,7 +78,9 @@ impl Op {
             | History(t, ..)
             | Kick(t, ..)
             | Nick(t, ..)
-            | Announce(t, ..) => Some(*t),
+            | Announce(t, ..)
+            | Sessions(t)
+            | Logout(t, ..) => Some(*t),
             Kicked(..) | Disconnect(..) | ToOwn(..) => None,
         }
     }
@@ -107,6 +111,8 @@ impl Op {
             Kick(..) | Kicked(..) => "kick",
             Nick(..) => "nick",
             Announce(..) => "announce",
+            Sessions(..) => "sessions",
+            Logout(..) => "logout",
             Disconnect(..) => "disconnect",
             ToOwn(..) => "own",
         }
@@ -585,6 +591,16 @@ impl Inner {
                 // The notice reaches the admin (and everyone here) before the ack.
                 self.fence().await?;
                 me.answer(t, Outcome::Done);
+                Ok(())
+            }
+            Op::Sessions(t) => {
+                let outcome = self.sessions(me).await?;
+                me.answer(t, outcome);
+                Ok(())
+            }
+            Op::Logout(t, session) => {
+                let outcome = self.logout(me, &session).await?;
+                me.answer(t, outcome);
                 Ok(())
             }
             Op::ToOwn(event) => self.to_own(me, *event).await,

@@ -27,7 +27,8 @@
 //!   of the one name online that looks like that, refreshed the same way. With tokens or
 //!   accounts, `P:sess:{key}` instead: a sorted set of the user's connections (`node|conn|role|
 //!   name`), each scored by when it expires unless its node refreshes it, at most
-//!   `auth.max_sessions_per_user` live ones.
+//!   `auth.max_sessions_per_user` live ones; and `P:sinfo:{key}`, a hash of what `sessions`
+//!   shows of them (`node|conn` to `since|device`).
 
 /// Says something: the room's epoch (made if Redis lost it), the next message id and room seq,
 /// the stream entry (trimming the oldest past either bound) and the publish, in one step.
@@ -332,6 +333,7 @@ for i, k in ipairs(KEYS) do
     elseif redis.call('ZSCORE', k, mine) then
       redis.call('ZADD', k, now + ttl, mine)
       redis.call('PEXPIRE', k, ttl)
+      redis.call('PEXPIRE', (string.gsub(k, ':sess:', ':sinfo:', 1)), ttl)
     else
       redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
       if redis.call('ZCARD', k) < most then
@@ -368,8 +370,11 @@ return out
 
 /// Claims one more connection of a user whose name is owned (tokens, accounts): the user's
 /// sorted set of live connections, at most `ARGV[4]` of them (the expired are dropped first).
-/// KEYS: sess. ARGV: entry (`node|conn|role|name`), ttl ms, now (ms), the most. Returns the
-/// user's live connections with this one, or 0 when they are `ARGV[4]` already (nothing done).
+/// Beside the set, `P:sinfo:{key}` describes each connection for `sessions`: `node|conn` to
+/// `since|device`, pruned here of connections the set no longer holds.
+/// KEYS: sess, sinfo. ARGV: entry (`node|conn|role|name`), ttl ms, now (ms), the most,
+/// `node|conn`, `since|device`. Returns the user's live connections with this one, or 0 when
+/// they are `ARGV[4]` already (nothing done).
 pub(super) const CLAIM_SESSION: &str = r#"
 local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
@@ -379,7 +384,32 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1])
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)
+local live = {}
+for _, e in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local who = string.match(e, '^([^|]*|[^|]*)|')
+  if who then live[who] = true end
+end
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not live[f] then redis.call('HDEL', KEYS[2], f) end
+end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ttl)
 return redis.call('ZCARD', KEYS[1])
+"#;
+
+/// Logs out one of a user's connections: out of the set (and `sinfo`) at once, so `sessions`
+/// no longer lists it while its node closes it. KEYS: sess, sinfo. ARGV: `node|conn`. Returns 1,
+/// or 0 when the user has no such connection.
+pub(super) const LOG_OUT: &str = r#"
+local prefix = ARGV[1] .. '|'
+for _, e in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(e, 1, #prefix) == prefix then
+    redis.call('ZREM', KEYS[1], e)
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    return 1
+  end
+end
+return 0
 "#;
 
 /// Re-writes every connection in the rooms of a node's heartbeat: scores refreshed; an entry
@@ -419,9 +449,13 @@ return 'ok'
 "#;
 
 /// Frees a name if this connection still holds it (on a `:sess:` key: this connection of the
-/// user). KEYS: name. ARGV: value.
+/// user, and its `sinfo` entry). KEYS: name. ARGV: value.
 pub(super) const RELEASE: &str = r#"
-if string.find(KEYS[1], ':sess:', 1, true) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+if string.find(KEYS[1], ':sess:', 1, true) then
+  local who = string.match(ARGV[1], '^([^|]*|[^|]*)|')
+  if who then redis.call('HDEL', (string.gsub(KEYS[1], ':sess:', ':sinfo:', 1)), who) end
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;

@@ -27,7 +27,7 @@ use super::envelope::Envelope;
 use super::link::{Fail, next_backoff};
 use super::{Entries, Here, Inner, Sub, entry_seq, except_conn, lock, now_ms};
 use crate::hub::Member;
-use crate::protocol::{ServerMsg, b};
+use crate::protocol::{self, ServerMsg, b};
 
 /// Events (and bytes of them) one pending joiner may collect before its reply; past that it
 /// gets `resync` instead of the rest.
@@ -251,6 +251,14 @@ impl Inner {
             return;
         }
         let local = lock(&self.local);
+        if let (Some(conn), Some(key)) = (env.to, &env.logout) {
+            if let Some(mine) = local.members.get(&conn)
+                && protocol::name_key(mine.member.name()) == **key
+            {
+                mine.member.log_out();
+            }
+            return;
+        }
         match (env.to, &env.kick, &env.e) {
             (Some(conn), Some((_, reason)), _) => {
                 if let Some(mine) = local.members.get(&conn) {

@@ -511,6 +511,25 @@ impl Broker for LocalBroker {
         now(Outcome::Done)
     }
 
+    fn sessions(&self, _: Ticket, me: &Member) -> Answer {
+        let dir = lock(&self.directory);
+        let live = dir.sessions(&me.name).iter().filter(|m| !m.logged_out());
+        let list = live.map(|m| m.view(m.conn.to_string(), m.conn == me.conn));
+        now(Outcome::Sessions(list.collect()))
+    }
+
+    fn logout(&self, _: Ticket, me: &Member, session: &str) -> Answer {
+        let dir = lock(&self.directory);
+        let mut live = dir.sessions(&me.name).iter().filter(|m| !m.logged_out());
+        match live.find(|m| m.conn.to_string() == session) {
+            Some(target) => {
+                target.log_out();
+                now(Outcome::Done)
+            }
+            None => now(Refusal::no_such_session(session)),
+        }
+    }
+
     fn to_own(&self, me: &Member, event: ServerMsg<'static>) {
         let mine = lock(&self.directory).other_sessions(me);
         self.delivery.deliver(&mine, &event, None);

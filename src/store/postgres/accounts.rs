@@ -190,10 +190,13 @@ impl AccountsDb for Accounts {
         let cap = UNREAD_CAP as i64;
         let pattern = mention_pattern(name);
         self.with(|db| {
-            let Some(row) = db.query_opt("SELECT id FROM rooms WHERE name = $1", &[&room])? else {
+            let Some(row) =
+                db.query_opt("SELECT id, epoch FROM rooms WHERE name = $1", &[&room])?
+            else {
                 return Ok(Unread::default());
             };
             let room_id: i64 = row.get(0);
+            let epoch: String = row.get(1);
             let head: i64 = db
                 .query_one(
                     "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1",
@@ -217,6 +220,7 @@ impl AccountsDb for Accounts {
                 .map(|r| r.get(0))
                 .collect();
             Ok(Unread {
+                epoch,
                 head: head as u64,
                 count: count as u64,
                 mentioning,

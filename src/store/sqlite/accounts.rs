@@ -168,8 +168,10 @@ impl AccountsDb for Accounts {
 
     fn unread(&mut self, key: &str, name: &str, room: &str, read: u64) -> Result<Unread, DbError> {
         let db = &self.0;
-        let Some(room_id): Option<i64> = db
-            .query_row("SELECT id FROM rooms WHERE name = ?1", [room], |r| r.get(0))
+        let Some((room_id, epoch)): Option<(i64, String)> = db
+            .query_row("SELECT id, epoch FROM rooms WHERE name = ?1", [room], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(text)?
         else {
@@ -206,6 +208,7 @@ impl AccountsDb for Accounts {
             .collect::<Result<_, _>>()
             .map_err(text)?;
         Ok(Unread {
+            epoch,
             head: head as u64,
             count: count as u64,
             mentioning,
