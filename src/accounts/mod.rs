@@ -15,6 +15,7 @@
 
 pub mod admin;
 mod password;
+pub mod pms;
 mod rooms;
 mod throttle;
 
@@ -31,7 +32,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, Registration};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Role};
-use crate::store::accounts::{Account, AccountsDb, Created};
+use crate::store::accounts::{Account, AccountsDb, Conversation, Created};
 use crate::sync::lock;
 pub(crate) use password::Hasher;
 pub use password::MAX_PASSWORD_BYTES;
@@ -66,6 +67,17 @@ pub enum Request {
         /// The role the token grants.
         role: Role,
     },
+    /// A PM for someone with no live connection: kept for them if they have an account.
+    Keep(Box<crate::store::Pm>),
+    /// The signed-in account `name` has read its conversation `with` up to message `msg`.
+    ReadPm {
+        /// The account's name.
+        name: String,
+        /// The other person.
+        with: String,
+        /// The message id read up to.
+        msg: u64,
+    },
     /// The signed-in account `name` has read `room` up to `seq`.
     Read {
         /// The account's name.
@@ -78,12 +90,16 @@ pub enum Request {
 }
 
 /// What a request came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Done {
     /// Signed in (or registered).
     SignedIn(SignedIn),
     /// A room's read state after a `read`.
     Read(RoomState),
+    /// The PM was kept for its recipient (named as they spell it).
+    Kept(Box<crate::store::Pm>),
+    /// A conversation's read state after a `read` with `with`.
+    ReadPm(Conversation),
 }
 
 /// One room of an account: its read marker and what is unread past it.
@@ -104,7 +120,7 @@ pub struct RoomState {
 }
 
 /// A signed-in account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SignedIn {
     /// The name as its owner spells it.
     pub name: String,
@@ -112,6 +128,11 @@ pub struct SignedIn {
     pub role: Role,
     /// The rooms it is a member of, in the order it joined them.
     pub rooms: Vec<RoomState>,
+    /// Its most recent private conversations.
+    pub conversations: Vec<Conversation>,
+    /// What others wrote there that it has not read (the newest, oldest first; see
+    /// [`pms::waiting`]).
+    pub waiting: Vec<crate::store::Pm>,
 }
 
 /// Why a request was refused.
@@ -133,6 +154,8 @@ pub enum Denied {
     BadPassword(String),
     /// `read`: the account is not a member of the room.
     NotMember,
+    /// A PM's recipient, or a conversation's other side, has no account (or no conversation).
+    NoSuchUser,
 }
 
 /// Where an answer goes: called once, on a hashing thread.
@@ -369,7 +392,10 @@ impl Accounts {
                 throttle.registrations.take(&ip, now);
                 Ok(())
             }
-            Request::Read { .. } | Request::Resume { .. } => Ok(()),
+            Request::Read { .. }
+            | Request::Resume { .. }
+            | Request::Keep(_)
+            | Request::ReadPm { .. } => Ok(()),
         }
     }
 
@@ -513,11 +539,33 @@ fn serve(work: &Work, job: Job) {
         Request::Resume { name, role } => {
             // A store that cannot answer costs the welcome its rooms, not the hello.
             let key = protocol::name_key(&name);
+            if let Err(e) = with_db(work, |db| db.remember(&key, &name, role)) {
+                warn!(error = %e, "accounts: cannot keep a token's subject");
+            }
             let rooms = rooms::states(work, &key, &name).unwrap_or_else(|e| {
                 warn!(error = %e, "accounts: cannot read memberships");
                 Vec::new()
             });
-            (job.reply)(Ok(Done::SignedIn(SignedIn { name, role, rooms })));
+            let (conversations, waiting) = pms::waiting(work, &key).unwrap_or_else(|e| {
+                warn!(error = %e, "accounts: cannot read conversations");
+                Default::default()
+            });
+            let signed = SignedIn {
+                name,
+                role,
+                rooms,
+                conversations,
+                waiting,
+            };
+            (job.reply)(Ok(Done::SignedIn(signed)));
+            return;
+        }
+        Request::Keep(pm) => {
+            (job.reply)(pms::keep(work, *pm).map(|pm| Done::Kept(Box::new(pm))));
+            return;
+        }
+        Request::ReadPm { name, with, msg } => {
+            (job.reply)(pms::read(work, &name, &with, msg).map(Done::ReadPm));
             return;
         }
     };
@@ -548,11 +596,17 @@ fn sign_in(work: &Work, name: &str, password: &str, ip: IpAddr) -> Result<Signed
                 warn!(error = %e, "accounts: cannot read memberships");
                 Denied::Unavailable
             })?;
+            let (conversations, waiting) = pms::waiting(work, &key).map_err(|e| {
+                warn!(error = %e, "accounts: cannot read conversations");
+                Denied::Unavailable
+            })?;
             info!(user = %account.name, rooms = rooms.len(), "signed in");
             Ok(SignedIn {
                 name: account.name,
                 role: account.role,
                 rooms,
+                conversations,
+                waiting,
             })
         }
         other => {
@@ -608,6 +662,8 @@ fn register(
                 name: account.name,
                 role: account.role,
                 rooms: Vec::new(),
+                conversations: Vec::new(),
+                waiting: Vec::new(),
             })
         }
         Created::Taken => Err(Denied::Taken),

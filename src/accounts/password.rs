@@ -51,9 +51,10 @@ impl Hasher {
     /// Whether `password` matches `stored` (a PHC string); `None` checks against the decoy and
     /// is always false. A stored hash that does not parse never matches.
     pub(crate) fn verify(&self, password: &str, stored: Option<&str>) -> bool {
+        // An account without a password (a token's subject) costs the same as none at all.
         let (phc, real) = match stored {
-            Some(s) => (s, true),
-            None => (self.decoy.as_str(), false),
+            Some(s) if !s.is_empty() => (s, true),
+            _ => (self.decoy.as_str(), false),
         };
         let Ok(parsed) = PasswordHash::new(phc) else {
             return false;

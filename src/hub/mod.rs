@@ -282,9 +282,20 @@ pub enum Outcome {
         role: Role,
         /// The rooms it is a member of, with what is unread in each.
         rooms: Vec<crate::protocol::Membership<'static>>,
+        /// Its most recent private conversations.
+        conversations: Vec<crate::protocol::ConversationInfo<'static>>,
+        /// What others wrote to it there that it has not read (sent after the welcome).
+        waiting: Vec<Pm>,
     },
     /// Not a broker's: the accounts service moved a read marker (`read`).
     ReadState(crate::protocol::Membership<'static>),
+    /// Not a broker's: the accounts service moved a conversation's marker (`read` with `with`).
+    PmRead(crate::protocol::ConversationInfo<'static>),
+    /// A PM whose recipient has no live connection (with a store, where names are owned):
+    /// numbered, not delivered; the session hands it to the accounts service to keep.
+    Unreached(Box<Pm>),
+    /// Not a broker's: the accounts service kept the PM for its recipient's next `hello`.
+    Kept(Box<Pm>),
     /// Refused: the client sees this error.
     Refused(Refusal),
 }

@@ -67,6 +67,19 @@ pub struct SessionInfo<'a> {
     pub current: bool,
 }
 
+/// One private conversation of the user, as the `welcome` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationInfo<'a> {
+    /// The other person.
+    pub with: Cow<'a, str>,
+    /// The last message's id.
+    pub last: u64,
+    /// The last message id the user has read (or sent) there.
+    pub read: u64,
+    /// Messages from the other past `read` (at most 999).
+    pub unread: u64,
+}
+
 /// A room as shown by `rooms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomInfo<'a> {
@@ -188,6 +201,9 @@ pub enum ServerMsg<'a> {
         /// be connected several times; open mode: 1).
         #[serde(default, skip_serializing_if = "is_zero")]
         sessions: usize,
+        /// The user's most recent private conversations (tokens and accounts, with a store).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        conversations: Vec<ConversationInfo<'a>>,
         /// This connection, as `sessions` and `logout` name it (tokens and accounts).
         #[serde(default, skip_serializing_if = "str::is_empty")]
         session: Cow<'a, str>,
@@ -276,6 +292,12 @@ pub enum ServerMsg<'a> {
         /// The new name, for `nick`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<Cow<'a, str>>,
+        /// For `read` of a conversation: the other person.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
+        /// For a `pm` to someone with no live connection: kept for their next `hello`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        offline: bool,
         /// For `read`: the marker now, and what is unread past it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         read: Option<u64>,
@@ -354,9 +376,14 @@ pub enum ServerMsg<'a> {
     /// The account read `room` on another of its connections (accounts mode): the marker and
     /// what is unread past it now.
     Read {
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         room: Cow<'a, str>,
+        /// Instead of `room`: the private conversation with this user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
         read: u64,
         unread: u64,
+        #[serde(default)]
         mentions: u64,
     },
     /// The account joined or left `room` on another of its connections (accounts mode).

@@ -49,6 +49,14 @@ pub enum ClientMsg {
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<String>,
     },
+    /// The sender has read its private conversation `with` someone up to message `msg`.
+    #[serde(rename = "read")]
+    ReadPm {
+        /// The other person.
+        with: String,
+        /// The last message id read.
+        msg: u64,
+    },
     /// List the user's connections (tokens and accounts).
     Sessions,
     /// Close one of the user's connections (`session` from `sessions` or a `welcome`).
@@ -185,7 +193,7 @@ impl ClientMsg {
         match self {
             ClientMsg::Hello { .. } => "hello",
             ClientMsg::Register { .. } => "register",
-            ClientMsg::Read { .. } => "read",
+            ClientMsg::Read { .. } | ClientMsg::ReadPm { .. } => "read",
             ClientMsg::Join { .. } => "join",
             ClientMsg::Leave { .. } => "leave",
             ClientMsg::Say { .. } => "say",
@@ -290,6 +298,7 @@ struct RawRequest {
     query: Option<String>,
     device: Option<String>,
     session: Option<String>,
+    msg: Option<u64>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -340,6 +349,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     for (field, value) in [
         ("since", raw.since),
         ("seq", raw.seq),
+        ("msg", raw.msg),
         ("before", raw.before),
         ("after", after_seq),
     ] {
@@ -371,6 +381,12 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         "sessions" => ClientMsg::Sessions,
         "logout" => ClientMsg::Logout {
             session: need(raw.session, "session")?,
+        },
+        "read" if raw.with.is_some() => ClientMsg::ReadPm {
+            with: need(raw.with, "with")?,
+            msg: raw
+                .msg
+                .ok_or_else(|| fail(ErrorCode::BadRequest, "`read` needs field `msg`".into()))?,
         },
         "read" => ClientMsg::Read {
             room: need(raw.room, "room")?,

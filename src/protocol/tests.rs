@@ -64,6 +64,10 @@ fn client_requests_round_trip_through_the_server_parser() {
             room: None,
             device: None,
         },
+        ClientMsg::ReadPm {
+            with: "bob".into(),
+            msg: 90,
+        },
         ClientMsg::Sessions,
         ClientMsg::Logout {
             session: "node-1|17".into(),
@@ -180,6 +184,12 @@ fn server_messages_round_trip_through_the_client_decoder() {
             rooms: Vec::new(),
             sessions: 2,
             session: b("n1|7"),
+            conversations: vec![crate::protocol::ConversationInfo {
+                with: b("bob"),
+                last: 90,
+                read: 88,
+                unread: 2,
+            }],
             server: ServerInfo {
                 version: b("0.1.0"),
                 max_message_bytes: 65536,
@@ -245,6 +255,8 @@ fn server_messages_round_trip_through_the_client_decoder() {
             ts: Some(b("t")),
             room: None,
             name: None,
+            with: None,
+            offline: false,
             read: None,
             unread: None,
             mentions: None,

@@ -30,7 +30,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::mailbox::Mailbox;
 use crate::connection::{Flow, Handler};
-use crate::hub::{self, Answer, Broker, ConnId, Member, Refusal, Ticket, TypingTo};
+use crate::hub::{self, Answer, Broker, ConnId, Member, Outcome, Refusal, Ticket, TypingTo};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, ServerMsg, TypingState, b};
 use rate::TokenBucket;
@@ -101,7 +101,17 @@ enum Kind {
     Nick,
     Sessions,
     Logout,
+    /// `read` with `with` (answered by the accounts service).
+    ReadPm,
+    /// A PM nobody was online to get, with the accounts service to be kept.
+    Kept,
 }
+
+/// What a sign-in found waiting: the conversations the welcome lists, and the PMs sent after it.
+type Inbox = (
+    Vec<protocol::ConversationInfo<'static>>,
+    Vec<crate::store::Pm>,
+);
 
 /// One connection's chat state.
 pub(crate) struct Session {
@@ -119,6 +129,9 @@ pub(crate) struct Session {
     device: Option<Arc<str>>,
     /// The rooms the account is a member of, for the welcome (accounts mode).
     memberships: Vec<protocol::Membership<'static>>,
+    /// The account's conversations and the PMs waiting for it, for the welcome (a sign-in with
+    /// a store).
+    inbox: Option<Box<Inbox>>,
     mode: Mode,
     /// The room given at hello: the default for `say`, `who` and `history`.
     home: Arc<str>,
@@ -159,6 +172,7 @@ impl Session {
             signing_in: false,
             device: None,
             memberships: Vec::new(),
+            inbox: None,
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),
             rooms: Vec::new(),
@@ -230,6 +244,11 @@ impl Session {
         };
         self.next_ticket += 1;
         match answer {
+            Answer::Now(Outcome::Unreached(pm)) => {
+                if let Some(frame) = self.keep_pm(pm, reference, None) {
+                    self.emit(vec![frame], out);
+                }
+            }
             Answer::Now(outcome) => {
                 let frames = self.apply(&kind, reference.as_deref(), outcome);
                 self.emit(frames, out);
@@ -326,7 +345,18 @@ impl Handler for Session {
                 self.signed_in(answered, late.outcome);
                 continue;
             }
-            let frames = self.apply(&answered.kind, answered.reference.as_deref(), late.outcome);
+            let outcome = match late.outcome {
+                Outcome::Unreached(pm) => {
+                    let at = answered.at;
+                    let reference = answered.reference.clone();
+                    if let Some(frame) = self.keep_pm(pm, reference, Some(at)) {
+                        self.slots.fill(answered, vec![frame]);
+                    }
+                    continue;
+                }
+                outcome => outcome,
+            };
+            let frames = self.apply(&answered.kind, answered.reference.as_deref(), outcome);
             self.slots.fill(answered, frames);
         }
         self.slots.release(out);

@@ -23,7 +23,27 @@ impl Session {
     ) -> Vec<Utf8Bytes> {
         let json = self.mode == Mode::Json;
         let frame = match (kind, outcome) {
-            (Kind::Hello, Outcome::Welcome(view)) => return vec![self.welcome(view, reference)],
+            (Kind::Hello, Outcome::Welcome(view)) => {
+                let inbox = self.inbox.take();
+                let (conversations, waiting) = match inbox {
+                    Some(inbox) => *inbox,
+                    None => Default::default(),
+                };
+                let mut frames = vec![self.welcome(view, conversations, reference)];
+                // What others wrote while the user was away, after the welcome.
+                frames.extend(waiting.iter().map(|pm| {
+                    protocol::encode(&ServerMsg::Pm {
+                        id: pm.id,
+                        ts: b(&pm.ts),
+                        from: b(&pm.from),
+                        role: pm.role,
+                        to: b(&pm.to),
+                        text: b(&pm.text),
+                        action: pm.action,
+                    })
+                }));
+                return frames;
+            }
             (Kind::Hello, Outcome::Refused(r)) => {
                 self.me = None;
                 self.rooms.clear();
@@ -88,6 +108,7 @@ impl Session {
                 // The user's other connections show the same counts.
                 self.tell_own(ServerMsg::Read {
                     room: state.room.to_string().into(),
+                    with: None,
                     read: state.read,
                     unread: state.unread,
                     mentions: state.mentions,
@@ -99,6 +120,8 @@ impl Session {
                     ts: None,
                     room: Some(b(&state.room)),
                     name: None,
+                    with: None,
+                    offline: false,
                     read: Some(state.read),
                     unread: Some(state.unread),
                     mentions: Some(state.mentions),
@@ -261,6 +284,8 @@ impl Session {
                     ts: None,
                     room: None,
                     name: Some(b(&name)),
+                    with: None,
+                    offline: false,
                     read: None,
                     unread: None,
                     mentions: None,
@@ -269,6 +294,54 @@ impl Session {
             (Kind::Announce, Outcome::Done) => {
                 info!("announcement sent");
                 ack(reference, None, None)
+            }
+            (Kind::Kept, Outcome::Kept(pm)) => {
+                self.typing.clear(&TypingTarget::User(Arc::from(&*pm.to)));
+                // The sender's other connections show what it sent, as for any PM.
+                self.tell_own(ServerMsg::Pm {
+                    id: pm.id,
+                    ts: pm.ts.clone().into(),
+                    from: pm.from.clone().into(),
+                    role: pm.role,
+                    to: pm.to.clone().into(),
+                    text: pm.text.clone().into(),
+                    action: pm.action,
+                });
+                protocol::encode(&ServerMsg::Ack {
+                    reference: reference.map(b),
+                    id: Some(pm.id),
+                    seq: None,
+                    ts: Some(b(&pm.ts)),
+                    room: None,
+                    name: None,
+                    with: None,
+                    offline: true,
+                    read: None,
+                    unread: None,
+                    mentions: None,
+                })
+            }
+            (Kind::ReadPm, Outcome::PmRead(c)) => {
+                self.tell_own(ServerMsg::Read {
+                    room: "".into(),
+                    with: Some(c.with.clone()),
+                    read: c.read,
+                    unread: c.unread,
+                    mentions: 0,
+                });
+                protocol::encode(&ServerMsg::Ack {
+                    reference: reference.map(b),
+                    id: None,
+                    seq: None,
+                    ts: None,
+                    room: None,
+                    name: None,
+                    with: Some(c.with),
+                    offline: false,
+                    read: Some(c.read),
+                    unread: Some(c.unread),
+                    mentions: None,
+                })
             }
             (Kind::Sessions, Outcome::Sessions(list)) => {
                 // At most `auth.max_sessions_per_user` (and a cluster's few stale), each small.
@@ -340,7 +413,12 @@ impl Session {
         (&view.users[..n], &view.history[start..], false)
     }
 
-    pub(super) fn welcome(&mut self, view: RoomView, reference: Option<&str>) -> Utf8Bytes {
+    pub(super) fn welcome(
+        &mut self,
+        view: RoomView,
+        conversations: Vec<protocol::ConversationInfo<'static>>,
+        reference: Option<&str>,
+    ) -> Utf8Bytes {
         self.welcomed = true;
         self.home = view.room.clone();
         // The hello's room may have been full: the welcome says where the user landed.
@@ -377,6 +455,7 @@ impl Session {
             resumed: view.resumed,
             more,
             rooms,
+            conversations,
             sessions: view.sessions,
             session: session.into(),
             server: ServerInfo {
@@ -458,6 +537,8 @@ pub(super) fn ack(
         ts: receipt.map(|r| b(&r.ts)),
         room: room.map(b),
         name: None,
+        with: None,
+        offline: false,
         read: None,
         unread: None,
         mentions: None,

@@ -56,6 +56,7 @@ impl Session {
             }
             ClientMsg::Nick { name } => self.nick(&name, &mut id, out),
             ClientMsg::Read { room, seq } => self.read(&room, seq, &mut id, out),
+            ClientMsg::ReadPm { with, msg } => self.read_pm(&with, msg, &mut id),
             ClientMsg::Leave { room } => self.leave(&room, &mut id, out),
             ClientMsg::Say { room, text, action } => {
                 self.say(room.as_deref(), &text, action, &mut id, out)
@@ -554,7 +555,7 @@ impl Session {
 type Done = Result<(), Refusal>;
 
 /// A user name that could exist (otherwise: `no_such_user`, as for a name nobody has).
-fn valid_user(name: &str) -> Result<&str, Refusal> {
+pub(super) fn valid_user(name: &str) -> Result<&str, Refusal> {
     match protocol::validate_name(name) {
         Err(NameError::Invalid) => Err(Refusal::no_such_user(name)),
         _ => Ok(name),

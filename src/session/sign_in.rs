@@ -10,6 +10,7 @@ use super::{Kind, Mode, Session};
 use crate::accounts::{Denied, Done, Reply, Request, RoomState};
 use crate::hub::{Answer, Late, Outcome, Refusal, Resume};
 use crate::protocol::{self, ErrorCode};
+use crate::store::accounts::Conversation;
 
 impl Session {
     /// Hands a sign-in or a registration to the accounts service; the hello's reply waits for
@@ -32,8 +33,8 @@ impl Session {
         let name = match &request {
             Request::SignIn { name, .. }
             | Request::Register { name, .. }
-            | Request::Resume { name, .. }
-            | Request::Read { name, .. } => name.clone(),
+            | Request::Resume { name, .. } => name.clone(),
+            _ => return,
         };
         if let Request::Register { .. } | Request::Resume { .. } = &request
             && let Some(r) = super::requests::name_refusal(&name)
@@ -113,6 +114,67 @@ impl Session {
         }
     }
 
+    /// `read` with `with`: the user has read its conversation with `with` up to message `msg`.
+    pub(super) fn read_pm(
+        &mut self,
+        with: &str,
+        msg: u64,
+        id: &mut Option<String>,
+    ) -> Result<(), Refusal> {
+        let (Some(accounts), Some(me)) = (self.chat.accounts.clone(), self.me.clone()) else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "read markers are kept where names are owned (tokens or accounts) with a store",
+            ));
+        };
+        let with = super::requests::valid_user(with)?;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let reply = late(self.mailbox.clone(), ticket, with.to_string());
+        let request = Request::ReadPm {
+            name: me.name().to_string(),
+            with: with.to_string(),
+            msg,
+        };
+        accounts
+            .submit(request, self.ip, reply)
+            .map_err(|denied| refusal(&denied, with))?;
+        self.slots
+            .wait(ticket, Kind::ReadPm, id.take(), self.request_bytes);
+        Ok(())
+    }
+
+    /// A PM nobody was online to get: handed to the accounts service, which keeps it if its
+    /// recipient has an account. `at` is the PM's place among the replies when it already has
+    /// one (the broker answered late); otherwise the reply takes a place now. False when it
+    /// could not be handed over (the refusal is the reply).
+    pub(super) fn keep_pm(
+        &mut self,
+        pm: Box<crate::store::Pm>,
+        reference: Option<String>,
+        at: Option<usize>,
+    ) -> Option<Utf8Bytes> {
+        let to = pm.to.clone();
+        let Some(accounts) = self.chat.accounts.clone() else {
+            return Some(self.error(&Refusal::no_such_user(&to), reference.as_deref()));
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let reply = late(self.mailbox.clone(), ticket, to.clone());
+        match accounts.submit(Request::Keep(pm), self.ip, reply) {
+            Ok(()) => {
+                match at {
+                    Some(at) => self.slots.rewait(at, ticket, Kind::Kept, reference),
+                    None => self
+                        .slots
+                        .wait(ticket, Kind::Kept, reference, self.request_bytes),
+                }
+                None
+            }
+            Err(denied) => Some(self.error(&refusal(&denied, &to), reference.as_deref())),
+        }
+    }
+
     /// The accounts service answered: a signed-in account says hello to the broker (its reply
     /// keeps the sign-in's place), a refusal is the reply.
     pub(super) fn signed_in(&mut self, answered: Answered, outcome: Outcome) {
@@ -126,8 +188,17 @@ impl Session {
             return;
         };
         let (name, role) = match outcome {
-            Outcome::SignedIn { name, role, rooms } => {
+            Outcome::SignedIn {
+                name,
+                role,
+                rooms,
+                conversations,
+                waiting,
+            } => {
                 self.memberships = rooms;
+                if !(conversations.is_empty() && waiting.is_empty()) {
+                    self.inbox = Some(Box::new((conversations, waiting)));
+                }
                 (name, role)
             }
             Outcome::Refused(r) => {
@@ -174,12 +245,25 @@ fn late(
                 name: signed.name.into(),
                 role: signed.role,
                 rooms: signed.rooms.into_iter().map(membership).collect(),
+                conversations: signed.conversations.into_iter().map(conversation).collect(),
+                waiting: signed.waiting,
             },
             Ok(Done::Read(state)) => Outcome::ReadState(membership(state)),
+            Ok(Done::ReadPm(c)) => Outcome::PmRead(conversation(c)),
+            Ok(Done::Kept(pm)) => Outcome::Kept(pm),
             Err(denied) => Outcome::Refused(refusal(&denied, &about)),
         };
         mailbox.push_control(Box::new(Late { ticket, outcome }));
     })
+}
+
+fn conversation(c: Conversation) -> protocol::ConversationInfo<'static> {
+    protocol::ConversationInfo {
+        with: c.with.into(),
+        last: c.last,
+        read: c.read,
+        unread: c.unread,
+    }
 }
 
 fn membership(state: RoomState) -> protocol::Membership<'static> {
@@ -213,5 +297,9 @@ fn refusal(denied: &Denied, name: &str) -> Refusal {
         Denied::Closed(why) => Refusal::new(ErrorCode::Forbidden, *why),
         Denied::BadPassword(why) => Refusal::new(ErrorCode::BadRequest, why.clone()),
         Denied::NotMember => Refusal::not_in_room(name),
+        Denied::NoSuchUser => Refusal::new(
+            ErrorCode::NoSuchUser,
+            format!("nobody has the name {:?} here", name),
+        ),
     }
 }

@@ -70,6 +70,48 @@ pub trait AccountsDb: Send {
     /// seq, and up to [`UNREAD_CAP`] messages past `read`, with their texts where they contain
     /// `@`-`name` (case-insensitively; the caller checks the word boundary).
     fn unread(&mut self, key: &str, name: &str, room: &str, read: u64) -> Result<Unread, DbError>;
+    /// Keeps a token's subject as an account without a password (token mode), if `key` has
+    /// none: someone PMs can be kept for while they are away. A password sign-in never matches
+    /// it (its hash is empty) until `chatd user passwd` gives it one.
+    fn remember(&mut self, key: &str, name: &str, role: Role) -> Result<(), DbError>;
+    /// `key`'s private conversations, the most recent first, at most `limit`: with whom, the
+    /// last message, the marker and what is unread past it (see [`Conversation`]).
+    fn conversations(&mut self, key: &str, limit: usize) -> Result<Vec<Conversation>, DbError>;
+    /// The conversation of `key` with `with` (both keys), or `None` if they have none.
+    fn conversation(&mut self, key: &str, with: &str) -> Result<Option<Conversation>, DbError>;
+    /// Moves `key`'s marker in its conversation with `with` forward to `id` (never back).
+    fn read_pm(&mut self, key: &str, with: &str, id: u64) -> Result<(), DbError>;
+    /// What others wrote to `key` in its conversation with `with` past `after`, the newest
+    /// `limit` of them, oldest first.
+    fn unread_pms(
+        &mut self,
+        key: &str,
+        with: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<super::Pm>, DbError>;
+}
+
+/// One private conversation of an account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// The other person, as they spell their name (in the last message).
+    pub with: String,
+    /// The last message's id.
+    pub last: u64,
+    /// The account's marker: the later of what it marked read and the last message it sent.
+    pub read: u64,
+    /// Messages from the other past `read`, at most [`UNREAD_CAP`].
+    pub unread: u64,
+}
+
+/// The other name of a conversation's `pair` (two keys joined by a space) for `key`.
+pub(super) fn other_of<'a>(pair: &'a str, key: &str) -> &'a str {
+    match pair.split_once(' ') {
+        Some((a, b)) if a == key => b,
+        Some((a, _)) => a,
+        None => pair,
+    }
 }
 
 /// The most unread messages counted (a client shows "999+").

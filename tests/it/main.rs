@@ -12,6 +12,7 @@ mod cluster;
 mod cluster_faults;
 mod cluster_load;
 mod cluster_storage;
+mod conversations;
 mod hardening;
 mod helpers;
 mod hostile;

@@ -437,7 +437,7 @@ fn a_database_from_the_previous_schema_is_migrated() {
     let version: u32 = file
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4, "migrated to the current schema");
+    assert_eq!(version, 5, "migrated to the current schema");
     let accounts: u32 = file
         .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
         .unwrap();
@@ -446,6 +446,42 @@ fn a_database_from_the_previous_schema_is_migrated() {
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .unwrap();
     assert_eq!(app, 0x6368_6174, "the migrated file says it is chatd's");
+}
+
+/// Private messages kept before conversations had read markers count as read: an upgrade does
+/// not greet everyone with old PMs as unread.
+#[test]
+fn pms_kept_before_read_markers_count_as_read() {
+    let db = db();
+    chatd::store::create_at_version(&db.path, 4).unwrap();
+    {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        c.execute_batch(
+            "INSERT INTO pms VALUES (5, 'alice bob', '2026-11-30T10:00:00.000Z', 'alice', 'Bob', 'user', 'old one', 0);
+             INSERT INTO pms VALUES (6, 'alice bob', '2026-11-30T10:00:01.000Z', 'Bob', 'alice', 'user', 'old two', 0);
+             INSERT INTO meta VALUES ('next_id', '7');",
+        )
+        .unwrap();
+    }
+    let d = daemon(&db.path, 0, &[]);
+    let (mut carol, _) = hello(&d, "carol", json!({}));
+    let _ = say(&mut carol, "lobby", "the file is migrated by now");
+    let file = rusqlite::Connection::open(&db.path).unwrap();
+    let mut marks: Vec<(String, String, i64)> = file
+        .prepare("SELECT account, other, read_id FROM pm_reads ORDER BY account")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    marks.sort();
+    assert_eq!(
+        marks,
+        [
+            ("alice".into(), "bob".into(), 6),
+            ("bob".into(), "alice".into(), 6)
+        ]
+    );
 }
 
 /// chatctl resumes every room on reconnect: across a restart the user sees each message they

@@ -241,6 +241,51 @@ fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
         ("ann", "Bob")
     );
     assert!(!more);
+
+    // An account's conversations, newest first: with whom (as they spell it), the last id, the
+    // marker (what it read, or later what it wrote) and what is unread past it.
+    let mut a = chatd::store::accounts::open(&db.settings()).expect("accounts beside the store");
+    let seen = |a: &mut Box<dyn chatd::store::accounts::AccountsDb>, key: &str| {
+        a.conversations(key, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.with, c.last - id, c.read.saturating_sub(id), c.unread))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seen(&mut a, "bob"),
+        [("Ann".to_string(), 3, 1, 1)],
+        "bob wrote id+1, so he read what came before it"
+    );
+    assert_eq!(
+        seen(&mut a, "ann"),
+        [("bob".to_string(), 3, 3, 0), ("cid".to_string(), 2, 2, 0)]
+    );
+    assert_eq!(a.conversations("ann", 1).unwrap().len(), 1, "bounded");
+    let waiting = a.unread_pms("bob", "ann", id + 1, 10).unwrap();
+    let texts: Vec<&str> = waiting.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(texts, ["still there?"]);
+    a.read_pm("bob", "ann", id + 3).unwrap();
+    a.read_pm("bob", "ann", id).unwrap();
+    let bob = a
+        .conversation("bob", "ANN")
+        .unwrap()
+        .expect("they have one");
+    assert_eq!(
+        (bob.read, bob.unread),
+        (id + 3, 0),
+        "a marker moves only forward"
+    );
+    assert_eq!(a.conversation("bob", "cid").unwrap(), None);
+    a.remember("dora", "Dora", Role::User).unwrap();
+    a.remember("dora", "DORA", Role::Admin).unwrap();
+    let dora = a.find("dora").unwrap().expect("a token's subject is kept");
+    assert_eq!(
+        (dora.name.as_str(), dora.hash.as_str()),
+        ("Dora", ""),
+        "the first stays"
+    );
+    drop(a);
     store.close(Duration::from_secs(30));
 }
 

@@ -123,6 +123,7 @@ fn history_from_another_day_shows_its_date() {
         rooms: Vec::new(),
         sessions: 0,
         session: b(""),
+        conversations: Vec::new(),
         history: vec![ServerMsg::Message(ChatMessage {
             id: 1,
             seq: 1,

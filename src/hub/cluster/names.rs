@@ -176,11 +176,13 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Outcome, Fail> {
         let targets = self.owners(to).await?;
-        let Some((_, _, _, name)) = targets.first().cloned() else {
-            return Ok(Refusal::no_such_user(to).into());
+        let keep = self.settings.hub.store_pms && self.store.is_some();
+        let name = match targets.first() {
+            Some((_, _, _, name)) => name.clone(),
+            None if keep => to.to_string(),
+            None => return Ok(Refusal::no_such_user(to).into()),
         };
         let mine = self.own_others(me).await?;
-        let keep = self.settings.hub.store_pms && self.store.is_some();
         if keep && let Err(refusal) = self.admits(text.len() + me.name().len() + name.len()) {
             return Ok(refusal.into());
         }
@@ -204,6 +206,19 @@ impl Inner {
             return Err(Fail::Store("the numbering could not be seeded".into()));
         }
         let ts: Arc<str> = protocol::timestamp().into();
+        if targets.is_empty() {
+            // Nobody to hand it to: kept for their next hello if they have an account (the
+            // accounts service checks, and keeps it).
+            return Ok(Outcome::Unreached(Box::new(Pm {
+                id,
+                ts: ts.to_string(),
+                from: me.name().to_string(),
+                to: name,
+                role: me.role(),
+                text: text.to_string(),
+                action,
+            })));
+        }
         let x = self.me_id(me);
         let event = ServerMsg::Pm {
             id,

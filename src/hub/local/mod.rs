@@ -253,6 +253,18 @@ impl Broker for LocalBroker {
             (dir.sessions(to).to_vec(), dir.other_sessions(me))
         };
         let Some(target) = targets.first() else {
+            // Kept for their next hello if they have an account (the accounts service checks).
+            if self.limits.store_pms && self.store.is_some() {
+                return now(Outcome::Unreached(Box::new(store::Pm {
+                    id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
+                    ts: protocol::timestamp(),
+                    from: me.name.to_string(),
+                    to: to.to_string(),
+                    role: me.role,
+                    text: text.to_string(),
+                    action,
+                })));
+            }
             return now(Refusal::no_such_user(to));
         };
         let to_name = target.name.clone();

@@ -4,11 +4,12 @@
 use postgres::Client;
 
 use super::super::accounts::{
-    Account, AccountsDb, Change, Created, DbError, Noted, UNREAD_CAP, Unread, mention_pattern,
-    role_text,
+    Account, AccountsDb, Change, Conversation, Created, DbError, Noted, UNREAD_CAP, Unread,
+    mention_pattern, other_of, role_text,
 };
-use super::super::role_of;
+use super::super::{Pm, pm_pair, role_of};
 use super::{Conn, reason, schema};
+use crate::protocol::Role;
 
 /// The accounts of one PostgreSQL database.
 pub(in crate::store) struct Accounts {
@@ -227,4 +228,136 @@ impl AccountsDb for Accounts {
             })
         })
     }
+
+    fn remember(&mut self, key: &str, name: &str, role: Role) -> Result<(), DbError> {
+        let now = crate::protocol::timestamp();
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO accounts (key, name, hash, role, disabled, created)
+                 VALUES ($1, $2, '', $3, false, $4) ON CONFLICT (key) DO NOTHING",
+                &[&key, &name, &role_text(role), &now],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn conversations(&mut self, key: &str, limit: usize) -> Result<Vec<Conversation>, DbError> {
+        let limit = limit as i64;
+        self.with(|db| {
+            let recent = db.query(
+                "SELECT pair, max(id) AS last FROM pms
+                 WHERE lower(sender) = $1 OR lower(recipient) = $1
+                 GROUP BY pair ORDER BY last DESC LIMIT $2",
+                &[&key, &limit],
+            )?;
+            recent
+                .iter()
+                .map(|r| conversation(db, key, r.get(0), r.get(1)))
+                .collect()
+        })
+    }
+
+    fn conversation(&mut self, key: &str, with: &str) -> Result<Option<Conversation>, DbError> {
+        let pair = pm_pair(key, with);
+        self.with(|db| {
+            let last: Option<i64> = db
+                .query_one("SELECT max(id) FROM pms WHERE pair = $1", &[&pair])?
+                .get(0);
+            last.map(|last| conversation(db, key, &pair, last))
+                .transpose()
+        })
+    }
+
+    fn read_pm(&mut self, key: &str, with: &str, id: u64) -> Result<(), DbError> {
+        let id = id.min(i64::MAX as u64) as i64;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO pm_reads (account, other, read_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (account, other)
+                 DO UPDATE SET read_id = GREATEST(pm_reads.read_id, excluded.read_id)",
+                &[&key, &with, &id],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn unread_pms(
+        &mut self,
+        key: &str,
+        with: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Pm>, DbError> {
+        let (pair, after, limit) = (
+            pm_pair(key, with),
+            after.min(i64::MAX as u64) as i64,
+            limit as i64,
+        );
+        let mut rows: Vec<Pm> = self.with(|db| {
+            let rows = db.query(
+                "SELECT id, ts, sender, recipient, role, text, action FROM pms
+                 WHERE pair = $1 AND id > $2 AND lower(sender) <> $3 ORDER BY id DESC LIMIT $4",
+                &[&pair, &after, &key, &limit],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| Pm {
+                    id: r.get::<_, i64>(0) as u64,
+                    ts: r.get(1),
+                    from: r.get(2),
+                    to: r.get(3),
+                    role: role_of(r.get::<_, &str>(4)),
+                    text: r.get(5),
+                    action: r.get(6),
+                })
+                .collect())
+        })?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
+/// The conversation `pair` of `key`, whose last message is `last`.
+fn conversation(
+    db: &mut Client,
+    key: &str,
+    pair: &str,
+    last: i64,
+) -> Result<Conversation, postgres::Error> {
+    let row = db.query_one("SELECT sender, recipient FROM pms WHERE id = $1", &[&last])?;
+    let (sender, recipient): (String, String) = (row.get(0), row.get(1));
+    let with = if sender.eq_ignore_ascii_case(key) {
+        recipient
+    } else {
+        sender
+    };
+    let other = other_of(pair, key);
+    let marked: i64 = db
+        .query_opt(
+            "SELECT read_id FROM pm_reads WHERE account = $1 AND other = $2",
+            &[&key, &other],
+        )?
+        .map_or(0, |r| r.get(0));
+    // Writing to someone reads what they wrote before.
+    let sent: i64 = db
+        .query_one(
+            "SELECT COALESCE(max(id), 0) FROM pms WHERE pair = $1 AND lower(sender) = $2",
+            &[&pair, &key],
+        )?
+        .get(0);
+    let read = marked.max(sent);
+    let cap = UNREAD_CAP as i64;
+    let unread: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM pms
+             WHERE pair = $1 AND id > $2 AND lower(sender) <> $3 LIMIT $4) AS past",
+            &[&pair, &read, &key, &cap],
+        )?
+        .get(0);
+    Ok(Conversation {
+        with,
+        last: last as u64,
+        read: read as u64,
+        unread: unread as u64,
+    })
 }

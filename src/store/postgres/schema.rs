@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The schema this binary writes.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// The advisory lock migrations hold (a transaction's).
 const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
@@ -89,6 +89,28 @@ const STEPS: &[(i32, &str)] = &[
         read_seq BIGINT NOT NULL DEFAULT 0, -- the last seq the account has read (moves forward)
         PRIMARY KEY (account, room)
     );
+    ",
+    ),
+    (
+        3,
+        "
+    -- Read markers of private conversations (accounts, and tokens' subjects).
+    CREATE TABLE pm_reads (
+        account TEXT NOT NULL,           -- the reader's key
+        other   TEXT NOT NULL,           -- the other's key
+        read_id BIGINT NOT NULL,         -- the last message id read (moves forward)
+        PRIMARY KEY (account, other)
+    );
+    -- A user's conversations, found by either side.
+    CREATE INDEX pms_sender ON pms (lower(sender), id);
+    CREATE INDEX pms_recipient ON pms (lower(recipient), id);
+    -- What was kept before markers existed counts as read.
+    INSERT INTO pm_reads (account, other, read_id)
+        SELECT split_part(pair, ' ', 1), split_part(pair, ' ', 2), max(id) FROM pms GROUP BY pair
+    ON CONFLICT DO NOTHING;
+    INSERT INTO pm_reads (account, other, read_id)
+        SELECT split_part(pair, ' ', 2), split_part(pair, ' ', 1), max(id) FROM pms GROUP BY pair
+    ON CONFLICT DO NOTHING;
     ",
     ),
 ];

@@ -3,11 +3,13 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::protocol::Role;
+
 use super::super::accounts::{
-    Account, AccountsDb, Change, Created, DbError, Noted, UNREAD_CAP, Unread, mention_pattern,
-    role_text,
+    Account, AccountsDb, Change, Conversation, Created, DbError, Noted, UNREAD_CAP, Unread,
+    mention_pattern, other_of, role_text,
 };
-use super::super::role_of;
+use super::super::{Pm, pm_pair, role_of};
 
 /// The accounts of one SQLite file.
 pub(in crate::store) struct Accounts(pub(super) Connection);
@@ -214,4 +216,145 @@ impl AccountsDb for Accounts {
             mentioning,
         })
     }
+
+    fn remember(&mut self, key: &str, name: &str, role: Role) -> Result<(), DbError> {
+        self.0
+            .execute(
+                "INSERT INTO accounts (key, name, hash, role, disabled, created)
+                 VALUES (?1, ?2, '', ?3, 0, ?4) ON CONFLICT (key) DO NOTHING",
+                params![key, name, role_text(role), crate::protocol::timestamp()],
+            )
+            .map_err(text)?;
+        Ok(())
+    }
+
+    fn conversations(&mut self, key: &str, limit: usize) -> Result<Vec<Conversation>, DbError> {
+        let recent: Vec<(String, i64)> = self
+            .0
+            .prepare_cached(
+                "SELECT pair, max(id) AS last FROM pms
+                 WHERE lower(sender) = ?1 OR lower(recipient) = ?1
+                 GROUP BY pair ORDER BY last DESC LIMIT ?2",
+            )
+            .map_err(text)?
+            .query_map(params![key, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(text)?
+            .collect::<Result<_, _>>()
+            .map_err(text)?;
+        recent
+            .iter()
+            .map(|(pair, last)| conversation(&self.0, key, pair, *last).map_err(text))
+            .collect()
+    }
+
+    fn conversation(&mut self, key: &str, with: &str) -> Result<Option<Conversation>, DbError> {
+        let pair = pm_pair(key, with);
+        let last: Option<i64> = self
+            .0
+            .query_row("SELECT max(id) FROM pms WHERE pair = ?1", [&pair], |r| {
+                r.get(0)
+            })
+            .map_err(text)?;
+        last.map(|last| conversation(&self.0, key, &pair, last))
+            .transpose()
+            .map_err(text)
+    }
+
+    fn read_pm(&mut self, key: &str, with: &str, id: u64) -> Result<(), DbError> {
+        self.0
+            .execute(
+                "INSERT INTO pm_reads (account, other, read_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (account, other) DO UPDATE SET read_id = max(read_id, excluded.read_id)",
+                params![key, with, id.min(i64::MAX as u64) as i64],
+            )
+            .map_err(text)?;
+        Ok(())
+    }
+
+    fn unread_pms(
+        &mut self,
+        key: &str,
+        with: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Pm>, DbError> {
+        let mut rows: Vec<Pm> = self
+            .0
+            .prepare_cached(
+                "SELECT id, ts, sender, recipient, role, text, action FROM pms
+                 WHERE pair = ?1 AND id > ?2 AND lower(sender) <> ?3 ORDER BY id DESC LIMIT ?4",
+            )
+            .map_err(text)?
+            .query_map(
+                params![
+                    pm_pair(key, with),
+                    after.min(i64::MAX as u64) as i64,
+                    key,
+                    limit as i64
+                ],
+                |r| {
+                    Ok(Pm {
+                        id: r.get(0)?,
+                        ts: r.get(1)?,
+                        from: r.get(2)?,
+                        to: r.get(3)?,
+                        role: role_of(&r.get::<_, String>(4)?),
+                        text: r.get(5)?,
+                        action: r.get(6)?,
+                    })
+                },
+            )
+            .map_err(text)?
+            .collect::<Result<_, _>>()
+            .map_err(text)?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
+/// The conversation `pair` of `key`, whose last message is `last`.
+fn conversation(
+    db: &Connection,
+    key: &str,
+    pair: &str,
+    last: i64,
+) -> rusqlite::Result<Conversation> {
+    let (sender, recipient): (String, String) = db.query_row(
+        "SELECT sender, recipient FROM pms WHERE id = ?1",
+        [last],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let with = if sender.eq_ignore_ascii_case(key) {
+        recipient
+    } else {
+        sender
+    };
+    let other = other_of(pair, key);
+    let marked: i64 = db
+        .query_row(
+            "SELECT read_id FROM pm_reads WHERE account = ?1 AND other = ?2",
+            params![key, other],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    // Writing to someone reads what they wrote before.
+    let sent: i64 = db.query_row(
+        "SELECT COALESCE(max(id), 0) FROM pms WHERE pair = ?1 AND lower(sender) = ?2",
+        params![pair, key],
+        |r| r.get(0),
+    )?;
+    let read = marked.max(sent);
+    let unread: i64 = db.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM pms
+         WHERE pair = ?1 AND id > ?2 AND lower(sender) <> ?3 LIMIT ?4)",
+        params![pair, read, key, UNREAD_CAP as i64],
+        |r| r.get(0),
+    )?;
+    Ok(Conversation {
+        with,
+        last: last as u64,
+        read: read as u64,
+        unread: unread as u64,
+    })
 }

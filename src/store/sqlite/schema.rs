@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -107,6 +107,30 @@ const STEPS: &[(u32, &str)] = &[
             read_seq INTEGER NOT NULL DEFAULT 0, -- the last seq the account has read (moves forward)
             PRIMARY KEY (account, room)
         ) WITHOUT ROWID;
+        ",
+    ),
+    (
+        5,
+        "
+        -- Read markers of private conversations (accounts, and tokens' subjects).
+        CREATE TABLE pm_reads (
+            account TEXT NOT NULL,           -- the reader's key
+            other   TEXT NOT NULL,           -- the other's key
+            read_id INTEGER NOT NULL,        -- the last message id read (moves forward)
+            PRIMARY KEY (account, other)
+        ) WITHOUT ROWID;
+        -- A user's conversations, found by either side.
+        CREATE INDEX pms_sender ON pms (lower(sender), id);
+        CREATE INDEX pms_recipient ON pms (lower(recipient), id);
+        -- What was kept before markers existed counts as read.
+        INSERT INTO pm_reads (account, other, read_id)
+            SELECT substr(pair, 1, instr(pair, ' ') - 1), substr(pair, instr(pair, ' ') + 1),
+                   max(id)
+            FROM pms GROUP BY pair;
+        INSERT OR IGNORE INTO pm_reads (account, other, read_id)
+            SELECT substr(pair, instr(pair, ' ') + 1), substr(pair, 1, instr(pair, ' ') - 1),
+                   max(id)
+            FROM pms GROUP BY pair;
         ",
     ),
 ];
