@@ -531,6 +531,80 @@ async fn chatd_user_and_invite_work_beside_a_running_server() {
     let _ = code_and_stderr;
 }
 
+/// chatctl shows a PM that waited for its user once (then it is read), says when a PM waits
+/// for someone away, and lists and closes the user's sessions.
+#[test]
+fn chatctl_shows_waiting_pms_once_and_manages_sessions() {
+    use crate::helpers::{Daemon, Proc, chatctl_command};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = accounts_env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = Daemon::start(&[], &env);
+    let chatctl = |name: &str, device: &str, extra: &[&str]| {
+        let password = dir.path().join(name);
+        std::fs::write(&password, format!("{name}'s password\n")).unwrap();
+        let mut cmd = chatctl_command();
+        cmd.env("NO_COLOR", "1")
+            .args(["--url", &format!("ws://{}", d.addr)])
+            .args(["--password-file", password.to_str().unwrap()])
+            .args(["--device", device])
+            .args(["connect", name])
+            .args(extra);
+        Proc::spawn(cmd)
+    };
+    let mut ann = chatctl("ann", "laptop", &["--register"]);
+    ann.expect_out("welcome, ann!");
+    let mut bob = chatctl("bob", "phone", &["--register"]);
+    bob.expect_out("welcome, bob!");
+    bob.close_stdin();
+    assert_eq!(bob.wait_exit(), Some(0));
+    ann.expect_out("bob left");
+    ann.write_line("/msg bob while you were away");
+    ann.expect_out("[pm to bob] while you were away");
+    ann.expect_err("bob is not connected: the message waits for them");
+
+    let mut bob = chatctl("bob", "desk", &[]);
+    bob.expect_out("[pm from ann] while you were away");
+    bob.write_line("/sessions");
+    bob.expect_out("you are connected once");
+    let mine = bob.expect_out("(this one)");
+    assert!(mine.contains("desk"), "{mine}");
+    bob.close_stdin();
+    assert_eq!(bob.wait_exit(), Some(0));
+
+    // Shown, so read: not handed over again.
+    let mut again = chatctl("bob", "desk", &[]);
+    again.expect_out("welcome, bob!");
+    again.write_line("/sessions");
+    again.expect_out("(this one)");
+    again.close_stdin();
+    let rest = again.rest_of_stdout();
+    assert_eq!(again.wait_exit(), Some(0));
+    assert!(
+        !rest.iter().any(|l| l.contains("while you were away")),
+        "{rest:?}"
+    );
+
+    // ann's laptop logs out another of her connections.
+    let mut phone = chatctl("ann", "phone", &[]);
+    phone.expect_out("welcome, ann!");
+    ann.write_line("/sessions");
+    ann.expect_out("you are connected 2 times");
+    let line = ann.expect_out("  phone");
+    let id = line
+        .split_whitespace()
+        .skip_while(|w| *w != "-!-")
+        .nth(1)
+        .expect("a session id")
+        .to_string();
+    ann.write_line(&format!("/logout {id}"));
+    phone.expect_err("logged out");
+    assert_eq!(phone.wait_exit(), Some(1));
+    ann.close_stdin();
+    assert_eq!(ann.wait_exit(), Some(0));
+}
+
 /// chatctl registers once, signs in on every reconnect, and keeps its own name: after a network
 /// drop the server still holds the dead connection for a while, and chatctl waits for it to let
 /// go instead of becoming `henry2`.

@@ -32,7 +32,23 @@ impl Chat {
                 );
                 return;
             }
-            (ServerMsg::Ack { ts, name, seq, .. }, Some(p)) => {
+            (
+                ServerMsg::Ack {
+                    ts,
+                    name,
+                    seq,
+                    offline,
+                    ..
+                },
+                Some(p),
+            ) => {
+                if let (Pending::Pm { to, .. }, true) = (&p, offline) {
+                    self.note(
+                        ui,
+                        LineKind::Info,
+                        format!("{to} is not connected: the message waits for them"),
+                    );
+                }
                 if let Some(line) = self.own_line(&p, LineKind::Own, ts.as_deref())
                     && !json
                 {
@@ -215,7 +231,10 @@ impl Chat {
                 mentions,
                 ..
             } => {
-                // Read on another device: the same counts here.
+                // Read on another device: the same counts here (a conversation's: nothing shown).
+                if room.is_empty() {
+                    return;
+                }
                 let room = room.to_string();
                 self.unread.retain(|(r, _, _)| *r != room);
                 if *unread > 0 && self.current.as_deref() != Some(&room) {
@@ -290,7 +309,10 @@ impl Chat {
                 }
                 return;
             }
-            ServerMsg::Pm { from, ts, .. } => {
+            ServerMsg::Pm { id, from, ts, .. } => {
+                if !self.pm_arrived(*id, from) {
+                    return;
+                }
                 self.typing.message_from(from, None);
                 self.day_change(ts, ui);
                 if self.opts.bell {
@@ -308,6 +330,28 @@ impl Chat {
                 _ => ui.show(line),
             }
         }
+    }
+
+    /// A PM arrived: false if it was shown already (handed over again at a reconnect). One from
+    /// someone else is read once shown, where the server keeps markers.
+    fn pm_arrived(&mut self, id: u64, from: &str) -> bool {
+        if !self.pms_shown.insert(id) {
+            return false;
+        }
+        if self.pms_shown.len() > 1000 {
+            self.pms_shown.pop_first();
+        }
+        if self.keeps_read && !from.eq_ignore_ascii_case(&self.nick) {
+            self.outbox.push_back(Outgoing {
+                msg: ClientMsg::ReadPm {
+                    with: from.to_string(),
+                    msg: id,
+                },
+                pending: Pending::Read,
+                bytes: 0,
+            });
+        }
+        true
     }
 
     /// Records that `room`'s messages up to `seq` have been shown (in `epoch`, if known).

@@ -183,6 +183,8 @@ struct Chat {
     keeps_read: bool,
     /// The last `read` sent per room: the seq, and when.
     read_sent: HashMap<String, (u64, Instant)>,
+    /// The newest PM ids shown (a PM handed over again after a reconnect is shown once).
+    pms_shown: std::collections::BTreeSet<u64>,
     /// Going by another name than the one asked for (it was taken): when to ask for it again.
     reclaim_at: Option<Instant>,
     /// Sent, not yet answered, by request id.
@@ -221,6 +223,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         unread: Vec::new(),
         keeps_read: false,
         read_sent: HashMap::new(),
+        pms_shown: Default::default(),
         reclaim_at: None,
         pending: HashMap::new(),
         outbox: VecDeque::new(),

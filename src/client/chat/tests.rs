@@ -36,6 +36,7 @@ fn chat() -> Chat {
         unread: Vec::new(),
         keeps_read: false,
         read_sent: HashMap::new(),
+        pms_shown: Default::default(),
         reclaim_at: None,
         pending: HashMap::new(),
         outbox: VecDeque::new(),
