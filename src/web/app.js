@@ -1,5 +1,6 @@
-// chatd's browser client, part 3 of 3: the protocol of docs/PROTOCOL.md over one WebSocket to
-// this origin (part 1, kit.js, has the text and time helpers; part 2, unread.js, what is unread).
+// chatd's browser client, part 4 of 4: the protocol of docs/PROTOCOL.md over one WebSocket to
+// this origin (part 1, kit.js, has the text and time helpers; part 2, unread.js, what is unread;
+// part 3, signin.js, the sign-in form).
 // Everything anyone else wrote is inserted as text (textContent, Text nodes), never as HTML.
 // (Strict mode: kit.js's 'use strict' opens the script.)
 (() => {
@@ -179,7 +180,7 @@
   }
 
   // ---- unread, mentions, notifications (unread.js) ----------------------------------------
-  const { notice, markRead, syncRead, updateTitle, keptRooms } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
+  const { notice, markRead, syncRead, updateTitle, keptRooms, keptConversations } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) {
       const c = currentConv();
@@ -369,6 +370,7 @@
     }
     // The account's rooms, kept by the server (joined on another device, or before a reload):
     // joined here too, with the server's unread counts.
+    keptConversations(w, (name) => conv(pmKey(name), 'pm', name));
     for (const name of keptRooms(w, (key, name) => conv(key, 'room', name), home.key)) {
       send({ type: 'join', room: name }, (r) => { if (r.type === 'room') applyView(r); });
     }
@@ -393,7 +395,10 @@
       }
       case 'pm': {
         const other = clean(m.from) === st.name ? clean(m.to) : clean(m.from);
-        showMessage(conv(pmKey(other), 'pm', other), Object.assign({}, m, { seq: null }));
+        const c = conv(pmKey(other), 'pm', other);
+        if (clean(m.from) !== st.name) c.lastPm = Math.max(c.lastPm || 0, m.id || 0);
+        // One that waited for us is counted in the welcome's conversations already.
+        showMessage(c, Object.assign({}, m, { seq: null }), { live: !(m.id <= (c.counted || 0)) });
         break;
       }
       case 'joined': case 'left': case 'kicked': {
@@ -469,7 +474,7 @@
       }
       case 'read': case 'membership': {
         // Another device of this account read a room, or joined or left one: the same here.
-        const name = clean(m.room); const c = st.convs.get(roomKey(name));
+        const name = clean(m.room); const c = st.convs.get(m.with ? pmKey(clean(m.with)) : roomKey(name));
         if (m.type === 'read') syncRead(c, m);
         else if (m.state === 'joined' && !c) send({ type: 'join', room: name }, (r) => { if (r.type === 'room') applyView(r); });
         else if (m.state === 'left' && c) leave(c);
@@ -515,7 +520,7 @@
   }
   function hello() {
     const home = st.convs.get(roomKey(st.home));
-    const msg = { type: 'hello', name: st.wanted, room: st.home };
+    const msg = { type: 'hello', name: st.wanted, room: st.home, device: st.device };
     if (st.token) msg.token = st.token;
     else if (st.password) msg.password = st.password;
     if (st.register && st.password) {
@@ -762,38 +767,6 @@
     if (e.key === 'Escape') { closePanes(); if (!$('results').hidden) { $('results').hidden = true; $('message').focus(); } }
   });
 
-  // ---- sign in -----------------------------------------------------------------------------
-  $('login-name').value = localStorage.getItem('chatd.name') || '';
-  $('login-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const name = $('login-name').value.trim();
-    if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) {
-      $('login-error').textContent = ERRORS.name_invalid;
-      $('login-name').focus();
-      return;
-    }
-    st.wanted = name; st.asked = name;
-    st.token = $('login-token').value.trim();
-    st.password = $('login-password').value;
-    st.register = $('login-register').checked;
-    st.invite = $('login-invite').value.trim();
-    if (st.register && !st.password) {
-      $('login-error').textContent = 'Choose a password for the new account.';
-      $('login-password').focus();
-      return;
-    }
-    st.home = ($('login-room').value.replace(/^#/, '').trim().toLowerCase()) || 'lobby';
-    st.stopped = false;
-    st.attempt = 0;
-    $('login-error').textContent = '';
-    $('login-go').disabled = true;
-    connect();
-  });
-  $('login-register').addEventListener('change', () => {
-    const on = $('login-register').checked;
-    $('login-invite-row').hidden = !on;
-    $('login-password').autocomplete = on ? 'new-password' : 'current-password';
-    $('login-go').textContent = on ? 'Create account and join' : 'Join chat';
-  });
-  $('login-name').focus();
+  // ---- sign in (signin.js) -----------------------------------------------------------------
+  chatdSignIn({ st, connect });
 })();

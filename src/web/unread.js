@@ -1,4 +1,4 @@
-// chatd's browser client, part 2 of 3 (web/mod.rs joins them into the page's one script): what
+// chatd's browser client, part 2 of 4 (web/mod.rs joins them into the page's one script): what
 // is unread. Counts and mentions per conversation, the title and notifications; and with
 // accounts, the read markers the server keeps: the welcome's counts, and `read` sent for a room
 // once it has been seen.
@@ -26,14 +26,17 @@ const chatdUnread = ({ st, send, nearBottom, currentConv, renderRooms }) => {
    * scrolled to the end and the page visible; at most once a second per room.
    */
   function markRead(c) {
-    if (!st.keepsRead || c.kind !== 'room' || !st.welcomed) return;
+    if (!st.keepsRead || !st.welcomed) return;
     if (document.hidden || st.current !== c.key || !nearBottom()) return;
-    if (c.lastSeq <= (c.readSent || 0) || c.readTimer) return;
+    // A room by seq; a conversation by the id of the last message from the other.
+    const upTo = () => (c.kind === 'room' ? c.lastSeq : (c.lastPm || 0));
+    if (upTo() <= (c.readSent || 0) || c.readTimer) return;
     c.readTimer = setTimeout(() => {
       c.readTimer = null;
-      if (c.lastSeq <= (c.readSent || 0) || !st.welcomed) return;
-      c.readSent = c.lastSeq;
-      send({ type: 'read', room: c.name, seq: c.lastSeq }, () => {});
+      const at = upTo();
+      if (at <= (c.readSent || 0) || !st.welcomed) return;
+      c.readSent = at;
+      send(c.kind === 'room' ? { type: 'read', room: c.name, seq: at } : { type: 'read', with: c.name, msg: at }, () => {});
     }, c.readSent ? 1000 : 0);
   }
 
@@ -83,5 +86,24 @@ const chatdUnread = ({ st, send, nearBottom, currentConv, renderRooms }) => {
     return join;
   }
 
-  return { notice, markRead, syncRead, updateTitle, keptRooms };
+  /**
+   * The welcome's conversations (the PMs the server keeps): made with `pm(name)`, with the
+   * server's counts; the PMs that waited, sent after the welcome, are counted by them already.
+   */
+  function keptConversations(w, pm) {
+    for (const x of (w.conversations || []).slice(0, 50)) {
+      const name = clean(x.with);
+      if (!name) continue;
+      const known = st.convs.has(`pm:${name.toLowerCase()}`);
+      const c = pm(name);
+      c.readSent = Math.max(c.readSent || 0, x.read || 0);
+      c.counted = Math.max(c.counted || 0, x.last || 0);
+      if (!known && st.current !== c.key) {
+        c.unread = Math.min(x.unread || 0, 999);
+        c.mention = c.unread > 0;
+      }
+    }
+  }
+
+  return { notice, markRead, syncRead, updateTitle, keptRooms, keptConversations };
 };

@@ -466,6 +466,31 @@ const scenarios = {
     noProblems(phone, /WebSocket connection to .* failed/);
   },
 
+  /** A PM that waited for ann is counted at sign-in, shown in its conversation, and read there. */
+  async waitingPm() {
+    const signIn = async (page) => {
+      await page.getByLabel('Name').fill('ann');
+      await page.getByLabel('Password').fill('ann password');
+      await page.getByRole('button', { name: 'Join chat' }).click();
+      await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    };
+    const page = await visit('ann');
+    await signIn(page);
+    const bob = conversation(page, '@bob');
+    await bob.getByLabel(/1 unread/).waitFor({ timeout: WAIT });
+    await page.screenshot({ path: `${SHOTS}/waiting-pm-badge.png` });
+    await bob.click();
+    await see(page, 'while you were away');
+    await bob.getByLabel(/unread/).waitFor({ state: 'detached', timeout: WAIT });
+    const { read } = await ask({ op: 'read_by_ann' });
+    check(read, 'the server has it read');
+    await page.reload();
+    await signIn(page);
+    await conversation(page, '@bob').waitFor({ timeout: WAIT });
+    await count(conversation(page, '@bob').getByLabel(/unread/), 0, 'still read after a reload');
+    noProblems(page, /WebSocket connection to .* failed/);
+  },
+
   /** The page over https connects over wss:// to the same origin. */
   async tls() {
     const page = await open('secure', { https: true });

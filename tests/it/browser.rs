@@ -391,6 +391,50 @@ fn two_pages_of_one_account_share_rooms_and_read_state() {
     });
 }
 
+/// Accounts mode: a PM sent while ann was away waits for her; the page counts and shows it.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
+#[test]
+fn a_pm_that_waited_is_counted_shown_and_read_in_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let d = start_with(&crate::accounts::accounts_env(&db));
+    let mut ann = SyncClient::connect(d.addr);
+    ann.send(json!({"type": "register", "name": "ann", "password": "ann password"}));
+    let w = ann.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+    assert_eq!(w["type"], "welcome", "{w}");
+    drop(ann);
+    let mut bob = SyncClient::connect(d.addr);
+    bob.send(json!({"type": "register", "name": "bob", "password": "bob password"}));
+    bob.recv_until(|v| v["type"] == "welcome");
+    // ann's connection ends on the server shortly after it closes: until then the PM is live.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ack = loop {
+        bob.send(json!({"type": "who", "id": "w"}));
+        let who = bob.recv_until(|v| v["ref"] == "w");
+        if who["user_count"] == 1 || Instant::now() > deadline {
+            bob.send(json!({"type": "pm", "to": "ann", "text": "while you were away", "id": "p"}));
+            break bob.recv_until(|v| v["ref"] == "p");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ack["offline"], true, "{ack}");
+    let file = db.clone();
+    run("waitingPm", &page_url(d.addr), |_| {
+        let db = rusqlite::Connection::open(&file).unwrap();
+        let read: Option<i64> = db
+            .query_row(
+                "SELECT read_id FROM pm_reads WHERE account = 'ann' AND other = 'bob'",
+                [],
+                |row| row.get(0),
+            )
+            .ok();
+        json!({ "read": read == ack["id"].as_i64() })
+    });
+}
+
 #[cfg_attr(
     chatd_no_browser,
     ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
