@@ -30,6 +30,7 @@ async fn memberships_survive_disconnects_and_restarts() {
     let server = TestServer::with(|c| accounts_config(c, &dir)).await;
     let (mut ann, w) = register(server.addr, "ann", "ann's password").await;
     assert_eq!(listed(&w), ["lobby"], "{w}");
+    assert_eq!(room_state(&w, "lobby")["epoch"], w["epoch"], "{w}");
     for room in ["dev", "ops"] {
         let r = ann.request(json!({"type": "join", "room": room})).await;
         assert_eq!(r["type"], "room", "{r}");
