@@ -39,7 +39,7 @@ const chatdKit = (() => {
     room_invalid: 'Room names use letters, digits, _ . and - (up to 32).',
     no_such_room: 'There is no such room.',
     not_in_room: 'You are not in that room.',
-    no_such_user: 'Nobody by that name is online.',
+    no_such_user: 'Nobody by that name is here.',
     too_many_rooms: 'Too many rooms: leave one first (or the server is full).',
     rate_limited: 'Slow down: the server limits how fast you can send.',
     bad_request: 'The server could not accept that.',
@@ -49,6 +49,7 @@ const chatdKit = (() => {
     unavailable: 'The server could not do that.',
     unconfirmed: 'Not confirmed in time: it may have been sent. Check the conversation before sending it again.',
     too_many_sessions: 'You are connected from too many places at once; close one first.',
+    not_found: 'There is no such thing (it may have gone already).',
   };
   const errorText = (e) => `${ERRORS[e.code] || 'Error.'} (${clean(e.message)})`;
 
