@@ -39,6 +39,9 @@ pub struct Claims {
     /// Audience: one, or a list (RFC 7519 §4.1.3 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    /// The token's id (`chatd token revoke --jti` names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// A token's `aud`: one string or several.
@@ -133,6 +136,15 @@ impl Verifier {
 
     /// The role a token grants to `name`.
     pub fn verify(&self, token: Option<&str>, name: &str) -> Result<Role, AuthError> {
+        self.verify_token(token, name).map(|(role, _)| role)
+    }
+
+    /// The role a token grants to `name`, and the token's id (`jti`) if it has one.
+    pub fn verify_token(
+        &self,
+        token: Option<&str>,
+        name: &str,
+    ) -> Result<(Role, Option<String>), AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
         // RFC 7515 §4.1.11: a `crit` header lists extensions the recipient must understand or
         // refuse the token; chatd understands none.
@@ -155,7 +167,8 @@ impl Verifier {
         if data.claims.sub != name {
             return Err(AuthError::WrongName);
         }
-        Ok(data.claims.role.unwrap_or_default())
+        let jti = data.claims.jti.filter(|j| j.len() <= 64);
+        Ok((data.claims.role.unwrap_or_default(), jti))
     }
 }
 
@@ -193,6 +206,7 @@ pub fn mint(
         nbf: None,
         iss: rules.issuer.clone(),
         aud: rules.audience.clone().map(Audience::One),
+        jti: Some(token_id()),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -204,6 +218,11 @@ pub fn mint(
 
 /// Token lifetimes are written like every other duration in the configuration.
 pub use crate::config::parse_ttl;
+
+/// A new token id: 128 random bits in hex (unique, not secret: the signature is the secret).
+fn token_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
 
 #[cfg(test)]
 mod tests {

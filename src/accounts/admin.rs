@@ -70,6 +70,31 @@ impl Admin {
         Ok(code)
     }
 
+    /// Revokes tokens: `jti:ID` (one token) or `sub:NAME` (every token of that subject), from
+    /// now on and for the connections they signed in (each node closes them within a second).
+    pub fn revoke(&mut self, target: &str) -> Result<bool, String> {
+        use crate::store::policy::{Audit, Change, Kind, SERVER, Sanction};
+        let ts = protocol::timestamp();
+        let sanction = Sanction {
+            room: SERVER.into(),
+            target: target.to_string(),
+            kind: Kind::Revoke,
+            by: "chatd".into(),
+            reason: "revoked".into(),
+            created: ts.clone(),
+            until_ms: None,
+        };
+        let audit = Audit {
+            room: SERVER.into(),
+            actor: "chatd".into(),
+            action: "revoke".into(),
+            target: target.to_string(),
+            reason: String::new(),
+            ts,
+        };
+        self.db.apply(&Change::Sanction(sanction), Some(&audit))
+    }
+
     /// The account `name`, if there is one.
     pub fn find(&mut self, name: &str) -> Result<Option<Account>, String> {
         self.db.find(&protocol::name_key(name))

@@ -14,8 +14,10 @@
 //!   `unavailable` (a token's hello goes on without its rooms instead).
 
 pub mod admin;
+pub mod moderation;
 mod password;
 pub mod pms;
+pub mod policy;
 mod rooms;
 mod throttle;
 
@@ -78,6 +80,13 @@ pub enum Request {
         /// The message id read up to.
         msg: u64,
     },
+    /// A moderation request (or a new room's claim): see [`moderation`].
+    Moderate {
+        /// Who asks.
+        actor: moderation::Actor,
+        /// What.
+        action: moderation::Action,
+    },
     /// The signed-in account `name` has read `room` up to `seq`.
     Read {
         /// The account's name.
@@ -100,6 +109,8 @@ pub enum Done {
     Kept(Box<crate::store::Pm>),
     /// A conversation's read state after a `read` with `with`.
     ReadPm(Conversation),
+    /// A moderation request carried out.
+    Moderated(moderation::Moderated),
 }
 
 /// One room of an account: its read marker and what is unread past it.
@@ -156,6 +167,10 @@ pub enum Denied {
     NotMember,
     /// A PM's recipient, or a conversation's other side, has no account (or no conversation).
     NoSuchUser,
+    /// Not allowed (moderation), and why.
+    Forbidden(String),
+    /// A value out of bounds (a topic too long, an address range that is not one).
+    Invalid(String),
 }
 
 /// Where an answer goes: called once, on a hashing thread.
@@ -196,7 +211,16 @@ struct Work {
     /// Hashing threads still running: the last to stop drops the connection.
     running: AtomicUsize,
     metrics: Metrics,
+    /// Rooms' policies, as this node has loaded them.
+    policies: Arc<policy::Policies>,
+    /// What the chat does with what a policy reload changed (set by the server).
+    effects: Mutex<Option<EffectsHook>>,
+    /// When the change log was last polled.
+    polled: Mutex<Option<Instant>>,
 }
+
+/// What the chat does with what a policy reload changed (see [`Accounts::on_effects`]).
+pub type EffectsHook = Arc<dyn Fn(Vec<policy::Effect>) + Send + Sync>;
 
 /// Runs `f` on the accounts' connection (an error once the service has stopped).
 fn with_db<T>(
@@ -290,7 +314,27 @@ impl Accounts {
             store,
             running: AtomicUsize::new(a.hash_threads.max(1)),
             metrics: metrics.clone(),
+            policies: Arc::new(policy::Policies::default()),
+            effects: Mutex::new(None),
+            polled: Mutex::new(None),
         });
+        // On a thread of its own: a PostgreSQL client may not block inside the runtime, and the
+        // chat must not start before every ban is known.
+        let loaded = std::thread::scope(|scope| {
+            scope
+                .spawn(|| moderation::load(&work))
+                .join()
+                .unwrap_or_else(|_| Err("the loading thread panicked".into()))
+        });
+        match loaded {
+            Ok(rooms) => info!(rooms, "room policies loaded"),
+            Err(e) => {
+                return Err(invalid(
+                    "storage",
+                    format!("cannot load room policies: {e}"),
+                ));
+            }
+        }
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
         let queue = Arc::new(Mutex::new(queue));
         let mut threads = Vec::new();
@@ -395,7 +439,8 @@ impl Accounts {
             Request::Read { .. }
             | Request::Resume { .. }
             | Request::Keep(_)
-            | Request::ReadPm { .. } => Ok(()),
+            | Request::ReadPm { .. }
+            | Request::Moderate { .. } => Ok(()),
         }
     }
 
@@ -431,6 +476,16 @@ impl Accounts {
             read: Some(seq),
         };
         rooms::note(&self.work, key, room, change);
+    }
+
+    /// Rooms' policies as this node has them (the checks on the chat's paths read these).
+    pub fn policies(&self) -> &Arc<policy::Policies> {
+        &self.work.policies
+    }
+
+    /// Sets what the chat does with what a policy reload changed (on an accounts thread).
+    pub fn on_effects(&self, hook: EffectsHook) {
+        *lock(&self.work.effects) = Some(hook);
     }
 
     /// Stops the hashing threads once the requests already queued are answered; the last one
@@ -471,6 +526,7 @@ fn run(work: &Work, queue: &Mutex<Receiver<Job>>) {
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     loop {
         rooms::write_notes(work, false);
+        moderation::poll(work);
         let ready = |job: &Job| {
             job.at.elapsed() >= COMMIT_WAIT
                 || match (&work.store, job.after) {
@@ -562,6 +618,10 @@ fn serve(work: &Work, job: Job) {
         }
         Request::Keep(pm) => {
             (job.reply)(pms::keep(work, *pm).map(|pm| Done::Kept(Box::new(pm))));
+            return;
+        }
+        Request::Moderate { actor, action } => {
+            (job.reply)(moderation::serve(work, &actor, action).map(Done::Moderated));
             return;
         }
         Request::ReadPm { name, with, msg } => {

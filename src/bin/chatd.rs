@@ -44,6 +44,21 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// What `chatd token` does besides minting.
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Revoke tokens on the configured store (tokens mode with a store): refused from now on,
+    /// and the connections they signed in are closed within a second, on every node.
+    Revoke {
+        /// One token, by the id `chatd token` printed.
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        jti: Option<String>,
+        /// Every token of this user.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default).
@@ -79,9 +94,14 @@ enum Command {
         force: bool,
     },
     /// Mint a signed token for NAME with the configured auth secret; prints only the token.
+    #[command(args_conflicts_with_subcommands = true)]
     Token {
+        /// `chatd token revoke --jti ID | --subject NAME`: refuse tokens from now on.
+        #[command(subcommand)]
+        revoke: Option<TokenCommand>,
         /// The user name the token is for (its `sub`).
-        name: String,
+        #[arg(required = true)]
+        name: Option<String>,
         /// The role it grants.
         #[arg(long, value_enum, default_value = "user")]
         role: RoleArg,
@@ -212,8 +232,12 @@ fn main() -> ExitCode {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Token {
+            revoke: Some(TokenCommand::Revoke { jti, subject }),
+            ..
+        } => accounts::revoke(&config, jti, subject),
+        Command::Token {
             name, role, ttl, ..
-        } => mint_token(&config, &name, role, &ttl),
+        } => mint_token(&config, &name.unwrap_or_default(), role, &ttl),
         Command::User { command } => accounts::user(&config, command),
         Command::Invite { uses, ttl } => accounts::invite(&config, uses, &ttl),
         Command::Run { .. } => match run(config, sources.file_in_use()) {
@@ -594,6 +618,10 @@ fn mint_token(config: &Config, name: &str, role: RoleArg, ttl: &str) -> ExitCode
     match chatd::auth::mint(&secret, name, role, ttl, &rules) {
         Ok(token) => {
             println!("{token}");
+            let verifier = chatd::auth::Verifier::new(&secret, &rules);
+            if let Ok((_, Some(jti))) = verifier.verify_token(Some(&token), name) {
+                eprintln!("chatd: token id {jti} (chatd token revoke --jti {jti} refuses it)");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

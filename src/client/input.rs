@@ -50,6 +50,8 @@ pub enum Input {
     Sessions,
     /// `/logout ID`: close one of them.
     Logout(String),
+    /// A moderation command (`/topic`, `/ban` …) for the room on screen.
+    Moderate(super::moderate::Moderate),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -85,7 +87,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
 /// The `/help` text, one line per command.
 pub fn help() -> Vec<String> {
     let mut lines = vec!["commands:".to_string()];
-    for (cmd, args, what) in COMMANDS {
+    for (cmd, args, what) in COMMANDS.iter().chain(super::moderate::COMMANDS) {
         let usage = format!("{cmd} {args}");
         lines.push(format!("  {usage:<17}{what}"));
     }
@@ -156,6 +158,13 @@ pub fn parse_input(line: &str) -> Input {
             Some(id) if !id.contains(char::is_whitespace) => Input::Logout(id),
             _ => Input::Hint("usage: /logout ID (see /sessions)".into()),
         },
+        verb if super::moderate::parse(verb, rest).is_some() => {
+            match super::moderate::parse(verb, rest) {
+                Some(Ok(m)) => Input::Moderate(m),
+                Some(Err(hint)) => Input::Hint(hint),
+                None => Input::Empty,
+            }
+        }
         "help" | "?" => Input::Help,
         "exit" | "quit" => Input::Exit,
         _ => Input::Hint(format!("unknown command /{verb}; /help lists the commands")),
@@ -213,6 +222,7 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
             before: None,
         },
         Input::Sessions => ClientMsg::Sessions,
+        Input::Moderate(m) => super::moderate::request(m, room),
         Input::Logout(id) => ClientMsg::Logout {
             session: id.clone(),
         },

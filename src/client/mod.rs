@@ -15,6 +15,7 @@ mod chat;
 pub mod complete;
 pub mod editor;
 pub mod input;
+pub mod moderate;
 pub mod pace;
 pub mod password;
 pub mod render;

@@ -74,6 +74,8 @@ pub struct About {
     pub device: Option<Arc<str>>,
     /// A timestamp (`protocol::timestamp`).
     pub since: Arc<str>,
+    /// The id (`jti`) of the token it signed in with, if any (a revocation closes it).
+    pub jti: Option<Box<str>>,
 }
 
 /// One of a user's connections, as `sessions` lists it.
@@ -296,9 +298,23 @@ pub enum Outcome {
     Unreached(Box<Pm>),
     /// Not a broker's: the accounts service kept the PM for its recipient's next `hello`.
     Kept(Box<Pm>),
+    /// Not a broker's: banned from `room` (told through [`EXPELLED`]): the session leaves it.
+    Expelled {
+        /// The room.
+        room: Arc<str>,
+        /// Who banned.
+        by: Arc<str>,
+        /// Why.
+        reason: Arc<str>,
+    },
+    /// Not a broker's: what a moderation request came to.
+    Moderated(crate::accounts::moderation::Moderated),
     /// Refused: the client sees this error.
     Refused(Refusal),
 }
+
+/// The ticket of an [`Outcome::Expelled`]: no request asked for it.
+pub const EXPELLED: Ticket = Ticket::MAX;
 
 /// What a joiner sees of a room.
 #[derive(Debug, Clone)]
@@ -520,6 +536,21 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn nick(&self, ticket: Ticket, me: &Member, name: &str) -> Answer;
     /// A `notice` from `me` to everyone online. `Done`. Only admins get here.
     fn announce(&self, ticket: Ticket, me: &Member, text: &str) -> Answer;
+    /// Takes `me` out of `room` as banned: the room sees `kicked` (by `by`, for `reason`)
+    /// instead of `left` when it was the user's last connection there. `Left`, or
+    /// `not_in_room`.
+    fn leave_kicked(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        by: &str,
+        reason: &str,
+    ) -> Answer;
+    /// This node's connections that `pick` picks (a user's, or those from an address range).
+    fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member>;
+    /// Hands `event` to this node's connections in `room`.
+    fn tell_local(&self, room: &str, event: &ServerMsg<'_>);
     /// `me`'s user's connections, oldest first: `Sessions`.
     fn sessions(&self, ticket: Ticket, me: &Member) -> Answer;
     /// Closes `me`'s user's connection `session` (1008 `logged out`), `me` itself included:

@@ -10,11 +10,21 @@ use super::{ErrorCode, Role, TypingState, is_false, is_zero};
 
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T18:51:42.123Z`.
 pub fn timestamp() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// The timestamp of `ms` milliseconds since the Unix epoch, as [`timestamp`] writes them.
+pub fn timestamp_at(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format_time(at)
+}
+
+fn format_time(at: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::now_utc()
-        .format(FORMAT)
+    at.format(FORMAT)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
@@ -26,6 +36,70 @@ pub struct UserInfo<'a> {
     /// Role.
     #[serde(default)]
     pub role: Role,
+    /// Their standing in the room listed (`owner`, `op`, `voice`; absent: a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_role: Option<Cow<'a, str>>,
+}
+
+/// A room's settings, as `welcome`, `room` and `rooms` show them (absent: a public room with no
+/// topic, as every room is on a server without accounts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoomSettings<'a> {
+    /// Its topic.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub topic: Cow<'a, str>,
+    /// `private` (not listed for non-members) or `public`; absent for a room nobody owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Cow<'a, str>>,
+    /// Joined only with an invite.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub invite_only: bool,
+    /// Only ops and voiced members speak.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub moderated: bool,
+    /// The owner, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Cow<'a, str>>,
+}
+
+/// One ban or mute, as `bans` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanInfo<'a> {
+    /// The account (or, instead, `address`: a range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
+    /// An address range (admins' bans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Cow<'a, str>>,
+    /// `ban` or `mute`.
+    pub kind: Cow<'a, str>,
+    /// Who made it.
+    pub by: Cow<'a, str>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub reason: Cow<'a, str>,
+    /// When.
+    pub since: Cow<'a, str>,
+    /// When it ends (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Cow<'a, str>>,
+}
+
+/// One moderation action, as `audit` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditInfo<'a> {
+    /// Who.
+    pub by: Cow<'a, str>,
+    /// What (`ban`, `unban`, `mute`, `op`, `voice`, `member`, `invite`, `set`, `transfer`, …).
+    pub action: Cow<'a, str>,
+    /// On whom.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub target: Cow<'a, str>,
+    /// Why, or what was set.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub reason: Cow<'a, str>,
+    /// When.
+    pub ts: Cow<'a, str>,
 }
 
 /// A room an account is a member of, as `welcome` lists them (accounts mode): the client joins
@@ -87,6 +161,12 @@ pub struct RoomInfo<'a> {
     pub name: Cow<'a, str>,
     /// Members now.
     pub members: usize,
+    /// Its topic.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub topic: Cow<'a, str>,
+    /// Not listed for others (shown to its members).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
 }
 
 /// Facts about the server sent in `welcome`.
@@ -204,6 +284,9 @@ pub enum ServerMsg<'a> {
         /// The user's most recent private conversations (tokens and accounts, with a store).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         conversations: Vec<ConversationInfo<'a>>,
+        /// The room's settings (owned rooms).
+        #[serde(flatten, default)]
+        settings: RoomSettings<'a>,
         /// This connection, as `sessions` and `logout` name it (tokens and accounts).
         #[serde(default, skip_serializing_if = "str::is_empty")]
         session: Cow<'a, str>,
@@ -226,12 +309,32 @@ pub enum ServerMsg<'a> {
         resumed: Option<bool>,
         #[serde(default, skip_serializing_if = "is_false")]
         more: bool,
+        /// The room's settings (owned rooms).
+        #[serde(flatten, default)]
+        settings: RoomSettings<'a>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
     /// Reply to `rooms`.
     Rooms {
         rooms: Vec<RoomInfo<'a>>,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `bans`: a room's bans and mutes in force.
+    Bans {
+        room: Cow<'a, str>,
+        bans: Vec<BanInfo<'a>>,
+        /// More than fit in one reply (the newest are listed).
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Reply to `audit`: a room's newest moderation actions, newest first.
+    Audit {
+        room: Cow<'a, str>,
+        entries: Vec<AuditInfo<'a>>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<Cow<'a, str>>,
     },
@@ -386,6 +489,18 @@ pub enum ServerMsg<'a> {
         #[serde(default)]
         mentions: u64,
     },
+    /// A room's settings changed (all of them given), or someone's standing there (`name`
+    /// and `room_role`).
+    #[serde(rename = "room_changed")]
+    RoomChanged {
+        room: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<RoomSettings<'a>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_role: Option<Cow<'a, str>>,
+    },
     /// The account joined or left `room` on another of its connections (accounts mode).
     Membership {
         room: Cow<'a, str>,
@@ -414,6 +529,8 @@ impl ServerMsg<'_> {
             | ServerMsg::Rooms { reference, .. }
             | ServerMsg::Who { reference, .. }
             | ServerMsg::Sessions { reference, .. }
+            | ServerMsg::Bans { reference, .. }
+            | ServerMsg::Audit { reference, .. }
             | ServerMsg::History { reference, .. }
             | ServerMsg::Search { reference, .. }
             | ServerMsg::Ack { reference, .. }

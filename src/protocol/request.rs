@@ -57,6 +57,112 @@ pub enum ClientMsg {
         /// The last message id read.
         msg: u64,
     },
+    /// Change a room's settings (its ops; `visibility`: its owner).
+    #[serde(rename = "room_set")]
+    RoomSet {
+        /// The room.
+        room: String,
+        /// A new topic (empty: none).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// `public` or `private`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        visibility: Option<String>,
+        /// Joined only with an invite.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        invite_only: Option<bool>,
+        /// Only ops and voiced members speak.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        moderated: Option<bool>,
+    },
+    /// Give someone a standing in a room: `op`, `voice` or `member`.
+    Role {
+        /// The room.
+        room: String,
+        /// Whom.
+        name: String,
+        /// The standing.
+        role: String,
+    },
+    /// Give a room to another account (its owner).
+    Transfer {
+        /// The room.
+        room: String,
+        /// The new owner.
+        to: String,
+    },
+    /// Let an account into an invite-only room (its ops).
+    Invite {
+        /// The room.
+        room: String,
+        /// Whom.
+        name: String,
+    },
+    /// Take an invite back.
+    Uninvite {
+        /// The room.
+        room: String,
+        /// Whom.
+        name: String,
+    },
+    /// Ban an account (or, admins, an address range) from a room, or with `"*"` the server.
+    Ban {
+        /// The room, or `*`.
+        room: String,
+        /// Whom.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Or an address range (admins).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        /// For how long ("7d"); absent: for good.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration: Option<String>,
+        /// Why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The room, or `*`.
+        room: String,
+        /// Whom.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Or an address range.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// Keep an account from speaking in a room.
+    Mute {
+        /// The room.
+        room: String,
+        /// Whom.
+        name: String,
+        /// For how long; absent: until unmuted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration: Option<String>,
+        /// Why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Lift a mute.
+    Unmute {
+        /// The room.
+        room: String,
+        /// Whom.
+        name: String,
+    },
+    /// A room's bans and mutes (its ops).
+    Bans {
+        /// The room, or `*`.
+        room: String,
+    },
+    /// A room's moderation log (its ops).
+    Audit {
+        /// The room, or `*`.
+        room: String,
+    },
     /// List the user's connections (tokens and accounts).
     Sessions,
     /// Close one of the user's connections (`session` from `sessions` or a `welcome`).
@@ -185,7 +291,8 @@ impl ClientMsg {
     /// `chatd_messages_received_total`).
     pub const KINDS: &'static [&'static str] = &[
         "hello", "register", "read", "join", "leave", "say", "pm", "typing", "rooms", "who",
-        "history", "kick", "announce", "nick", "search", "sessions", "logout",
+        "history", "kick", "announce", "nick", "search", "sessions", "logout", "room_set", "role",
+        "transfer", "invite", "uninvite", "ban", "unban", "mute", "unmute", "bans", "audit",
     ];
 
     /// The request's `type`, as the wire names it (a bounded metric label).
@@ -208,6 +315,17 @@ impl ClientMsg {
             ClientMsg::Search { .. } => "search",
             ClientMsg::Sessions => "sessions",
             ClientMsg::Logout { .. } => "logout",
+            ClientMsg::RoomSet { .. } => "room_set",
+            ClientMsg::Role { .. } => "role",
+            ClientMsg::Transfer { .. } => "transfer",
+            ClientMsg::Invite { .. } => "invite",
+            ClientMsg::Uninvite { .. } => "uninvite",
+            ClientMsg::Ban { .. } => "ban",
+            ClientMsg::Unban { .. } => "unban",
+            ClientMsg::Mute { .. } => "mute",
+            ClientMsg::Unmute { .. } => "unmute",
+            ClientMsg::Bans { .. } => "bans",
+            ClientMsg::Audit { .. } => "audit",
         }
     }
 }
@@ -299,6 +417,13 @@ struct RawRequest {
     device: Option<String>,
     session: Option<String>,
     msg: Option<u64>,
+    topic: Option<String>,
+    visibility: Option<String>,
+    invite_only: Option<bool>,
+    moderated: Option<bool>,
+    role: Option<String>,
+    duration: Option<String>,
+    address: Option<String>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -377,6 +502,64 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             since: raw.since,
             epoch: raw.epoch,
             device: raw.device,
+        },
+        "room_set" => ClientMsg::RoomSet {
+            room: need(raw.room, "room")?,
+            topic: raw.topic,
+            visibility: raw.visibility,
+            invite_only: raw.invite_only,
+            moderated: raw.moderated,
+        },
+        "role" => ClientMsg::Role {
+            room: need(raw.room, "room")?,
+            name: need(raw.name, "name")?,
+            role: need(raw.role, "role")?,
+        },
+        "transfer" => ClientMsg::Transfer {
+            room: need(raw.room, "room")?,
+            to: need(raw.to, "to")?,
+        },
+        "invite" => ClientMsg::Invite {
+            room: need(raw.room, "room")?,
+            name: need(raw.name, "name")?,
+        },
+        "uninvite" => ClientMsg::Uninvite {
+            room: need(raw.room, "room")?,
+            name: need(raw.name, "name")?,
+        },
+        "ban" | "unban" if raw.name.is_some() == raw.address.is_some() => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("`{kind}` needs exactly one of `name` and `address`"),
+            ));
+        }
+        "ban" => ClientMsg::Ban {
+            room: need(raw.room, "room")?,
+            name: raw.name,
+            address: raw.address,
+            duration: raw.duration,
+            reason: raw.reason,
+        },
+        "unban" => ClientMsg::Unban {
+            room: need(raw.room, "room")?,
+            name: raw.name,
+            address: raw.address,
+        },
+        "mute" => ClientMsg::Mute {
+            room: need(raw.room, "room")?,
+            name: need(raw.name, "name")?,
+            duration: raw.duration,
+            reason: raw.reason,
+        },
+        "unmute" => ClientMsg::Unmute {
+            room: need(raw.room, "room")?,
+            name: need(raw.name, "name")?,
+        },
+        "bans" => ClientMsg::Bans {
+            room: need(raw.room, "room")?,
+        },
+        "audit" => ClientMsg::Audit {
+            room: need(raw.room, "room")?,
         },
         "sessions" => ClientMsg::Sessions,
         "logout" => ClientMsg::Logout {

@@ -68,6 +68,54 @@ fn client_requests_round_trip_through_the_server_parser() {
             with: "bob".into(),
             msg: 90,
         },
+        ClientMsg::RoomSet {
+            room: "hiring".into(),
+            topic: Some("who we hire".into()),
+            visibility: Some("private".into()),
+            invite_only: Some(true),
+            moderated: None,
+        },
+        ClientMsg::Role {
+            room: "hiring".into(),
+            name: "olga".into(),
+            role: "op".into(),
+        },
+        ClientMsg::Transfer {
+            room: "hiring".into(),
+            to: "olga".into(),
+        },
+        ClientMsg::Invite {
+            room: "hiring".into(),
+            name: "ivan".into(),
+        },
+        ClientMsg::Uninvite {
+            room: "hiring".into(),
+            name: "ivan".into(),
+        },
+        ClientMsg::Ban {
+            room: "*".into(),
+            name: None,
+            address: Some("203.0.113.0/24".into()),
+            duration: Some("7d".into()),
+            reason: Some("spam".into()),
+        },
+        ClientMsg::Unban {
+            room: "dev".into(),
+            name: Some("bob".into()),
+            address: None,
+        },
+        ClientMsg::Mute {
+            room: "dev".into(),
+            name: "bob".into(),
+            duration: None,
+            reason: None,
+        },
+        ClientMsg::Unmute {
+            room: "dev".into(),
+            name: "bob".into(),
+        },
+        ClientMsg::Bans { room: "dev".into() },
+        ClientMsg::Audit { room: "dev".into() },
         ClientMsg::Sessions,
         ClientMsg::Logout {
             session: "node-1|17".into(),
@@ -169,6 +217,7 @@ fn server_messages_round_trip_through_the_client_decoder() {
     let user = UserInfo {
         name: b("alice"),
         role: Role::User,
+        room_role: None,
     };
     let all = [
         ServerMsg::Welcome {
@@ -190,6 +239,13 @@ fn server_messages_round_trip_through_the_client_decoder() {
                 read: 88,
                 unread: 2,
             }],
+            settings: crate::protocol::RoomSettings {
+                topic: b("all about rust"),
+                visibility: Some(b("private")),
+                invite_only: true,
+                moderated: false,
+                owner: Some(b("ann")),
+            },
             server: ServerInfo {
                 version: b("0.1.0"),
                 max_message_bytes: 65536,
@@ -200,6 +256,37 @@ fn server_messages_round_trip_through_the_client_decoder() {
                 typing_burst: 10,
             },
             reference: Some(b("1")),
+        },
+        ServerMsg::RoomChanged {
+            room: b("dev"),
+            settings: None,
+            name: Some(b("bob")),
+            room_role: Some(b("op")),
+        },
+        ServerMsg::Bans {
+            room: b("dev"),
+            bans: vec![crate::protocol::BanInfo {
+                name: Some(b("bob")),
+                address: None,
+                kind: b("ban"),
+                by: b("ann"),
+                reason: b("spam"),
+                since: b("2026-12-07T06:00:00.000Z"),
+                until: None,
+            }],
+            more: false,
+            reference: Some(b("9")),
+        },
+        ServerMsg::Audit {
+            room: b("dev"),
+            entries: vec![crate::protocol::AuditInfo {
+                by: b("ann"),
+                action: b("ban"),
+                target: b("bob"),
+                reason: b("spam"),
+                ts: b("2026-12-07T06:00:00.000Z"),
+            }],
+            reference: None,
         },
         ServerMsg::Sessions {
             sessions: vec![crate::protocol::SessionInfo {
@@ -219,10 +306,13 @@ fn server_messages_round_trip_through_the_client_decoder() {
             seq: 0,
             resumed: None,
             more: false,
+            settings: Default::default(),
             reference: None,
         },
         ServerMsg::Rooms {
             rooms: vec![RoomInfo {
+                topic: b("rust talk"),
+                private: true,
                 name: b("lobby"),
                 members: 2,
             }],
@@ -270,6 +360,7 @@ fn server_messages_round_trip_through_the_client_decoder() {
             joined: vec![UserInfo {
                 name: b("n"),
                 role: Role::Admin,
+                room_role: None,
             }],
             left: vec![b("m")],
             unlisted: 3,
@@ -397,6 +488,7 @@ fn a_presence_batch_is_one_plain_line() {
     let user = |n: &'static str| UserInfo {
         name: b(n),
         role: Role::User,
+        room_role: None,
     };
     let line = plain::event(&ServerMsg::Presence {
         room: b("lobby"),

@@ -195,6 +195,9 @@ impl Server {
             _ => None,
         };
         let accounts = crate::accounts::Accounts::start(&config, &metrics, broker.store())?;
+        if let Some(accounts) = &accounts {
+            accounts.on_effects(crate::session::enforcer(broker.clone()));
+        }
         let typing = TypingTimings {
             throttle: Duration::from_secs_f64(limits.typing_throttle_secs),
             active_expiry: Duration::from_secs_f64(limits.typing_active_secs),

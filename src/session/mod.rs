@@ -9,7 +9,9 @@
 //!
 //! Dropping a session leaves every room and frees the name, whatever ended the connection.
 
+mod moderation;
 mod plain;
+pub(crate) use moderation::enforcer;
 pub(crate) mod rate;
 mod replies;
 mod requests;
@@ -103,6 +105,10 @@ enum Kind {
     Logout,
     /// `read` with `with` (answered by the accounts service).
     ReadPm,
+    /// A moderation request (answered by the accounts service).
+    Moderate,
+    /// Leaving a room one was banned from (no reply: the client was told).
+    Expelled,
     /// A PM nobody was online to get, with the accounts service to be kept.
     Kept,
 }
@@ -127,6 +133,11 @@ pub(crate) struct Session {
     signing_in: bool,
     /// What the hello called this connection (tokens and accounts), until the name is taken.
     device: Option<Arc<str>>,
+    /// The id (`jti`) of the token the hello carried, until the name is taken.
+    token_id: Option<Box<str>>,
+    /// The rooms the account is a member of (where rooms can be owned: an invite-only room
+    /// lets its members back in, a private one is listed for them).
+    kept: Vec<Arc<str>>,
     /// The rooms the account is a member of, for the welcome (accounts mode).
     memberships: Vec<protocol::Membership<'static>>,
     /// The account's conversations and the PMs waiting for it, for the welcome (a sign-in with
@@ -171,6 +182,8 @@ impl Session {
             welcomed: false,
             signing_in: false,
             device: None,
+            token_id: None,
+            kept: Vec::new(),
             memberships: Vec::new(),
             inbox: None,
             mode: Mode::Json,
@@ -250,8 +263,11 @@ impl Session {
                 }
             }
             Answer::Now(outcome) => {
-                let frames = self.apply(&kind, reference.as_deref(), outcome);
-                self.emit(frames, out);
+                if let Err(deferred) = self.claim_first(kind, outcome, reference, None) {
+                    let (kind, outcome, reference) = *deferred;
+                    let frames = self.apply(&kind, reference.as_deref(), outcome);
+                    self.emit(frames, out);
+                }
             }
             Answer::Later => self.slots.wait(ticket, kind, reference, self.request_bytes),
         }
@@ -338,6 +354,12 @@ impl Handler for Session {
 
     fn on_controls(&mut self, out: &mut Vec<Utf8Bytes>) -> Flow {
         for late in hub::take_late(&self.mailbox) {
+            if let (hub::EXPELLED, Outcome::Expelled { room, by, reason }) =
+                (late.ticket, &late.outcome)
+            {
+                self.expelled(room, by, reason, out);
+                continue;
+            }
             let Some(answered) = self.slots.answered(late.ticket) else {
                 continue; // an answer nobody waits for (a relay, a duplicate)
             };
@@ -356,7 +378,19 @@ impl Handler for Session {
                 }
                 outcome => outcome,
             };
-            let frames = self.apply(&answered.kind, answered.reference.as_deref(), outcome);
+            let at = answered.at;
+            let Err(deferred) =
+                self.claim_first(answered.kind, outcome, answered.reference, Some(at))
+            else {
+                continue;
+            };
+            let (kind, outcome, reference) = *deferred;
+            let frames = self.apply(&kind, reference.as_deref(), outcome);
+            let answered = slots::Answered {
+                at,
+                kind,
+                reference,
+            };
             self.slots.fill(answered, frames);
         }
         self.slots.release(out);

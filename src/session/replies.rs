@@ -10,7 +10,7 @@ use tracing::{debug, info};
 use super::typing::TypingTarget;
 use super::{Kind, Mode, Session};
 use crate::hub::{Outcome, Receipt, Refusal, RoomView, StoredMessage, name_order};
-use crate::protocol::{self, ErrorCode, Role, RoomInfo, ServerInfo, ServerMsg, UserInfo, b};
+use crate::protocol::{self, ErrorCode, Role, RoomInfo, ServerInfo, ServerMsg, b};
 
 impl Session {
     /// Turns an outcome into this client's reply frames, updating the session on the way. Every
@@ -64,16 +64,18 @@ impl Session {
                         });
                     }
                 }
+                self.entered(&view);
                 let (users, history, more) = self.fit_view(&view);
                 protocol::encode(&ServerMsg::Room {
                     room: b(&view.room),
-                    users: user_infos(users),
+                    users: self.users_in(&view.room, users),
                     user_count: view.user_count,
                     history: history_items(history),
                     epoch: b(&view.epoch),
                     seq: view.seq,
                     resumed: view.resumed,
                     more,
+                    settings: self.room_settings(&view.room),
                     reference: reference.map(b),
                 })
             }
@@ -160,18 +162,25 @@ impl Session {
                 }
                 protocol::encode(&ServerMsg::Who {
                     room: b(&room),
-                    users: user_infos(&page[..n]),
+                    users: self.users_in(&room, &page[..n]),
                     user_count: users.len(),
                     more: n < page.len(),
                     reference: reference.map(b),
                 })
             }
             (Kind::Rooms, Outcome::Rooms(rooms)) => protocol::encode(&ServerMsg::Rooms {
+                // A private room is listed for its members only.
                 rooms: rooms
                     .iter()
-                    .map(|(name, members)| RoomInfo {
-                        name: b(name),
-                        members: *members,
+                    .filter(|(name, _)| self.listed(name))
+                    .map(|(name, members)| {
+                        let settings = self.room_settings(name);
+                        RoomInfo {
+                            name: b(name),
+                            members: *members,
+                            private: settings.visibility.as_deref() == Some("private"),
+                            topic: settings.topic,
+                        }
                     })
                     .collect(),
                 reference: reference.map(b),
@@ -343,6 +352,8 @@ impl Session {
                     mentions: None,
                 })
             }
+            (Kind::Expelled, _) => return Vec::new(),
+            (Kind::Moderate, Outcome::Moderated(m)) => self.moderated(m, reference),
             (Kind::Sessions, Outcome::Sessions(list)) => {
                 // At most `auth.max_sessions_per_user` (and a cluster's few stale), each small.
                 let sessions = list
@@ -381,7 +392,7 @@ impl Session {
     }
 
     /// What a reply may take: the client's own frame limit, less room for its envelope.
-    fn reply_budget(&self) -> usize {
+    pub(super) fn reply_budget(&self) -> usize {
         self.chat
             .config
             .limits
@@ -439,6 +450,8 @@ impl Session {
         }
         let (users, history, more) = self.fit_view(&view);
         let rooms = self.membership_list(&view);
+        self.kept = rooms.iter().map(|m| Arc::from(&*m.room)).collect();
+        self.entered(&view);
         let session = match &self.me {
             Some(me) if self.chat.config.auth.mode.owned_names() => self.chat.broker.session_id(me),
             _ => String::new(),
@@ -447,7 +460,7 @@ impl Session {
         protocol::encode(&ServerMsg::Welcome {
             name: b(&name),
             room: b(&view.room),
-            users: user_infos(users),
+            users: self.users_in(&view.room, users),
             user_count: view.user_count,
             history: history_items(history),
             epoch: b(&view.epoch),
@@ -456,6 +469,7 @@ impl Session {
             more,
             rooms,
             conversations,
+            settings: self.room_settings(&view.room),
             sessions: view.sessions,
             session: session.into(),
             server: ServerInfo {
@@ -543,16 +557,6 @@ pub(super) fn ack(
         unread: None,
         mentions: None,
     })
-}
-
-fn user_infos(users: &[(Arc<str>, Role)]) -> Vec<UserInfo<'_>> {
-    users
-        .iter()
-        .map(|(name, role)| UserInfo {
-            name: b(name),
-            role: *role,
-        })
-        .collect()
 }
 
 fn history_items(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {

@@ -98,6 +98,17 @@ impl Session {
             ClientMsg::Announce { text } => {
                 require_admin(&me).and_then(|()| self.announce(&text, &mut id, out))
             }
+            msg @ (ClientMsg::RoomSet { .. }
+            | ClientMsg::Role { .. }
+            | ClientMsg::Transfer { .. }
+            | ClientMsg::Invite { .. }
+            | ClientMsg::Uninvite { .. }
+            | ClientMsg::Ban { .. }
+            | ClientMsg::Unban { .. }
+            | ClientMsg::Mute { .. }
+            | ClientMsg::Unmute { .. }
+            | ClientMsg::Bans { .. }
+            | ClientMsg::Audit { .. }) => self.moderate(msg, &mut id),
             ClientMsg::Sessions => self.sessions(&mut id, out),
             ClientMsg::Logout { session } => self.logout(&session, &mut id, out),
         };
@@ -198,6 +209,8 @@ impl Session {
             self.relay_typing(&target, TypingState::Done);
         }
         self.rooms.retain(|r| *r != room);
+        // Not a member any more: an invite-only room wants a new invite.
+        self.kept.retain(|r| *r != room);
         self.call(Kind::Leave, id.take(), out, |b, t, me| {
             b.leave(t, me, &room)
         });
@@ -214,6 +227,7 @@ impl Session {
     ) -> Done {
         let room = self.my_room(room)?;
         check_text(text, self.chat.config.limits.max_message_bytes)?;
+        self.may_speak(&room)?;
         self.typing.clear(&TypingTarget::Room(room.clone()));
         self.log_body(&room, text);
         self.call(Kind::Say(room.clone()), id.take(), out, |b, t, me| {
@@ -402,7 +416,11 @@ impl Session {
             }
             _ => return Ok(Role::User),
         };
-        verifier.verify(token, name).map_err(|e| {
+        let verified = verifier.verify_token(token, name).map(|(role, jti)| {
+            self.token_id = jti.map(String::into_boxed_str);
+            role
+        });
+        verified.map_err(|e| {
             let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
             info!(user = %shown, error = %e, "hello refused: unauthorized");
             self.closing = Some(CloseReason::Unauthorized);
@@ -422,9 +440,14 @@ impl Session {
         reference: Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        let refusal = name_refusal(name);
+        let refusal =
+            name_refusal(name).or_else(|| self.admitted(name, self.token_id.as_deref()).err());
         let requested = joining.room.unwrap_or(protocol::DEFAULT_ROOM);
         let room = match (refusal, normalize_room(requested)) {
+            // A room the user may not enter: the welcome says where they landed instead.
+            (None, Ok(room)) if self.may_enter(&room, name, role).is_err() => {
+                protocol::DEFAULT_ROOM.into()
+            }
             (None, Ok(room)) => room,
             (Some(r), _) | (None, Err(r)) => {
                 let frame = match mode {
@@ -456,6 +479,7 @@ impl Session {
             me = me.with_about(About {
                 device: self.device.take(),
                 since: protocol::timestamp().into(),
+                jti: self.token_id.take(),
             });
         }
         self.me = Some(me);
@@ -491,6 +515,9 @@ impl Session {
     ) -> Done {
         let room = normalize_room(room)?;
         let added = !self.rooms.contains(&room);
+        if added && let Some(me) = &self.me {
+            self.may_enter(&room, me.name(), me.role())?;
+        }
         if added
             && let Some(accounts) = &self.chat.accounts
             && !accounts.can_note_join()

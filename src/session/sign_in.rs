@@ -195,6 +195,10 @@ impl Session {
                 conversations,
                 waiting,
             } => {
+                self.kept = rooms
+                    .iter()
+                    .map(|m| std::sync::Arc::from(&*m.room))
+                    .collect();
                 self.memberships = rooms;
                 if !(conversations.is_empty() && waiting.is_empty()) {
                     self.inbox = Some(Box::new((conversations, waiting)));
@@ -212,6 +216,21 @@ impl Session {
             }
             _ => return,
         };
+        // Banned from the server, or a revoked token: refused; a room the account may not enter:
+        // the welcome says where it landed instead.
+        if let Err(r) = self.admitted(&name, self.token_id.as_deref()) {
+            let frame = self.error(&r, reference.as_deref());
+            let answered = Answered {
+                at,
+                kind: Kind::Hello,
+                reference,
+            };
+            return self.slots.fill(answered, vec![frame]);
+        }
+        let room = match self.may_enter(&room, &name, role) {
+            Ok(()) => room,
+            Err(_) => protocol::DEFAULT_ROOM.into(),
+        };
         self.take_name(name, role, Mode::Json, &room);
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -219,10 +238,15 @@ impl Session {
         let answer = self.chat.broker.hello(ticket, me, &room, resume.as_ref());
         match answer {
             Answer::Now(outcome) => {
-                let frames = self.apply(&Kind::Hello, reference.as_deref(), outcome);
+                let Err(deferred) = self.claim_first(Kind::Hello, outcome, reference, Some(at))
+                else {
+                    return;
+                };
+                let (kind, outcome, reference) = *deferred;
+                let frames = self.apply(&kind, reference.as_deref(), outcome);
                 let answered = Answered {
                     at,
-                    kind: Kind::Hello,
+                    kind,
                     reference,
                 };
                 self.slots.fill(answered, frames);
@@ -251,6 +275,7 @@ fn late(
             Ok(Done::Read(state)) => Outcome::ReadState(membership(state)),
             Ok(Done::ReadPm(c)) => Outcome::PmRead(conversation(c)),
             Ok(Done::Kept(pm)) => Outcome::Kept(pm),
+            Ok(Done::Moderated(m)) => Outcome::Moderated(m),
             Err(denied) => Outcome::Refused(refusal(&denied, &about)),
         };
         mailbox.push_control(Box::new(Late { ticket, outcome }));
@@ -278,7 +303,7 @@ fn membership(state: RoomState) -> protocol::Membership<'static> {
 }
 
 /// What the client is told when the accounts service says no.
-fn refusal(denied: &Denied, name: &str) -> Refusal {
+pub(super) fn refusal(denied: &Denied, name: &str) -> Refusal {
     match denied {
         Denied::Unauthorized => Refusal::new(ErrorCode::Unauthorized, "wrong name or password"),
         Denied::RateLimited(wait) => Refusal::new(
@@ -297,6 +322,8 @@ fn refusal(denied: &Denied, name: &str) -> Refusal {
         Denied::Closed(why) => Refusal::new(ErrorCode::Forbidden, *why),
         Denied::BadPassword(why) => Refusal::new(ErrorCode::BadRequest, why.clone()),
         Denied::NotMember => Refusal::not_in_room(name),
+        Denied::Forbidden(why) => Refusal::new(ErrorCode::Forbidden, why.clone()),
+        Denied::Invalid(why) => Refusal::new(ErrorCode::BadRequest, why.clone()),
         Denied::NoSuchUser => Refusal::new(
             ErrorCode::NoSuchUser,
             format!("nobody has the name {:?} here", name),

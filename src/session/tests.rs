@@ -116,6 +116,15 @@ impl Broker for Scripted {
     fn announce(&self, t: Ticket, me: &Member, text: &str) -> Answer {
         self.script(t, me, self.inner.announce(t, me, text))
     }
+    fn leave_kicked(&self, t: Ticket, me: &Member, room: &str, by: &str, why: &str) -> Answer {
+        self.script(t, me, self.inner.leave_kicked(t, me, room, by, why))
+    }
+    fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member> {
+        self.inner.local_members(pick)
+    }
+    fn tell_local(&self, room: &str, event: &crate::protocol::ServerMsg<'_>) {
+        self.inner.tell_local(room, event)
+    }
     fn sessions(&self, t: Ticket, me: &Member) -> Answer {
         self.script(t, me, self.inner.sessions(t, me))
     }

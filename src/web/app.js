@@ -1,6 +1,6 @@
-// chatd's browser client, part 4 of 4: the protocol of docs/PROTOCOL.md over one WebSocket to
+// chatd's browser client, part 5 of 5: the protocol of docs/PROTOCOL.md over one WebSocket to
 // this origin (part 1, kit.js, has the text and time helpers; part 2, unread.js, what is unread;
-// part 3, signin.js, the sign-in form).
+// part 3, rooms.js, rooms that belong to someone; part 4, signin.js, the sign-in form).
 // Everything anyone else wrote is inserted as text (textContent, Text nodes), never as HTML.
 // (Strict mode: kit.js's 'use strict' opens the script.)
 (() => {
@@ -181,6 +181,8 @@
 
   // ---- unread, mentions, notifications (unread.js) ----------------------------------------
   const { notice, markRead, syncRead, updateTitle, keptRooms, keptConversations } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
+  // ---- rooms that belong to someone (rooms.js) ---------------------------------------------
+  const rooms = chatdRooms({ st, send, note, errorText, renderRooms: () => renderRooms(), renderMembers: () => renderMembers() });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) {
       const c = currentConv();
@@ -198,12 +200,11 @@
     ul.replaceChildren();
     const sorted = [...st.convs.values()].sort((a, b) => (a.kind === b.kind ? 0 : a.kind === 'room' ? -1 : 1));
     for (const c of sorted) {
-      const label = `${c.kind === 'room' ? '#' : '@'}${c.name}`;
       const badge = c.unread
         ? h('span', { class: `badge${c.mention ? ' mention' : ''}`, 'aria-label': `${c.unread} unread${c.mention ? ', mentions you' : ''}`, text: String(c.unread) })
         : null;
       const btn = h('button', { type: 'button', class: 'plain', 'aria-current': st.current === c.key ? 'true' : null, onclick: () => { select(c.key); closePanes(); } },
-        h('span', { text: label }), badge);
+        rooms.label(c), badge);
       ul.append(h('li', { class: st.current === c.key ? 'current' : '' }, btn));
     }
   }
@@ -218,7 +219,7 @@
       const me = name === st.name;
       const who = me ? h('span', { text: `${name} (you)` })
         : h('button', { type: 'button', class: 'plain', title: `Message ${name} privately`, onclick: () => { openPm(name); closePanes(); } }, name);
-      ul.append(h('li', {}, who, role === 'admin' ? h('span', { class: 'role', text: 'admin' }) : null));
+      ul.append(h('li', {}, who, role === 'admin' ? h('span', { class: 'role', text: 'admin' }) : null, rooms.mark(c, name), rooms.menu(c, name)));
     }
     const more = c.kind === 'room' && c.userCount > c.members.size ? c.userCount - c.members.size : 0;
     if (more) ul.append(h('li', { class: 'system', text: `and ${more} more` }));
@@ -264,6 +265,7 @@
     list.replaceChildren(...c.nodes);
     requestAnimationFrame(() => list.setAttribute('aria-live', 'polite'));
     $('room-title').textContent = c.kind === 'room' ? `#${c.name}` : `Private: ${c.name}`;
+    $('room-topic').textContent = rooms.topicLine(c);
     $('leave').textContent = c.kind === 'room' ? `Leave #${c.name}` : 'Close';
     $('message').placeholder = c.kind === 'room' ? `Message #${c.name}` : `Message ${c.name}`;
     renderRooms(); renderMembers(); renderTyping(); updateOlder(); updateTitle();
@@ -276,6 +278,7 @@
   function applyView(v) {
     const c = conv(roomKey(v.room), 'room', v.room);
     c.members = new Map((v.users || []).map((u) => [clean(u.name), u.role]));
+    rooms.apply(c, v);
     c.userCount = v.user_count || c.members.size;
     const had = c.epoch !== null;
     if (had && v.epoch !== c.epoch) {
@@ -401,10 +404,17 @@
         showMessage(c, Object.assign({}, m, { seq: null }), { live: !(m.id <= (c.counted || 0)) });
         break;
       }
+      case 'room_changed': rooms.changed(m); break;
       case 'joined': case 'left': case 'kicked': {
         const c = st.convs.get(roomKey(m.room));
         if (!c) break;
         const name = clean(m.name);
+        if (m.type === 'kicked' && name === st.name) {
+          // Banned from the room: out of it here too.
+          noteHere(`You were removed from #${c.name} by ${clean(m.by)}${m.reason ? `: ${clean(m.reason)}` : ''}.`, 'error');
+          dropConv(c);
+          break;
+        }
         if (m.type === 'joined') { c.members.set(name, m.role); c.userCount += 1; note(c, `${name} joined`); }
         else {
           c.members.delete(name); c.userCount = Math.max(0, c.userCount - 1); c.typing.delete(name);
@@ -673,7 +683,7 @@
       }
     });
   }
-  const HELP = '/me action · /join room · /leave · /msg name text · /nick name · /search words · /help';
+  const HELP = '/me action · /join room · /leave · /msg name text · /nick name · /search words · /topic text · /invite, /ban, /mute, /op name · /private · /help';
   function command(c, line) {
     const [cmd, ...rest] = line.slice(1).split(' ');
     const arg = rest.join(' ').trim();
@@ -695,6 +705,10 @@
         });
       case 'search': return search(arg);
       case 'help': return note(c, HELP);
+      case 'topic': case 'invite': case 'ban': case 'unban': case 'mute': case 'unmute':
+      case 'op': case 'deop': case 'private': case 'public':
+        if (rooms.command(c, cmd.toLowerCase(), arg)) return undefined;
+        return note(c, `/${cmd} works in a room.`, 'error');
       default: return note(c, `Unknown command /${cmd}. ${HELP}`, 'error');
     }
   }

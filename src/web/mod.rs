@@ -1,7 +1,7 @@
 //! The browser chat client, served at `GET /` on the chat port (plain and TLS) when `web.enabled`.
 //!
 //! One HTML document with its style and script inlined, so the first render needs one request
-//! (then the WebSocket). The sources (`index.html`, `app.css`, `kit.js` + `unread.js` + `signin.js` + `app.js`) are embedded in the
+//! (then the WebSocket). The sources (`index.html`, `app.css`, `kit.js` + `unread.js` + `rooms.js` + `signin.js` + `app.js`) are embedded in the
 //! binary; the document is assembled once, with the SHA-256 of its one `<style>` and one
 //! `<script>` in the `Content-Security-Policy`: nothing else inline runs, nothing loads from
 //! another origin, and the page may connect only to this origin's `ws://`/`wss://`. It is sent
@@ -18,11 +18,12 @@ use sha2::{Digest, Sha256};
 
 const TEMPLATE: &str = include_str!("index.html");
 const STYLE: &str = include_str!("app.css");
-/// The page's one script: the kit (text and time helpers), what is unread, the sign-in form,
-/// then the client.
+/// The page's one script: the kit (text and time helpers), what is unread, rooms that belong to
+/// someone, the sign-in form, then the client.
 const SCRIPT: &str = concat!(
     include_str!("kit.js"),
     include_str!("unread.js"),
+    include_str!("rooms.js"),
     include_str!("signin.js"),
     include_str!("app.js")
 );

@@ -491,6 +491,43 @@ const scenarios = {
     noProblems(page, /WebSocket connection to .* failed/);
   },
 
+  /** ann owns the room she makes: sets its topic, mutes and bans bob from his name's menu. */
+  async moderation() {
+    const page = await visit('ann');
+    await page.getByLabel('Name').fill('ann');
+    await page.getByLabel('Password').fill('ann password');
+    await page.getByLabel('Create this account').check();
+    await page.getByRole('button', { name: 'Create account and join' }).click();
+    await page.getByRole('status').filter({ hasText: 'Connected as ann' }).waitFor({ timeout: WAIT });
+    await write(page, '/join team');
+    await page.getByRole('heading', { name: '#team' }).waitFor({ timeout: WAIT });
+    // She made it: she owns it.
+    const members = page.getByRole('list', { name: /Members/ });
+    await members.locator('.role.owner').waitFor({ timeout: WAIT });
+    await write(page, '/topic Ship it on Friday');
+    await page.locator('#room-topic', { hasText: 'Ship it on Friday' }).waitFor({ timeout: WAIT });
+    const { joined } = await ask({ op: 'bob_joins' });
+    check(joined, 'bob joined #team');
+    const menu = members.locator('details.member-menu');
+    await page.getByLabel('Moderate bob').waitFor({ timeout: WAIT });
+    await page.getByLabel('Moderate bob').click();
+    await page.getByRole('button', { name: 'Mute for 10 minutes' }).click();
+    await seeNote(page, 'bob is muted for 10 minutes');
+    const { refused } = await ask({ op: 'bob_says' });
+    check(refused, 'bob may not speak');
+    await write(page, '/private');
+    await conversation(page, '#team').getByText('private').waitFor({ timeout: WAIT });
+    await page.locator('#room-topic', { hasText: 'private' }).waitFor({ timeout: WAIT });
+    await page.screenshot({ path: `${SHOTS}/moderation.png` });
+    await page.getByLabel('Moderate bob').click();
+    await page.getByRole('button', { name: 'Ban for a day' }).click();
+    await seeNote(page, 'bob was kicked by ann');
+    const { out } = await ask({ op: 'bob_is_out' });
+    check(out, 'bob is out of #team and cannot come back');
+    check(await menu.count() === 0, 'nobody left to moderate');
+    noProblems(page);
+  },
+
   /** The page over https connects over wss:// to the same origin. */
   async tls() {
     const page = await open('secure', { https: true });

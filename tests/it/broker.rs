@@ -55,8 +55,9 @@ impl LateBroker {
     ) -> Answer {
         let me = me.clone();
         let job: Job = Box::new(move |broker| {
+            // What the local broker answers late itself (a store read) reaches the member as is.
             let Answer::Now(outcome) = call(broker, &me) else {
-                unreachable!("the local broker answers at once")
+                return;
             };
             let undo = match &outcome {
                 Outcome::Welcome(view) => Some((true, view.room.clone())),
@@ -153,6 +154,16 @@ impl Broker for LateBroker {
         self.later(t, me, move |b, me| {
             b.search(t, me, &rooms, &query, before, n)
         })
+    }
+    fn leave_kicked(&self, t: Ticket, me: &Member, room: &str, by: &str, why: &str) -> Answer {
+        let (room, by, why) = (room.to_string(), by.to_string(), why.to_string());
+        self.later(t, me, move |b, me| b.leave_kicked(t, me, &room, &by, &why))
+    }
+    fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member> {
+        self.inner.local_members(pick)
+    }
+    fn tell_local(&self, room: &str, event: &chatd::protocol::ServerMsg<'_>) {
+        self.inner.tell_local(room, event)
     }
     fn sessions(&self, t: Ticket, me: &Member) -> Answer {
         self.later(t, me, move |b, me| b.sessions(t, me))

@@ -391,6 +391,44 @@ fn two_pages_of_one_account_share_rooms_and_read_state() {
     });
 }
 
+/// Accounts mode: the page's owner of a room sets its topic, makes it private, and mutes and
+/// bans another member from the menu on his name.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
+#[test]
+fn the_page_moderates_from_a_members_menu() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let d = start_with(&crate::accounts::accounts_env(&db));
+    let mut bob = SyncClient::connect(d.addr);
+    bob.send(json!({"type": "register", "name": "bob", "password": "bob password"}));
+    let w = bob.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+    assert_eq!(w["type"], "welcome", "{w}");
+    run("moderation", &page_url(d.addr), |r| {
+        match r["op"].as_str() {
+            Some("bob_joins") => {
+                bob.send(json!({"type": "join", "room": "team", "id": "j"}));
+                let room = bob.recv_until(|v| v["ref"] == "j");
+                json!({ "joined": room["type"] == "room" && room["topic"] == "Ship it on Friday" })
+            }
+            Some("bob_says") => {
+                bob.send(json!({"type": "say", "room": "team", "text": "can I talk?", "id": "s"}));
+                let e = bob.recv_until(|v| v["ref"] == "s");
+                json!({ "refused": e["code"] == "forbidden" })
+            }
+            Some("bob_is_out") => {
+                bob.recv_until(|v| v["type"] == "kicked" && v["name"] == "bob");
+                bob.send(json!({"type": "join", "room": "team", "id": "j2"}));
+                let e = bob.recv_until(|v| v["ref"] == "j2");
+                json!({ "out": e["code"] == "forbidden" })
+            }
+            _ => json!({"error": format!("unknown request {r}")}),
+        }
+    });
+}
+
 /// Accounts mode: a PM sent while ann was away waits for her; the page counts and shows it.
 #[cfg_attr(
     chatd_no_browser,

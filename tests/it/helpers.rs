@@ -573,6 +573,18 @@ impl SyncClient {
         self.ws.send(Message::text(v.to_string())).expect("send");
     }
 
+    /// Reads until the server's close frame: its code and reason.
+    pub fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return (f.code.into(), f.reason.to_string()),
+                Ok(Message::Close(None)) => return (1005, String::new()),
+                Ok(_) => continue,
+                Err(e) => panic!("error before a close frame: {e}"),
+            }
+        }
+    }
+
     pub fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             match self.ws.read().expect("read (timed out?)") {

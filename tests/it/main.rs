@@ -23,6 +23,7 @@ mod postgres_server;
 mod proxied;
 mod read_state;
 mod redis_server;
+mod rooms;
 mod security;
 mod sessions;
 mod storage;

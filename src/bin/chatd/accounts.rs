@@ -184,3 +184,30 @@ pub(crate) fn invite(config: &Config, uses: u32, ttl: &str) -> ExitCode {
         }
     }
 }
+
+/// `chatd token revoke --jti ID | --subject NAME`.
+pub(crate) fn revoke(config: &Config, jti: Option<String>, subject: Option<String>) -> ExitCode {
+    let target = match (jti, subject) {
+        (Some(jti), _) => format!("jti:{}", jti.trim()),
+        (None, Some(name)) => format!("sub:{}", chatd::protocol::name_key(name.trim())),
+        (None, None) => return ExitCode::from(2),
+    };
+    let mut admin = match Admin::open(config) {
+        Ok(admin) => admin,
+        Err(e) => return config_error(&e),
+    };
+    match admin.revoke(&target) {
+        Ok(true) => {
+            eprintln!("chatd: revoked {target}: refused from now on, its connections closed");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("chatd: {target} was revoked already");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

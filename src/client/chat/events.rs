@@ -66,6 +66,9 @@ impl Chat {
                         self.members.remove(&room);
                         self.note(ui, LineKind::Info, format!("you left #{room}; {now}"));
                     }
+                    Pending::Moderate(what) if !what.is_empty() => {
+                        self.note(ui, LineKind::Info, what);
+                    }
                     Pending::Nick => {
                         if let Some(name) = name {
                             self.nick = name.to_string();

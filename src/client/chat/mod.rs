@@ -159,6 +159,8 @@ enum Pending {
         room: String,
     },
     Nick,
+    /// A moderation command: what to say once it is done.
+    Moderate(String),
     Other,
 }
 
@@ -759,6 +761,7 @@ impl Chat {
                 Pending::Leave { room: r }
             }
             Input::Nick(_) => Pending::Nick,
+            Input::Moderate(m) => Pending::Moderate(crate::client::moderate::done(m, &here)),
             _ => Pending::Other,
         };
         if matches!(input, Input::Say { .. }) {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDate};
 
+mod rooms;
 mod sanitize;
 #[cfg(test)]
 mod tests;
@@ -134,17 +135,7 @@ impl Clock {
 }
 
 fn user_names(users: &[UserInfo<'_>]) -> String {
-    let names: Vec<String> = users
-        .iter()
-        .map(|u| {
-            let name = sanitize(&u.name);
-            if u.role == crate::protocol::Role::Admin {
-                format!("{name}(admin)")
-            } else {
-                name
-            }
-        })
-        .collect();
+    let names: Vec<String> = users.iter().map(rooms::shown_name).collect();
     names.join(", ")
 }
 
@@ -356,22 +347,48 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             users,
             user_count,
             history,
+            settings,
             ..
-        } => room_lines(
-            clock,
-            me,
-            &format!("welcome, {}! ", sanitize(name)),
-            room,
-            (users, *user_count),
-            history,
-        ),
+        } => {
+            let mut lines = room_lines(
+                clock,
+                me,
+                &format!("welcome, {}! ", sanitize(name)),
+                room,
+                (users, *user_count),
+                history,
+            );
+            lines.splice(1..1, rooms::settings_line(&now, room, settings));
+            lines
+        }
         ServerMsg::Room {
             room,
             users,
             user_count,
             history,
+            settings,
             ..
-        } => room_lines(clock, me, "", room, (users, *user_count), history),
+        } => {
+            let mut lines = room_lines(clock, me, "", room, (users, *user_count), history);
+            lines.splice(1..1, rooms::settings_line(&now, room, settings));
+            lines
+        }
+        ServerMsg::RoomChanged {
+            room,
+            settings,
+            name,
+            room_role,
+        } => rooms::changed(
+            &now,
+            room,
+            settings.as_ref(),
+            name.as_deref(),
+            room_role.as_deref(),
+        ),
+        ServerMsg::Bans {
+            room, bans, more, ..
+        } => rooms::bans(&now, room, bans, *more),
+        ServerMsg::Audit { room, entries, .. } => rooms::audit(&now, room, entries),
         ServerMsg::History { messages, .. } => {
             let lines = history_lines(messages, clock, me);
             if lines.is_empty() {
@@ -397,7 +414,15 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
         ServerMsg::Rooms { rooms, .. } => {
             let rooms: Vec<String> = rooms
                 .iter()
-                .map(|r| format!("#{} ({})", sanitize(&r.name), r.members))
+                .map(|r| {
+                    let private = if r.private { ", private" } else { "" };
+                    let topic = if r.topic.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", sanitize(&r.topic))
+                    };
+                    format!("#{} ({}{private}{topic})", sanitize(&r.name), r.members)
+                })
                 .collect();
             one(Line::info(
                 LineKind::Info,

@@ -7,6 +7,7 @@ fn a_batch_of_joins_and_leaves_is_two_lines_with_the_room_size() {
         .map(|i| UserInfo {
             name: format!("u{i}").into(),
             role: Role::User,
+            room_role: None,
         })
         .collect();
     let msg = ServerMsg::Presence {
@@ -114,6 +115,7 @@ fn history_from_another_day_shows_its_date() {
         users: vec![UserInfo {
             name: b("alice"),
             role: Role::Admin,
+            room_role: None,
         }],
         user_count: 1,
         epoch: b("e"),
@@ -124,6 +126,7 @@ fn history_from_another_day_shows_its_date() {
         sessions: 0,
         session: b(""),
         conversations: Vec::new(),
+        settings: Default::default(),
         history: vec![ServerMsg::Message(ChatMessage {
             id: 1,
             seq: 1,

@@ -435,6 +435,26 @@ impl Broker for RedisBroker {
         self.queue(me, Op::History(t, room.into(), page))
     }
 
+    fn leave_kicked(&self, t: Ticket, me: &Member, room: &str, by: &str, reason: &str) -> Answer {
+        self.queue(
+            me,
+            Op::LeaveKicked(t, room.into(), by.into(), reason.into()),
+        )
+    }
+
+    fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member> {
+        let local = lock(&self.inner.local);
+        let all = local.members.values().map(|m| &m.member);
+        all.filter(|m| pick(m)).cloned().collect()
+    }
+
+    fn tell_local(&self, room: &str, event: &crate::protocol::ServerMsg<'_>) {
+        let local = lock(&self.inner.local);
+        if let Some(here) = local.rooms.get(room) {
+            self.inner.delivery.deliver(&here.members, event, None);
+        }
+    }
+
     fn sessions(&self, t: Ticket, me: &Member) -> Answer {
         self.queue(me, Op::Sessions(t))
     }

@@ -55,6 +55,8 @@ pub(super) enum Op {
     Announce(Ticket, String),
     Sessions(Ticket),
     Logout(Ticket, String),
+    /// Banned from a room: leave it, the room told `kicked` (by, reason).
+    LeaveKicked(Ticket, Arc<str>, String, String),
     /// Another node's admin kicked this member.
     Kicked(String),
     Disconnect(Vec<Arc<str>>),
@@ -80,7 +82,8 @@ impl Op {
             | Nick(t, ..)
             | Announce(t, ..)
             | Sessions(t)
-            | Logout(t, ..) => Some(*t),
+            | Logout(t, ..)
+            | LeaveKicked(t, ..) => Some(*t),
             Kicked(..) | Disconnect(..) | ToOwn(..) => None,
         }
     }
@@ -113,6 +116,7 @@ impl Op {
             Announce(..) => "announce",
             Sessions(..) => "sessions",
             Logout(..) => "logout",
+            LeaveKicked(..) => "leave",
             Disconnect(..) => "disconnect",
             ToOwn(..) => "own",
         }
@@ -591,6 +595,21 @@ impl Inner {
                 // The notice reaches the admin (and everyone here) before the ack.
                 self.fence().await?;
                 me.answer(t, Outcome::Done);
+                Ok(())
+            }
+            Op::LeaveKicked(t, room, by, reason) => {
+                let kicked = ServerMsg::Kicked {
+                    room: b(&room),
+                    name: b(me.name()),
+                    by: b(&by),
+                    reason: b(&reason),
+                };
+                let outcome = if self.leave(me, &room, Some(kicked)).await? {
+                    Outcome::Left { room }
+                } else {
+                    Refusal::not_in_room(&room).into()
+                };
+                me.answer(t, outcome);
                 Ok(())
             }
             Op::Sessions(t) => {

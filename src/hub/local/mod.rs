@@ -196,6 +196,37 @@ impl Broker for LocalBroker {
         }
     }
 
+    fn leave_kicked(&self, _: Ticket, me: &Member, room: &str, by: &str, reason: &str) -> Answer {
+        let mut dir = lock(&self.directory);
+        let left = dir.rooms.get(room).cloned().is_some_and(|r| {
+            let event = ServerMsg::Kicked {
+                room: b(&r.name),
+                name: b(&me.name),
+                by: b(by),
+                reason: b(reason),
+            };
+            self.leave_locked(&mut dir, me, &r, &event)
+        });
+        self.gauges(&dir);
+        if left {
+            now(Outcome::Left { room: room.into() })
+        } else {
+            now(Refusal::not_in_room(room))
+        }
+    }
+
+    fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member> {
+        let dir = lock(&self.directory);
+        let all = dir.users.values().flatten();
+        all.filter(|m| pick(m)).cloned().collect()
+    }
+
+    fn tell_local(&self, room: &str, event: &ServerMsg<'_>) {
+        let Some(room) = self.room(room) else { return };
+        let members = lock(&room.state).members.clone();
+        self.delivery.deliver(&members, event, None);
+    }
+
     fn say(&self, _: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer {
         let Some(room) = self.room(room) else {
             return now(Refusal::not_in_room(room));

@@ -398,6 +398,7 @@ impl LocalBroker {
                     .map(|(name, role)| protocol::UserInfo {
                         name: b(name),
                         role: *role,
+                        room_role: None,
                     })
                     .collect(),
                 left: batch.left.iter().map(|n| b(n)).collect(),

@@ -30,7 +30,7 @@ impl Accounts {
 
     /// Runs `f` on the connection; a failure drops a closed connection, so the next use
     /// connects again.
-    fn with<T>(
+    pub(super) fn with<T>(
         &mut self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, DbError> {

@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The schema this binary writes.
-pub(super) const VERSION: i32 = 3;
+pub(super) const VERSION: i32 = 4;
 
 /// The advisory lock migrations hold (a transaction's).
 const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
@@ -111,6 +111,58 @@ const STEPS: &[(i32, &str)] = &[
     INSERT INTO pm_reads (account, other, read_id)
         SELECT split_part(pair, ' ', 2), split_part(pair, ' ', 1), max(id) FROM pms GROUP BY pair
     ON CONFLICT DO NOTHING;
+    ",
+    ),
+    (
+        4,
+        "
+    -- Rooms that belong to someone (tokens or accounts): settings, roles, invites.
+    CREATE TABLE room_settings (
+        room        TEXT PRIMARY KEY,
+        owner       TEXT,                    -- the owner's key (NULL: ownerless)
+        topic       TEXT NOT NULL DEFAULT '',
+        private     BOOLEAN NOT NULL DEFAULT false,
+        invite_only BOOLEAN NOT NULL DEFAULT false,
+        moderated   BOOLEAN NOT NULL DEFAULT false,
+        created     TEXT NOT NULL
+    );
+    CREATE TABLE room_roles (
+        room    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        role    TEXT NOT NULL,               -- 'op' or 'voice'
+        PRIMARY KEY (room, account)
+    );
+    CREATE TABLE room_invites (
+        room    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (room, account)
+    );
+    -- Bans and mutes; under the room '*', server-wide bans and revoked tokens.
+    CREATE TABLE sanctions (
+        room     TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        kind     TEXT NOT NULL,              -- 'ban', 'mute' or 'revoke'
+        by_name  TEXT NOT NULL,
+        reason   TEXT NOT NULL,
+        created  TEXT NOT NULL,
+        until_ms BIGINT,                     -- Unix ms; NULL: forever
+        PRIMARY KEY (room, target, kind)
+    );
+    CREATE TABLE audit (
+        id     BIGSERIAL PRIMARY KEY,
+        room   TEXT NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ts     TEXT NOT NULL
+    );
+    CREATE INDEX audit_room ON audit (room, id);
+    CREATE TABLE policy_changes (
+        version BIGSERIAL PRIMARY KEY,
+        room    TEXT NOT NULL
+    );
     ",
     ),
 ];

@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -131,6 +131,61 @@ const STEPS: &[(u32, &str)] = &[
             SELECT substr(pair, instr(pair, ' ') + 1), substr(pair, 1, instr(pair, ' ') - 1),
                    max(id)
             FROM pms GROUP BY pair;
+        ",
+    ),
+    (
+        6,
+        "
+        -- Rooms that belong to someone (tokens or accounts): settings, roles, invites.
+        CREATE TABLE room_settings (
+            room        TEXT PRIMARY KEY,        -- normalised room name
+            owner       TEXT,                    -- the owner's key (NULL: ownerless)
+            topic       TEXT NOT NULL DEFAULT '',
+            private     INTEGER NOT NULL DEFAULT 0,  -- not listed for non-members
+            invite_only INTEGER NOT NULL DEFAULT 0,
+            moderated   INTEGER NOT NULL DEFAULT 0,  -- only ops and voice speak
+            created     TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE room_roles (
+            room    TEXT NOT NULL,
+            account TEXT NOT NULL,               -- key
+            role    TEXT NOT NULL,               -- 'op' or 'voice'
+            PRIMARY KEY (room, account)
+        ) WITHOUT ROWID;
+        CREATE TABLE room_invites (
+            room    TEXT NOT NULL,
+            account TEXT NOT NULL,               -- key
+            created TEXT NOT NULL,
+            PRIMARY KEY (room, account)
+        ) WITHOUT ROWID;
+        -- Bans and mutes in a room; under the room '*', server-wide bans (accounts or address
+        -- ranges) and revoked tokens ('jti:ID', 'sub:NAME').
+        CREATE TABLE sanctions (
+            room     TEXT NOT NULL,
+            target   TEXT NOT NULL,
+            kind     TEXT NOT NULL,              -- 'ban', 'mute' or 'revoke'
+            by_name  TEXT NOT NULL,
+            reason   TEXT NOT NULL,
+            created  TEXT NOT NULL,
+            until_ms INTEGER,                    -- Unix ms; NULL: forever
+            PRIMARY KEY (room, target, kind)
+        ) WITHOUT ROWID;
+        -- Moderation actions, the newest 1000 per room.
+        CREATE TABLE audit (
+            id     INTEGER PRIMARY KEY,
+            room   TEXT NOT NULL,
+            actor  TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            ts     TEXT NOT NULL
+        );
+        CREATE INDEX audit_room ON audit (room, id);
+        -- Which rooms' policies changed, in order: nodes poll it to stay in step.
+        CREATE TABLE policy_changes (
+            version INTEGER PRIMARY KEY AUTOINCREMENT,
+            room    TEXT NOT NULL
+        );
         ",
     ),
 ];
