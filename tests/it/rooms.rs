@@ -632,3 +632,118 @@ fn a_revoked_token_is_refused_and_its_connections_closed() {
     let (_, e) = hello(&other);
     assert_eq!(e["code"], "unauthorized", "{e}");
 }
+
+/// chatctl in a real terminal: the owner of a room sets its topic (shown under the room), makes
+/// it private, bans someone (`/ban NAME 7d reason`) and lists the bans; the banned user's
+/// chatctl says it was removed and cannot come back.
+#[cfg_attr(chatd_no_tmux, ignore = "needs tmux (apt install tmux)")]
+#[test]
+fn chatctl_moderates_a_room_in_a_terminal() {
+    use crate::chatctl::Tmux;
+    use crate::helpers::{Daemon, SyncClient};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = crate::accounts::accounts_env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = Daemon::start(&[], &env);
+    let mut bob = SyncClient::connect(d.addr);
+    bob.send(json!({"type": "register", "name": "bob", "password": "bob's password"}));
+    let w = bob.recv_until(|v| v["type"] == "welcome" || v["type"] == "error");
+    assert_eq!(w["type"], "welcome", "{w}");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "ann's password\n").unwrap();
+    let tmux = Tmux {
+        socket: format!("chatctl-rooms-{}", std::process::id()),
+    };
+    let cmd = format!(
+        "NO_COLOR=1 {} --url ws://{} --password-file {} connect ann --register; echo EXIT=$?; sleep 30",
+        env!("CARGO_BIN_EXE_chatctl"),
+        d.addr,
+        password.display()
+    );
+    tmux.start(24, &cmd);
+    tmux.wait_for("the welcome", |s| s.contains("welcome, ann!"));
+    tmux.keys(&["/join team", "Enter"]);
+    tmux.wait_for("the room", |s| s.contains("you are in #team with: ~ann"));
+    tmux.keys(&["/topic Ship it on Friday", "Enter"]);
+    tmux.wait_for("the topic", |s| {
+        s.contains("#team: topic: Ship it on Friday")
+    });
+    bob.send(json!({"type": "join", "room": "team", "id": "j"}));
+    let room = bob.recv_until(|v| v["ref"] == "j");
+    assert_eq!(room["topic"], "Ship it on Friday", "{room}");
+    tmux.wait_for("bob", |s| s.contains("bob joined"));
+    tmux.keys(&["/ban bob 7d spamming links", "Enter"]);
+    tmux.wait_for("the ban", |s| {
+        s.contains("bob was kicked by ann: spamming links")
+    });
+    let kicked = bob.recv_until(|v| v["type"] == "kicked");
+    assert_eq!(kicked["reason"], "spamming links", "{kicked}");
+    tmux.keys(&["/bans", "Enter"]);
+    tmux.wait_for("the list", |s| s.contains("ban bob by ann, until"));
+    tmux.keys(&["/private", "Enter"]);
+    tmux.wait_for("private", |s| s.contains("[private, invite-only]"));
+    bob.send(json!({"type": "join", "room": "team", "id": "j2"}));
+    let e = bob.recv_until(|v| v["ref"] == "j2");
+    assert_eq!(e["code"], "forbidden", "{e}");
+    tmux.keys(&["C-d"]);
+    tmux.wait_for("a clean exit", |s| s.contains("EXIT=0"));
+}
+
+/// What one op can pile up is bounded: 1,000 invites per room (then `forbidden`), reasons cut to
+/// 200 bytes, topics of at most 300 bytes on one line.
+#[tokio::test]
+async fn what_an_op_piles_up_is_bounded() {
+    let chat = chat(Backend::Local).await;
+    let (mut ann, _) = hello(&chat, "ann", Role::User, "lobby").await;
+    create(&mut ann, "ann", "big").await;
+    for i in 0..1000 {
+        let name = format!("guest{i}");
+        ann.send(json!({"type": "invite", "room": "big", "name": name, "id": format!("i{i}")}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 1000 {
+        let v = ann.recv().await;
+        if v["ref"].as_str().is_some_and(|r| r.starts_with('i')) {
+            assert_eq!(v["type"], "ack", "{v}");
+            acked += 1;
+        }
+    }
+    let e = ask(
+        &mut ann,
+        json!({"type": "invite", "room": "big", "name": "one_more"}),
+    )
+    .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("1000 invites"),
+        "{e}"
+    );
+    let long = "x".repeat(5000);
+    let r = ask(
+        &mut ann,
+        json!({"type": "ban", "room": "big", "name": "troll", "reason": long}),
+    )
+    .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let bans = ask(&mut ann, json!({"type": "bans", "room": "big"})).await;
+    assert_eq!(
+        bans["bans"][0]["reason"].as_str().unwrap().len(),
+        200,
+        "cut"
+    );
+    let e = ask(
+        &mut ann,
+        json!({"type": "room_set", "room": "big", "topic": "y".repeat(301)}),
+    )
+    .await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    let e = ask(
+        &mut ann,
+        json!({"type": "room_set", "room": "big", "topic": "two\nlines"}),
+    )
+    .await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    chat.server.stop().await;
+}

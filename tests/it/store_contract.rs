@@ -95,6 +95,7 @@ contract!(
     an_unclean_stop_renumbers,
     a_full_queue_refuses_and_loses_nothing_accepted,
     accounts_are_kept_and_invites_spent,
+    room_policies_are_kept_logged_and_audited,
 );
 
 fn message(id: u64, seq: u64, room: &str, text: &str) -> Arc<Message> {
@@ -794,5 +795,144 @@ fn accounts_are_kept_and_invites_spent(db: &Db) {
         2,
         "kept across a restart"
     );
+    store.close(Duration::from_secs(10));
+}
+
+/// Rooms' policies: a claim only of a room nobody owns, settings, roles, a transfer that keeps the
+/// old owner an op, invites, sanctions replaced and lifted; every change in the change log (which
+/// nodes poll) and its audit entry; kept across a reopening.
+fn room_policies_are_kept_logged_and_audited(db: &Db) {
+    use chatd::store::policy::{Audit, Change, Kind, RoomRole, Sanction, Settings};
+    let (store, _) = db.open();
+    let mut a = chatd::store::accounts::open(&db.settings()).expect("accounts open");
+    let audit = |action: &str| Audit {
+        room: "dev".into(),
+        actor: "ann".into(),
+        action: action.into(),
+        target: String::new(),
+        reason: String::new(),
+        ts: chatd::protocol::timestamp(),
+    };
+    assert_eq!(a.policy_version().unwrap(), 0);
+    let claim = |owner: &str| Change::Claim {
+        room: "dev".into(),
+        owner: owner.into(),
+    };
+    assert!(a.apply(&claim("ann"), Some(&audit("create"))).unwrap());
+    assert!(
+        !a.apply(&claim("bob"), Some(&audit("create"))).unwrap(),
+        "owned already"
+    );
+    let settings = Settings {
+        owner: None,
+        topic: "rust".into(),
+        private: true,
+        invite_only: true,
+        moderated: false,
+    };
+    let set = Change::Set {
+        room: "dev".into(),
+        settings,
+    };
+    assert!(a.apply(&set, Some(&audit("set"))).unwrap());
+    let role = |account: &str, role| Change::Role {
+        room: "dev".into(),
+        account: account.into(),
+        role,
+    };
+    a.apply(&role("olga", Some(RoomRole::Op)), None).unwrap();
+    a.apply(&role("vic", Some(RoomRole::Voice)), None).unwrap();
+    a.apply(
+        &Change::Transfer {
+            room: "dev".into(),
+            to: "olga".into(),
+        },
+        None,
+    )
+    .unwrap();
+    let invite = |on| Change::Invite {
+        room: "dev".into(),
+        account: "ivan".into(),
+        on,
+    };
+    a.apply(&invite(true), None).unwrap();
+    let ban = |reason: &str, until_ms| Sanction {
+        room: "dev".into(),
+        target: "bob".into(),
+        kind: Kind::Ban,
+        by: "ann".into(),
+        reason: reason.into(),
+        created: chatd::protocol::timestamp(),
+        until_ms,
+    };
+    a.apply(&Change::Sanction(ban("spam", Some(5))), None)
+        .unwrap();
+    a.apply(
+        &Change::Sanction(ban("more spam", None)),
+        Some(&audit("ban")),
+    )
+    .unwrap();
+    let version = a.policy_version().unwrap();
+    assert!(version >= 8, "every change is logged: {version}");
+    drop(a);
+    store.close(Duration::from_secs(10));
+    drop(store);
+
+    let (store, _) = db.open();
+    let mut a = chatd::store::accounts::open(&db.settings()).expect("reopened");
+    let record = a.room_record("dev").unwrap();
+    let s = record.settings.clone().expect("settings kept");
+    assert_eq!(
+        (
+            s.owner.as_deref(),
+            s.topic.as_str(),
+            s.private,
+            s.invite_only
+        ),
+        (Some("olga"), "rust", true, true),
+        "a transfer changes the owner; settings stay"
+    );
+    let mut roles = record.roles.clone();
+    roles.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        roles,
+        [
+            ("ann".to_string(), RoomRole::Op),
+            ("vic".to_string(), RoomRole::Voice)
+        ],
+        "the old owner stays an op; the new one has no other role"
+    );
+    assert_eq!(record.invites, ["ivan"]);
+    assert_eq!(record.sanctions.len(), 1, "replaced, not added");
+    assert_eq!(
+        (
+            record.sanctions[0].reason.as_str(),
+            record.sanctions[0].until_ms
+        ),
+        ("more spam", None)
+    );
+    let lift = Change::Lift {
+        room: "dev".into(),
+        target: "bob".into(),
+        kind: Kind::Ban,
+    };
+    assert!(a.apply(&lift, None).unwrap());
+    assert!(!a.apply(&lift, None).unwrap(), "nothing left to lift");
+    a.apply(&invite(false), None).unwrap();
+    let (rooms, latest) = a.changed_since(version).unwrap();
+    assert_eq!((rooms, latest), (vec!["dev".to_string()], version + 2));
+    let (rooms, _) = a.changed_since(latest).unwrap();
+    assert!(rooms.is_empty());
+    assert_eq!(a.policy_rooms().unwrap(), ["dev"]);
+    let log: Vec<String> = a
+        .audit_log("dev", 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(log, ["ban", "set", "create"], "newest first");
+    assert_eq!(a.audit_log("dev", 1).unwrap().len(), 1);
+    assert_eq!(a.room_record("nowhere").unwrap(), Default::default());
+    drop(a);
     store.close(Duration::from_secs(10));
 }
