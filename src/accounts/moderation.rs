@@ -157,7 +157,10 @@ pub(super) fn serve(work: &Work, actor: &Actor, action: Action) -> Result<Modera
             },
         );
     }
-    reload(work, &room).map_err(unavailable)?;
+    // A claim is told by the reply to the join that made the room (held back until now), not
+    // by events that would come before it.
+    let quiet = matches!(change, Change::Claim { .. });
+    reload(work, &room, !quiet).map_err(unavailable)?;
     Ok(Moderated::Done)
 }
 
@@ -346,7 +349,7 @@ fn plan(work: &Work, actor: &Actor, action: Action, now: i64) -> Result<Plan, De
             op_of(&room)?;
             let target = aimed(work, actor, &room, &target)?;
             if p.room(&room).is_some_and(|r| {
-                r.sanction_count() >= MAX_SANCTIONS
+                r.sanctions_in_force(now) >= MAX_SANCTIONS
                     && !r
                         .sanctions
                         .iter()
@@ -431,11 +434,14 @@ fn cut(text: &str, most: usize) -> String {
     text[..end].to_string()
 }
 
-/// Replaces `room`'s policy with what the store holds and hands what changed to the chat.
-pub(super) fn reload(work: &Work, room: &str) -> Result<(), String> {
+/// Replaces `room`'s policy with what the store holds and (with `tell`) hands what changed to
+/// the chat.
+pub(super) fn reload(work: &Work, room: &str, tell: bool) -> Result<(), String> {
     let record = with_db(work, |db| db.room_record(room))?;
     let effects = work.policies.replace(room, record, now_ms());
-    act(work, effects);
+    if tell {
+        act(work, effects);
+    }
     Ok(())
 }
 
@@ -475,7 +481,7 @@ pub(super) fn poll(work: &Work) {
     match changed {
         Ok((rooms, latest)) if latest > since => {
             for room in rooms {
-                if let Err(e) = reload(work, &room) {
+                if let Err(e) = reload(work, &room, true) {
                     warn!(error = %e, room, "moderation: cannot reload a room's policy");
                     return;
                 }

@@ -87,9 +87,10 @@ impl RoomPolicy {
         })
     }
 
-    /// How many bans and mutes it holds.
-    pub fn sanction_count(&self) -> usize {
-        self.sanctions.len()
+    /// How many bans and mutes are in force at `now_ms`.
+    pub fn sanctions_in_force(&self, now_ms: i64) -> usize {
+        let live = |s: &&Sanction| s.until_ms.is_none_or(|u| u > now_ms);
+        self.sanctions.iter().filter(live).count()
     }
 }
 

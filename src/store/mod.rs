@@ -699,6 +699,13 @@ impl Store {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The key a conversation between two users is stored under: their `protocol::name_key`s,
 /// sorted, joined by a space.
 pub fn pm_pair(a: &str, b: &str) -> String {

@@ -631,11 +631,11 @@ fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
     let mut henry = chatctl(&["--register"]);
     henry.expect_out("welcome, henry!");
     henry.write_line("/join dev");
-    henry.expect_out("you are in #dev with: henry");
+    henry.expect_out("you are in #dev with: ~henry");
     proxy.cut();
     henry.expect_err("reconnected to ws://");
     henry.expect_out("welcome, henry! you are in #lobby");
-    henry.expect_out("you are in #dev with: henry");
+    henry.expect_out("you are in #dev with: ~henry");
     henry.write_line("still me");
     henry.expect_out("#dev <henry> still me");
     henry.close_stdin();
@@ -648,7 +648,7 @@ fn chatctl_registers_signs_in_and_keeps_its_name_across_a_drop() {
     // Another run (another device, or tomorrow): the account's rooms come back by themselves.
     let mut later = chatctl(&[]);
     later.expect_out("welcome, henry!");
-    later.expect_out("you are in #dev with: henry");
+    later.expect_out("you are in #dev with: ~henry");
     later.close_stdin();
     assert_eq!(later.wait_exit(), Some(0));
     // A wrong password.

@@ -51,9 +51,12 @@ fn an_unusable_database_exits_78_naming_storage_path() {
         let page = 4096;
         let pages = bytes.len() / page;
         assert!(pages > 10, "{pages} pages");
-        // Scribble over a page of messages in the middle.
-        for b in &mut bytes[(pages / 2) * page + 8..(pages / 2 + 1) * page] {
-            *b = 0xa5;
+        // Scribble over a few pages of messages near the end (the schema's empty tables come
+        // first, and an empty leaf page keeps its 8-byte header here).
+        for at in pages - 6..pages - 2 {
+            for b in &mut bytes[at * page + 8..(at + 1) * page] {
+                *b = 0xa5;
+            }
         }
         std::fs::write(&damaged, bytes).unwrap();
     }

@@ -244,7 +244,13 @@ fn apply(tx: &Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
                 params![room, account],
             )?,
         },
-        Change::Sanction(s) => tx.execute(
+        Change::Sanction(s) => {
+            // Ended ones go first: the room's cap counts what is in force.
+            tx.execute(
+                "DELETE FROM sanctions WHERE room = ?1 AND until_ms IS NOT NULL AND until_ms <= ?2",
+                params![s.room, super::super::now_millis()],
+            )?;
+            tx.execute(
             "INSERT INTO sanctions (room, target, kind, by_name, reason, created, until_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (room, target, kind) DO UPDATE SET by_name = excluded.by_name,
@@ -258,7 +264,8 @@ fn apply(tx: &Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
                 s.created,
                 s.until_ms
             ],
-        )?,
+        )?
+        }
         Change::Lift { room, target, kind } => tx.execute(
             "DELETE FROM sanctions WHERE room = ?1 AND target = ?2 AND kind = ?3",
             params![room, target, kind.as_str()],
