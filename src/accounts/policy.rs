@@ -288,7 +288,8 @@ impl Policies {
     }
 }
 
-fn standing(p: &RoomPolicy, key: &str) -> Standing {
+/// Where `key` stands in the room `p` is the policy of.
+pub fn standing(p: &RoomPolicy, key: &str) -> Standing {
     if p.settings
         .as_ref()
         .and_then(|s| s.owner.as_deref())

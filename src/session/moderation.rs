@@ -11,14 +11,22 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::info;
 
 use super::{Kind, Session};
+use crate::accounts::Request;
 use crate::accounts::moderation::{Action, Actor, Moderated, Target, parse_duration};
 use crate::accounts::policy::{Effect, Policies, Standing, is_range};
-use crate::accounts::{Done, Request};
 use crate::hub::{Late, Outcome, Refusal, RoomView};
 use crate::protocol::{
     self, AuditInfo, BanInfo, ClientMsg, ErrorCode, Role, RoomSettings, ServerMsg, UserInfo, b,
 };
 use crate::store::policy::{Kind as Sanction, SERVER};
+
+/// Who asks, as the accounts service knows them.
+fn actor(me: &crate::hub::Member) -> Actor {
+    Actor {
+        name: me.name().to_string(),
+        admin: me.role() == Role::Admin,
+    }
+}
 
 fn forbidden(why: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::Forbidden, why)
@@ -115,7 +123,7 @@ impl Session {
                 name: b(name),
                 role: *role,
                 room_role: policy.as_ref().and_then(|p| {
-                    let standing = standing_in(p, &protocol::name_key(name));
+                    let standing = crate::accounts::policy::standing(p, &protocol::name_key(name));
                     (standing != Standing::Member).then(|| standing.as_str().into())
                 }),
             })
@@ -147,10 +155,7 @@ impl Session {
         if !fresh || accounts.policies().settings(&room).is_some() {
             return Err(Box::new((kind, outcome, reference)));
         }
-        let actor = Actor {
-            name: me.name().to_string(),
-            admin: me.role() == Role::Admin,
-        };
+        let actor = actor(&me);
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let mailbox = self.mailbox.clone();
@@ -187,10 +192,7 @@ impl Session {
         let key = protocol::name_key(me.name());
         let member = self.kept.iter().any(|r| **r == *room);
         if !member && accounts.policies().invited(&room, &key) {
-            let actor = Actor {
-                name: me.name().to_string(),
-                admin: me.role() == Role::Admin,
-            };
+            let actor = actor(&me);
             let ignore: crate::accounts::Reply = Box::new(|_| {});
             let action = Action::UseInvite { room };
             let _ = accounts.submit(Request::Moderate { actor, action }, self.ip, ignore);
@@ -213,27 +215,14 @@ impl Session {
             ));
         };
         let action = action_of(msg)?;
-        let actor = Actor {
-            name: me.name().to_string(),
-            admin: me.role() == Role::Admin,
+        // What a refusal names (a transfer to nobody: `no_such_user` for that name).
+        let about = match &action {
+            Action::Transfer { to, .. } => to.clone(),
+            _ => String::new(),
         };
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let mailbox = self.mailbox.clone();
-        let reply: crate::accounts::Reply = Box::new(move |result: Result<Done, _>| {
-            let outcome = match result {
-                Ok(Done::Moderated(m)) => Outcome::Moderated(m),
-                Ok(_) => Outcome::Done,
-                Err(denied) => Outcome::Refused(super::sign_in::refusal(&denied, "")),
-            };
-            mailbox.push_control(Box::new(Late { ticket, outcome }));
-        });
-        accounts
-            .submit(Request::Moderate { actor, action }, self.ip, reply)
-            .map_err(|denied| super::sign_in::refusal(&denied, ""))?;
-        self.slots
-            .wait(ticket, Kind::Moderate, id.take(), self.request_bytes);
-        Ok(())
+        let actor = actor(&me);
+        let request = Request::Moderate { actor, action };
+        self.ask_accounts(&accounts, request, &about, Kind::Moderate, id.take())
     }
 
     /// Banned from `room`: out of it (the others see `kicked` once the user's last connection
@@ -427,21 +416,6 @@ pub(crate) fn enforcer(broker: Arc<dyn crate::hub::Broker>) -> crate::accounts::
             }
         }
     })
-}
-
-fn standing_in(p: &crate::accounts::policy::RoomPolicy, key: &str) -> Standing {
-    if p.settings
-        .as_ref()
-        .and_then(|s| s.owner.as_deref())
-        .is_some_and(|o| o == key)
-    {
-        return Standing::Owner;
-    }
-    match p.roles.get(key) {
-        Some(crate::store::policy::RoomRole::Op) => Standing::Op,
-        Some(crate::store::policy::RoomRole::Voice) => Standing::Voice,
-        None => Standing::Member,
-    }
 }
 
 /// A room a moderation request names: a room's name, or `*` (the server) where `server` is

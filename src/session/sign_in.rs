@@ -93,25 +93,33 @@ impl Session {
         if !self.rooms.contains(&room) {
             return Err(Refusal::not_in_room(&room));
         }
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let reply = late(self.mailbox.clone(), ticket, room.to_string());
+        let _ = out;
         let request = Request::Read {
             name: me.name().to_string(),
             room: room.to_string(),
             seq,
         };
-        match accounts.submit(request, self.ip, reply) {
-            Ok(()) => {
-                self.slots
-                    .wait(ticket, Kind::Read, id.take(), self.request_bytes);
-                Ok(())
-            }
-            Err(denied) => {
-                let _ = out;
-                Err(refusal(&denied, &room))
-            }
-        }
+        self.ask_accounts(&accounts, request, &room, Kind::Read, id.take())
+    }
+
+    /// Hands `request` to the accounts service; its answer (or refusal, about `about`) is the
+    /// reply, in this request's place among the replies.
+    pub(super) fn ask_accounts(
+        &mut self,
+        accounts: &crate::accounts::Accounts,
+        request: Request,
+        about: &str,
+        kind: Kind,
+        id: Option<String>,
+    ) -> Result<(), Refusal> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let reply = late(self.mailbox.clone(), ticket, about.to_string());
+        accounts
+            .submit(request, self.ip, reply)
+            .map_err(|denied| refusal(&denied, about))?;
+        self.slots.wait(ticket, kind, id, self.request_bytes);
+        Ok(())
     }
 
     /// `read` with `with`: the user has read its conversation with `with` up to message `msg`.
@@ -128,20 +136,12 @@ impl Session {
             ));
         };
         let with = super::requests::valid_user(with)?;
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let reply = late(self.mailbox.clone(), ticket, with.to_string());
         let request = Request::ReadPm {
             name: me.name().to_string(),
             with: with.to_string(),
             msg,
         };
-        accounts
-            .submit(request, self.ip, reply)
-            .map_err(|denied| refusal(&denied, with))?;
-        self.slots
-            .wait(ticket, Kind::ReadPm, id.take(), self.request_bytes);
-        Ok(())
+        self.ask_accounts(&accounts, request, with, Kind::ReadPm, id.take())
     }
 
     /// A PM nobody was online to get: handed to the accounts service, which keeps it if its

@@ -2,20 +2,24 @@
 //! stores and both brokers; what a wrong password, an unknown name, a disabled account or a flood
 //! of attempts gets; invites; `chatd user` and `chatd invite` on the store of a running server.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::helpers::{Client, TestServer, chatd_command, code_and_stderr, metric};
-use crate::postgres_server::Postgres;
 use crate::read_state::{listed, room_state};
-use crate::redis_server::Redis;
 use chatd::accounts::admin::Admin;
 use chatd::config::{AuthMode, Registration};
 use chatd::store::accounts::Change;
 
 /// Accounts mode on an SQLite file in `dir`, with Argon2 cheap enough for a debug build.
+/// Accounts mode, with Argon2 cheap enough for a debug build.
+pub(crate) fn cheap_accounts(config: &mut chatd::Config) {
+    config.auth.mode = AuthMode::Accounts;
+    config.auth.argon2_memory_kib = 64;
+    config.auth.argon2_iterations = 1;
+}
+
 pub(crate) fn accounts_config(config: &mut chatd::Config, dir: &tempfile::TempDir) {
     config.auth.mode = AuthMode::Accounts;
     config.auth.argon2_memory_kib = 64;
@@ -385,16 +389,8 @@ async fn accounts_mode_takes_tokens_when_a_secret_is_set() {
 )]
 #[tokio::test]
 async fn cluster_nodes_share_accounts_through_postgresql() {
-    let redis = Arc::new(Redis::start());
-    let pg = Postgres::start();
-    let edit = |c: &mut chatd::Config| {
-        c.auth.mode = AuthMode::Accounts;
-        c.auth.argon2_memory_kib = 64;
-        c.auth.argon2_iterations = 1;
-        c.storage.url = chatd::config::SecretUrl::new(pg.url.clone());
-    };
-    let a = TestServer::node(&redis, edit).await;
-    let b = TestServer::node(&redis, edit).await;
+    let pair = TestServer::pg_pair(cheap_accounts).await;
+    let (a, b) = (&pair.a, &pair.b);
     let (mut on_a, w) = register(a.addr, "nina", "nina's password").await;
     assert_eq!(w["type"], "welcome", "{w}");
     let (_, taken) = register(b.addr, "NINA", "other password").await;
@@ -449,8 +445,7 @@ async fn cluster_nodes_share_accounts_through_postgresql() {
         drop(c);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
 
 /// `chatd user` and `chatd invite`, the real binary, on a store a running chatd uses.

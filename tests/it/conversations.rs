@@ -3,7 +3,6 @@
 //! what is unread; conversation read markers that move only forward and reach the user's other
 //! connections; the same in token mode and across a cluster's nodes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -190,18 +189,8 @@ async fn in_token_mode_a_pm_waits_for_a_subject_seen_before() {
 )]
 #[tokio::test]
 async fn across_nodes_a_pm_waits_in_postgresql() {
-    use crate::postgres_server::Postgres;
-    use crate::redis_server::Redis;
-    let redis = Arc::new(Redis::start());
-    let pg = Postgres::start();
-    let edit = |c: &mut chatd::Config| {
-        c.auth.mode = AuthMode::Accounts;
-        c.auth.argon2_memory_kib = 64;
-        c.auth.argon2_iterations = 1;
-        c.storage.url = chatd::config::SecretUrl::new(pg.url.clone());
-    };
-    let a = TestServer::node(&redis, edit).await;
-    let b = TestServer::node(&redis, edit).await;
+    let pair = TestServer::pg_pair(crate::accounts::cheap_accounts).await;
+    let (a, b) = (&pair.a, &pair.b);
     let (mut ann, _) = register(a.addr, "ann", "ann's password").await;
     let (bob, _) = register(b.addr, "bob", "bob's password").await;
     assert_eq!(ann.expect("joined").await["name"], "bob");
@@ -233,6 +222,5 @@ async fn across_nodes_a_pm_waits_in_postgresql() {
         .find(|v| v["type"] == "pm" && v["id"] == ack["id"])
         .await;
     assert_eq!(pm["text"], "see you");
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }

@@ -95,6 +95,26 @@ impl TestServer {
         Self::bind(config, backend, redis).await
     }
 
+    /// Two cluster nodes on a Redis of their own, sharing one PostgreSQL (`storage.url`), each
+    /// configured by `edit` besides.
+    pub async fn pg_pair(edit: impl Fn(&mut Config)) -> PgPair {
+        let redis = Arc::new(Redis::start());
+        let pg = crate::postgres_server::Postgres::start();
+        let url = pg.url.clone();
+        let both = |c: &mut Config| {
+            c.storage.url = chatd::config::SecretUrl::new(url.clone());
+            edit(c);
+        };
+        let a = TestServer::node(&redis, both).await;
+        let b = TestServer::node(&redis, both).await;
+        PgPair {
+            a,
+            b,
+            _redis: redis,
+            _pg: pg,
+        }
+    }
+
     /// A cluster node on `redis`, sharing it with the other nodes started on it.
     pub async fn node(redis: &Arc<Redis>, edit: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
@@ -727,4 +747,20 @@ pub fn token_for(secret: &str, name: &str, role: chatd::protocol::Role) -> Strin
     let rules = chatd::auth::Rules::from_config(&chatd::config::AuthConfig::default());
     let secret = chatd::config::Secret::new(secret);
     chatd::auth::mint(&secret, name, role, Duration::from_secs(60), &rules).expect("mint a token")
+}
+
+/// Two cluster nodes sharing a Redis and a PostgreSQL ([`TestServer::pg_pair`]).
+pub struct PgPair {
+    pub a: TestServer,
+    pub b: TestServer,
+    _redis: Arc<Redis>,
+    _pg: crate::postgres_server::Postgres,
+}
+
+impl PgPair {
+    /// Stops both nodes (then Redis and PostgreSQL, as the pair is dropped).
+    pub async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
 }

@@ -533,17 +533,12 @@ async fn a_ban_survives_a_restart() {
 )]
 #[tokio::test]
 async fn a_ban_on_one_node_holds_on_the_other() {
-    use crate::redis_server::Redis;
-    use std::sync::Arc;
-    let redis = Arc::new(Redis::start());
-    let pg = Postgres::start();
-    let edit = |c: &mut chatd::Config| {
+    let pair = TestServer::pg_pair(|c| {
         c.auth.mode = AuthMode::Token;
         c.auth.secret = Secret::new(SECRET);
-        c.storage.url = chatd::config::SecretUrl::new(pg.url.clone());
-    };
-    let a = TestServer::node(&redis, edit).await;
-    let b = TestServer::node(&redis, edit).await;
+    })
+    .await;
+    let (a, b) = (&pair.a, &pair.b);
     let connect = |addr, name: &str, room: &str| {
         let token = token_for(SECRET, name, Role::User);
         let (name, room) = (name.to_string(), room.to_string());
@@ -569,8 +564,7 @@ async fn a_ban_on_one_node_holds_on_the_other() {
     assert_eq!(kicked["room"], "dev", "{kicked}");
     let e = ask(&mut bob, json!({"type": "join", "room": "dev"})).await;
     assert_eq!(e["code"], "forbidden", "{e}");
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
 
 /// `chatd token` prints its token's id; `chatd token revoke` (by id, or by subject) refuses the

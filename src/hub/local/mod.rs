@@ -123,6 +123,33 @@ impl LocalBroker {
         broker.gauges(&lock(&broker.directory));
         broker
     }
+
+    /// `me` out of `room`, the others told `left` (or with `kicked`, by whom and why, that it
+    /// was banned) if it was the user's last connection there: `Left`, or `not_in_room`.
+    fn leave_with(&self, me: &Member, room: &str, kicked: Option<(&str, &str)>) -> Answer {
+        let mut dir = lock(&self.directory);
+        let left = dir.rooms.get(room).cloned().is_some_and(|r| {
+            let event = match kicked {
+                Some((by, reason)) => ServerMsg::Kicked {
+                    room: b(&r.name),
+                    name: b(&me.name),
+                    by: b(by),
+                    reason: b(reason),
+                },
+                None => ServerMsg::Left {
+                    room: b(&r.name),
+                    name: b(&me.name),
+                },
+            };
+            self.leave_locked(&mut dir, me, &r, &event)
+        });
+        self.gauges(&dir);
+        if left {
+            now(Outcome::Left { room: room.into() })
+        } else {
+            now(Refusal::not_in_room(room))
+        }
+    }
 }
 
 pub(super) fn now(outcome: impl Into<Outcome>) -> Answer {
@@ -180,39 +207,11 @@ impl Broker for LocalBroker {
     }
 
     fn leave(&self, _: Ticket, me: &Member, room: &str) -> Answer {
-        let mut dir = lock(&self.directory);
-        let left = dir.rooms.get(room).cloned().is_some_and(|r| {
-            let event = ServerMsg::Left {
-                room: b(&r.name),
-                name: b(&me.name),
-            };
-            self.leave_locked(&mut dir, me, &r, &event)
-        });
-        self.gauges(&dir);
-        if left {
-            now(Outcome::Left { room: room.into() })
-        } else {
-            now(Refusal::not_in_room(room))
-        }
+        self.leave_with(me, room, None)
     }
 
     fn leave_kicked(&self, _: Ticket, me: &Member, room: &str, by: &str, reason: &str) -> Answer {
-        let mut dir = lock(&self.directory);
-        let left = dir.rooms.get(room).cloned().is_some_and(|r| {
-            let event = ServerMsg::Kicked {
-                room: b(&r.name),
-                name: b(&me.name),
-                by: b(by),
-                reason: b(reason),
-            };
-            self.leave_locked(&mut dir, me, &r, &event)
-        });
-        self.gauges(&dir);
-        if left {
-            now(Outcome::Left { room: room.into() })
-        } else {
-            now(Refusal::not_in_room(room))
-        }
+        self.leave_with(me, room, Some((by, reason)))
     }
 
     fn local_members(&self, pick: &dyn Fn(&Member) -> bool) -> Vec<Member> {

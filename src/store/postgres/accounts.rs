@@ -299,18 +299,7 @@ impl AccountsDb for Accounts {
                  WHERE pair = $1 AND id > $2 AND lower(sender) <> $3 ORDER BY id DESC LIMIT $4",
                 &[&pair, &after, &key, &limit],
             )?;
-            Ok(rows
-                .iter()
-                .map(|r| Pm {
-                    id: r.get::<_, i64>(0) as u64,
-                    ts: r.get(1),
-                    from: r.get(2),
-                    to: r.get(3),
-                    role: role_of(r.get::<_, &str>(4)),
-                    text: r.get(5),
-                    action: r.get(6),
-                })
-                .collect())
+            Ok(rows.iter().map(super::read::pm_of).collect())
         })?;
         rows.reverse();
         Ok(rows)

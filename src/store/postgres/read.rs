@@ -86,15 +86,7 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
                     &[pair, &bound(*before), &(*limit as i64 + 1)],
                 )?
                 .iter()
-                .map(|r| Pm {
-                    id: r.get::<_, i64>(0) as u64,
-                    ts: r.get(1),
-                    from: r.get(2),
-                    to: r.get(3),
-                    role: role_of(r.get(4)),
-                    text: r.get(5),
-                    action: r.get(6),
-                })
+                .map(pm_of)
                 .collect();
             rows.reverse();
             let (rows, more) = trim(rows, *limit, false);
@@ -150,4 +142,17 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
             Found::Mark(mark, next)
         }
     })
+}
+
+/// A PM from a row of `id, ts, sender, recipient, role, text, action`.
+pub(super) fn pm_of(r: &postgres::Row) -> Pm {
+    Pm {
+        id: r.get::<_, i64>(0) as u64,
+        ts: r.get(1),
+        from: r.get(2),
+        to: r.get(3),
+        role: role_of(r.get(4)),
+        text: r.get(5),
+        action: r.get(6),
+    }
 }

@@ -292,17 +292,7 @@ impl AccountsDb for Accounts {
                     key,
                     limit as i64
                 ],
-                |r| {
-                    Ok(Pm {
-                        id: r.get(0)?,
-                        ts: r.get(1)?,
-                        from: r.get(2)?,
-                        to: r.get(3)?,
-                        role: role_of(&r.get::<_, String>(4)?),
-                        text: r.get(5)?,
-                        action: r.get(6)?,
-                    })
-                },
+                super::read::pm_of,
             )
             .map_err(text)?
             .collect::<Result<_, _>>()

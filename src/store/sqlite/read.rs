@@ -152,17 +152,7 @@ fn pms(
             "SELECT id, ts, sender, recipient, role, text, action FROM pms
              WHERE pair = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         )?
-        .query_map(params![pair, bound(before), limit as i64 + 1], |r| {
-            Ok(Pm {
-                id: r.get(0)?,
-                ts: r.get(1)?,
-                from: r.get(2)?,
-                to: r.get(3)?,
-                role: role_of(&r.get::<_, String>(4)?),
-                text: r.get(5)?,
-                action: r.get(6)?,
-            })
-        })?
+        .query_map(params![pair, bound(before), limit as i64 + 1], pm_of)?
         .collect::<Result<_, _>>()?;
     rows.reverse();
     Ok(trim(rows, limit, false))
@@ -192,4 +182,17 @@ fn mark(db: &Connection, room: &str) -> rusqlite::Result<(Option<Mark>, u64)> {
         |r| r.get(0),
     )?;
     Ok((mark, next))
+}
+
+/// A PM from a row of `id, ts, sender, recipient, role, text, action`.
+pub(super) fn pm_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pm> {
+    Ok(Pm {
+        id: r.get(0)?,
+        ts: r.get(1)?,
+        from: r.get(2)?,
+        to: r.get(3)?,
+        role: role_of(&r.get::<_, String>(4)?),
+        text: r.get(5)?,
+        action: r.get(6)?,
+    })
 }
