@@ -28,6 +28,7 @@ mod security;
 mod sessions;
 mod storage;
 mod storage_faults;
+mod store_accounts;
 mod store_contract;
 mod tls;
 mod typing;
