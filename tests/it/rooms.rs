@@ -216,6 +216,11 @@ async fn owners_make_rooms_private_and_invite_only(backend: Backend) {
         listed(&rooms).contains(&"hiring"),
         "a member sees it: {rooms}"
     );
+    let found = ask(&mut bob, json!({"type": "search", "query": "secret plans"})).await;
+    assert_eq!(
+        found["messages"][0]["text"], "secret plans",
+        "a member finds it: {found}"
+    );
     let (mut carl, _) = hello(&chat, "carl", Role::User, "lobby").await;
     let e = ask(&mut carl, json!({"type": "join", "room": "hiring"})).await;
     assert_eq!(e["code"], "forbidden", "the invite was bob's: {e}");
@@ -226,6 +231,11 @@ async fn owners_make_rooms_private_and_invite_only(backend: Backend) {
     assert_eq!(r["type"], "ack", "{r}");
     let e = ask(&mut bob, json!({"type": "join", "room": "hiring"})).await;
     assert_eq!(e["code"], "forbidden", "the invite was used up: {e}");
+    // Out of the private room, bob's search no longer reaches it (it did while he was in).
+    let found = ask(&mut bob, json!({"type": "search", "query": "secret plans"})).await;
+    if found["type"] == "search" {
+        assert_eq!(found["messages"], json!([]), "{found}");
+    }
 
     // The audit log has it, for ops only.
     let log = ask(&mut ann, json!({"type": "audit", "room": "hiring"})).await;
