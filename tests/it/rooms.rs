@@ -751,3 +751,39 @@ async fn what_an_op_piles_up_is_bounded() {
     assert_eq!(e["code"], "bad_request", "{e}");
     chat.server.stop().await;
 }
+
+/// A chatctl banned from the room on screen says so and speaks in its next room from then on.
+#[test]
+fn chatctl_banned_from_a_room_moves_on() {
+    use crate::helpers::{Daemon, Proc, SyncClient, chatctl_command};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let env = crate::accounts::accounts_env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = Daemon::start(&[], &env);
+    let mut ann = SyncClient::connect(d.addr);
+    ann.send(json!({"type": "register", "name": "ann", "password": "ann's password"}));
+    ann.recv_until(|v| v["type"] == "welcome");
+    ann.send(json!({"type": "join", "room": "dev", "id": "j"}));
+    let room = ann.recv_until(|v| v["ref"] == "j");
+    assert_eq!(room["owner"], "ann", "{room}");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "bob's password\n").unwrap();
+    let mut cmd = chatctl_command();
+    cmd.env("NO_COLOR", "1")
+        .args(["--url", &format!("ws://{}", d.addr)])
+        .args(["--password-file", password.to_str().unwrap()])
+        .args(["connect", "bob", "--register"]);
+    let mut bob = Proc::spawn(cmd);
+    bob.expect_out("welcome, bob!");
+    bob.write_line("/join dev");
+    bob.expect_out("you are in #dev with:");
+    ann.send(json!({"type": "ban", "room": "dev", "name": "bob", "reason": "spam", "id": "b"}));
+    let ack = ann.recv_until(|v| v["ref"] == "b");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    bob.expect_out("bob was kicked by ann: spam");
+    bob.write_line("still here");
+    bob.expect_out("#lobby <bob> still here");
+    bob.close_stdin();
+    assert_eq!(bob.wait_exit(), Some(0));
+}

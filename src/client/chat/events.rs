@@ -220,6 +220,16 @@ impl Chat {
                 if let Some(list) = self.members.get_mut(&**room) {
                     list.retain(|n| n != name);
                 }
+                // Banned from it: out of it here too (not rejoined after a reconnect).
+                if matches!(msg, ServerMsg::Kicked { .. }) && name.eq_ignore_ascii_case(&self.nick)
+                {
+                    let room = super::room_key(room);
+                    self.rooms.retain(|r| *r != room);
+                    self.members.remove(&room);
+                    if self.current.as_deref() == Some(&room) {
+                        self.current = self.rooms.first().cloned();
+                    }
+                }
             }
             ServerMsg::Renamed { from, to } => {
                 for list in self.members.values_mut() {
