@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::RwLock;
 
 use crate::addr::Cidr;
+use crate::protocol;
 use crate::store::policy::{Kind, RoomRecord, RoomRole, SERVER, Sanction, Settings};
 use crate::sync::{read, write};
 
@@ -189,6 +190,18 @@ impl Policies {
             return Standing::Member;
         };
         standing(p, key)
+    }
+
+    /// Where each of `names` stands in `room`, under one lock (`None`: the room has no policy,
+    /// so everyone is a member, and no name is keyed).
+    pub fn standings<'n>(
+        &self,
+        room: &str,
+        names: impl Iterator<Item = &'n str>,
+    ) -> Option<Vec<Standing>> {
+        let state = read(&self.state);
+        let p = state.rooms.get(room)?;
+        Some(names.map(|n| standing(p, &protocol::name_key(n))).collect())
     }
 
     /// Why `key` (at `ip`) may not enter `room`: banned there, or it is invite-only and

@@ -116,16 +116,16 @@ impl Session {
         room: &str,
         users: &'a [(Arc<str>, Role)],
     ) -> Vec<UserInfo<'a>> {
-        let policy = self.policies().and_then(|p| p.room(room));
+        let names = users.iter().map(|(n, _)| &**n);
+        let standings = self.policies().and_then(|p| p.standings(room, names));
+        let standing = |i: usize| standings.as_ref().map_or(Standing::Member, |s| s[i]);
         users
             .iter()
-            .map(|(name, role)| UserInfo {
+            .enumerate()
+            .map(|(i, (name, role))| UserInfo {
                 name: b(name),
                 role: *role,
-                room_role: policy.as_ref().and_then(|p| {
-                    let standing = crate::accounts::policy::standing(p, &protocol::name_key(name));
-                    (standing != Standing::Member).then(|| standing.as_str().into())
-                }),
+                room_role: (standing(i) != Standing::Member).then(|| standing(i).as_str().into()),
             })
             .collect()
     }

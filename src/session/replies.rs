@@ -31,17 +31,7 @@ impl Session {
                 };
                 let mut frames = vec![self.welcome(view, conversations, reference)];
                 // What others wrote while the user was away, after the welcome.
-                frames.extend(waiting.iter().map(|pm| {
-                    protocol::encode(&ServerMsg::Pm {
-                        id: pm.id,
-                        ts: b(&pm.ts),
-                        from: b(&pm.from),
-                        role: pm.role,
-                        to: b(&pm.to),
-                        text: b(&pm.text),
-                        action: pm.action,
-                    })
-                }));
+                frames.extend(waiting.iter().map(|pm| protocol::encode(&pm_event(pm))));
                 return frames;
             }
             (Kind::Hello, Outcome::Refused(r)) => {
@@ -234,18 +224,7 @@ impl Session {
                 protocol::encode(&ServerMsg::History {
                     room: b(""),
                     with: Some(b(&with)),
-                    messages: messages[start..]
-                        .iter()
-                        .map(|m| ServerMsg::Pm {
-                            id: m.id,
-                            ts: b(&m.ts),
-                            from: b(&m.from),
-                            role: m.role,
-                            to: b(&m.to),
-                            text: b(&m.text),
-                            action: m.action,
-                        })
-                        .collect(),
+                    messages: messages[start..].iter().map(pm_event).collect(),
                     more: more || start > 0,
                     reference: reference.map(b),
                 })
@@ -557,6 +536,19 @@ pub(super) fn ack(
         unread: None,
         mentions: None,
     })
+}
+
+/// A stored PM as the `pm` event (in a conversation's history, or handed over after a welcome).
+fn pm_event(pm: &crate::store::Pm) -> ServerMsg<'_> {
+    ServerMsg::Pm {
+        id: pm.id,
+        ts: b(&pm.ts),
+        from: b(&pm.from),
+        role: pm.role,
+        to: b(&pm.to),
+        text: b(&pm.text),
+        action: pm.action,
+    }
 }
 
 fn history_items(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {

@@ -28,8 +28,9 @@ mod security;
 mod sessions;
 mod storage;
 mod storage_faults;
-mod store_accounts;
+#[macro_use]
 mod store_contract;
+mod store_accounts;
 mod tls;
 mod typing;
 mod web;

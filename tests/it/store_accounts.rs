@@ -8,29 +8,7 @@ use chatd::protocol::Role;
 
 use crate::store_contract::{Db, say};
 
-/// Runs a test against both stores (PostgreSQL's is ignored, saying why, where it is not
-/// installed).
-macro_rules! accounts_contract {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(&super::Db::sqlite());
-            }
-
-            #[test]
-            #[cfg_attr(
-                chatd_no_postgres,
-                ignore = "needs PostgreSQL (apt install postgresql)"
-            )]
-            fn postgres() {
-                super::$name(&super::Db::postgres());
-            }
-        }
-    )*};
-}
-
-accounts_contract!(
+store_contract!(
     accounts_are_kept_and_invites_spent,
     room_policies_are_kept_logged_and_audited,
 );

@@ -65,13 +65,13 @@ impl Db {
 }
 
 /// Runs a contract test against both stores (PostgreSQL's is ignored, saying why, where it is
-/// not installed).
-macro_rules! contract {
+/// not installed). `store_accounts.rs` uses it too.
+macro_rules! store_contract {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]
             fn sqlite() {
-                super::$name(&super::Db::sqlite());
+                super::$name(&$crate::store_contract::Db::sqlite());
             }
 
             #[test]
@@ -80,13 +80,13 @@ macro_rules! contract {
                 ignore = "needs PostgreSQL (apt install postgresql)"
             )]
             fn postgres() {
-                super::$name(&super::Db::postgres());
+                super::$name(&$crate::store_contract::Db::postgres());
             }
         }
     )*};
 }
 
-contract!(
+store_contract!(
     pages_go_both_ways_and_numbering_survives_a_restart,
     conversations_page_back_and_belong_to_the_pair,
     search_matches_every_word_and_any_input_is_safe,
