@@ -101,6 +101,7 @@ fn main() {
             role: Role::User,
             text: text.into(),
             action: false,
+            ..Default::default()
         });
         // The broker refuses a say when the queue is full or the writer behind; a benchmark of
         // the writer waits.

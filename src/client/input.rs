@@ -52,6 +52,8 @@ pub enum Input {
     Logout(String),
     /// A moderation command (`/topic`, `/ban` …) for the room on screen.
     Moderate(super::moderate::Moderate),
+    /// `/edit`, `/delete`, `/reply`, `/react` in the room on screen.
+    Change(super::changes::ChangeCmd),
     /// `/help`.
     Help,
     /// `/exit`, `/quit`.
@@ -87,7 +89,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
 /// The `/help` text, one line per command.
 pub fn help() -> Vec<String> {
     let mut lines = vec!["commands:".to_string()];
-    for (cmd, args, what) in COMMANDS.iter().chain(super::moderate::COMMANDS) {
+    let all = COMMANDS.iter().chain(super::changes::COMMANDS);
+    for (cmd, args, what) in all.chain(super::moderate::COMMANDS) {
         let usage = format!("{cmd} {args}");
         lines.push(format!("  {usage:<17}{what}"));
     }
@@ -158,6 +161,13 @@ pub fn parse_input(line: &str) -> Input {
             Some(id) if !id.contains(char::is_whitespace) => Input::Logout(id),
             _ => Input::Hint("usage: /logout ID (see /sessions)".into()),
         },
+        verb if super::changes::parse(verb, rest).is_some() => {
+            match super::changes::parse(verb, rest) {
+                Some(Ok(c)) => Input::Change(c),
+                Some(Err(hint)) => Input::Hint(hint),
+                None => Input::Empty,
+            }
+        }
         verb if super::moderate::parse(verb, rest).is_some() => {
             match super::moderate::parse(verb, rest) {
                 Some(Ok(m)) => Input::Moderate(m),
@@ -183,6 +193,7 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
             room: Some(room.to_string()),
             text: text.clone(),
             action: *action,
+            reply_to: None,
         },
         Input::Pm { to, text } => ClientMsg::Pm {
             to: to.clone(),
@@ -223,6 +234,7 @@ pub fn request_for(input: &Input, room: &str) -> Option<ClientMsg> {
         },
         Input::Sessions => ClientMsg::Sessions,
         Input::Moderate(m) => super::moderate::request(m, room),
+        Input::Change(c) => super::changes::request(c, room, None).ok()?,
         Input::Logout(id) => ClientMsg::Logout {
             session: id.clone(),
         },
@@ -314,7 +326,8 @@ mod tests {
             ClientMsg::Say {
                 room: Some("rust".into()),
                 text: "waves".into(),
-                action: true
+                action: true,
+                reply_to: None,
             }
         );
         assert_eq!(

@@ -11,6 +11,7 @@
 //! The client speaks the protocol through `protocol`'s types, exactly as the server does.
 
 pub mod bench;
+pub mod changes;
 mod chat;
 pub mod complete;
 pub mod editor;

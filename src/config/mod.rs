@@ -483,6 +483,10 @@ pub struct LimitsConfig {
     /// tungstenite's write buffer, used only for its own frames (pings, pongs, close, the echo
     /// endpoint); chat frames go through the outbound queue (grows lazily).
     pub write_buffer_bytes: usize,
+    /// How long after sending it a message may be edited, in seconds (0: forever).
+    pub edit_window_secs: u64,
+    /// Edits of one message a connection may make per minute.
+    pub edits_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -507,6 +511,8 @@ impl Default for LimitsConfig {
             presence_batch_ms: 1000,
             read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
+            edit_window_secs: 24 * 3600,
+            edits_per_minute: 10,
         }
     }
 }

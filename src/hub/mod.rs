@@ -21,6 +21,7 @@
 //! [`LocalBroker`] is the single-process broker. This module knows no JSON: events are
 //! [`ServerMsg`] values, and `protocol` encodes them.
 
+pub mod changes;
 mod cluster;
 mod delivery;
 mod durable;
@@ -228,6 +229,8 @@ pub enum Outcome {
     },
     /// A message was accepted.
     Sent(Receipt),
+    /// The message a change or a reply names, read from the store: ask again with it.
+    Target(changes::Target),
     /// Typing was relayed (no reply).
     Relayed,
     /// The members of a room.
@@ -360,7 +363,16 @@ pub struct Page {
     pub limit: usize,
 }
 
-/// Receipt for an accepted message.
+/// The message a `say` answers, and whether the store already showed it is there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reply {
+    /// The message's id.
+    pub to: u64,
+    /// The store showed it is there (memory no longer holds it).
+    pub found: bool,
+}
+
+/// Receipt for an accepted message (or change).
 #[derive(Debug, Clone)]
 pub struct Receipt {
     /// Server-assigned message id.
@@ -494,7 +506,30 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     fn leave(&self, ticket: Ticket, me: &Member, room: &str) -> Answer;
     /// Says `text` in `room`: it gets the room's next `seq`, is kept in history and reaches every
     /// other member. `Sent` with the seq, or `not_in_room`.
-    fn say(&self, ticket: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer;
+    /// With `reply`, it answers a message of the same room (`not_found` if there is none; one
+    /// only the store holds is read first and answered as `Target`, and the session asks again
+    /// with `found`).
+    fn say(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        text: &str,
+        action: bool,
+        reply: Option<Reply>,
+    ) -> Answer;
+    /// Changes a message of `room` (see [`changes`]): the change is numbered like a message,
+    /// reaches every member and is kept; the message is kept changed. `Sent` (without a seq when
+    /// it changed nothing), `not_found`, `forbidden`; a message only the store holds is read
+    /// first and answered as `Target`, and the session asks again with it as `known`.
+    fn change(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        ask: &changes::ChangeAsk,
+        known: Option<changes::Target>,
+    ) -> Answer;
     /// A private message. `Sent` (no seq), or `no_such_user`.
     fn pm(&self, ticket: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer;
     /// Relays a typing state (throttling is the session's job). `Relayed`, or `no_such_user`.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{ErrorCode, Role, TypingState, is_false, is_zero};
+use super::{ChatMessage, ErrorCode, Role, TypingState, is_false, is_zero};
 
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T18:51:42.123Z`.
 pub fn timestamp() -> String {
@@ -20,12 +20,19 @@ pub fn timestamp_at(ms: i64) -> String {
     format_time(at)
 }
 
+const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
 fn format_time(at: time::OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
     at.format(FORMAT)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+/// Milliseconds since the Unix epoch of a timestamp [`timestamp`] wrote.
+pub fn timestamp_ms(ts: &str) -> Option<i64> {
+    let at = time::PrimitiveDateTime::parse(ts, FORMAT).ok()?;
+    Some((at.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// A user as shown in lists.
@@ -191,59 +198,6 @@ pub struct ServerInfo<'a> {
     /// Typing updates in a burst.
     #[serde(default)]
     pub typing_burst: u32,
-}
-
-/// A room message, live or from history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage<'a> {
-    /// Server-wide message number.
-    pub id: u64,
-    /// Per-room sequence number.
-    pub seq: u64,
-    /// When the server accepted it (RFC 3339 UTC, milliseconds).
-    pub ts: Cow<'a, str>,
-    /// The room.
-    pub room: Cow<'a, str>,
-    /// The sender.
-    pub from: Cow<'a, str>,
-    /// The sender's role.
-    #[serde(default)]
-    pub role: Role,
-    /// The text.
-    pub text: Cow<'a, str>,
-    /// A `/me` emote.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub action: bool,
-}
-
-impl ChatMessage<'_> {
-    /// The same message borrowing from this one (no copies), e.g. to list stored messages.
-    pub fn borrowed(&self) -> ChatMessage<'_> {
-        ChatMessage {
-            id: self.id,
-            seq: self.seq,
-            ts: Cow::Borrowed(&self.ts),
-            room: Cow::Borrowed(&self.room),
-            from: Cow::Borrowed(&self.from),
-            role: self.role,
-            text: Cow::Borrowed(&self.text),
-            action: self.action,
-        }
-    }
-
-    /// An owned copy, to keep.
-    pub fn into_owned(self) -> ChatMessage<'static> {
-        ChatMessage {
-            id: self.id,
-            seq: self.seq,
-            ts: Cow::Owned(self.ts.into_owned()),
-            room: Cow::Owned(self.room.into_owned()),
-            from: Cow::Owned(self.from.into_owned()),
-            role: self.role,
-            text: Cow::Owned(self.text.into_owned()),
-            action: self.action,
-        }
-    }
 }
 
 /// Everything the server sends, tagged by `type`.
@@ -418,6 +372,39 @@ pub enum ServerMsg<'a> {
     },
     /// A room message.
     Message(ChatMessage<'a>),
+    /// Message `msg` was edited: its text is now `text` (numbered in the room's order).
+    Edited {
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(default)]
+        id: u64,
+        msg: u64,
+        text: Cow<'a, str>,
+        by: Cow<'a, str>,
+        ts: Cow<'a, str>,
+    },
+    /// Message `msg` was deleted: show a tombstone.
+    Deleted {
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(default)]
+        id: u64,
+        msg: u64,
+        by: Cow<'a, str>,
+        ts: Cow<'a, str>,
+    },
+    /// `from` reacted to message `msg` with `emoji` (`on`), or took it back.
+    Reaction {
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(default)]
+        id: u64,
+        msg: u64,
+        emoji: Cow<'a, str>,
+        from: Cow<'a, str>,
+        on: bool,
+        ts: Cow<'a, str>,
+    },
     /// A private message.
     Pm {
         id: u64,

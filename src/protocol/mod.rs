@@ -105,6 +105,7 @@ pub enum TypingState {
 
 mod close;
 mod event;
+mod message;
 mod names;
 pub mod plain;
 mod request;
@@ -113,6 +114,7 @@ mod tests;
 
 pub use close::*;
 pub use event::*;
+pub use message::*;
 pub use names::*;
 pub use request::*;
 

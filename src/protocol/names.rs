@@ -137,3 +137,31 @@ pub fn mentions_at(text: &str, name: &str) -> bool {
     }
     false
 }
+
+/// Most bytes an emoji (a reaction) may have.
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// Whether `emoji` may be a reaction: one grapheme cluster that is not plain ASCII (👍, 🏳️‍🌈), or
+/// a short name like `:ship_it:` (letters, digits, `_`, `+`, `-`), in at most
+/// [`MAX_EMOJI_BYTES`] bytes. Else why not.
+pub fn valid_emoji(emoji: &str) -> Result<(), String> {
+    use unicode_segmentation::UnicodeSegmentation;
+    if emoji.len() > MAX_EMOJI_BYTES {
+        return Err(format!("an emoji is at most {MAX_EMOJI_BYTES} bytes long"));
+    }
+    if let Some(name) = emoji.strip_prefix(':').and_then(|e| e.strip_suffix(':')) {
+        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-');
+        if !name.is_empty() && name.len() <= 32 && name.chars().all(fine) {
+            return Ok(());
+        }
+    }
+    let one = emoji.graphemes(true).count() == 1;
+    let shown = emoji
+        .chars()
+        .all(|c| !c.is_ascii() && !c.is_whitespace() && !c.is_control());
+    if one && shown {
+        Ok(())
+    } else {
+        Err("an emoji is one emoji (like 👍) or a short name like :ship_it:".into())
+    }
+}

@@ -52,6 +52,10 @@ pub fn event(msg: &ServerMsg<'_>) -> Option<Utf8Bytes> {
         } => format!("* {name} was kicked by {by} ({})", l(reason)).into(),
         ServerMsg::Notice { from, text } => notice(from, text),
         ServerMsg::Renamed { from, to } => format!("* {from} is now known as {to}").into(),
+        ServerMsg::Edited { by, msg, text, .. } => {
+            format!("* {by} edited message {msg}: {}", l(text)).into()
+        }
+        ServerMsg::Deleted { msg, .. } => format!("* message {msg} was deleted").into(),
         ServerMsg::Resync { room, .. } => {
             format!("* some messages in #{room} may have been lost").into()
         }

@@ -203,6 +203,36 @@ pub enum ClientMsg {
         /// A `/me` emote.
         #[serde(skip_serializing_if = "is_false")]
         action: bool,
+        /// The message (id) this one answers, in the same room.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// Change the text of one's own message `msg` in `room`.
+    Edit {
+        /// The room.
+        room: String,
+        /// The message's id.
+        msg: u64,
+        /// Its new text.
+        text: String,
+    },
+    /// Delete message `msg` in `room` (one's own; an op or an admin anyone's).
+    Delete {
+        /// The room.
+        room: String,
+        /// The message's id.
+        msg: u64,
+    },
+    /// React to message `msg` in `room` with `emoji`, or (`on: false`) take it back.
+    React {
+        /// The room.
+        room: String,
+        /// The message's id.
+        msg: u64,
+        /// One emoji (a grapheme cluster) or a `:short_name:`.
+        emoji: String,
+        /// Add (true) or take back.
+        on: bool,
     },
     /// Private message.
     Pm {
@@ -293,6 +323,7 @@ impl ClientMsg {
         "hello", "register", "read", "join", "leave", "say", "pm", "typing", "rooms", "who",
         "history", "kick", "announce", "nick", "search", "sessions", "logout", "room_set", "role",
         "transfer", "invite", "uninvite", "ban", "unban", "mute", "unmute", "bans", "audit",
+        "edit", "delete", "react",
     ];
 
     /// The request's `type`, as the wire names it (a bounded metric label).
@@ -326,6 +357,9 @@ impl ClientMsg {
             ClientMsg::Unmute { .. } => "unmute",
             ClientMsg::Bans { .. } => "bans",
             ClientMsg::Audit { .. } => "audit",
+            ClientMsg::Edit { .. } => "edit",
+            ClientMsg::Delete { .. } => "delete",
+            ClientMsg::React { .. } => "react",
         }
     }
 }
@@ -424,6 +458,9 @@ struct RawRequest {
     role: Option<String>,
     duration: Option<String>,
     address: Option<String>,
+    reply_to: Option<u64>,
+    emoji: Option<String>,
+    on: Option<bool>,
 }
 
 /// Only the `id`, for answering requests that failed to parse as a whole.
@@ -475,6 +512,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         ("since", raw.since),
         ("seq", raw.seq),
         ("msg", raw.msg),
+        ("reply_to", raw.reply_to),
         ("before", raw.before),
         ("after", after_seq),
     ] {
@@ -611,6 +649,28 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             room: raw.room,
             text: need(raw.text, "text")?,
             action: raw.action.unwrap_or(false),
+            reply_to: raw.reply_to,
+        },
+        "edit" | "delete" | "react" if raw.msg.is_none() => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("`{kind}` needs field `msg`"),
+            ));
+        }
+        "edit" => ClientMsg::Edit {
+            room: need(raw.room, "room")?,
+            msg: raw.msg.unwrap_or_default(),
+            text: need(raw.text, "text")?,
+        },
+        "delete" => ClientMsg::Delete {
+            room: need(raw.room, "room")?,
+            msg: raw.msg.unwrap_or_default(),
+        },
+        "react" => ClientMsg::React {
+            room: need(raw.room, "room")?,
+            msg: raw.msg.unwrap_or_default(),
+            emoji: need(raw.emoji, "emoji")?,
+            on: raw.on.unwrap_or(true),
         },
         "pm" => ClientMsg::Pm {
             to: need(raw.to, "to")?,

@@ -136,6 +136,28 @@ fn client_requests_round_trip_through_the_server_parser() {
             room: None,
             text: "hi \"there\"\n".into(),
             action: true,
+            reply_to: None,
+        },
+        ClientMsg::Say {
+            room: Some("a".into()),
+            text: "agreed".into(),
+            action: false,
+            reply_to: Some(41),
+        },
+        ClientMsg::Edit {
+            room: "a".into(),
+            msg: 41,
+            text: "fixed".into(),
+        },
+        ClientMsg::Delete {
+            room: "a".into(),
+            msg: 41,
+        },
+        ClientMsg::React {
+            room: "a".into(),
+            msg: 41,
+            emoji: "👍".into(),
+            on: false,
         },
         ClientMsg::Pm {
             to: "bob".into(),
@@ -213,6 +235,7 @@ fn server_messages_round_trip_through_the_client_decoder() {
         role: Role::Admin,
         text: b("hi"),
         action: true,
+        ..Default::default()
     };
     let user = UserInfo {
         name: b("alice"),
@@ -516,6 +539,7 @@ fn plain_lines_cannot_be_forged_or_escape() {
         role: Role::User,
         text: b(evil),
         action: false,
+        ..Default::default()
     };
     let line = plain::event(&ServerMsg::Message(m)).unwrap();
     assert_eq!(

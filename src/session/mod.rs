@@ -9,6 +9,7 @@
 //!
 //! Dropping a session leaves every room and frees the name, whatever ended the connection.
 
+mod changes;
 mod moderation;
 mod plain;
 pub(crate) use moderation::enforcer;
@@ -111,6 +112,8 @@ enum Kind {
     Expelled,
     /// A PM nobody was online to get, with the accounts service to be kept.
     Kept,
+    /// A reply or a change to a message (asked again if the broker reads the message first).
+    Change(Box<changes::Redo>),
 }
 
 /// What a sign-in found waiting: the conversations the welcome lists, and the PMs sent after it.
@@ -159,6 +162,8 @@ pub(crate) struct Session {
     /// The size of the request being dispatched.
     request_bytes: usize,
     next_ticket: Ticket,
+    /// What this connection sent and edited (made when first needed).
+    authored: Option<Box<changes::Authored>>,
 }
 impl Session {
     /// A session for a freshly upgraded connection.
@@ -197,6 +202,7 @@ impl Session {
             slots: Slots::default(),
             request_bytes: 0,
             next_ticket: 1,
+            authored: None,
         }
     }
 
@@ -368,6 +374,11 @@ impl Handler for Session {
                 continue;
             }
             let outcome = match late.outcome {
+                Outcome::Target(target) => {
+                    let (at, reference) = (answered.at, answered.reference);
+                    self.retarget(answered.kind, target, reference, at, out);
+                    continue;
+                }
                 Outcome::Unreached(pm) => {
                     let at = answered.at;
                     let reference = answered.reference.clone();

@@ -105,7 +105,7 @@ impl Session {
         }
         self.log_body(&room, text);
         self.call(Kind::Say(room.clone()), None, out, |b, t, me| {
-            b.say(t, me, &room, text, action)
+            b.say(t, me, &room, text, action, None)
         });
     }
 }

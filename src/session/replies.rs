@@ -60,7 +60,7 @@ impl Session {
                     room: b(&view.room),
                     users: self.users_in(&view.room, users),
                     user_count: view.user_count,
-                    history: history_items(history),
+                    history: history_items(history, self.viewer()),
                     epoch: b(&view.epoch),
                     seq: view.seq,
                     resumed: view.resumed,
@@ -86,7 +86,9 @@ impl Session {
                 }
                 ack(reference, None, Some(&room))
             }
+            (Kind::Change(redo), outcome) => return self.changed(redo, reference, outcome),
             (Kind::Say(room), Outcome::Sent(receipt)) => {
+                self.authored(receipt.id);
                 // Saying something reads the room up to it.
                 if let (Some((accounts, key)), Some(seq)) = (self.account(), receipt.seq) {
                     accounts.note_read(&key, room, seq);
@@ -197,7 +199,7 @@ impl Session {
                 protocol::encode(&ServerMsg::History {
                     room: b(&room),
                     with: None,
-                    messages: history_items(kept),
+                    messages: history_items(kept, self.viewer()),
                     more: more || cut,
                     reference: reference.map(b),
                 })
@@ -248,7 +250,7 @@ impl Session {
                     .count();
                 protocol::encode(&ServerMsg::Search {
                     query: b(&query),
-                    messages: history_items(&messages[..n]),
+                    messages: history_items(&messages[..n], self.viewer()),
                     more: more || n < messages.len(),
                     reference: reference.map(b),
                 })
@@ -441,7 +443,7 @@ impl Session {
             room: b(&view.room),
             users: self.users_in(&view.room, users),
             user_count: view.user_count,
-            history: history_items(history),
+            history: history_items(history, self.viewer()),
             epoch: b(&view.epoch),
             seq: view.seq,
             resumed: view.resumed,
@@ -551,10 +553,21 @@ fn pm_event(pm: &crate::store::Pm) -> ServerMsg<'_> {
     }
 }
 
-fn history_items(messages: &[Arc<StoredMessage>]) -> Vec<ServerMsg<'_>> {
+impl Session {
+    /// Who reactions are shown to.
+    fn viewer(&self) -> &str {
+        self.me.as_ref().map_or("", |m| &**m.name())
+    }
+}
+
+/// Messages (and changes) as the events a page lists, reactions as `viewer` sees them.
+fn history_items<'m>(messages: &'m [Arc<StoredMessage>], viewer: &str) -> Vec<ServerMsg<'m>> {
     messages
         .iter()
-        .map(|m| ServerMsg::Message(m.borrowed()))
+        .map(|m| match m.change {
+            None if !m.reactions.is_empty() => ServerMsg::Message(m.seen_by(viewer)),
+            _ => m.event(),
+        })
         .collect()
 }
 
@@ -571,11 +584,19 @@ fn user_len(name: &str) -> usize {
 
 /// A stored message's bytes in a list, at most.
 fn message_len(m: &StoredMessage) -> usize {
+    let reactions: usize = m
+        .reactions
+        .iter()
+        .map(|r| protocol::json_len(&r.emoji) + 40)
+        .sum();
+    let edited = m.edited_ts.as_deref().map_or(0, |t| t.len() + 16);
     protocol::json_len(&m.text)
         + protocol::json_len(&m.from)
         + protocol::json_len(&m.room)
         + protocol::json_len(&m.ts)
-        + 110
+        + 150
+        + reactions
+        + edited
 }
 
 /// Where the newest messages that fit in `budget` bytes start. A lone message larger than the

@@ -13,7 +13,7 @@ use super::{Kind, Mode, Session};
 use crate::connection::Flow;
 use crate::hub::{About, Member, Page, Refusal, Resume};
 use crate::protocol::{
-    self, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
+    self, Change, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
 };
 
 impl Session {
@@ -58,8 +58,30 @@ impl Session {
             ClientMsg::Read { room, seq } => self.read(&room, seq, &mut id, out),
             ClientMsg::ReadPm { with, msg } => self.read_pm(&with, msg, &mut id),
             ClientMsg::Leave { room } => self.leave(&room, &mut id, out),
-            ClientMsg::Say { room, text, action } => {
-                self.say(room.as_deref(), &text, action, &mut id, out)
+            ClientMsg::Say {
+                room,
+                text,
+                action,
+                reply_to,
+            } => self.say(room.as_deref(), &text, action, reply_to, &mut id, out),
+            ClientMsg::Edit { room, msg, text } => {
+                self.change(&room, Change::Edit { msg }, text, &mut id, out)
+            }
+            ClientMsg::Delete { room, msg } => {
+                self.change(&room, Change::Delete { msg }, String::new(), &mut id, out)
+            }
+            ClientMsg::React {
+                room,
+                msg,
+                emoji,
+                on,
+            } => {
+                let react = Change::React {
+                    msg,
+                    emoji: emoji.into(),
+                    on,
+                };
+                self.change(&room, react, String::new(), &mut id, out)
             }
             ClientMsg::Pm { to, text, action } => self.pm(&to, &text, action, &mut id, out),
             ClientMsg::Typing { target, state } => self.typing(target, state, &mut id, out),
@@ -222,6 +244,7 @@ impl Session {
         room: Option<&str>,
         text: &str,
         action: bool,
+        reply_to: Option<u64>,
         id: &mut Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) -> Done {
@@ -230,8 +253,11 @@ impl Session {
         self.may_speak(&room)?;
         self.typing.clear(&TypingTarget::Room(room.clone()));
         self.log_body(&room, text);
+        if let Some(to) = reply_to {
+            return self.say_reply(room, text, action, to, id, out);
+        }
         self.call(Kind::Say(room.clone()), id.take(), out, |b, t, me| {
-            b.say(t, me, &room, text, action)
+            b.say(t, me, &room, text, action, None)
         });
         Ok(())
     }
@@ -547,7 +573,7 @@ impl Session {
     }
 
     /// A room the client is in: `room` as given, or the hello room.
-    fn my_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
+    pub(super) fn my_room(&self, room: Option<&str>) -> Result<Arc<str>, Refusal> {
         let name = self.named_room(room)?;
         self.rooms
             .iter()
@@ -579,7 +605,7 @@ impl Session {
 }
 
 /// A request carried out (or handed to the broker), or refused here with this refusal.
-type Done = Result<(), Refusal>;
+pub(super) type Done = Result<(), Refusal>;
 
 /// A user name that could exist (otherwise: `no_such_user`, as for a name nobody has).
 pub(super) fn valid_user(name: &str) -> Result<&str, Refusal> {

@@ -67,8 +67,26 @@ impl Broker for Scripted {
     fn leave(&self, t: Ticket, me: &Member, room: &str) -> Answer {
         self.script(t, me, self.inner.leave(t, me, room))
     }
-    fn say(&self, t: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer {
-        self.script(t, me, self.inner.say(t, me, room, text, action))
+    fn say(
+        &self,
+        t: Ticket,
+        me: &Member,
+        room: &str,
+        text: &str,
+        action: bool,
+        reply: Option<crate::hub::Reply>,
+    ) -> Answer {
+        self.script(t, me, self.inner.say(t, me, room, text, action, reply))
+    }
+    fn change(
+        &self,
+        t: Ticket,
+        me: &Member,
+        room: &str,
+        ask: &crate::hub::changes::ChangeAsk,
+        known: Option<crate::hub::changes::Target>,
+    ) -> Answer {
+        self.script(t, me, self.inner.change(t, me, room, ask, known))
     }
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         self.script(t, me, self.inner.pm(t, me, to, text, action))

@@ -34,6 +34,7 @@ pub mod policy;
 mod postgres;
 mod queue;
 mod read;
+mod rows;
 mod sqlite;
 mod writer;
 
@@ -56,6 +57,7 @@ use crate::protocol::{ChatMessage, Role};
 pub use queue::Refused;
 use queue::{Op, Progress, QueueState, Write};
 pub use read::{Found, Query, ReadError};
+use rows::{role_name, role_of};
 
 /// A stored room message.
 pub type Message = ChatMessage<'static>;
@@ -75,8 +77,14 @@ const MIN_WRITE_BYTES: usize = 96;
 
 /// What a stored message costs in memory, in bytes: its strings plus the fixed part of its record.
 pub fn message_cost(m: &Message) -> usize {
-    const FIXED: usize = 160;
-    FIXED + m.text.len() + m.from.len() + m.room.len() + m.ts.len()
+    const FIXED: usize = 240;
+    let reactions: usize = m
+        .reactions
+        .iter()
+        .map(|r| 48 + r.emoji.len() + r.users.iter().map(|u| 24 + u.len()).sum::<usize>())
+        .sum();
+    let change = m.change.as_ref().map_or(0, |_| 64);
+    FIXED + m.text.len() + m.from.len() + m.room.len() + m.ts.len() + reactions + change
 }
 
 /// A stored private message.
@@ -726,21 +734,6 @@ pub(crate) fn background_priority() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
         tracing::debug!(error = %e, "storage: cannot lower the store threads' priority");
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::User => "user",
-        Role::Admin => "admin",
-    }
-}
-
-fn role_of(name: &str) -> Role {
-    if name == "admin" {
-        Role::Admin
-    } else {
-        Role::User
     }
 }
 

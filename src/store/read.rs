@@ -47,6 +47,13 @@ pub enum Query {
         /// At most this many.
         limit: usize,
     },
+    /// Message `id` of `room`, as it is now (what a change or a reply names).
+    Message {
+        /// Normalised room name.
+        room: String,
+        /// The message's id.
+        id: u64,
+    },
     /// Where `room`'s numbering stands in the database, and the next message id: what a cluster
     /// seeds Redis with when Redis has lost them, and how far back a resume can reach.
     Mark {
@@ -68,6 +75,8 @@ pub enum Found {
     Page(Vec<Message>, bool),
     /// A page of a conversation.
     Pms(Vec<Pm>, bool),
+    /// One message, if the room has it.
+    Message(Option<Message>),
     /// Search results, newest first.
     Search(Vec<Message>, bool),
     /// The room's mark (`None`: the database never stored a message of it), and the next

@@ -97,9 +97,30 @@ impl Broker for LateBroker {
         let room = room.to_string();
         self.later(t, me, move |b, me| b.leave(t, me, &room))
     }
-    fn say(&self, t: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer {
+    fn say(
+        &self,
+        t: Ticket,
+        me: &Member,
+        room: &str,
+        text: &str,
+        action: bool,
+        reply: Option<chatd::hub::Reply>,
+    ) -> Answer {
         let (room, text) = (room.to_string(), text.to_string());
-        self.later(t, me, move |b, me| b.say(t, me, &room, &text, action))
+        self.later(t, me, move |b, me| {
+            b.say(t, me, &room, &text, action, reply)
+        })
+    }
+    fn change(
+        &self,
+        t: Ticket,
+        me: &Member,
+        room: &str,
+        ask: &chatd::hub::changes::ChangeAsk,
+        known: Option<chatd::hub::changes::Target>,
+    ) -> Answer {
+        let (room, ask) = (room.to_string(), ask.clone());
+        self.later(t, me, move |b, me| b.change(t, me, &room, &ask, known))
     }
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         let (to, text) = (to.to_string(), text.to_string());

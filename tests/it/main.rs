@@ -16,6 +16,7 @@ mod conversations;
 mod hardening;
 mod helpers;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod ops;
 mod plain;

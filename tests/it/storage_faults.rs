@@ -434,6 +434,7 @@ fn history_reads_do_not_wait_behind_searches() {
             role: chatd::protocol::Role::User,
             text: format!("word {seq}").into(),
             action: false,
+            ..Default::default()
         };
         store
             .append(std::sync::Arc::new(msg), epoch.clone())
@@ -496,7 +497,7 @@ fn pruning_shrinks_the_files_it_prunes() {
         )
         .unwrap();
         let mut insert = c
-            .prepare("INSERT INTO messages VALUES (?1, 1, ?1, '2020-01-01T00:00:00.000Z', 'alice', 'user', ?2, 0)")
+            .prepare("INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action) VALUES (?1, 1, ?1, '2020-01-01T00:00:00.000Z', 'alice', 'user', ?2, 0)")
             .unwrap();
         let text = "an old message that retention will delete ".repeat(4);
         for i in 1..=40_000i64 {

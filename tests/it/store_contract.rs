@@ -106,6 +106,7 @@ fn message(id: u64, seq: u64, room: &str, text: &str) -> Arc<Message> {
         role: Role::User,
         text: Cow::Owned(text.to_string()),
         action: false,
+        ..Default::default()
     })
 }
 

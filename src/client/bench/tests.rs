@@ -25,7 +25,8 @@ fn hand_encoded_frames_are_what_the_server_parses() {
         ClientMsg::Say {
             room: Some("bench3".into()),
             text,
-            action: false
+            action: false,
+            reply_to: None
         }
     );
 }

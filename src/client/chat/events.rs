@@ -38,10 +38,14 @@ impl Chat {
                     name,
                     seq,
                     offline,
+                    id,
                     ..
                 },
                 Some(p),
             ) => {
+                if let (Pending::Say { .. }, Some(id)) = (&p, id) {
+                    self.last_own = Some(*id);
+                }
                 if let (Pending::Pm { to, .. }, true) = (&p, offline) {
                     self.note(
                         ui,

@@ -172,6 +172,8 @@ struct Outgoing {
 
 struct Chat {
     opts: Options,
+    /// The id of our last message (what `/edit` and `/delete` change by default).
+    last_own: Option<u64>,
     /// The name the server knows us by now.
     nick: String,
     /// Rooms we are in, the first being the hello room.
@@ -234,6 +236,7 @@ pub async fn connect<F: Frontend>(ep: &Endpoint, opts: Options, ui: &mut F) -> u
         typing_pacer: Pacer::unlimited(),
         next_id: 1,
         errors: 0,
+        last_own: None,
         eof: false,
         typing: TypingView::default(),
         last_day: Clock::now().today(),
@@ -725,7 +728,17 @@ impl Chat {
             _ => {}
         }
         let here = room.clone().unwrap_or_default();
-        let msg = request_for(&input, &here)?;
+        let msg = match &input {
+            Input::Change(c) => match crate::client::changes::request(c, &here, self.last_own) {
+                Ok(msg) => msg,
+                Err(hint) => {
+                    self.note(ui, LineKind::Error, hint);
+                    self.errors += 1;
+                    return None;
+                }
+            },
+            _ => request_for(&input, &here)?,
+        };
         let pending = match &input {
             Input::Say { text, action } => Pending::Say {
                 room: here,
@@ -761,6 +774,11 @@ impl Chat {
                 Pending::Leave { room: r }
             }
             Input::Nick(_) => Pending::Nick,
+            Input::Change(crate::client::changes::ChangeCmd::Reply { text, .. }) => Pending::Say {
+                room: here,
+                text: text.clone(),
+                action: false,
+            },
             Input::Moderate(m) => Pending::Moderate(crate::client::moderate::done(m, &here)),
             _ => Pending::Other,
         };

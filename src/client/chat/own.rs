@@ -78,6 +78,7 @@ impl Chat {
                     role: Default::default(),
                     text: b(text),
                     action: *action,
+                    ..ChatMessage::default()
                 };
                 let mut line = message_line(&m, &clock, kind, &self.nick);
                 // message_line stamps with the message's time; pending lines have none yet.

@@ -42,6 +42,7 @@ pub async fn send(
             room: Some(room),
             text: text.to_string(),
             action: false,
+            reply_to: None,
         },
     };
     if let Err(e) = ws

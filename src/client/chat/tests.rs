@@ -45,6 +45,7 @@ fn chat() -> Chat {
         typing_pacer: Pacer::unlimited(),
         next_id: 1,
         errors: 0,
+        last_own: None,
         eof: false,
         typing: TypingView::default(),
         last_day: Clock::now().today(),

@@ -171,7 +171,18 @@ pub fn mentions(text: &str, name: &str) -> bool {
 pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str) -> Line {
     let time = clock.stamp(Some(&m.ts));
     let room = sanitize(&m.room);
-    let text = sanitize(&m.text);
+    let mut text = sanitize(&m.text);
+    if m.deleted {
+        text = "(message deleted)".into();
+    } else if m.edited_ts.is_some() {
+        text.push_str(" (edited)");
+    }
+    if let Some(to) = m.reply_to {
+        text = format!("[re: {to}] {text}");
+    }
+    for r in &m.reactions {
+        text.push_str(&format!(" [{} {}]", sanitize(&r.emoji), r.count));
+    }
     let kind =
         if kind == LineKind::Message && !m.from.eq_ignore_ascii_case(me) && mentions(&m.text, me) {
             LineKind::Mention
@@ -259,6 +270,45 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
     let one = |l: Line| vec![l];
     match msg {
         ServerMsg::Message(m) => one(message_line(m, clock, LineKind::Message, me)),
+        ServerMsg::Edited {
+            room,
+            msg,
+            text,
+            by,
+            ts,
+            ..
+        } => one(Line::new(
+            LineKind::Message,
+            format!("{} #{} * ", clock.stamp(Some(ts)), sanitize(room)),
+            Some(by),
+            format!(" edited {msg}: {}", sanitize(text)),
+        )),
+        ServerMsg::Deleted { room, msg, ts, .. } => one(Line::info(
+            LineKind::Notice,
+            format!(
+                "{} #{} -!- message {msg} deleted",
+                clock.stamp(Some(ts)),
+                sanitize(room)
+            ),
+        )),
+        ServerMsg::Reaction {
+            room,
+            msg,
+            emoji,
+            from,
+            on,
+            ts,
+            ..
+        } => one(Line::new(
+            LineKind::Presence,
+            format!("{} #{} * ", clock.stamp(Some(ts)), sanitize(room)),
+            Some(from),
+            if *on {
+                format!(" reacted {} to {msg}", sanitize(emoji))
+            } else {
+                format!(" took back {} from {msg}", sanitize(emoji))
+            },
+        )),
         ServerMsg::Pm {
             ts,
             from,

@@ -136,6 +136,7 @@ fn history_from_another_day_shows_its_date() {
             role: Role::Admin,
             text: b("old"),
             action: true,
+            ..Default::default()
         })],
         server: crate::protocol::ServerInfo {
             version: b("x"),

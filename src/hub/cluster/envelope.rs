@@ -146,6 +146,7 @@ mod tests {
             role: Role::User,
             text: b("hi"),
             action: false,
+            ..Default::default()
         })
     }
 

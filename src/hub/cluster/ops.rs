@@ -436,6 +436,7 @@ impl Inner {
                     role: q.member.role(),
                     text: text.to_string().into(),
                     action: *action,
+                    ..ChatMessage::default()
                 };
                 self.keep(Admitted::Message(Arc::new(msg), epoch.into()));
             }
@@ -470,6 +471,7 @@ impl Inner {
                 role: q.member.role(),
                 text: b(text),
                 action: *action,
+                ..ChatMessage::default()
             };
             let env = Envelope::new(&x, ServerMsg::Message(message)).json();
             let mut call = redis.scripts.say.prepare_invoke();

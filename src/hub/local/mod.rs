@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use super::{
-    Answer, Broker, ConnId, Delivery, HubLimits, Member, Outcome, Page, Receipt, Refusal, Resume,
-    Ticket, TypingTo, lock,
+    Answer, Broker, ConnId, Delivery, HubLimits, Member, Outcome, Page, Receipt, Refusal, Reply,
+    Resume, Ticket, TypingTo, changes as change, lock,
 };
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
 
+mod changes;
 mod history;
 mod rooms;
 
@@ -226,13 +227,24 @@ impl Broker for LocalBroker {
         self.delivery.deliver(&members, event, None);
     }
 
-    fn say(&self, _: Ticket, me: &Member, room: &str, text: &str, action: bool) -> Answer {
+    fn say(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        text: &str,
+        action: bool,
+        reply: Option<Reply>,
+    ) -> Answer {
         let Some(room) = self.room(room) else {
             return now(Refusal::not_in_room(room));
         };
         let mut state = lock(&room.state);
         if !state.members.iter().any(|m| m.conn == me.conn) {
             return now(Refusal::not_in_room(&room.name));
+        }
+        if let Some(answer) = self.check_reply(ticket, me, &state, &room.name, reply) {
+            return answer;
         }
         let seq = state.seq + 1;
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
@@ -247,6 +259,8 @@ impl Broker for LocalBroker {
                 role: me.role,
                 text: b(text),
                 action,
+                reply_to: reply.map(|r| r.to),
+                ..ChatMessage::default()
             }
             .into_owned(),
         );
@@ -258,11 +272,8 @@ impl Broker for LocalBroker {
         }
         state.seq = seq;
         state.last_active = Instant::now();
-        self.delivery.deliver(
-            &state.members,
-            &ServerMsg::Message(message.borrowed()),
-            Some(me.conn),
-        );
+        self.delivery
+            .deliver(&state.members, &message.event(), Some(me.conn));
         self.store(&mut state, message);
         let recipients = state.members.len() - 1;
         drop(state);
@@ -274,6 +285,17 @@ impl Broker for LocalBroker {
             ts,
             to: None,
         }))
+    }
+
+    fn change(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &str,
+        ask: &change::ChangeAsk,
+        known: Option<change::Target>,
+    ) -> Answer {
+        self.change_message(ticket, me, room, ask, known)
     }
 
     fn pm(&self, _: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {

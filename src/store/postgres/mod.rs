@@ -351,10 +351,10 @@ fn load(db: &mut Client, s: &StoreSettings) -> Result<Loaded, postgres::Error> {
          FROM rooms r ORDER BY latest DESC NULLS LAST LIMIT $1",
         &[&(s.max_rooms.saturating_sub(1) as i64), &cutoff, &kept(s)],
     )?;
-    let recent = db.prepare(
-        "SELECT id, seq, ts, sender, role, text, action FROM messages
-         WHERE room_id = $1 AND ts >= $3 ORDER BY seq DESC LIMIT $2",
-    )?;
+    let recent = db.prepare(&format!(
+        "SELECT {COLUMNS} FROM messages m
+         WHERE m.room_id = $1 AND m.ts >= $3 ORDER BY m.seq DESC LIMIT $2"
+    ))?;
     let mut rooms = Vec::new();
     for row in listed.into_iter().rev() {
         let (id, name, epoch): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -367,6 +367,7 @@ fn load(db: &mut Client, s: &StoreSettings) -> Result<Loaded, postgres::Error> {
             .collect();
         messages.reverse();
         keep_newest(&mut messages, s.recent_bytes_per_room);
+        with_reactions(db, &mut messages)?;
         rooms.push(LoadedRoom {
             first_seq: first.map_or(last_seq + 1, |f| f as u64),
             name,
@@ -431,7 +432,11 @@ pub(super) fn check(pg: &PostgresPlace) -> Result<(), ConfigError> {
     })
 }
 
-/// A `messages` row (id, seq, ts, sender, role, text, action) in `room`.
+/// The columns [`message_row`] reads, from `messages m`.
+pub(super) const COLUMNS: &str = "m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action, \
+     m.reply_to, m.edited_ts, m.deleted, m.kind, m.target, m.emoji, m.added";
+
+/// A `messages` row ([`COLUMNS`]) in `room`.
 fn message_row(r: &postgres::Row, room: &str) -> Message {
     ChatMessage {
         id: r.get::<_, i64>(0) as u64,
@@ -442,5 +447,26 @@ fn message_row(r: &postgres::Row, room: &str) -> Message {
         role: role_of(r.get(4)),
         text: r.get::<_, String>(5).into(),
         action: r.get(6),
+        reply_to: r.get::<_, Option<i64>>(7).map(|id| id as u64),
+        edited_ts: r.get::<_, Option<String>>(8).map(Into::into),
+        deleted: r.get(9),
+        reactions: Vec::new(),
+        change: super::rows::change_of(r.get(10), r.get(11), r.get(12), r.get(13)),
     }
+}
+
+/// Reads the reactions to `rows` (a room's, in seq order).
+fn with_reactions(db: &mut postgres::Client, rows: &mut [Message]) -> Result<(), postgres::Error> {
+    let Some((lo, hi)) = super::rows::id_span(rows) else {
+        return Ok(());
+    };
+    let found = db.query(
+        "SELECT msg, emoji, name FROM reactions WHERE msg BETWEEN $1 AND $2 ORDER BY at",
+        &[&lo, &hi],
+    )?;
+    let found = found
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2)));
+    super::rows::attach(rows, found);
+    Ok(())
 }

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 
-use super::{Conn, message_row, reason};
+use super::{COLUMNS, Conn, message_row, reason, with_reactions};
 use crate::store::read::{Found, Query, ReadDb, ReadError, bound, trim};
 use crate::store::{Mark, Pm, role_of};
-
-const COLUMNS: &str = "m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action";
 
 /// A reader thread's connection.
 pub(in crate::store) struct Reader(pub Conn);
@@ -71,8 +69,24 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
                     rows
                 }
             };
-            let (rows, more) = trim(rows, *limit, after.is_some());
+            let (mut rows, more) = trim(rows, *limit, after.is_some());
+            with_reactions(db, &mut rows)?;
             Found::Page(rows, more)
+        }
+        Query::Message { room, id } => {
+            let mut found: Vec<_> = db
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM messages m JOIN rooms r ON r.id = m.room_id
+                         WHERE m.id = $1 AND r.name = $2"
+                    ),
+                    &[&(*id as i64), room],
+                )?
+                .iter()
+                .map(|r| message_row(r, room))
+                .collect();
+            with_reactions(db, &mut found)?;
+            Found::Message(found.pop())
         }
         Query::Pms {
             pair,
@@ -119,7 +133,7 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
                     ],
                 )?
                 .iter()
-                .map(|r| message_row(r, r.get::<_, &str>(7)))
+                .map(|r| message_row(r, r.get::<_, &str>(14)))
                 .collect();
             let (rows, more) = trim(rows, *limit, true);
             Found::Search(rows, more)

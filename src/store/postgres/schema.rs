@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The schema this binary writes.
-pub(super) const VERSION: i32 = 4;
+pub(super) const VERSION: i32 = 5;
 
 /// The advisory lock migrations hold (a transaction's).
 const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
@@ -162,6 +162,28 @@ const STEPS: &[(i32, &str)] = &[
     CREATE TABLE policy_changes (
         version BIGSERIAL PRIMARY KEY,
         room    TEXT NOT NULL
+    );
+    ",
+    ),
+    (
+        5,
+        "
+    -- Messages that change (see SQLite's schema 7): a change is a row of its own, numbered in
+    -- the room; the message it changes is kept in its current state.
+    ALTER TABLE messages ADD COLUMN reply_to BIGINT;
+    ALTER TABLE messages ADD COLUMN edited_ts TEXT;
+    ALTER TABLE messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE messages ADD COLUMN kind TEXT;          -- 'edit', 'delete', 'react' (NULL: a message)
+    ALTER TABLE messages ADD COLUMN target BIGINT;
+    ALTER TABLE messages ADD COLUMN emoji TEXT;
+    ALTER TABLE messages ADD COLUMN added BOOLEAN;
+    CREATE TABLE reactions (
+        msg     BIGINT NOT NULL,
+        emoji   TEXT NOT NULL,
+        account TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        at      BIGINT NOT NULL,
+        PRIMARY KEY (msg, emoji, account)
     );
     ",
     ),

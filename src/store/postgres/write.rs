@@ -12,9 +12,11 @@ use postgres::Transaction;
 use tracing::{error, info};
 
 use super::{Conn, reason};
+use crate::protocol::Change;
 use crate::store::writer::WriteDb;
 use crate::store::{
-    Op, PRUNE_CHUNK, Shared, Write, advance_marks, pm_pair, retention_cutoff, role_name,
+    Message, Op, PRUNE_CHUNK, Shared, Write, advance_marks, pm_pair, retention_cutoff, role_name,
+    rows,
 };
 
 /// Messages indexed for search per statement (about 10 ms of PostgreSQL's time).
@@ -50,16 +52,23 @@ impl WriteDb for Writer {
 
     fn index_some(&mut self) -> Result<u64, String> {
         let db = self.conn.client()?;
-        let indexed = db.execute(
-            "WITH taken AS (
+        // Changes and deleted messages are taken off the list without being indexed.
+        let indexed = db
+            .query_one(
+                "WITH taken AS (
                  DELETE FROM words_pending WHERE id IN
                      (SELECT id FROM words_pending ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id)
-             INSERT INTO message_words (id, words)
-             SELECT m.id, to_tsvector('simple', m.text) FROM messages m JOIN taken t ON t.id = m.id
-             ON CONFLICT DO NOTHING",
-            &[&INDEX_CHUNK],
-        );
+                 RETURNING id),
+             indexed AS (
+                 INSERT INTO message_words (id, words)
+                 SELECT m.id, to_tsvector('simple', m.text)
+                 FROM messages m JOIN taken t ON t.id = m.id
+                 WHERE m.kind IS NULL AND NOT m.deleted
+                 ON CONFLICT DO NOTHING)
+             SELECT count(*) FROM taken",
+                &[&INDEX_CHUNK],
+            )
+            .map(|r| r.get::<_, i64>(0) as u64);
         indexed.map_err(|e| {
             self.conn.check();
             reason(&e)
@@ -128,6 +137,8 @@ fn commit(
         }
     }
     let mut m = Columns::default();
+    let mut c = ChangeColumns::default();
+    let mut changed: Vec<&Message> = Vec::new();
     let mut p = Columns::default();
     let mut pairs = Vec::new();
     let mut recipients = Vec::new();
@@ -141,6 +152,15 @@ fn commit(
                 m.push(msg.id, &msg.ts, &msg.from, msg.role, &msg.text, msg.action);
                 m.rooms.push(room);
                 m.seqs.push(seq);
+                let (kind, target, emoji, added) = rows::columns(msg);
+                c.reply_tos.push(msg.reply_to.map(|id| id as i64));
+                c.kinds.push(kind);
+                c.targets.push(target);
+                c.emojis.push(emoji);
+                c.addeds.push(added);
+                if msg.change.is_some() {
+                    changed.push(msg);
+                }
                 let last = last_seqs.entry(room).or_default();
                 *last = (*last).max(seq);
                 max_id = max_id.max(msg.id as i64);
@@ -158,12 +178,27 @@ fn commit(
     if !m.ids.is_empty() {
         let ids: Vec<i64> = tx
             .query(
-                "INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action)
+                "INSERT INTO messages (id, room_id, seq, ts, sender, role, text, action,
+                                       reply_to, kind, target, emoji, added)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
-                                      $5::text[], $6::text[], $7::text[], $8::bool[])
+                                      $5::text[], $6::text[], $7::text[], $8::bool[],
+                                      $9::bigint[], $10::text[], $11::bigint[], $12::text[],
+                                      $13::bool[])
                  ON CONFLICT DO NOTHING RETURNING id",
                 &[
-                    &m.ids, &m.rooms, &m.seqs, &m.ts, &m.senders, &m.roles, &m.texts, &m.actions,
+                    &m.ids,
+                    &m.rooms,
+                    &m.seqs,
+                    &m.ts,
+                    &m.senders,
+                    &m.roles,
+                    &m.texts,
+                    &m.actions,
+                    &c.reply_tos,
+                    &c.kinds,
+                    &c.targets,
+                    &c.emojis,
+                    &c.addeds,
                 ],
             )?
             .iter()
@@ -175,6 +210,11 @@ fn commit(
             "INSERT INTO words_pending (id) SELECT unnest($1::bigint[])",
             &[&ids],
         )?;
+        for change in changed {
+            if ids.contains(&(change.id as i64)) {
+                apply_change(tx, change, rooms[&*change.room])?;
+            }
+        }
         let (ids, seqs): (Vec<i64>, Vec<i64>) = last_seqs.into_iter().unzip();
         tx.execute(
             "UPDATE rooms r SET last_seq = GREATEST(r.last_seq, v.seq)
@@ -222,6 +262,86 @@ fn lost(written: usize, stored: u64, what: &str) {
             "storage: {what} were not stored because their numbers were already taken (two numberings overlapped)"
         );
     }
+}
+
+/// A batch's change columns (see `store::changes`).
+#[derive(Default)]
+struct ChangeColumns<'a> {
+    reply_tos: Vec<Option<i64>>,
+    kinds: Vec<Option<&'a str>>,
+    targets: Vec<Option<i64>>,
+    emojis: Vec<Option<&'a str>>,
+    addeds: Vec<Option<bool>>,
+}
+
+/// What a change does to the message it changes (as SQLite's writer does): an edit's new text,
+/// in the search index too; a delete's tombstone, its words, reactions and edits' texts gone; a
+/// reaction added or taken back.
+fn apply_change(
+    tx: &mut Transaction<'_>,
+    change: &Message,
+    room_id: i64,
+) -> Result<(), postgres::Error> {
+    let Some(c) = change.change.as_deref() else {
+        return Ok(());
+    };
+    let target = c.target() as i64;
+    let key = crate::protocol::name_key(&change.from);
+    match c {
+        Change::Edit { .. } => {
+            let n = tx.execute(
+                "UPDATE messages SET text = $2, edited_ts = $3
+                 WHERE id = $1 AND room_id = $4 AND kind IS NULL AND NOT deleted",
+                &[&target, &&*change.text, &&*change.ts, &room_id],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE message_words SET words = to_tsvector('simple', $2) WHERE id = $1",
+                    &[&target, &&*change.text],
+                )?;
+            }
+        }
+        Change::Delete { .. } => {
+            let n = tx.execute(
+                "UPDATE messages SET text = '', deleted = true
+                 WHERE id = $1 AND room_id = $2 AND kind IS NULL",
+                &[&target, &room_id],
+            )?;
+            if n > 0 {
+                tx.execute("DELETE FROM message_words WHERE id = $1", &[&target])?;
+                tx.execute("DELETE FROM words_pending WHERE id = $1", &[&target])?;
+                tx.execute(
+                    "UPDATE messages SET text = '' WHERE target = $1 AND kind = 'edit' AND room_id = $2",
+                    &[&target, &room_id],
+                )?;
+                tx.execute("DELETE FROM reactions WHERE msg = $1", &[&target])?;
+            }
+        }
+        Change::React {
+            emoji, on: true, ..
+        } => {
+            tx.execute(
+                "INSERT INTO reactions (msg, emoji, account, name, at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &target,
+                    &&**emoji,
+                    &key,
+                    &&*change.from,
+                    &(change.id as i64),
+                ],
+            )?;
+        }
+        Change::React {
+            emoji, on: false, ..
+        } => {
+            tx.execute(
+                "DELETE FROM reactions WHERE msg = $1 AND emoji = $2 AND account = $3",
+                &[&target, &&**emoji, &key],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A batch's rows, column by column.
@@ -299,7 +419,8 @@ fn prune(
                               ORDER BY seq LIMIT $3)
                          RETURNING id),
                      words AS (DELETE FROM message_words WHERE id IN (SELECT id FROM gone)),
-                     pending AS (DELETE FROM words_pending WHERE id IN (SELECT id FROM gone))
+                     pending AS (DELETE FROM words_pending WHERE id IN (SELECT id FROM gone)),
+                     reacted AS (DELETE FROM reactions WHERE msg IN (SELECT id FROM gone))
                      SELECT count(*) FROM gone",
                     &[id, &(*seq as i64), &PRUNE_CHUNK],
                 )?

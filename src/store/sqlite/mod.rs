@@ -282,10 +282,10 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?
         .collect::<Result<_, _>>()?;
-    let mut recent = db.prepare(
-        "SELECT id, seq, ts, sender, role, text, action FROM messages
-         WHERE room_id = ?1 AND ts >= ?3 ORDER BY seq DESC LIMIT ?2",
-    )?;
+    let mut recent = db.prepare(&format!(
+        "SELECT {COLUMNS} FROM messages m
+         WHERE m.room_id = ?1 AND m.ts >= ?3 ORDER BY m.seq DESC LIMIT ?2"
+    ))?;
     for (id, name, epoch, last_seq, first) in listed.into_iter().rev() {
         let mut messages: Vec<Message> = recent
             .query_map(params![id, s.recent_per_room as i64, cutoff], |r| {
@@ -294,6 +294,7 @@ fn load(db: &Connection, s: &StoreSettings) -> rusqlite::Result<Loaded> {
             .collect::<Result<_, _>>()?;
         messages.reverse();
         keep_newest(&mut messages, s.recent_bytes_per_room);
+        with_reactions(db, &mut messages)?;
         rooms.push(LoadedRoom {
             first_seq: first.unwrap_or(last_seq + 1),
             name,
@@ -400,7 +401,11 @@ pub(super) fn create_at_version(path: &Path, version: u32) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-/// A `messages` row (id, seq, ts, sender, role, text, action) in `room`.
+/// The columns [`message_row`] reads, from `messages m`.
+pub(super) const COLUMNS: &str = "m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action, \
+     m.reply_to, m.edited_ts, m.deleted, m.kind, m.target, m.emoji, m.added";
+
+/// A `messages` row ([`COLUMNS`]) in `room`.
 fn message_row(r: &rusqlite::Row<'_>, room: &str) -> rusqlite::Result<Message> {
     Ok(ChatMessage {
         id: r.get(0)?,
@@ -411,5 +416,30 @@ fn message_row(r: &rusqlite::Row<'_>, room: &str) -> rusqlite::Result<Message> {
         role: role_of(&r.get::<_, String>(4)?),
         text: r.get::<_, String>(5)?.into(),
         action: r.get(6)?,
+        reply_to: r.get(7)?,
+        edited_ts: r.get::<_, Option<String>>(8)?.map(Into::into),
+        deleted: r.get(9)?,
+        reactions: Vec::new(),
+        change: super::rows::change_of(
+            r.get::<_, Option<String>>(10)?.as_deref(),
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+        ),
     })
+}
+
+/// Reads the reactions to `rows` (a room's, in seq order).
+fn with_reactions(db: &Connection, rows: &mut [Message]) -> rusqlite::Result<()> {
+    let Some((lo, hi)) = super::rows::id_span(rows) else {
+        return Ok(());
+    };
+    let found: Vec<(u64, String, String)> = db
+        .prepare_cached(
+            "SELECT msg, emoji, name FROM reactions WHERE msg BETWEEN ?1 AND ?2 ORDER BY at",
+        )?
+        .query_map(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    super::rows::attach(rows, found.into_iter());
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{message_row, role_of};
+use super::{COLUMNS, message_row, role_of, with_reactions};
 use crate::store::read::{Found, Query, ReadDb, ReadError, bound, trim};
 use crate::store::{Mark, Message, Pm};
 
@@ -32,6 +32,9 @@ impl ReadDb for Reader {
             } => pms(db, pair, *before, *limit)
                 .map(|(m, more)| Found::Pms(m, more))
                 .map_err(failed),
+            Query::Message { room, id } => {
+                message(db, room, *id).map(Found::Message).map_err(failed)
+            }
             Query::Mark { room } => mark(db, room)
                 .map(|(m, next)| Found::Mark(m, next))
                 .map_err(failed),
@@ -74,22 +77,22 @@ fn page(
     let fetch = limit as i64 + 1;
     let rows: Vec<Message> = match after {
         Some(after) => db
-            .prepare_cached(
-                "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS}
                  FROM messages m JOIN rooms r ON r.id = m.room_id
-                 WHERE r.name = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3",
-            )?
+                 WHERE r.name = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3"
+            ))?
             .query_map(params![room, bound(Some(after)), fetch], |r| {
                 message_row(r, room)
             })?
             .collect::<Result<_, _>>()?,
         None => {
             let mut rows: Vec<Message> = db
-                .prepare_cached(
-                    "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS}
                      FROM messages m JOIN rooms r ON r.id = m.room_id
-                     WHERE r.name = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3",
-                )?
+                     WHERE r.name = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"
+                ))?
                 .query_map(params![room, bound(before), fetch], |r| {
                     message_row(r, room)
                 })?
@@ -98,7 +101,22 @@ fn page(
             rows
         }
     };
-    Ok(trim(rows, limit, after.is_some()))
+    let (mut rows, more) = trim(rows, limit, after.is_some());
+    with_reactions(db, &mut rows)?;
+    Ok((rows, more))
+}
+
+/// Message `id` of `room` as it is now.
+fn message(db: &Connection, room: &str, id: u64) -> rusqlite::Result<Option<Message>> {
+    let mut found: Vec<Message> = db
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages m JOIN rooms r ON r.id = m.room_id
+             WHERE m.id = ?1 AND r.name = ?2"
+        ))?
+        .query_map(params![id as i64, room], |r| message_row(r, room))?
+        .collect::<Result<_, _>>()?;
+    with_reactions(db, &mut found)?;
+    Ok(found.pop())
 }
 
 /// Full-text search in `rooms`, newest first, ids below `before`. The query's words are
@@ -122,7 +140,7 @@ fn search(
     }
     let placeholders = vec!["?"; rooms.len()].join(", ");
     let sql = format!(
-        "SELECT m.id, m.seq, m.ts, m.sender, m.role, m.text, m.action, r.name
+        "SELECT {COLUMNS}, r.name
          FROM messages_fts f JOIN messages m ON m.id = f.rowid JOIN rooms r ON r.id = m.room_id
          WHERE messages_fts MATCH ? AND m.id < ? AND r.name IN ({placeholders})
          ORDER BY m.id DESC LIMIT ?"
@@ -133,7 +151,7 @@ fn search(
     let mut stmt = db.prepare(&sql)?;
     let rows: Vec<Message> = stmt
         .query_map(rusqlite::params_from_iter(args), |r| {
-            let room: String = r.get(7)?;
+            let room: String = r.get(14)?;
             message_row(r, &room)
         })?
         .collect::<Result<_, _>>()?;

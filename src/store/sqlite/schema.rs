@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 7;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -186,6 +186,40 @@ const STEPS: &[(u32, &str)] = &[
             version INTEGER PRIMARY KEY AUTOINCREMENT,
             room    TEXT NOT NULL
         );
+        ",
+    ),
+    (
+        7,
+        "
+        -- Messages that change: replies, edits, deletes, reactions. A change is a row of its
+        -- own (numbered in the room like a message, so resuming clients get it), and the
+        -- message it changes is kept in its current state.
+        ALTER TABLE messages ADD COLUMN reply_to INTEGER;     -- the message (id) it answers
+        ALTER TABLE messages ADD COLUMN edited_ts TEXT;       -- when it was last edited
+        ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0; -- a tombstone (text '')
+        ALTER TABLE messages ADD COLUMN kind TEXT;            -- a change: 'edit', 'delete', 'react'
+        ALTER TABLE messages ADD COLUMN target INTEGER;       -- the message a change changes
+        ALTER TABLE messages ADD COLUMN emoji TEXT;           -- a reaction's emoji
+        ALTER TABLE messages ADD COLUMN added INTEGER;        -- a reaction added (1) or taken back (0)
+        -- Who reacted to what, now.
+        CREATE TABLE reactions (
+            msg     INTEGER NOT NULL,            -- messages.id
+            emoji   TEXT NOT NULL,
+            account TEXT NOT NULL,               -- the reactor's key
+            name    TEXT NOT NULL,               -- as they spell it
+            at      INTEGER NOT NULL,            -- the change's id (their order)
+            PRIMARY KEY (msg, emoji, account)
+        ) WITHOUT ROWID;
+        -- Only messages' current text is indexed: never a change, never a deleted message.
+        DROP TRIGGER messages_fts_delete;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, text)
+                SELECT 'delete', old.id, old.text
+                WHERE old.kind IS NULL AND old.deleted = 0
+                  AND NOT EXISTS (SELECT 1 FROM fts_pending WHERE id = old.id);
+            DELETE FROM fts_pending WHERE id = old.id;
+            DELETE FROM reactions WHERE msg = old.id;
+        END;
         ",
     ),
 ];

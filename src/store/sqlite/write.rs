@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::protocol::Change;
 use crate::store::writer::WriteDb;
-use crate::store::{Op, Shared, Write, pm_pair, role_name};
+use crate::store::{Message, Op, Shared, Write, pm_pair, role_name, rows};
 
 /// Messages indexed for search per transaction: the indexer runs between commits, so this
 /// bounds how long a commit can wait for it (about 15 ms).
@@ -40,17 +41,19 @@ impl WriteDb for Writer {
         let indexed = (|| -> rusqlite::Result<usize> {
             let tx = db.transaction()?;
             // Every pending id has its message (deleting a message deletes its pending row).
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO messages_fts (rowid, text)
-                 SELECT m.id, m.text FROM fts_pending p JOIN messages m ON m.id = p.id
-                 ORDER BY p.id LIMIT ?1",
-                )?
-                .execute([INDEX_CHUNK])?;
             tx.prepare_cached(
-                "DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)",
+                "INSERT INTO messages_fts (rowid, text)
+                 SELECT m.id, m.text FROM fts_pending p JOIN messages m ON m.id = p.id
+                 WHERE p.id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)
+                   AND m.kind IS NULL AND m.deleted = 0",
             )?
             .execute([INDEX_CHUNK])?;
+            // Changes and deleted messages are taken off the list without being indexed.
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?1)",
+                )?
+                .execute([INDEX_CHUNK])?;
             tx.commit()?;
             Ok(n)
         })();
@@ -89,8 +92,9 @@ fn commit(
     let mut stored = 0;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO messages (id, room_id, seq, ts, sender, role, text, action)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO messages (id, room_id, seq, ts, sender, role, text, action,
+                                             reply_to, kind, target, emoji, added)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut insert_pm = tx.prepare_cached(
             "INSERT OR IGNORE INTO pms (id, pair, ts, sender, recipient, role, text, action)
@@ -116,7 +120,8 @@ fn commit(
                             id
                         }
                     };
-                    insert.execute(params![
+                    let (kind, target, emoji, added) = rows::columns(msg);
+                    let inserted = insert.execute(params![
                         msg.id,
                         room_id,
                         msg.seq,
@@ -124,8 +129,16 @@ fn commit(
                         &*msg.from,
                         role_name(msg.role),
                         &*msg.text,
-                        msg.action
+                        msg.action,
+                        msg.reply_to,
+                        kind,
+                        target,
+                        emoji,
+                        added
                     ])?;
+                    if inserted > 0 {
+                        apply_change(&tx, msg, room_id)?;
+                    }
                     stored += 1;
                     let last = last_seqs.entry(room_id).or_default();
                     *last = (*last).max(msg.seq);
@@ -162,4 +175,85 @@ fn commit(
     }
     tx.commit()?;
     Ok(stored)
+}
+
+/// What a change does to the message it changes (in `room_id`): an edit's new text, in the
+/// search index too; a delete's tombstone, its text gone from the index, its reactions and the
+/// texts of its edits with it; a reaction added or taken back.
+fn apply_change(tx: &Connection, change: &Message, room_id: i64) -> rusqlite::Result<()> {
+    let Some(c) = change.change.as_deref() else {
+        return Ok(());
+    };
+    let target = c.target() as i64;
+    let current: Option<(String, bool)> = tx
+        .prepare_cached(
+            "SELECT text, EXISTS (SELECT 1 FROM fts_pending WHERE id = ?1) FROM messages
+             WHERE id = ?1 AND room_id = ?2 AND kind IS NULL AND deleted = 0",
+        )?
+        .query_row(params![target, room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((old, pending)) = current else {
+        return Ok(());
+    };
+    let unindex = |tx: &Connection| -> rusqlite::Result<()> {
+        if !pending {
+            tx.prepare_cached(
+                "INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', ?1, ?2)",
+            )?
+            .execute(params![target, old])?;
+        }
+        Ok(())
+    };
+    match c {
+        Change::Edit { .. } => {
+            unindex(tx)?;
+            tx.prepare_cached("UPDATE messages SET text = ?2, edited_ts = ?3 WHERE id = ?1")?
+                .execute(params![target, &*change.text, &*change.ts])?;
+            if !pending {
+                tx.prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?
+                    .execute(params![target, &*change.text])?;
+            }
+        }
+        Change::Delete { .. } => {
+            unindex(tx)?;
+            tx.prepare_cached("DELETE FROM fts_pending WHERE id = ?1")?
+                .execute([target])?;
+            tx.prepare_cached("UPDATE messages SET text = '', deleted = 1 WHERE id = ?1")?
+                .execute([target])?;
+            tx.prepare_cached(
+                "UPDATE messages SET text = '' WHERE target = ?1 AND kind = 'edit' AND room_id = ?2",
+            )?
+            .execute(params![target, room_id])?;
+            tx.prepare_cached("DELETE FROM reactions WHERE msg = ?1")?
+                .execute([target])?;
+        }
+        Change::React {
+            emoji, on: true, ..
+        } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO reactions (msg, emoji, account, name, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                target,
+                &**emoji,
+                crate::protocol::name_key(&change.from),
+                &*change.from,
+                change.id as i64
+            ])?;
+        }
+        Change::React {
+            emoji, on: false, ..
+        } => {
+            tx.prepare_cached(
+                "DELETE FROM reactions WHERE msg = ?1 AND emoji = ?2 AND account = ?3",
+            )?
+            .execute(params![
+                target,
+                &**emoji,
+                crate::protocol::name_key(&change.from)
+            ])?;
+        }
+    }
+    Ok(())
 }
