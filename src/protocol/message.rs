@@ -285,11 +285,13 @@ impl<'a> ChatMessage<'a> {
         self.seq = seq;
     }
 
-    /// As `viewer` sees it: whether they are among each emoji's reactors.
+    /// As `viewer` sees it: whether they are among each emoji's reactors (kept as names or as
+    /// their keys).
     pub fn seen_by(&self, viewer: &str) -> ChatMessage<'_> {
+        let key = super::name_key(viewer);
         let mut m = self.borrowed();
         for r in &mut m.reactions {
-            r.me = r.users.iter().any(|u| **u == *viewer);
+            r.me = r.users.iter().any(|u| super::name_key(u) == key);
         }
         m
     }

@@ -1,6 +1,7 @@
-// chatd's browser client, part 5 of 5: the protocol of docs/PROTOCOL.md over one WebSocket to
+// chatd's browser client, part 6 of 6: the protocol of docs/PROTOCOL.md over one WebSocket to
 // this origin (part 1, kit.js, has the text and time helpers; part 2, unread.js, what is unread;
-// part 3, rooms.js, rooms that belong to someone; part 4, signin.js, the sign-in form).
+// part 3, rooms.js, rooms that belong to someone; part 4, changes.js, messages that change;
+// part 5, signin.js, the sign-in form).
 // Everything anyone else wrote is inserted as text (textContent, Text nodes), never as HTML.
 // (Strict mode: kit.js's 'use strict' opens the script.)
 (() => {
@@ -85,6 +86,7 @@
     m.role === 'admin' ? h('span', { class: 'role', text: 'admin' }) : null, ' ',
     h('bdi', { class: 'text' }, linkify(text)));
     li.dataset.mention = mention ? '1' : '';
+    changes.decorate(li, m, c);
     return { li, d, mention };
   }
   function systemNode(text, cls = 'system') { return h('li', { class: cls }, clean(text)); }
@@ -183,6 +185,7 @@
   const { notice, markRead, syncRead, updateTitle, keptRooms, keptConversations } = chatdUnread({ st, send, nearBottom, currentConv, renderRooms });
   // ---- rooms that belong to someone (rooms.js) ---------------------------------------------
   const rooms = chatdRooms({ st, send, note, errorText, renderRooms: () => renderRooms(), renderMembers: () => renderMembers() });
+  const changes = chatdChanges({ st, send, note: (c, t, cls) => note(c, t, cls), errorText, currentConv: () => currentConv() });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) {
       const c = currentConv();
@@ -288,12 +291,13 @@
     }
     c.epoch = v.epoch;
     if (v.resumed === false && had) note(c, `Some messages in #${v.room} may have been missed while you were away.`, 'system error');
-    const history = (v.history || []).filter((m) => m.type === 'message');
+    const [history, later] = [(v.history || []).filter((m) => m.type === 'message'), (v.history || []).filter((m) => m.type !== 'message')];
     if (v.resumed === true && v.more) {
       c.catching = true;
       c.catchFrom = c.lastSeq;
     }
     for (const m of history) showMessage(c, m, { live: false, inOrder: true });
+    for (const m of later) changes.event(c, m, new Set(history.map((h) => h.id)));
     if (c.catching) {
       const last = history.length ? history[history.length - 1].seq : c.catchFrom;
       c.catchFrom = Math.max(c.catchFrom, last);
@@ -308,7 +312,11 @@
   function catchUp(c) {
     send({ type: 'history', room: c.name, after: c.catchFrom, limit: 100 }, (r) => {
       if (r.type !== 'history') { c.catching = false; return; }
-      for (const m of r.messages || []) { showMessage(c, m, { live: false, inOrder: true }); c.catchFrom = Math.max(c.catchFrom, m.seq); }
+      const fresh = new Set((r.messages || []).filter((m) => m.type === 'message').map((m) => m.id));
+      for (const m of r.messages || []) {
+        if (!changes.event(c, m, fresh)) showMessage(c, m, { live: false, inOrder: true });
+        c.catchFrom = Math.max(c.catchFrom, m.seq);
+      }
       if (r.more && (r.messages || []).length) return catchUp(c);
       c.catching = false;
       c.lastSeq = Math.max(c.lastSeq, ...c.seqs);
@@ -326,7 +334,7 @@
       c.loading = false;
       if (r.type === 'history') {
         if (c.kind === 'pm') prepend(c, (r.messages || []).map((p) => Object.assign({}, p, { seq: null })));
-        else prepend(c, r.messages || []);
+        else prepend(c, (r.messages || []).filter((m) => m.type === 'message'));
         c.more = !!r.more;
       } else {
         c.more = false;
@@ -396,6 +404,9 @@
         if (c) showMessage(c, m, { inOrder: c.catching });
         break;
       }
+      case 'edited': case 'deleted': case 'reaction':
+        changes.event(st.convs.get(roomKey(m.room)), m);
+        break;
       case 'pm': {
         const other = clean(m.from) === st.name ? clean(m.to) : clean(m.from);
         const c = conv(pmKey(other), 'pm', other);
@@ -617,11 +628,11 @@
   function say(c, text, action) {
     const max = (st.server && st.server.max_message_bytes) || 65536;
     if (utf8.encode(text).length > max - 200) { note(c, `That message is too long (the server takes up to ${max} bytes).`, 'error'); return; }
-    const pending = { ts: new Date().toISOString(), from: st.name, text, action, role: 'user' };
+    const pending = { ts: new Date().toISOString(), from: st.name, text, action, role: 'user', reply_to: c.kind === 'room' ? changes.replying(c) : null };
     const { li, d } = messageNode(pending, c);
     li.classList.add('pending', 'own');
     append(c, li, d);
-    const msg = c.kind === 'room' ? { type: 'say', room: c.name, text } : { type: 'pm', to: c.name, text };
+    const msg = c.kind === 'room' ? { type: 'say', room: c.name, text, ...changes.replyFields(c) } : { type: 'pm', to: c.name, text };
     if (action) msg.action = true;
     send(msg, (r) => {
       li.classList.remove('pending');
@@ -629,7 +640,7 @@
         const t = when(r.ts);
         li.querySelector('time').replaceWith(t.el);
         if (r.seq) { li.dataset.seq = r.seq; c.seqs.add(r.seq); if (!c.catching) c.lastSeq = Math.max(c.lastSeq, r.seq); }
-        if (r.id) { li.dataset.id = r.id; c.ids.add(r.id); }
+        if (r.id) { li.dataset.id = r.id; c.ids.add(r.id); changes.sent(li, c); }
       } else {
         li.classList.add('failed');
         li.append(h('span', { class: 'why', text: ` — not sent: ${errorText(r)}` }));
@@ -740,6 +751,7 @@
   });
   $('message').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); $('composer').requestSubmit(); }
+    if (e.key === 'ArrowUp' && !$('message').value && changes.editLast()) e.preventDefault();
   });
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -750,6 +762,7 @@
     box.value = '';
     box.style.height = 'auto';
     if (st.typing.state !== 'done') { clearTimeout(st.typing.idle); st.typing.state = 'done'; }
+    if (changes.submit(c, text)) return;
     if (text.startsWith('/') && !text.startsWith('//')) command(c, text);
     else say(c, text.startsWith('//') ? text.slice(1) : text, false);
   });

@@ -1,4 +1,4 @@
-// chatd's browser client, part 1 of 5 (web/mod.rs joins them into the page's one script):
+// chatd's browser client, part 1 of 6 (web/mod.rs joins them into the page's one script):
 // what the client needs that is not the chat itself. Received text is made harmless here
 // (`clean`) and turned into nodes as text, never markup (`h`); times, links, mentions, and the
 // pacing bucket.

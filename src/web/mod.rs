@@ -1,7 +1,7 @@
 //! The browser chat client, served at `GET /` on the chat port (plain and TLS) when `web.enabled`.
 //!
 //! One HTML document with its style and script inlined, so the first render needs one request
-//! (then the WebSocket). The sources (`index.html`, `app.css`, `kit.js` + `unread.js` + `rooms.js` + `signin.js` + `app.js`) are embedded in the
+//! (then the WebSocket). The sources (`index.html`, `app.css`, `kit.js` + `unread.js` + `rooms.js` + `changes.js` + `signin.js` + `app.js`) are embedded in the
 //! binary; the document is assembled once, with the SHA-256 of its one `<style>` and one
 //! `<script>` in the `Content-Security-Policy`: nothing else inline runs, nothing loads from
 //! another origin, and the page may connect only to this origin's `ws://`/`wss://`. It is sent
@@ -24,6 +24,7 @@ const SCRIPT: &str = concat!(
     include_str!("kit.js"),
     include_str!("unread.js"),
     include_str!("rooms.js"),
+    include_str!("changes.js"),
     include_str!("signin.js"),
     include_str!("app.js")
 );

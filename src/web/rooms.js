@@ -1,4 +1,4 @@
-// chatd's browser client, part 3 of 5 (web/mod.rs joins them into the page's one script): rooms
+// chatd's browser client, part 3 of 6 (web/mod.rs joins them into the page's one script): rooms
 // that belong to someone. A room's topic and settings (a mark on a private one), each member's
 // standing there, and a menu on a member's name with what the viewer may do to them.
 const chatdRooms = ({ st, send, note, errorText, renderRooms, renderMembers }) => {

@@ -1,4 +1,4 @@
-// chatd's browser client, part 4 of 5 (web/mod.rs joins them into the page's one script): the
+// chatd's browser client, part 5 of 6 (web/mod.rs joins them into the page's one script): the
 // sign-in form, and what this browser calls itself in the user's `sessions`.
 const chatdSignIn = ({ st, connect }) => {
   const { $, ERRORS } = chatdKit;

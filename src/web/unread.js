@@ -1,4 +1,4 @@
-// chatd's browser client, part 2 of 5 (web/mod.rs joins them into the page's one script): what
+// chatd's browser client, part 2 of 6 (web/mod.rs joins them into the page's one script): what
 // is unread. Counts and mentions per conversation, the title and notifications; and with
 // accounts, the read markers the server keeps: the welcome's counts, and `read` sent for a room
 // once it has been seen.

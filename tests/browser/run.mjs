@@ -528,6 +528,56 @@ const scenarios = {
     noProblems(page);
   },
 
+  /** Edit, react, reply and delete between two pages; bob's reload shows the same. */
+  async lifecycle() {
+    const ann = await open('ann');
+    const bob = await open('bob');
+    await write(ann, 'helo wrold');
+    await sent(ann, 'helo wrold');
+    await see(bob, 'helo wrold');
+    // ↑ in the empty box edits her last message.
+    await ann.getByLabel('Message', { exact: true }).press('ArrowUp');
+    await ann.locator('#composing', { hasText: 'Editing' }).waitFor({ timeout: WAIT });
+    await write(ann, 'hello world');
+    await lineWith(ann, 'hello world').locator('.edited').waitFor({ timeout: WAIT });
+    const theirs = await see(bob, 'hello world');
+    await theirs.locator('.edited').waitFor({ timeout: WAIT });
+    // Bob reacts from the message's menu; ann adds hers with the chip.
+    await theirs.getByLabel('Message actions').click();
+    await theirs.getByRole('button', { name: 'React 👍' }).click();
+    await theirs.locator('.chip.mine', { hasText: '👍 1' }).waitFor({ timeout: WAIT });
+    const mine = lineWith(ann, 'hello world');
+    await mine.locator('.chip', { hasText: '👍 1' }).click();
+    await mine.locator('.chip.mine', { hasText: '👍 2' }).waitFor({ timeout: WAIT });
+    await theirs.locator('.chip', { hasText: '👍 2' }).waitFor({ timeout: WAIT });
+    // Bob replies: the reply quotes the first line of what it answers.
+    await theirs.getByLabel('Message actions').click();
+    await theirs.getByRole('button', { name: 'Reply' }).click();
+    await bob.locator('#composing', { hasText: 'Replying to ann' }).waitFor({ timeout: WAIT });
+    await write(bob, 'agreed');
+    await lineWith(ann, 'agreed').locator('.quote', { hasText: 'ann: hello world' }).waitFor({ timeout: WAIT });
+    // Ann deletes something she should not have said.
+    await write(ann, 'my secret is 1234');
+    const oops = await sent(ann, 'my secret is 1234');
+    await see(bob, 'my secret is 1234');
+    await oops.getByLabel('Message actions').click();
+    await oops.getByRole('button', { name: 'Delete' }).click();
+    await count(lineWith(bob, 'my secret is 1234'), 0, 'the deleted text is gone from bob\'s page');
+    await messages(bob).locator('li.msg.deleted', { hasText: 'message deleted' }).waitFor({ timeout: WAIT });
+    await bob.screenshot({ path: `${SHOTS}/lifecycle.png` });
+    // After a reload bob sees the same: edited, two reactions (one his), the reply, the tombstone.
+    await bob.reload();
+    await signIn(bob, 'bob');
+    const again = await see(bob, 'hello world');
+    await again.locator('.edited').waitFor({ timeout: WAIT });
+    await again.locator('.chip.mine', { hasText: '👍 2' }).waitFor({ timeout: WAIT });
+    await lineWith(bob, 'agreed').locator('.quote', { hasText: 'hello world' }).waitFor({ timeout: WAIT });
+    await messages(bob).locator('li.msg.deleted').waitFor({ timeout: WAIT });
+    await count(lineWith(bob, 'my secret is 1234'), 0, 'not after a reload either');
+    noProblems(ann);
+    noProblems(bob, /WebSocket connection to .* failed/);
+  },
+
   /** The page over https connects over wss:// to the same origin. */
   async tls() {
     const page = await open('secure', { https: true });

@@ -429,6 +429,24 @@ fn the_page_moderates_from_a_members_menu() {
     });
 }
 
+/// Messages that change: ann edits hers (↑ in the empty box), bob reacts and replies from a
+/// message's menu, ann deletes one; both pages agree, and so does bob's after a reload.
+#[cfg_attr(
+    chatd_no_browser,
+    ignore = "needs node, Chromium (apt install chromium) and `npm ci --prefix tests/browser`"
+)]
+#[test]
+fn edits_reactions_replies_and_deletes_show_in_both_pages_and_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db").display().to_string();
+    let d = Daemon::start(&[], &[("CHATD_STORAGE__PATH", db.as_str())]);
+    run(
+        "lifecycle",
+        &page_url(d.addr),
+        |r| json!({"error": format!("unknown request {r}")}),
+    );
+}
+
 /// Accounts mode: a PM sent while ann was away waits for her; the page counts and shows it.
 #[cfg_attr(
     chatd_no_browser,

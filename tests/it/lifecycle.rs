@@ -29,6 +29,14 @@ macro_rules! lifecycle_contract {
                 async fn $test() { super::$test(super::Store::Postgres).await }
             )*
         }
+        mod redis {
+            $(
+                #[cfg_attr(chatd_no_redis, ignore = "needs redis-server (apt install redis-server)")]
+                #[cfg_attr(chatd_no_postgres, ignore = "needs PostgreSQL (apt install postgresql)")]
+                #[tokio::test]
+                async fn $test() { super::$test(super::Store::Cluster).await }
+            )*
+        }
     };
 }
 
@@ -44,6 +52,8 @@ enum Store {
     Sqlite,
     SqliteLate,
     Postgres,
+    /// A cluster node on PostgreSQL.
+    Cluster,
 }
 
 /// A token-mode server with a store that outlives it (`restart`).
@@ -61,7 +71,7 @@ impl Chat {
             server: None,
             store,
             dir: tempfile::tempdir().unwrap(),
-            pg: (store == Store::Postgres).then(Postgres::start),
+            pg: matches!(store, Store::Postgres | Store::Cluster).then(Postgres::start),
             history,
         };
         chat.server = Some(chat.boot().await);
@@ -73,6 +83,7 @@ impl Chat {
         let url = self.pg.as_ref().map(|pg| pg.url.clone());
         let backend = match self.store {
             Store::SqliteLate => Backend::Late,
+            Store::Cluster => Backend::Redis,
             _ => Backend::Local,
         };
         let history = self.history;
@@ -522,30 +533,86 @@ async fn a_message_only_the_store_holds_can_be_changed(store: Store) {
     chat.server.unwrap().stop().await;
 }
 
-/// A cluster does not have them yet, and says so rather than half doing them.
+/// Two nodes of a cluster: what changes on one reaches the other's clients live, and a client
+/// of the second that was away resumes into the same state.
 #[cfg_attr(
     chatd_no_redis,
     ignore = "needs redis-server (apt install redis-server)"
 )]
+#[cfg_attr(
+    chatd_no_postgres,
+    ignore = "needs PostgreSQL (apt install postgresql)"
+)]
 #[tokio::test]
-async fn a_cluster_refuses_changes_clearly() {
-    let server = TestServer::with_broker(Backend::Redis, |c| {
+async fn a_change_on_one_node_reaches_the_other() {
+    let pair = TestServer::pg_pair(|c| {
         c.auth.mode = AuthMode::Token;
         c.auth.secret = Secret::new(SECRET);
+        c.limits.rate_per_sec = 0.0;
     })
     .await;
-    let mut ann = Client::connect(server.addr).await;
-    let token = token_for(SECRET, "ann", Role::User);
-    ann.request(json!({"type": "hello", "name": "ann", "token": token}))
+    let hello = |addr, name: &str| {
+        let token = token_for(SECRET, name, Role::User);
+        let name = name.to_string();
+        async move {
+            let mut c = Client::connect(addr).await;
+            let w = c
+                .request(json!({"type": "hello", "name": name, "token": token}))
+                .await;
+            (c, w)
+        }
+    };
+    let (mut ann, _) = hello(pair.a.addr, "ann").await;
+    let (mut bob, w) = hello(pair.b.addr, "bob").await;
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    let id = say(&mut ann, "wrong thing said").await;
+    let m = bob.find(|v| v["type"] == "message" && v["id"] == id).await;
+    let since = m["seq"].as_u64().unwrap();
+    let r = ask(
+        &mut ann,
+        json!({"type": "edit", "room": "lobby", "msg": id, "text": "right thing said"}),
+    )
+    .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let e = bob.find(|v| v["type"] == "edited").await;
+    assert_eq!(e["text"], "right thing said");
+    let r = ask(
+        &mut bob,
+        json!({"type": "react", "room": "lobby", "msg": id, "emoji": "👍"}),
+    )
+    .await;
+    assert!(r["seq"].is_u64(), "{r}");
+    let e = ann.find(|v| v["type"] == "reaction").await;
+    assert_eq!((&e["from"], &e["emoji"]), (&json!("bob"), &json!("👍")));
+    drop(bob);
+    let r = ask(
+        &mut ann,
+        json!({"type": "react", "room": "lobby", "msg": id, "emoji": "🎉"}),
+    )
+    .await;
+    assert!(r["seq"].is_u64(), "{r}");
+    // Bob comes back to node b: what he missed, then the message as it is now in a page.
+    let mut bob = Client::connect(pair.b.addr).await;
+    let token = token_for(SECRET, "bob", Role::User);
+    let w = bob
+        .request(
+            json!({"type": "hello", "name": "bob", "token": token, "since": since, "epoch": epoch}),
+        )
         .await;
-    let id = say(&mut ann, "hi").await;
-    for m in [
-        json!({"type": "edit", "room": "lobby", "msg": id, "text": "hello"}),
-        json!({"type": "say", "room": "lobby", "text": "re", "reply_to": id}),
-    ] {
-        let e = ask(&mut ann, m).await;
-        assert_eq!(e["code"], "unavailable", "{e}");
-        assert!(e["message"].as_str().unwrap().contains("cluster"), "{e}");
-    }
-    server.stop().await;
+    let kinds: Vec<&str> = w["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["edited", "reaction", "reaction"], "{w}");
+    let p = page(&mut bob).await;
+    let m = message(&p, id);
+    assert_eq!(m["text"], "right thing said", "{m}");
+    assert_eq!(
+        m["reactions"],
+        json!([{"emoji": "👍", "count": 1, "me": true}, {"emoji": "🎉", "count": 1, "me": false}]),
+        "{m}"
+    );
+    pair.stop().await;
 }

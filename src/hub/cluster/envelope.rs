@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::now_ms;
 use crate::hub::{ConnId, StoredMessage};
-use crate::protocol::ServerMsg;
+use crate::protocol::{ChatMessage, ServerMsg};
 
 /// The envelope format this node writes.
 pub(super) const VERSION: u32 = 1;
@@ -111,23 +111,27 @@ impl<'a> Envelope<'a> {
             return None;
         }
         let mut env: Envelope<'a> = serde_json::from_str(raw).ok()?;
-        if let Some(ServerMsg::Message(m)) = &mut env.e {
-            m.id = env.id;
-            m.seq = env.seq;
+        let (id, number) = (env.id, env.seq);
+        match &mut env.e {
+            Some(ServerMsg::Message(m)) => m.numbered(id, number),
+            Some(
+                ServerMsg::Edited { seq, id: i, .. }
+                | ServerMsg::Deleted { seq, id: i, .. }
+                | ServerMsg::Reaction { seq, id: i, .. },
+            ) => (*i, *seq) = (id, number),
+            _ => {}
         }
         Some(env)
     }
 
-    /// The room message it carries, numbered.
+    /// The room message (or change) it carries, numbered.
     pub fn message(self) -> Option<StoredMessage> {
-        match self.e? {
-            ServerMsg::Message(mut m) if self.seq > 0 => {
-                m.id = self.id;
-                m.seq = self.seq;
-                Some(m.into_owned())
-            }
-            _ => None,
+        if self.seq == 0 {
+            return None;
         }
+        let mut m = ChatMessage::from_event(self.e?)?;
+        m.numbered(self.id, self.seq);
+        Some(m.into_owned())
     }
 }
 

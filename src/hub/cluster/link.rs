@@ -57,13 +57,22 @@ pub(super) struct Scripts {
     pub claim_session: redis::Script,
     pub log_out: redis::Script,
     pub members: redis::Script,
+    pub change: redis::Script,
+    pub react: redis::Script,
+    pub find: redis::Script,
+    pub state: redis::Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
         let script = redis::Script::new;
+        let numbering = |body: &str| redis::Script::new(&format!("{}{body}", scripts::NUMBERING));
         Scripts {
-            say: script(scripts::SAY),
+            say: numbering(scripts::SAY),
+            change: numbering(scripts::CHANGE),
+            react: numbering(scripts::REACT),
+            find: script(scripts::FIND),
+            state: script(scripts::STATE),
             join: script(scripts::JOIN),
             leave: script(scripts::LEAVE),
             reap: script(scripts::REAP),

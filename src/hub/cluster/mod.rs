@@ -18,6 +18,7 @@
 //! Every task the broker starts (the subscriber, one per member, heartbeats, presence flushes)
 //! is on its tracker; [`Broker::close`] stops them and waits.
 
+mod changes;
 mod envelope;
 mod link;
 mod liveness;
@@ -417,21 +418,19 @@ impl Broker for RedisBroker {
         action: bool,
         reply: Option<crate::hub::Reply>,
     ) -> Answer {
-        if reply.is_some() {
-            return Answer::Now(not_yet().into());
-        }
-        self.queue(me, Op::Say(t, room.into(), text.into(), action))
+        let reply_to = reply.map(|r| r.to);
+        self.queue(me, Op::Say(t, room.into(), text.into(), action, reply_to))
     }
 
     fn change(
         &self,
-        _: Ticket,
-        _: &Member,
-        _: &str,
-        _: &crate::hub::changes::ChangeAsk,
+        t: Ticket,
+        me: &Member,
+        room: &str,
+        ask: &crate::hub::changes::ChangeAsk,
         _: Option<crate::hub::changes::Target>,
     ) -> Answer {
-        Answer::Now(not_yet().into())
+        self.queue(me, Op::Change(t, room.into(), Box::new(ask.clone())))
     }
 
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
@@ -616,10 +615,4 @@ impl Broker for RedisBroker {
             store.close(Duration::from_secs(10));
         }
     }
-}
-
-/// Replies and changes to messages need the cluster's side of them (issue 28's remaining work):
-/// refused with a clear word rather than half done.
-fn not_yet() -> Refusal {
-    Refusal::unavailable("replies, edits, deletes and reactions are not available in a cluster yet")
 }

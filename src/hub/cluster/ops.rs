@@ -24,6 +24,7 @@ use std::time::Instant;
 use super::envelope::Envelope;
 use super::link::{Done, Fail};
 use super::{Inner, Mine, lock};
+use crate::hub::changes::{self, ChangeAsk};
 use crate::hub::{ConnId, Member, Outcome, Page, Receipt, Refusal, Resume, Ticket};
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
 use crate::store::Admitted;
@@ -43,7 +44,10 @@ pub(super) enum Op {
     Hello(Ticket, Arc<str>, Option<Resume>),
     Join(Ticket, Arc<str>, Option<Resume>),
     Leave(Ticket, Arc<str>),
-    Say(Ticket, Arc<str>, String, bool),
+    /// A room message (the last: the message it answers).
+    Say(Ticket, Arc<str>, String, bool, Option<u64>),
+    /// An edit, a delete or a reaction.
+    Change(Ticket, Arc<str>, Box<ChangeAsk>),
     Pm(Ticket, String, String, bool),
     TypingRoom(Ticket, Arc<str>, TypingState),
     TypingUser(Ticket, String, TypingState),
@@ -72,6 +76,7 @@ impl Op {
             | Join(t, ..)
             | Leave(t, ..)
             | Say(t, ..)
+            | Change(t, ..)
             | Pm(t, ..)
             | TypingRoom(t, ..)
             | TypingUser(t, ..)
@@ -92,7 +97,8 @@ impl Op {
     pub fn cost(&self) -> usize {
         use Op::*;
         64 + match self {
-            Say(_, _, text, _) | Pm(_, _, text, _) | Announce(_, text) => text.len(),
+            Say(_, _, text, ..) | Pm(_, _, text, _) | Announce(_, text) => text.len(),
+            Change(_, _, ask) => ask.text.len(),
             Kick(_, name, reason) => name.len() + reason.len(),
             Disconnect(rooms) => rooms.len() * 32,
             _ => 0,
@@ -106,6 +112,7 @@ impl Op {
             Join(..) => "join",
             Leave(..) => "leave",
             Say(..) => "say",
+            Change(..) => "change",
             Pm(..) => "pm",
             TypingRoom(..) | TypingUser(..) => "typing",
             Who(..) => "who",
@@ -342,11 +349,15 @@ impl Inner {
         // it), then the rest.
         let mut to_send = Vec::with_capacity(batch.len());
         for q in batch {
-            let Op::Say(ticket, room, text, _) = &q.op else {
+            let Op::Say(ticket, room, text, _, reply_to) = &q.op else {
                 continue;
             };
             if !self.is_in(&q.member, room) {
                 q.member.answer(*ticket, Refusal::not_in_room(room).into());
+            } else if let Some(to) = reply_to
+                && !matches!(self.answerable(room, *to).await, Ok(true))
+            {
+                q.member.answer(*ticket, changes::not_found(*to).into());
             } else if let Err(refusal) = self.admits(text.len() + q.member.name().len()) {
                 q.member.answer(*ticket, refusal.into());
             } else {
@@ -426,7 +437,7 @@ impl Inner {
             if receipt.id == 0 {
                 return Err(Fail::Store("the numbering could not be seeded".into()));
             }
-            if let Op::Say(_, room, text, action) = &q.op {
+            if let Op::Say(_, room, text, action, reply_to) = &q.op {
                 let msg = ChatMessage {
                     id: receipt.id,
                     seq: receipt.seq.unwrap_or_default(),
@@ -436,6 +447,7 @@ impl Inner {
                     role: q.member.role(),
                     text: text.to_string().into(),
                     action: *action,
+                    reply_to: *reply_to,
                     ..ChatMessage::default()
                 };
                 self.keep(Admitted::Message(Arc::new(msg), epoch.into()));
@@ -457,7 +469,7 @@ impl Inner {
         pipe.load_script(&redis.scripts.say).ignore();
         let mut stamps = Vec::with_capacity(says.len());
         for q in says {
-            let Op::Say(_, room, text, action) = &q.op else {
+            let Op::Say(_, room, text, action, reply_to) = &q.op else {
                 continue;
             };
             let ts: Arc<str> = protocol::timestamp().into();
@@ -471,6 +483,7 @@ impl Inner {
                 role: q.member.role(),
                 text: b(text),
                 action: *action,
+                reply_to: *reply_to,
                 ..ChatMessage::default()
             };
             let env = Envelope::new(&x, ServerMsg::Message(message)).json();
@@ -480,6 +493,8 @@ impl Inner {
                 .key(redis.key("seq", room))
                 .key(redis.key("stream", room))
                 .key(redis.key("sbytes", room))
+                .key(redis.key("over", room))
+                .key(redis.key("rx", room))
                 .arg(super::new_epoch())
                 .arg(self.settings.history_size)
                 .arg(self.settings.history_bytes)
@@ -524,6 +539,11 @@ impl Inner {
                 Ok(())
             }
             Op::Say(..) => unreachable!("says go through Inner::says"),
+            Op::Change(t, room, ask) => {
+                let outcome = self.change(me, &room, &ask).await?;
+                me.answer(t, outcome);
+                Ok(())
+            }
             Op::Pm(t, to, text, action) => {
                 let outcome = self.pm(me, &to, &text, action, sent, deadline).await?;
                 me.answer(t, outcome);

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use super::changes;
 use super::envelope::Envelope;
 use super::link::{Done, Fail};
 use super::{Entries, Here, Inner, Local, Pending, Sub, lock, now_ms, value_at};
@@ -149,6 +150,8 @@ impl Inner {
                 .key(redis.key("sbytes", &room))
                 .key(redis.key("pres", &room))
                 .key(redis.key("ucount", &room))
+                .key(redis.key("over", &room))
+                .key(redis.key("rx", &room))
                 .arg(self.entry(me))
                 .arg(now + self.settings.presence_ttl_ms)
                 .arg(now)
@@ -203,11 +206,14 @@ impl Inner {
         let exact = value_at::<i64>(&reply, 4).unwrap_or(0) == 1;
         let count: usize = value_at(&reply, 5).unwrap_or(0);
         let batched = value_at::<i64>(&reply, 6).unwrap_or(0) == 1;
-        let mut history: Vec<Arc<StoredMessage>> = entries
-            .iter()
-            .filter_map(|(_, fields)| super::stored(fields, self.settings.max_envelope))
-            .map(Arc::new)
-            .collect();
+        // Changed messages in place of their entries, with their reactions (read in the script).
+        let over: Vec<String> = value_at(&reply, 7).unwrap_or_default();
+        let rx: Vec<String> = value_at(&reply, 8).unwrap_or_default();
+        let mut history: Vec<Arc<StoredMessage>> =
+            changes::merge(&entries, &over, &rx, self.settings.max_envelope)
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         let mut more = false;
         if exact {
             if history.len() as u64 > self.settings.hub.resume_max {
@@ -215,7 +221,9 @@ impl Inner {
                 more = true;
             }
         } else {
-            history.reverse();
+            let n = self.settings.hub.history_on_join;
+            let extra = history.len().saturating_sub(n);
+            history.drain(..extra);
         }
         let resumed = match resume {
             Some(r) if !exact => {
@@ -413,6 +421,8 @@ impl Inner {
             .key(redis.key("sbytes", room))
             .key(redis.key("pres", room))
             .key(redis.key("ucount", room))
+            .key(redis.key("over", room))
+            .key(redis.key("rx", room))
             .arg(self.entry(me))
             .arg(redis.room_channel(room))
             .arg(env)
@@ -544,18 +554,30 @@ impl Inner {
                 )
             }
         };
-        let more = entries.len() > page.limit;
+        let full = entries.len() > page.limit;
         entries.truncate(page.limit);
         if !forward {
             entries.reverse();
         }
+        // Changed messages and reactions in the span the page covers.
+        let top = page.before.map_or(i64::MAX as u64, |b| b.saturating_sub(1));
+        let (lo, hi) = match (page.after, changes::span(&entries)) {
+            (Some(after), Some((_, hi))) if full => (after + 1, hi),
+            (Some(after), _) => (after + 1, i64::MAX as u64),
+            (None, Some((lo, _))) if full => (lo, top),
+            (None, _) => (0, top),
+        };
+        let (over, rx) = self.state(room, lo, hi).await?;
         let max = self.settings.max_envelope;
-        let mut messages: Vec<Arc<StoredMessage>> = entries
-            .iter()
-            .filter_map(|(_, f)| super::stored(f, max))
-            .map(Arc::new)
-            .collect();
-        let mut more = more;
+        let mut merged = changes::merge(&entries, &over, &rx, max);
+        let mut more = full || merged.len() > page.limit;
+        let extra = merged.len().saturating_sub(page.limit);
+        if forward {
+            merged.truncate(page.limit);
+        } else {
+            merged.drain(..extra);
+        }
+        let mut messages: Vec<Arc<StoredMessage>> = merged.into_iter().map(Arc::new).collect();
         self.continue_page(room, &page, &mut messages, &mut more)
             .await?;
         Ok(Outcome::History {

@@ -30,32 +30,194 @@
 //!   `auth.max_sessions_per_user` live ones; and `P:sinfo:{key}`, a hash of what `sessions`
 //!   shows of them (`node|conn` to `since|device`).
 
+/// What the scripts that number something in a room share (prepended to [`SAY`], [`CHANGE`] and
+/// [`REACT`]). KEYS: 1 epoch, 2 msgid, 3 seq, 4 stream, 5 sbytes, 6 over, 7 rx.
+///
+/// `number` gives an envelope's tail the room's epoch (made if Redis lost it; nil when it must
+/// be seeded first: the numbering continues from the store), the next message id and seq, adds
+/// it to the stream and publishes it. `trim` takes the oldest entries out past either bound,
+/// and with them the changed messages and reactions at or before the last one taken.
+pub(super) const NUMBERING: &str = r#"
+local function number(tail, channel, durable, candidate)
+  local e = redis.call('GET', KEYS[1])
+  if durable == '1' and (not e or redis.call('EXISTS', KEYS[2]) == 0) then return nil end
+  if not e then e = candidate; redis.call('SET', KEYS[1], e) end
+  local id = redis.call('INCR', KEYS[2])
+  local seq = redis.call('INCR', KEYS[3])
+  local env = '{"seq":' .. seq .. ',"id":' .. id .. ',"epoch":"' .. e .. '",' .. tail
+  redis.call('XADD', KEYS[4], seq .. '-0', 'e', env)
+  redis.call('INCRBY', KEYS[5], #env)
+  redis.call('PUBLISH', channel, env)
+  return {id, seq, e}
+end
+local function trim(most, most_bytes)
+  local count = redis.call('XLEN', KEYS[4])
+  local bytes = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local cut = nil
+  while count > 1 and (count > most or bytes > most_bytes) do
+    local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[4], first[1])
+    bytes = redis.call('DECRBY', KEYS[5], #first[2][2])
+    count = count - 1
+    cut = tonumber(string.match(first[1], '^(%d+)'))
+  end
+  if cut then
+    for _, k in ipairs({KEYS[6], KEYS[7]}) do
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', cut)) do
+        redis.call('DECRBY', KEYS[5], #m)
+      end
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', cut)
+    end
+  end
+end
+"#;
+
 /// Says something: the room's epoch (made if Redis lost it), the next message id and room seq,
 /// the stream entry (trimming the oldest past either bound) and the publish, in one step.
 ///
-/// KEYS: epoch, msgid, seq, stream, sbytes. ARGV: candidate epoch, most entries, most bytes, the
-/// envelope's tail (everything after the leading `{`), channel, durable ('1': the numbering
-/// continues from the store, so a lost epoch or id counter is seeded first). Returns
-/// {id, seq, epoch}, or {0, 0, ''} when it must be seeded ([`SEED`]) and nothing was done.
+/// KEYS: as [`NUMBERING`]. ARGV: candidate epoch, most entries, most bytes, the envelope's tail
+/// (everything after the leading `{`), channel, durable ('1': the numbering continues from the
+/// store, so a lost epoch or id counter is seeded first). Returns {id, seq, epoch}, or
+/// {0, 0, ''} when it must be seeded ([`SEED`]) and nothing was done.
 pub(super) const SAY: &str = r#"
-local e = redis.call('GET', KEYS[1])
-if ARGV[6] == '1' and (not e or redis.call('EXISTS', KEYS[2]) == 0) then return {0, 0, ''} end
-if not e then e = ARGV[1]; redis.call('SET', KEYS[1], e) end
-local id = redis.call('INCR', KEYS[2])
-local seq = redis.call('INCR', KEYS[3])
-local env = '{"seq":' .. seq .. ',"id":' .. id .. ',"epoch":"' .. e .. '",' .. ARGV[4]
-redis.call('XADD', KEYS[4], seq .. '-0', 'e', env)
-local bytes = redis.call('INCRBY', KEYS[5], #env)
-local count = redis.call('XLEN', KEYS[4])
-local most, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-while count > 1 and (count > most or bytes > most_bytes) do
-  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
-  redis.call('XDEL', KEYS[4], first[1])
-  bytes = redis.call('DECRBY', KEYS[5], #first[2][2])
-  count = count - 1
+local r = number(ARGV[4], ARGV[5], ARGV[6], ARGV[1])
+if not r then return {0, 0, ''} end
+trim(tonumber(ARGV[2]), tonumber(ARGV[3]))
+return r
+"#;
+
+/// Edits or deletes message `seq` (a message's current state is kept in `over`, scored by its
+/// seq, and its stream entry taken out, so an old or deleted text leaves Redis): only if what
+/// Redis holds of it is still what the node read (else {-1, 0, ''}: read again). The change is
+/// numbered like a message; a delete takes the message's reactions with it.
+///
+/// KEYS: as [`NUMBERING`]. ARGV: 1 the message's seq, 2 what the node read of it ('' = Redis
+/// does not hold it: only the store does), 3 its new state, 4 the change's envelope tail,
+/// 5 channel, 6 most entries, 7 most bytes, 8 durable, 9 candidate epoch, 10 '1' for a delete.
+pub(super) const CHANGE: &str = r#"
+local t = ARGV[1]
+local cur, held = nil, nil
+local o = redis.call('ZRANGEBYSCORE', KEYS[6], t, t)[1]
+if o then cur = o; held = 'over' else
+  local s = redis.call('XRANGE', KEYS[4], t, t)[1]
+  if s then cur = s[2][2]; held = 'stream' end
 end
-redis.call('PUBLISH', ARGV[5], env)
-return {id, seq, e}
+if (cur or '') ~= ARGV[2] then return {-1, 0, ''} end
+local r = number(ARGV[4], ARGV[5], ARGV[8], ARGV[9])
+if not r then return {0, 0, ''} end
+if held == 'over' then redis.call('ZREM', KEYS[6], cur) end
+if held == 'stream' then redis.call('XDEL', KEYS[4], t .. '-0') end
+if held then
+  redis.call('DECRBY', KEYS[5], #cur)
+  redis.call('ZADD', KEYS[6], t, ARGV[3])
+  redis.call('INCRBY', KEYS[5], #ARGV[3])
+  if ARGV[10] == '1' then
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], t, t)) do
+      redis.call('DECRBY', KEYS[5], #m)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[7], t, t)
+  end
+end
+trim(tonumber(ARGV[6]), tonumber(ARGV[7]))
+return r
+"#;
+
+/// Adds or takes back a reaction to message `seq`: `rx` holds one entry per reaction
+/// (`seq` 0x1f emoji 0x1f the user's key), and one per emoji on a message saying when it came
+/// first (`seq` 0x1f `!` the change's id, 20 digits, 0x1f emoji: the order they are shown in),
+/// all scored by the message's seq. Refused when the
+/// message is gone ({-2}), when nothing would change ({-3}) or past the emoji a message may
+/// carry ({-4}); else numbered like a message.
+///
+/// KEYS: as [`NUMBERING`]. ARGV: 1 the message's seq, 2 emoji, 3 the user's key, 4 '1' to add,
+/// 5 the change's envelope tail, 6 channel, 7 most entries, 8 most bytes, 9 durable,
+/// 10 candidate epoch, 11 most emoji per message, 12 '1': only the store holds the message (the
+/// reaction is only numbered; the store keeps it).
+pub(super) const REACT: &str = r#"
+local t = ARGV[1]
+local add = ARGV[4] == '1'
+local member = t .. '\31' .. ARGV[2] .. '\31' .. ARGV[3]
+local emoji, first, mine = {}, {}, false
+if ARGV[12] ~= '1' then
+  local o = redis.call('ZRANGEBYSCORE', KEYS[6], t, t)[1]
+  local here = redis.call('XRANGE', KEYS[4], t, t)[1] ~= nil
+  if o then here = not string.find(o, '"deleted":true', 1, true) end
+  if not here then return {-2, 0, ''} end
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], t, t)) do
+    local mark, e = string.match(m, '^%d+\31(!?)[^\31]*\31(.*)$')
+    if mark == '!' then first[e] = m else
+      e = string.match(m, '^%d+\31(.-)\31')
+      if e then
+        if not emoji[e] then n = n + 1 end
+        emoji[e] = (emoji[e] or 0) + 1
+      end
+      if m == member then mine = true end
+    end
+  end
+  if add == mine then return {-3, 0, ''} end
+  if add and not emoji[ARGV[2]] and n >= tonumber(ARGV[11]) then return {-4, 0, ''} end
+end
+local r = number(ARGV[5], ARGV[6], ARGV[9], ARGV[10])
+if not r then return {0, 0, ''} end
+local function put(m, on)
+  if on then
+    redis.call('ZADD', KEYS[7], t, m)
+    redis.call('INCRBY', KEYS[5], #m)
+  else
+    redis.call('ZREM', KEYS[7], m)
+    redis.call('DECRBY', KEYS[5], #m)
+  end
+end
+if ARGV[12] ~= '1' then
+  put(member, add)
+  if add and not emoji[ARGV[2]] then
+    put(t .. '\31!' .. string.format('%020d', r[1]) .. '\31' .. ARGV[2], true)
+  elseif not add and emoji[ARGV[2]] == 1 and first[ARGV[2]] then
+    put(first[ARGV[2]], false)
+  end
+end
+trim(tonumber(ARGV[7]), tonumber(ARGV[8]))
+return r
+"#;
+
+/// Finds message `id` in a room's stream or among its changed messages (ids grow with seqs, so
+/// a binary search over seqs): {seq, what Redis holds of it}, or {} when Redis does not hold it.
+///
+/// KEYS: stream, over, seq. ARGV: the id.
+pub(super) const FIND: &str = r#"
+local want = tonumber(ARGV[1])
+local function at(s)
+  local best, env = nil, nil
+  local a = redis.call('XRANGE', KEYS[1], s, '+', 'COUNT', 1)[1]
+  if a then best = tonumber(string.match(a[1], '^(%d+)')); env = a[2][2] end
+  local o = redis.call('ZRANGEBYSCORE', KEYS[2], s, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if o[1] and (not best or tonumber(o[2]) < best) then best = tonumber(o[2]); env = o[1] end
+  return best, env
+end
+local lo, hi = 1, tonumber(redis.call('GET', KEYS[3]) or '0')
+local first = at(0)
+if first then lo = first end
+while lo <= hi do
+  local mid = math.floor((lo + hi) / 2)
+  local s, env = at(mid)
+  if not s or s > hi then hi = mid - 1 else
+    local id = tonumber(string.match(env, '"id":(%d+)'))
+    if id == want then return {s, env} end
+    if id < want then lo = s + 1 else hi = mid - 1 end
+  end
+end
+return {}
+"#;
+
+/// What Redis holds of messages `lo..=hi` beyond their stream entries: {changed messages (their
+/// current state, as in the stream), reactions (`seq` 0x1f emoji 0x1f key)}, each at most
+/// `limit`. KEYS: over, rx. ARGV: lo, hi, limit.
+pub(super) const STATE: &str = r#"
+return {
+  redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3]),
+  redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+}
 "#;
 
 /// Joins a room: creates it within the caps, adds the member (announcing `joined` unless the room
@@ -73,7 +235,9 @@ return {id, seq, e}
 /// 21 its presence entry (`+role|name`), 22 how long a batch waits at most (ms), 23 durable
 /// (as for [`SAY`]), 24 the user's entry in `names`. KEYS[10]: ucount. A user's second
 /// connection joins without a `joined`. Returns {epoch, seq, page, history (newest first unless
-/// exact), exact, count (users), batched}, or {'', why} (`seed`: seed first; nothing was done).
+/// exact), exact, count (users), batched, changed messages, reactions}, or {'', why} (`seed`:
+/// seed first; nothing was done). KEYS[11], KEYS[12]: over, rx (read with the history, so the
+/// join's marker orders them too: see [`STATE`]).
 pub(super) const JOIN: &str = r#"
 if ARGV[23] == '1' and redis.call('EXISTS', KEYS[6]) == 0 then return {'', 'seed'} end
 if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0 then
@@ -89,7 +253,9 @@ if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0 then
 end
 local e = redis.call('GET', KEYS[6])
 if not e then e = ARGV[4]; redis.call('SET', KEYS[6], e) end
-for _, k in ipairs({KEYS[4], KEYS[5], KEYS[6], KEYS[8]}) do redis.call('PERSIST', k) end
+for _, k in ipairs({KEYS[4], KEYS[5], KEYS[6], KEYS[8], KEYS[11], KEYS[12]}) do
+  redis.call('PERSIST', k)
+end
 redis.call('PUBLISH', ARGV[16], ARGV[17])
 local before = redis.call('ZCARD', KEYS[2])
 local over = tonumber(ARGV[20])
@@ -113,13 +279,25 @@ if since >= 0 and ARGV[13] == e and since <= seq and seq - since <= tonumber(ARG
   local first = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', 1)
   local oldest = seq + 1
   if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+  local o = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if o[1] and tonumber(o[2]) < oldest then oldest = tonumber(o[2]) end
   if oldest <= since + 1 then
     local hist = redis.call('XRANGE', KEYS[5], tostring(since + 1), '+', 'COUNT', ARGV[14])
-    return {e, seq, page, hist, 1, count, batched}
+    local top = '+inf'
+    if #hist == tonumber(ARGV[14]) then top = string.match(hist[#hist][1], '^(%d+)') end
+    local over = redis.call('ZRANGEBYSCORE', KEYS[11], since + 1, top, 'LIMIT', 0, ARGV[14])
+    local rx = redis.call('ZRANGEBYSCORE', KEYS[12], since + 1, top)
+    return {e, seq, page, hist, 1, count, batched, over, rx}
   end
 end
 local hist = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', ARGV[5])
-return {e, seq, page, hist, 0, count, batched}
+local bottom = '-inf'
+if #hist == tonumber(ARGV[5]) then bottom = string.match(hist[#hist][1], '^(%d+)') end
+local over = redis.call('ZREVRANGEBYSCORE', KEYS[11], '+inf', bottom, 'LIMIT', 0, ARGV[5])
+local low = bottom
+if #over > 0 and #hist < tonumber(ARGV[5]) then low = '-inf' end
+local rx = redis.call('ZRANGEBYSCORE', KEYS[12], low, '+inf')
+return {e, seq, page, hist, 0, count, batched, over, rx}
 "#;
 
 /// A message id for a PM. KEYS: msgid. ARGV: durable (as for [`SAY`]). Returns the id, or 0 when
@@ -158,7 +336,7 @@ return 1
 /// member, channel, envelope ('' = announce nothing), room, the member's name in lower case,
 /// batch leaves past this many members (<= 0: always), room TTL (seconds), presence entry
 /// (`-name`), how long a batch waits at most (ms). The user leaves (`left` is told) with their
-/// last connection. Returns {was there, batched}.
+/// last connection. KEYS[11], KEYS[12]: over, rx. Returns {was there, batched}.
 pub(super) const LEAVE: &str = r#"
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
 local gone = 0
@@ -186,7 +364,9 @@ if redis.call('ZCARD', KEYS[1]) == 0 then
     redis.call('HDEL', KEYS[3], ARGV[4])
     if c ~= '' and redis.call('HINCRBY', KEYS[4], c, -1) <= 0 then redis.call('HDEL', KEYS[4], c) end
   end
-  for _, k in ipairs({KEYS[5], KEYS[6], KEYS[7], KEYS[8]}) do redis.call('EXPIRE', k, ARGV[7]) end
+  for _, k in ipairs({KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[11], KEYS[12]}) do
+    redis.call('EXPIRE', k, ARGV[7])
+  end
 end
 return {n, batched}
 "#;
@@ -235,7 +415,7 @@ for i = 1, #rooms, 2 do
     if creator ~= '' and redis.call('HINCRBY', KEYS[2], creator, -1) <= 0 then
       redis.call('HDEL', KEYS[2], creator)
     end
-    for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes'}) do
+    for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes', 'over', 'rx'}) do
       redis.call('EXPIRE', ARGV[2] .. ':' .. what .. ':' .. room, ARGV[3])
     end
   end
@@ -491,7 +671,7 @@ for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
       if c and c ~= '' and redis.call('HINCRBY', KEYS[2], c, -1) <= 0 then
         redis.call('HDEL', KEYS[2], c)
       end
-      for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes'}) do
+      for _, what in ipairs({'seq', 'stream', 'epoch', 'sbytes', 'over', 'rx'}) do
         redis.call('EXPIRE', ARGV[2] .. ':' .. what .. ':' .. room, ARGV[4])
       end
     end

@@ -25,7 +25,7 @@ impl Inner {
     }
 
     /// Runs `query` on the store and waits for it (within the operation's deadline).
-    async fn ask(&self, query: Query) -> Result<Found, Fail> {
+    pub(super) async fn ask(&self, query: Query) -> Result<Found, Fail> {
         let Some(store) = &self.store else {
             return Err(Fail::Store("no store".into()));
         };

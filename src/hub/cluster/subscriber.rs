@@ -174,7 +174,7 @@ impl Inner {
     async fn fill(&self, room: &str, from: u64, to: u64) {
         let read = async {
             let mut conn = self.redis.conn().await?;
-            let entries: Entries = redis::cmd("XRANGE")
+            let mut entries: Entries = redis::cmd("XRANGE")
                 .arg(self.redis.key("stream", room))
                 .arg(from)
                 .arg(to)
@@ -182,6 +182,15 @@ impl Inner {
                 .arg(FILL_MAX)
                 .query_async(&mut conn)
                 .await?;
+            // A changed message's entry left the stream: its current state stands in for it.
+            let (over, _) = self.state(room, from, to).await?;
+            for raw in over {
+                let seq = Envelope::parse(&raw, self.settings.max_envelope).map(|e| e.seq);
+                if let Some(seq) = seq {
+                    entries.push((format!("{seq}-0"), vec!["e".into(), raw]));
+                }
+            }
+            entries.sort_by_key(|(id, _)| entry_seq(id));
             Ok::<Entries, Fail>(entries)
         };
         // A gap too large to hold in memory at once is a resync, like one the stream lost.
