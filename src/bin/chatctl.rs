@@ -56,6 +56,9 @@ struct Cli {
     /// Print every raw JSON event (connect) or the report as JSON (bench).
     #[arg(long, global = true)]
     json: bool,
+    /// Show each message's id (what `/edit`, `/delete`, `/reply` and `/react` name).
+    #[arg(long, global = true)]
+    ids: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +113,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    chatd::client::render::show_ids(cli.ids);
     let threads = match &cli.command {
         Command::Bench(args) => args.threads.max(1),
         _ => 1,

@@ -99,6 +99,29 @@ pub fn parse(verb: &str, rest: &str) -> Option<Result<ChangeCmd, String>> {
     })
 }
 
+/// What to say once the server acknowledged `cmd` (a reply shows as one's own line instead).
+pub fn done(cmd: &ChangeCmd) -> String {
+    match cmd {
+        ChangeCmd::Edit { msg: Some(id), .. } => format!("message {id} edited"),
+        ChangeCmd::Edit { msg: None, .. } => "your last message was edited".into(),
+        ChangeCmd::Delete(Some(id)) => format!("message {id} deleted"),
+        ChangeCmd::Delete(None) => "your last message was deleted".into(),
+        ChangeCmd::Reply { .. } => String::new(),
+        ChangeCmd::React {
+            msg,
+            emoji,
+            on: true,
+        } => format!("you reacted {emoji} to message {msg}"),
+        ChangeCmd::React {
+            msg,
+            emoji,
+            on: false,
+        } => {
+            format!("you took back {emoji} from message {msg}")
+        }
+    }
+}
+
 /// The request `cmd` becomes in `room`; `last` is one's last message there, if any.
 pub fn request(cmd: &ChangeCmd, room: &str, last: Option<u64>) -> Result<ClientMsg, String> {
     let room = room.to_string();

@@ -616,3 +616,72 @@ async fn a_change_on_one_node_reaches_the_other() {
     );
     pair.stop().await;
 }
+
+/// chatctl in a real terminal (`--ids`): a message's id shows, `/edit` changes one's last
+/// message, `/react` and `/delete` name one by its id, and what others change shows as lines.
+#[cfg_attr(chatd_no_tmux, ignore = "needs tmux (apt install tmux)")]
+#[test]
+fn chatctl_edits_reacts_and_deletes_in_a_terminal() {
+    use crate::chatctl::Tmux;
+    use crate::helpers::{Daemon, SyncClient};
+    let d = Daemon::start(&[], &[]);
+    let mut bob = SyncClient::connect(d.addr);
+    bob.send(json!({"type": "hello", "name": "bob"}));
+    bob.recv_until(|v| v["type"] == "welcome");
+    let tmux = Tmux {
+        socket: format!("chatctl-lifecycle-{}", std::process::id()),
+    };
+    let cmd = format!(
+        "NO_COLOR=1 {} --ids --url ws://{} connect ann; echo EXIT=$?; sleep 30",
+        env!("CARGO_BIN_EXE_chatctl"),
+        d.addr,
+    );
+    tmux.start(24, &cmd);
+    tmux.wait_for("the welcome", |s| s.contains("welcome, ann!"));
+    bob.send(json!({"type": "say", "text": "hello from bob", "id": "s"}));
+    let ack = bob.recv_until(|v| v["ref"] == "s");
+    let bobs = ack["id"].as_u64().unwrap();
+    tmux.wait_for("bob's message with its id", |s| {
+        s.contains(&format!("<bob> [{bobs}] hello from bob"))
+    });
+    tmux.keys(&["helo wrold", "Enter"]);
+    let said = bob.recv_until(|v| v["type"] == "message" && v["from"] == "ann");
+    tmux.keys(&["/edit hello world", "Enter"]);
+    let edited = bob.recv_until(|v| v["type"] == "edited");
+    assert_eq!(
+        (&edited["msg"], &edited["text"]),
+        (&said["id"], &json!("hello world")),
+        "{edited}"
+    );
+    tmux.wait_for("the edit acknowledged", |s| {
+        s.contains("your last message was edited")
+    });
+    tmux.keys(&[&format!("/react {bobs} :ship_it:"), "Enter"]);
+    let r = bob.recv_until(|v| v["type"] == "reaction");
+    assert_eq!(
+        (&r["msg"], &r["emoji"]),
+        (&json!(bobs), &json!(":ship_it:"))
+    );
+    tmux.wait_for("the reaction", |s| {
+        s.contains(&format!("you reacted :ship_it: to message {bobs}"))
+    });
+    // What bob changes shows in ann's terminal.
+    bob.send(
+        json!({"type": "edit", "room": "lobby", "msg": bobs, "text": "hello from bob!", "id": "e"}),
+    );
+    bob.recv_until(|v| v["ref"] == "e");
+    tmux.wait_for("bob's edit", |s| {
+        s.contains(&format!("* bob edited {bobs}: hello from bob!"))
+    });
+    bob.send(json!({"type": "delete", "room": "lobby", "msg": bobs, "id": "d"}));
+    bob.recv_until(|v| v["ref"] == "d");
+    tmux.wait_for("bob's delete", |s| {
+        s.contains(&format!("-!- message {bobs} deleted"))
+    });
+    tmux.keys(&["/delete 999999", "Enter"]);
+    tmux.wait_for("a refusal", |s| {
+        s.contains("there is no message 999999 here")
+    });
+    tmux.keys(&["C-d"]);
+    tmux.wait_for("an exit", |s| s.contains("EXIT="));
+}

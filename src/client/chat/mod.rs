@@ -779,6 +779,7 @@ impl Chat {
                 text: text.clone(),
                 action: false,
             },
+            Input::Change(c) => Pending::Moderate(crate::client::changes::done(c)),
             Input::Moderate(m) => Pending::Moderate(crate::client::moderate::done(m, &here)),
             _ => Pending::Other,
         };

@@ -167,6 +167,14 @@ pub fn mentions(text: &str, name: &str) -> bool {
     false
 }
 
+/// Whether lines show message ids (`chatctl --ids`): set once, at start.
+static SHOW_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows message ids (`[41] `) before their texts from now on.
+pub fn show_ids(on: bool) {
+    SHOW_IDS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A room message as a line. `me` is this user's name (for mentions).
 pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str) -> Line {
     let time = clock.stamp(Some(&m.ts));
@@ -182,6 +190,9 @@ pub fn message_line(m: &ChatMessage<'_>, clock: &Clock, kind: LineKind, me: &str
     }
     for r in &m.reactions {
         text.push_str(&format!(" [{} {}]", sanitize(&r.emoji), r.count));
+    }
+    if m.id > 0 && SHOW_IDS.load(std::sync::atomic::Ordering::Relaxed) {
+        text = format!("[{}] {text}", m.id);
     }
     let kind =
         if kind == LineKind::Message && !m.from.eq_ignore_ascii_case(me) && mentions(&m.text, me) {

@@ -7,8 +7,10 @@
 //! - Per room: `P:epoch:{room}` (its numbering; made by the first script that needs it, so a room
 //!   Redis forgot, or a Redis restarted empty, starts a new one), `P:seq:{room}`,
 //!   `P:stream:{room}` (entry id `{seq}-0`, field `e` the envelope; at most `history_size`
-//!   entries and `history_bytes` bytes, counted in `P:sbytes:{room}`). While a room has no member
-//!   these four expire after `room_ttl_secs`; a join makes them persistent again.
+//!   entries and `history_bytes` bytes, counted in `P:sbytes:{room}`), `P:over:{room}` (messages
+//!   of the stream that changed, in their current state, scored by seq: their stream entries are
+//!   taken out) and `P:rx:{room}` (reactions, see [`REACT`]; their bytes count too). While a room
+//!   has no member these six expire after `room_ttl_secs`; a join makes them persistent again.
 //! - `P:members:{room}`: a sorted set of `node|conn|role|name`, one per connection, scored by
 //!   when the entry expires unless its node refreshes it; `P:ucount:{room}`: a hash of each
 //!   user's connections in the room, by lower-case name (with tokens or accounts a user may be
