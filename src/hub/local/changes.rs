@@ -4,44 +4,111 @@
 
 use std::sync::Arc;
 
-use super::rooms::RoomState;
+use super::rooms::{Room, RoomState};
 use super::{LocalBroker, now};
 use crate::hub::changes::{self, ChangeAsk, Target};
 use crate::hub::{Answer, Member, Outcome, Receipt, Refusal, Reply, StoredMessage, Ticket, lock};
 use crate::protocol;
 use crate::store::{self, message_cost};
 
-/// Where a message is: in the ring (at this index), only in the store, or nowhere.
+/// Distinct messages a room may be reading from the store for changes at once.
+const RECALLING: usize = 16;
+/// Messages a room keeps hot (`RoomState::hot`), and the most one of them may cost.
+const HOT: usize = 4;
+const HOT_COST: usize = 16 * 1024;
+
+/// Where a message is: in the ring (at this index), among the hot ones, only in the store, or
+/// nowhere.
 enum Place {
     Ring(usize),
+    Hot(usize),
     Stored,
     Nowhere,
 }
 
 impl LocalBroker {
     fn place(&self, state: &RoomState, id: u64) -> Place {
-        match state.history.binary_search_by_key(&id, |m| m.id) {
-            Ok(i) => Place::Ring(i),
-            Err(_) if self.store.is_some() && state.history.front().is_none_or(|m| id < m.id) => {
-                Place::Stored
-            }
-            Err(_) => Place::Nowhere,
+        if let Ok(i) = state.history.binary_search_by_key(&id, |m| m.id) {
+            return Place::Ring(i);
+        }
+        if let Some(i) = state.hot.iter().position(|m| m.id == id) {
+            return Place::Hot(i);
+        }
+        if self.store.is_some() && state.history.front().is_none_or(|m| id < m.id) {
+            Place::Stored
+        } else {
+            Place::Nowhere
         }
     }
 
-    /// Reads message `id` of `room` from the store and answers it as `Target`.
-    fn read_target(&self, ticket: Ticket, me: &Member, room: &str, id: u64) -> Answer {
+    /// Keeps `m` hot (the newest of a few), if it is small.
+    fn keep_hot(state: &mut RoomState, m: &Arc<StoredMessage>) {
+        if let Some(i) = state.hot.iter().position(|h| h.id == m.id) {
+            state.hot.remove(i);
+        }
+        if message_cost(m) > HOT_COST {
+            return;
+        }
+        if state.hot.len() == HOT {
+            state.hot.remove(0);
+        }
+        state.hot.push(m.clone());
+    }
+
+    /// Reads message `id` of `room` from the store and answers it as `Target` (to everyone who
+    /// asks for it meanwhile too: one read), keeping it hot.
+    fn read_target(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        room: &Arc<Room>,
+        state: &mut RoomState,
+        id: u64,
+    ) -> Answer {
+        let waiter = (me.clone(), ticket);
+        if let Some((_, waiting)) = state.recalling.iter_mut().find(|(i, _)| *i == id) {
+            waiting.push(waiter);
+            return Answer::Later;
+        }
+        let Some(store) = &self.store else {
+            return now(changes::not_found(id));
+        };
+        if state.recalling.len() >= RECALLING {
+            return now(Refusal::unavailable(
+                "the server is busy reading history; try again",
+            ));
+        }
+        state.recalling.push((id, vec![waiter]));
         let query = store::Query::Message {
-            room: room.to_string(),
+            room: room.name.to_string(),
             id,
         };
-        self.read_later(ticket, me, query, move |found| match found {
-            store::Found::Message(Some(m)) if m.change.is_none() && !m.deleted => {
-                Outcome::Target(Arc::new(m))
+        let from = room.clone();
+        let queued = store.read(query, move |found| {
+            let outcome = match found {
+                Ok(store::Found::Message(Some(m))) if m.change.is_none() && !m.deleted => {
+                    Outcome::Target(Arc::new(m))
+                }
+                Ok(store::Found::Message(_)) => changes::not_found(id).into(),
+                _ => Refusal::unavailable("could not read the message; try again").into(),
+            };
+            let mut state = lock(&from.state);
+            if let Outcome::Target(m) = &outcome {
+                Self::keep_hot(&mut state, m);
             }
-            store::Found::Message(_) => changes::not_found(id).into(),
-            _ => Refusal::unavailable("could not read the message; try again").into(),
-        })
+            let at = state.recalling.iter().position(|(i, _)| *i == id);
+            for (member, ticket) in at.map(|i| state.recalling.remove(i).1).unwrap_or_default() {
+                member.answer(ticket, outcome.clone());
+            }
+        });
+        if queued {
+            Answer::Later
+        } else {
+            state.recalling.retain(|(i, _)| *i != id);
+            now(Refusal::unavailable(
+                "the server is busy reading history; try again",
+            ))
+        }
     }
 
     /// Whether a `say` in `room` may answer `reply`: `Ok(None)` when it may, or the answer to
@@ -50,17 +117,16 @@ impl LocalBroker {
         &self,
         ticket: Ticket,
         me: &Member,
-        state: &RoomState,
-        room: &str,
+        state: &mut RoomState,
+        room: &Arc<Room>,
         reply: Option<Reply>,
     ) -> Option<Answer> {
         let reply = reply.filter(|r| !r.found)?;
+        let gone = |m: &StoredMessage| m.change.is_some() || m.deleted;
         match self.place(state, reply.to) {
-            Place::Ring(i) => {
-                let m = &state.history[i];
-                (m.change.is_some() || m.deleted).then(|| now(changes::not_found(reply.to)))
-            }
-            Place::Stored => Some(self.read_target(ticket, me, room, reply.to)),
+            Place::Ring(i) => gone(&state.history[i]).then(|| now(changes::not_found(reply.to))),
+            Place::Hot(i) => gone(&state.hot[i]).then(|| now(changes::not_found(reply.to))),
+            Place::Stored => Some(self.read_target(ticket, me, room, state, reply.to)),
             Place::Nowhere => Some(now(changes::not_found(reply.to))),
         }
     }
@@ -84,12 +150,10 @@ impl LocalBroker {
         let id = ask.change.target();
         let (target, at) = match self.place(&state, id) {
             Place::Ring(i) => (state.history[i].clone(), Some(i)),
+            Place::Hot(i) => (state.hot[i].clone(), None),
             Place::Stored => match known {
                 Some(known) if known.id == id && *known.room == *r.name => (known, None),
-                _ => {
-                    drop(state);
-                    return self.read_target(ticket, me, &r.name, id);
-                }
+                _ => return self.read_target(ticket, me, &r, &mut state, id),
             },
             Place::Nowhere => return now(changes::not_found(id)),
         };
@@ -117,13 +181,15 @@ impl LocalBroker {
         state.seq = seq;
         self.delivery
             .deliver(&state.members, &change.event(), Some(me.conn));
+        let changed = Arc::new(changed);
         if let Some(i) = at {
-            self.replace(&mut state, i, changed);
+            self.replace(&mut state, i, changed.clone());
         }
+        Self::keep_hot(&mut state, &changed);
         if matches!(ask.change, protocol::Change::Delete { .. }) {
             for i in 0..state.history.len() {
                 if let Some(blank) = changes::blank_edit_of(&state.history[i], id) {
-                    self.replace(&mut state, i, blank);
+                    self.replace(&mut state, i, Arc::new(blank));
                 }
             }
         }
@@ -139,10 +205,10 @@ impl LocalBroker {
     }
 
     /// Puts `changed` at `i` of the ring, keeping its byte count true.
-    fn replace(&self, state: &mut RoomState, i: usize, changed: StoredMessage) {
+    fn replace(&self, state: &mut RoomState, i: usize, changed: Arc<StoredMessage>) {
         let old = message_cost(&state.history[i]);
         let new = message_cost(&changed);
-        state.history[i] = Arc::new(changed);
+        state.history[i] = changed;
         state.history_bytes = state.history_bytes + new - old;
         if new >= old {
             self.history_bytes

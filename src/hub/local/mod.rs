@@ -243,7 +243,7 @@ impl Broker for LocalBroker {
         if !state.members.iter().any(|m| m.conn == me.conn) {
             return now(Refusal::not_in_room(&room.name));
         }
-        if let Some(answer) = self.check_reply(ticket, me, &state, &room.name, reply) {
+        if let Some(answer) = self.check_reply(ticket, me, &mut state, &room, reply) {
             return answer;
         }
         let seq = state.seq + 1;

@@ -44,6 +44,13 @@ pub(super) struct RoomState {
     pub(super) history: VecDeque<Arc<StoredMessage>>,
     /// What `history` costs (`message_cost`).
     pub(super) history_bytes: usize,
+    /// Messages lately changed (or read from the store to be changed), as they are now, kept
+    /// after `history` lets them go: a crowd reacting to one message finds it here, and the
+    /// store is read once (see `changes.rs`; a few small ones only).
+    pub(super) hot: Vec<Arc<StoredMessage>>,
+    /// Messages being read from the store for a change, and who waits for each: a crowd asking
+    /// for one message at once causes one read.
+    pub(super) recalling: Vec<(u64, Vec<(Member, crate::hub::Ticket)>)>,
     /// The room's seq numbering: changes only when it restarts (a new room, or a reset store).
     pub(super) epoch: Arc<str>,
     /// Joins and leaves not yet announced (see `LocalBroker::batch`); the room is in
@@ -429,6 +436,8 @@ impl Room {
                 seq,
                 history: VecDeque::new(),
                 history_bytes: 0,
+                hot: Vec::new(),
+                recalling: Vec::new(),
                 epoch,
                 batch: None,
                 extra: 0,
