@@ -1,7 +1,7 @@
 //! `/edit`, `/delete`, `/reply` and `/react`: changes to messages typed in chatctl, and the
 //! requests they become (an edit or a delete without an id means one's last message).
 
-use crate::protocol::ClientMsg;
+use crate::protocol::{ClientMsg, Where};
 
 /// A change typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,12 +131,12 @@ pub fn request(cmd: &ChangeCmd, room: &str, last: Option<u64>) -> Result<ClientM
     };
     Ok(match cmd {
         ChangeCmd::Edit { msg, text } => ClientMsg::Edit {
-            room,
+            at: Where::Room(room),
             msg: mine(*msg)?,
             text: text.clone(),
         },
         ChangeCmd::Delete(msg) => ClientMsg::Delete {
-            room,
+            at: Where::Room(room),
             msg: mine(*msg)?,
         },
         ChangeCmd::Reply { msg, text } => ClientMsg::Say {
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(
             request(&ChangeCmd::Delete(None), "lobby", Some(9)),
             Ok(ClientMsg::Delete {
-                room: "lobby".into(),
+                at: Where::Room("lobby".into()),
                 msg: 9
             })
         );

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{Member, Refusal, StoredMessage};
-use crate::protocol::{self, Change, ChatMessage, ErrorCode, Reacted};
+use crate::protocol::{self, Change, ChatMessage, ErrorCode, Reacted, ServerMsg};
 
 /// Distinct emoji one message may carry.
 pub const MAX_EMOJI_PER_MESSAGE: usize = 20;
@@ -184,6 +184,91 @@ pub fn blank_edit_of(entry: &StoredMessage, deleted: u64) -> Option<StoredMessag
         }
         _ => None,
     }
+}
+
+/// A stored PM as a change sees it (the room left empty).
+pub fn pm_target(pm: &crate::store::Pm) -> StoredMessage {
+    ChatMessage {
+        id: pm.id,
+        ts: Cow::Owned(pm.ts.clone()),
+        from: Cow::Owned(pm.from.clone()),
+        role: pm.role,
+        text: Cow::Owned(pm.text.clone()),
+        action: pm.action,
+        edited_ts: pm.edited_ts.clone().map(Cow::Owned),
+        deleted: pm.deleted,
+        ..ChatMessage::default()
+    }
+}
+
+/// What `me`'s change `ask` to their PM `target` (`with` someone; checked) makes at `ts`: the
+/// row to store, the event for the other one, and the event for `me`'s other connections.
+pub fn pm_change(
+    target: &StoredMessage,
+    ask: &ChangeAsk,
+    me: &Member,
+    with: &str,
+    ts: &str,
+) -> (crate::store::Pm, ServerMsg<'static>, ServerMsg<'static>) {
+    let delete = matches!(ask.change, Change::Delete { .. });
+    let row = crate::store::Pm {
+        id: target.id,
+        ts: target.ts.to_string(),
+        from: me.name().to_string(),
+        role: target.role,
+        text: if delete {
+            String::new()
+        } else {
+            ask.text.clone()
+        },
+        action: target.action,
+        edited_ts: if delete {
+            target.edited_ts.as_deref().map(str::to_string)
+        } else {
+            Some(ts.to_string())
+        },
+        deleted: delete,
+        ..crate::store::Pm::default()
+    };
+    let event = |other: &str| {
+        let (with, by, ts) = (
+            Some(Cow::Owned(other.to_string())),
+            Cow::Owned(me.name().to_string()),
+            Cow::Owned(ts.to_string()),
+        );
+        let room = Cow::Borrowed("");
+        if delete {
+            ServerMsg::Deleted {
+                room,
+                with,
+                seq: 0,
+                id: 0,
+                msg: target.id,
+                by,
+                ts,
+            }
+        } else {
+            ServerMsg::Edited {
+                room,
+                with,
+                seq: 0,
+                id: 0,
+                msg: target.id,
+                text: Cow::Owned(ask.text.clone()),
+                by,
+                ts,
+            }
+        }
+    };
+    (row, event(me.name()), event(with))
+}
+
+/// Where PMs are not kept, none can be changed.
+pub fn pms_not_kept() -> Refusal {
+    Refusal::new(
+        ErrorCode::NotFound,
+        "private messages are not kept on this server, so they cannot be changed",
+    )
 }
 
 /// No message `id` one may change or answer here.

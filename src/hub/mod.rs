@@ -530,6 +530,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         ask: &changes::ChangeAsk,
         known: Option<changes::Target>,
     ) -> Answer;
+    /// Edits or deletes `me`'s PM `ask` names, in the conversation `with` someone (kept in the
+    /// store: read first and answered as `Target`, then asked again with it as `known`). Both
+    /// sides' connections get the event. `Sent` (no seq), `not_found`, `forbidden`.
+    fn change_pm(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &changes::ChangeAsk,
+        known: Option<changes::Target>,
+    ) -> Answer;
     /// A private message. `Sent` (no seq), or `no_such_user`.
     fn pm(&self, ticket: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer;
     /// Relays a typing state (throttling is the session's job). `Relayed`, or `no_such_user`.

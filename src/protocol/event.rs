@@ -372,22 +372,31 @@ pub enum ServerMsg<'a> {
     },
     /// A room message.
     Message(ChatMessage<'a>),
-    /// Message `msg` was edited: its text is now `text` (numbered in the room's order).
+    /// Message `msg` was edited: its text is now `text` (numbered in the room's order; a PM's:
+    /// `with` the other one of the conversation, no room, no seq).
     Edited {
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         room: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "no_number")]
         seq: u64,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "no_number")]
         id: u64,
         msg: u64,
         text: Cow<'a, str>,
         by: Cow<'a, str>,
         ts: Cow<'a, str>,
     },
-    /// Message `msg` was deleted: show a tombstone.
+    /// Message `msg` was deleted: show a tombstone (a PM's: `with`, as for `Edited`).
     Deleted {
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         room: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "no_number")]
         seq: u64,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "no_number")]
         id: u64,
         msg: u64,
         by: Cow<'a, str>,
@@ -416,6 +425,12 @@ pub enum ServerMsg<'a> {
         text: Cow<'a, str>,
         #[serde(default, skip_serializing_if = "is_false")]
         action: bool,
+        /// When it was last edited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited_ts: Option<Cow<'a, str>>,
+        /// Deleted by its sender (a tombstone: `text` is empty).
+        #[serde(default, skip_serializing_if = "is_false")]
+        deleted: bool,
     },
     /// Someone joined a room.
     Joined {
@@ -525,6 +540,11 @@ impl ServerMsg<'_> {
             _ => None,
         }
     }
+}
+
+/// A PM's change has no seq nor id of its own.
+fn no_number(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Shorthand for a borrowed field.

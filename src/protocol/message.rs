@@ -198,6 +198,7 @@ impl<'a> ChatMessage<'a> {
         match &**change {
             Change::Edit { msg } => ServerMsg::Edited {
                 room,
+                with: None,
                 seq,
                 id,
                 msg: *msg,
@@ -207,6 +208,7 @@ impl<'a> ChatMessage<'a> {
             },
             Change::Delete { msg } => ServerMsg::Deleted {
                 room,
+                with: None,
                 seq,
                 id,
                 msg: *msg,
@@ -248,6 +250,7 @@ impl<'a> ChatMessage<'a> {
                 text,
                 by,
                 ts,
+                ..
             } => change(room, seq, id, ts, by, text, Change::Edit { msg }),
             ServerMsg::Deleted {
                 room,
@@ -256,6 +259,7 @@ impl<'a> ChatMessage<'a> {
                 msg,
                 by,
                 ts,
+                ..
             } => change(room, seq, id, ts, by, b(""), Change::Delete { msg }),
             ServerMsg::Reaction {
                 room,

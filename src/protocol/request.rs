@@ -207,19 +207,22 @@ pub enum ClientMsg {
         #[serde(skip_serializing_if = "Option::is_none")]
         reply_to: Option<u64>,
     },
-    /// Change the text of one's own message `msg` in `room`.
+    /// Change the text of one's own message `msg` in `room` (or of a PM, `with` someone).
     Edit {
-        /// The room.
-        room: String,
+        /// The room, or the other one of a conversation.
+        #[serde(flatten)]
+        at: Where,
         /// The message's id.
         msg: u64,
         /// Its new text.
         text: String,
     },
-    /// Delete message `msg` in `room` (one's own; an op or an admin anyone's).
+    /// Delete message `msg` in `room` (one's own; an op or an admin anyone's), or one's own PM
+    /// `with` someone.
     Delete {
-        /// The room.
-        room: String,
+        /// The room, or the other one of a conversation.
+        #[serde(flatten)]
+        at: Where,
         /// The message's id.
         msg: u64,
     },
@@ -384,6 +387,27 @@ pub enum Target {
     /// A user, by name as given.
     #[serde(rename = "to")]
     User(String),
+}
+
+/// Where a message that changes is: a room, or a private conversation (with whom).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Where {
+    /// A room, by name as given.
+    #[serde(rename = "room")]
+    Room(String),
+    /// The other one of a conversation.
+    #[serde(rename = "with")]
+    With(String),
+}
+
+impl Where {
+    /// The room, else the conversation (the parser checked there is exactly one).
+    fn of(room: Option<String>, with: Option<String>) -> Where {
+        match (room, with) {
+            (Some(room), _) => Where::Room(room),
+            (None, with) => Where::With(with.unwrap_or_default()),
+        }
+    }
 }
 
 /// A parsed request and its optional correlation id.
@@ -657,13 +681,19 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
                 format!("`{kind}` needs field `msg`"),
             ));
         }
+        "edit" | "delete" if raw.room.is_some() == raw.with.is_some() => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("`{kind}` needs exactly one of `room` and `with`"),
+            ));
+        }
         "edit" => ClientMsg::Edit {
-            room: need(raw.room, "room")?,
+            at: Where::of(raw.room, raw.with),
             msg: raw.msg.unwrap_or_default(),
             text: need(raw.text, "text")?,
         },
         "delete" => ClientMsg::Delete {
-            room: need(raw.room, "room")?,
+            at: Where::of(raw.room, raw.with),
             msg: raw.msg.unwrap_or_default(),
         },
         "react" => ClientMsg::React {

@@ -145,12 +145,12 @@ fn client_requests_round_trip_through_the_server_parser() {
             reply_to: Some(41),
         },
         ClientMsg::Edit {
-            room: "a".into(),
+            at: Where::Room("a".into()),
             msg: 41,
             text: "fixed".into(),
         },
         ClientMsg::Delete {
-            room: "a".into(),
+            at: Where::With("bob".into()),
             msg: 41,
         },
         ClientMsg::React {
@@ -403,6 +403,8 @@ fn server_messages_round_trip_through_the_client_decoder() {
             to: b("b"),
             text: b("psst"),
             action: false,
+            edited_ts: None,
+            deleted: false,
         },
         ServerMsg::Joined {
             room: b("r"),

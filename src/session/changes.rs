@@ -13,7 +13,7 @@ use super::{Kind, Session};
 use crate::accounts::policy::Standing;
 use crate::hub::changes::{ChangeAsk, Target};
 use crate::hub::{Answer, Outcome, Refusal, Reply};
-use crate::protocol::{self, Change, ErrorCode, Role};
+use crate::protocol::{self, Change, ErrorCode, Role, Where};
 
 /// Message ids a connection remembers sending (open mode: what it may edit and delete).
 const REMEMBERED: usize = 256;
@@ -32,6 +32,10 @@ pub(super) enum Redo {
     },
     Change {
         room: std::sync::Arc<str>,
+        ask: ChangeAsk,
+    },
+    PmChange {
+        with: std::sync::Arc<str>,
         ask: ChangeAsk,
     },
 }
@@ -75,6 +79,41 @@ impl Session {
             reply_to,
         };
         self.ask(redo, None, id.take(), None, out);
+        Ok(())
+    }
+
+    /// `edit` or `delete` in a room, or of a PM.
+    pub(super) fn change_at(
+        &mut self,
+        at: Where,
+        change: Change<'static>,
+        text: String,
+        id: &mut Option<String>,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Done {
+        let with = match at {
+            Where::Room(room) => return self.change(&room, change, text, id, out),
+            Where::With(with) => with,
+        };
+        let with = super::requests::valid_user(&with)?;
+        if let Change::Edit { msg } = &change {
+            check_text(&text, self.chat.config.limits.max_message_bytes)?;
+            self.count_edit(*msg)?;
+        }
+        let ask = ChangeAsk {
+            change,
+            text,
+            moderator: false,
+            edit_window_ms: self
+                .chat
+                .config
+                .limits
+                .edit_window_secs
+                .saturating_mul(1000),
+            mine: None,
+        };
+        let with = with.into();
+        self.ask(Redo::PmChange { with, ask }, None, id.take(), None, out);
         Ok(())
     }
 
@@ -186,6 +225,7 @@ impl Session {
                 broker.say(ticket, &me, room, text, *action, Some(reply))
             }
             Redo::Change { room, ask } => broker.change(ticket, &me, room, ask, known),
+            Redo::PmChange { with, ask } => broker.change_pm(ticket, &me, with, ask, known),
         };
         let kind = Kind::Change(Box::new(redo));
         match (answer, at) {

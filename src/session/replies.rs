@@ -296,6 +296,8 @@ impl Session {
                     to: pm.to.clone().into(),
                     text: pm.text.clone().into(),
                     action: pm.action,
+                    edited_ts: None,
+                    deleted: false,
                 });
                 protocol::encode(&ServerMsg::Ack {
                     reference: reference.map(b),
@@ -550,6 +552,8 @@ fn pm_event(pm: &crate::store::Pm) -> ServerMsg<'_> {
         to: b(&pm.to),
         text: b(&pm.text),
         action: pm.action,
+        edited_ts: pm.edited_ts.as_deref().map(b),
+        deleted: pm.deleted,
     }
 }
 

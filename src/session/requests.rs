@@ -64,11 +64,11 @@ impl Session {
                 action,
                 reply_to,
             } => self.say(room.as_deref(), &text, action, reply_to, &mut id, out),
-            ClientMsg::Edit { room, msg, text } => {
-                self.change(&room, Change::Edit { msg }, text, &mut id, out)
+            ClientMsg::Edit { at, msg, text } => {
+                self.change_at(at, Change::Edit { msg }, text, &mut id, out)
             }
-            ClientMsg::Delete { room, msg } => {
-                self.change(&room, Change::Delete { msg }, String::new(), &mut id, out)
+            ClientMsg::Delete { at, msg } => {
+                self.change_at(at, Change::Delete { msg }, String::new(), &mut id, out)
             }
             ClientMsg::React {
                 room,

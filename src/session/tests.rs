@@ -88,6 +88,16 @@ impl Broker for Scripted {
     ) -> Answer {
         self.script(t, me, self.inner.change(t, me, room, ask, known))
     }
+    fn change_pm(
+        &self,
+        t: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &crate::hub::changes::ChangeAsk,
+        known: Option<crate::hub::changes::Target>,
+    ) -> Answer {
+        self.script(t, me, self.inner.change_pm(t, me, with, ask, known))
+    }
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         self.script(t, me, self.inner.pm(t, me, to, text, action))
     }

@@ -88,7 +88,7 @@ pub fn message_cost(m: &Message) -> usize {
 }
 
 /// A stored private message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pm {
     /// Message id (shared with room messages).
     pub id: u64,
@@ -104,6 +104,10 @@ pub struct Pm {
     pub text: String,
     /// `/me`.
     pub action: bool,
+    /// When it was last edited.
+    pub edited_ts: Option<String>,
+    /// Deleted by its sender (its text is gone).
+    pub deleted: bool,
 }
 
 /// A message a cluster numbered (see [`Store::append_admitted`]).
@@ -586,6 +590,11 @@ impl Store {
     /// Queues a private message for writing, or says why it cannot be.
     pub fn append_pm(&self, pm: Pm) -> Result<(), Refused> {
         self.push(Op::Pm(Box::new(pm)))
+    }
+
+    /// Queues a change to a stored PM: `pm` as it is now (edited, or deleted), by its id.
+    pub fn append_pm_change(&self, pm: Pm) -> Result<(), Refused> {
+        self.push(Op::PmChange(Box::new(pm)))
     }
 
     /// Queues a message (or PM) the cluster numbered and delivered after [`Store::admits`] said

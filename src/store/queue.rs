@@ -47,6 +47,8 @@ pub(super) enum Op {
         epoch: Arc<str>,
     },
     Pm(Box<Pm>),
+    /// A stored PM edited or deleted: its new state.
+    PmChange(Box<Pm>),
     /// Commit everything before this, mark the database clean, then answer (a graceful stop).
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -55,7 +57,9 @@ impl Write {
     pub fn bytes(&self) -> usize {
         match &self.op {
             Op::Message { msg, .. } => msg.text.len() + msg.from.len() + MIN_WRITE_BYTES,
-            Op::Pm(pm) => pm.text.len() + pm.from.len() + pm.to.len() + MIN_WRITE_BYTES,
+            Op::Pm(pm) | Op::PmChange(pm) => {
+                pm.text.len() + pm.from.len() + pm.to.len() + MIN_WRITE_BYTES
+            }
             Op::Flush(_) => 0,
         }
     }

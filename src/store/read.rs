@@ -47,6 +47,13 @@ pub enum Query {
         /// At most this many.
         limit: usize,
     },
+    /// PM `id` of the conversation `pair` (`pm_pair`), as it is now.
+    Pm {
+        /// The conversation's key.
+        pair: String,
+        /// The PM's id.
+        id: u64,
+    },
     /// Message `id` of `room`, as it is now (what a change or a reply names).
     Message {
         /// Normalised room name.
@@ -77,6 +84,8 @@ pub enum Found {
     Pms(Vec<Pm>, bool),
     /// One message, if the room has it.
     Message(Option<Message>),
+    /// One PM, if the conversation has it.
+    Pm(Option<Pm>),
     /// Search results, newest first.
     Search(Vec<Message>, bool),
     /// The room's mark (`None`: the database never stored a message of it), and the next

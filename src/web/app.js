@@ -405,7 +405,7 @@
         break;
       }
       case 'edited': case 'deleted': case 'reaction':
-        changes.event(st.convs.get(roomKey(m.room)), m);
+        changes.event(st.convs.get(m.room ? roomKey(m.room) : pmKey(clean(m.with || ''))), m);
         break;
       case 'pm': {
         const other = clean(m.from) === st.name ? clean(m.to) : clean(m.from);

@@ -28,7 +28,7 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
     else if (m.edited_ts) edited(li);
     li.reactions = new Map((m.reactions || []).map((r) => [clean(r.emoji), { count: r.count, me: !!r.me }]));
     chips(li, c);
-    if (c && c.kind === 'room' && m.id && !m.deleted) li.append(menu(li, c));
+    if (c && m.id && !m.deleted && (c.kind === 'room' || li.dataset.from === st.name)) li.append(menu(li, c));
   }
 
   function edited(li) {
@@ -84,8 +84,10 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
     const item = (text, act) => items.push(h('li', {}, h('button', {
       type: 'button', class: 'plain', onclick: (e) => { e.target.closest('details').open = false; act(); },
     }, text)));
-    item('Reply', () => startReply(c, li));
-    for (const e of QUICK) item(`React ${e}`, () => react(c, li, e, !(li.reactions.get(e) || {}).me));
+    if (c.kind === 'room') {
+      item('Reply', () => startReply(c, li));
+      for (const e of QUICK) item(`React ${e}`, () => react(c, li, e, !(li.reactions.get(e) || {}).me));
+    }
     if (own) item('Edit', () => startEdit(c, li));
     const op = c.roles && ['op', 'owner'].includes(c.roles.get(st.name.toLowerCase()));
     const admin = c.members && c.members.get(st.name) === 'admin';
@@ -93,8 +95,10 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
     return items;
   }
 
+  /** Where a change goes: the room, or the conversation. */
+  const at = (c) => (c.kind === 'room' ? { room: c.name } : { with: c.name });
   function remove(c, li) {
-    send({ type: 'delete', room: c.name, msg: Number(li.dataset.id) }, (r) => {
+    send({ type: 'delete', ...at(c), msg: Number(li.dataset.id) }, (r) => {
       if (r.type === 'ack') tombstone(li); else note(c, errorText(r), 'error');
     });
   }
@@ -123,7 +127,7 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
   /** ↑ in an empty box: edit one's last message in the room on screen. */
   function editLast() {
     const c = currentConv();
-    if (!c || c.kind !== 'room') return false;
+    if (!c) return false;
     const mine = [...c.nodes].reverse().find((n) => n.classList.contains('msg') && n.dataset.from === st.name && n.dataset.id && !n.classList.contains('deleted'));
     if (!mine) return false;
     startEdit(c, mine);
@@ -135,7 +139,7 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
     if (composing.edit && composing.edit.c === c) {
       const { id, li } = composing.edit;
       cancel();
-      send({ type: 'edit', room: c.name, msg: id, text }, (r) => {
+      send({ type: 'edit', ...at(c), msg: id, text }, (r) => {
         if (r.type === 'ack') { li.querySelector('.text').replaceChildren(...chatdKit.linkify(clean(text))); edited(li); } else note(c, errorText(r), 'error');
       });
       return true;
@@ -145,7 +149,7 @@ const chatdChanges = ({ st, send, note, errorText, currentConv }) => {
   /** The message the composer answers in `c`, if any (kept until the line is sent). */
   function replying(c) { return composing.reply && composing.reply.c === c ? composing.reply.id : null; }
   /** One's own message was acknowledged (it has an id now): it gets its menu. */
-  function sent(li, c) { if (c.kind === 'room' && !li.querySelector('.msg-menu')) li.append(menu(li, c)); }
+  function sent(li, c) { if (!li.querySelector('.msg-menu')) li.append(menu(li, c)); }
   function replyFields(c) {
     if (!composing.reply || composing.reply.c !== c) return {};
     const id = composing.reply.id;

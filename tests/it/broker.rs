@@ -122,6 +122,17 @@ impl Broker for LateBroker {
         let (room, ask) = (room.to_string(), ask.clone());
         self.later(t, me, move |b, me| b.change(t, me, &room, &ask, known))
     }
+    fn change_pm(
+        &self,
+        t: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &chatd::hub::changes::ChangeAsk,
+        known: Option<chatd::hub::changes::Target>,
+    ) -> Answer {
+        let (with, ask) = (with.to_string(), ask.clone());
+        self.later(t, me, move |b, me| b.change_pm(t, me, &with, &ask, known))
+    }
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         let (to, text) = (to.to_string(), text.to_string());
         self.later(t, me, move |b, me| b.pm(t, me, &to, &text, action))

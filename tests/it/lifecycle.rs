@@ -45,6 +45,7 @@ lifecycle_contract!(
     changes_survive_a_restart,
     who_may_change_what,
     a_message_only_the_store_holds_can_be_changed,
+    pms_are_edited_and_deleted_by_their_sender,
 );
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -530,6 +531,85 @@ async fn a_message_only_the_store_holds_can_be_changed(store: Store) {
         json!([{"emoji": "👍", "count": 1, "me": true}]),
         "{h}"
     );
+    chat.server.unwrap().stop().await;
+}
+
+/// A PM's sender edits and deletes it: the recipient and the sender's other connection are
+/// told (each `with` the other one), and the conversation's history shows it as it is now.
+async fn pms_are_edited_and_deleted_by_their_sender(store: Store) {
+    let chat = Chat::start(store, 200).await;
+    let (mut ann, _) = chat.hello("ann", Role::User).await;
+    let (mut ann2, _) = chat.hello("ann", Role::User).await;
+    let (mut bob, _) = chat.hello("bob", Role::User).await;
+    let pm = ask(
+        &mut ann,
+        json!({"type": "pm", "to": "bob", "text": "meet at 5"}),
+    )
+    .await;
+    let id = pm["id"].as_u64().unwrap();
+    bob.find(|v| v["type"] == "pm" && v["id"] == id).await;
+    let r = ask(
+        &mut ann,
+        json!({"type": "edit", "with": "bob", "msg": id, "text": "meet at 6"}),
+    )
+    .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let e = bob.find(|v| v["type"] == "edited").await;
+    assert_eq!(
+        (&e["with"], &e["msg"], &e["text"], &e["by"]),
+        (
+            &json!("ann"),
+            &json!(id),
+            &json!("meet at 6"),
+            &json!("ann")
+        ),
+        "{e}"
+    );
+    assert!(e.get("room").is_none() && e.get("seq").is_none(), "{e}");
+    let mine = ann2.find(|v| v["type"] == "edited").await;
+    assert_eq!(mine["with"], "bob", "{mine}");
+    for m in [
+        json!({"type": "edit", "with": "ann", "msg": id, "text": "no"}),
+        json!({"type": "delete", "with": "ann", "msg": id}),
+    ] {
+        let e = ask(&mut bob, m.clone()).await;
+        assert_eq!(e["code"], "forbidden", "{m} -> {e}");
+    }
+    let e = ask(
+        &mut bob,
+        json!({"type": "delete", "with": "cat", "msg": id}),
+    )
+    .await;
+    assert_eq!(e["code"], "not_found", "not their conversation: {e}");
+    let h = ask(&mut bob, json!({"type": "history", "with": "ann"})).await;
+    let m = &h["messages"][0];
+    assert_eq!(
+        (&m["text"], &m["id"]),
+        (&json!("meet at 6"), &json!(id)),
+        "{h}"
+    );
+    assert!(m["edited_ts"].is_string(), "{h}");
+    let r = ask(
+        &mut ann,
+        json!({"type": "delete", "with": "bob", "msg": id}),
+    )
+    .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let d = bob.find(|v| v["type"] == "deleted").await;
+    assert_eq!((&d["with"], &d["msg"]), (&json!("ann"), &json!(id)));
+    let h = ask(&mut bob, json!({"type": "history", "with": "ann"})).await;
+    let m = &h["messages"][0];
+    assert_eq!(
+        (&m["deleted"], &m["text"]),
+        (&json!(true), &json!("")),
+        "{h}"
+    );
+    let e = ask(
+        &mut ann,
+        json!({"type": "edit", "with": "bob", "msg": id, "text": "back"}),
+    )
+    .await;
+    assert_eq!(e["code"], "not_found", "{e}");
     chat.server.unwrap().stop().await;
 }
 

@@ -217,6 +217,7 @@ fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
         role: Role::User,
         text: text.into(),
         action: false,
+        ..Default::default()
     };
     let id = loaded.next_id;
     store.append_pm(pm(id, "ann", "Bob", "hi bob")).unwrap();

@@ -167,6 +167,14 @@ pub fn mentions(text: &str, name: &str) -> bool {
     false
 }
 
+/// Where a change happened: `#room`, or `[pm with NAME]`.
+fn place(room: &str, with: &Option<std::borrow::Cow<'_, str>>) -> String {
+    match with {
+        Some(with) if room.is_empty() => format!("[pm with {}]", sanitize(with)),
+        _ => format!("#{}", sanitize(room)),
+    }
+}
+
 /// Whether lines show message ids (`chatctl --ids`): set once, at start.
 static SHOW_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -283,6 +291,7 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
         ServerMsg::Message(m) => one(message_line(m, clock, LineKind::Message, me)),
         ServerMsg::Edited {
             room,
+            with,
             msg,
             text,
             by,
@@ -290,16 +299,22 @@ pub fn render(msg: &ServerMsg<'_>, clock: &Clock, me: &str) -> Vec<Line> {
             ..
         } => one(Line::new(
             LineKind::Message,
-            format!("{} #{} * ", clock.stamp(Some(ts)), sanitize(room)),
+            format!("{} {} * ", clock.stamp(Some(ts)), place(room, with)),
             Some(by),
             format!(" edited {msg}: {}", sanitize(text)),
         )),
-        ServerMsg::Deleted { room, msg, ts, .. } => one(Line::info(
+        ServerMsg::Deleted {
+            room,
+            with,
+            msg,
+            ts,
+            ..
+        } => one(Line::info(
             LineKind::Notice,
             format!(
-                "{} #{} -!- message {msg} deleted",
+                "{} {} -!- message {msg} deleted",
                 clock.stamp(Some(ts)),
-                sanitize(room)
+                place(room, with)
             ),
         )),
         ServerMsg::Reaction {

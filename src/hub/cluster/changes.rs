@@ -150,6 +150,49 @@ impl Inner {
         Ok(Refusal::unavailable("the message kept changing; try again").into())
     }
 
+    /// `Broker::change_pm`: the PM read from the store, changed there, told to both sides.
+    pub(super) async fn change_pm(
+        &self,
+        me: &Member,
+        with: &str,
+        ask: &ChangeAsk,
+    ) -> Result<Outcome, Fail> {
+        let Some(store) = self.store.as_ref().filter(|_| self.settings.hub.store_pms) else {
+            return Ok(changes::pms_not_kept().into());
+        };
+        let id = ask.change.target();
+        let query = Query::Pm {
+            pair: crate::store::pm_pair(me.name(), with),
+            id,
+        };
+        let Found::Pm(Some(pm)) = self.ask(query).await? else {
+            return Ok(changes::not_found(id).into());
+        };
+        let target = changes::pm_target(&pm);
+        if let Err(refusal) = changes::check(&target, ask, me, crate::store::now_millis()) {
+            return Ok(refusal.into());
+        }
+        let ts = protocol::timestamp();
+        let (row, theirs, mine) = changes::pm_change(&target, ask, me, with, &ts);
+        if let Err(why) = store.append_pm_change(row) {
+            return Ok(Refusal::unavailable(why.reason()).into());
+        }
+        let x = self.me_id(me);
+        let them = self.owners(with).await?;
+        let others = self.own_others(me).await?;
+        let mut pipe = redis::pipe();
+        self.publish_to(&mut pipe, &x, &theirs, &them);
+        self.publish_to(&mut pipe, &x, &mine, &others);
+        let mut conn = self.redis.conn().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(Outcome::Sent(Receipt {
+            id,
+            seq: None,
+            ts: ts.into(),
+            to: None,
+        }))
+    }
+
     /// The change's envelope tail (what follows the numbering the script writes).
     fn tail(&self, me: &Member, change: &StoredMessage) -> String {
         let x = self.me_id(me);

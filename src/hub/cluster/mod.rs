@@ -433,6 +433,17 @@ impl Broker for RedisBroker {
         self.queue(me, Op::Change(t, room.into(), Box::new(ask.clone())))
     }
 
+    fn change_pm(
+        &self,
+        t: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &crate::hub::changes::ChangeAsk,
+        _: Option<crate::hub::changes::Target>,
+    ) -> Answer {
+        self.queue(me, Op::PmChange(t, with.into(), Box::new(ask.clone())))
+    }
+
     fn pm(&self, t: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         self.queue(me, Op::Pm(t, to.into(), text.into(), action))
     }

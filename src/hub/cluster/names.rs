@@ -82,7 +82,10 @@ impl Inner {
 
     /// Who is connected as `name`: each connection as (node, conn, role, name as they spell
     /// it), oldest first (one in open mode).
-    async fn owners(&self, name: &str) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
+    pub(super) async fn owners(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
         let redis = &self.redis;
         let mut conn = redis.conn().await?;
         let key = protocol::name_key(name);
@@ -217,6 +220,7 @@ impl Inner {
                 role: me.role(),
                 text: text.to_string(),
                 action,
+                ..Default::default()
             })));
         }
         let x = self.me_id(me);
@@ -228,6 +232,8 @@ impl Inner {
             to: b(&name),
             text: b(text),
             action,
+            edited_ts: None,
+            deleted: false,
         };
         let mut answers = Vec::new();
         sent.store(true, Ordering::Relaxed);
@@ -270,6 +276,7 @@ impl Inner {
                         role: me.role(),
                         text: text.to_string(),
                         action,
+                        ..Default::default()
                     }));
                 }
                 Outcome::Sent(Receipt {
@@ -413,7 +420,10 @@ impl Inner {
     }
 
     /// `me`'s user's other connections (none in open mode, where a name has one).
-    async fn own_others(&self, me: &Member) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
+    pub(super) async fn own_others(
+        &self,
+        me: &Member,
+    ) -> Result<Vec<(String, ConnId, Role, String)>, Fail> {
         if !self.settings.hub.owned_names {
             return Ok(Vec::new());
         }
@@ -423,7 +433,7 @@ impl Inner {
     }
 
     /// Queues in `pipe` one envelope of `event` (from `x`) for each of `conns`, to its node.
-    fn publish_to(
+    pub(super) fn publish_to(
         &self,
         pipe: &mut redis::Pipeline,
         x: &str,

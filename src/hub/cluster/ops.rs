@@ -48,6 +48,8 @@ pub(super) enum Op {
     Say(Ticket, Arc<str>, String, bool, Option<u64>),
     /// An edit, a delete or a reaction.
     Change(Ticket, Arc<str>, Box<ChangeAsk>),
+    /// An edit or a delete of a PM, with someone.
+    PmChange(Ticket, String, Box<ChangeAsk>),
     Pm(Ticket, String, String, bool),
     TypingRoom(Ticket, Arc<str>, TypingState),
     TypingUser(Ticket, String, TypingState),
@@ -77,6 +79,7 @@ impl Op {
             | Leave(t, ..)
             | Say(t, ..)
             | Change(t, ..)
+            | PmChange(t, ..)
             | Pm(t, ..)
             | TypingRoom(t, ..)
             | TypingUser(t, ..)
@@ -98,7 +101,7 @@ impl Op {
         use Op::*;
         64 + match self {
             Say(_, _, text, ..) | Pm(_, _, text, _) | Announce(_, text) => text.len(),
-            Change(_, _, ask) => ask.text.len(),
+            Change(_, _, ask) | PmChange(_, _, ask) => ask.text.len(),
             Kick(_, name, reason) => name.len() + reason.len(),
             Disconnect(rooms) => rooms.len() * 32,
             _ => 0,
@@ -112,7 +115,7 @@ impl Op {
             Join(..) => "join",
             Leave(..) => "leave",
             Say(..) => "say",
-            Change(..) => "change",
+            Change(..) | PmChange(..) => "change",
             Pm(..) => "pm",
             TypingRoom(..) | TypingUser(..) => "typing",
             Who(..) => "who",
@@ -541,6 +544,11 @@ impl Inner {
             Op::Say(..) => unreachable!("says go through Inner::says"),
             Op::Change(t, room, ask) => {
                 let outcome = self.change(me, &room, &ask).await?;
+                me.answer(t, outcome);
+                Ok(())
+            }
+            Op::PmChange(t, with, ask) => {
+                let outcome = self.change_pm(me, &with, &ask).await?;
                 me.answer(t, outcome);
                 Ok(())
             }

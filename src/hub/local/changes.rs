@@ -204,6 +204,47 @@ impl LocalBroker {
         }))
     }
 
+    /// `Broker::change_pm`.
+    pub(super) fn change_pm_message(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &ChangeAsk,
+        known: Option<Target>,
+    ) -> Answer {
+        let Some(store) = self.store.as_ref().filter(|_| self.limits.store_pms) else {
+            return now(changes::pms_not_kept());
+        };
+        let id = ask.change.target();
+        let Some(target) = known.filter(|k| k.id == id) else {
+            let query = store::Query::Pm {
+                pair: store::pm_pair(&me.name, with),
+                id,
+            };
+            return self.read_later(ticket, me, query, move |found| match found {
+                store::Found::Pm(Some(pm)) => Outcome::Target(Arc::new(changes::pm_target(&pm))),
+                store::Found::Pm(None) => changes::not_found(id).into(),
+                _ => Refusal::unavailable("could not read the message; try again").into(),
+            });
+        };
+        if let Err(refusal) = changes::check(&target, ask, me, crate::store::now_millis()) {
+            return now(refusal);
+        }
+        let ts = protocol::timestamp();
+        let (row, theirs, mine) = changes::pm_change(&target, ask, me, with, &ts);
+        if let Err(why) = store.append_pm_change(row) {
+            return now(Refusal::unavailable(why.reason()));
+        }
+        let (them, others) = {
+            let dir = lock(&self.directory);
+            (dir.sessions(with).to_vec(), dir.other_sessions(me))
+        };
+        self.delivery.deliver(&them, &theirs, None);
+        self.delivery.deliver(&others, &mine, None);
+        now(unchanged(id, &ts))
+    }
+
     /// Puts `changed` at `i` of the ring, keeping its byte count true.
     fn replace(&self, state: &mut RoomState, i: usize, changed: Arc<StoredMessage>) {
         let old = message_cost(&state.history[i]);

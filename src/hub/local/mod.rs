@@ -298,6 +298,17 @@ impl Broker for LocalBroker {
         self.change_message(ticket, me, room, ask, known)
     }
 
+    fn change_pm(
+        &self,
+        ticket: Ticket,
+        me: &Member,
+        with: &str,
+        ask: &change::ChangeAsk,
+        known: Option<change::Target>,
+    ) -> Answer {
+        self.change_pm_message(ticket, me, with, ask, known)
+    }
+
     fn pm(&self, _: Ticket, me: &Member, to: &str, text: &str, action: bool) -> Answer {
         // Every connection of the recipient, and the sender's other ones (their copy).
         let (targets, mine) = {
@@ -315,6 +326,7 @@ impl Broker for LocalBroker {
                     role: me.role,
                     text: text.to_string(),
                     action,
+                    ..Default::default()
                 })));
             }
             return now(Refusal::no_such_user(to));
@@ -333,6 +345,7 @@ impl Broker for LocalBroker {
                 role: me.role,
                 text: text.to_string(),
                 action,
+                ..Default::default()
             };
             if let Err(why) = store.append_pm(pm) {
                 return now(Refusal::unavailable(why.reason()));
@@ -346,6 +359,8 @@ impl Broker for LocalBroker {
             to: b(&to_name),
             text: b(text),
             action,
+            edited_ts: None,
+            deleted: false,
         };
         self.delivery
             .deliver(targets.iter().chain(&mine), &event, Some(me.conn));

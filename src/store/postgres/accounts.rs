@@ -295,7 +295,7 @@ impl AccountsDb for Accounts {
         );
         let mut rows: Vec<Pm> = self.with(|db| {
             let rows = db.query(
-                "SELECT id, ts, sender, recipient, role, text, action FROM pms
+                "SELECT id, ts, sender, recipient, role, text, action, edited_ts, deleted FROM pms
                  WHERE pair = $1 AND id > $2 AND lower(sender) <> $3 ORDER BY id DESC LIMIT $4",
                 &[&pair, &after, &key, &limit],
             )?;

@@ -73,6 +73,14 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
             with_reactions(db, &mut rows)?;
             Found::Page(rows, more)
         }
+        Query::Pm { pair, id } => Found::Pm(
+            db.query_opt(
+                "SELECT id, ts, sender, recipient, role, text, action, edited_ts, deleted FROM pms
+                 WHERE id = $1 AND pair = $2",
+                &[&(*id as i64), pair],
+            )?
+            .map(|r| pm_of(&r)),
+        ),
         Query::Message { room, id } => {
             let mut found: Vec<_> = db
                 .query(
@@ -95,7 +103,7 @@ fn answer(db: &mut postgres::Client, query: &Query) -> Result<Found, postgres::E
         } => {
             let mut rows: Vec<Pm> = db
                 .query(
-                    "SELECT id, ts, sender, recipient, role, text, action FROM pms
+                    "SELECT id, ts, sender, recipient, role, text, action, edited_ts, deleted FROM pms
                      WHERE pair = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
                     &[pair, &bound(*before), &(*limit as i64 + 1)],
                 )?
@@ -168,5 +176,7 @@ pub(super) fn pm_of(r: &postgres::Row) -> Pm {
         role: role_of(r.get(4)),
         text: r.get(5),
         action: r.get(6),
+        edited_ts: r.get(7),
+        deleted: r.get(8),
     }
 }

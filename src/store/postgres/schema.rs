@@ -177,6 +177,8 @@ const STEPS: &[(i32, &str)] = &[
     ALTER TABLE messages ADD COLUMN target BIGINT;
     ALTER TABLE messages ADD COLUMN emoji TEXT;
     ALTER TABLE messages ADD COLUMN added BOOLEAN;
+    ALTER TABLE pms ADD COLUMN edited_ts TEXT;
+    ALTER TABLE pms ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;
     CREATE TABLE reactions (
         msg     BIGINT NOT NULL,
         emoji   TEXT NOT NULL,

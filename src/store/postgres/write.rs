@@ -15,8 +15,8 @@ use super::{Conn, reason};
 use crate::protocol::Change;
 use crate::store::writer::WriteDb;
 use crate::store::{
-    Message, Op, PRUNE_CHUNK, Shared, Write, advance_marks, pm_pair, retention_cutoff, role_name,
-    rows,
+    Message, Op, PRUNE_CHUNK, Pm, Shared, Write, advance_marks, pm_pair, retention_cutoff,
+    role_name, rows,
 };
 
 /// Messages indexed for search per statement (about 10 ms of PostgreSQL's time).
@@ -140,6 +140,7 @@ fn commit(
     let mut c = ChangeColumns::default();
     let mut changed: Vec<&Message> = Vec::new();
     let mut p = Columns::default();
+    let mut pm_changes: Vec<&Pm> = Vec::new();
     let mut pairs = Vec::new();
     let mut recipients = Vec::new();
     let mut last_seqs: HashMap<i64, i64> = HashMap::new();
@@ -171,6 +172,7 @@ fn commit(
                 recipients.push(pm.to.clone());
                 max_id = max_id.max(pm.id as i64);
             }
+            Op::PmChange(pm) => pm_changes.push(&**pm),
             Op::Flush(_) => {}
         }
     }
@@ -240,6 +242,20 @@ fn commit(
             ],
         )?;
         lost(p.ids.len(), stored, "private messages");
+    }
+    // After the PMs of the same batch, which they may change.
+    for pm in pm_changes {
+        tx.execute(
+            "UPDATE pms SET text = $2, edited_ts = $3, deleted = $4
+             WHERE id = $1 AND lower(sender) = lower($5)",
+            &[
+                &(pm.id as i64),
+                &pm.text,
+                &pm.edited_ts,
+                &pm.deleted,
+                &pm.from,
+            ],
+        )?;
     }
     if max_id > 0 {
         tx.execute(

@@ -35,6 +35,7 @@ impl ReadDb for Reader {
             Query::Message { room, id } => {
                 message(db, room, *id).map(Found::Message).map_err(failed)
             }
+            Query::Pm { pair, id } => one_pm(db, pair, *id).map(Found::Pm).map_err(failed),
             Query::Mark { room } => mark(db, room)
                 .map(|(m, next)| Found::Mark(m, next))
                 .map_err(failed),
@@ -167,7 +168,7 @@ fn pms(
 ) -> rusqlite::Result<(Vec<Pm>, bool)> {
     let mut rows: Vec<Pm> = db
         .prepare_cached(
-            "SELECT id, ts, sender, recipient, role, text, action FROM pms
+            "SELECT id, ts, sender, recipient, role, text, action, edited_ts, deleted FROM pms
              WHERE pair = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         )?
         .query_map(params![pair, bound(before), limit as i64 + 1], pm_of)?
@@ -212,5 +213,17 @@ pub(super) fn pm_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pm> {
         role: role_of(&r.get::<_, String>(4)?),
         text: r.get(5)?,
         action: r.get(6)?,
+        edited_ts: r.get(7)?,
+        deleted: r.get(8)?,
     })
+}
+
+/// PM `id` of the conversation `pair`, as it is now.
+fn one_pm(db: &Connection, pair: &str, id: u64) -> rusqlite::Result<Option<Pm>> {
+    db.prepare_cached(
+        "SELECT id, ts, sender, recipient, role, text, action, edited_ts, deleted FROM pms
+         WHERE id = ?1 AND pair = ?2",
+    )?
+    .query_row(params![id as i64, pair], pm_of)
+    .optional()
 }

@@ -201,6 +201,9 @@ const STEPS: &[(u32, &str)] = &[
         ALTER TABLE messages ADD COLUMN target INTEGER;       -- the message a change changes
         ALTER TABLE messages ADD COLUMN emoji TEXT;           -- a reaction's emoji
         ALTER TABLE messages ADD COLUMN added INTEGER;        -- a reaction added (1) or taken back (0)
+        -- Private messages that change: edited, or deleted by their sender.
+        ALTER TABLE pms ADD COLUMN edited_ts TEXT;
+        ALTER TABLE pms ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
         -- Who reacted to what, now.
         CREATE TABLE reactions (
             msg     INTEGER NOT NULL,            -- messages.id

@@ -157,6 +157,19 @@ fn commit(
                     ])?;
                     max_id = max_id.max(pm.id);
                 }
+                Op::PmChange(pm) => {
+                    tx.prepare_cached(
+                        "UPDATE pms SET text = ?2, edited_ts = ?3, deleted = ?4
+                         WHERE id = ?1 AND lower(sender) = lower(?5)",
+                    )?
+                    .execute(params![
+                        pm.id as i64,
+                        &pm.text,
+                        &pm.edited_ts,
+                        pm.deleted,
+                        &pm.from
+                    ])?;
+                }
                 Op::Flush(_) => {}
             }
         }
