@@ -65,6 +65,19 @@ impl Backend {
     }
 }
 
+/// Sends `v` (given an id of its own) and returns its reply, skipping the events that come
+/// first.
+pub async fn ask(c: &mut Client, mut v: Value) -> Value {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = format!(
+        "ask{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    v["id"] = json!(id);
+    c.send(v).await;
+    c.find(|r| r["ref"] == id.as_str()).await
+}
+
 /// A config for tests: port 0 on loopback, history in memory (tests that store set a path),
 /// everything else default.
 pub fn test_config() -> Config {

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Client, TestServer, token_for};
+use crate::helpers::{Backend, Client, TestServer, ask, token_for};
 use crate::postgres_server::Postgres;
 use chatd::config::{AuthMode, Secret};
 use chatd::protocol::Role;
@@ -120,18 +120,6 @@ impl Chat {
         assert_eq!(w["type"], "welcome", "{w}");
         (c, w)
     }
-}
-
-/// Sends `v` and returns its reply, skipping the events that come first.
-async fn ask(c: &mut Client, mut v: Value) -> Value {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = format!(
-        "l{}",
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    v["id"] = json!(id);
-    c.send(v).await;
-    c.find(|r| r["ref"] == id.as_str()).await
 }
 
 async fn say(c: &mut Client, text: &str) -> u64 {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Client, TestServer, token_for};
+use crate::helpers::{Backend, Client, TestServer, ask, token_for};
 use crate::postgres_server::Postgres;
 use chatd::config::{AuthMode, Secret};
 use chatd::protocol::Role;
@@ -78,18 +78,6 @@ async fn hello(chat: &Chat, name: &str, role: Role, room: &str) -> (Client, Valu
         .request(json!({"type": "hello", "name": name, "token": token, "room": room}))
         .await;
     (c, w)
-}
-
-/// Sends `v` and returns its reply, skipping the events that come first.
-async fn ask(c: &mut Client, mut v: Value) -> Value {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = format!(
-        "q{}",
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    v["id"] = json!(id);
-    c.send(v).await;
-    c.find(|r| r["ref"] == id.as_str()).await
 }
 
 /// Sends `v` and returns its reply and the first event `pred` picks, in whichever order they

@@ -491,14 +491,8 @@ impl Inner {
             };
             let env = Envelope::new(&x, ServerMsg::Message(message)).json();
             let mut call = redis.scripts.say.prepare_invoke();
-            call.key(redis.key("epoch", room))
-                .key(redis.global("msgid"))
-                .key(redis.key("seq", room))
-                .key(redis.key("stream", room))
-                .key(redis.key("sbytes", room))
-                .key(redis.key("over", room))
-                .key(redis.key("rx", room))
-                .arg(super::new_epoch())
+            self.numbering_keys(&mut call, room);
+            call.arg(super::new_epoch())
                 .arg(self.settings.history_size)
                 .arg(self.settings.history_bytes)
                 .arg(&env[1..])
