@@ -41,18 +41,32 @@ impl LocalBroker {
         }
     }
 
-    /// Keeps `m` hot (the newest of a few), if it is small.
-    fn keep_hot(state: &mut RoomState, m: &Arc<StoredMessage>) {
+    /// Keeps `m` hot (the newest of a few), if it is small; its bytes count in the room's
+    /// history and in all history (so the global bound covers them, and an evicted room gives
+    /// them back).
+    fn keep_hot(&self, state: &mut RoomState, m: &Arc<StoredMessage>) {
         if let Some(i) = state.hot.iter().position(|h| h.id == m.id) {
-            state.hot.remove(i);
+            let old = state.hot.remove(i);
+            self.unhot(state, &old);
         }
-        if message_cost(m) > HOT_COST {
+        let cost = message_cost(m);
+        if cost > HOT_COST {
             return;
         }
         if state.hot.len() == HOT {
-            state.hot.remove(0);
+            let old = state.hot.remove(0);
+            self.unhot(state, &old);
         }
         state.hot.push(m.clone());
+        state.history_bytes += cost;
+        self.history_bytes
+            .fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn unhot(&self, state: &mut RoomState, old: &StoredMessage) {
+        let cost = message_cost(old);
+        state.history_bytes -= cost;
+        self.forget_history(cost, 0);
     }
 
     /// Reads message `id` of `room` from the store and answers it as `Target` (to everyone who
@@ -92,10 +106,8 @@ impl LocalBroker {
                 Ok(store::Found::Message(_)) => changes::not_found(id).into(),
                 _ => Refusal::unavailable("could not read the message; try again").into(),
             };
+            // The one who asks again with it keeps it hot (`change_message`).
             let mut state = lock(&from.state);
-            if let Outcome::Target(m) = &outcome {
-                Self::keep_hot(&mut state, m);
-            }
             let at = state.recalling.iter().position(|(i, _)| *i == id);
             for (member, ticket) in at.map(|i| state.recalling.remove(i).1).unwrap_or_default() {
                 member.answer(ticket, outcome.clone());
@@ -185,7 +197,7 @@ impl LocalBroker {
         if let Some(i) = at {
             self.replace(&mut state, i, changed.clone());
         }
-        Self::keep_hot(&mut state, &changed);
+        self.keep_hot(&mut state, &changed);
         if matches!(ask.change, protocol::Change::Delete { .. }) {
             for i in 0..state.history.len() {
                 if let Some(blank) = changes::blank_edit_of(&state.history[i], id) {

@@ -179,6 +179,7 @@ impl Directory {
         let mut state = lock(&room.state);
         broker.forget_history(state.history_bytes, state.history.len());
         state.history = VecDeque::new();
+        state.hot = Vec::new();
         state.history_bytes = 0;
     }
 
