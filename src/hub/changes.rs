@@ -41,7 +41,7 @@ pub fn check(
     now_ms: i64,
 ) -> Result<(), Refusal> {
     let id = target.id;
-    if target.change.is_some() || target.deleted {
+    if !is_live(target) {
         return Err(not_found(id));
     }
     let author = match ask.mine {
@@ -269,6 +269,21 @@ pub fn pms_not_kept() -> Refusal {
         ErrorCode::NotFound,
         "private messages are not kept on this server, so they cannot be changed",
     )
+}
+
+/// Whether `m` is a message one may change or answer: not a change itself, nor deleted.
+pub fn is_live(m: &StoredMessage) -> bool {
+    m.change.is_none() && !m.deleted
+}
+
+/// The answer to a change with no seq of its own: a PM's, or one that changed nothing.
+pub fn acknowledged(id: u64, ts: &str) -> super::Outcome {
+    super::Outcome::Sent(super::Receipt {
+        id,
+        seq: None,
+        ts: ts.into(),
+        to: None,
+    })
 }
 
 /// No message `id` one may change or answer here.

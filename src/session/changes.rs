@@ -4,6 +4,7 @@
 //! second ask when the broker first had to read the message from the store (`Outcome::Target`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -25,17 +26,17 @@ const COUNTED: usize = 16;
 #[derive(Debug)]
 pub(super) enum Redo {
     Say {
-        room: std::sync::Arc<str>,
+        room: Arc<str>,
         text: String,
         action: bool,
         reply_to: u64,
     },
     Change {
-        room: std::sync::Arc<str>,
+        room: Arc<str>,
         ask: ChangeAsk,
     },
     PmChange {
-        with: std::sync::Arc<str>,
+        with: Arc<str>,
         ask: ChangeAsk,
     },
 }
@@ -65,7 +66,7 @@ impl Session {
     /// A `say` answering message `reply_to`.
     pub(super) fn say_reply(
         &mut self,
-        room: std::sync::Arc<str>,
+        room: Arc<str>,
         text: &str,
         action: bool,
         reply_to: u64,
@@ -82,7 +83,7 @@ impl Session {
         Ok(())
     }
 
-    /// `edit` or `delete` in a room, or of a PM.
+    /// `edit`, `delete` or `react` in a room, or `edit` and `delete` of a PM.
     pub(super) fn change_at(
         &mut self,
         at: Where,
@@ -91,70 +92,51 @@ impl Session {
         id: &mut Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) -> Done {
-        let with = match at {
-            Where::Room(room) => return self.change(&room, change, text, id, out),
-            Where::With(with) => with,
+        let (room, with): (Option<Arc<str>>, Option<Arc<str>>) = match at {
+            Where::Room(room) => (Some(self.my_room(Some(&room))?), None),
+            Where::With(with) => (None, Some(super::requests::valid_user(&with)?.into())),
         };
-        let with = super::requests::valid_user(&with)?;
-        if let Change::Edit { msg } = &change {
-            check_text(&text, self.chat.config.limits.max_message_bytes)?;
-            self.count_edit(*msg)?;
-        }
-        let ask = ChangeAsk {
-            change,
-            text,
-            moderator: false,
-            edit_window_ms: self
-                .chat
-                .config
-                .limits
-                .edit_window_secs
-                .saturating_mul(1000),
-            mine: None,
-        };
-        let with = with.into();
-        self.ask(Redo::PmChange { with, ask }, None, id.take(), None, out);
-        Ok(())
-    }
-
-    /// `edit`, `delete` or `react`.
-    pub(super) fn change(
-        &mut self,
-        room: &str,
-        change: Change<'static>,
-        text: String,
-        id: &mut Option<String>,
-        out: &mut Vec<Utf8Bytes>,
-    ) -> Done {
-        let room = self.my_room(Some(room))?;
         let chat = self.chat.clone();
         let limits = &chat.config.limits;
         match &change {
             Change::Edit { msg } => {
                 check_text(&text, limits.max_message_bytes)?;
-                self.may_speak(&room)?;
+                if let Some(room) = &room {
+                    self.may_speak(room)?;
+                }
                 self.count_edit(*msg)?;
             }
             Change::React { emoji, .. } => {
                 protocol::valid_emoji(emoji)
                     .map_err(|why| Refusal::new(ErrorCode::BadRequest, why))?;
-                self.may_speak(&room)?;
+                if let Some(room) = &room {
+                    self.may_speak(room)?;
+                }
             }
             Change::Delete { .. } => {}
         }
+        // A PM is its sender's alone (and kept only where names are owned).
         let mine = match &self.authored {
-            _ if self.chat.config.auth.mode.owned_names() => None,
+            _ if chat.config.auth.mode.owned_names() || room.is_none() => None,
             Some(a) => Some(a.sent.contains(&change.target())),
             None => Some(false),
         };
+        let moderator = room.as_ref().is_some_and(|r| self.moderator(r));
         let ask = ChangeAsk {
             change,
             text,
-            moderator: self.moderator(&room),
+            moderator,
             edit_window_ms: limits.edit_window_secs.saturating_mul(1000),
             mine,
         };
-        self.ask(Redo::Change { room, ask }, None, id.take(), None, out);
+        let redo = match (room, with) {
+            (Some(room), _) => Redo::Change { room, ask },
+            (None, with) => Redo::PmChange {
+                with: with.unwrap_or_default(),
+                ask,
+            },
+        };
+        self.ask(redo, None, id.take(), None, out);
         Ok(())
     }
 

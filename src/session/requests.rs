@@ -14,6 +14,7 @@ use crate::connection::Flow;
 use crate::hub::{About, Member, Page, Refusal, Resume};
 use crate::protocol::{
     self, Change, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
+    Where,
 };
 
 impl Session {
@@ -81,7 +82,7 @@ impl Session {
                     emoji: emoji.into(),
                     on,
                 };
-                self.change(&room, react, String::new(), &mut id, out)
+                self.change_at(Where::Room(room), react, String::new(), &mut id, out)
             }
             ClientMsg::Pm { to, text, action } => self.pm(&to, &text, action, &mut id, out),
             ClientMsg::Typing { target, state } => self.typing(target, state, &mut id, out),

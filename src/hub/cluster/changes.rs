@@ -19,8 +19,8 @@ use crate::store::{Admitted, Found, Query};
 /// Times an edit or a delete reads the message again when it changed meanwhile.
 const TRIES: usize = 4;
 
-/// Where a message was found: what Redis holds of it (`None`: only the store has it).
-struct Found2 {
+/// A message found for a change, and what Redis holds of it (`None`: only the store has it).
+struct Located {
     message: StoredMessage,
     held: Option<String>,
     epoch: String,
@@ -28,7 +28,7 @@ struct Found2 {
 
 impl Inner {
     /// Message `id` of `room`: from Redis, or from the store when Redis no longer holds it.
-    async fn target(&self, room: &str, id: u64) -> Result<Option<Found2>, Fail> {
+    async fn target(&self, room: &str, id: u64) -> Result<Option<Located>, Fail> {
         let redis = &self.redis;
         let mut conn = redis.conn().await?;
         let found: Vec<redis::Value> = redis
@@ -52,7 +52,7 @@ impl Inner {
             let Some(message) = env.and_then(Envelope::message) else {
                 return Ok(None);
             };
-            return Ok(Some(Found2 {
+            return Ok(Some(Located {
                 message,
                 held: Some(raw),
                 epoch,
@@ -66,7 +66,7 @@ impl Inner {
             id,
         };
         match self.ask(query).await? {
-            Found::Message(Some(message)) => Ok(Some(Found2 {
+            Found::Message(Some(message)) => Ok(Some(Located {
                 message,
                 held: None,
                 epoch: String::new(),
@@ -80,7 +80,7 @@ impl Inner {
         Ok(self
             .target(room, id)
             .await?
-            .is_some_and(|f| f.message.change.is_none() && !f.message.deleted))
+            .is_some_and(|f| changes::is_live(&f.message)))
     }
 
     /// `Broker::change`.
@@ -110,7 +110,7 @@ impl Inner {
                 _ => {
                     let changed = match changes::apply(&found.message, &change) {
                         Ok(Some(changed)) => changed,
-                        Ok(None) => return Ok(unchanged(&found.message)),
+                        Ok(None) => return Ok(changes::acknowledged(id, &found.message.ts)),
                         Err(refusal) => return Ok(refusal.into()),
                     };
                     self.rewrite(me, room, &change, &found, changed).await?
@@ -120,7 +120,7 @@ impl Inner {
             match code {
                 -1 => continue,
                 -2 => return Ok(changes::not_found(id).into()),
-                -3 => return Ok(unchanged(&found.message)),
+                -3 => return Ok(changes::acknowledged(id, &found.message.ts)),
                 -4 => {
                     return Ok(Refusal::new(
                         protocol::ErrorCode::BadRequest,
@@ -185,12 +185,7 @@ impl Inner {
         self.publish_to(&mut pipe, &x, &mine, &others);
         let mut conn = self.redis.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
-        Ok(Outcome::Sent(Receipt {
-            id,
-            seq: None,
-            ts: ts.into(),
-            to: None,
-        }))
+        Ok(changes::acknowledged(id, &ts))
     }
 
     /// The change's envelope tail (what follows the numbering the script writes).
@@ -206,7 +201,7 @@ impl Inner {
         me: &Member,
         room: &str,
         change: &StoredMessage,
-        found: &Found2,
+        found: &Located,
         changed: StoredMessage,
     ) -> Result<(i64, u64, String), Fail> {
         let redis = &self.redis;
@@ -244,7 +239,7 @@ impl Inner {
         me: &Member,
         room: &str,
         change: &StoredMessage,
-        found: &Found2,
+        found: &Located,
     ) -> Result<(i64, u64, String), Fail> {
         let Some(Change::React { emoji, on, .. }) = change.change.as_deref() else {
             return Ok((-2, 0, String::new()));
@@ -368,15 +363,5 @@ pub(super) fn span(entries: &Entries) -> Option<(u64, u64)> {
     seqs.fold(None, |acc, s| match acc {
         None => Some((s, s)),
         Some((lo, hi)) => Some((lo.min(s), hi.max(s))),
-    })
-}
-
-/// A change that changed nothing: acknowledged without a seq.
-fn unchanged(m: &StoredMessage) -> Outcome {
-    Outcome::Sent(Receipt {
-        id: m.id,
-        seq: None,
-        ts: m.ts.to_string().into(),
-        to: None,
     })
 }

@@ -100,7 +100,7 @@ impl LocalBroker {
         let from = room.clone();
         let queued = store.read(query, move |found| {
             let outcome = match found {
-                Ok(store::Found::Message(Some(m))) if m.change.is_none() && !m.deleted => {
+                Ok(store::Found::Message(Some(m))) if changes::is_live(&m) => {
                     Outcome::Target(Arc::new(m))
                 }
                 Ok(store::Found::Message(_)) => changes::not_found(id).into(),
@@ -134,7 +134,7 @@ impl LocalBroker {
         reply: Option<Reply>,
     ) -> Option<Answer> {
         let reply = reply.filter(|r| !r.found)?;
-        let gone = |m: &StoredMessage| m.change.is_some() || m.deleted;
+        let gone = |m: &StoredMessage| !changes::is_live(m);
         match self.place(state, reply.to) {
             Place::Ring(i) => gone(&state.history[i]).then(|| now(changes::not_found(reply.to))),
             Place::Hot(i) => gone(&state.hot[i]).then(|| now(changes::not_found(reply.to))),
@@ -177,7 +177,7 @@ impl LocalBroker {
         let mut change = changes::numbered(ask, me, &r.name, 0, seq, &ts);
         let changed = match changes::apply(&target, &change) {
             Ok(Some(changed)) => changed,
-            Ok(None) => return now(unchanged(id, &target.ts)),
+            Ok(None) => return now(changes::acknowledged(id, &target.ts)),
             Err(refusal) => return now(refusal),
         };
         let change_id = self
@@ -254,7 +254,7 @@ impl LocalBroker {
         };
         self.delivery.deliver(&them, &theirs, None);
         self.delivery.deliver(&others, &mine, None);
-        now(unchanged(id, &ts))
+        now(changes::acknowledged(id, &ts))
     }
 
     /// Puts `changed` at `i` of the ring, keeping its byte count true.
@@ -270,14 +270,4 @@ impl LocalBroker {
             self.forget_history(old - new, 0);
         }
     }
-}
-
-/// A change that changed nothing: acknowledged without a seq.
-fn unchanged(id: u64, ts: &str) -> Outcome {
-    Outcome::Sent(Receipt {
-        id,
-        seq: None,
-        ts: ts.into(),
-        to: None,
-    })
 }
