@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod addr;
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;

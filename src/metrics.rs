@@ -86,6 +86,10 @@ pub struct Metrics {
     /// Cluster: envelopes from Redis dropped, by reason (`malformed`: too large or not one;
     /// `implausible`: numbered past what Redis holds for the room).
     pub envelopes_dropped: IntCounterVec,
+    /// HTTP API requests, by route (a fixed set) and status code.
+    pub api_requests: IntCounterVec,
+    /// HTTP API requests' time to answer.
+    pub api_seconds: Histogram,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
     received_by_type: Vec<(&'static str, IntCounter)>,
 }
@@ -259,6 +263,18 @@ impl Metrics {
             search_unindexed: gauge(
                 "chatd_search_unindexed",
                 "Stored messages the search index has not caught up with yet.",
+            ),
+            api_requests: counter_vec(
+                "chatd_api_requests_total",
+                "HTTP API requests, by route and status code.",
+                &["route", "status"],
+            ),
+            api_seconds: histogram(
+                "chatd_api_request_seconds",
+                "Time to answer an HTTP API request.",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
+                ],
             ),
             handling_seconds: histogram(
                 "chatd_message_handling_seconds",

@@ -27,6 +27,8 @@ const EXIT_FORCED: i32 = 130;
 /// 78 invalid configuration, 130 forced shutdown by a second signal.
 #[path = "chatd/accounts.rs"]
 mod accounts;
+#[path = "chatd/apikey.rs"]
+mod apikey;
 
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
@@ -117,6 +119,11 @@ enum Command {
     User {
         #[command(subcommand)]
         command: accounts::UserCommand,
+    },
+    /// Keys for the HTTP API (api.listen): create, list, revoke, on the configured store.
+    Apikey {
+        #[command(subcommand)]
+        command: apikey::ApikeyCommand,
     },
     /// Mint an invite code for registration (auth.registration = "invite"); prints only the code.
     Invite {
@@ -240,6 +247,7 @@ fn main() -> ExitCode {
         } => mint_token(&config, &name.unwrap_or_default(), role, &ttl),
         Command::User { command } => accounts::user(&config, command),
         Command::Invite { uses, ttl } => accounts::invite(&config, uses, &ttl),
+        Command::Apikey { command } => apikey::apikey(&config, command),
         Command::Run { .. } => match run(config, sources.file_in_use()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fatal::Config(e)) => config_error(&e),
@@ -470,6 +478,13 @@ async fn serve(config: Config, banner: Banner) -> Result<(), Fatal> {
         banner.say(
             &format!("TLS enabled: clients connect to wss://{tls}"),
             serde_json::json!({ "addr": tls.to_string(), "tls": true }),
+        );
+    }
+    if let Some(api) = server.api_addr() {
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        banner.say(
+            &format!("HTTP API on {scheme}://{api}/v1/ (keys: chatd apikey create)"),
+            serde_json::json!({ "api_addr": api.to_string() }),
         );
     }
     if let Some(admin) = server.admin_addr() {

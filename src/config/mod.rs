@@ -12,10 +12,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod api;
 mod explain;
 mod secret;
 mod validate;
 
+pub use api::ApiConfig;
 pub use secret::{MIN_SECRET_BYTES, Secret, SecretUrl};
 pub use validate::{check_log_filter, parse_ttl};
 
@@ -86,6 +88,8 @@ pub struct Config {
     pub diagnostics: DiagnosticsConfig,
     /// Several nodes acting as one chat over Redis (off by default).
     pub cluster: ClusterConfig,
+    /// The HTTP API (off by default).
+    pub api: ApiConfig,
 }
 
 /// `[web]`: the chat page served at `/` on the chat port.

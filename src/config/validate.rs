@@ -25,6 +25,7 @@ impl Config {
         history(&self.history)?;
         storage(&self.storage, &self.limits)?;
         log(&self.log)?;
+        super::api::validate(self)?;
         cluster(&self.cluster, &self.limits)
     }
 }

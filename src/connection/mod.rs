@@ -33,7 +33,7 @@ use tracing::{debug, info};
 pub(crate) use handshake::refuse;
 pub(crate) use http::Refusal as HttpRefusal;
 use mailbox::{Flusher, Mailbox};
-pub(crate) use tls::Handshakes;
+pub(crate) use tls::{Handshakes, TlsConn};
 use transport::Transport;
 
 use crate::config::Config;
@@ -78,7 +78,7 @@ impl TlsSlot {
     }
 
     /// The configuration for the next handshake.
-    fn config(&self) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
         crate::sync::read(&self.0).clone()
     }
 

@@ -47,6 +47,12 @@ pub(crate) use crate::sync::lock;
 /// Identifies one connection for the life of the process.
 pub type ConnId = u64;
 
+/// A new connection id, unique in this process (the HTTP API's sessions take theirs here too).
+pub fn next_conn() -> ConnId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Names one request of one connection, so a late outcome finds its way back to it.
 pub type Ticket = u64;
 

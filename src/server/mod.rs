@@ -13,7 +13,7 @@ pub mod tls;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -48,6 +48,8 @@ pub struct Server {
     /// The separate `wss://` listener (`tls.listen`), its address and its sockets.
     tls_listener: Option<(TcpListener, SocketAddr, Arc<Sockets>)>,
     admin: Option<TcpListener>,
+    /// The HTTP API's listener and state (`api.listen`).
+    api: Option<(TcpListener, Arc<crate::api::Api>)>,
     sockets: Arc<Sockets>,
     chat: Arc<Chat>,
     limiter: Arc<ConnLimiter>,
@@ -227,20 +229,34 @@ impl Server {
             }
             None => (Arc::new(sockets), None),
         };
+        let chat = Arc::new(Chat {
+            broker,
+            config,
+            metrics,
+            auth,
+            accounts,
+            typing,
+        });
+        let api = match chat.config.api.addr() {
+            Some(addr) => {
+                let l = listen(addr, 128).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} (api.listen): {e}"),
+                    )
+                })?;
+                Some((l, crate::api::Api::start(chat.clone())?))
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
             local_addr,
             tls_listener,
             admin,
+            api,
             sockets,
-            chat: Arc::new(Chat {
-                broker,
-                config,
-                metrics,
-                auth,
-                accounts,
-                typing,
-            }),
+            chat,
             limiter,
             tls: reloader,
         })
@@ -279,6 +295,11 @@ impl Server {
         self.limiter.cap_total(budget)
     }
 
+    /// The HTTP API's address actually bound, if it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The admin address actually bound, if the admin listener is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
@@ -291,6 +312,7 @@ impl Server {
             local_addr,
             tls_listener,
             admin,
+            api,
             sockets,
             chat,
             limiter,
@@ -311,6 +333,16 @@ impl Server {
             let metrics = sockets.metrics.clone();
             admin_task.spawn(admin::serve(l, metrics, ready, admin_stop.clone()));
         }
+        // The API stops taking requests when shutdown begins; its keys' sessions end before
+        // the broker closes.
+        let api_task = TaskTracker::new();
+        let api_store = api.as_ref().map(|(_, api)| api.clone());
+        if let Some((l, api)) = api {
+            let with_tls = tls_listener.as_ref().map_or(&sockets, |(_, _, s)| s);
+            let tls = (with_tls.tls.clone()).map(|slot| (slot, with_tls.handshakes.clone()));
+            api_task.spawn(crate::api::serve(api, l, tls, shutdown.clone()));
+        }
+        api_task.close();
         let beat_stop = CancellationToken::new();
         let background = TaskTracker::new();
         // Lives until every connection is done: their last frames may still go out through it.
@@ -430,6 +462,7 @@ impl Server {
             remaining = report.connections_remaining,
             "shutdown complete"
         );
+        api_task.wait().await;
         beat_stop.cancel();
         background.close();
         background.wait().await;
@@ -437,6 +470,9 @@ impl Server {
         let broker = chat.broker.clone();
         let accounts = chat.accounts.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(api) = api_store {
+                api.close_store();
+            }
             broker.close();
             if let Some(accounts) = accounts {
                 accounts.close();
@@ -463,8 +499,7 @@ fn connection_task(
     chat: &Arc<Chat>,
     shutdown: &CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = crate::hub::next_conn();
     let chat = chat.clone();
     let make = move |mailbox, client| Session::new(chat, conn, client, mailbox);
     connection::serve(stream, peer, sockets.clone(), shutdown.clone(), slot, make)

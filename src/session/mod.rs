@@ -13,7 +13,7 @@ mod changes;
 mod moderation;
 mod plain;
 pub(crate) use moderation::enforcer;
-pub(crate) mod rate;
+pub mod rate;
 mod replies;
 mod requests;
 mod sign_in;

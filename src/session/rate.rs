@@ -38,6 +38,14 @@ impl TokenBucket {
             false
         }
     }
+
+    /// How long until [`TokenBucket::try_take`] succeeds again (after it failed).
+    pub fn wait(&self) -> std::time::Duration {
+        if self.per_sec <= 0.0 || self.tokens >= 1.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+    }
 }
 
 #[cfg(test)]

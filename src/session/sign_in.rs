@@ -3,6 +3,8 @@
 //! answer comes back through the mailbox like a broker's late outcome, in the hello's place among
 //! the replies, and a signed-in account then says hello to the broker under its own name.
 
+use std::sync::Arc;
+
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::slots::Answered;
@@ -72,6 +74,31 @@ impl Session {
             }
             Err(denied) => self.refuse(refusal(&denied, &name), id.as_deref(), out),
         }
+    }
+
+    /// A hello for `name` that someone else vouched for (an HTTP API key): the path a token's
+    /// hello takes, so server bans, rooms one may not enter and, with accounts, the account's
+    /// memberships apply as they would to the account's own client. `device` is what
+    /// `sessions` shows of it.
+    pub(crate) fn hello_vouched(
+        &mut self,
+        name: String,
+        room: &str,
+        role: protocol::Role,
+        device: Arc<str>,
+        id: String,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        self.device = Some(device);
+        if self.chat.accounts.is_some() {
+            let request = Request::Resume { name, role };
+            return self.sign_in(request, Some(room), None, Some(id), out);
+        }
+        let joining = super::requests::Joining {
+            room: Some(room),
+            resume: None,
+        };
+        self.hello(&name, joining, Mode::Json, role, Some(id), out);
     }
 
     /// `read`: the account has read `room` up to `seq`. Answered by the accounts service with

@@ -41,7 +41,7 @@ pub enum Created {
 pub type DbError = String;
 
 /// What a database must do to keep accounts. Every method is one transaction.
-pub trait AccountsDb: super::policy::PolicyDb + Send {
+pub trait AccountsDb: super::policy::PolicyDb + super::keys::KeysDb + Send {
     /// The account under `key` (`protocol::name_key`), if there is one.
     fn find(&mut self, key: &str) -> Result<Option<Account>, DbError>;
     /// Creates `account` under `key`, spending one use of the invite whose hash is `invite`

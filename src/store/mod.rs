@@ -30,6 +30,7 @@
 //! damaged) and loads what chat needs in memory; docs/STORAGE.md describes both schemas.
 
 pub mod accounts;
+pub mod keys;
 pub mod policy;
 mod postgres;
 mod queue;

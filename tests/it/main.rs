@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
 pub(crate) mod accounts;
+mod api;
 mod bench;
 mod binary;
 #[macro_use]

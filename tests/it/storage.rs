@@ -437,7 +437,7 @@ fn a_database_from_the_previous_schema_is_migrated() {
     let version: u32 = file
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7, "migrated to the current schema");
+    assert_eq!(version, 8, "migrated to the current schema");
     let accounts: u32 = file
         .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
         .unwrap();

@@ -11,6 +11,7 @@ use crate::store_contract::{Db, say};
 store_contract!(
     accounts_are_kept_and_invites_spent,
     room_policies_are_kept_logged_and_audited,
+    api_keys_are_kept_and_requests_answered_once,
 );
 
 /// Accounts: one owner per name (whatever its case), invites spent once and only while valid,
@@ -323,4 +324,77 @@ fn room_policies_are_kept_logged_and_audited(db: &Db) {
     assert_eq!(a.room_record("nowhere").unwrap(), Default::default());
     drop(a);
     store.close(Duration::from_secs(10));
+}
+
+/// The HTTP API's keys: kept by id with their scopes and rooms, one per name, revoked by name or
+/// id; an idempotency key is claimed once, answers its retries with the first response, refuses
+/// another request, is freed by a release and forgotten when it expires.
+fn api_keys_are_kept_and_requests_answered_once(db: &Db) {
+    use chatd::store::keys::{ApiKey, Claim};
+    let (_store, _) = db.open();
+    let mut a = chatd::store::accounts::open(&db.settings()).expect("keys open beside the store");
+    let key = ApiKey {
+        id: "k1".into(),
+        name: "deploybot".into(),
+        account: "deploybot".into(),
+        hash: "ab".repeat(32),
+        scopes: vec!["say".into(), "history:read".into()],
+        rooms: vec!["ops".into()],
+        created_ms: 5,
+        expires_ms: Some(99),
+        revoked: false,
+    };
+    assert!(a.add_key(&key).unwrap());
+    let twin = ApiKey {
+        id: "k2".into(),
+        ..key.clone()
+    };
+    assert!(!a.add_key(&twin).unwrap(), "one key per name");
+    let open = ApiKey {
+        id: "k3".into(),
+        name: "reader".into(),
+        rooms: vec![],
+        expires_ms: None,
+        created_ms: 6,
+        ..key.clone()
+    };
+    assert!(a.add_key(&open).unwrap());
+    assert_eq!(a.find_key("k1").unwrap().as_ref(), Some(&key));
+    assert_eq!(a.find_key("k2").unwrap(), None);
+    let names: Vec<String> = a.keys().unwrap().into_iter().map(|k| k.name).collect();
+    assert_eq!(names, ["deploybot", "reader"]);
+    assert!(a.revoke_key("deploybot").unwrap());
+    assert!(a.revoke_key("k3").unwrap(), "by id too");
+    assert!(!a.revoke_key("nobody").unwrap());
+    assert!(a.find_key("k1").unwrap().unwrap().revoked);
+
+    assert_eq!(a.claim("k1", "i1", "f", 1_000, 0).unwrap(), Claim::New);
+    assert_eq!(a.claim("k1", "i1", "f", 1_001, 0).unwrap(), Claim::Pending);
+    assert_eq!(
+        a.claim("k3", "i1", "f", 1_001, 0).unwrap(),
+        Claim::New,
+        "per key"
+    );
+    a.complete("k1", "i1", 201, "{\"id\":7}").unwrap();
+    assert_eq!(
+        a.claim("k1", "i1", "f", 1_002, 0).unwrap(),
+        Claim::Done(201, "{\"id\":7}".into())
+    );
+    assert_eq!(a.claim("k1", "i1", "g", 1_002, 0).unwrap(), Claim::Mismatch);
+    a.release("k3", "i1").unwrap();
+    assert_eq!(
+        a.claim("k3", "i1", "f", 1_003, 0).unwrap(),
+        Claim::New,
+        "released"
+    );
+    a.release("k1", "i1").unwrap();
+    assert!(
+        matches!(a.claim("k1", "i1", "f", 1_004, 0).unwrap(), Claim::Done(..)),
+        "a done request is not released"
+    );
+    assert_eq!(
+        a.claim("k1", "i1", "f", 400_000, 100_000).unwrap(),
+        Claim::New,
+        "expired"
+    );
 }

@@ -15,6 +15,7 @@
 //!   failing store rather than a hung thread.
 
 mod accounts;
+mod keys;
 mod policy;
 mod read;
 mod schema;

@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The schema this binary writes.
-pub(super) const VERSION: i32 = 5;
+pub(super) const VERSION: i32 = 6;
 
 /// The advisory lock migrations hold (a transaction's).
 const MIGRATION_LOCK: i64 = 0x6368_6174_0001;
@@ -187,6 +187,33 @@ const STEPS: &[(i32, &str)] = &[
         at      BIGINT NOT NULL,
         PRIMARY KEY (msg, emoji, account)
     );
+    ",
+    ),
+    (
+        6,
+        "
+    -- The HTTP API's keys (a hash of each) and its idempotency keys (see SQLite's schema 8).
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        account    TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        scopes     TEXT NOT NULL,
+        rooms      TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT,
+        revoked    BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE api_requests (
+        key_id      TEXT NOT NULL,
+        idem        TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_ms  BIGINT NOT NULL,
+        status      INTEGER,
+        response    TEXT,
+        PRIMARY KEY (key_id, idem)
+    );
+    CREATE INDEX api_requests_created ON api_requests (created_ms);
     ",
     ),
 ];

@@ -23,6 +23,7 @@ use crate::config::ConfigError;
 use crate::protocol::ChatMessage;
 
 mod accounts;
+mod keys;
 mod policy;
 mod prune;
 mod read;

@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 /// The schema this binary writes.
-pub(crate) const VERSION: u32 = 7;
+pub(crate) const VERSION: u32 = 8;
 
 /// Each step takes the schema from the version before it to its own.
 const STEPS: &[(u32, &str)] = &[
@@ -223,6 +223,35 @@ const STEPS: &[(u32, &str)] = &[
             DELETE FROM fts_pending WHERE id = old.id;
             DELETE FROM reactions WHERE msg = old.id;
         END;
+        ",
+    ),
+    (
+        8,
+        "
+        -- The HTTP API's keys: only a hash of each secret is kept.
+        CREATE TABLE api_keys (
+            id         TEXT PRIMARY KEY,             -- the key's public part (chatd_ID_...)
+            name       TEXT NOT NULL UNIQUE,         -- what the operator called it
+            account    TEXT NOT NULL,                -- the name it speaks as
+            hash       TEXT NOT NULL,                -- SHA-256 of the whole key, hex
+            scopes     TEXT NOT NULL,                -- comma-separated
+            rooms      TEXT NOT NULL,                -- comma-separated; empty: every room
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER,                      -- NULL: never
+            revoked    INTEGER NOT NULL DEFAULT 0
+        );
+        -- Idempotency keys of the API's POSTs, kept a few minutes: a retried request is
+        -- answered with the first one's response instead of being done twice.
+        CREATE TABLE api_requests (
+            key_id      TEXT NOT NULL,
+            idem        TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,               -- SHA-256 of method, path and body
+            created_ms  INTEGER NOT NULL,
+            status      INTEGER,                     -- NULL while the first is in progress
+            response    TEXT,
+            PRIMARY KEY (key_id, idem)
+        ) WITHOUT ROWID;
+        CREATE INDEX api_requests_created ON api_requests (created_ms);
         ",
     ),
 ];
