@@ -223,12 +223,13 @@ impl Api {
         let id = keys::id_of(given)
             .ok_or_else(Failure::unauthorized)?
             .to_string();
-        let accounts = self.chat.accounts.is_some();
+        let accounts = self.chat.config.auth.mode == crate::config::AuthMode::Accounts;
         let found = self
             .keys
             .run(move |db| {
                 let key = db.find_key(&id)?;
-                // The role of the account a key speaks as: an admin's key may announce.
+                // The role of the account a key speaks as (an admin's key may announce); a
+                // disabled account's keys are refused with it.
                 let role = match &key {
                     Some(k) if accounts => db
                         .find(&crate::protocol::name_key(&k.account))?

@@ -442,3 +442,63 @@ fn register(d: &Daemon, name: &str, password: &str) -> crate::helpers::SyncClien
     assert_eq!(w["type"], "welcome", "{w}");
     c
 }
+
+const SECRET: &str = "api-cluster-secret-long-enough-0123456789";
+
+/// A cluster's nodes share the keys and the idempotency keys (PostgreSQL): a key made once
+/// works on every node, and a POST retried on another node is answered there with the first
+/// one's response, the message said once.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+#[cfg_attr(
+    chatd_no_postgres,
+    ignore = "needs PostgreSQL (apt install postgresql)"
+)]
+#[test]
+fn a_retry_on_another_node_posts_once() {
+    let redis = crate::helpers::Redis::start();
+    let pg = crate::postgres_server::Postgres::start();
+    let env = [
+        ("CHATD_CLUSTER__REDIS_URL", redis.url.as_str()),
+        ("CHATD_STORAGE__URL", pg.url.as_str()),
+        ("CHATD_API__LISTEN", "127.0.0.1:0"),
+        // Names that belong to someone: a key's user may have a session on each node (in open
+        // mode a name is one connection's, cluster-wide).
+        ("CHATD_AUTH__MODE", "token"),
+        ("CHATD_AUTH__SECRET", SECRET),
+    ];
+    let node = |id: &str| {
+        let mut with_id = env.to_vec();
+        with_id.push(("CHATD_CLUSTER__NODE_ID", id));
+        Daemon::start(&[], &with_id)
+    };
+    let (a, b) = (node("a"), node("b"));
+    let key = new_key(
+        &env,
+        &["--name", "deploybot", "--scopes", "say,history:read"],
+    );
+    let token = crate::security::mint(&["henry"], SECRET);
+    let (mut henry, w) = hello(&b, "henry", json!({"room": "deploys", "token": token}));
+    assert_eq!(w["type"], "welcome", "{w}");
+    let body = r#"{"text": "release 7 is out", "idempotency_key": "release-7"}"#;
+    let path = "/v1/rooms/deploys/messages";
+    let first = call(api_addr(&a), "POST", path, Some(&key), Some(body), &[]);
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = call(api_addr(&b), "POST", path, Some(&key), Some(body), &[]);
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(
+        again.body, first.body,
+        "node b answers with node a's response"
+    );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let seen = henry.recv_until(|v| v["type"] == "message");
+    assert_eq!(
+        (&seen["from"], &seen["id"]),
+        (&json!("deploybot"), &first.body["id"])
+    );
+    let page = call(api_addr(&b), "GET", path, Some(&key), None, &[]);
+    let said = page.body["messages"].as_array().map(Vec::len);
+    assert_eq!(said, Some(1), "said once: {page:?}");
+}

@@ -1,7 +1,8 @@
 //! Integration tests: the real server on 127.0.0.1:0, spoken to over real WebSocket connections.
 
 pub(crate) mod accounts;
-mod api;
+pub(crate) mod api;
+mod api_spec;
 mod bench;
 mod binary;
 #[macro_use]
