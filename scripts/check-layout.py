@@ -3,10 +3,12 @@
 - no import circles between the top-level modules of src/ (a folder is one module), and the
   absences it states (connection/ never names the hub, the ground floor names nothing above it);
 - JSON only at the boundaries: `serde_json` only in protocol/, the cluster's envelope
-  (hub/cluster/envelope.rs) and the HTTP API (api/), besides tests and src/bin/;
+  (hub/cluster/envelope.rs), the HTTP API (api/) and outgoing webhooks (webhooks/), besides tests
+  and src/bin/;
 - the environment is read only in src/bin/;
 - tasks and threads have owners: `tokio::spawn` only in client/ (chatctl's own tasks) and src/bin/;
-  daemon tasks go on a tracker (`….spawn` on a TaskTracker/JoinSet) in server/, hub/cluster/ and api/;
+  daemon tasks go on a tracker (`….spawn` on a TaskTracker/JoinSet) in server/, hub/cluster/, api/
+  and webhooks/;
   OS threads only in store/ and accounts/ (joined by their owners' `close`); `spawn_blocking` only where its handle is awaited (listed below);
 - locks are taken through `crate::sync` (a poisoned lock is still used), nowhere by hand;
 - no source file over 800 lines, except the ones listed in LONG_FILES with a reason.
@@ -68,8 +70,8 @@ def absences():
             def say(what):
                 bad.append(f"src/{rel}: {what}")
 
-            if "serde_json" in code and top not in ("protocol", "api") and rel != "hub/cluster/envelope.rs":
-                say("names serde_json (JSON belongs to protocol/, the cluster's envelope and api/)")
+            if "serde_json" in code and top not in ("protocol", "api", "webhooks") and rel != "hub/cluster/envelope.rs":
+                say("names serde_json (JSON belongs to protocol/, the cluster's envelope, api/ and webhooks/)")
             if re.search(r"\bstd::env\b|\benv::var", code):
                 say("reads the environment (only src/bin/ does)")
             if "tokio::spawn(" in code and top != "client":
@@ -78,8 +80,8 @@ def absences():
                 say("starts an OS thread (only the store and the accounts service have threads)")
             if "spawn_blocking" in code and rel not in SPAWN_BLOCKING_AWAITED:
                 say("spawn_blocking where its handle is not known to be awaited")
-            if re.search(r"\.spawn\(", code) and top not in ("server", "hub", "store", "client", "accounts", "api"):
-                say("spawns a task outside server/, hub/cluster/, store/ and api/")
+            if re.search(r"\.spawn\(", code) and top not in ("server", "hub", "store", "client", "accounts", "api", "webhooks"):
+                say("spawns a task outside server/, hub/cluster/, store/, api/ and webhooks/")
             if re.search(r"\.spawn\(", code) and top == "hub" and not rel.startswith("hub/cluster"):
                 say("spawns a task in hub/ outside the cluster broker")
             if "into_inner())" in code and rel != "sync.rs":

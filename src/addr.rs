@@ -72,6 +72,38 @@ pub fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `ip` is not a public Internet address: loopback, private ranges (RFC 1918, unique
+/// local), link-local, carrier-grade NAT, unspecified, multicast, broadcast, documentation and
+/// benchmarking ranges. Outgoing webhooks refuse these (server-side request forgery) unless
+/// `webhooks.allow_private` is set.
+pub fn is_private(ip: IpAddr) -> bool {
+    match unmap(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+        }
+    }
+}
+
 /// The key per-address limits count under: the IPv4 address itself, or an IPv6 address's /64
 /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
 pub fn address_key(ip: IpAddr) -> IpAddr {
@@ -90,6 +122,34 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses_are_known() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
 
     #[test]
     fn ranges_hold_what_they_should() {

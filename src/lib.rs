@@ -22,6 +22,7 @@ pub mod store;
 pub(crate) mod sync;
 pub mod telemetry;
 pub mod web;
+pub mod webhooks;
 
 pub use config::{Config, ConfigError, Sources};
 pub use server::{Server, ShutdownReport};

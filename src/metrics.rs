@@ -90,6 +90,17 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// HTTP API requests' time to answer.
     pub api_seconds: Histogram,
+    /// Outgoing webhooks' events, by endpoint and result (`delivered`, `failed`: refused by the
+    /// endpoint or retried past the window, `dropped`: pushed out of a full queue or left at
+    /// shutdown).
+    pub webhook_events: IntCounterVec,
+    /// Outgoing webhooks' requests, by endpoint and status (`2xx`, `4xx`, `5xx`, `timeout`,
+    /// `error`).
+    pub webhook_requests: IntCounterVec,
+    /// Outgoing webhooks' time to answer one delivery, by endpoint.
+    pub webhook_seconds: prometheus::HistogramVec,
+    /// Bytes of events waiting per endpoint.
+    pub webhook_queue_bytes: IntGaugeVec,
     /// `messages_received` for each known type, resolved once (it is counted per frame).
     received_by_type: Vec<(&'static str, IntCounter)>,
 }
@@ -276,6 +287,47 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
                 ],
             ),
+            webhook_events: counter_vec(
+                "chatd_webhook_events_total",
+                "Outgoing webhook events, by endpoint and result (delivered, failed, dropped).",
+                &["endpoint", "result"],
+            ),
+            webhook_requests: counter_vec(
+                "chatd_webhook_requests_total",
+                "Outgoing webhook deliveries attempted, by endpoint and status (2xx, 4xx, 5xx, timeout, error).",
+                &["endpoint", "status"],
+            ),
+            webhook_seconds: {
+                let m = prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "chatd_webhook_request_seconds",
+                        "Time for a webhook endpoint to answer one delivery.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                    &["endpoint"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            },
+            webhook_queue_bytes: {
+                let m = IntGaugeVec::new(
+                    Opts::new(
+                        "chatd_webhook_queue_bytes",
+                        "Bytes of webhook events waiting, by endpoint.",
+                    ),
+                    &["endpoint"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            },
             handling_seconds: histogram(
                 "chatd_message_handling_seconds",
                 "Time to handle one received frame, fan-out included.",

@@ -215,12 +215,17 @@ struct Work {
     policies: Arc<policy::Policies>,
     /// What the chat does with what a policy reload changed (set by the server).
     effects: Mutex<Option<EffectsHook>>,
+    /// Told of each moderation action carried out here, with its audit entry (the webhooks).
+    moderated: Mutex<Option<ModeratedHook>>,
     /// When the change log was last polled.
     polled: Mutex<Option<Instant>>,
 }
 
 /// What the chat does with what a policy reload changed (see [`Accounts::on_effects`]).
 pub type EffectsHook = Arc<dyn Fn(Vec<policy::Effect>) + Send + Sync>;
+
+/// What is told of each moderation action (see [`Accounts::on_moderated`]).
+pub type ModeratedHook = Arc<dyn Fn(&crate::store::policy::Audit) + Send + Sync>;
 
 /// Runs `f` on the accounts' connection (an error once the service has stopped).
 fn with_db<T>(
@@ -316,6 +321,7 @@ impl Accounts {
             metrics: metrics.clone(),
             policies: Arc::new(policy::Policies::default()),
             effects: Mutex::new(None),
+            moderated: Mutex::new(None),
             polled: Mutex::new(None),
         });
         // On a thread of its own: a PostgreSQL client may not block inside the runtime, and the
@@ -486,6 +492,12 @@ impl Accounts {
     /// Sets what the chat does with what a policy reload changed (on an accounts thread).
     pub fn on_effects(&self, hook: EffectsHook) {
         *lock(&self.work.effects) = Some(hook);
+    }
+
+    /// Tells `hook` of every moderation action carried out on this node (once per action,
+    /// cluster-wide: the node where it was asked carries it out).
+    pub fn on_moderated(&self, hook: ModeratedHook) {
+        *lock(&self.work.moderated) = Some(hook);
     }
 
     /// Stops the hashing threads once the requests already queued are answered; the last one

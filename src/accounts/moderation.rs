@@ -140,6 +140,10 @@ pub(super) fn serve(work: &Work, actor: &Actor, action: Action) -> Result<Modera
     let changed = with_db(work, |db| db.apply(&change, audit.as_ref())).map_err(unavailable)?;
     if let (true, Some(a)) = (changed, &audit) {
         info!(room = %a.room, by = %a.actor, action = %a.action, target = %a.target, reason = %a.reason, "moderation");
+        let hook = crate::sync::lock(&work.moderated).clone();
+        if let Some(hook) = hook {
+            hook(a);
+        }
     }
     if let Change::Sanction(s) = &change
         && s.kind == Kind::Ban

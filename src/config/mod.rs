@@ -16,10 +16,12 @@ mod api;
 mod explain;
 mod secret;
 mod validate;
+mod webhooks;
 
 pub use api::ApiConfig;
 pub use secret::{MIN_SECRET_BYTES, Secret, SecretUrl};
 pub use validate::{check_log_filter, parse_ttl};
+pub use webhooks::{MAX_ENDPOINTS, WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig};
 
 /// Environment variables with the `CHATD_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["CONFIG", "URL", "TOKEN"];
@@ -90,6 +92,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The HTTP API (off by default).
     pub api: ApiConfig,
+    /// Outgoing webhooks (none by default).
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[web]`: the chat page served at `/` on the chat port.

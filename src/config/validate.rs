@@ -26,6 +26,7 @@ impl Config {
         storage(&self.storage, &self.limits)?;
         log(&self.log)?;
         super::api::validate(self)?;
+        super::webhooks::validate(self)?;
         cluster(&self.cluster, &self.limits)
     }
 }

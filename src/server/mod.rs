@@ -229,6 +229,23 @@ impl Server {
             }
             None => (Arc::new(sockets), None),
         };
+        let api_listener = match config.api.addr() {
+            Some(addr) => Some(listen(addr, 128).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (api.listen): {e}"),
+                )
+            })?),
+            None => None,
+        };
+        // Last, once nothing can fail: it starts the delivery tasks.
+        let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &metrics);
+        if let (Some(accounts), Some(hooks)) = (&accounts, &webhooks) {
+            let hooks = hooks.clone();
+            accounts.on_moderated(Arc::new(move |a| {
+                hooks.room_changed(&a.room, &a.actor, &a.action, &a.target, &a.ts);
+            }));
+        }
         let chat = Arc::new(Chat {
             broker,
             config,
@@ -236,17 +253,10 @@ impl Server {
             auth,
             accounts,
             typing,
+            webhooks,
         });
-        let api = match chat.config.api.addr() {
-            Some(addr) => {
-                let l = listen(addr, 128).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot listen on {addr} (api.listen): {e}"),
-                    )
-                })?;
-                Some((l, crate::api::Api::start(chat.clone())?))
-            }
+        let api = match api_listener {
+            Some(l) => Some((l, crate::api::Api::start(chat.clone())?)),
             None => None,
         };
         Ok(Server {
@@ -463,6 +473,11 @@ impl Server {
             "shutdown complete"
         );
         api_task.wait().await;
+        // Every connection has left its rooms: their leaves are queued; the endpoints get one
+        // more try at what they hold.
+        if let Some(hooks) = &chat.webhooks {
+            hooks.close().await;
+        }
         beat_stop.cancel();
         background.close();
         background.wait().await;

@@ -274,8 +274,19 @@ impl Session {
     ) -> Vec<Utf8Bytes> {
         match outcome {
             Outcome::Sent(receipt) => {
-                if let Redo::Say { room, .. } = redo {
+                if let Redo::Say {
+                    room,
+                    text,
+                    action,
+                    reply_to,
+                } = redo
+                {
                     self.authored(receipt.id);
+                    if let (Some(hooks), Some(me)) = (&self.chat.webhooks, &self.me) {
+                        let (id, seq, ts) = (receipt.id, receipt.seq, &receipt.ts);
+                        let to = Some(*reply_to);
+                        hooks.message(room, me.name(), text, *action, id, seq, ts, to);
+                    }
                     if let (Some((accounts, key)), Some(seq)) = (self.account(), receipt.seq) {
                         accounts.note_read(&key, room, seq);
                     }

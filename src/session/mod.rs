@@ -57,6 +57,8 @@ pub(crate) struct Chat {
     pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// The typing relay periods.
     pub typing: TypingTimings,
+    /// Outgoing webhooks, when endpoints are configured.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// How the client speaks: decided by its hello.
@@ -81,9 +83,10 @@ enum Kind {
         added: bool,
     },
     Leave,
-    /// `say` in this room.
-    Say(Arc<str>),
-    Pm,
+    /// `say` in this room (with its text when a webhook wants it).
+    Say(Arc<str>, Option<Box<Said>>),
+    /// `pm` (with its text when a webhook wants it).
+    Pm(Option<Box<Said>>),
     /// `read` (answered by the accounts service).
     Read,
     Typing(TypingTarget),
@@ -114,6 +117,13 @@ enum Kind {
     Kept,
     /// A reply or a change to a message (asked again if the broker reads the message first).
     Change(Box<changes::Redo>),
+}
+
+/// A message's text and whether it is an action, kept until its ack for the webhooks.
+#[derive(Debug)]
+pub(crate) struct Said {
+    text: Box<str>,
+    action: bool,
 }
 
 /// What a sign-in found waiting: the conversations the welcome lists, and the PMs sent after it.
@@ -166,6 +176,22 @@ pub(crate) struct Session {
     authored: Option<Box<changes::Authored>>,
 }
 impl Session {
+    /// The text of a message for the webhooks, when one wants it (`room`: a room's; `None`: a
+    /// PM).
+    fn hooked(&self, room: Option<&str>, text: &str, action: bool) -> Option<Box<Said>> {
+        let hooks = self.chat.webhooks.as_ref()?;
+        let wanted = match room {
+            Some(room) => hooks.wants_messages(room),
+            None => hooks.wants_pms(),
+        };
+        wanted.then(|| {
+            Box::new(Said {
+                text: text.into(),
+                action,
+            })
+        })
+    }
+
     /// A session for a freshly upgraded connection.
     pub(crate) fn new(chat: Arc<Chat>, conn: ConnId, ip: IpAddr, mailbox: Arc<Mailbox>) -> Session {
         let limits = &chat.config.limits;
@@ -453,6 +479,11 @@ impl Drop for Session {
         self.broker().disconnect(&me, &self.rooms);
         if self.welcomed {
             info!(user = %me.name(), "user left");
+            if let Some(hooks) = &self.chat.webhooks {
+                for room in &self.rooms {
+                    hooks.left(room, me.name());
+                }
+            }
         }
     }
 }

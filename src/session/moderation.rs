@@ -241,6 +241,9 @@ impl Session {
         };
         let room = self.rooms.remove(at);
         self.kept.retain(|r| *r != room);
+        if let Some(hooks) = &self.chat.webhooks {
+            hooks.left(&room, me.name());
+        }
         info!(room = %room, by, "banned from a room");
         let told = protocol::encode(&ServerMsg::Kicked {
             room: b(&room),

@@ -65,7 +65,10 @@ impl Session {
             "msg" | "pm" => match rest.split_once(char::is_whitespace) {
                 Some((to, body)) if !body.trim().is_empty() => {
                     let body = body.trim();
-                    self.call(Kind::Pm, None, out, |b, t, me| b.pm(t, me, to, body, false));
+                    let said = self.hooked(None, body, false);
+                    self.call(Kind::Pm(said), None, out, |b, t, me| {
+                        b.pm(t, me, to, body, false)
+                    });
                 }
                 _ => self.refuse(
                     Refusal::new(ErrorCode::BadRequest, "usage: /msg NAME text"),
@@ -104,7 +107,8 @@ impl Session {
             return self.refuse(r, None, out);
         }
         self.log_body(&room, text);
-        self.call(Kind::Say(room.clone()), None, out, |b, t, me| {
+        let said = self.hooked(Some(&room), text, action);
+        self.call(Kind::Say(room.clone(), said), None, out, |b, t, me| {
             b.say(t, me, &room, text, action, None)
         });
     }

@@ -24,6 +24,9 @@ impl Session {
         let json = self.mode == Mode::Json;
         let frame = match (kind, outcome) {
             (Kind::Hello, Outcome::Welcome(view)) => {
+                if let (Some(hooks), Some(me)) = (&self.chat.webhooks, &self.me) {
+                    hooks.joined(&view.room, me.name());
+                }
                 let inbox = self.inbox.take();
                 let (conversations, waiting) = match inbox {
                     Some(inbox) => *inbox,
@@ -45,6 +48,9 @@ impl Session {
             }
             (Kind::Join { added, .. }, Outcome::Joined(view)) => {
                 debug!(room = %view.room, "joined room");
+                if let (true, Some(hooks), Some(me)) = (*added, &self.chat.webhooks, &self.me) {
+                    hooks.joined(&view.room, me.name());
+                }
                 if let Some((accounts, key)) = self.account() {
                     accounts.note_join(&key, &view.room, view.seq);
                     if *added {
@@ -77,6 +83,9 @@ impl Session {
             }
             (Kind::Leave, Outcome::Left { room }) => {
                 debug!(%room, "left room");
+                if let (Some(hooks), Some(me)) = (&self.chat.webhooks, &self.me) {
+                    hooks.left(&room, me.name());
+                }
                 if let Some((accounts, key)) = self.account() {
                     accounts.note_leave(&key, &room);
                     self.tell_own(ServerMsg::Membership {
@@ -87,8 +96,13 @@ impl Session {
                 ack(reference, None, Some(&room))
             }
             (Kind::Change(redo), outcome) => return self.changed(redo, reference, outcome),
-            (Kind::Say(room), Outcome::Sent(receipt)) => {
+            (Kind::Say(room, said), Outcome::Sent(receipt)) => {
                 self.authored(receipt.id);
+                if let (Some(said), Some(hooks), Some(me)) = (said, &self.chat.webhooks, &self.me) {
+                    let ts = &receipt.ts;
+                    let (id, seq) = (receipt.id, receipt.seq);
+                    hooks.message(room, me.name(), &said.text, said.action, id, seq, ts, None);
+                }
                 // Saying something reads the room up to it.
                 if let (Some((accounts, key)), Some(seq)) = (self.account(), receipt.seq) {
                     accounts.note_read(&key, room, seq);
@@ -121,7 +135,13 @@ impl Session {
                     mentions: Some(state.mentions),
                 })
             }
-            (Kind::Pm, Outcome::Sent(receipt)) => {
+            (Kind::Pm(said), Outcome::Sent(receipt)) => {
+                if let (Some(said), Some(hooks), Some(me), Some(to)) =
+                    (said, &self.chat.webhooks, &self.me, &receipt.to)
+                {
+                    let (text, action) = (&said.text, said.action);
+                    hooks.pm(me.name(), to, text, action, receipt.id, &receipt.ts);
+                }
                 if let Some(to) = &receipt.to {
                     self.typing.clear(&TypingTarget::User(to.clone()));
                 }

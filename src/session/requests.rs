@@ -257,7 +257,8 @@ impl Session {
         if let Some(to) = reply_to {
             return self.say_reply(room, text, action, to, id, out);
         }
-        self.call(Kind::Say(room.clone()), id.take(), out, |b, t, me| {
+        let said = self.hooked(Some(&room), text, action);
+        self.call(Kind::Say(room.clone(), said), id.take(), out, |b, t, me| {
             b.say(t, me, &room, text, action, None)
         });
         Ok(())
@@ -272,7 +273,8 @@ impl Session {
         out: &mut Vec<Utf8Bytes>,
     ) -> Done {
         check_text(text, self.chat.config.limits.max_message_bytes)?;
-        self.call(Kind::Pm, id.take(), out, |b, t, me| {
+        let said = self.hooked(None, text, action);
+        self.call(Kind::Pm(said), id.take(), out, |b, t, me| {
             b.pm(t, me, to, text, action)
         });
         Ok(())

@@ -188,6 +188,7 @@ impl Harness {
             auth: None,
             accounts: None,
             typing: TypingTimings::default(),
+            webhooks: None,
         });
         let session = new_session(&chat, 1);
         Harness {

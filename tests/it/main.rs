@@ -37,3 +37,4 @@ mod store_accounts;
 mod tls;
 mod typing;
 mod web;
+mod webhooks;
