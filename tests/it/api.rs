@@ -431,7 +431,7 @@ fn private_rooms_and_bans_hold_for_keys() {
 }
 
 /// Registers `name` on the daemon: the welcomed client.
-fn register(d: &Daemon, name: &str, password: &str) -> crate::helpers::SyncClient {
+pub(crate) fn register(d: &Daemon, name: &str, password: &str) -> crate::helpers::SyncClient {
     let (ws, _) = tokio_tungstenite::tungstenite::connect(format!("ws://{}/", d.addr)).unwrap();
     if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

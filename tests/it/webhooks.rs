@@ -118,11 +118,25 @@ fn serve(
 
 /// A daemon whose chat.toml lists `endpoints` (TOML of `[[webhooks.endpoints]]` tables).
 fn daemon(dir: &tempfile::TempDir, webhooks: &str, endpoints: &str) -> Daemon {
+    daemon_with(dir, "", &[], webhooks, endpoints)
+}
+
+/// Like [`daemon`], with more TOML (whole sections) before `[webhooks]`.
+fn daemon_with(
+    dir: &tempfile::TempDir,
+    before: &str,
+    env: &[(&str, &str)],
+    webhooks: &str,
+    endpoints: &str,
+) -> Daemon {
     let file = dir.path().join("chat.toml");
     // Many messages in a row: no rate limit in the way.
-    let toml = format!("[limits]\nrate_per_sec = 0.0\n\n[webhooks]\n{webhooks}\n{endpoints}");
+    let toml =
+        format!("[limits]\nrate_per_sec = 0.0\n\n{before}\n[webhooks]\n{webhooks}\n{endpoints}");
     std::fs::write(&file, toml).unwrap();
-    Daemon::start(&[], &[("CHATD_CONFIG", file.to_str().unwrap())])
+    let mut env = env.to_vec();
+    env.push(("CHATD_CONFIG", file.to_str().unwrap()));
+    Daemon::start(&[], &env)
 }
 
 fn endpoint(name: &str, addr: SocketAddr, events: &str, extra: &str) -> String {
@@ -353,4 +367,39 @@ fn a_name_that_resolves_to_a_private_address_is_refused() {
         rx.try_recv().is_err(),
         "nothing reached the private address"
     );
+}
+
+/// With accounts, a room's owner changing it (its topic, here) reaches `room_changed`
+/// endpoints once, with who did what.
+#[test]
+fn room_changes_are_sent() {
+    let (addr, rx) = receiver(Answer::FailFirst(0));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let accounts = "[auth]\nmode = \"accounts\"\nargon2_memory_kib = 64\nargon2_iterations = 1\n";
+    let store = [("CHATD_STORAGE__PATH", db.to_str().unwrap())];
+    let hook = endpoint("rooms", addr, r#"["room_changed"]"#, "");
+    let d = daemon_with(
+        &dir,
+        accounts,
+        &store,
+        "allow_private = true\nbatch_max_ms = 50",
+        &hook,
+    );
+    let mut ann = crate::api::register(&d, "ann", "ann's password");
+    let r = request(&mut ann, json!({"type": "join", "room": "ops"}));
+    assert_eq!(r["owner"], "ann", "{r}");
+    let r = request(
+        &mut ann,
+        json!({"type": "room_set", "room": "ops", "topic": "deploys only"}),
+    );
+    assert_eq!(r["type"], "ack", "{r}");
+    let (got, _) = collect(&rx, Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| e["reason"] == "deploys only" || e["target"] == "deploys only")
+            || e.len() >= 3
+    });
+    let changed = got.iter().find(|e| e["room"] == "ops" && e["by"] == "ann");
+    assert!(changed.is_some(), "{got:?}");
+    assert!(got.iter().all(|e| e["type"] == "room_changed"), "{got:?}");
 }
