@@ -173,9 +173,7 @@ fn take_batch(endpoint: &Endpoint, max: usize) -> (String, u64) {
     let bytes = queue.bytes;
     drop(queue);
     endpoint
-        .metrics
-        .webhook_queue_bytes
-        .with_label_values(&[&endpoint.label])
+        .queued
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     (body, n as u64)
 }

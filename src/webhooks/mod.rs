@@ -65,6 +65,10 @@ struct Endpoint {
     notify: Notify,
     max_bytes: usize,
     metrics: Metrics,
+    /// `chatd_webhook_events_total{result="dropped"}` and the queue's gauge, resolved once
+    /// (they move with every event).
+    dropped: prometheus::IntCounter,
+    queued: prometheus::IntGauge,
 }
 
 /// Encoded events waiting, oldest first, and their bytes.
@@ -96,13 +100,8 @@ impl Endpoint {
         }
         let bytes = queue.bytes;
         drop(queue);
-        if dropped > 0 {
-            self.count("dropped", dropped);
-        }
-        self.metrics
-            .webhook_queue_bytes
-            .with_label_values(&[&self.label])
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.dropped.inc_by(dropped);
+        self.queued.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.notify.notify_one();
     }
 
@@ -131,6 +130,10 @@ impl Webhooks {
                 }
                 Arc::new(Endpoint {
                     config: e.clone(),
+                    dropped: metrics
+                        .webhook_events
+                        .with_label_values(&[&label, "dropped"]),
+                    queued: metrics.webhook_queue_bytes.with_label_values(&[&label]),
                     label,
                     queue: Mutex::new(Queue::default()),
                     notify: Notify::new(),
