@@ -19,6 +19,10 @@ pub const SCOPES: &[(&str, &str)] = &[
         "announce to everyone (the account must be an admin)",
     ),
     ("kick", "disconnect a user (the account must be an admin)"),
+    (
+        "moderate",
+        "rooms' settings, bans, mutes and invites (as the account's standing allows)",
+    ),
 ];
 
 /// The prefix every key starts with (so a leaked one is recognisable, as GitHub's are).

@@ -10,6 +10,7 @@
 
 pub mod keys;
 mod link;
+mod moderate;
 mod routes;
 
 use std::collections::HashMap;
@@ -43,7 +44,7 @@ const MAX_CONNECTIONS: usize = 256;
 const MAX_PER_ADDRESS: usize = 32;
 
 /// A response, as hyper sends it.
-type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 /// The API's shared state.
 #[derive(Debug)]

@@ -70,38 +70,40 @@ pub(super) async fn answer(
     let segments: Vec<String> = path.split('/').skip(1).map(decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method().clone();
-    let route = match segments.as_slice() {
-        ["v1", "openapi.json"] => "openapi",
-        ["v1", "rooms"] => "rooms",
-        ["v1", "rooms", _, "messages"] if method == Method::POST => "say",
-        ["v1", "rooms", _, "messages"] => "history",
-        ["v1", "rooms", _, "members"] => "members",
-        ["v1", "users", _, "messages"] => "pm",
-        ["v1", "users", _, "kick"] => "kick",
-        ["v1", "search"] => "search",
-        ["v1", "announce"] => "announce",
+    use Method as M;
+    const GET_POST: &[Method] = &[M::GET, M::POST];
+    let (route, allowed): (&'static str, &[Method]) = match segments.as_slice() {
+        ["v1", "openapi.json"] => ("openapi", &[M::GET]),
+        ["v1", "rooms"] => ("rooms", &[M::GET]),
+        ["v1", "rooms", _] => ("room_set", &[M::PATCH]),
+        ["v1", "rooms", _, "messages"] if method == M::POST => ("say", GET_POST),
+        ["v1", "rooms", _, "messages"] => ("history", GET_POST),
+        ["v1", "rooms", _, "members"] => ("members", &[M::GET]),
+        ["v1", "rooms", _, "bans"] if method == M::POST => ("ban", GET_POST),
+        ["v1", "rooms", _, "bans"] => ("bans", GET_POST),
+        ["v1", "rooms", _, "bans", _] => ("unban", &[M::DELETE]),
+        ["v1", "rooms", _, "mutes"] => ("mute", &[M::POST]),
+        ["v1", "rooms", _, "mutes", _] => ("unmute", &[M::DELETE]),
+        ["v1", "rooms", _, "invites"] => ("invite", &[M::POST]),
+        ["v1", "users", _, "messages"] => ("pm", &[M::POST]),
+        ["v1", "users", _, "kick"] => ("kick", &[M::POST]),
+        ["v1", "search"] => ("search", &[M::GET]),
+        ["v1", "announce"] => ("announce", &[M::POST]),
         _ => {
             let failure = Failure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
             return ("unknown", Err(failure));
         }
     };
-    let allowed = match route {
-        "say" | "pm" | "kick" | "announce" => Method::POST,
-        _ => Method::GET,
-    };
-    if method != allowed && !(route == "history" && method == Method::POST) {
+    if !allowed.contains(&method) {
+        let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        let allow = allow.join(", ");
         let mut reply = Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{route}: use {allowed}"),
+            format!("{path}: use {allow}"),
         )
         .reply();
-        let allow = if route == "say" || route == "history" {
-            "GET, POST"
-        } else {
-            allowed.as_str()
-        };
-        if let Ok(value) = hyper::header::HeaderValue::from_str(allow) {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&allow) {
             reply.headers_mut().insert(hyper::header::ALLOW, value);
         }
         return (route, Ok(reply));
@@ -125,7 +127,7 @@ pub(super) async fn answer(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = if method == Method::POST {
+    let body = if method == Method::POST || method == Method::PATCH {
         match api.body(request.into_body(), length).await {
             Ok(body) => body,
             Err(failure) => return (route, Err(failure)),
@@ -150,6 +152,11 @@ pub(super) async fn answer(
         ("kick", [_, _, name, _]) => call.kick(name).await,
         ("search", _) => call.search().await,
         ("announce", _) => call.announce().await,
+        ("room_set", [_, _, room]) => call.room_set(room).await,
+        ("bans", [_, _, room, _]) => call.bans(room).await,
+        ("ban" | "mute", [_, _, room, _]) => call.sanction(route, room).await,
+        ("unban" | "unmute", [_, _, room, _, name]) => call.lift(route, room, name).await,
+        ("invite", [_, _, room, _]) => call.invite(room).await,
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -160,11 +167,11 @@ pub(super) async fn answer(
 }
 
 /// One request being answered.
-struct Call<'a> {
+pub(super) struct Call<'a> {
     api: &'a Arc<Api>,
-    caller: &'a Caller,
+    pub(super) caller: &'a Caller,
     query: &'a str,
-    body: &'a [u8],
+    pub(super) body: &'a [u8],
     idem_header: Option<String>,
     fingerprint: String,
 }
@@ -314,7 +321,7 @@ impl Call<'_> {
     }
 
     /// `room`, normalised, if the key may use it.
-    fn room(&self, room: &str) -> Result<Arc<str>, Failure> {
+    pub(super) fn room(&self, room: &str) -> Result<Arc<str>, Failure> {
         let room = crate::protocol::normalize_room(room).ok_or_else(|| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
@@ -356,7 +363,7 @@ impl Call<'_> {
     }
 
     /// Asks the key's chat session; its reply, or its refusal as a failure.
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         room: Option<Arc<str>>,
         request: Value,
@@ -519,12 +526,12 @@ fn timed_out() -> Failure {
     )
 }
 
-fn bad(message: impl Into<String>) -> Failure {
+pub(super) fn bad(message: impl Into<String>) -> Failure {
     Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 /// A JSON body, refused with serde's words (which name the field at fault).
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))
 }
 

@@ -49,13 +49,13 @@ pub(crate) fn call(
     for (name, value) in extra {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    let body = body.unwrap_or("");
-    if method == "POST" {
+    if method == "POST" || body.is_some() {
         head.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
+            body.map_or(0, str::len)
         ));
     }
+    let body = body.unwrap_or("");
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body.as_bytes()).unwrap();
@@ -428,6 +428,44 @@ fn private_rooms_and_bans_hold_for_keys() {
         assert!(std::time::Instant::now() < deadline, "{refused:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Moderation goes by the key's user's standing: not an op, refused; the owner's own key may.
+    let moderator = new_key(
+        &env,
+        &[
+            "--name",
+            "wannabe",
+            "--user",
+            "deploybot",
+            "--scopes",
+            "moderate",
+        ],
+    );
+    let ban = r#"{"name": "ann", "reason": "coup"}"#;
+    let refused = call(
+        api,
+        "POST",
+        "/v1/rooms/ops/bans",
+        Some(&moderator),
+        Some(ban),
+        &[],
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let owner = new_key(
+        &env,
+        &["--name", "owner", "--user", "ann", "--scopes", "moderate"],
+    );
+    let topic = r#"{"topic": "builds and deploys"}"#;
+    let set = call(
+        api,
+        "PATCH",
+        "/v1/rooms/ops",
+        Some(&owner),
+        Some(topic),
+        &[],
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    let told = ann.recv_until(|v| v["type"] == "room_changed");
+    assert_eq!(told["settings"]["topic"], "builds and deploys", "{told}");
 }
 
 /// Registers `name` on the daemon: the welcomed client.
@@ -501,4 +539,60 @@ fn a_retry_on_another_node_posts_once() {
     let page = call(api_addr(&b), "GET", path, Some(&key), None, &[]);
     let said = page.body["messages"].as_array().map(Vec::len);
     assert_eq!(said, Some(1), "said once: {page:?}");
+}
+
+/// With a certificate (`tls.cert`), the API speaks https like the chat port: a client that
+/// trusts the CA posts.
+#[tokio::test]
+async fn the_api_speaks_https_when_the_chat_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = chatd_command()
+        .args([
+            "cert",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            certs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let db = dir.path().join("chat.db");
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+    let env = [
+        ("CHATD_STORAGE__PATH", db.to_str().unwrap()),
+        ("CHATD_API__LISTEN", "127.0.0.1:0"),
+        ("CHATD_TLS__CERT", cert.to_str().unwrap()),
+        ("CHATD_TLS__KEY", key.to_str().unwrap()),
+    ];
+    let d = Daemon::start(&[], &env);
+    let api = d
+        .startup
+        .iter()
+        .find_map(|line| {
+            let text = line_text(line);
+            let rest = text.split_once("HTTP API on https://")?.1;
+            rest.split('/').next()?.parse::<SocketAddr>().ok()
+        })
+        .expect("the API is announced as https");
+    let key = new_key(&env, &["--name", "secure", "--scopes", "say"]);
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let said = client
+        .post(format!("https://{api}/v1/rooms/ops/messages"))
+        .bearer_auth(&key)
+        .body(r#"{"text": "over TLS"}"#)
+        .send()
+        .await
+        .expect("an https answer");
+    assert_eq!(said.status().as_u16(), 201);
 }
