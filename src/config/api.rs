@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::validate::invalid;
 use super::{Config, ConfigError};
 
 /// `[api]`: where the HTTP API listens and what it allows each key.
@@ -46,13 +47,6 @@ impl ApiConfig {
     }
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}
-
 /// `[api]`'s rules: an address, sane limits, and a store to keep the keys in.
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     let a = &c.api;
@@ -92,19 +86,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "must be above 0 and at most 600",
         ));
     }
-    let s = &c.storage;
-    let kept = !s.url.is_empty() || (!s.path.is_empty() && c.cluster.redis_url.is_empty());
-    if !kept {
-        return Err(invalid(
-            "api.listen",
-            if c.cluster.redis_url.is_empty() {
-                "the API keeps its keys in the store: set storage.path (or storage.url)"
-            } else {
-                "a cluster keeps API keys in PostgreSQL: set storage.url"
-            },
-        ));
-    }
-    Ok(())
+    super::validate::needs_store(c, "api.listen", "the API keeps its keys in", "API keys")
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl Config {
 
 type Checked = Result<(), ConfigError>;
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -246,19 +246,25 @@ fn accounts(c: &Config) -> Checked {
     if a.mode != AuthMode::Accounts {
         return Ok(());
     }
+    needs_store(c, "auth.mode", "accounts need", "accounts")
+}
+
+/// Refuses `key` unless something durable every node shares keeps `what`: a store
+/// (`storage.path` or `storage.url`), and in a cluster PostgreSQL.
+pub(super) fn needs_store(c: &Config, key: &'static str, need: &str, what: &str) -> Checked {
     let s = &c.storage;
     let kept = !s.url.is_empty() || (!s.path.is_empty() && c.cluster.redis_url.is_empty());
-    if !kept {
-        return Err(invalid(
-            "auth.mode",
-            if c.cluster.redis_url.is_empty() {
-                "accounts need a store: set storage.path (or storage.url)"
-            } else {
-                "a cluster keeps accounts in PostgreSQL: set storage.url"
-            },
-        ));
+    if kept {
+        return Ok(());
     }
-    Ok(())
+    Err(invalid(
+        key,
+        if c.cluster.redis_url.is_empty() {
+            format!("{need} a store: set storage.path (or storage.url)")
+        } else {
+            format!("a cluster keeps {what} in PostgreSQL: set storage.url")
+        },
+    ))
 }
 
 fn admin(a: &AdminConfig) -> Checked {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::validate::invalid;
 use super::{Config, ConfigError, Secret};
 
 /// The events an endpoint may ask for.
@@ -77,13 +78,6 @@ impl WebhookEndpoint {
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_else(|| self.url.clone())
-    }
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
     }
 }
 
