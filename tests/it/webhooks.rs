@@ -403,3 +403,53 @@ fn room_changes_are_sent() {
     assert!(changed.is_some(), "{got:?}");
     assert!(got.iter().all(|e| e["type"] == "room_changed"), "{got:?}");
 }
+
+/// Two cluster nodes listing the same endpoint send each event once: the node where it happened
+/// sends it (a message said on either node, a join on either), the other does not.
+#[cfg_attr(
+    chatd_no_redis,
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+#[test]
+fn a_cluster_sends_each_event_once() {
+    let (addr, rx) = receiver(Answer::FailFirst(0));
+    let redis = crate::helpers::Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = endpoint("audit", addr, r#"["message", "join"]"#, "");
+    let webhooks = "allow_private = true\nbatch_max_ms = 50";
+    let node = |id: &str| {
+        let env = [
+            ("CHATD_CLUSTER__REDIS_URL", redis.url.as_str()),
+            ("CHATD_CLUSTER__NODE_ID", id),
+        ];
+        daemon_with(&dir, "", &env, webhooks, &hook)
+    };
+    let (a, b) = (node("a"), node("b"));
+    let (mut henry, _) = hello(&a, "henry", json!({"room": "ops"}));
+    let (mut ann, _) = hello(&b, "ann", json!({"room": "ops"}));
+    request(
+        &mut henry,
+        json!({"type": "say", "room": "ops", "text": "from a"}),
+    );
+    request(
+        &mut ann,
+        json!({"type": "say", "room": "ops", "text": "from b"}),
+    );
+    let (got, _) = collect(&rx, Duration::from_secs(10), |e| e.len() >= 4);
+    // Anything more would come within a few batches: wait for them, then count.
+    let (more, _) = collect(&rx, Duration::from_millis(600), |_| false);
+    let all: Vec<Value> = got.into_iter().chain(more).collect();
+    let mut seen: Vec<String> = all
+        .iter()
+        .map(|e| match e["type"].as_str() {
+            Some("join") => format!("join {}", e["user"].as_str().unwrap()),
+            _ => format!("message {}", e["message"]["text"].as_str().unwrap()),
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["join ann", "join henry", "message from a", "message from b"],
+        "{all:?}"
+    );
+}
