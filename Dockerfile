@@ -25,6 +25,8 @@ RUN mkdir -p src/bin \
     && cargo build --release --locked --bins \
     && rm -rf src
 COPY src ./src
+# The HTTP API serves its description (/v1/openapi.json) from the binary.
+COPY docs/openapi.json ./docs/openapi.json
 # Newer than the stubs' build, so cargo rebuilds the crate itself.
 RUN touch src/lib.rs src/bin/chatd.rs src/bin/chatctl.rs \
     && cargo build --release --locked --bins \

@@ -464,7 +464,11 @@ impl Call<'_> {
             };
             let kept = match &result {
                 Ok((status, body)) => Some((status.as_u16(), body.to_string())),
-                Err(f) if f.status.is_client_error() => {
+                // A refusal is the answer for good, unless it says to try again later.
+                Err(f)
+                    if f.status.is_client_error()
+                        && !matches!(f.status.as_u16(), 408 | 409 | 429) =>
+                {
                     let body = json!({"error": {"code": f.code, "message": f.message}});
                     Some((f.status.as_u16(), body.to_string()))
                 }

@@ -284,6 +284,13 @@ impl Session {
                 info!(from = old.as_deref(), to = %name, "user renamed");
                 tracing::Span::current().record("user", &*name);
                 self.me = self.me.as_ref().map(|m| m.renamed(name.clone()));
+                // For the webhooks the old name left every room and the new one came in.
+                if let (Some(hooks), Some(old)) = (&self.chat.webhooks, &old) {
+                    for room in &self.rooms {
+                        hooks.left(room, old);
+                        hooks.joined(room, &name);
+                    }
+                }
                 if !json {
                     return vec![format!("you are now known as {name}").into()];
                 }

@@ -275,8 +275,13 @@ impl Webhooks {
         let key = (Arc::<str>::from(room), protocol::name_key(name));
         let mut presence = lock(&self.presence);
         let Some(entry) = presence.get_mut(&key) else {
-            drop(presence);
-            return self.presence_event("leave", room, name);
+            // Never seen in: a join still on its way when the connection ended (nothing to
+            // tell), or one sent untracked while the table was full (its leave goes the same way).
+            if presence.len() >= MAX_TRACKED {
+                drop(presence);
+                self.presence_event("leave", room, name);
+            }
+            return;
         };
         entry.conns = entry.conns.saturating_sub(1);
         if entry.conns == 0 {
