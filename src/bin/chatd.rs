@@ -452,6 +452,7 @@ async fn serve(config: Config, banner: Banner) -> Result<(), Fatal> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
 
     let max_connections = config.server.max_connections;
+    let backlog = config.server.backlog;
     let mut server = match Server::bind(config).await {
         Ok(server) => server,
         Err(chatd::server::BindError::Config(e)) => return Err(Fatal::Config(e)),
@@ -467,6 +468,19 @@ async fn serve(config: Config, banner: Banner) -> Result<(), Fatal> {
             connections = cap,
             "the file descriptor limit (ulimit -n) is below server.max_connections plus {}: at most {cap} connections; raise LimitNOFILE or ulimit -n",
             chatd::server::FD_RESERVE
+        );
+    }
+    // The kernel caps every listen backlog at somaxconn: a crowd reconnecting at once overflows
+    // a smaller one (their SYNs are dropped and retried after a second or more).
+    if let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| n < backlog)
+    {
+        tracing::warn!(
+            somaxconn,
+            backlog,
+            "the kernel caps the listen backlog at net.core.somaxconn = {somaxconn}, below server.backlog = {backlog}: raise it for crowds that reconnect at once (deploy/README.md)"
         );
     }
     let addr = server.local_addr();
