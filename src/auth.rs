@@ -13,6 +13,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::Secret;
 use crate::protocol::Role;
 
+/// `bytes` in lower-case hex (what the store keeps of hashes, and what signatures carry).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
 /// Seconds an expired token is still honoured (clock skew).
 pub const EXP_LEEWAY_SECS: u64 = 60;
 

@@ -64,7 +64,7 @@ impl Admin {
         use argon2::password_hash::rand_core::{OsRng, RngCore};
         let mut bytes = [0u8; 15];
         OsRng.fill_bytes(&mut bytes);
-        let code: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let code = crate::auth::hex(&bytes);
         let expires = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         self.db.add_invite(&invite_hash(&code), uses, expires)?;
         Ok(code)

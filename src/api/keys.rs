@@ -36,7 +36,7 @@ pub fn mint() -> (String, String) {
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut id);
     OsRng.fill_bytes(&mut secret);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::auth::hex(&id);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     let key = format!("{PREFIX}{id}_{secret}");
     (id, key)
@@ -44,10 +44,7 @@ pub fn mint() -> (String, String) {
 
 /// What is stored of `key`: SHA-256, in hex (a key is 256 random bits: no stretching needed).
 pub fn hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// The public id `key` names, if it has the shape of a key.

@@ -162,12 +162,6 @@ impl Caller {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Api {
     /// The API over `chat`, with its own connection to the store.
     pub(crate) fn start(chat: Arc<Chat>) -> Result<Arc<Api>, ConfigError> {
@@ -249,7 +243,7 @@ impl Api {
                 return Err(Failure::busy());
             }
         };
-        if !keys::matches(&key, given, now_ms()) {
+        if !keys::matches(&key, given, crate::protocol::now_ms()) {
             return Err(Failure::unauthorized());
         }
         self.take_rate(&key.id)?;

@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
-use super::{Api, Caller, Failure, Reply, json_reply, now_ms};
+use super::{Api, Caller, Failure, Reply, json_reply};
+use crate::protocol::now_ms;
 use crate::store::keys::Claim;
 
 /// The OpenAPI description of this API, served at `/v1/openapi.json`.
@@ -547,7 +548,7 @@ fn fingerprint(method: &Method, path: &str, body: &[u8]) -> String {
     hash.update(path.as_bytes());
     hash.update(b"\n");
     hash.update(body);
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&hash.finalize())
 }
 
 /// Percent-decoding of a path segment or query part (invalid escapes are kept as they are).

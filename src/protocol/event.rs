@@ -13,6 +13,13 @@ pub fn timestamp() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
+/// Milliseconds since the Unix epoch, now (what stores and keys record as `…_ms`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The timestamp of `ms` milliseconds since the Unix epoch, as [`timestamp`] writes them.
 pub fn timestamp_at(ms: i64) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

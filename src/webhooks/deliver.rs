@@ -83,11 +83,7 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::hex(&mac.finalize().into_bytes())
 }
 
 /// Delivers `endpoint`'s queue until `stop`; then tries once more what it holds.

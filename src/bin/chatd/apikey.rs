@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use chatd::api::keys;
 use chatd::config::{AuthMode, Config};
+use chatd::protocol::now_ms;
 use chatd::store::keys::ApiKey;
 use clap::Subcommand;
 
@@ -39,12 +40,6 @@ pub(crate) enum ApikeyCommand {
         /// The key's name or id.
         name: String,
     },
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
