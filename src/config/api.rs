@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::invalid;
+use super::validate::{at_least, invalid, within};
 use super::{Config, ConfigError};
 
 /// `[api]`: where the HTTP API listens and what it allows each key.
@@ -62,24 +62,19 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if !(1024..=16 * 1024 * 1024).contains(&a.max_body_bytes) {
-        return Err(invalid(
-            "api.max_body_bytes",
-            "must be between 1024 and 16777216",
-        ));
-    }
+    within(
+        "api.max_body_bytes",
+        a.max_body_bytes as u64,
+        1024..=16 * 1024 * 1024,
+    )?;
     if !(a.requests_per_sec > 0.0 && a.requests_per_sec <= 1e6) {
         return Err(invalid(
             "api.requests_per_sec",
             "must be above 0 and at most 1000000",
         ));
     }
-    if a.burst == 0 {
-        return Err(invalid("api.burst", "must be at least 1"));
-    }
-    if !(1..=86_400).contains(&a.idle_secs) {
-        return Err(invalid("api.idle_secs", "must be between 1 and 86400"));
-    }
+    at_least("api.burst", a.burst as usize, 1)?;
+    within("api.idle_secs", a.idle_secs, 1..=86_400)?;
     if !(a.timeout_secs > 0.0 && a.timeout_secs <= 600.0) {
         return Err(invalid(
             "api.timeout_secs",

@@ -66,7 +66,11 @@ fn rate(key: &'static str, value: f64) -> Checked {
 }
 
 /// A whole number within `range`.
-fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -> Checked {
+pub(super) fn within(
+    key: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Checked {
     if range.contains(&value) {
         Ok(())
     } else {
@@ -76,7 +80,7 @@ fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -
 }
 
 /// At least `min`.
-fn at_least(key: &'static str, value: usize, min: usize) -> Checked {
+pub(super) fn at_least(key: &'static str, value: usize, min: usize) -> Checked {
     if value >= min {
         Ok(())
     } else {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::invalid;
+use super::validate::{invalid, within};
 use super::{Config, ConfigError, Secret};
 
 /// The events an endpoint may ask for.
@@ -84,39 +84,29 @@ impl WebhookEndpoint {
 /// `[webhooks]`'s rules.
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     let w = &c.webhooks;
-    if !(1..=1000).contains(&w.batch_max_events) {
-        return Err(invalid(
-            "webhooks.batch_max_events",
-            "must be between 1 and 1000",
-        ));
-    }
-    if !(1..=60_000).contains(&w.batch_max_ms) {
-        return Err(invalid(
-            "webhooks.batch_max_ms",
-            "must be between 1 and 60000",
-        ));
-    }
+    within(
+        "webhooks.batch_max_events",
+        w.batch_max_events as u64,
+        1..=1000,
+    )?;
+    within("webhooks.batch_max_ms", w.batch_max_ms, 1..=60_000)?;
     if !(w.timeout_secs > 0.0 && w.timeout_secs <= 60.0) {
         return Err(invalid(
             "webhooks.timeout_secs",
             "must be above 0 and at most 60",
         ));
     }
-    if w.retry_window_secs > 7 * 86_400 {
-        return Err(invalid(
-            "webhooks.retry_window_secs",
-            "must be at most 604800 (a week)",
-        ));
-    }
-    if !(64 * 1024..=1 << 30).contains(&w.queue_bytes) {
-        return Err(invalid(
-            "webhooks.queue_bytes",
-            "must be between 65536 and 1073741824",
-        ));
-    }
-    if w.leave_grace_ms > 600_000 {
-        return Err(invalid("webhooks.leave_grace_ms", "must be at most 600000"));
-    }
+    within(
+        "webhooks.retry_window_secs",
+        w.retry_window_secs,
+        0..=7 * 86_400,
+    )?;
+    within(
+        "webhooks.queue_bytes",
+        w.queue_bytes as u64,
+        64 * 1024..=1 << 30,
+    )?;
+    within("webhooks.leave_grace_ms", w.leave_grace_ms, 0..=600_000)?;
     if w.endpoints.len() > MAX_ENDPOINTS {
         return Err(invalid(
             "webhooks.endpoints",
