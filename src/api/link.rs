@@ -164,7 +164,8 @@ async fn run(
         "0".into(),
         &mut out,
     );
-    let mut welcomed: Option<Value> = None;
+    // The hello's refusal (a ban, a name taken), if it was refused.
+    let mut refused: Option<Value> = None;
     let mut rooms: HashSet<Arc<str>> = HashSet::new();
     let mut waiting: HashMap<u64, Waiter> = HashMap::new();
     let mut next_id = 1u64;
@@ -181,10 +182,8 @@ async fn run(
                     if let Some(room) = reply.get("room").and_then(Value::as_str) {
                         rooms.insert(room.into());
                     }
-                    welcomed = Some(Value::Null);
                 } else {
-                    // Refused (a ban, a name taken): every request waiting gets the refusal.
-                    welcomed = Some(Value::Object(reply));
+                    refused = Some(Value::Object(reply));
                 }
                 continue;
             }
@@ -205,9 +204,9 @@ async fn run(
                 _ => {}
             }
         }
-        if let Some(Value::Object(refusal)) = &welcomed {
+        // Refused: every request waiting gets the refusal.
+        if let Some(refusal) = refused {
             debug!(reply = ?refusal, "api session refused");
-            let refusal = Value::Object(refusal.clone());
             asks.close();
             while let Ok(ask) = asks.try_recv() {
                 let _ = ask.reply.send(refusal.clone());
@@ -224,7 +223,7 @@ async fn run(
         // Whatever the chat sent besides replies (the rooms' messages) is not for anyone.
         let _ = mailbox.write_queued(|slices| Ok(slices.iter().map(|s| s.len()).sum()));
         let timer = session.next_deadline();
-        let ready = welcomed.is_some() && session.accepts_input();
+        let ready = session.welcomed() && session.accepts_input();
         tokio::select! {
             () = mailbox.ready() => {
                 let signals = mailbox.signals();
