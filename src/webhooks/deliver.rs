@@ -158,14 +158,16 @@ fn take_batch(endpoint: &Endpoint, max: usize) -> (String, u64) {
     let mut queue = lock(&endpoint.queue);
     let n = queue.events.len().min(max);
     let mut body = String::from("{\"events\":[");
+    let mut taken = 0;
     for (i, event) in queue.events.drain(..n).enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push_str(&event);
+        taken += event.len();
     }
     body.push_str("]}");
-    queue.bytes = queue.events.iter().map(|e| e.len()).sum();
+    queue.bytes -= taken;
     let bytes = queue.bytes;
     drop(queue);
     endpoint
