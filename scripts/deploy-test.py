@@ -13,7 +13,9 @@ Only what this machine cannot give is overridden (a generated compose file): pub
 to free loopback ports, and `nofile` is capped at the host's hard limit. Everything else (images,
 commands, volumes, environment) is the repository's own.
 
-Usage: scripts/deploy-test.py [--keep-engine] [--measure-rebuild] [--only STEP[,STEP]]
+Usage: scripts/deploy-test.py [--keep-engine | --drop-cache] [--measure-rebuild] [--only STEP[,STEP]]
+--drop-cache deletes the engine's data root at the end (CI: a fresh machine gains nothing from the
+cached layers, and the rest of the run needs the disk).
 Environment: CHATD_DEPLOY_CACHE (default ~/.cache/chatd-deploy), CHATD_DEPLOY_TESTS=skip (where a
 Docker engine cannot run: say so and pass; CI never sets it).
 Steps: engine, standins, build, single, overlays (TLS, tokens), cluster, systemd. Each prints `== name`, and a failure
@@ -488,6 +490,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated steps (engine and standins always run)")
     parser.add_argument("--keep-engine", action="store_true", help="leave dockerd running")
+    parser.add_argument("--drop-cache", action="store_true",
+                        help="delete the engine's images and build cache at the end (frees gigabytes)")
     parser.add_argument("--measure-rebuild", action="store_true",
                         help="also time a rebuild after a one-line source edit")
     args = parser.parse_args()
@@ -542,6 +546,8 @@ def main():
                                               "deploy/compose.tokens.yml"), ok=False)
         if not args.keep_engine:
             engine.stop()
+            if args.drop_cache:
+                engine.drop()
         shutil.rmtree(work, ignore_errors=True)
 
 
