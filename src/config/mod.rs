@@ -486,7 +486,8 @@ pub struct LimitsConfig {
     pub presence_batch_over: usize,
     /// How often a large room's batched joins and leaves go out, in milliseconds.
     pub presence_batch_ms: u64,
-    /// Bytes of read buffer per connection (it is resident for the connection's life).
+    /// Bytes tungstenite takes per read into its own buffer, which starts this size and then
+    /// holds the largest frame so far (the socket is read into the thread's buffer).
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer, used only for its own frames (pings, pongs, close, the echo
     /// endpoint); chat frames go through the outbound queue (grows lazily).
@@ -517,7 +518,7 @@ impl Default for LimitsConfig {
             users_per_page: 200,
             presence_batch_over: 50,
             presence_batch_ms: 1000,
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 128,
             write_buffer_bytes: 16 * 1024,
             edit_window_secs: 24 * 3600,
             edits_per_minute: 10,

@@ -167,7 +167,11 @@ fn limits(l: &LimitsConfig) -> Checked {
     }
     at_least("limits.users_per_page", l.users_per_page, 1)?;
     within("limits.presence_batch_ms", l.presence_batch_ms, 10..=60_000)?;
-    at_least("limits.read_buffer_bytes", l.read_buffer_bytes, 128)
+    within(
+        "limits.read_buffer_bytes",
+        l.read_buffer_bytes as u64,
+        16..=65_536,
+    )
 }
 
 fn diagnostics(d: &DiagnosticsConfig) -> Checked {
@@ -535,7 +539,7 @@ mod tests {
             Some("limits.presence_batch_ms")
         );
         assert_eq!(
-            case(|l| l.read_buffer_bytes = 64),
+            case(|l| l.read_buffer_bytes = 8),
             Some("limits.read_buffer_bytes")
         );
     }

@@ -5,7 +5,13 @@
 //! is queued behind the frames already there, and a flush drains the queue to the socket. A plain
 //! socket is shared with the mailbox (`Arc<TcpStream>`), so the server's flusher can write to it
 //! without waking the connection task; reads stay with the task.
+//!
+//! A plain socket is read into a buffer of the thread's, as uWebSockets does, not into one of the
+//! connection's: tungstenite asks for a few bytes at a time (`limits.read_buffer_bytes`, its own
+//! buffer, which an idle connection keeps), and what the socket gave beyond that waits in a
+//! spill of the connection's, made only while there is some and freed once it is taken.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,12 +23,68 @@ use tokio::net::TcpStream;
 use super::mailbox::{Flusher, Mailbox, write_plain};
 use super::tls::TlsConn;
 
+/// The most one read from a plain socket takes (into the thread's buffer).
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Where plain sockets are read: one per thread, not one per connection.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
 /// A client connection's byte stream.
 #[derive(Debug)]
 pub struct Transport {
     io: Io,
     /// Set at the upgrade: from then on writes are queued there and flushes drain it.
     outbox: Option<Arc<Mailbox>>,
+    /// Bytes read from a plain socket that tungstenite has not taken yet (at most
+    /// [`READ_CHUNK`]; boxed, so that it costs every connection one pointer).
+    spill: Option<Box<Spill>>,
+}
+
+/// Read bytes waiting to be taken: `bytes[taken..]`.
+#[derive(Debug)]
+struct Spill {
+    bytes: Box<[u8]>,
+    taken: usize,
+}
+
+/// Moves what fits into `buf` from `spill`, which goes once everything is taken.
+fn take_spilled(spill: &mut Option<Box<Spill>>, buf: &mut ReadBuf<'_>) {
+    let Some(s) = spill else { return };
+    let n = buf.remaining().min(s.bytes.len() - s.taken);
+    buf.put_slice(&s.bytes[s.taken..s.taken + n]);
+    s.taken += n;
+    if s.taken == s.bytes.len() {
+        *spill = None;
+    }
+}
+
+/// Reads what `tcp` has into `buf`: straight in when `buf` is large, otherwise through the
+/// thread's buffer, keeping what does not fit in `spill`. `WouldBlock` when nothing is there.
+fn read_plain(
+    tcp: &TcpStream,
+    buf: &mut ReadBuf<'_>,
+    spill: &mut Option<Box<Spill>>,
+) -> io::Result<()> {
+    if buf.remaining() >= READ_CHUNK {
+        let n = tcp.try_read(buf.initialize_unfilled())?;
+        buf.advance(n);
+        return Ok(());
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let n = tcp.try_read(&mut scratch)?;
+        let fits = n.min(buf.remaining());
+        buf.put_slice(&scratch[..fits]);
+        if fits < n {
+            *spill = Some(Box::new(Spill {
+                bytes: scratch[fits..n].into(),
+                taken: 0,
+            }));
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug)]
@@ -39,6 +101,7 @@ impl Transport {
         Transport {
             io: Io::Plain(Arc::new(tcp)),
             outbox: None,
+            spill: None,
         }
     }
 
@@ -47,6 +110,7 @@ impl Transport {
         Transport {
             io: Io::Tls(Box::new(tls)),
             outbox: None,
+            spill: None,
         }
     }
 
@@ -66,16 +130,22 @@ impl AsyncRead for Transport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if this.spill.is_some() {
+            // Bytes taken from the spill count against the task's budget as a read from the
+            // socket would: a client sending large frames must not keep its task from yielding
+            // (the flusher and other clients wait on this thread).
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            take_spilled(&mut this.spill, buf);
+            coop.made_progress();
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
             Io::Plain(tcp) => loop {
                 ready!(tcp.poll_read_ready(cx))?;
-                match tcp.try_read(buf.initialize_unfilled()) {
-                    Ok(n) => {
-                        buf.advance(n);
-                        return Poll::Ready(Ok(()));
-                    }
+                match read_plain(tcp, buf, &mut this.spill) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
+                    done => return Poll::Ready(done),
                 }
             },
             Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
