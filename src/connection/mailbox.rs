@@ -106,9 +106,10 @@ pub const OPCODE_PING: u8 = 0x89;
 pub struct Mailbox {
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    /// (`u32`s, with `max_bytes`: every connection has a mailbox.)
+    capacity: u32,
     /// Bytes that may wait, whatever the number of frames.
-    max_bytes: usize,
+    max_bytes: u32,
     /// Bytes written to the socket (`chatd_sent_bytes_total`).
     sent: IntCounter,
 }
@@ -133,7 +134,7 @@ struct State {
     /// No more frames are accepted: the connection is ending.
     closed: bool,
     /// An admin kicked this client, with this reason.
-    kicked: Option<String>,
+    kicked: Option<Box<str>>,
     /// The user closed this connection from another (`logout`).
     logged_out: bool,
     /// Entries for the connection's own task (late answers to its requests), opaque here.
@@ -198,8 +199,8 @@ impl Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            capacity,
-            max_bytes,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             sent,
         }
     }
@@ -227,9 +228,9 @@ impl Mailbox {
         let mut wake_task = false;
         let soft = matches!(class, Class::Presence | Class::Typing);
         let (cap, max) = if soft {
-            (self.capacity / 2, self.max_bytes / 2)
+            (self.capacity as usize / 2, self.max_bytes as usize / 2)
         } else {
-            (self.capacity, self.max_bytes)
+            (self.capacity as usize, self.max_bytes as usize)
         };
         if (len >= cap || bytes > max) && state.flusher().is_some() {
             // The flusher has not reached this socket yet: write what waits now, so that only a
@@ -299,7 +300,7 @@ impl Mailbox {
     /// floods requests and never reads their replies is a slow consumer too.
     fn queue_own(self: &Arc<Self>, frame: Bytes, to_flusher: bool) {
         let mut state = self.lock();
-        if state.bytes + frame.len() > self.max_bytes && !state.closed {
+        if state.bytes + frame.len() > self.max_bytes as usize && !state.closed {
             state.overflowed = true;
             discard(&mut state);
             drop(state);
@@ -392,7 +393,7 @@ impl Mailbox {
         Signals {
             overflowed: state.overflowed,
             failed: state.failed,
-            kicked: state.kicked.take(),
+            kicked: state.kicked.take().map(String::from),
             logged_out: state.logged_out,
             queued: !state.queue.is_empty(),
             controls: !state.controls.0.is_empty(),
@@ -416,7 +417,7 @@ impl Mailbox {
         if state.closed {
             return false;
         }
-        if state.controls.0.len() >= self.capacity {
+        if state.controls.0.len() >= self.capacity as usize {
             state.overflowed = true;
         } else {
             state.controls.0.push(entry);
@@ -449,7 +450,7 @@ impl Mailbox {
 
     /// Tells the connection to close with `reason` once it has written what is queued.
     pub fn kick(&self, reason: String) {
-        self.lock().kicked = Some(reason);
+        self.lock().kicked = Some(reason.into());
         self.notify.notify_one();
     }
 

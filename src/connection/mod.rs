@@ -167,18 +167,33 @@ pub(crate) trait Admission: Send {
     fn admit(&mut self, client: IpAddr) -> Result<(), HttpRefusal>;
 }
 
-/// Serves one accepted TCP connection from `peer` until it ends. The handler is made once the
-/// upgrade is done, from the connection's mailbox and the client's address (`peer`'s, or the
-/// one a trusted proxy gave); on `diagnostics.echo_path` it is the [`echo::Echo`] instead.
-/// `held` is the connection's place in the server's limits.
+/// An accepted TCP connection from `peer`, to [`serve`]. `held` is its place in the server's
+/// limits; `make` makes its handler once the upgrade is done, from the connection's mailbox and
+/// the client's address (`peer`'s, or the one a trusted proxy gave).
+pub(crate) struct Accepted<A, M> {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub sockets: Arc<Sockets>,
+    pub shutdown: CancellationToken,
+    pub held: A,
+    pub make: M,
+}
+
+/// Serves one accepted connection until it ends; on `diagnostics.echo_path` the handler is the
+/// [`echo::Echo`] instead. Boxed in: an async fn keeps room for its arguments in every state for
+/// its whole life (beside the locals they are moved into), so one pointer is all that the
+/// connection's task pays for them.
 pub(crate) async fn serve<H: Handler>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    sockets: Arc<Sockets>,
-    shutdown: CancellationToken,
-    mut held: impl Admission,
-    make: impl FnOnce(Arc<Mailbox>, IpAddr) -> H,
+    accepted: Box<Accepted<impl Admission, impl FnOnce(Arc<Mailbox>, IpAddr) -> H>>,
 ) {
+    let Accepted {
+        stream,
+        peer,
+        sockets,
+        shutdown,
+        mut held,
+        make,
+    } = *accepted;
     let accepted = Instant::now();
     let handshake_timeout = sockets.config.server.handshake_timeout();
     // Boxed so the (large) handshake state does not size every connection task for its whole life.
@@ -313,13 +328,12 @@ impl<H: Handler> Connection<H> {
     /// connection task small; see ARCHITECTURE.md.
     async fn run(&mut self, shutdown: &CancellationToken) -> End {
         let mailbox = self.handler.mailbox().clone();
-        let write_timeout = self.sockets.config.server.write_timeout();
         let timer = sleep_until(self.deadline());
         tokio::pin!(timer);
         loop {
-            let deadline = self.deadline();
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+            // (Locals held across the awaits below size every connection's task: none here.)
+            if timer.deadline() != self.deadline() {
+                timer.as_mut().reset(self.deadline());
             }
             let event = if std::mem::take(&mut self.mail_waiting) {
                 Event::Mail
@@ -344,6 +358,7 @@ impl<H: Handler> Connection<H> {
                 || !self.out.is_empty()
                 || self.handler.has_own_frames()
             {
+                let write_timeout = self.sockets.config.server.write_timeout();
                 timer.as_mut().reset(Instant::now() + write_timeout);
                 // While a write waits for a full socket, a queue that overflows ends the
                 // connection at once; other mail is handled once the write is done.

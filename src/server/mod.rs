@@ -517,8 +517,15 @@ fn connection_task(
     let conn = crate::hub::next_conn();
     let chat = chat.clone();
     let make = move |mailbox, client| Session::new(chat, conn, client, mailbox);
-    connection::serve(stream, peer, sockets.clone(), shutdown.clone(), slot, make)
-        .instrument(connection::span(peer, conn))
+    let accepted = connection::Accepted {
+        stream,
+        peer,
+        sockets: sockets.clone(),
+        shutdown: shutdown.clone(),
+        held: slot,
+        make,
+    };
+    connection::serve(Box::new(accepted)).instrument(connection::span(peer, conn))
 }
 
 /// A listening socket with the given backlog (tokio's `TcpListener::bind` fixes it at 128, which
@@ -569,7 +576,9 @@ mod tests {
         );
         let size = std::mem::size_of_val(&task);
         println!("connection task: {size} bytes");
-        // 1,560 bytes before the broker seam; it may not grow by more than 64.
-        assert!(size <= 1624, "the connection task grew to {size} bytes");
+        // 1,624 bytes before issue 31, 1,504 since (typing timings and rate limits no longer
+        // copied per connection, the hello's leftovers boxed). tokio's task cell rounds to 128
+        // bytes: past about 1,528 it takes the next size (see ARCHITECTURE.md).
+        assert!(size <= 1520, "the connection task grew to {size} bytes");
     }
 }

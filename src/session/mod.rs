@@ -144,18 +144,12 @@ pub(crate) struct Session {
     welcomed: bool,
     /// A password is being checked (or an account made): another hello waits for it.
     signing_in: bool,
-    /// What the hello called this connection (tokens and accounts), until the name is taken.
-    device: Option<Arc<str>>,
-    /// The id (`jti`) of the token the hello carried, until the name is taken.
-    token_id: Option<Box<str>>,
+    /// What a hello brought that the welcome uses up (boxed: only a connection saying hello
+    /// has it).
+    pending: Option<Box<Pending>>,
     /// The rooms the account is a member of (where rooms can be owned: an invite-only room
     /// lets its members back in, a private one is listed for them).
     kept: Vec<Arc<str>>,
-    /// The rooms the account is a member of, for the welcome (accounts mode).
-    memberships: Vec<protocol::Membership<'static>>,
-    /// The account's conversations and the PMs waiting for it, for the welcome (a sign-in with
-    /// a store).
-    inbox: Option<Box<Inbox>>,
     mode: Mode,
     /// The room given at hello: the default for `say`, `who` and `history`.
     home: Arc<str>,
@@ -175,7 +169,31 @@ pub(crate) struct Session {
     /// What this connection sent and edited (made when first needed).
     authored: Option<Box<changes::Authored>>,
 }
+/// What a hello brought, until the welcome.
+#[derive(Debug, Default)]
+struct Pending {
+    /// What the hello called this connection (tokens and accounts), until the name is taken.
+    device: Option<Arc<str>>,
+    /// The id (`jti`) of the token the hello carried, until the name is taken.
+    token_id: Option<Box<str>>,
+    /// The rooms the account is a member of, for the welcome (accounts mode).
+    memberships: Vec<protocol::Membership<'static>>,
+    /// The account's conversations and the PMs waiting for it, for the welcome (a sign-in with
+    /// a store).
+    inbox: Option<Box<Inbox>>,
+}
+
 impl Session {
+    /// What the hello under way brought (made on first use).
+    fn pending(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(Box::default)
+    }
+
+    /// The id of the token the hello under way carried.
+    fn token_id(&self) -> Option<&str> {
+        self.pending.as_ref()?.token_id.as_deref()
+    }
+
     /// The text of a message for the webhooks, when one wants it (`room`: a room's; `None`: a
     /// PM).
     fn hooked(&self, room: Option<&str>, text: &str, action: bool) -> Option<Box<Said>> {
@@ -203,7 +221,6 @@ impl Session {
             0.0
         };
         let strikes = TokenBucket::new(limits.abuse_strikes, strikes_rate);
-        let typing = TypingTracker::new(chat.typing);
         Session {
             chat,
             conn,
@@ -212,18 +229,15 @@ impl Session {
             me: None,
             welcomed: false,
             signing_in: false,
-            device: None,
-            token_id: None,
+            pending: None,
             kept: Vec::new(),
-            memberships: Vec::new(),
-            inbox: None,
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),
             rooms: Vec::new(),
             requests,
             typing_rate,
             strikes,
-            typing,
+            typing: TypingTracker::default(),
             closing: None,
             slots: Slots::default(),
             request_bytes: 0,

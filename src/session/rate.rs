@@ -3,11 +3,12 @@
 use tokio::time::Instant;
 
 /// A token bucket: `burst` tokens, refilled at `per_sec`. A rate of 0 means unlimited.
+/// (`f32`s: every connection holds three of these, and 24 bits are plenty for a rate.)
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
+    tokens: f32,
+    burst: f32,
+    per_sec: f32,
     last: Instant,
 }
 
@@ -15,9 +16,9 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(burst: u32, per_sec: f64) -> TokenBucket {
         TokenBucket {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            per_sec,
+            tokens: burst as f32,
+            burst: burst as f32,
+            per_sec: per_sec as f32,
             last: Instant::now(),
         }
     }
@@ -28,7 +29,7 @@ impl TokenBucket {
             return true;
         }
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        let refill = now.duration_since(self.last).as_secs_f32() * self.per_sec;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
@@ -44,7 +45,7 @@ impl TokenBucket {
         if self.per_sec <= 0.0 || self.tokens >= 1.0 {
             return std::time::Duration::ZERO;
         }
-        std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+        std::time::Duration::from_secs_f32((1.0 - self.tokens) / self.per_sec)
     }
 }
 

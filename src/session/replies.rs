@@ -27,12 +27,14 @@ impl Session {
                 if let (Some(hooks), Some(me)) = (&self.chat.webhooks, &self.me) {
                     hooks.joined(&view.room, me.name());
                 }
-                let inbox = self.inbox.take();
+                let inbox = self.pending.as_mut().and_then(|p| p.inbox.take());
                 let (conversations, waiting) = match inbox {
                     Some(inbox) => *inbox,
                     None => Default::default(),
                 };
                 let mut frames = vec![self.welcome(view, conversations, reference)];
+                // The hello is done with: a welcomed connection keeps nothing of it.
+                self.pending = None;
                 // What others wrote while the user was away, after the welcome.
                 frames.extend(waiting.iter().map(|pm| protocol::encode(&pm_event(pm))));
                 return frames;
@@ -504,7 +506,11 @@ impl Session {
             return Vec::new();
         };
         accounts.note_join(&key, &view.room, view.seq);
-        let mut rooms = std::mem::take(&mut self.memberships);
+        let mut rooms = self
+            .pending
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.memberships))
+            .unwrap_or_default();
         match rooms.iter().position(|m| *m.room == *view.room) {
             Some(at) => {
                 let mut home = rooms.remove(at);

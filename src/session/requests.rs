@@ -147,7 +147,7 @@ impl Session {
             && !self.signing_in
         {
             match device.as_deref().map(valid_device).transpose() {
-                Ok(device) => self.device = device.filter(|d| !d.is_empty()),
+                Ok(device) => self.pending().device = device.filter(|d| !d.is_empty()),
                 Err(r) => return self.refuse(r, id.as_deref(), out),
             }
         }
@@ -293,7 +293,10 @@ impl Session {
             Target::Room(room) => TypingTarget::Room(self.my_room(Some(&room))?),
             Target::User(name) => TypingTarget::User(valid_user(&name)?.into()),
         };
-        if let Some(relay) = self.typing.update(target.clone(), state, Instant::now()) {
+        if let Some(relay) =
+            self.typing
+                .update(&self.chat.typing, target.clone(), state, Instant::now())
+        {
             self.call(Kind::Typing(target.clone()), id.take(), out, |b, t, me| {
                 b.typing(t, me, target.to(), relay)
             });
@@ -446,7 +449,7 @@ impl Session {
             _ => return Ok(Role::User),
         };
         let verified = verifier.verify_token(token, name).map(|(role, jti)| {
-            self.token_id = jti.map(String::into_boxed_str);
+            self.pending().token_id = jti.map(String::into_boxed_str);
             role
         });
         verified.map_err(|e| {
@@ -469,8 +472,7 @@ impl Session {
         reference: Option<String>,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        let refusal =
-            name_refusal(name).or_else(|| self.admitted(name, self.token_id.as_deref()).err());
+        let refusal = name_refusal(name).or_else(|| self.admitted(name, self.token_id()).err());
         let requested = joining.room.unwrap_or(protocol::DEFAULT_ROOM);
         let room = match (refusal, normalize_room(requested)) {
             // A room the user may not enter: the welcome says where they landed instead.
@@ -505,10 +507,11 @@ impl Session {
             self.mailbox.clone(),
         );
         if self.chat.config.auth.mode.owned_names() {
+            let pending = self.pending();
             me = me.with_about(About {
-                device: self.device.take(),
+                device: pending.device.take(),
                 since: protocol::timestamp().into(),
-                jti: self.token_id.take(),
+                jti: pending.token_id.take(),
             });
         }
         self.me = Some(me);

@@ -89,7 +89,7 @@ impl Session {
         id: String,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        self.device = Some(device);
+        self.pending().device = Some(device);
         if self.chat.accounts.is_some() {
             let request = Request::Resume { name, role };
             return self.sign_in(request, Some(room), None, Some(id), out);
@@ -226,9 +226,10 @@ impl Session {
                     .iter()
                     .map(|m| std::sync::Arc::from(&*m.room))
                     .collect();
-                self.memberships = rooms;
+                let pending = self.pending();
+                pending.memberships = rooms;
                 if !(conversations.is_empty() && waiting.is_empty()) {
-                    self.inbox = Some(Box::new((conversations, waiting)));
+                    pending.inbox = Some(Box::new((conversations, waiting)));
                 }
                 (name, role)
             }
@@ -245,7 +246,7 @@ impl Session {
         };
         // Banned from the server, or a revoked token: refused; a room the account may not enter:
         // the welcome says where it landed instead.
-        if let Err(r) = self.admitted(&name, self.token_id.as_deref()) {
+        if let Err(r) = self.admitted(&name, self.token_id()) {
             let frame = self.error(&r, reference.as_deref());
             let answered = Answered {
                 at,

@@ -131,6 +131,10 @@ impl Slots {
                 out.extend(frames);
             }
         }
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            // An idle connection keeps nothing here (its hello's slot would stay otherwise).
+            self.queue = VecDeque::new();
+        }
     }
 
     /// Some reply is ready but waits behind a request still unanswered.

@@ -71,34 +71,27 @@ struct Entry {
     expires: Instant,
 }
 
-/// The typing states one sender has open.
+/// The typing states one sender has open (the timings are the server's, passed in: every
+/// connection has a tracker).
 #[derive(Debug, Default)]
 pub struct TypingTracker {
     entries: Vec<Entry>,
-    timings: TypingTimings,
 }
 
 impl TypingTracker {
-    /// A tracker with no open states.
-    pub fn new(timings: TypingTimings) -> TypingTracker {
-        TypingTracker {
-            entries: Vec::new(),
-            timings,
-        }
-    }
-
     /// Records a state the sender reported; returns the state to relay, if any.
     pub fn update(
         &mut self,
+        timings: &TypingTimings,
         target: TypingTarget,
         state: TypingState,
         now: Instant,
     ) -> Option<TypingState> {
-        let TypingTimings {
+        let &TypingTimings {
             throttle,
             active_expiry,
             paused_expiry,
-        } = self.timings;
+        } = timings;
         let pos = self.entries.iter().position(|e| e.target.same(&target));
         match (state, pos) {
             (TypingState::Done, None) => None,
@@ -194,11 +187,17 @@ mod tests {
         let mut t = TypingTracker::default();
         let start = Instant::now();
         assert_eq!(
-            t.update(user("bob"), TypingState::Active, start),
+            t.update(
+                &TypingTimings::default(),
+                user("bob"),
+                TypingState::Active,
+                start
+            ),
             Some(TypingState::Active)
         );
         assert_eq!(
             t.update(
+                &TypingTimings::default(),
                 user("BOB"),
                 TypingState::Active,
                 start + Duration::from_secs(2)
@@ -207,6 +206,7 @@ mod tests {
         );
         assert_eq!(
             t.update(
+                &TypingTimings::default(),
                 user("bob"),
                 TypingState::Active,
                 start + Duration::from_secs(3)
@@ -223,22 +223,48 @@ mod tests {
     async fn paused_relays_on_change_and_done_only_when_open() {
         let mut t = TypingTracker::default();
         let now = Instant::now();
-        assert_eq!(t.update(user("a"), TypingState::Done, now), None);
         assert_eq!(
-            t.update(user("a"), TypingState::Active, now),
+            t.update(&TypingTimings::default(), user("a"), TypingState::Done, now),
+            None
+        );
+        assert_eq!(
+            t.update(
+                &TypingTimings::default(),
+                user("a"),
+                TypingState::Active,
+                now
+            ),
             Some(TypingState::Active)
         );
         assert_eq!(
-            t.update(user("a"), TypingState::Paused, now),
+            t.update(
+                &TypingTimings::default(),
+                user("a"),
+                TypingState::Paused,
+                now
+            ),
             Some(TypingState::Paused)
         );
-        assert_eq!(t.update(user("a"), TypingState::Paused, now), None);
+        assert_eq!(
+            t.update(
+                &TypingTimings::default(),
+                user("a"),
+                TypingState::Paused,
+                now
+            ),
+            None
+        );
         assert_eq!(t.next_expiry(), Some(now + PAUSED_EXPIRY));
         assert_eq!(
-            t.update(user("a"), TypingState::Done, now),
+            t.update(&TypingTimings::default(), user("a"), TypingState::Done, now),
             Some(TypingState::Done)
         );
-        t.update(user("a"), TypingState::Active, now);
+        t.update(
+            &TypingTimings::default(),
+            user("a"),
+            TypingState::Active,
+            now,
+        );
         t.clear(&user("a"));
         assert!(!t.end(&user("a")));
     }

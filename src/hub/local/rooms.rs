@@ -65,13 +65,18 @@ impl Directory {
     /// `member` is online under `key` (its `protocol::name_key`): a user, or another connection
     /// of one.
     pub(super) fn add_user(&mut self, key: String, member: Member) {
+        // Most users have one connection and most look-alike keys one name: room for one each
+        // (a `Vec`'s first push makes room for four), since every online user pays for them.
         let sessions = self.users.entry(key).or_default();
         if sessions.is_empty() {
-            self.looks
+            let names = self
+                .looks
                 .entry(protocol::look_alike(&member.name))
-                .or_default()
-                .push(member.name.clone());
+                .or_default();
+            names.reserve_exact(1);
+            names.push(member.name.clone());
         }
+        sessions.reserve_exact(1);
         sessions.push(member);
     }
 
