@@ -15,11 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod report;
 #[cfg(test)]
@@ -27,8 +24,6 @@ mod tests;
 mod wire;
 
 use wire::*;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -75,6 +70,11 @@ pub struct BenchOptions {
     pub secret: Option<crate::config::Secret>,
     /// Consecutive clients that are one user (with tokens).
     pub sessions_per_user: usize,
+    /// Connect from this many loopback addresses (127.1.0.0 on), each with its own ephemeral
+    /// ports; 0: let the system choose.
+    pub sources: u32,
+    /// Hold connections cheaply: 256-byte read buffers, no write batching.
+    pub lean: bool,
 }
 
 /// `chatctl bench`'s arguments.
@@ -140,6 +140,14 @@ pub struct BenchArgs {
     /// With --secret-file, this many clients in a row are one user (several connections each).
     #[arg(long, default_value_t = 1, requires = "secret_file")]
     pub sessions_per_user: usize,
+    /// Connect from N loopback source addresses (127.1.0.0 and on; the server must be on
+    /// loopback): each has its own ~28,000 ephemeral ports, so more connections than one
+    /// address allows.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub sources: u32,
+    /// Hold many idle connections cheaply (256-byte read buffers, no write batching).
+    #[arg(long)]
+    pub lean: bool,
 }
 
 impl BenchArgs {
@@ -170,6 +178,8 @@ impl BenchArgs {
                 crate::config::Secret::new(text.trim_end_matches(['\r', '\n']))
             }),
             sessions_per_user: self.sessions_per_user.max(1),
+            sources: self.sources,
+            lean: self.lean,
             report_every: self
                 .report_every
                 .filter(|s| *s > 0.0)
@@ -347,6 +357,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         opts.rooms >= 1 && opts.rooms <= opts.clients,
         "--rooms must be 1..=clients"
     );
+    // Each client is a descriptor: the soft limit goes up to the hard one, for this process only.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     anyhow::ensure!(opts.inflight >= 1, "--inflight must be at least 1");
     anyhow::ensure!(
         opts.credit == Credit::Delivered || !opts.raw,
@@ -550,18 +562,6 @@ fn shutdown_check(run: &Run, opts: &BenchOptions) -> ShutdownCheck {
         acked,
         acked_not_delivered,
     }
-}
-
-async fn connect(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<Ws> {
-    // Small buffers: a load generator with thousands of connections should not be the bottleneck.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024);
-    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-    let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
-            .await?;
-    Ok(ws)
 }
 
 /// One client: connect, hello, then read (and send, for senders) until aborted.

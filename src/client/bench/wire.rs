@@ -1,14 +1,58 @@
 //! What the bench says on the wire: hand-encoded frames, payloads that carry their sender,
 //! sequence number and send time, Socket.IO's framing, and the server process's RSS and CPU.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-use super::{BenchOptions, connect};
+use super::BenchOptions;
+
+/// The first source address of `--sources` (127.1.0.0: clear of 127.0.0.1, where servers listen).
+const FIRST_SOURCE: u32 = 0x7f01_0000;
+
+/// Client `i`'s WebSocket connection to `url`: from its source address when `opts.sources` is
+/// set, with small buffers (a load generator with thousands of connections should not be the
+/// bottleneck; smaller still with `lean`).
+async fn connect(url: &str, i: usize, opts: &BenchOptions) -> anyhow::Result<Ws> {
+    let config = if opts.lean {
+        WebSocketConfig::default()
+            .read_buffer_size(256)
+            .write_buffer_size(0)
+    } else {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(16 * 1024)
+    };
+    let connector = opts.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    if opts.sources == 0 {
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+                .await?;
+        return Ok(ws);
+    }
+    let parsed = url::Url::parse(url).context("the URL")?;
+    let server: SocketAddr = parsed
+        .socket_addrs(|| None)
+        .context("the URL's address")?
+        .into_iter()
+        .find(|a| a.ip().is_loopback() && a.is_ipv4())
+        .context("--sources needs a server on 127.0.0.0/8")?;
+    let source = Ipv4Addr::from(FIRST_SOURCE + (i as u32 % opts.sources));
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    let tcp = socket.connect(server).await?;
+    tcp.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(url, tcp, Some(config), connector).await?;
+    Ok(ws)
+}
 
 /// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
 /// server parses it as the protocol's hello).
@@ -50,11 +94,11 @@ pub(super) async fn open(
             "{}/socket.io/?EIO=4&transport=websocket",
             url.trim_end_matches('/')
         );
-        let mut ws = connect(&url, opts.tls.clone()).await?;
+        let mut ws = connect(&url, i, opts).await?;
         socketio_join(&mut ws).await?;
         return Ok(ws);
     }
-    let mut ws = connect(url, opts.tls.clone()).await?;
+    let mut ws = connect(url, i, opts).await?;
     if opts.raw {
         if opts.name_line {
             ws.send(Message::text(name)).await?;
