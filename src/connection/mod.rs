@@ -186,6 +186,8 @@ pub(crate) struct Accepted<A, M> {
 pub(crate) async fn serve<H: Handler>(
     accepted: Box<Accepted<impl Admission, impl FnOnce(Arc<Mailbox>, IpAddr) -> H>>,
 ) {
+    // Unboxed in a block of its own, so the box is freed now (a moved-from box lives, and keeps
+    // its allocation, to the end of its scope).
     let Accepted {
         stream,
         peer,
@@ -193,7 +195,10 @@ pub(crate) async fn serve<H: Handler>(
         shutdown,
         mut held,
         make,
-    } = *accepted;
+    } = {
+        let accepted = accepted;
+        *accepted
+    };
     let accepted = Instant::now();
     let handshake_timeout = sockets.config.server.handshake_timeout();
     // Boxed so the (large) handshake state does not size every connection task for its whole life.
@@ -481,7 +486,8 @@ impl<H: Handler> Connection<H> {
         if std::mem::take(&mut self.ping_due) {
             mailbox.queue_frame(mailbox::OPCODE_PING, &[]);
         }
-        for frame in self.out.drain(..) {
+        // Taken, not drained: an idle connection keeps no room for replies.
+        for frame in std::mem::take(&mut self.out) {
             mailbox.reply(&frame);
         }
         // What late answers produced is queued: what was held behind them may follow.
