@@ -228,7 +228,11 @@ fn conversations_page_back_and_belong_to_the_pair(db: &Db) {
     store
         .append_pm(pm(id + 3, "Ann", "bob", "still there?"))
         .unwrap();
-    assert!(store.sync(Duration::from_secs(30)));
+    assert!(
+        store.sync(Duration::from_secs(30)),
+        "not committed within 30 s; the store {} keeping up",
+        if store.healthy() { "is" } else { "is not" }
+    );
     let query = |before| Query::Pms {
         pair: pm_pair("BOB", "ann"),
         before,
@@ -446,7 +450,11 @@ fn a_full_queue_refuses_and_loses_nothing_accepted(db: &Db) {
         }
     }
     assert!(refused > 0, "64 KiB cannot hold 2,000 × 4 KiB at once");
-    assert!(store.sync(Duration::from_secs(30)));
+    assert!(
+        store.sync(Duration::from_secs(30)),
+        "not committed within 30 s; the store {} keeping up",
+        if store.healthy() { "is" } else { "is not" }
+    );
     let (seqs, _) = page(&store, None, None, 2_000);
     assert_eq!(
         seqs,
@@ -522,7 +530,11 @@ fn a_lost_postgres_refuses_writes_then_recovers() {
         assert!(Instant::now() < deadline, "the store recovers by itself");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(store.sync(Duration::from_secs(30)));
+    assert!(
+        store.sync(Duration::from_secs(30)),
+        "not committed within 30 s; the store {} keeping up",
+        if store.healthy() { "is" } else { "is not" }
+    );
     let (seqs, _) = page(&store, None, None, 100);
     assert_eq!(
         seqs,
