@@ -20,6 +20,8 @@ fn bench_runs_a_tiny_case_without_loss() {
         &["--rooms", "2", "--inflight", "4"][..],
         // Senders paced on the server's acks rather than on deliveries.
         &["--credit", "ack", "--inflight", "2"][..],
+        // Lean clients from three loopback source addresses (the upgrade done by the bench).
+        &["--lean", "--sources", "3"][..],
     ] {
         let out = chatctl_command()
             .args([

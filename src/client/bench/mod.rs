@@ -576,7 +576,8 @@ async fn client(
     let name = format!("b{}", i / opts.sessions_per_user.max(1));
     let mut ws = {
         let _permit = gate.acquire().await?;
-        open(i, &opts, &name, &room).await?
+        // Boxed: the handshake's state would otherwise size this task for its whole life.
+        Box::pin(open(i, &opts, &name, &room)).await?
     };
     if run.connected.fetch_add(1, Ordering::AcqRel) + 1 == opts.clients {
         all_connected.notify_one();

@@ -49,9 +49,67 @@ async fn connect(url: &str, i: usize, opts: &BenchOptions) -> anyhow::Result<Ws>
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let tcp = socket.connect(server).await?;
     tcp.set_nodelay(true)?;
+    if opts.lean && parsed.scheme() == "ws" {
+        return lean_upgrade(tcp, &parsed, config).await;
+    }
     let (ws, _) =
         tokio_tungstenite::client_async_tls_with_config(url, tcp, Some(config), connector).await?;
     Ok(ws)
+}
+
+/// The client's upgrade by hand, with a small buffer: tungstenite's client handshake reads into
+/// a 4 KiB buffer that then stays with the connection as its frame buffer.
+async fn lean_upgrade(
+    mut tcp: TcpStream,
+    url: &url::Url,
+    config: WebSocketConfig,
+) -> anyhow::Result<Ws> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+    let key = generate_key();
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port_or_known_default().unwrap_or(80);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        url.path()
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    let end = loop {
+        let n = tcp.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the server closed the connection during the upgrade");
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        anyhow::ensure!(head.len() < 8192, "the upgrade's answer is too long");
+    };
+    let text = String::from_utf8_lossy(&head[..end]);
+    let status = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status.starts_with("HTTP/1.1 101"),
+        "the upgrade was refused: {status}"
+    );
+    let accept = derive_accept_key(key.as_bytes());
+    let accepted = text.lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
+        })
+    });
+    anyhow::ensure!(
+        accepted,
+        "the upgrade's answer has no or the wrong Sec-WebSocket-Accept"
+    );
+    let rest = head[end..].to_vec();
+    Ok(WebSocketStream::from_partially_read(
+        MaybeTlsStream::Plain(tcp),
+        rest,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(config),
+    )
+    .await)
 }
 
 /// A hello, encoded by hand: bench names and rooms need no escaping (the test below checks the
