@@ -23,6 +23,7 @@ pub fn hex(bytes: &[u8]) -> String {
             s
         })
 }
+
 /// Seconds an expired token is still honoured (clock skew).
 pub const EXP_LEEWAY_SECS: u64 = 60;
 

@@ -132,7 +132,8 @@ impl Slots {
             }
         }
         if self.queue.is_empty() && self.queue.capacity() > 0 {
-            // An idle connection keeps nothing here (its hello's slot would stay otherwise).
+            // An idle connection keeps nothing here (a hello answered later, as in a cluster or
+            // with accounts, would leave its slot's room otherwise).
             self.queue = VecDeque::new();
         }
     }
