@@ -193,16 +193,16 @@ def rss_kib(pid):
     return 0
 
 
-def settled_rss(pid, limit=10.0):
-    """The server's RSS once the clients have gone: read until it stops changing (the server
-    closes their connections after the load generator exits)."""
-    last, deadline = rss_kib(pid), time.time() + limit
-    while time.time() < deadline:
+def settled_rss(pid, limit=15.0, steady=1.5):
+    """The server's RSS once the clients have gone: read until it has not changed for `steady`
+    seconds (the server closes their connections after the load generator exits, and its
+    allocator gives pages back over about a second)."""
+    last, since, deadline = rss_kib(pid), time.time(), time.time() + limit
+    while time.time() < deadline and time.time() - since < steady:
         time.sleep(0.25)
         now = rss_kib(pid)
-        if now == last:
-            break
-        last = now
+        if now != last:
+            last, since = now, time.time()
     return last
 
 
@@ -239,7 +239,8 @@ def idle_memory(n, servers, rounds):
         rep = run_one(server, idle_args(shape, n))
         reps.append(rep)
         print(f"round {r+1} idle{n} {label:22} {rep['server']['rss_per_connection_kib']:6.2f} KiB/conn, "
-              f"{rep['handshakes_per_sec']:>8,.0f} conn/s, after leave {rep['rss_after_leave_kib']/1024:.1f} MiB",
+              f"{rep['handshakes_per_sec']:>8,.0f} conn/s, after leave {rep['rss_after_leave_kib']/1024:.1f} MiB "
+              f"({rep['rss_after_leave_kib'] / rep['server']['rss_before_kib']:.3f}× the start)",
               flush=True)
     return {label: reps for label, (_, _, reps) in runs.items()}
 
@@ -403,8 +404,9 @@ def quick(cases, opts):
                 kib = median([r["server"]["rss_per_connection_kib"] for r in reps])
                 rate = median([r["handshakes_per_sec"] for r in reps])
                 after = median([r["rss_after_leave_kib"] for r in reps]) / 1024
+                ratio = median([r["rss_after_leave_kib"] / r["server"]["rss_before_kib"] for r in reps])
                 print(f"median {case:10} {label:22} {kib:6.2f} KiB/conn {rate:>8,.0f} conn/s "
-                      f"after leave {after:.1f} MiB", flush=True)
+                      f"after leave {after:.1f} MiB ({ratio:.3f}× the start)", flush=True)
             continue
         if case == "connect":
             runs = connect_rates(opts.rounds, [p for p in opts.peers.split(",") if p], tls=None)

@@ -6,6 +6,8 @@
 //! the broker, as a connection handler), `server` (where they meet), `store` (durable history),
 //! `web` (the browser client it serves) and `client` (chatctl).
 
+#![forbid(unsafe_code)]
+
 pub mod accounts;
 pub mod addr;
 pub mod api;
@@ -14,6 +16,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod connection;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

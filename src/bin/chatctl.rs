@@ -1,6 +1,8 @@
 //! `chatctl`: the console client. Parses the command line, builds the runtime and the endpoint,
 //! and hands over to the client library (`chatd::client`); maps the outcome to an exit code.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,6 +27,8 @@ const EXIT_FORCED: i32 = 130;
 /// 78 invalid configuration, 130 forced shutdown by a second signal.
 #[path = "chatd/accounts.rs"]
 mod accounts;
+#[path = "chatd/alloc.rs"]
+mod alloc;
 #[path = "chatd/apikey.rs"]
 mod apikey;
 
@@ -408,11 +410,13 @@ fn run(config: Config, file: Option<std::path::PathBuf>) -> Result<(), Fatal> {
     let runtime = if config.server.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(alloc::on_park)
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.server.workers)
             .enable_all()
+            .on_thread_park(alloc::on_park)
             .build()
     }
     .context("cannot start the async runtime")?;
@@ -659,9 +663,3 @@ fn mint_token(config: &Config, name: &str, role: RoleArg, ttl: &str) -> ExitCode
         }
     }
 }
-
-/// jemalloc, configured (`.cargo/config.toml`) to give freed memory back within a second: with
-/// glibc's allocator a burst of 2,000 clients sending 60 KiB messages left RSS at 314 MiB after
-/// they all left; with this, 67 MiB, most of it the history the configuration keeps.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use prometheus::IntGauge;
 
 use crate::config::ServerConfig;
+use crate::memory::Shrink;
 
 /// Connect-rate buckets kept before idle (full) ones are pruned.
 const MAX_RATE_ENTRIES: usize = 4096;
@@ -34,6 +35,8 @@ pub(super) struct ConnLimiter {
 #[derive(Debug, Default)]
 struct LimiterState {
     total: usize,
+    /// The most connections open at once since memory was last given back (`memory`).
+    peak: usize,
     per_ip: HashMap<IpAddr, usize>,
     /// Connect-rate token buckets per address: (tokens, last refill).
     rates: HashMap<IpAddr, (f64, Instant)>,
@@ -91,6 +94,7 @@ impl ConnLimiter {
             ));
         }
         state.total += 1;
+        state.peak = state.peak.max(state.total);
         self.open_gauge.inc();
         Ok(ConnSlot {
             limiter: self.clone(),
@@ -186,6 +190,9 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut state = self.limiter.lock();
         state.total -= 1;
+        if crate::memory::connections_left(state.total, state.peak) {
+            state.peak = state.total;
+        }
         self.limiter.open_gauge.dec();
         if self.limiter.max_per_ip > 0
             && let Some(ip) = self.ip
@@ -194,6 +201,7 @@ impl Drop for ConnSlot {
             *n -= 1;
             if *n == 0 {
                 state.per_ip.remove(&ip);
+                state.per_ip.shrink_if_sparse();
             }
         }
     }

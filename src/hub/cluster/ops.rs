@@ -26,6 +26,7 @@ use super::link::{Done, Fail};
 use super::{Inner, Mine, lock};
 use crate::hub::changes::{self, ChangeAsk};
 use crate::hub::{ConnId, Member, Outcome, Page, Receipt, Refusal, Resume, Ticket};
+use crate::memory::Shrink;
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
 use crate::store::Admitted;
 
@@ -215,6 +216,7 @@ pub(super) async fn member_task(inner: Arc<Inner>, conn: ConnId) {
                 if last {
                     let mut local = lock(&inner.local);
                     local.members.remove(&conn);
+                    local.members.shrink_if_sparse();
                     if local.members.is_empty() {
                         inner.idle.notify_waiters();
                     }

@@ -23,6 +23,7 @@ use super::envelope::Envelope;
 use super::link::{Done, Fail};
 use super::{Entries, Here, Inner, Local, Pending, Sub, lock, now_ms, value_at};
 use crate::hub::{Member, Outcome, Page, Refusal, Resume, RoomView, StoredMessage, Ticket};
+use crate::memory::Shrink;
 use crate::protocol::{self, ServerMsg, b};
 
 /// How long a room's presence batch waits in Redis for a flush at most (its node died before it
@@ -453,11 +454,13 @@ impl Inner {
         let mut local = lock(&self.local);
         let empty = local.rooms.get_mut(room).is_some_and(|here| {
             here.members.retain(|m| m.conn() != me.conn());
+            here.members.shrink_if_sparse();
             here.pending.retain(|p| p.conn != me.conn());
             here.is_unused()
         });
         if empty {
             local.rooms.remove(room);
+            local.rooms.shrink_if_sparse();
             drop(local);
             let _ = self.subs.try_send(Sub::Drop(room.into()));
         }

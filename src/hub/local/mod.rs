@@ -23,6 +23,7 @@ use super::{
     Resume, Ticket, TypingTo, changes as change, lock,
 };
 use crate::config::{Config, ConfigError};
+use crate::memory::Shrink;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChatMessage, ErrorCode, ServerMsg, TypingState, b};
 
@@ -499,6 +500,7 @@ impl Broker for LocalBroker {
             let mut state = lock(&room.state);
             let before = state.members.len();
             state.members.retain(|m| !conns.contains(&m.conn));
+            state.members.shrink_if_sparse();
             let removed = before - state.members.len();
             if removed == 0 {
                 continue;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::LocalBroker;
 use crate::hub::presence::PresenceBatch;
 use crate::hub::{ConnId, Member, Refusal, Resume, RoomView, StoredMessage, lock, name_order};
+use crate::memory::Shrink;
 use crate::protocol::{self, Role, ServerMsg, b};
 
 #[derive(Debug, Default)]
@@ -88,6 +89,7 @@ impl Directory {
         let member = sessions.remove(at);
         if sessions.is_empty() {
             self.users.remove(key);
+            self.users.shrink_if_sparse();
             self.forget_look(&member.name);
         }
         Some(member)
@@ -96,6 +98,7 @@ impl Directory {
     /// Takes the user under `key` offline, every connection of theirs.
     pub(super) fn remove_user(&mut self, key: &str) -> Vec<Member> {
         let sessions = self.users.remove(key).unwrap_or_default();
+        self.users.shrink_if_sparse();
         if let Some(first) = sessions.first() {
             self.forget_look(&first.name.clone());
         }
@@ -110,6 +113,7 @@ impl Directory {
             }
             if names.is_empty() {
                 self.looks.remove(&looks);
+                self.looks.shrink_if_sparse();
             }
         }
     }
@@ -173,12 +177,14 @@ impl Directory {
             return;
         }
         self.rooms.remove(&room.name);
+        self.rooms.shrink_if_sparse();
         if let Some(ip) = room.creator
             && let Some(n) = self.created_by.get_mut(&ip)
         {
             *n -= 1;
             if *n == 0 {
                 self.created_by.remove(&ip);
+                self.created_by.shrink_if_sparse();
             }
         }
         let mut state = lock(&room.state);
@@ -459,6 +465,7 @@ impl RoomState {
             return false;
         };
         self.members.swap_remove(pos);
+        self.members.shrink_if_sparse();
         self.last_active = Instant::now();
         true
     }
