@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 use crate::config::ConfigError;
 use crate::connection::{Handshakes, TlsConn, TlsSlot};
 use crate::session::Chat;
-use crate::session::rate::TokenBucket;
+use crate::session::rate::{Rate, TokenBucket};
 use crate::store::keys::ApiKey;
 use crate::sync::lock;
 use link::{Links, Who};
@@ -261,13 +261,12 @@ impl Api {
     fn take_rate(&self, key: &str) -> Result<(), Failure> {
         let api = &self.chat.config.api;
         let mut buckets = lock(&self.buckets);
-        let bucket = buckets
-            .entry(key.to_string())
-            .or_insert_with(|| TokenBucket::new(api.burst, api.requests_per_sec));
-        if bucket.try_take() {
+        let rate = Rate::new(api.burst, api.requests_per_sec);
+        let bucket = buckets.entry(key.to_string()).or_default();
+        if bucket.try_take(rate) {
             return Ok(());
         }
-        let wait = bucket.wait().as_secs_f64().ceil().max(1.0) as u64;
+        let wait = bucket.wait(rate).as_secs_f64().ceil().max(1.0) as u64;
         Err(Failure {
             retry_after: Some(wait),
             ..Failure::new(

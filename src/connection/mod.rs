@@ -186,6 +186,23 @@ pub(crate) struct Accepted<A, M> {
 pub(crate) async fn serve<H: Handler>(
     accepted: Box<Accepted<impl Admission, impl FnOnce(Arc<Mailbox>, IpAddr) -> H>>,
 ) {
+    // The upgrade is a future of its own: what only it uses (the handler's maker, the accept
+    // time) has no place in the task's state while the connection runs.
+    let Some((mut conn, held)) = open(accepted).await else {
+        return;
+    };
+    let end = conn.run().await;
+    // Boxed: the close paths are large and run once, so they should not size every task.
+    Box::pin(conn.finish(end)).await;
+    // The connection's place in the limits is given up once it has closed.
+    drop(held);
+}
+
+/// The WebSocket upgrade of an accepted connection, and its chat connection if it became one:
+/// `None` when it was refused, served the page, failed, or was a diagnostic echo (served here).
+async fn open<A: Admission, H: Handler>(
+    accepted: Box<Accepted<A, impl FnOnce(Arc<Mailbox>, IpAddr) -> H>>,
+) -> Option<(Connection<H>, A)> {
     // Unboxed in a block of its own, so the box is freed now (a moved-from box lives, and keeps
     // its allocation, to the end of its scope).
     let Accepted {
@@ -211,7 +228,7 @@ pub(crate) async fn serve<H: Handler>(
             Ok(Ok(handshake::Opened::WebSocket(ws, echo, client))) => (ws, echo, client),
             Ok(Ok(handshake::Opened::Refused(label))) => {
                 sockets.metrics.connections_refused.with_label_values(&[label]).inc();
-                return;
+                return None;
             }
             Ok(Ok(handshake::Opened::Page(status))) => {
                 debug!(status, "served the chat page");
@@ -222,20 +239,20 @@ pub(crate) async fn serve<H: Handler>(
                     _ => "405",
                 };
                 sockets.metrics.web_responses.with_label_values(&[status]).inc();
-                return;
+                return None;
             }
             Ok(Err((reason, e))) => {
                 debug!(error = %e, reason, "upgrade failed");
                 sockets.metrics.handshake_failures.with_label_values(&[reason]).inc();
-                return;
+                return None;
             }
             Err(_) => {
                 debug!("upgrade timed out");
                 sockets.metrics.handshake_failures.with_label_values(&["timeout"]).inc();
-                return;
+                return None;
             }
         },
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => return None,
     };
     let limits = &sockets.config.limits;
     let mailbox = Arc::new(Mailbox::new(
@@ -245,31 +262,38 @@ pub(crate) async fn serve<H: Handler>(
     ));
     let hello_deadline = accepted + handshake_timeout;
     if echo {
-        return echo_connection(ws, mailbox, sockets, hello_deadline, &shutdown).await;
+        echo_connection(ws, mailbox, sockets, hello_deadline, shutdown).await;
+        return None;
     }
-    // Built in place (no handler local): a local would keep its own slot in the task's state.
-    let mut conn = Connection::start(ws, make(mailbox, client), sockets, hello_deadline);
-    let end = conn.run(&shutdown).await;
-    // Boxed: the close paths are large and run once, so they should not size every task.
-    Box::pin(conn.finish(end)).await;
+    let conn = Connection::start(ws, make(mailbox, client), sockets, shutdown, hello_deadline);
+    Some((conn, held))
 }
 
 /// A diagnostic echo connection, boxed: it must not size every chat connection's task.
-fn echo_connection<'a>(
+fn echo_connection(
     ws: Ws,
     mailbox: Arc<Mailbox>,
     sockets: Arc<Sockets>,
     hello_deadline: Instant,
-    shutdown: &'a CancellationToken,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-    let conn = Connection::start(ws, echo::Echo::new(mailbox), sockets, hello_deadline);
-    Box::pin(conn.serve(shutdown))
+    shutdown: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let conn = Connection::start(
+        ws,
+        echo::Echo::new(mailbox),
+        sockets,
+        shutdown,
+        hello_deadline,
+    );
+    Box::pin(conn.serve())
 }
 
 struct Connection<H> {
     ws: Ws,
     handler: H,
     sockets: Arc<Sockets>,
+    /// The server's shutdown (held here, not passed to `run`: an argument would keep a second
+    /// copy in the task's state).
+    shutdown: CancellationToken,
     /// The `hello` must succeed before this.
     hello_deadline: Instant,
     /// Last time any frame arrived.
@@ -295,11 +319,18 @@ fn step(flow: Flow) -> Result<(), End> {
 
 impl<H: Handler> Connection<H> {
     /// An upgraded connection with its handler, attached to its mailbox (and so to the flusher).
-    fn start(ws: Ws, handler: H, sockets: Arc<Sockets>, hello_deadline: Instant) -> Connection<H> {
+    fn start(
+        ws: Ws,
+        handler: H,
+        sockets: Arc<Sockets>,
+        shutdown: CancellationToken,
+        hello_deadline: Instant,
+    ) -> Connection<H> {
         let mut conn = Connection {
             ws,
             handler,
             sockets,
+            shutdown,
             hello_deadline,
             last_heard: Instant::now(),
             next_ping: None,
@@ -322,8 +353,8 @@ impl<H: Handler> Connection<H> {
     }
 
     /// The loop, then the close.
-    async fn serve(mut self, shutdown: &CancellationToken) {
-        let end = self.run(shutdown).await;
+    async fn serve(mut self) {
+        let end = self.run().await;
         // Boxed: the close paths are large and run once, so they should not size every task.
         Box::pin(self.finish(end)).await;
     }
@@ -331,7 +362,7 @@ impl<H: Handler> Connection<H> {
     /// The loop: wait for one event, handle it synchronously, then write whatever it produced with
     /// a single flush. Keeping one write await point (timed by the loop's own timer) keeps every
     /// connection task small; see ARCHITECTURE.md.
-    async fn run(&mut self, shutdown: &CancellationToken) -> End {
+    async fn run(&mut self) -> End {
         let mailbox = self.handler.mailbox().clone();
         let timer = sleep_until(self.deadline());
         tokio::pin!(timer);
@@ -340,22 +371,26 @@ impl<H: Handler> Connection<H> {
             if timer.deadline() != self.deadline() {
                 timer.as_mut().reset(self.deadline());
             }
-            let event = if std::mem::take(&mut self.mail_waiting) {
-                Event::Mail
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => Event::Shutdown,
-                    _ = mailbox.ready() => Event::Mail,
-                    frame = self.ws.next(), if self.handler.accepts_input() => Event::Frame(frame),
-                    _ = &mut timer => Event::Timer,
+            // The event in a block of its own: it is gone before the write's await (a local
+            // still in scope there would keep its room in the task's state).
+            let step = {
+                let event = if std::mem::take(&mut self.mail_waiting) {
+                    Event::Mail
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => Event::Shutdown,
+                        _ = mailbox.ready() => Event::Mail,
+                        frame = self.ws.next(), if self.handler.accepts_input() => Event::Frame(frame),
+                        _ = &mut timer => Event::Timer,
+                    }
+                };
+                match event {
+                    Event::Shutdown => Err(End::Close(CloseReason::Shutdown)),
+                    Event::Mail => self.on_mail(),
+                    Event::Frame(frame) => self.on_frame(frame),
+                    Event::Timer => self.on_timer(),
                 }
-            };
-            let step = match event {
-                Event::Shutdown => Err(End::Close(CloseReason::Shutdown)),
-                Event::Mail => self.on_mail(),
-                Event::Frame(frame) => self.on_frame(frame),
-                Event::Timer => self.on_timer(),
             };
             // What the step produced goes out before any close it asked for.
             if self.ping_due

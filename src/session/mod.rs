@@ -36,7 +36,7 @@ use crate::connection::{Flow, Handler};
 use crate::hub::{self, Answer, Broker, ConnId, Member, Outcome, Refusal, Ticket, TypingTo};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, ServerMsg, TypingState, b};
-use rate::TokenBucket;
+use rate::{Rates, TokenBucket};
 use replies::error_frame;
 use requests::hello_required;
 use slots::Slots;
@@ -184,6 +184,11 @@ struct Pending {
 }
 
 impl Session {
+    /// The rates this session's buckets are taken at (`limits`).
+    fn rates(&self) -> Rates {
+        Rates::new(&self.chat.config.limits)
+    }
+
     /// What the hello under way brought (made on first use).
     fn pending(&mut self) -> &mut Pending {
         self.pending.get_or_insert_with(Box::default)
@@ -212,15 +217,6 @@ impl Session {
 
     /// A session for a freshly upgraded connection.
     pub(crate) fn new(chat: Arc<Chat>, conn: ConnId, ip: IpAddr, mailbox: Arc<Mailbox>) -> Session {
-        let limits = &chat.config.limits;
-        let requests = TokenBucket::new(limits.rate_burst, limits.rate_per_sec);
-        let typing_rate = TokenBucket::new(limits.typing_burst, limits.typing_rate_per_sec);
-        let strikes_rate = if limits.rate_per_sec > 0.0 || limits.typing_rate_per_sec > 0.0 {
-            1.0
-        } else {
-            0.0
-        };
-        let strikes = TokenBucket::new(limits.abuse_strikes, strikes_rate);
         Session {
             chat,
             conn,
@@ -234,9 +230,9 @@ impl Session {
             mode: Mode::Json,
             home: Arc::from(protocol::DEFAULT_ROOM),
             rooms: Vec::new(),
-            requests,
-            typing_rate,
-            strikes,
+            requests: TokenBucket::new(),
+            typing_rate: TokenBucket::new(),
+            strikes: TokenBucket::new(),
             typing: TypingTracker::default(),
             closing: None,
             slots: Slots::default(),
@@ -340,7 +336,7 @@ impl Handler for Session {
             Ok(r) => r,
             Err(e) => {
                 metrics.received("invalid").inc();
-                if !self.requests.try_take() {
+                if !self.requests.try_take(self.rates().requests) {
                     return self.rate_limited("request", e.id.as_deref(), out);
                 }
                 let refusal = if !self.welcomed && e.code == ErrorCode::UnknownType {
@@ -354,9 +350,9 @@ impl Handler for Session {
         };
         metrics.received(request.msg.kind()).inc();
         let (allowed, bucket) = if matches!(request.msg, ClientMsg::Typing { .. }) {
-            (self.typing_rate.try_take(), "typing")
+            (self.typing_rate.try_take(self.rates().typing), "typing")
         } else {
-            (self.requests.try_take(), "request")
+            (self.requests.try_take(self.rates().requests), "request")
         };
         if !allowed {
             return self.rate_limited(bucket, request.id.as_deref(), out);
@@ -368,7 +364,7 @@ impl Handler for Session {
     /// Chat is text only: a binary frame gets an error (not a disconnect).
     fn on_binary(&mut self, _: &[u8], out: &mut Vec<Utf8Bytes>) -> Flow {
         self.chat.metrics.received("binary").inc();
-        if !self.requests.try_take() {
+        if !self.requests.try_take(self.rates().requests) {
             return self.rate_limited("request", None, out);
         }
         let refusal = Refusal::new(
@@ -382,7 +378,7 @@ impl Handler for Session {
     /// Counts a ping against the request budget: pings are answered by the WebSocket layer, but a
     /// flood of them is abuse like any other (sustained → close 1008).
     fn on_ping(&mut self) -> Flow {
-        if self.requests.try_take() {
+        if self.requests.try_take(self.rates().requests) {
             return Flow::Continue;
         }
         self.chat
@@ -390,7 +386,7 @@ impl Handler for Session {
             .rate_limited
             .with_label_values(&["ping"])
             .inc();
-        if self.strikes.try_take() {
+        if self.strikes.try_take(self.rates().strikes) {
             Flow::Continue
         } else {
             info!("closing: ping flood");

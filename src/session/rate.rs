@@ -1,72 +1,131 @@
-//! Token buckets for per-connection rate limits, on tokio's clock so tests can pause time.
+//! Rate limits: per-connection (requests, typing, strikes toward a close) and per API key, on
+//! tokio's clock so tests can pause time.
+//!
+//! A bucket is kept as the moment it will be full again (the generic cell rate algorithm): one
+//! `Instant` per bucket, the same decisions as counting tokens, and the rate itself read from the
+//! configuration when a token is taken rather than copied into every connection.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A token bucket: `burst` tokens, refilled at `per_sec`. A rate of 0 means unlimited.
-/// (`f32`s: every connection holds three of these, and 24 bits are plenty for a rate.)
+use crate::config::LimitsConfig;
+
+/// A rate: `burst` at once, then `per_sec` (0: unlimited).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    burst: u32,
+    per_sec: f64,
+}
+
+impl Rate {
+    /// `burst` at once, then `per_sec` (0 or less: unlimited).
+    pub fn new(burst: u32, per_sec: f64) -> Rate {
+        Rate { burst, per_sec }
+    }
+
+    /// The time one token takes to come back, and a whole burst's (`None`: unlimited).
+    fn steps(self) -> Option<(Duration, Duration)> {
+        if self.per_sec <= 0.0 || !self.per_sec.is_finite() {
+            return None;
+        }
+        let step = Duration::from_secs_f64(1.0 / self.per_sec);
+        Some((step, step.checked_mul(self.burst).unwrap_or(Duration::MAX)))
+    }
+}
+
+/// A session's three rates, from `limits`: its requests, its typing notices, and the strikes
+/// (refused requests) that close it for abuse, which come back at one a second while either rate
+/// is limited.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rates {
+    pub requests: Rate,
+    pub typing: Rate,
+    pub strikes: Rate,
+}
+
+impl Rates {
+    pub(crate) fn new(limits: &LimitsConfig) -> Rates {
+        let limited = limits.rate_per_sec > 0.0 || limits.typing_rate_per_sec > 0.0;
+        Rates {
+            requests: Rate::new(limits.rate_burst, limits.rate_per_sec),
+            typing: Rate::new(limits.typing_burst, limits.typing_rate_per_sec),
+            strikes: Rate::new(limits.abuse_strikes, if limited { 1.0 } else { 0.0 }),
+        }
+    }
+}
+
+/// One client's use of a [`Rate`]: the moment its bucket is full again (now or earlier: full).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    tokens: f32,
-    burst: f32,
-    per_sec: f32,
-    last: Instant,
+    full_at: Instant,
+}
+
+impl Default for TokenBucket {
+    fn default() -> TokenBucket {
+        TokenBucket::new()
+    }
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(burst: u32, per_sec: f64) -> TokenBucket {
+    pub fn new() -> TokenBucket {
         TokenBucket {
-            tokens: burst as f32,
-            burst: burst as f32,
-            per_sec: per_sec as f32,
-            last: Instant::now(),
+            full_at: Instant::now(),
         }
     }
 
-    /// Takes one token if there is one; always succeeds when unlimited.
-    pub fn try_take(&mut self) -> bool {
-        if self.per_sec <= 0.0 {
+    /// Takes one token at `rate` if there is one; always succeeds when unlimited.
+    pub fn try_take(&mut self, rate: Rate) -> bool {
+        let Some((step, burst)) = rate.steps() else {
             return true;
-        }
+        };
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f32() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let full_at = self.full_at.max(now);
+        // Tokens missing now, plus this one, must fit in the burst.
+        if (full_at - now).saturating_add(step) > burst {
+            return false;
         }
+        self.full_at = full_at + step;
+        true
     }
 
-    /// How long until [`TokenBucket::try_take`] succeeds again (after it failed).
-    pub fn wait(&self) -> std::time::Duration {
-        if self.per_sec <= 0.0 || self.tokens >= 1.0 {
-            return std::time::Duration::ZERO;
-        }
-        std::time::Duration::from_secs_f32((1.0 - self.tokens) / self.per_sec)
+    /// How long until [`TokenBucket::try_take`] at `rate` succeeds again (after it failed).
+    pub fn wait(&self, rate: Rate) -> Duration {
+        let Some((step, burst)) = rate.steps() else {
+            return Duration::ZERO;
+        };
+        let owed = self.full_at.saturating_duration_since(Instant::now());
+        owed.saturating_add(step).saturating_sub(burst)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn allows_burst_then_refills() {
-        let mut b = TokenBucket::new(3, 2.0);
-        assert!((0..3).all(|_| b.try_take()));
-        assert!(!b.try_take());
+        let rate = Rate::new(3, 2.0);
+        let mut b = TokenBucket::new();
+        assert!((0..3).all(|_| b.try_take(rate)));
+        assert!(!b.try_take(rate));
+        assert_eq!(b.wait(rate), Duration::from_millis(500));
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(b.try_take());
-        assert!(!b.try_take());
+        assert_eq!(b.wait(rate), Duration::ZERO);
+        assert!(b.try_take(rate));
+        assert!(!b.try_take(rate));
+        // Idle for long, it is full again, and no fuller than its burst.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!((0..3).all(|_| b.try_take(rate)));
+        assert!(!b.try_take(rate));
     }
 
     #[test]
     fn zero_rate_is_unlimited() {
-        let mut b = TokenBucket::new(0, 0.0);
-        assert!((0..1000).all(|_| b.try_take()));
+        let mut b = TokenBucket::new();
+        let rate = Rate::new(0, 0.0);
+        assert!((0..1000).all(|_| b.try_take(rate)));
+        assert_eq!(b.wait(rate), Duration::ZERO);
     }
 }

@@ -30,7 +30,7 @@ impl Session {
             .rate_limited
             .with_label_values(&[bucket])
             .inc();
-        if !self.strikes.try_take() {
+        if !self.strikes.try_take(self.rates().strikes) {
             info!("closing: sustained rate limit abuse");
             return Flow::Close(CloseReason::RateAbuse);
         }
