@@ -96,8 +96,8 @@ class Server:
     """A server under test: `chatd` (protocol; history stored in a fresh database), `chatd-memory`
     (history in memory only), `chatd-plain` (its plain-text mode) or a peer."""
 
-    def __init__(self, name, workers=1, tls=None):
-        self.name, self.workers, self.tls = name, workers, tls
+    def __init__(self, name, workers=1, tls=None, env=None):
+        self.name, self.workers, self.tls, self.env = name, workers, tls, env or {}
 
     @property
     def raw_args(self):
@@ -119,6 +119,7 @@ class Server:
                    self.tls["cert"], self.tls["key"]]
         elif self.name.startswith("chatd"):
             env.update(CHATD_ENV)
+            env.update(self.env)
             env["CHATD_SERVER__WORKERS"] = str(self.workers)
             if self.tls:
                 env["CHATD_TLS__CERT"], env["CHATD_TLS__KEY"] = self.tls["cert"], self.tls["key"]
@@ -206,8 +207,8 @@ def settled_rss(pid, limit=15.0, steady=1.5):
     return last
 
 
-def run_one(name, args, workers=1, tls=None):
-    server = Server(name, workers, tls).start()
+def run_one(name, args, workers=1, tls=None, env=None):
+    server = Server(name, workers, tls, env).start()
     try:
         report = bench(server, args)
         report["rss_after_leave_kib"] = settled_rss(server.proc.pid)
@@ -236,7 +237,9 @@ def idle_memory(n, servers, rounds):
             runs[label] = (s, shape, [])
     for r, label in alternating(list(runs), rounds):
         server, shape, reps = runs[label]
-        rep = run_one(server, idle_args(shape, n))
+        # At the default log level: what a connection costs depends on it (a span per
+        # connection is kept when its level is enabled), and `warn` would flatter it.
+        rep = run_one(server, idle_args(shape, n), env={"CHATD_LOG__LEVEL": "info"})
         reps.append(rep)
         print(f"round {r+1} idle{n} {label:22} {rep['server']['rss_per_connection_kib']:6.2f} KiB/conn, "
               f"{rep['handshakes_per_sec']:>8,.0f} conn/s, after leave {rep['rss_after_leave_kib']/1024:.1f} MiB "

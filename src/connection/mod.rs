@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 pub(crate) use handshake::refuse;
 pub(crate) use http::Refusal as HttpRefusal;
@@ -136,6 +136,33 @@ pub(crate) trait Handler {
     fn welcomed(&self) -> bool;
     /// The frame telling the client the server is shutting down.
     fn shutdown_notice(&self) -> Utf8Bytes;
+    /// Who the connection's log lines are about (its span says so at debug level only).
+    fn who(&self) -> Who<'_> {
+        Who::default()
+    }
+}
+
+/// Who a connection is, for its log lines at `info` and above: the connection's span carries
+/// it at debug level only, since a span is kept for every open connection (0.4 KiB each at
+/// `info`, kept after they go: BENCHMARKS.md).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Who<'a> {
+    pub conn: Option<u64>,
+    pub client: Option<IpAddr>,
+    pub user: Option<&'a str>,
+}
+
+/// An event about a connection's handler at `info` (or another level), with its [`Who`].
+macro_rules! note {
+    ($level:ident, $who:expr, $($rest:tt)+) => {{
+        let who: Who<'_> = $who;
+        tracing::$level!(
+            conn = who.conn,
+            client = who.client.map(tracing::field::display),
+            user = who.user,
+            $($rest)+
+        )
+    }};
 }
 
 /// Why the loop ended, and so how to close.
@@ -449,7 +476,11 @@ impl<H: Handler> Connection<H> {
             return Err(End::Close(CloseReason::Gone));
         }
         if signals.overflowed {
-            info!("closing slow consumer: outbound queue full");
+            note!(
+                info,
+                self.handler.who(),
+                "closing slow consumer: outbound queue full"
+            );
             return Err(End::Close(CloseReason::SlowConsumer));
         }
         if signals.controls {
@@ -498,7 +529,7 @@ impl<H: Handler> Connection<H> {
         }
         if let Some(interval) = self.sockets.config.server.ping_interval() {
             if now >= self.last_heard + 2 * interval {
-                info!("closing silent peer");
+                note!(info, self.handler.who(), "closing silent peer");
                 return Err(End::Close(CloseReason::PingTimeout));
             }
             if self.next_ping.is_some_and(|p| now >= p) {
@@ -606,7 +637,11 @@ impl<H: Handler> Connection<H> {
                 .await;
             }
             (_, CloseReason::WriteStalled) => {
-                info!("dropped slow consumer: write timed out");
+                note!(
+                    info,
+                    self.handler.who(),
+                    "dropped slow consumer: write timed out"
+                );
             }
             (_, CloseReason::Gone) => {}
             (_, reason) => self.close(reason, reason.text(), linger).await,
@@ -681,7 +716,10 @@ fn fit_close_reason(reason: &str) -> &str {
 
 /// The peer address field every connection's span carries.
 pub(crate) fn span(peer: SocketAddr, conn: u64) -> tracing::Span {
-    tracing::info_span!(
+    // At debug level: a span is kept for every open connection (its fields formatted, in the
+    // subscriber's registry, whose pages stay after the connections go), 0.4 KiB each. Events
+    // at `info` and above name the connection themselves (`Who`).
+    tracing::debug_span!(
         "conn",
         %peer,
         conn,

@@ -298,7 +298,7 @@ impl Session {
             }
             Outcome::Refused(r) => vec![self.error(&r, reference)],
             other => {
-                tracing::warn!(?other, "unexpected outcome for a change");
+                note!(warn, self, ?other, "unexpected outcome for a change");
                 Vec::new()
             }
         }

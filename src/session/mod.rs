@@ -9,6 +9,21 @@
 //!
 //! Dropping a session leaves every room and frees the name, whatever ended the connection.
 
+/// An event about this session (`note!(info, self, ...)`, or `warn`, `error`), with who it is
+/// about: the connection, the client's address, and the user once named. The connection's span
+/// carries these at debug level only, since a span is kept for every open connection (0.4 KiB
+/// each at `info`, and its pages are kept after the connections go: BENCHMARKS.md).
+macro_rules! note {
+    ($level:ident, $session:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            conn = $session.conn,
+            client = %$session.ip,
+            user = $session.user_name(),
+            $($rest)+
+        )
+    };
+}
+
 mod changes;
 mod moderation;
 mod plain;
@@ -32,7 +47,7 @@ use tracing::info;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::mailbox::Mailbox;
-use crate::connection::{Flow, Handler};
+use crate::connection::{Flow, Handler, Who};
 use crate::hub::{self, Answer, Broker, ConnId, Member, Outcome, Refusal, Ticket, TypingTo};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, ServerMsg, TypingState, b};
@@ -184,6 +199,11 @@ struct Pending {
 }
 
 impl Session {
+    /// The user's name once a hello has given one (for log lines).
+    fn user_name(&self) -> Option<&str> {
+        self.me.as_ref().map(|m| &**m.name())
+    }
+
     /// The rates this session's buckets are taken at (`limits`).
     fn rates(&self) -> Rates {
         Rates::new(&self.chat.config.limits)
@@ -389,7 +409,7 @@ impl Handler for Session {
         if self.strikes.try_take(self.rates().strikes) {
             Flow::Continue
         } else {
-            info!("closing: ping flood");
+            note!(info, self, "closing: ping flood");
             Flow::Close(CloseReason::RateAbuse)
         }
     }
@@ -477,6 +497,14 @@ impl Handler for Session {
             }),
         }
     }
+
+    fn who(&self) -> Who<'_> {
+        Who {
+            conn: Some(self.conn),
+            client: Some(self.ip),
+            user: self.user_name(),
+        }
+    }
 }
 
 impl Drop for Session {
@@ -488,7 +516,7 @@ impl Drop for Session {
         }
         self.broker().disconnect(&me, &self.rooms);
         if self.welcomed {
-            info!(user = %me.name(), "user left");
+            info!(conn = self.conn, client = %self.ip, user = %me.name(), "user left");
             if let Some(hooks) = &self.chat.webhooks {
                 for room in &self.rooms {
                     hooks.left(room, me.name());

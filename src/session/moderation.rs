@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::info;
 
 use super::{Kind, Session};
 use crate::accounts::Request;
@@ -167,7 +166,9 @@ impl Session {
         });
         let action = Action::Claim { room };
         if let Err(denied) = accounts.submit(Request::Moderate { actor, action }, self.ip, reply) {
-            tracing::warn!(
+            note!(
+                warn,
+                self,
                 ?denied,
                 "a new room could not be claimed now; it stays ownerless"
             );
@@ -244,7 +245,7 @@ impl Session {
         if let Some(hooks) = &self.chat.webhooks {
             hooks.left(&room, me.name());
         }
-        info!(room = %room, by, "banned from a room");
+        note!(info, self, room = %room, by, "banned from a room");
         let told = protocol::encode(&ServerMsg::Kicked {
             room: b(&room),
             name: b(me.name()),

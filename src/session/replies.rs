@@ -278,12 +278,12 @@ impl Session {
                 })
             }
             (Kind::Kick { name }, Outcome::Done) => {
-                info!(kicked = %name, "user kicked");
+                note!(info, self, kicked = %name, "user kicked");
                 ack(reference, None, None)
             }
             (Kind::Nick, Outcome::Renamed { name }) => {
                 let old = self.me.as_ref().map(|m| m.name().clone());
-                info!(from = old.as_deref(), to = %name, "user renamed");
+                note!(info, self, from = old.as_deref(), to = %name, "user renamed");
                 tracing::Span::current().record("user", &*name);
                 self.me = self.me.as_ref().map(|m| m.renamed(name.clone()));
                 // For the webhooks the old name left every room and the new one came in.
@@ -311,7 +311,7 @@ impl Session {
                 })
             }
             (Kind::Announce, Outcome::Done) => {
-                info!("announcement sent");
+                note!(info, self, "announcement sent");
                 ack(reference, None, None)
             }
             (Kind::Kept, Outcome::Kept(pm)) => {
@@ -383,13 +383,15 @@ impl Session {
                 })
             }
             (Kind::Logout, Outcome::Done) => {
-                info!("session logged out");
+                note!(info, self, "session logged out");
                 ack(reference, None, None)
             }
             (_, Outcome::Refused(r)) => self.error(&r, reference),
             (kind, outcome) => {
                 // A broker answered with the wrong kind of outcome: a bug, not the client's fault.
-                tracing::error!(
+                note!(
+                    error,
+                    self,
                     ?kind,
                     ?outcome,
                     "broker answered with an unexpected outcome"
@@ -451,7 +453,7 @@ impl Session {
             None => (Arc::from(""), false),
         };
         tracing::Span::current().record("user", &*name);
-        info!(user = %name, room = %view.room, plain, "user joined");
+        info!(conn = self.conn, client = %self.ip, user = %name, room = %view.room, plain, "user joined");
         if plain {
             let names: Vec<&str> = view.users.iter().map(|(n, _)| &**n).collect();
             let more = match view.user_count.saturating_sub(names.len()) {

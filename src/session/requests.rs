@@ -31,7 +31,7 @@ impl Session {
             .with_label_values(&[bucket])
             .inc();
         if !self.strikes.try_take(self.rates().strikes) {
-            info!("closing: sustained rate limit abuse");
+            note!(info, self, "closing: sustained rate limit abuse");
             return Flow::Close(CloseReason::RateAbuse);
         }
         let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
@@ -454,7 +454,7 @@ impl Session {
         });
         verified.map_err(|e| {
             let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
-            info!(user = %shown, error = %e, "hello refused: unauthorized");
+            info!(conn = self.conn, client = %self.ip, user = %shown, error = %e, "hello refused: unauthorized");
             self.closing = Some(CloseReason::Unauthorized);
             Refusal::new(
                 ErrorCode::Unauthorized,
