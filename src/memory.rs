@@ -9,7 +9,7 @@
 //!   the whole page run it sits in from going back to the system: about 1.5 MiB for a connection
 //!   task's run of 12 KiB holding a few cached 1.5 KiB blocks. Nothing empties those caches on an
 //!   idle thread, so when most of the connections have gone [`release_epoch`] moves on, and the
-//!   daemon's runtime threads empty their caches the next time they go idle (`bin/chatd.rs`).
+//!   daemon's runtime threads empty their caches the next time they go idle (`bin/chatd/alloc.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};

@@ -152,10 +152,11 @@ pub(crate) struct Who<'a> {
     pub user: Option<&'a str>,
 }
 
-/// An event about a connection's handler at `info` (or another level), with its [`Who`].
+/// An event at `info` (or another level) about a connection, with its [`Who`]:
+/// `note!(info, who, fields…, "text")`. The connection's own lines and the session's use it.
 macro_rules! note {
     ($level:ident, $who:expr, $($rest:tt)+) => {{
-        let who: Who<'_> = $who;
+        let who: $crate::connection::Who<'_> = $who;
         tracing::$level!(
             conn = who.conn,
             client = who.client.map(tracing::field::display),
@@ -164,6 +165,7 @@ macro_rules! note {
         )
     }};
 }
+pub(crate) use note;
 
 /// Why the loop ended, and so how to close.
 #[derive(Debug)]

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use prometheus::IntGauge;
 
 use crate::config::ServerConfig;
 use crate::memory::Shrink;
+use crate::session::rate::{Rate, TokenBucket};
 
 /// Connect-rate buckets kept before idle (full) ones are pruned.
 const MAX_RATE_ENTRIES: usize = 4096;
@@ -26,8 +26,8 @@ pub(super) struct ConnLimiter {
     limit_gauge: IntGauge,
     max_total: std::sync::atomic::AtomicUsize,
     max_per_ip: usize,
-    rate_per_sec: f64,
-    burst: f64,
+    /// The connect rate per address (`server.connect_rate_per_ip`, `connect_burst_per_ip`).
+    rate: Rate,
     open_gauge: IntGauge,
     state: Mutex<LimiterState>,
 }
@@ -38,8 +38,8 @@ struct LimiterState {
     /// The most connections open at once since memory was last given back (`memory`).
     peak: usize,
     per_ip: HashMap<IpAddr, usize>,
-    /// Connect-rate token buckets per address: (tokens, last refill).
-    rates: HashMap<IpAddr, (f64, Instant)>,
+    /// Connect-rate buckets per address.
+    rates: HashMap<IpAddr, TokenBucket>,
 }
 
 /// One open connection's place in the limits; freed on drop.
@@ -62,8 +62,7 @@ impl ConnLimiter {
             limit_gauge,
             max_total: std::sync::atomic::AtomicUsize::new(server.max_connections),
             max_per_ip: server.max_connections_per_ip,
-            rate_per_sec: server.connect_rate_per_ip,
-            burst: f64::from(server.connect_burst_per_ip),
+            rate: Rate::new(server.connect_burst_per_ip, server.connect_rate_per_ip),
             open_gauge,
             state: Mutex::new(LimiterState::default()),
         }
@@ -112,30 +111,19 @@ impl ConnLimiter {
                 "too many connections from your address\n",
             ));
         }
-        if self.rate_per_sec > 0.0 {
-            let now = Instant::now();
+        if !self.rate.is_unlimited() {
             if state.rates.len() >= MAX_RATE_ENTRIES {
-                let (rate, burst) = (self.rate_per_sec, self.burst);
-                state.rates.retain(|_, (tokens, last)| {
-                    *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
-                });
+                state.rates.retain(|_, bucket| !bucket.is_full());
             }
             // The table stays bounded: when it is full of addresses that are all connecting,
             // a new address is not tracked (it still meets the per-address and total caps).
             let tracked = state.rates.len() < MAX_RATE_ENTRIES || state.rates.contains_key(&ip);
-            if tracked {
-                let (tokens, last) = state.rates.entry(ip).or_insert((self.burst, now));
-                *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
-                    .min(self.burst);
-                *last = now;
-                if *tokens < 1.0 {
-                    return Err(Refusal::new(
-                        429,
-                        "rate",
-                        "connecting too often from your address; slow down\n",
-                    ));
-                }
-                *tokens -= 1.0;
+            if tracked && !state.rates.entry(ip).or_default().try_take(self.rate) {
+                return Err(Refusal::new(
+                    429,
+                    "rate",
+                    "connecting too often from your address; slow down\n",
+                ));
             }
         }
         if self.max_per_ip > 0 {

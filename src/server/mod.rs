@@ -246,6 +246,7 @@ impl Server {
                 hooks.room_changed(&a.room, &a.actor, &a.action, &a.target, &a.ts);
             }));
         }
+        let rates = crate::session::Rates::new(&config.limits);
         let chat = Arc::new(Chat {
             broker,
             config,
@@ -253,6 +254,7 @@ impl Server {
             auth,
             accounts,
             typing,
+            rates,
             webhooks,
         });
         let api = match api_listener {

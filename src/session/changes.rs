@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::requests::{Done, check_text};
 use super::{Kind, Session};
 use crate::accounts::policy::Standing;
+use crate::connection::note;
 use crate::hub::changes::{ChangeAsk, Target};
 use crate::hub::{Answer, Outcome, Refusal, Reply};
 use crate::protocol::{self, Change, ErrorCode, Role, Where};
@@ -298,7 +299,12 @@ impl Session {
             }
             Outcome::Refused(r) => vec![self.error(&r, reference)],
             other => {
-                note!(warn, self, ?other, "unexpected outcome for a change");
+                note!(
+                    warn,
+                    self.log_who(),
+                    ?other,
+                    "unexpected outcome for a change"
+                );
                 Vec::new()
             }
         }

@@ -9,21 +9,6 @@
 //!
 //! Dropping a session leaves every room and frees the name, whatever ended the connection.
 
-/// An event about this session (`note!(info, self, ...)`, or `warn`, `error`), with who it is
-/// about: the connection, the client's address, and the user once named. The connection's span
-/// carries these at debug level only, since a span is kept for every open connection (0.4 KiB
-/// each at `info`, and its pages are kept after the connections go: BENCHMARKS.md).
-macro_rules! note {
-    ($level:ident, $session:expr, $($rest:tt)+) => {
-        tracing::$level!(
-            conn = $session.conn,
-            client = %$session.ip,
-            user = $session.user_name(),
-            $($rest)+
-        )
-    };
-}
-
 mod changes;
 mod moderation;
 mod plain;
@@ -42,16 +27,16 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::info;
 
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::mailbox::Mailbox;
-use crate::connection::{Flow, Handler, Who};
+use crate::connection::{Flow, Handler, Who, note};
 use crate::hub::{self, Answer, Broker, ConnId, Member, Outcome, Refusal, Ticket, TypingTo};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, ServerMsg, TypingState, b};
-use rate::{Rates, TokenBucket};
+pub(crate) use rate::Rates;
+use rate::TokenBucket;
 use replies::error_frame;
 use requests::hello_required;
 use slots::Slots;
@@ -72,6 +57,8 @@ pub(crate) struct Chat {
     pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// The typing relay periods.
     pub typing: TypingTimings,
+    /// The sessions' rate limits (`limits`).
+    pub rates: Rates,
     /// Outgoing webhooks, when endpoints are configured.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
@@ -199,14 +186,13 @@ struct Pending {
 }
 
 impl Session {
-    /// The user's name once a hello has given one (for log lines).
-    fn user_name(&self) -> Option<&str> {
-        self.me.as_ref().map(|m| &**m.name())
-    }
-
-    /// The rates this session's buckets are taken at (`limits`).
-    fn rates(&self) -> Rates {
-        Rates::new(&self.chat.config.limits)
+    /// Who this session is, for its log lines at `info` and above (`connection::note!`).
+    fn log_who(&self) -> Who<'_> {
+        Who {
+            conn: Some(self.conn),
+            client: Some(self.ip),
+            user: self.me.as_ref().map(|m| &**m.name()),
+        }
     }
 
     /// What the hello under way brought (made on first use).
@@ -356,7 +342,7 @@ impl Handler for Session {
             Ok(r) => r,
             Err(e) => {
                 metrics.received("invalid").inc();
-                if !self.requests.try_take(self.rates().requests) {
+                if !self.requests.try_take(self.chat.rates.requests) {
                     return self.rate_limited("request", e.id.as_deref(), out);
                 }
                 let refusal = if !self.welcomed && e.code == ErrorCode::UnknownType {
@@ -370,9 +356,9 @@ impl Handler for Session {
         };
         metrics.received(request.msg.kind()).inc();
         let (allowed, bucket) = if matches!(request.msg, ClientMsg::Typing { .. }) {
-            (self.typing_rate.try_take(self.rates().typing), "typing")
+            (self.typing_rate.try_take(self.chat.rates.typing), "typing")
         } else {
-            (self.requests.try_take(self.rates().requests), "request")
+            (self.requests.try_take(self.chat.rates.requests), "request")
         };
         if !allowed {
             return self.rate_limited(bucket, request.id.as_deref(), out);
@@ -384,7 +370,7 @@ impl Handler for Session {
     /// Chat is text only: a binary frame gets an error (not a disconnect).
     fn on_binary(&mut self, _: &[u8], out: &mut Vec<Utf8Bytes>) -> Flow {
         self.chat.metrics.received("binary").inc();
-        if !self.requests.try_take(self.rates().requests) {
+        if !self.requests.try_take(self.chat.rates.requests) {
             return self.rate_limited("request", None, out);
         }
         let refusal = Refusal::new(
@@ -398,7 +384,7 @@ impl Handler for Session {
     /// Counts a ping against the request budget: pings are answered by the WebSocket layer, but a
     /// flood of them is abuse like any other (sustained → close 1008).
     fn on_ping(&mut self) -> Flow {
-        if self.requests.try_take(self.rates().requests) {
+        if self.requests.try_take(self.chat.rates.requests) {
             return Flow::Continue;
         }
         self.chat
@@ -406,10 +392,10 @@ impl Handler for Session {
             .rate_limited
             .with_label_values(&["ping"])
             .inc();
-        if self.strikes.try_take(self.rates().strikes) {
+        if self.strikes.try_take(self.chat.rates.strikes) {
             Flow::Continue
         } else {
-            note!(info, self, "closing: ping flood");
+            note!(info, self.log_who(), "closing: ping flood");
             Flow::Close(CloseReason::RateAbuse)
         }
     }
@@ -499,11 +485,7 @@ impl Handler for Session {
     }
 
     fn who(&self) -> Who<'_> {
-        Who {
-            conn: Some(self.conn),
-            client: Some(self.ip),
-            user: self.user_name(),
-        }
+        self.log_who()
     }
 }
 
@@ -516,7 +498,7 @@ impl Drop for Session {
         }
         self.broker().disconnect(&me, &self.rooms);
         if self.welcomed {
-            info!(conn = self.conn, client = %self.ip, user = %me.name(), "user left");
+            note!(info, self.log_who(), "user left");
             if let Some(hooks) = &self.chat.webhooks {
                 for room in &self.rooms {
                     hooks.left(room, me.name());

@@ -13,6 +13,7 @@ use super::{Kind, Session};
 use crate::accounts::Request;
 use crate::accounts::moderation::{Action, Actor, Moderated, Target, parse_duration};
 use crate::accounts::policy::{Effect, Policies, Standing, is_range};
+use crate::connection::note;
 use crate::hub::{Late, Outcome, Refusal, RoomView};
 use crate::protocol::{
     self, AuditInfo, BanInfo, ClientMsg, ErrorCode, Role, RoomSettings, ServerMsg, UserInfo, b,
@@ -168,7 +169,7 @@ impl Session {
         if let Err(denied) = accounts.submit(Request::Moderate { actor, action }, self.ip, reply) {
             note!(
                 warn,
-                self,
+                self.log_who(),
                 ?denied,
                 "a new room could not be claimed now; it stays ownerless"
             );
@@ -245,7 +246,7 @@ impl Session {
         if let Some(hooks) = &self.chat.webhooks {
             hooks.left(&room, me.name());
         }
-        note!(info, self, room = %room, by, "banned from a room");
+        note!(info, self.log_who(), room = %room, by, "banned from a room");
         let told = protocol::encode(&ServerMsg::Kicked {
             room: b(&room),
             name: b(me.name()),

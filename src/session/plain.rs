@@ -17,7 +17,7 @@ in with a password (chatctl connect NAME --password-file FILE, or the chat page)
 impl Session {
     /// A line from a plain-text client: its name until welcomed, then chat and `/` commands.
     pub(super) fn handle_line(&mut self, text: &str, out: &mut Vec<Utf8Bytes>) -> Flow {
-        if !self.requests.try_take(self.rates().requests) {
+        if !self.requests.try_take(self.chat.rates.requests) {
             return self.rate_limited("request", None, out);
         }
         let line = text.trim();

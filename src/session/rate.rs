@@ -1,9 +1,10 @@
-//! Rate limits: per-connection (requests, typing, strikes toward a close) and per API key, on
-//! tokio's clock so tests can pause time.
+//! Rate limits: per-connection (requests, typing, strikes toward a close), per API key, and
+//! connections per address (`server::limiter`), on tokio's clock so tests can pause time.
 //!
 //! A bucket is kept as the moment it will be full again (the generic cell rate algorithm): one
-//! `Instant` per bucket, the same decisions as counting tokens, and the rate itself read from the
-//! configuration when a token is taken rather than copied into every connection.
+//! `Instant` per bucket, the same decisions as counting tokens, and the rate itself passed in
+//! when a token is taken (a session's from `Chat::rates`) rather than copied into every
+//! connection.
 
 use std::time::Duration;
 
@@ -11,32 +12,32 @@ use tokio::time::Instant;
 
 use crate::config::LimitsConfig;
 
-/// A rate: `burst` at once, then `per_sec` (0: unlimited).
+/// A rate: `burst` at once, then `per_sec` (0: unlimited), kept as the time one token takes to
+/// come back and a whole burst's (`None`: unlimited), so taking a token does no division.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
-    burst: u32,
-    per_sec: f64,
+    steps: Option<(Duration, Duration)>,
 }
 
 impl Rate {
     /// `burst` at once, then `per_sec` (0 or less: unlimited).
     pub fn new(burst: u32, per_sec: f64) -> Rate {
-        Rate { burst, per_sec }
+        let steps = (per_sec > 0.0 && per_sec.is_finite()).then(|| {
+            let step = Duration::from_secs_f64(1.0 / per_sec);
+            (step, step.checked_mul(burst).unwrap_or(Duration::MAX))
+        });
+        Rate { steps }
     }
 
-    /// The time one token takes to come back, and a whole burst's (`None`: unlimited).
-    fn steps(self) -> Option<(Duration, Duration)> {
-        if self.per_sec <= 0.0 || !self.per_sec.is_finite() {
-            return None;
-        }
-        let step = Duration::from_secs_f64(1.0 / self.per_sec);
-        Some((step, step.checked_mul(self.burst).unwrap_or(Duration::MAX)))
+    /// Whether every take succeeds.
+    pub fn is_unlimited(self) -> bool {
+        self.steps.is_none()
     }
 }
 
-/// A session's three rates, from `limits`: its requests, its typing notices, and the strikes
-/// (refused requests) that close it for abuse, which come back at one a second while either rate
-/// is limited.
+/// A session's three rates, from `limits` (made once, shared in `Chat`): its requests, its typing
+/// notices, and the strikes (refused requests) that close it for abuse, which come back at one a
+/// second while either rate is limited.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rates {
     pub requests: Rate,
@@ -77,7 +78,7 @@ impl TokenBucket {
 
     /// Takes one token at `rate` if there is one; always succeeds when unlimited.
     pub fn try_take(&mut self, rate: Rate) -> bool {
-        let Some((step, burst)) = rate.steps() else {
+        let Some((step, burst)) = rate.steps else {
             return true;
         };
         let now = Instant::now();
@@ -90,9 +91,14 @@ impl TokenBucket {
         true
     }
 
+    /// Whether the bucket is full (nothing taken lately): forgetting it changes nothing.
+    pub fn is_full(&self) -> bool {
+        self.full_at <= Instant::now()
+    }
+
     /// How long until [`TokenBucket::try_take`] at `rate` succeeds again (after it failed).
     pub fn wait(&self, rate: Rate) -> Duration {
-        let Some((step, burst)) = rate.steps() else {
+        let Some((step, burst)) = rate.steps else {
             return Duration::ZERO;
         };
         let owed = self.full_at.saturating_duration_since(Instant::now());
@@ -115,8 +121,10 @@ mod tests {
         assert_eq!(b.wait(rate), Duration::ZERO);
         assert!(b.try_take(rate));
         assert!(!b.try_take(rate));
+        assert!(!b.is_full());
         // Idle for long, it is full again, and no fuller than its burst.
         tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(b.is_full());
         assert!((0..3).all(|_| b.try_take(rate)));
         assert!(!b.try_take(rate));
     }
@@ -125,6 +133,7 @@ mod tests {
     fn zero_rate_is_unlimited() {
         let mut b = TokenBucket::new();
         let rate = Rate::new(0, 0.0);
+        assert!(rate.is_unlimited());
         assert!((0..1000).all(|_| b.try_take(rate)));
         assert_eq!(b.wait(rate), Duration::ZERO);
     }

@@ -5,10 +5,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::typing::TypingTarget;
 use super::{Kind, Mode, Session};
+use crate::connection::{Who, note};
 use crate::hub::{Outcome, Receipt, Refusal, RoomView, StoredMessage, name_order};
 use crate::protocol::{self, ErrorCode, Role, RoomInfo, ServerInfo, ServerMsg, b};
 
@@ -278,12 +279,12 @@ impl Session {
                 })
             }
             (Kind::Kick { name }, Outcome::Done) => {
-                note!(info, self, kicked = %name, "user kicked");
+                note!(info, self.log_who(), kicked = %name, "user kicked");
                 ack(reference, None, None)
             }
             (Kind::Nick, Outcome::Renamed { name }) => {
                 let old = self.me.as_ref().map(|m| m.name().clone());
-                note!(info, self, from = old.as_deref(), to = %name, "user renamed");
+                note!(info, self.log_who(), from = old.as_deref(), to = %name, "user renamed");
                 tracing::Span::current().record("user", &*name);
                 self.me = self.me.as_ref().map(|m| m.renamed(name.clone()));
                 // For the webhooks the old name left every room and the new one came in.
@@ -311,7 +312,7 @@ impl Session {
                 })
             }
             (Kind::Announce, Outcome::Done) => {
-                note!(info, self, "announcement sent");
+                note!(info, self.log_who(), "announcement sent");
                 ack(reference, None, None)
             }
             (Kind::Kept, Outcome::Kept(pm)) => {
@@ -383,7 +384,7 @@ impl Session {
                 })
             }
             (Kind::Logout, Outcome::Done) => {
-                note!(info, self, "session logged out");
+                note!(info, self.log_who(), "session logged out");
                 ack(reference, None, None)
             }
             (_, Outcome::Refused(r)) => self.error(&r, reference),
@@ -391,7 +392,7 @@ impl Session {
                 // A broker answered with the wrong kind of outcome: a bug, not the client's fault.
                 note!(
                     error,
-                    self,
+                    self.log_who(),
                     ?kind,
                     ?outcome,
                     "broker answered with an unexpected outcome"
@@ -453,7 +454,7 @@ impl Session {
             None => (Arc::from(""), false),
         };
         tracing::Span::current().record("user", &*name);
-        info!(conn = self.conn, client = %self.ip, user = %name, room = %view.room, plain, "user joined");
+        note!(info, Who { user: Some(&name), ..self.log_who() }, room = %view.room, plain, "user joined");
         if plain {
             let names: Vec<&str> = view.users.iter().map(|(n, _)| &**n).collect();
             let more = match view.user_count.saturating_sub(names.len()) {

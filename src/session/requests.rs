@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::replies::error_frame;
 use super::typing::TypingTarget;
 use super::{Kind, Mode, Session};
-use crate::connection::Flow;
+use crate::connection::{Flow, Who, note};
 use crate::hub::{About, Member, Page, Refusal, Resume};
 use crate::protocol::{
     self, Change, ClientMsg, CloseReason, ErrorCode, NameError, Request, Role, Target, TypingState,
@@ -30,8 +30,8 @@ impl Session {
             .rate_limited
             .with_label_values(&[bucket])
             .inc();
-        if !self.strikes.try_take(self.rates().strikes) {
-            note!(info, self, "closing: sustained rate limit abuse");
+        if !self.strikes.try_take(self.chat.rates.strikes) {
+            note!(info, self.log_who(), "closing: sustained rate limit abuse");
             return Flow::Close(CloseReason::RateAbuse);
         }
         let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
@@ -454,7 +454,7 @@ impl Session {
         });
         verified.map_err(|e| {
             let shown: String = name.chars().take(protocol::MAX_NAME_BYTES).collect();
-            info!(conn = self.conn, client = %self.ip, user = %shown, error = %e, "hello refused: unauthorized");
+            note!(info, Who { user: Some(&shown), ..self.log_who() }, error = %e, "hello refused: unauthorized");
             self.closing = Some(CloseReason::Unauthorized);
             Refusal::new(
                 ErrorCode::Unauthorized,

@@ -181,6 +181,7 @@ impl Harness {
         config.storage.path = String::new();
         let metrics = Metrics::new();
         let broker = Arc::new(Scripted::new(&config, &metrics));
+        let rates = Rates::new(&config.limits);
         let chat = Arc::new(Chat {
             broker: broker.clone(),
             config: Arc::new(config),
@@ -188,6 +189,7 @@ impl Harness {
             auth: None,
             accounts: None,
             typing: TypingTimings::default(),
+            rates,
             webhooks: None,
         });
         let session = new_session(&chat, 1);
