@@ -498,7 +498,12 @@ impl Drop for Session {
         }
         self.broker().disconnect(&me, &self.rooms);
         if self.welcomed {
-            note!(info, self.log_who(), "user left");
+            // `me` is taken by now: the name is given here.
+            let who = Who {
+                user: Some(me.name()),
+                ..self.log_who()
+            };
+            note!(info, who, "user left");
             if let Some(hooks) = &self.chat.webhooks {
                 for room in &self.rooms {
                     hooks.left(room, me.name());

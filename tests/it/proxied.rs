@@ -98,6 +98,15 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
         .find(|l| line_text(l) == "user joined")
         .expect("a join line");
     assert!(joined.contains("\"client\":\"203.0.113.1\""), "{joined}");
+    // So does the line when they go, with their name (the session has let it go by then).
+    drop(kept.remove(0));
+    let left = d
+        .lines
+        .iter()
+        .find(|l| line_text(l) == "user left")
+        .expect("a leave line");
+    assert!(left.contains("\"client\":\"203.0.113.1\""), "{left}");
+    assert!(left.contains("\"user\":\"proxied\""), "{left}");
     let (_, m) = http(d.admin.unwrap(), "GET", "/metrics");
     assert_eq!(
         metric(&m, r#"chatd_connections_refused_total{reason="per_ip"}"#),
