@@ -228,7 +228,7 @@ async fn run(
             () = mailbox.ready() => {
                 let signals = mailbox.signals();
                 if signals.overflowed || signals.failed || signals.logged_out
-                    || signals.kicked.is_some()
+                    || signals.kicked
                 {
                     debug!("api session ended by the chat");
                     return;

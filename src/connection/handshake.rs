@@ -8,11 +8,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::tls::TlsConn;
 use super::transport::Transport;
+use super::ws::Ws;
 use super::{Admission, Sockets, http, proxy};
 
 /// How long refusals and closes wait for the peer.
@@ -26,7 +25,7 @@ for example `chatctl --url ws://HOST:PORT connect NAME`\n";
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Opened {
     /// A WebSocket, whether it is the diagnostic echo, and the client's address.
-    WebSocket(WebSocketStream<Transport>, bool, IpAddr),
+    WebSocket(Ws, bool, IpAddr),
     /// A plain HTTP request for the chat page (or a 404/405), answered with this status.
     Page(u16),
     /// Refused at the limits once a proxy said who the client is (the metric label).
@@ -169,13 +168,7 @@ pub(super) async fn upgrade(
     http::switch_protocols(&mut transport, &accept)
         .await
         .map_err(|e| ("invalid", e.to_string()))?;
-    let ws = WebSocketStream::from_partially_read(
-        transport,
-        rest,
-        Role::Server,
-        Some(sockets.ws_config),
-    )
-    .await;
+    let ws = Ws::from_partially_read(transport, rest, sockets.ws_config);
     Ok(Opened::WebSocket(ws, echo, client))
 }
 

@@ -34,6 +34,8 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::bell::Bell;
+
 /// How much losing a frame matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -105,7 +107,8 @@ pub const OPCODE_PING: u8 = 0x89;
 #[derive(Debug)]
 pub struct Mailbox {
     state: Mutex<State>,
-    notify: Notify,
+    /// Wakes the one task that reads this mailbox.
+    bell: Bell,
     /// (`u32`s, with `max_bytes`: every connection has a mailbox.)
     capacity: u32,
     /// Bytes that may wait, whatever the number of frames.
@@ -137,6 +140,8 @@ struct State {
     kicked: Option<Box<str>>,
     /// The user closed this connection from another (`logout`).
     logged_out: bool,
+    /// The server is shutting down.
+    shutdown: bool,
     /// Entries for the connection's own task (late answers to its requests), opaque here.
     controls: Controls,
     /// While late answers wait for the connection's task: frames from this index on were queued
@@ -182,10 +187,13 @@ pub struct Signals {
     pub overflowed: bool,
     /// A write failed: the socket is gone.
     pub failed: bool,
-    /// The client was kicked, with this reason: close it (1008) after what is queued.
-    pub kicked: Option<String>,
+    /// The client was kicked ([`Mailbox::kick_reason`] says why): close it (1008) after what is
+    /// queued.
+    pub kicked: bool,
     /// The user logged this connection out from another: close it (1008).
     pub logged_out: bool,
+    /// The server is shutting down: close (1001) after what is queued.
+    pub shutdown: bool,
     /// Frames wait in the queue: the connection task must flush them.
     pub queued: bool,
     /// Control entries wait: the connection task must take them.
@@ -198,7 +206,7 @@ impl Mailbox {
     pub fn new(capacity: usize, max_bytes: usize, sent: IntCounter) -> Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            bell: Bell::default(),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             sent,
@@ -268,7 +276,7 @@ impl Mailbox {
         }
         drop(state);
         if wake_task {
-            self.notify.notify_one();
+            self.bell.ring();
         }
         pushed
     }
@@ -304,7 +312,7 @@ impl Mailbox {
             state.overflowed = true;
             discard(&mut state);
             drop(state);
-            self.notify.notify_one();
+            self.bell.ring();
             return;
         }
         state.bytes += frame.len();
@@ -366,7 +374,7 @@ impl Mailbox {
         guard.dirty = false;
         if self.write_direct(&mut guard) {
             drop(guard);
-            self.notify.notify_one();
+            self.bell.ring();
         }
     }
 
@@ -389,12 +397,13 @@ impl Mailbox {
 
     /// Takes what the connection task must act on.
     pub fn signals(&self) -> Signals {
-        let mut state = self.lock();
+        let state = self.lock();
         Signals {
             overflowed: state.overflowed,
             failed: state.failed,
-            kicked: state.kicked.take().map(String::from),
+            kicked: state.kicked.is_some(),
             logged_out: state.logged_out,
+            shutdown: state.shutdown,
             queued: !state.queue.is_empty(),
             controls: !state.controls.0.is_empty(),
         }
@@ -406,8 +415,10 @@ impl Mailbox {
     }
 
     /// Waits until the connection task has something to act on.
-    pub async fn ready(&self) {
-        self.notify.notified().await
+    pub fn ready(&self) -> impl Future<Output = ()> + '_ {
+        // A future of one reference: a connection task waits on this beside its socket for its
+        // whole life, and a `Notify`'s waiter would cost it 72 bytes more.
+        std::future::poll_fn(|cx| self.bell.poll_rung(cx))
     }
 
     /// Queues a control entry for the connection's task and wakes it. False if the connection has
@@ -426,7 +437,7 @@ impl Mailbox {
             }
         }
         drop(state);
-        self.notify.notify_one();
+        self.bell.ring();
         true
     }
 
@@ -451,13 +462,24 @@ impl Mailbox {
     /// Tells the connection to close with `reason` once it has written what is queued.
     pub fn kick(&self, reason: String) {
         self.lock().kicked = Some(reason.into());
-        self.notify.notify_one();
+        self.bell.ring();
+    }
+
+    /// Why the client was kicked, if it was.
+    pub fn kick_reason(&self) -> Option<String> {
+        self.lock().kicked.as_deref().map(String::from)
     }
 
     /// Tells the connection to close as logged out once it has written what is queued.
     pub fn log_out(&self) {
         self.lock().logged_out = true;
-        self.notify.notify_one();
+        self.bell.ring();
+    }
+
+    /// Tells the connection that the server is shutting down (see `roster`).
+    pub fn shut_down(&self) {
+        self.lock().shutdown = true;
+        self.bell.ring();
     }
 
     /// Whether the connection was logged out (it is closing).

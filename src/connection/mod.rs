@@ -1,5 +1,5 @@
 //! One task per client socket: the WebSocket upgrade, then one `select!` loop over the socket, the
-//! client's mailbox, its timers and the shutdown token.
+//! client's mailbox and its timer (shutdown arrives through the mailbox: see `roster`).
 //!
 //! This module owns the transport rules: handshake timeout, pings and the silent-peer cut-off, the
 //! task's share of writing (its replies, TLS, and sockets the flusher found full: queue, then one
@@ -7,22 +7,23 @@
 //! the peer sees. What frames mean is a [`Handler`]'s business (the chat session); this module
 //! never names the hub.
 
+mod bell;
 mod echo;
 mod handshake;
 mod http;
 pub(crate) mod mailbox;
 mod proxy;
+mod roster;
 mod tls;
 mod transport;
+mod ws;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -33,14 +34,15 @@ use tracing::debug;
 pub(crate) use handshake::refuse;
 pub(crate) use http::Refusal as HttpRefusal;
 use mailbox::{Flusher, Mailbox};
+pub(crate) use roster::Roster;
+use roster::Seat;
 pub(crate) use tls::{Handshakes, TlsConn};
-use transport::Transport;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::CloseReason;
 
-type Ws = WebSocketStream<Transport>;
+use ws::Ws;
 
 /// A far-off deadline for when no timer is due.
 const IDLE: Duration = Duration::from_secs(24 * 3600);
@@ -65,6 +67,8 @@ pub(crate) struct Sockets {
     /// On several worker threads one flusher would serialise every write (and contend with
     /// publishers on other threads), so each connection task writes its own mailbox there.
     pub flusher: Option<Arc<Flusher>>,
+    /// Every running connection's mailbox: how shutdown reaches them.
+    pub roster: Arc<Roster>,
 }
 
 /// The TLS server configuration in use, replaceable while running (SIGHUP) without touching
@@ -172,13 +176,13 @@ pub(crate) use note;
 enum End {
     /// Close this way.
     Close(CloseReason),
-    /// An admin kicked the client, with this reason.
-    Kicked(String),
+    /// An admin kicked the client (the reason waits in the mailbox: the loop holds its end
+    /// across the write's await, so a payload here would size every task).
+    Kicked,
 }
 
 /// What woke the loop.
 enum Event {
-    Shutdown,
     Mail,
     Frame(Option<Result<Message, WsError>>),
     Timer,
@@ -220,9 +224,9 @@ pub(crate) async fn serve<H: Handler>(
     let Some((mut conn, held)) = open(accepted).await else {
         return;
     };
-    let end = conn.run().await;
-    // Boxed: the close paths are large and run once, so they should not size every task.
-    Box::pin(conn.finish(end)).await;
+    // One await while the connection lives: a local kept across two would have a slot of its
+    // own in the task's state, beside (not over) the upgrade's.
+    conn.serve().await;
     // The connection's place in the limits is given up once it has closed.
     drop(held);
 }
@@ -291,10 +295,10 @@ async fn open<A: Admission, H: Handler>(
     ));
     let hello_deadline = accepted + handshake_timeout;
     if echo {
-        echo_connection(ws, mailbox, sockets, hello_deadline, shutdown).await;
+        echo_connection(ws, mailbox, sockets, hello_deadline).await;
         return None;
     }
-    let conn = Connection::start(ws, make(mailbox, client), sockets, shutdown, hello_deadline);
+    let conn = Connection::start(ws, make(mailbox, client), sockets, hello_deadline);
     Some((conn, held))
 }
 
@@ -304,25 +308,20 @@ fn echo_connection(
     mailbox: Arc<Mailbox>,
     sockets: Arc<Sockets>,
     hello_deadline: Instant,
-    shutdown: CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    let conn = Connection::start(
-        ws,
-        echo::Echo::new(mailbox),
-        sockets,
-        shutdown,
-        hello_deadline,
-    );
-    Box::pin(conn.serve())
+    let conn = Connection::start(ws, echo::Echo::new(mailbox), sockets, hello_deadline);
+    Box::pin(async move {
+        let mut conn = conn;
+        conn.serve().await
+    })
 }
 
 struct Connection<H> {
     ws: Ws,
     handler: H,
     sockets: Arc<Sockets>,
-    /// The server's shutdown (held here, not passed to `run`: an argument would keep a second
-    /// copy in the task's state).
-    shutdown: CancellationToken,
+    /// Where shutdown finds this connection's mailbox.
+    seat: Seat,
     /// The `hello` must succeed before this.
     hello_deadline: Instant,
     /// Last time any frame arrived.
@@ -339,6 +338,12 @@ struct Connection<H> {
     mail_waiting: bool,
 }
 
+impl<H> Drop for Connection<H> {
+    fn drop(&mut self) {
+        self.sockets.roster.leave(self.seat);
+    }
+}
+
 fn step(flow: Flow) -> Result<(), End> {
     match flow {
         Flow::Continue => Ok(()),
@@ -348,18 +353,13 @@ fn step(flow: Flow) -> Result<(), End> {
 
 impl<H: Handler> Connection<H> {
     /// An upgraded connection with its handler, attached to its mailbox (and so to the flusher).
-    fn start(
-        ws: Ws,
-        handler: H,
-        sockets: Arc<Sockets>,
-        shutdown: CancellationToken,
-        hello_deadline: Instant,
-    ) -> Connection<H> {
+    fn start(ws: Ws, handler: H, sockets: Arc<Sockets>, hello_deadline: Instant) -> Connection<H> {
+        let seat = sockets.roster.enter(handler.mailbox());
         let mut conn = Connection {
             ws,
             handler,
             sockets,
-            shutdown,
+            seat,
             hello_deadline,
             last_heard: Instant::now(),
             next_ping: None,
@@ -382,7 +382,7 @@ impl<H: Handler> Connection<H> {
     }
 
     /// The loop, then the close.
-    async fn serve(mut self) {
+    async fn serve(&mut self) {
         let end = self.run().await;
         // Boxed: the close paths are large and run once, so they should not size every task.
         Box::pin(self.finish(end)).await;
@@ -393,8 +393,9 @@ impl<H: Handler> Connection<H> {
     /// connection task small; see ARCHITECTURE.md.
     async fn run(&mut self) -> End {
         let mailbox = self.handler.mailbox().clone();
-        let timer = sleep_until(self.deadline());
-        tokio::pin!(timer);
+        // Boxed: 112 bytes that would size every connection's task, which then lands in
+        // jemalloc's 1,280-byte class instead of the 1,024 one (the box is 128).
+        let mut timer = Box::pin(sleep_until(self.deadline()));
         loop {
             // (Locals held across the awaits below size every connection's task: none here.)
             if timer.deadline() != self.deadline() {
@@ -408,14 +409,12 @@ impl<H: Handler> Connection<H> {
                 } else {
                     tokio::select! {
                         biased;
-                        _ = self.shutdown.cancelled() => Event::Shutdown,
                         _ = mailbox.ready() => Event::Mail,
                         frame = self.ws.next(), if self.handler.accepts_input() => Event::Frame(frame),
                         _ = &mut timer => Event::Timer,
                     }
                 };
                 match event {
-                    Event::Shutdown => Err(End::Close(CloseReason::Shutdown)),
                     Event::Mail => self.on_mail(),
                     Event::Frame(frame) => self.on_frame(frame),
                     Event::Timer => self.on_timer(),
@@ -474,6 +473,9 @@ impl<H: Handler> Connection<H> {
     fn on_mail(&mut self) -> Result<(), End> {
         let signals = self.handler.mailbox().signals();
         self.flush_due = signals.queued;
+        if signals.shutdown {
+            return Err(End::Close(CloseReason::Shutdown));
+        }
         if signals.failed {
             return Err(End::Close(CloseReason::Gone));
         }
@@ -490,10 +492,12 @@ impl<H: Handler> Connection<H> {
             self.flush_due = true;
             step(self.handler.on_controls(&mut self.out))?;
         }
-        match signals.kicked {
-            Some(reason) => Err(End::Kicked(reason)),
-            None if signals.logged_out => Err(End::Close(CloseReason::LoggedOut)),
-            None => Ok(()),
+        if signals.kicked {
+            Err(End::Kicked)
+        } else if signals.logged_out {
+            Err(End::Close(CloseReason::LoggedOut))
+        } else {
+            Ok(())
         }
     }
 
@@ -582,11 +586,11 @@ impl<H: Handler> Connection<H> {
     }
 
     /// Ends the connection the way `end` calls for.
-    async fn finish(mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         debug!(end = ?end, "connection ending");
         let reason = match &end {
             End::Close(reason) => *reason,
-            End::Kicked(_) => CloseReason::Kicked,
+            End::Kicked => CloseReason::Kicked,
         };
         let metrics = self.sockets.metrics.clone();
         metrics
@@ -624,7 +628,8 @@ impl<H: Handler> Connection<H> {
                 | CloseReason::TooBig
                 | CloseReason::FrameTooBig,
             ) => self.close_after_error(reason).await,
-            (End::Kicked(why), _) => {
+            (End::Kicked, _) => {
+                let why = mailbox.kick_reason().unwrap_or_default();
                 let text = format!("kicked: {why}");
                 self.close(reason, &text, linger).await
             }

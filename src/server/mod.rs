@@ -216,6 +216,7 @@ impl Server {
             tls,
             handshakes: connection::Handshakes::new(),
             flusher: single_threaded.then(Arc::default),
+            roster: Arc::default(),
         };
         // With `tls.listen`, the main listener speaks ws:// and the second one wss://, over the
         // same hub (and the same limits, metrics and flusher).
@@ -428,9 +429,15 @@ impl Server {
             match slot {
                 Ok(slot) => {
                     sockets.metrics.connections_accepted.inc();
-                    tracker.spawn(connection_task(
-                        stream, peer, slot, sockets, &chat, &shutdown,
-                    ));
+                    let (task, span) =
+                        connection_task(stream, peer, slot, sockets, &chat, &shutdown);
+                    // Instrumented only when its span is on (debug logging): a span's 40 bytes
+                    // would otherwise size every connection's task.
+                    if span.is_disabled() {
+                        tracker.spawn(task);
+                    } else {
+                        tracker.spawn(task.instrument(span));
+                    }
                 }
                 Err(refusal) => {
                     debug!(%peer, why = refusal.body.trim(), "refusing connection");
@@ -456,6 +463,7 @@ impl Server {
         drop(tls_listener);
         let open = limiter.open();
         info!(connections = open, "shutdown started: closing connections");
+        sockets.roster.close_all();
         tracker.close();
         let grace = sockets.config.server.shutdown_grace();
         if timeout(grace, tracker.wait()).await.is_err() {
@@ -506,8 +514,9 @@ impl Server {
 const OUT_OF_FDS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Content-Length: 40\r\nConnection: close\r\n\r\nserver at capacity: out of descriptors\r\n";
 
-/// The task serving one accepted connection: it holds the connection's slot for its life and runs
-/// in a span carrying the peer, a connection id and (once known) the user.
+/// The task serving one accepted connection, which holds the connection's slot for its life, and
+/// the span it runs in when debug logging is on (the peer, a connection id and, once known, the
+/// user).
 fn connection_task(
     stream: TcpStream,
     peer: SocketAddr,
@@ -515,7 +524,7 @@ fn connection_task(
     sockets: &Arc<Sockets>,
     chat: &Arc<Chat>,
     shutdown: &CancellationToken,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> (impl Future<Output = ()> + Send + 'static, tracing::Span) {
     let conn = crate::hub::next_conn();
     let chat = chat.clone();
     let make = move |mailbox, client| Session::new(chat, conn, client, mailbox);
@@ -527,7 +536,10 @@ fn connection_task(
         held: slot,
         make,
     };
-    connection::serve(Box::new(accepted)).instrument(connection::span(peer, conn))
+    (
+        connection::serve(Box::new(accepted)),
+        connection::span(peer, conn),
+    )
 }
 
 /// A listening socket with the given backlog (tokio's `TcpListener::bind` fixes it at 128, which
@@ -568,7 +580,7 @@ mod tests {
         config.storage.path = String::new();
         let server = Server::bind(config).await.unwrap();
         let slot = server.limiter.acquire(peer.ip()).ok().unwrap();
-        let task = connection_task(
+        let (task, _) = connection_task(
             stream,
             peer,
             slot,
@@ -581,9 +593,11 @@ mod tests {
         // 1,624 bytes before issue 31; 1,344 (serve's arguments boxed, typing timings no longer
         // copied per connection, f32 rate buckets, the hello's leftovers boxed); 1,168 (the
         // upgrade a future of its own, the loop's event gone before its write, the shutdown token
-        // held once, rate buckets one `Instant` each). Tokio's cell is this plus 112 bytes
-        // (header, scheduler, id, the stage's tag, the tracker's token, trailer); past 1,280,
-        // jemalloc serves it from its 1,536 class: 8 bytes more cost 256 per connection.
-        assert!(size <= 1168, "the connection task grew to {size} bytes");
+        // held once, rate buckets one `Instant` each); 912 (no shutdown token or `Notify`
+        // waiter in the loop's select, the timer boxed, the connection held across one await,
+        // no span unless debug logging is on). Tokio's cell is this plus 112 bytes (header,
+        // scheduler, id, the stage's tag, the tracker's token, trailer); past 1,024, jemalloc
+        // serves it from its 1,280 class: 8 bytes more cost 256 per connection.
+        assert!(size <= 912, "the connection task grew to {size} bytes");
     }
 }
