@@ -394,7 +394,7 @@ impl<H: Handler> Connection<H> {
     async fn run(&mut self) -> End {
         let mailbox = self.handler.mailbox().clone();
         // Boxed: 112 bytes that would size every connection's task, which then lands in
-        // jemalloc's 1,280-byte class instead of the 1,024 one (the box is 128).
+        // jemalloc's 1,280-byte class instead of the 1,024 one (the box is jemalloc's 112 class).
         let mut timer = Box::pin(sleep_until(self.deadline()));
         loop {
             // (Locals held across the awaits below size every connection's task: none here.)
