@@ -166,7 +166,7 @@ impl Broker for LocalBroker {
     fn hello(&self, ticket: Ticket, me: &Member, room: &str, resume: Option<&Resume>) -> Answer {
         let mut dir = lock(&self.directory);
         let key = protocol::name_key(&me.name);
-        let sessions = dir.users.get(&key).map_or(0, Vec::len);
+        let sessions = dir.users.get(key.as_str()).map_or(0, |s| s.len());
         if sessions > 0 && !self.limits.owned_names {
             return now(Refusal::name_taken(&me.name));
         }
@@ -539,7 +539,7 @@ impl Broker for LocalBroker {
         let (old, new) = (protocol::name_key(&me.name), protocol::name_key(name));
         if dir
             .users
-            .get(&new)
+            .get(new.as_str())
             .is_some_and(|s| s.iter().any(|m| m.conn != me.conn))
         {
             return now(Refusal::name_taken(name));

@@ -16,11 +16,13 @@ use crate::protocol::{self, Role, ServerMsg, b};
 #[derive(Debug, Default)]
 pub(super) struct Directory {
     /// Online users by `protocol::name_key`: each user's connections (one in open mode; with
-    /// tokens or accounts up to `auth.max_sessions_per_user`), oldest first.
-    pub(super) users: HashMap<String, Vec<Member>>,
+    /// tokens or accounts up to `auth.max_sessions_per_user`), oldest first. Boxed key and
+    /// list: every online user pays for a slot of the table, 32 bytes instead of 48, and a
+    /// second connection of one user, which rebuilds the list, is rare.
+    pub(super) users: HashMap<Box<str>, Box<[Member]>>,
     /// The names online, by `protocol::look_alike`: a new name that looks like one of them is
-    /// refused (open mode), without making them one identity.
-    pub(super) looks: HashMap<String, Vec<Arc<str>>>,
+    /// refused (open mode), without making them one identity. (Boxed, as `users`.)
+    pub(super) looks: HashMap<Box<str>, Box<[Arc<str>]>>,
     /// Rooms with members or history, by normalised name.
     pub(super) rooms: HashMap<Arc<str>, Arc<Room>>,
     /// Rooms that still exist, by the address that created them.
@@ -62,23 +64,36 @@ pub(super) struct RoomState {
     pub(super) extra: usize,
 }
 
+/// Appends to a boxed list (rebuilt: lists here hold one entry but rarely).
+fn push<T>(list: &mut Box<[T]>, item: T) {
+    // Made to size: boxing it then does not reallocate.
+    let mut v = Vec::with_capacity(list.len() + 1);
+    v.extend(std::mem::take(list).into_vec());
+    v.push(item);
+    *list = v.into_boxed_slice();
+}
+
+/// Removes the entry at `at` from a boxed list, keeping the order.
+fn remove<T>(list: &mut Box<[T]>, at: usize) -> T {
+    let mut v = std::mem::take(list).into_vec();
+    let item = v.remove(at);
+    *list = v.into_boxed_slice();
+    item
+}
+
 impl Directory {
     /// `member` is online under `key` (its `protocol::name_key`): a user, or another connection
     /// of one.
     pub(super) fn add_user(&mut self, key: String, member: Member) {
-        // Most users have one connection and most look-alike keys one name: room for one each
-        // (a `Vec`'s first push makes room for four), since every online user pays for them.
-        let sessions = self.users.entry(key).or_default();
+        let sessions = self.users.entry(key.into_boxed_str()).or_default();
         if sessions.is_empty() {
             let names = self
                 .looks
-                .entry(protocol::look_alike(&member.name))
+                .entry(protocol::look_alike(&member.name).into_boxed_str())
                 .or_default();
-            names.reserve_exact(1);
-            names.push(member.name.clone());
+            push(names, member.name.clone());
         }
-        sessions.reserve_exact(1);
-        sessions.push(member);
+        push(sessions, member);
     }
 
     /// Takes the connection `conn` of the user under `key` offline; the user goes offline with
@@ -86,7 +101,7 @@ impl Directory {
     pub(super) fn remove_session(&mut self, key: &str, conn: ConnId) -> Option<Member> {
         let sessions = self.users.get_mut(key)?;
         let at = sessions.iter().position(|m| m.conn == conn)?;
-        let member = sessions.remove(at);
+        let member = remove(sessions, at);
         if sessions.is_empty() {
             self.users.remove(key);
             self.users.shrink_if_sparse();
@@ -97,7 +112,7 @@ impl Directory {
 
     /// Takes the user under `key` offline, every connection of theirs.
     pub(super) fn remove_user(&mut self, key: &str) -> Vec<Member> {
-        let sessions = self.users.remove(key).unwrap_or_default();
+        let sessions = self.users.remove(key).unwrap_or_default().into_vec();
         self.users.shrink_if_sparse();
         if let Some(first) = sessions.first() {
             self.forget_look(&first.name.clone());
@@ -107,12 +122,12 @@ impl Directory {
 
     fn forget_look(&mut self, name: &Arc<str>) {
         let looks = protocol::look_alike(name);
-        if let Some(names) = self.looks.get_mut(&looks) {
+        if let Some(names) = self.looks.get_mut(looks.as_str()) {
             if let Some(i) = names.iter().position(|n| n == name) {
-                names.swap_remove(i);
+                remove(names, i);
             }
             if names.is_empty() {
-                self.looks.remove(&looks);
+                self.looks.remove(looks.as_str());
                 self.looks.shrink_if_sparse();
             }
         }
@@ -121,8 +136,8 @@ impl Directory {
     /// The connections of the user called `name`, oldest first (none: not online).
     pub(super) fn sessions(&self, name: &str) -> &[Member] {
         self.users
-            .get(&protocol::name_key(name))
-            .map_or(&[], Vec::as_slice)
+            .get(protocol::name_key(name).as_str())
+            .map_or(&[], |s| s)
     }
 
     /// The other connections of `me`'s user (none in open mode).
@@ -144,7 +159,7 @@ impl Directory {
     pub(super) fn look_alike_of(&self, name: &str) -> Option<Arc<str>> {
         let key = protocol::name_key(name);
         self.looks
-            .get(&protocol::look_alike(name))?
+            .get(protocol::look_alike(name).as_str())?
             .iter()
             .find(|n| protocol::name_key(n) != key)
             .cloned()
