@@ -186,7 +186,8 @@ struct Pending {
 }
 
 impl Session {
-    /// Who this session is, for its log lines at `info` and above (`connection::note!`).
+    /// Who this session is, for its log lines at `info` and above (`connection::note!`); also
+    /// its `Handler::who` (not called `who` here: that is the `who` request's method).
     fn log_who(&self) -> Who<'_> {
         Who {
             conn: Some(self.conn),

@@ -418,6 +418,15 @@ impl Daemon {
         }
     }
 
+    /// The next stdout line whose text (`line_text`) is `text`, waiting for it; the process
+    /// ending first fails the test.
+    pub fn line(&self, text: &str) -> String {
+        self.lines
+            .iter()
+            .find(|l| line_text(l) == text)
+            .unwrap_or_else(|| panic!("no {text:?} line"))
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::helpers::{Daemon, http, line_text, metric};
+use crate::helpers::{Daemon, http, metric};
 
 /// Opens a WebSocket to `d`, after writing `preamble` (a PROXY header) on the raw socket, with
 /// `headers` on the upgrade request. The HTTP status on refusal.
@@ -92,19 +92,11 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
     );
     // The logs name the real client.
     hello(&mut kept[0], "proxied");
-    let joined = d
-        .lines
-        .iter()
-        .find(|l| line_text(l) == "user joined")
-        .expect("a join line");
+    let joined = d.line("user joined");
     assert!(joined.contains("\"client\":\"203.0.113.1\""), "{joined}");
     // So does the line when they go, with their name (the session has let it go by then).
     drop(kept.remove(0));
-    let left = d
-        .lines
-        .iter()
-        .find(|l| line_text(l) == "user left")
-        .expect("a leave line");
+    let left = d.line("user left");
     assert!(left.contains("\"client\":\"203.0.113.1\""), "{left}");
     assert!(left.contains("\"user\":\"proxied\""), "{left}");
     let (_, m) = http(d.admin.unwrap(), "GET", "/metrics");
